@@ -1,0 +1,111 @@
+"""A model version on disk: ``<artifacts_dir>/<version>/`` with a JSON manifest and npz arrays.
+
+Files of a version (no pickle anywhere; arrays are read with ``allow_pickle=False``):
+
+* ``manifest.json``: version, created, data fingerprint, parameters, library versions, offline
+  metrics, counts, and the sha256 of every other file;
+* ``posts.npz``: the version's post table (``post_id``, ``author_id``, ``created_at``,
+  ``category``); every post index in the other arrays points into it;
+* ``candidates.npz``: ``users`` (ids) and per-user ranked ``items``/``scores``/``reasons``;
+* ``neighbours.npz``: per-post ranked ``items``/``scores`` (similar posts);
+* ``trending.npz``: ``items``/``scores``;
+* ``follows.npz``: ``follower``/``followee`` ids (seeds the service's follow sets);
+* ``posts.jsonl``, ``products.jsonl``: the documents the service caches and returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+ARRAY_FILES = ("posts.npz", "candidates.npz", "neighbours.npz", "trending.npz", "follows.npz")
+DOC_FILES = ("posts.jsonl", "products.jsonl")
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, incomplete or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """A model version loaded from disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of one ``.npz`` file (``name`` without extension)."""
+        with np.load(self.path / f"{name}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def documents(self, name: str) -> Iterable[dict[str, Any]]:
+        """The documents of ``posts.jsonl`` or ``products.jsonl``, one dict at a time."""
+        with open(self.path / f"{name}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def write(directory: Path, manifest: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
+          documents: dict[str, Iterable[dict[str, Any]]]) -> Path:
+    """Write a version atomically: into ``<dir>.tmp`` first, then renamed into place."""
+    final = Path(directory)
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=False)
+    for name, arrs in arrays.items():
+        np.savez_compressed(tmp / f"{name}.npz", **arrs)
+    for name, docs in documents.items():
+        with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n")
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    manifest = {**manifest, "files": files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, final)
+    return final
+
+
+def read(path: str | Path, *, verify: bool = True) -> Artifact:
+    """Open a version directory; with ``verify``, check every file against the manifest."""
+    p = Path(path)
+    mpath = p / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{p}: no {MANIFEST}; not a model version directory")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath}: not valid JSON: {e}") from e
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "version" not in manifest:
+        raise ArtifactError(f"{mpath}: manifest lacks 'version' or 'files'")
+    for name in (*ARRAY_FILES, *DOC_FILES):
+        if name not in files:
+            raise ArtifactError(f"{mpath}: manifest does not list {name}")
+    if verify:
+        for name, digest in files.items():
+            fp = p / name
+            if not fp.is_file():
+                raise ArtifactError(f"{fp}: listed in the manifest but missing")
+            if sha256_file(fp) != digest:
+                raise ArtifactError(f"{fp}: sha256 does not match the manifest (corrupt or edited)")
+    return Artifact(p, manifest)

@@ -1,0 +1,310 @@
+"""The ``feed`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from feed import redisserver
+
+ENV_URL = "FEED_REDIS_URL"
+
+
+def _redis(ctx_url: str | None, *, start_private: bool = True) -> tuple[Any, str]:
+    """A client for --redis-url / FEED_REDIS_URL, else the private server under ./.feed/."""
+    from feed.contract import connect
+
+    url = ctx_url or os.environ.get(ENV_URL)
+    if not url:
+        if not start_private:
+            raise click.UsageError(f"set {ENV_URL} or --redis-url")
+        url = redisserver.start()
+    return connect(url, socket_timeout=30.0, connect_timeout=5.0), url
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+redis_option = click.option("--redis-url", default=None, metavar="URL",
+                            help=f"Redis URL (default: ${ENV_URL}, else a private server "
+                                 "under ./.feed/).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """The shopping-circle feed: generate, validate, train, publish and serve.
+
+    \b
+    Example:
+      feed demo
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--posts", default=3000, show_default=True, type=click.IntRange(1))
+@click.option("--likes-per-user", default=20.0, show_default=True, type=click.FloatRange(0))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True)
+def generate(out_dir: Path, users: int, posts: int, likes_per_user: float, seed: int,
+             fmt: str) -> None:
+    """Write a synthetic dataset with planted tastes.
+
+    \b
+    Example:
+      feed generate data/demo --users 2000 --posts 3000 --seed 7
+    """
+    from feed.synth import SynthConfig, generate as gen
+
+    counts = gen(out_dir, SynthConfig(n_users=users, n_posts=posts,
+                                      likes_per_user=likes_per_user, seed=seed), fmt=fmt)
+    for name, n in counts.items():
+        click.echo(f"{name:<14}{n:>10,}")
+    click.echo(str(out_dir))
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+def validate(data_dir: Path) -> None:
+    """Check a dataset directory; print counts per file and every problem.
+
+    Exits 1 when there are errors (warnings alone exit 0).
+
+    \b
+    Example:
+      feed validate data/demo
+    """
+    from feed.data import validate as check
+
+    ds, problems = check(data_dir)
+    if ds is not None:
+        for name, n in ds.counts.items():
+            click.echo(f"{name + '.*':<16}{n:>10,} rows")
+    for p in problems:
+        click.secho(str(p), fg="yellow" if p.severity == "warning" else "red", err=True)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    click.echo(f"{errors} error(s), {warnings} warning(s)")
+    if errors:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", default="artifacts", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Artifacts directory.")
+@click.option("--candidates", default=200, show_default=True, type=click.IntRange(1, 5000),
+              help="Candidates kept per user.")
+@click.option("--factors", default=64, show_default=True, type=click.IntRange(2, 1024))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(data_dir: Path, out_dir: Path, candidates: int, factors: int, seed: int,
+          progress: bool) -> None:
+    """Train every model and write a model version to OUT/<version>/.
+
+    The version id is the last line of stdout.
+
+    \b
+    Example:
+      feed train data/demo --out artifacts
+    """
+    from feed.data import DatasetError
+    from feed.train import TrainConfig, train as run
+
+    cfg = TrainConfig(n_candidates=candidates, factors=factors, random_state=seed)
+    try:
+        path = run(data_dir, out_dir, cfg, progress=progress)
+    except DatasetError as e:
+        _fail(f"{data_dir} is not a valid dataset; nothing was trained:\n{e}")
+    click.echo(f"wrote {path}")
+    click.echo(path.name)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--activate", is_flag=True, help="Make the version live once verified.")
+@click.option("--force", is_flag=True, help="Publish again a version already published.")
+@redis_option
+def publish(artifact: Path, activate: bool, force: bool, redis_url: str | None) -> None:
+    """Write a model version into Redis, verify it, and optionally switch it live.
+
+    \b
+    Example:
+      feed publish artifacts/20261124T201500-3f9a1c --activate
+    """
+    from feed.artifacts import ArtifactError
+    from feed.publish import PublishError, publish as run
+
+    r, url = _redis(redis_url)
+    try:
+        res = run(r, artifact, activate=activate, progress=True, force=force)
+    except (ArtifactError, PublishError) as e:
+        _fail(f"{e}; the live version was not changed")
+    click.echo(f"published {res.version} to {url} in {res.seconds:.1f}s: "
+               + ", ".join(f"{k}={v}" for k, v in res.counts.items()))
+    if activate:
+        click.echo(f"live: {res.version} (was {res.previous or 'none'})")
+
+
+@main.group()
+def versions() -> None:
+    """List, activate, roll back and delete model versions in Redis."""
+
+
+def _fmt_ts(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+@versions.command("list")
+@redis_option
+@click.option("--json", "as_json", is_flag=True)
+def versions_list(redis_url: str | None, as_json: bool) -> None:
+    """Versions in Redis, newest first, with state, size and which is live."""
+    from feed.versions import list_versions
+
+    r, _ = _redis(redis_url)
+    rows = list_versions(r)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'':2}{'version':<26}{'state':<12}{'users':>9}{'posts':>9}  published")
+    for m in rows:
+        counts = m.get("counts", {})
+        click.echo(f"{'*' if m['live'] else ' ':2}{m['version']:<26}{m.get('state', '?'):<12}"
+                   f"{counts.get('users', 0):>9,}{counts.get('posts', 0):>9,}  "
+                   f"{_fmt_ts(m.get('published_at'))}")
+
+
+@versions.command("activate")
+@click.argument("version")
+@redis_option
+def versions_activate(version: str, redis_url: str | None) -> None:
+    """Make VERSION live."""
+    from feed.versions import VersionError, activate
+
+    r, _ = _redis(redis_url)
+    try:
+        prev = activate(r, version)
+    except VersionError as e:
+        _fail(str(e))
+    click.echo(f"live: {version} (was {prev or 'none'})")
+
+
+@versions.command("rollback")
+@redis_option
+def versions_rollback(redis_url: str | None) -> None:
+    """Re-activate the previously live version."""
+    from feed.versions import VersionError, rollback
+
+    r, _ = _redis(redis_url)
+    try:
+        v = rollback(r)
+    except VersionError as e:
+        _fail(str(e))
+    click.echo(f"live: {v}")
+
+
+@versions.command("delete")
+@click.argument("version")
+@redis_option
+def versions_delete(version: str, redis_url: str | None) -> None:
+    """Delete every key of VERSION (refused for the live one and those in experiments)."""
+    from feed.versions import VersionError, delete
+
+    r, _ = _redis(redis_url)
+    try:
+        n = delete(r, version)
+    except VersionError as e:
+        _fail(str(e))
+    click.echo(f"deleted {version}: {n} keys")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@redis_option
+def serve(host: str, port: int, redis_url: str | None) -> None:
+    """Serve the HTTP API (development server; use gunicorn in production).
+
+    \b
+    Example:
+      feed serve --port 8000
+    """
+    _, url = _redis(redis_url)
+    os.environ[ENV_URL] = url
+    from service import create_app
+
+    create_app().run(host=host, port=port, debug=False, threaded=True)
+
+
+@main.command()
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(10))
+@click.option("--posts", default=3000, show_default=True, type=click.IntRange(10))
+@click.option("--dir", "work_dir", default=".feed/demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--no-serve", is_flag=True, help="Stop after publishing (for scripts and tests).")
+@redis_option
+def demo(users: int, posts: int, work_dir: Path, host: str, port: int, no_serve: bool,
+         redis_url: str | None) -> None:
+    """Generate a dataset, train, publish into Redis and serve, in one command.
+
+    \b
+    Example:
+      feed demo --port 8000
+    """
+    from feed.publish import publish as run_publish
+    from feed.synth import SynthConfig, generate as gen
+    from feed.train import train as run_train
+
+    data_dir = work_dir / "data"
+    click.echo(f"1/4 generating {users} users and {posts} posts into {data_dir}")
+    gen(data_dir, SynthConfig(n_users=users, n_posts=posts, seed=7))
+    click.echo("2/4 training")
+    path = run_train(data_dir, work_dir / "artifacts", progress=True)
+    r, url = _redis(redis_url)
+    click.echo(f"3/4 publishing {path.name} into {url}")
+    run_publish(r, path, activate=True, progress=True)
+    sample = _sample_users(path)
+    base = f"http://{host}:{port}"
+    click.echo("4/4 serving. Try:")
+    for u in sample:
+        click.echo(f"  curl '{base}/v1/feed/{u}?limit=5'")
+    click.echo(f"  curl '{base}/v1/posts/p1/similar?limit=5'")
+    click.echo(f"  curl -X POST {base}/v1/events -H 'Content-Type: application/json' "
+               f"-d '{{\"events\": [{{\"type\": \"like\", \"user_id\": \"{sample[0]}\", "
+               f"\"post_id\": \"p1\"}}]}}'")
+    if no_serve:
+        return
+    os.environ[ENV_URL] = url
+    from service import create_app
+
+    create_app().run(host=host, port=port, debug=False, threaded=True)
+
+
+def _sample_users(path: Path, n: int = 2) -> list[str]:
+    from feed.artifacts import read
+
+    users = read(path, verify=False).arrays("candidates")["users"]
+    return [str(u) for u in users[:n]] or ["u1"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+

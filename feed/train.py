@@ -1,0 +1,279 @@
+"""The training pipeline: dataset -> features -> models -> per-user candidates -> artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feed import __version__, artifacts
+from feed.contract import CONTRACT_VERSION
+from feed.data import Dataset, load
+from feed.features.matrices import EngagementWeights, TrainingData, build
+from feed.models import Content, ItemItem, MatrixFactorization, Popularity, RankFusion, Social
+from feed.models.base import blocks, topk
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every training parameter, recorded in the manifest."""
+
+    n_candidates: int = 200  # per user, published
+    n_neighbours: int = 30  # per post
+    n_trending: int = 500
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    alpha: float = 10.0
+    item_k: int = 100
+    content_min_df: int = 2
+    trending_half_life_days: float = 7.0
+    #: Content neighbours are computed among at most this many most-engaged posts.
+    max_content_neighbour_posts: int = 20_000
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"als": 1.0, "itemknn": 1.0, "content": 0.5, "social": 0.7,
+                                 "popularity": 0.3})
+    random_state: int = 0
+
+
+def make_blend(config: TrainConfig) -> RankFusion:
+    """The default blend of every candidate source."""
+    sources = {
+        "als": MatrixFactorization("als", factors=config.factors, iterations=config.iterations,
+                                   regularization=config.regularization, alpha=config.alpha,
+                                   random_state=config.random_state),
+        "itemknn": ItemItem(K=config.item_k),
+        "content": Content(min_df=config.content_min_df),
+        "social": Social(),
+        "popularity": Popularity(half_life_days=config.trending_half_life_days),
+    }
+    return RankFusion(sources, weights=config.weights)
+
+
+def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, **kw)
+
+
+def _user_candidates(blend: RankFusion, data: TrainingData, users: np.ndarray, n: int,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    exclude = data.seen()
+    parts = []
+    step = 256
+    chunks = range(0, len(users), step)
+    for lo in _progress(chunks, progress, desc="candidates", unit="x256 users"):
+        parts.append(blend.recommend(users[lo:lo + step], n, exclude))
+    if not parts:
+        z = np.zeros((0, n))
+        return z.astype(np.int64), z.astype(np.float32), z.astype(np.uint8)
+    items, scores, reasons = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return items, scores, reasons
+
+
+def _neighbours(data: TrainingData, content: Content, item: ItemItem, n: int,
+                max_content_posts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Similar posts: the co-engagement and content neighbour lists fused by rank."""
+    npo = data.n_posts
+    sim = item.similarity_.tocsr()
+    popularity = np.asarray(data.engagement.getnnz(axis=0)).ravel()
+    pool = np.argsort(-popularity, kind="stable")[:max_content_posts]
+    pool_vecs = content.post_vectors_[pool]
+    items = np.full((npo, n), -1, dtype=np.int64)
+    scores = np.full((npo, n), -np.inf, dtype=np.float32)
+    in_pool = np.full(npo, -1)
+    in_pool[pool] = np.arange(len(pool))
+    for lo, hi in blocks(npo, npo):
+        rows = np.arange(lo, hi)
+        block = np.zeros((hi - lo, npo), dtype=np.float32)
+        co = sim[rows]
+        block += _rank_scores(co.toarray(), n)
+        cv = content.post_vectors_[rows] @ pool_vecs.T
+        cdense = np.full((hi - lo, npo), 0.0, dtype=np.float32)
+        cdense[:, pool] = cv.toarray()
+        block += 0.7 * _rank_scores(cdense, n)
+        block[np.arange(hi - lo), rows] = -np.inf
+        block[block <= 0] = -np.inf
+        items[lo:hi], scores[lo:hi] = topk(block, n)
+    return items, scores
+
+
+def _rank_scores(block: np.ndarray, n: int, k: float = 20.0) -> np.ndarray:
+    """Reciprocal-rank scores of each row's top-``n`` positive entries (0 elsewhere)."""
+    block = np.where(block > 0, block, -np.inf).astype(np.float32)
+    items, _ = topk(block, n)
+    out = np.zeros_like(block)
+    rows = np.broadcast_to(np.arange(block.shape[0])[:, None], items.shape)
+    ok = items >= 0
+    out[rows[ok], items[ok]] = (1.0 / (k + 1 + np.nonzero(ok)[1])).astype(np.float32)
+    return out
+
+
+def _iso(ts: float) -> str | None:
+    if ts != ts:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def post_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
+    """The JSON documents the service returns for posts."""
+    p = ds.posts
+    for row in zip(p["post_id"], p["author_id"], p["created_at"], p["text"], p["title"],
+                   p["tags"], p["product_ids"], strict=True):
+        yield {"post_id": row[0], "author_id": row[1], "created_at": _iso(row[2]),
+               "text": row[3], "title": row[4], "tags": list(row[5]), "product_ids": list(row[6])}
+
+
+def product_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
+    """The JSON documents the service returns for products (linked products without a row in
+    products.csv get a minimal document)."""
+    pr = ds.products
+    known = set()
+    for row in zip(pr["product_id"], pr["title"], pr["category"], pr["brand"], pr["price"],
+                   pr["in_stock"], strict=True):
+        known.add(row[0])
+        yield {"product_id": row[0], "title": row[1], "category": row[2], "brand": row[3],
+               "price": None if row[4] != row[4] else float(row[4]), "in_stock": bool(row[5])}
+    for ids in ds.posts["product_ids"]:
+        for pid in ids:
+            if pid not in known:
+                known.add(pid)
+                yield {"product_id": pid, "title": pid, "category": "", "brand": "",
+                       "price": None, "in_stock": True}
+
+
+def fingerprint(ds: Dataset) -> str:
+    """A short hash of the dataset's files (or of its tables when it has no directory)."""
+    h = hashlib.sha256()
+    if ds.path is not None:
+        for f in sorted(Path(ds.path).iterdir()):
+            if f.suffix in (".csv", ".parquet"):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    else:
+        for name in ("posts", "likes", "purchases", "follows"):
+            h.update(getattr(ds, name).to_csv(index=False).encode())
+    return h.hexdigest()[:16]
+
+
+def new_version_id(data_fp: str, config: TrainConfig) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    tag = hashlib.sha256((data_fp + repr(asdict(config)) + stamp).encode()).hexdigest()[:6]
+    return f"{stamp}-{tag}"
+
+
+def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfig | None = None,
+          *, progress: bool = False, version: str | None = None) -> Path:
+    """Train every model on a dataset and write a model version.
+
+    Parameters
+    ----------
+    dataset : Dataset or path
+        A loaded dataset or its directory (validated on load).
+    out_dir : path
+        The artifacts directory; the version goes to ``out_dir/<version>/``.
+    config : TrainConfig, optional
+    progress : bool
+        Show progress bars (the CLI turns this on).
+    version : str, optional
+        The version id; by default a timestamp and a hash.
+
+    Returns
+    -------
+    Path of the written version directory.
+    """
+    cfg = config or TrainConfig()
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = build(ds, EngagementWeights())
+    timings["features_s"] = time.perf_counter() - t0
+
+    blend = make_blend(cfg)
+    for name, model in _progress(list(blend.sources.items()), progress, desc="fitting"):
+        t = time.perf_counter()
+        model.fit(data)
+        timings[f"fit_{name}_s"] = time.perf_counter() - t
+    blend.n_posts_ = data.n_posts
+
+    t = time.perf_counter()
+    active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
+    items, scores, reasons = _user_candidates(blend, data, active, cfg.n_candidates, progress)
+    timings["candidates_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    nb_items, nb_scores = _neighbours(data, blend.sources["content"], blend.sources["itemknn"],
+                                      cfg.n_neighbours, cfg.max_content_neighbour_posts)
+    timings["neighbours_s"] = time.perf_counter() - t
+
+    pop = blend.sources["popularity"]
+    trend_items, trend_scores = topk(pop.scores_[None, :].copy(), cfg.n_trending)
+
+    data_fp = fingerprint(ds)
+    vid = version or new_version_id(data_fp, cfg)
+    docs = {"posts": list(post_documents(ds)), "products": list(product_documents(ds))}
+    manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
+    manifest["counts"].update(post_docs=len(docs["posts"]), product_docs=len(docs["products"]))
+    arrays = {
+        "posts": {"post_id": data.posts.external, "author_id": ds.posts["author_id"].to_numpy(str),
+                  "created_at": data.post_created, "category": data.post_category,
+                  "product_ids": np.array(["|".join(x) for x in ds.posts["product_ids"]], dtype=str)},
+        "candidates": {"users": data.users.to_external(active), "items": items.astype(np.int32),
+                       "scores": _unit(scores), "reasons": reasons.astype(np.uint8)},
+        "neighbours": {"items": nb_items.astype(np.int32), "scores": _unit(nb_scores)},
+        "trending": {"items": trend_items[0].astype(np.int32), "scores": _unit(trend_scores)[0]},
+        "follows": {"follower": ds.follows["follower_id"].to_numpy(str),
+                    "followee": ds.follows["followee_id"].to_numpy(str)},
+    }
+    out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs)
+    logger.info("wrote model version %s to %s", vid, out)
+    return out
+
+
+def _unit(scores: np.ndarray) -> np.ndarray:
+    """Scores scaled to [0, 1] per row (padding -inf becomes 0)."""
+    s = np.where(np.isfinite(scores), scores, np.nan).astype(np.float32)
+    hi = np.nanmax(np.where(np.isnan(s), -np.inf, s), axis=-1, keepdims=True)
+    lo = np.nanmin(np.where(np.isnan(s), np.inf, s), axis=-1, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = np.where(np.isnan(s), 0.0, 0.05 + 0.95 * (s - np.minimum(lo, hi)) / span)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _manifest(vid: str, data_fp: str, cfg: TrainConfig, data: TrainingData, ds: Dataset,
+              items: np.ndarray, nb_items: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+    import implicit
+    import sklearn
+
+    return {
+        "version": vid,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "contract_version": CONTRACT_VERSION,
+        "data": {"path": str(ds.path) if ds.path else None, "fingerprint": data_fp,
+                 "rows": dict(ds.counts), "now": _iso(data.now)},
+        "params": asdict(cfg),
+        "libraries": {"shopfeed": __version__, "implicit": implicit.__version__,
+                      "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+                      "python": platform.python_version()},
+        "counts": {
+            "users": int(items.shape[0]),
+            "candidates": int((items >= 0).sum()),
+            "posts": data.n_posts,
+            "followers": int(ds.follows["follower_id"].nunique()),
+            "neighbour_posts": int((nb_items[:, 0] >= 0).sum()) if len(nb_items) else 0,
+        },
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "metrics": {},
+    }

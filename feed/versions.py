@@ -1,0 +1,132 @@
+"""The model-version registry in Redis: list, activate, roll back, delete.
+
+The registry is one hash (``{feed}:versions``: version -> JSON meta) and the live pointer is
+one string (``{feed}:live``), so switching the live version is a single atomic ``SET``.
+A version is activatable only in state ``ready`` (every key written and counted).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from feed import contract as c
+
+HISTORY_KEY = "{feed}:live_history"  # list: previously live versions, newest first
+HISTORY_LEN = 20
+DELETE_BATCH = 500
+
+
+class VersionError(RuntimeError):
+    """A version operation was refused (unknown, incomplete, live, or in use)."""
+
+
+def _text(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def live_version(r: Any) -> str | None:
+    """The live version id, or None."""
+    return _text(r.get(c.LIVE_KEY))
+
+
+def get_meta(r: Any, version: str) -> dict[str, Any] | None:
+    """The registry entry of ``version``, or None when unknown."""
+    meta = c.decode_json(r.hget(c.VERSIONS_KEY, version))
+    return meta if isinstance(meta, dict) else None
+
+
+def set_meta(r: Any, version: str, meta: dict[str, Any]) -> None:
+    r.hset(c.VERSIONS_KEY, version, c.encode_json(meta))
+
+
+def list_versions(r: Any) -> list[dict[str, Any]]:
+    """Every registered version, newest first, with ``live`` and ``in_experiments`` marked."""
+    live = live_version(r)
+    used = versions_in_experiments(r)
+    out = []
+    for v, raw in r.hgetall(c.VERSIONS_KEY).items():
+        meta = c.decode_json(raw) or {}
+        name = _text(v) or ""
+        out.append({**meta, "version": name, "live": name == live,
+                    "in_experiments": sorted(used.get(name, []))})
+    return sorted(out, key=lambda m: m.get("published_at") or 0, reverse=True)
+
+
+def versions_in_experiments(r: Any) -> dict[str, list[str]]:
+    """version -> names of running experiments that route traffic to it."""
+    used: dict[str, list[str]] = {}
+    for name, raw in r.hgetall(c.EXPERIMENTS_KEY).items():
+        exp = c.decode_json(raw) or {}
+        if exp.get("status", "running") != "running":
+            continue
+        for arm in exp.get("arms", []):
+            used.setdefault(arm.get("version", ""), []).append(_text(name) or "")
+    return used
+
+
+def activate(r: Any, version: str) -> str | None:
+    """Make ``version`` live (atomically); returns the previously live version."""
+    meta = get_meta(r, version)
+    if meta is None:
+        raise VersionError(f"unknown version {version!r}")
+    if meta.get("state") != c.STATE_READY:
+        raise VersionError(
+            f"version {version!r} is {meta.get('state')!r}, not {c.STATE_READY!r}: "
+            "its keys are incomplete; publish it again")
+    previous = _text(r.set(c.LIVE_KEY, version, get=True))
+    if previous and previous != version:
+        r.lpush(HISTORY_KEY, previous)
+        r.ltrim(HISTORY_KEY, 0, HISTORY_LEN - 1)
+    set_meta(r, version, {**meta, "activated_at": time.time()})
+    return previous
+
+
+def rollback(r: Any) -> str:
+    """Re-activate the most recent previously live version that is still ready."""
+    live = live_version(r)
+    while True:
+        prev = _text(r.lpop(HISTORY_KEY))
+        if prev is None:
+            raise VersionError("no previous version to roll back to")
+        meta = get_meta(r, prev)
+        if prev != live and meta and meta.get("state") == c.STATE_READY:
+            r.set(c.LIVE_KEY, prev)
+            return prev
+
+
+def version_keys(r: Any, version: str) -> list[str]:
+    """Every key of a version: per-user candidates and the version's own keys."""
+    keys: list[str] = []
+    nodes = r.get_primaries() if c.is_cluster(r) else [None]
+    for node in nodes:
+        for pattern in (f"{{u:*}}:cand:{version}", f"{{feed:{version}}}:*"):
+            it = (r.scan_iter(match=pattern, count=1000, target_nodes=node) if node is not None
+                  else r.scan_iter(match=pattern, count=1000))
+            keys.extend(_text(k) or "" for k in it)
+    return keys
+
+
+def delete(r: Any, version: str, *, force: bool = False) -> int:
+    """Delete every key of ``version`` and its registry entry; returns keys removed.
+
+    Refuses the live version and versions used by a running experiment.
+    """
+    if not force:
+        if version == live_version(r):
+            raise VersionError(f"version {version!r} is live; activate another one first")
+        users = versions_in_experiments(r).get(version)
+        if users:
+            raise VersionError(f"version {version!r} is used by running experiment(s) {users}")
+    keys = version_keys(r, version)
+    removed = 0
+    for i in range(0, len(keys), DELETE_BATCH):
+        pipe = r.pipeline(transaction=False)
+        for k in keys[i:i + DELETE_BATCH]:
+            pipe.unlink(k)
+        removed += sum(int(x) for x in pipe.execute())
+    r.hdel(c.VERSIONS_KEY, version)
+    r.lrem(HISTORY_KEY, 0, version)
+    return removed

@@ -1,0 +1,62 @@
+"""Service configuration: defaults, then ``FEED_*`` environment variables, then test config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "REDIS_URL": None,  # None: `feed serve` starts a private server; the app itself requires it
+    "REDIS_SOCKET_TIMEOUT": 0.5,  # seconds, every Redis command
+    "REDIS_CONNECT_TIMEOUT": 0.5,
+    "DEFAULT_LIMIT": 20,
+    "MAX_LIMIT": 100,
+    "SEEN_WINDOW_S": 3 * 86_400,  # served/seen posts are not served again within this window
+    "SEEN_MAX": 2_000,  # entries kept per user in the seen set
+    "RT_MAX": 300,  # real-time candidates kept per user
+    "RT_NEIGHBOURS": 20,  # neighbours of a liked post added to the user's real-time candidates
+    "RT_WEIGHT": 1.2,  # real-time candidate scores (relative to precomputed ones in [0, 1])
+    "FOLLOW_WEIGHT": 1.0,  # fresh posts of followed authors
+    "TRENDING_WEIGHT": 0.15,  # trending fallback
+    "FRESH_WEIGHT": 0.3,  # posts created through the API, not followed
+    "FRESHNESS_WEIGHT": 0.2,  # bonus * 0.5 ** (age / half-life)
+    "FRESHNESS_HALF_LIFE_S": 3 * 86_400,
+    "AUTHOR_MAX_PER_PAGE": 2,  # at most this many posts of one author on a page
+    "CATEGORY_DISCOUNT": 0.15,  # score discount per earlier item of the same category on a page
+    "VERSION_CACHE_S": 1.0,  # how long the live version / experiments are cached in process
+    "GLOBAL_CACHE_S": 2.0,  # fresh posts and out-of-stock set
+    "EVENT_LOG_MAXLEN": 1_000_000,  # approximate cap of the event stream
+    "MAX_EVENTS_PER_REQUEST": 500,
+    "MAX_CONTENT_LENGTH": 1_000_000,  # bytes; larger bodies get 413
+    "CURSOR_SECRET": None,  # HMAC key for cursors; random per process when unset
+    "CURSOR_TTL_S": 86_400,
+}
+
+INT_KEYS = {"DEFAULT_LIMIT", "MAX_LIMIT", "SEEN_WINDOW_S", "SEEN_MAX", "RT_MAX", "RT_NEIGHBOURS",
+            "AUTHOR_MAX_PER_PAGE", "EVENT_LOG_MAXLEN", "MAX_EVENTS_PER_REQUEST",
+            "MAX_CONTENT_LENGTH", "CURSOR_TTL_S", "FRESHNESS_HALF_LIFE_S"}
+FLOAT_KEYS = {"REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "RT_WEIGHT", "FOLLOW_WEIGHT",
+              "TRENDING_WEIGHT", "FRESH_WEIGHT", "FRESHNESS_WEIGHT", "CATEGORY_DISCOUNT",
+              "VERSION_CACHE_S", "GLOBAL_CACHE_S"}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the variable."""
+
+
+def check(config: dict[str, Any]) -> None:
+    """Coerce numeric settings (environment values arrive as strings) and validate them."""
+    for key in INT_KEYS | FLOAT_KEYS:
+        raw = config.get(key)
+        kind = int if key in INT_KEYS else float
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"FEED_{key}={raw!r} is not a valid {kind.__name__}") from e
+        if value < 0:
+            raise ConfigError(f"FEED_{key}={raw!r} must not be negative")
+        config[key] = value
+    if not 1 <= config["DEFAULT_LIMIT"] <= config["MAX_LIMIT"]:
+        raise ConfigError("FEED_DEFAULT_LIMIT must be between 1 and FEED_MAX_LIMIT")
+    if not config.get("REDIS_URL"):
+        raise ConfigError("FEED_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); "
+                          "`feed serve` starts a private server when it is unset")

@@ -1,0 +1,52 @@
+"""Opaque, tamper-proof feed cursors: base64url(JSON) + HMAC-SHA256 over it.
+
+A cursor pins the scroll to the model version of its first page and to its user, so paging
+stays coherent when the live version changes mid-scroll and a cursor cannot be replayed for
+another user.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from service.errors import bad_request
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode(secret: bytes, user_id: str, version: str, page: int, started: float) -> str:
+    body = _b64(json.dumps({"u": user_id, "v": version, "p": page, "t": round(started, 3)},
+                           separators=(",", ":")).encode())
+    sig = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:16])
+    return f"{body}.{sig}"
+
+
+def decode(secret: bytes, cursor: str, user_id: str, ttl_s: float) -> dict[str, Any]:
+    """The cursor's fields; a forged, foreign, expired or garbled cursor is a 400."""
+    try:
+        body, sig = cursor.split(".", 1)
+        expected = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:16])
+        if not hmac.compare_digest(sig, expected):
+            raise ValueError("signature mismatch")
+        data = json.loads(_unb64(body))
+        if not isinstance(data, dict) or not isinstance(data.get("v"), str):
+            raise ValueError("bad fields")
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise bad_request("invalid cursor: use next_cursor exactly as returned",
+                          "invalid_cursor") from e
+    if data.get("u") != user_id:
+        raise bad_request("this cursor belongs to another user", "invalid_cursor")
+    if time.time() - float(data.get("t", 0)) > ttl_s:
+        raise bad_request("cursor expired; start again without a cursor", "invalid_cursor")
+    return data
