@@ -10,6 +10,8 @@ import logging
 import re
 from functools import lru_cache
 
+import numpy as np
+
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 logger = logging.getLogger(__name__)
@@ -55,5 +57,5 @@ def make_vectorizer(min_df: int = 1, max_features: int | None = 200_000) -> Tfid
         min_df=min_df,
         max_features=max_features,
         sublinear_tf=True,
-        dtype=float,
+        dtype=np.float32,
     )

@@ -7,6 +7,7 @@ Each is a :class:`~feed.models.base.CandidateModel`.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -101,8 +102,8 @@ class MatrixFactorization(CandidateModel):
 
     def fit(self, data: TrainingData, matrix: sp.csr_matrix | None = None) -> MatrixFactorization:
         x = sp.csr_matrix(data.engagement if matrix is None else matrix, dtype=np.float32)
-        model = self._make()
         with threadpool_limits(1, "blas"):
+            model = self._make()
             model.fit(x, show_progress=False)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
@@ -138,7 +139,11 @@ class ItemItem(CandidateModel):
             raise ValueError(f"method must be 'bm25' or 'cosine', got {self.method!r}")
         model = BM25Recommender(K=self.K) if self.method == "bm25" else CosineRecommender(K=self.K)
         x = sp.csr_matrix(data.engagement, dtype=np.float32)
-        model.fit(x, show_progress=False)
+        with warnings.catch_warnings():
+            # implicit's BM25Recommender passes its own bm25_weight() COO output to a CSR-only
+            # kernel and warns about the conversion it then does; nothing we pass is COO.
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model.fit(x, show_progress=False)
         self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
         self.similarity_.setdiag(0)
         self.similarity_.eliminate_zeros()
