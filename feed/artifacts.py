@@ -10,6 +10,7 @@ Files of a version (no pickle anywhere; arrays are read with ``allow_pickle=Fals
 * ``neighbours.npz``: per-post ranked ``items``/``scores`` (similar posts);
 * ``trending.npz``: ``items``/``scores``;
 * ``follows.npz``: ``follower``/``followee`` ids (seeds the service's follow sets);
+* ``purchases.npz``: ``user``/``product`` ids (seeds the service's bought sets, for gifts);
 * ``posts.jsonl``, ``products.jsonl``: the documents the service caches and returns.
 """
 
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 
 MANIFEST = "manifest.json"
-ARRAY_FILES = ("posts.npz", "candidates.npz", "neighbours.npz", "trending.npz", "follows.npz")
+ARRAY_FILES = ("posts.npz", "candidates.npz", "neighbours.npz", "trending.npz", "follows.npz",
+               "purchases.npz")
 DOC_FILES = ("posts.jsonl", "products.jsonl")
 
 

@@ -112,7 +112,7 @@ USER_HIDDEN = "hidden"  # set of hidden post ids
 USER_MUTED = "muted"  # set of author ids the user blocked or asked to see fewer of
 USER_FOLLOWS = "follows"  # set of followed authors (seeded by publish, then events)
 USER_UNFOLLOWS = "unfollows"  # set of authors unfollowed since training
-USER_PURCHASES = "bought"  # set of product ids bought since training
+USER_PURCHASES = "bought"  # set of product ids bought (seeded by publish, then events)
 
 
 # --- payloads --------------------------------------------------------------------------------

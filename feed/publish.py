@@ -90,18 +90,19 @@ def _neighbour_pairs(art: artifacts.Artifact, post_ids: np.ndarray) -> Iterator[
                    c.encode_candidates(it[ok], sc[ok], np.full(ok.sum(), similar)))
 
 
-def _write_follows(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[str]:
-    """Seed each follower's follow set (a union: follows made through events stay)."""
-    f = art.arrays("follows")
+def _write_sets(r: Any, art: artifacts.Artifact, name: str, columns: tuple[str, str],
+                kind: str, progress: Any = None) -> list[str]:
+    """Seed per-user sets from an artifact's pairs (a union: what events added stays)."""
+    f = art.arrays(name)
     by_user: dict[str, list[str]] = {}
-    for a, b in zip(f["follower"].tolist(), f["followee"].tolist(), strict=True):
+    for a, b in zip(f[columns[0]].tolist(), f[columns[1]].tolist(), strict=True):
         by_user.setdefault(a, []).append(b)
     keys = []
     for chunk in _batched(by_user.items(), BATCH):
         pipe = r.pipeline(transaction=False)
-        for uid, authors in chunk:
-            key = c.user_key(uid, c.USER_FOLLOWS)
-            pipe.sadd(key, *authors)
+        for uid, members in chunk:
+            key = c.user_key(uid, kind)
+            pipe.sadd(key, *members)
             keys.append(key)
         pipe.execute()
         if progress is not None:
@@ -168,7 +169,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
         from tqdm import tqdm
 
         total = counts["users"] + counts["neighbour_posts"] + counts["post_docs"] + \
-            counts["product_docs"] + counts["followers"] + 3
+            counts["product_docs"] + counts["followers"] + counts["buyers"] + 3
         bar = tqdm(total=total, desc=f"publish {v}", unit="key")
     try:
         shared = [
@@ -186,7 +187,10 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             "users": _write(r, _candidate_pairs(art), bar),
             "neighbour_posts": _write(r, _neighbour_pairs(art, posts["post_id"]), bar),
             "docs": _write(r, _doc_pairs(art), bar),
-            "followers": _write_follows(r, art, bar),
+            "followers": _write_sets(r, art, "follows", ("follower", "followee"),
+                                     c.USER_FOLLOWS, bar),
+            "buyers": _write_sets(r, art, "purchases", ("user", "product"),
+                                  c.USER_PURCHASES, bar),
         }
         _stock(r, art)
     finally:
@@ -194,7 +198,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             bar.close()
     expected = {"version": 3, "users": counts["users"], "neighbour_posts": counts["neighbour_posts"],
                 "docs": counts["post_docs"] + counts["product_docs"],
-                "followers": counts["followers"]}
+                "followers": counts["followers"], "buyers": counts["buyers"]}
     for name, keys in groups.items():
         if len(keys) != expected[name]:
             raise PublishError(f"{v}: wrote {len(keys)} {name} keys, manifest says {expected[name]}")

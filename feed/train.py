@@ -236,6 +236,8 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
         "trending": {"items": trend_items[0].astype(np.int32), "scores": _unit(trend_scores)[0]},
         "follows": {"follower": ds.follows["follower_id"].to_numpy(str),
                     "followee": ds.follows["followee_id"].to_numpy(str)},
+        "purchases": {"user": ds.purchases["user_id"].to_numpy(str),
+                      "product": ds.purchases["product_id"].to_numpy(str)},
     }
     out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs)
     logger.info("wrote model version %s to %s", vid, out)
@@ -272,6 +274,7 @@ def _manifest(vid: str, data_fp: str, cfg: TrainConfig, data: TrainingData, ds: 
             "candidates": int((items >= 0).sum()),
             "posts": data.n_posts,
             "followers": int(ds.follows["follower_id"].nunique()),
+            "buyers": int(ds.purchases["user_id"].nunique()),
             "neighbour_posts": int((nb_items[:, 0] >= 0).sum()) if len(nb_items) else 0,
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
