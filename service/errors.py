@@ -51,6 +51,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(redis.RedisError)
     def _redis(e: redis.RedisError) -> Any:
+        from service.observability import REDIS_ERRORS
+
+        kind = "timeout" if isinstance(e, redis.TimeoutError) else type(e).__name__
+        REDIS_ERRORS.labels(kind).inc()
         app.logger.warning("redis unavailable: %s", e)
         return _body("unavailable", "the feed store (Redis) is unavailable; retry shortly"), 503, {
             "Retry-After": "1"}

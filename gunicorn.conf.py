@@ -1,0 +1,41 @@
+"""gunicorn settings for the feed service: ``gunicorn -c gunicorn.conf.py 'service:create_app()'``.
+
+Every value can be overridden by the matching environment variable (``GUNICORN_WORKERS``...).
+The app is created after fork in each worker (no ``preload_app``), so each worker opens its
+own Redis connection pool; metrics are aggregated across workers through
+``PROMETHEUS_MULTIPROC_DIR``.
+"""
+
+import multiprocessing
+import os
+import tempfile
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2 + 1))
+threads = int(os.environ.get("GUNICORN_THREADS", 4))
+worker_class = "gthread"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))  # a stuck worker is restarted
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 20))  # SIGHUP / SIGTERM drain
+keepalive = 5
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 20_000))  # recycle slowly leaking workers
+max_requests_jitter = 2_000
+preload_app = False  # Redis clients must be created after fork
+accesslog = None  # the app writes structured JSON access logs itself
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="feed-metrics-"))
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
+    """Start each master with an empty metrics directory."""
+    for name in os.listdir(_metrics_dir):
+        os.unlink(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn hook signature
+    """Drop a dead worker's live gauges from the aggregate."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

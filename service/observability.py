@@ -1,0 +1,134 @@
+"""Request ids, structured JSON logs and Prometheus metrics.
+
+Metrics are multi-process correct under gunicorn: when ``PROMETHEUS_MULTIPROC_DIR`` is set
+(``gunicorn.conf.py`` sets it), every worker writes its samples there and ``/metrics``
+aggregates them with :class:`prometheus_client.multiprocess.MultiProcessCollector`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+REQUEST_LATENCY = Histogram(
+    "feed_http_request_duration_seconds", "HTTP request latency by route and status.",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REDIS_ERRORS = Counter("feed_redis_errors_total", "Redis errors seen by the service.", ["kind"])
+DEGRADED = Counter("feed_degraded_responses_total", "Responses served without Redis.", ["route"])
+CANDIDATE_SOURCES = Counter("feed_served_items_total", "Items served, by reason (source).",
+                            ["reason"])
+EXPOSURES = Counter("feed_exposures_total", "Pages served in an experiment, by arm.",
+                    ["experiment", "arm"])
+EVENTS = Counter("feed_events_accepted_total", "Events accepted, by type.", ["type"])
+
+_RID_RE = re.compile(r"^[A-Za-z0-9_.\-]{8,64}$")
+access_log = logging.getLogger("feed.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request id and extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "method", "path", "route", "status", "duration_ms", "user_id",
+                    "remote"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON logs to stderr for the service's loggers (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in ("feed", "service"):
+        log = logging.getLogger(name)
+        if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
+            log.addHandler(handler)
+        log.setLevel(level.upper())
+        log.propagate = False
+
+
+def record_items(reasons: Iterable[str]) -> None:
+    """Count served items by the source that put them on the page."""
+    for reason in reasons:
+        CANDIDATE_SOURCES.labels(reason.split(":", 1)[0]).inc()
+
+
+def record_exposure(experiment: str | None, arm: str | None) -> None:
+    if experiment:
+        EXPOSURES.labels(experiment, arm or "").inc()
+
+
+def record_events(types: Iterable[str]) -> None:
+    for t in types:
+        EVENTS.labels(t).inc()
+
+
+def _registry() -> CollectorRegistry | None:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None  # the default registry of this process
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def init_app(app: Flask) -> None:
+    """Request ids, access logs, latency metrics and the ``/metrics`` route."""
+    if app.config.get("JSON_LOGS", True) and not app.testing:
+        configure_logging(str(app.config.get("LOG_LEVEL", "INFO")))
+
+    @app.before_request
+    def _start() -> None:
+        g.t0 = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _RID_RE.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        resp.headers["X-Request-ID"] = g.get("request_id", "")
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
+        if route != "/metrics":
+            REQUEST_LATENCY.labels(route, request.method, str(resp.status_code)).observe(elapsed)
+        access_log.info(
+            "%s %s %s", request.method, request.path, resp.status_code,
+            extra={"request_id": g.get("request_id"), "method": request.method,
+                   "path": request.path, "route": route, "status": resp.status_code,
+                   "duration_ms": round(elapsed * 1000, 3), "remote": request.remote_addr},
+        )
+        return resp
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        registry = _registry()
+        body = generate_latest(registry) if registry is not None else generate_latest()
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)

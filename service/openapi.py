@@ -1,0 +1,226 @@
+"""The OpenAPI 3 description of the HTTP API, served at ``/openapi.json`` and read at ``/docs``.
+
+The spec is written next to the code it describes; ``tests/test_openapi.py`` checks that it is
+valid OpenAPI 3, that every Flask route is in it, and that real responses match its schemas.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+bp = Blueprint("openapi", __name__)
+
+ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@\-\u00c0-\uffff]{1,128}$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": ID,
+            "description": description}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1},
+               "Items per page (capped at FEED_MAX_LIMIT).")
+ADMIN = [{"bearerAuth": []}]
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "Product": {
+        "type": "object", "required": ["product_id", "title", "category", "price", "in_stock"],
+        "properties": {"product_id": {"type": "string"}, "title": {"type": "string"},
+                       "category": {"type": "string"}, "brand": {"type": "string"},
+                       "price": {"type": ["number", "null"]}, "in_stock": {"type": "boolean"}},
+    },
+    "Post": {
+        "type": "object", "required": ["post_id", "author_id", "text", "created_at", "products"],
+        "properties": {
+            "post_id": {"type": "string"}, "author_id": {"type": "string"},
+            "text": {"type": "string"}, "title": {"type": "string"},
+            "created_at": {"type": ["string", "null"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "products": {"type": "array", "items": _ref("Product")},
+        },
+    },
+    "FeedItem": {"allOf": [_ref("Post"), {
+        "type": "object", "required": ["score", "reason"],
+        "properties": {"score": {"type": "number"}, "reason": {
+            "type": "string",
+            "description": "collaborative, content, followed_author, trending, co_engagement, "
+                           "fresh, purchased_together, interest, similar_to:<post_id>"}}}]},
+    "FeedPage": {
+        "type": "object",
+        "required": ["user_id", "model_version", "experiment", "arm", "request_id", "degraded",
+                     "next_cursor", "items"],
+        "properties": {
+            "user_id": {"type": "string"}, "model_version": {"type": ["string", "null"]},
+            "experiment": {"type": ["string", "null"]}, "arm": {"type": ["string", "null"]},
+            "request_id": {"type": "string"}, "degraded": {"type": "boolean"},
+            "next_cursor": {"type": ["string", "null"]},
+            "items": {"type": "array", "items": _ref("FeedItem")},
+        },
+    },
+    "Similar": {
+        "type": "object", "required": ["post_id", "model_version", "items"],
+        "properties": {"post_id": {"type": "string"}, "model_version": {"type": "string"},
+                       "items": {"type": "array", "items": _ref("FeedItem")}},
+    },
+    "Event": {
+        "type": "object", "required": ["type", "user_id"],
+        "properties": {
+            "type": {"type": "string", "enum": [
+                "impression", "click", "like", "unlike", "purchase", "follow", "unfollow",
+                "hide_post", "see_fewer_author"]},
+            "user_id": ID, "post_id": ID, "product_id": ID, "author_id": ID,
+            "ts": {"oneOf": [{"type": "string"}, {"type": "number"}],
+                   "description": "ISO-8601 or unix seconds; default now"},
+            "request_id": {"type": "string", "maxLength": 64,
+                           "description": "the request_id of the page the event came from"},
+        },
+    },
+    "NewPost": {
+        "type": "object", "required": ["post_id", "author_id"],
+        "properties": {
+            "post_id": ID, "author_id": ID, "text": {"type": "string", "maxLength": 20000},
+            "title": {"type": "string"},
+            "product_ids": {"type": "array", "items": ID, "maxItems": 50},
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+            "created_at": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+        },
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/v1/feed/{user_id}": {"get": {
+        "summary": "A ranked, personalised page of posts with their linked products.",
+        "parameters": [_path_param("user_id", "Any user id; unknown users get a cold-start page."),
+                       LIMIT,
+                       _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
+                       _query("interests", {"type": "string"},
+                              "Comma-separated categories or words to seed a new user's page.")],
+        "responses": {"200": _json(_ref("FeedPage")), "400": _error("Bad parameter or cursor."),
+                      "503": _error("Redis unreachable and no degraded page possible.")},
+    }},
+    "/v1/posts/{post_id}": {"get": {
+        "summary": "One post with its products.",
+        "parameters": [_path_param("post_id", "Post id.")],
+        "responses": {"200": _json(_ref("Post")), "400": _error("Bad id."),
+                      "404": _error("Unknown post.")},
+    }},
+    "/v1/posts/{post_id}/similar": {"get": {
+        "summary": "Posts like this one (content and co-engagement neighbours).",
+        "parameters": [_path_param("post_id", "Post id."), LIMIT],
+        "responses": {"200": _json(_ref("Similar")), "400": _error("Bad parameter."),
+                      "404": _error("Unknown post.")},
+    }},
+    "/v1/posts": {"post": {
+        "summary": "Create a post; it reaches followers and fresh lists before the next training.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref("NewPost")}}},
+        "responses": {"201": _json({"type": "object", "properties": {
+            "post_id": {"type": "string"}}}, "Created"),
+            "400": _error("Invalid post."), "413": _error("Body too large.")},
+    }},
+    "/v1/events": {"post": {
+        "summary": "Record a batch of events; each changes the user's next page at once.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["events"],
+            "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500,
+                                      "items": _ref("Event")}}}}}},
+        "responses": {"202": _json({"type": "object", "required": ["accepted"], "properties": {
+            "accepted": {"type": "integer"}, "request_id": {"type": "string"}}}, "Accepted"),
+            "400": _error("Invalid event."), "413": _error("Body too large."),
+            "503": _error("Not stored; retry after Retry-After seconds.")},
+    }},
+    "/v1/users/{user_id}/gifts": {"get": {
+        "summary": "Gift ideas (挑禮物): products the friend would like, with the posts showing "
+                   "them, excluding what the friend already bought.",
+        "parameters": [_path_param("user_id", "The user asking."),
+                       {"name": "for", "in": "query", "required": True, "schema": ID,
+                        "description": "The friend's user id."}, LIMIT],
+        "responses": {"200": _json({"type": "object"}), "400": _error("Bad parameter.")},
+    }},
+    "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": _json({"type": "object"})}}},
+    "/readyz": {"get": {"summary": "Readiness: Redis reachable and a live version.",
+                        "responses": {"200": _json({"type": "object"}),
+                                      "503": _error("Not ready.")}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics (text format).", "responses": {
+        "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    "/openapi.json": {"get": {"summary": "This document.",
+                              "responses": {"200": _json({"type": "object"})}}},
+    "/docs": {"get": {"summary": "This document, as a page to read.", "responses": {
+        "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+}
+
+
+def spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    from feed import __version__
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "shopfeed", "version": __version__,
+                 "description": "A content-guided shopping feed: ranked posts that link "
+                                "products, served from Redis."},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer",
+                           "description": "FEED_ADMIN_TOKEN; admin routes are off without it"}}},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(spec())
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    """A plain page listing every route, its parameters and responses (no external assets)."""
+    doc = spec()
+    parts = [f"<h1>{html.escape(doc['info']['title'])} API {doc['info']['version']}</h1>",
+             f"<p>{html.escape(doc['info']['description'])} The machine-readable spec is "
+             "<a href='/openapi.json'>/openapi.json</a>.</p>"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            parts.append(f"<h2><code>{method.upper()} {html.escape(path)}</code></h2>")
+            parts.append(f"<p>{html.escape(op.get('summary', ''))}</p>")
+            params = op.get("parameters", [])
+            if params:
+                rows = "".join(
+                    f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{p['in']}</td>"
+                    f"<td>{'yes' if p.get('required') else 'no'}</td>"
+                    f"<td>{html.escape(p.get('description', ''))}</td></tr>" for p in params)
+                parts.append("<table><tr><th>parameter</th><th>in</th><th>required</th>"
+                             f"<th>description</th></tr>{rows}</table>")
+            codes = ", ".join(f"{code} {html.escape(r['description'])}"
+                              for code, r in op["responses"].items())
+            parts.append(f"<p><b>Responses:</b> {codes}</p>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+             "padding:0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:.2rem .5rem;text-align:left}h2{margin-top:2rem;font-size:1.1rem}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>shopfeed API</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    return Response(page, mimetype="text/html")
