@@ -1,0 +1,116 @@
+"""Publishing: verification against the manifest, atomic activation, interrupted publishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feed import artifacts
+from feed import contract as c
+from feed import versions as reg
+from feed.publish import publish
+
+
+def test_artifact_has_no_pickle_and_verifies(artifact: Path) -> None:
+    art = artifacts.read(artifact)
+    for name in artifacts.ARRAY_FILES:
+        arrays = art.arrays(name[:-4])
+        assert all(a.dtype != object for a in arrays.values())
+    assert art.manifest["counts"]["users"] == len(art.arrays("candidates")["users"])
+
+
+def test_tampered_artifact_is_refused(artifact: Path, tmp_path: Path, r: Any) -> None:
+    copy = tmp_path / artifact.name
+    shutil.copytree(artifact, copy)
+    with open(copy / "trending.npz", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(artifacts.ArtifactError, match="sha256"):
+        publish(r, copy)
+    assert r.hlen(c.VERSIONS_KEY) == 0
+
+
+def test_publish_writes_every_key_and_activates(r: Any, artifact: Path) -> None:
+    res = publish(r, artifact, activate=True)
+    meta = reg.get_meta(r, res.version)
+    assert meta is not None and meta["state"] == c.STATE_READY
+    assert reg.live_version(r) == res.version
+    cand = artifacts.read(artifact).arrays("candidates")
+    user = str(cand["users"][0])
+    items, _, _ = c.decode_candidates(r.get(c.user_key(user, "cand", res.version)))
+    assert items.tolist() == [i for i in cand["items"][0].tolist() if i >= 0]
+    # publishing the same version again is a no-op, not a duplicate
+    again = publish(r, artifact)
+    assert again.version == res.version
+
+
+def test_activate_unknown_or_incomplete_is_refused(r: Any, artifact: Path) -> None:
+    with pytest.raises(reg.VersionError, match="unknown"):
+        reg.activate(r, "nope")
+    reg.set_meta(r, "half", {"state": c.STATE_PUBLISHING})
+    with pytest.raises(reg.VersionError, match="incomplete"):
+        reg.activate(r, "half")
+
+
+def test_delete_refuses_live_and_removes_every_key(r: Any, artifact: Path, tmp_path: Path) -> None:
+    v1 = publish(r, artifact, activate=True).version
+    with pytest.raises(reg.VersionError, match="live"):
+        reg.delete(r, v1)
+    copy = tmp_path / "v2"
+    shutil.copytree(artifact, copy)
+    _rename_version(copy, "v2-test")
+    publish(r, copy, activate=True)
+    assert reg.live_version(r) == "v2-test"
+    assert reg.rollback(r) == v1
+    removed = reg.delete(r, "v2-test")
+    assert removed > 0
+    assert not list(r.scan_iter(match="*v2-test*"))
+    assert reg.get_meta(r, "v2-test") is None
+
+
+def _rename_version(path: Path, version: str) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["version"] = version
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_interrupted_publish_never_damages_the_live_version(
+        r: Any, redis_url: str, artifact: Path, tmp_path: Path) -> None:
+    """Kill a publisher mid-way (SIGKILL): live keeps serving; the partial version is marked,
+    cannot be activated, can be deleted; publishing again succeeds."""
+    live = publish(r, artifact, activate=True).version
+    big = tmp_path / "big"
+    shutil.copytree(artifact, big)
+    _rename_version(big, "partial-v")
+    script = (
+        "import sys, feed.publish as p\n"
+        "p.BATCH = 5\n"  # many small pipelines, so there is time to kill it half-way
+        "from feed.contract import connect\n"
+        f"p.publish(connect({redis_url!r}), {str(big)!r}, activate=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(True for _ in r.scan_iter(match="{u:*}:cand:partial-v", count=1000)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    meta = reg.get_meta(r, "partial-v")
+    assert meta is not None and meta["state"] == c.STATE_PUBLISHING
+    assert reg.live_version(r) == live
+    with pytest.raises(reg.VersionError):
+        reg.activate(r, "partial-v")
+    listed = {m["version"]: m for m in reg.list_versions(r)}
+    assert listed["partial-v"]["state"] == c.STATE_PUBLISHING
+    assert reg.delete(r, "partial-v") > 0
+    res = publish(r, big, activate=True)
+    assert reg.live_version(r) == res.version == "partial-v"
