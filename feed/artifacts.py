@@ -11,6 +11,8 @@ Files of a version (no pickle anywhere; arrays are read with ``allow_pickle=Fals
 * ``trending.npz``: ``items``/``scores``;
 * ``follows.npz``: ``follower``/``followee`` ids (seeds the service's follow sets);
 * ``purchases.npz``: ``user``/``product`` ids (seeds the service's bought sets, for gifts);
+* ``tokens.npz``: ``token``/``indptr``/``items``: token -> best posts (CSR), for the service's
+  ``interests=`` cold-start hint;
 * ``posts.jsonl``, ``products.jsonl``: the documents the service caches and returns.
 """
 
@@ -28,7 +30,7 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 ARRAY_FILES = ("posts.npz", "candidates.npz", "neighbours.npz", "trending.npz", "follows.npz",
-               "purchases.npz")
+               "purchases.npz", "tokens.npz")
 DOC_FILES = ("posts.jsonl", "products.jsonl")
 
 

@@ -22,9 +22,10 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,13 +107,57 @@ def product_doc_key(product_id: str) -> str:
 # User keys that events write (the real-time state). Named once so readers and writers agree.
 USER_SEEN = "seen"  # zset post -> last served/seen ts
 USER_LIKES = "likes"  # zset post -> ts of likes since training (unlike removes)
-USER_RT = "rt"  # zset post -> score: real-time candidates (neighbours of new likes, follows)
-USER_RT_REASON = "rtwhy"  # hash post -> reason string for USER_RT entries
+USER_RT = "rt"  # zset rt_member(post, reason) -> rt_score(ts, strength): real-time candidates
+USER_RT_REASON = "rtwhy"  # unused since reasons ride in USER_RT members (kept: name reserved)
 USER_HIDDEN = "hidden"  # set of hidden post ids
 USER_MUTED = "muted"  # set of author ids the user blocked or asked to see fewer of
 USER_FOLLOWS = "follows"  # set of followed authors (seeded by publish, then events)
 USER_UNFOLLOWS = "unfollows"  # set of authors unfollowed since training
 USER_PURCHASES = "bought"  # set of product ids bought (seeded by publish, then events)
+USER_PAGE = "page"  # string per cursor: the page a cursor led to (short TTL; retries replay it)
+
+
+def rt_member(post_id: str, reason: str) -> str:
+    """A real-time candidate's zset member: the post and why it is there, so trimming the zset
+    by rank drops both at once and an undo (unlike, unfollow) removes exactly its own entries.
+
+    >>> rt_member("p7", "similar_to:p3"), parse_rt_member(b"p7|similar_to:p3")
+    ('p7|similar_to:p3', ('p7', 'similar_to:p3'))
+    """
+    return f"{post_id}|{reason}"  # "|" never occurs in an id (see valid_id)
+
+
+def parse_rt_member(member: bytes | str) -> tuple[str, str]:
+    """Inverse of :func:`rt_member`: (post id, reason)."""
+    text = member.decode() if isinstance(member, bytes) else member
+    post, _, reason = text.partition("|")
+    return post, reason or "similar_to"
+
+
+def rt_score(ts: float, strength: float) -> float:
+    """A real-time candidate's zset score: newest first (the whole seconds of ``ts``), then by
+    ``strength`` in [0, 1] (the fraction), so trimming to the top ``RT_MAX`` keeps the latest.
+
+    >>> s = rt_score(1_800_000_000.7, 0.25)
+    >>> s > rt_score(1_799_999_999.0, 1.0), round(rt_strength(s), 3)
+    (True, 0.25)
+    """
+    return float(int(ts)) + min(max(strength, 0.0), 1.0) * 0.999
+
+
+def rt_strength(score: float) -> float:
+    """Inverse of :func:`rt_score`: the strength in [0, 1]."""
+    return min((score - int(score)) / 0.999, 1.0)
+
+
+def page_key(user_id: str, cursor: str) -> str:
+    """Key of the page a cursor led to, so a retried cursor returns the same page.
+
+    >>> page_key("u42", "abc.def")
+    '{u:u42}:page:ebb3127bf5c7c4b4'
+    """
+    digest = hashlib.sha256(cursor.encode()).hexdigest()[:16]
+    return user_key(user_id, f"{USER_PAGE}:{digest}")
 
 
 # --- payloads --------------------------------------------------------------------------------
@@ -159,17 +204,53 @@ def decode_json(raw: bytes | str | None) -> Any:
 
 def encode_post_table(post_ids: Sequence[str], author_ids: Sequence[str],
                       created_at: Sequence[float], categories: Sequence[str],
-                      product_ids: Sequence[Sequence[str]]) -> bytes:
-    """The version's post table: what the service needs to filter and rescore in process."""
-    return encode_json(
-        {
-            "post_id": list(post_ids),
-            "author_id": list(author_ids),
-            "created_at": [None if c != c else float(c) for c in created_at],
-            "category": list(categories),
-            "product_ids": [list(p) for p in product_ids],
-        }
-    )
+                      product_ids: Sequence[Sequence[str]],
+                      product_categories: Mapping[str, str] | None = None) -> bytes:
+    """The version's post table: what the service needs to filter and rescore in process.
+
+    ``product_categories`` (product id -> category, optional) lets the service diversify over
+    the categories of every linked product, not only the first one.
+    """
+    table: dict[str, Any] = {
+        "post_id": list(post_ids),
+        "author_id": list(author_ids),
+        "created_at": [None if c != c else float(c) for c in created_at],
+        "category": list(categories),
+        "product_ids": [list(p) for p in product_ids],
+    }
+    if product_categories:
+        table["product_category"] = {k: v for k, v in product_categories.items() if v}
+    return encode_json(table)
+
+
+def encode_token_index(tokens: Sequence[str], indptr: Sequence[int] | np.ndarray,
+                       items: Sequence[int] | np.ndarray) -> bytes:
+    """Pack a version's token -> posts index (CSR) for the ``interests=`` hint.
+
+    The layout is a JSON list of tokens, one NUL byte, then ``indptr`` and ``items`` as
+    little-endian uint32; ``items[indptr[i]:indptr[i + 1]]`` are the post indices of
+    ``tokens[i]``, best first.
+
+    >>> index = decode_token_index(encode_token_index(["coffee", "口紅"], [0, 2, 3], [5, 1, 7]))
+    >>> {k: v.tolist() for k, v in index.items()}
+    {'coffee': [5, 1], '口紅': [7]}
+    """
+    ptr = np.asarray(indptr, dtype="<u4")
+    its = np.asarray(items, dtype="<u4")
+    if len(ptr) != len(tokens) + 1 or (len(ptr) and int(ptr[-1]) != len(its)):
+        raise ValueError("indptr must have len(tokens) + 1 entries ending at len(items)")
+    return encode_json(list(tokens)) + b"\0" + ptr.tobytes() + its.tobytes()
+
+
+def decode_token_index(blob: bytes | None) -> dict[str, np.ndarray]:
+    """Unpack :func:`encode_token_index` into token -> post indices (int64)."""
+    if not blob:
+        return {}
+    head, _, rest = blob.partition(b"\0")
+    tokens = json.loads(head)
+    ptr = np.frombuffer(rest, dtype="<u4", count=len(tokens) + 1).astype(np.int64)
+    items = np.frombuffer(rest, dtype="<u4", offset=4 * len(ptr)).astype(np.int64)
+    return {t: items[ptr[i]:ptr[i + 1]] for i, t in enumerate(tokens)}
 
 
 # --- connections -----------------------------------------------------------------------------

@@ -110,6 +110,16 @@ def _write_sets(r: Any, art: artifacts.Artifact, name: str, columns: tuple[str, 
     return keys
 
 
+def _token_blob(art: artifacts.Artifact) -> bytes:
+    """The version's token -> posts index (``interests=`` hint), verified against the manifest."""
+    t = art.arrays("tokens")
+    expected = art.manifest["counts"].get("tokens", len(t["token"]))
+    if len(t["token"]) != expected:
+        raise PublishError(f"{art.version}: tokens.npz has {len(t['token'])} tokens, "
+                           f"manifest says {expected}")
+    return c.encode_token_index(t["token"].tolist(), t["indptr"], t["items"])
+
+
 def _doc_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
     for d in art.documents("posts"):
         yield c.post_doc_key(d["post_id"]), c.encode_json(d)
@@ -169,7 +179,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
         from tqdm import tqdm
 
         total = counts["users"] + counts["neighbour_posts"] + counts["post_docs"] + \
-            counts["product_docs"] + counts["followers"] + counts["buyers"] + 3
+            counts["product_docs"] + counts["followers"] + counts["buyers"] + 4
         bar = tqdm(total=total, desc=f"publish {v}", unit="key")
     try:
         shared = [
@@ -177,10 +187,12 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             (c.version_key(v, "posts"), c.encode_post_table(
                 posts["post_id"].tolist(), posts["author_id"].tolist(),
                 posts["created_at"].tolist(), posts["category"].tolist(),
-                [p.split("|") if p else [] for p in posts["product_ids"].tolist()])),
+                [p.split("|") if p else [] for p in posts["product_ids"].tolist()],
+                {d["product_id"]: d.get("category") or "" for d in art.documents("products")})),
             (c.version_key(v, "trending"), c.encode_candidates(
                 trending["items"], trending["scores"],
                 np.full(len(trending["items"]), c.REASON_CODE["trending"]))),
+            (c.version_key(v, "tokens"), _token_blob(art)),
         ]
         groups = {
             "version": _write(r, shared, bar),
@@ -196,7 +208,8 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
     finally:
         if bar is not None:
             bar.close()
-    expected = {"version": 3, "users": counts["users"], "neighbour_posts": counts["neighbour_posts"],
+    expected = {"version": len(shared), "users": counts["users"],
+                "neighbour_posts": counts["neighbour_posts"],
                 "docs": counts["post_docs"] + counts["product_docs"],
                 "followers": counts["followers"], "buyers": counts["buyers"]}
     for name, keys in groups.items():

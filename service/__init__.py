@@ -1,8 +1,8 @@
 """The Flask service: ranked feed pages out of Redis.
 
 >>> app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0"})
->>> sorted(app.blueprints)
-['api', 'events']
+>>> {"admin", "api", "events", "gifts"} <= set(app.blueprints)
+True
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import secrets
 from typing import Any
 
-from flask import Flask, g
+from flask import Flask
 
 from service import config as config_mod
 from service.errors import register as register_errors
@@ -35,7 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     from feed.contract import connect
-    from service import api, events
+    from service import admin, api, events, gifts, observability, openapi
     from service.store import Store
 
     client = connect(app.config["REDIS_URL"], socket_timeout=app.config["REDIS_SOCKET_TIMEOUT"],
@@ -43,14 +43,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["feed_redis"] = client
     app.extensions["feed_store"] = Store(client, app.config)
     register_errors(app)
+    observability.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(events.bp)
-
-    @app.after_request
-    def _request_id_header(resp: Any) -> Any:
-        rid = getattr(g, "request_id", None)
-        if rid:
-            resp.headers["X-Request-ID"] = rid
-        return resp
-
+    app.register_blueprint(gifts.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(admin.bp)
     return app

@@ -9,10 +9,10 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from feed import contract as c
-from service import cursor
+from service import cursor, observability
 from service.errors import ApiError, bad_request, not_found, unavailable
-from service.ranking import Candidate, diverse_page, filtered, gather
-from service.store import Store, VersionTable
+from service.ranking import Candidate, diverse_page, filtered, gather, post_meta
+from service.store import Store, UserState, VersionTable
 
 bp = Blueprint("api", __name__)
 
@@ -55,10 +55,24 @@ def _table(version: str) -> VersionTable:
 
 
 def resolve_version(user_id: str, pinned: str | None) -> dict[str, Any]:
-    """The version for this request: the cursor's, else the live one."""
+    """The version for this request, with the user's experiment and arm.
+
+    The running experiment (cached in process) assigns the user an arm by a salted hash of the
+    user id; the arm's version serves unless a cursor pins the scroll to another version (the
+    arm is still reported). Users outside the experiment, and arms whose version has no keys,
+    get the live version with ``experiment`` and ``arm`` null.
+    """
     s = store()
-    if pinned and s.table(pinned) is not None:
-        return {"model_version": pinned, "experiment": None, "arm": None}
+    exp = s.experiment() if user_id else None
+    arm = exp.arm_for(user_id) if exp is not None else None
+    keep = bool(pinned) and s.table(pinned or "") is not None
+    if arm is not None and not keep and s.table(arm.version) is None:
+        arm = None
+    route = {"experiment": exp.name if exp and arm else None, "arm": arm.name if arm else None}
+    if keep:
+        return {"model_version": pinned, **route}
+    if arm is not None:
+        return {"model_version": arm.version, **route}
     live = s.live_version()
     if live is None:
         raise unavailable("no live model version: run `feed publish ARTIFACT --activate`")
@@ -86,28 +100,85 @@ def hydrate(page: list[Candidate], oos: set[str]) -> list[dict[str, Any]]:
             if cand.post_id in posts]
 
 
+def interests_arg() -> list[str]:
+    """The ``interests=`` hint: comma-separated categories and/or words (deduplicated)."""
+    raw = request.args.get("interests")
+    if raw is None:
+        return []
+    terms = list(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    most = current_app.config["INTEREST_MAX_TERMS"]
+    if len(raw) > 1000 or len(terms) > most:
+        raise bad_request(f"interests takes at most {most} comma-separated terms "
+                          "(1000 characters)", "invalid_interests")
+    return terms
+
+
+def _cursor_args(user_id: str, now: float) -> tuple[float, int, str | None, str | None]:
+    """(scroll start, page number, pinned version, raw cursor) of the request."""
+    raw = request.args.get("cursor")
+    if not raw:
+        return now, 0, None, None
+    cfg = current_app.config
+    cur = cursor.decode(cfg["CURSOR_SECRET_BYTES"], raw, user_id, cfg["CURSOR_TTL_S"])
+    return float(cur["t"]), int(cur["p"]), cur["v"], raw
+
+
+def _ranked(user_id: str, state: UserState, table: VersionTable, glob: dict[str, Any],
+            interests: list[str], limit: int, now: float) -> list[Candidate]:
+    """Gather, filter, rescore and cut one page (no Redis except a first-use token index)."""
+    cfg = current_app.config
+    tokens = store().token_index(table.version) if interests else None
+    best = gather(state, table, glob, cfg, interests, tokens)
+    return diverse_page(filtered(user_id, best, state, table, glob, cfg, now), limit, cfg)
+
+
+def _replayed(replay: list[tuple[str, float, str]], table: VersionTable,
+              glob: dict[str, Any]) -> list[Candidate]:
+    """The page a retried cursor already led to, rebuilt from its post ids."""
+    page = []
+    for pid, score, reason in replay:
+        meta = post_meta(pid, table, glob["fresh_meta"])
+        if meta is not None:
+            page.append(Candidate(pid, score, reason, meta.author_id, meta.category,
+                                  meta.created, meta.product_ids, meta.categories))
+    return page
+
+
 @bp.get("/v1/feed/<user_id>")
 def get_feed(user_id: str) -> Any:
+    """A ranked feed page (see DESIGN.md "one feed request").
+
+    Reads: one pipelined read of the user's keys and one MGET of documents; the version table,
+    the live version and the global state come from in-process caches. Writes: one pipeline
+    (served set, exposure, the page kept for cursor retries). A cursor pins the scroll to its
+    version; the served set keeps every page of a scroll distinct, also when the version
+    changes; the same cursor sent again within ``PAGE_REPLAY_TTL_S`` returns the same page.
+    """
     check_id(user_id, "user_id")
     cfg = current_app.config
     limit = limit_arg()
+    interests = interests_arg()
     now = time.time()
-    started, page_no, pinned = now, 0, None
-    if request.args.get("cursor"):
-        cur = cursor.decode(cfg["CURSOR_SECRET_BYTES"], request.args["cursor"], user_id,
-                            cfg["CURSOR_TTL_S"])
-        started, page_no, pinned = float(cur["t"]), int(cur["p"]), cur["v"]
+    started, page_no, pinned, raw_cursor = _cursor_args(user_id, now)
     route = resolve_version(user_id, pinned)
     version = route["model_version"]
     s = store()
     table = _table(version)
-    state = s.user_state(user_id, version, now)
+    replay_key = c.page_key(user_id, raw_cursor) if raw_cursor else None
+    state = s.user_state(user_id, version, now, replay_key)
     glob = s.global_state()
-    cands = filtered(user_id, gather(state, table, glob, cfg), state, table, glob, set(), cfg, now)
-    page = diverse_page(cands, limit, cfg)
+    if state.replay is not None:
+        page = _replayed(state.replay, table, glob)
+    else:
+        page = _ranked(user_id, state, table, glob, interests, limit, now)
     items = hydrate(page, glob["oos"])
     rid = request_id()
-    s.record_served(user_id, [it["post_id"] for it in items], now, route, rid)
+    keep = None
+    if replay_key and state.replay is None:
+        keep = (replay_key, [(it["post_id"], it["score"], it["reason"]) for it in items])
+    s.record_served(user_id, [it["post_id"] for it in items], now, route, rid, keep)
+    observability.record_items(it["reason"] for it in items)
+    observability.record_exposure(route.get("experiment"), route.get("arm"))
     next_cursor = cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1,
                                 started) if items else None
     return jsonify({"user_id": user_id, **route, "request_id": rid, "degraded": False,
@@ -131,23 +202,48 @@ def get_post(post_id: str) -> Any:
     return jsonify(item)
 
 
+def _neighbour_indices(table: VersionTable, post_id: str, glob: dict[str, Any],
+                       ) -> tuple[list[int], list[float]] | None:
+    """Similar posts (indices, scores): the version's blended content + co-engagement
+    neighbours; for a post created since training, the trending posts of its categories.
+    None when the post is unknown."""
+    if post_id in table.index:
+        idx, scores, _ = c.decode_candidates(store().r.get(c.neighbours_key(table.version,
+                                                                           post_id)))
+        return idx.tolist(), scores.tolist()
+    meta = post_meta(post_id, table, glob["fresh_meta"])
+    if meta is None:
+        posts, _ = store().documents([post_id], [])
+        return None if post_id not in posts else ([], [])
+    found = list(dict.fromkeys(i for cat in meta.categories
+                               for i in table.posts_in_category(cat.lower())))
+    return found, [1.0 - 0.5 * r / max(len(found), 1) for r in range(len(found))]
+
+
 @bp.get("/v1/posts/<post_id>/similar")
 def similar(post_id: str) -> Any:
+    """Posts like this one, each with reason ``similar_to:<post_id>``; posts whose every
+    product is out of stock are skipped. 404 for an unknown post."""
     check_id(post_id, "post_id")
     limit = limit_arg(10)
     version = resolve_version("", None)["model_version"]
     table = _table(version)
-    i = table.index.get(post_id)
-    if i is None:
-        posts, _ = store().documents([post_id], [])
-        if post_id not in posts:
-            raise not_found(f"unknown post {post_id!r}")
-        return jsonify({"post_id": post_id, "model_version": version, "items": []})
-    idx, scores, _ = c.decode_candidates(store().r.get(c.neighbours_key(version, post_id)))
-    page = [Candidate(table.post_ids[j], float(sc), f"similar_to:{post_id}", table.authors[j],
-                      table.categories[j], table.created[j], table.product_ids[j])
-            for j, sc in zip(idx.tolist()[:limit], scores.tolist(), strict=False)]
-    items = hydrate(page, store().global_state()["oos"])
+    glob = store().global_state()
+    found = _neighbour_indices(table, post_id, glob)
+    if found is None:
+        raise not_found(f"unknown post {post_id!r}")
+    oos = glob["oos"]
+    page = []
+    for j, sc in zip(*found, strict=True):
+        products = table.product_ids[j]
+        if table.post_ids[j] == post_id or (products and all(p in oos for p in products)):
+            continue
+        page.append(Candidate(table.post_ids[j], float(sc), f"similar_to:{post_id}",
+                              table.authors[j], table.categories[j], table.created[j], products,
+                              table.categories_of(j)))
+        if len(page) == limit:
+            break
+    items = hydrate(page, oos)
     return jsonify({"post_id": post_id, "model_version": version, "items": items})
 
 

@@ -21,7 +21,18 @@ DEFAULTS: dict[str, Any] = {
     "FRESHNESS_WEIGHT": 0.2,  # bonus * 0.5 ** (age / half-life)
     "FRESHNESS_HALF_LIFE_S": 3 * 86_400,
     "AUTHOR_MAX_PER_PAGE": 2,  # at most this many posts of one author on a page
-    "CATEGORY_DISCOUNT": 0.15,  # score discount per earlier item of the same category on a page
+    "CATEGORY_DISCOUNT": 0.15,  # score *= 1 - this, per earlier item of its category on a page
+    "DIVERSITY_POOL_FACTOR": 5,  # a page is picked from the best limit * this (>= 50) candidates
+    "LIKES_MAX": 1_000,  # likes since training kept per user (older ones stop steering the feed)
+    "RT_FOLLOW_POSTS": 20,  # newest posts of a just-followed author added to real-time candidates
+    "INTEREST_WEIGHT": 0.8,  # posts matching the interests= hint (categories or words)
+    "INTEREST_MAX_TERMS": 10,  # interests= terms used; more are a 400
+    "INTEREST_POSTS_PER_TERM": 100,  # matching posts taken per term, best first
+    "PAGE_REPLAY_TTL_S": 900,  # a cursor retried within this time returns the same page again
+    "GIFT_DEFAULT_LIMIT": 10,  # gift ideas per request when limit= is absent
+    "GIFT_POSTS_PER_PRODUCT": 3,  # posts shown with each gift idea
+    "GIFT_MAX_PER_CATEGORY": 3,  # at most this many gift ideas of one category
+    "GIFT_LIKED_WEIGHT": 1.5,  # a post the friend liked since training (vs candidate scores <= 1)
     "VERSION_CACHE_S": 1.0,  # how long the live version / experiments are cached in process
     "GLOBAL_CACHE_S": 2.0,  # fresh posts and out-of-stock set
     "EVENT_LOG_MAXLEN": 1_000_000,  # approximate cap of the event stream
@@ -29,14 +40,18 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 1_000_000,  # bytes; larger bodies get 413
     "CURSOR_SECRET": None,  # HMAC key for cursors; random per process when unset
     "CURSOR_TTL_S": 86_400,
+    "ADMIN_TOKEN": None,  # bearer token of /v1/admin/*; the admin API is off (404) when unset
 }
 
 INT_KEYS = {"DEFAULT_LIMIT", "MAX_LIMIT", "SEEN_WINDOW_S", "SEEN_MAX", "RT_MAX", "RT_NEIGHBOURS",
             "AUTHOR_MAX_PER_PAGE", "EVENT_LOG_MAXLEN", "MAX_EVENTS_PER_REQUEST",
-            "MAX_CONTENT_LENGTH", "CURSOR_TTL_S", "FRESHNESS_HALF_LIFE_S"}
+            "MAX_CONTENT_LENGTH", "CURSOR_TTL_S", "FRESHNESS_HALF_LIFE_S",
+            "DIVERSITY_POOL_FACTOR", "LIKES_MAX", "RT_FOLLOW_POSTS", "INTEREST_MAX_TERMS",
+            "INTEREST_POSTS_PER_TERM", "PAGE_REPLAY_TTL_S", "GIFT_DEFAULT_LIMIT",
+            "GIFT_POSTS_PER_PRODUCT", "GIFT_MAX_PER_CATEGORY"}
 FLOAT_KEYS = {"REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "RT_WEIGHT", "FOLLOW_WEIGHT",
               "TRENDING_WEIGHT", "FRESH_WEIGHT", "FRESHNESS_WEIGHT", "CATEGORY_DISCOUNT",
-              "VERSION_CACHE_S", "GLOBAL_CACHE_S"}
+              "VERSION_CACHE_S", "GLOBAL_CACHE_S", "INTEREST_WEIGHT", "GIFT_LIKED_WEIGHT"}
 
 
 class ConfigError(ValueError):

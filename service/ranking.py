@@ -1,20 +1,45 @@
 """One feed page: mix candidate sources, filter, rescore lightly, pick a diverse page.
 
 Pure functions over what :mod:`service.store` read; no Redis here, so every rule is testable.
+A request's candidates come from five sources, each yielding ``(post id, score, reason)``:
+
+* :func:`precomputed`: the version's ranked list for the user (scores in [0, 1]);
+* :func:`realtime`: the user's real-time candidates, written by events: neighbours of posts
+  liked since training (``similar_to:<post>``) and posts of just-followed authors
+  (``followed_author``); entries whose cause was undone (unlike, unfollow) are skipped;
+* :func:`fresh`: posts created through ``POST /v1/posts`` (``followed_author`` when the user
+  follows the author, else ``fresh``);
+* :func:`interest_matches`: posts matching the ``interests=`` hint (``interest:<term>``);
+* :func:`trending`: the version's trending list, the fallback for everyone.
+
+:func:`gather` keeps each post's best-scoring source, :func:`filtered` drops what the user must
+not see and adds the freshness bonus, and :func:`diverse_page` picks the page. Every weight is
+configuration (:mod:`service.config`).
 """
 
 from __future__ import annotations
 
 import heapq
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from feed.contract import REASONS
+import numpy as np
+
+from feed.contract import REASON_CODE, REASONS
 from service.store import UserState, VersionTable
+
+Offer = tuple[str, float, str]  # (post id, score, reason)
+
+_CJK_RUN = re.compile(r"^[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+$")
+_FOLLOWED = REASON_CODE["followed_author"]
 
 
 @dataclass
 class Candidate:
+    """A post on its way to a page: its score, why it is there, and what the rules need."""
+
     post_id: str
     score: float
     reason: str
@@ -22,100 +47,278 @@ class Candidate:
     category: str
     created: float | None
     product_ids: list[str]
+    categories: tuple[str, ...] = ()
 
 
-def _meta(pid: str, table: VersionTable, fresh_meta: dict[str, Any],
-          ) -> tuple[str, str, float | None, list[str]] | None:
+@dataclass(frozen=True)
+class PostMeta:
+    """What ranking needs to know about a post, from the version table or the fresh posts."""
+
+    author_id: str
+    category: str
+    created: float | None
+    product_ids: list[str]
+    categories: tuple[str, ...]
+
+
+def post_meta(pid: str, table: VersionTable, fresh_meta: Mapping[str, Any]) -> PostMeta | None:
+    """A post's metadata: the version's post table first, then posts created through the API.
+
+    Returns None for a post neither knows (e.g. a real-time candidate of an older version).
+    """
     i = table.index.get(pid)
     if i is not None:
-        return table.authors[i], table.categories[i], table.created[i], table.product_ids[i]
+        return PostMeta(
+            table.authors[i],
+            table.categories[i],
+            table.created[i],
+            table.product_ids[i],
+            table.categories_of(i),
+        )
     m = fresh_meta.get(pid)
-    if m:
-        return m.get("author_id", ""), m.get("category", ""), m.get("created_at"), m.get(
-            "product_ids", [])
-    return None
+    if not m:
+        return None
+    category = m.get("category", "") or ""
+    cats = tuple(m.get("categories") or ([category] if category else []))
+    return PostMeta(
+        m.get("author_id", ""), category, m.get("created_at"), list(m.get("product_ids", [])), cats
+    )
 
 
-def gather(state: UserState, table: VersionTable, glob: dict[str, Any], cfg: dict[str, Any],
-           ) -> dict[str, tuple[float, str]]:
-    """Every candidate post -> (score, reason), keeping each post's best-scoring source."""
-    best: dict[str, tuple[float, str]] = {}
+def following(state: UserState) -> set[str]:
+    """Authors the user follows now (training-time follows minus later unfollows)."""
+    return state.follows - state.unfollows
 
-    def offer(pid: str, score: float, reason: str) -> None:
-        cur = best.get(pid)
-        if cur is None or score > cur[0]:
-            best[pid] = (score, reason)
 
+# --- sources -----------------------------------------------------------------------------------
+def precomputed(state: UserState, table: VersionTable) -> Iterator[Offer]:
+    """The version's ranked candidates; social ones of authors unfollowed since are skipped."""
     idx, scores, reasons = state.candidates
+    n = len(table.post_ids)
     for i, s, r in zip(idx.tolist(), scores.tolist(), reasons.tolist(), strict=True):
-        if 0 <= i < len(table.post_ids):
-            offer(table.post_ids[i], s, REASONS[r] if r < len(REASONS) else "collaborative")
-    for pid, s in state.realtime:
-        offer(pid, cfg["RT_WEIGHT"] * s, state.realtime_why.get(pid, "similar_to"))
-    follows = state.follows - state.unfollows
+        if not 0 <= i < n:
+            continue
+        if r == _FOLLOWED and table.authors[i] in state.unfollows:
+            continue
+        yield table.post_ids[i], s, REASONS[r] if r < len(REASONS) else "collaborative"
+
+
+def realtime(
+    state: UserState, table: VersionTable, fresh_meta: Mapping[str, Any], cfg: Mapping[str, Any]
+) -> Iterator[Offer]:
+    """Real-time candidates written by events, minus those whose cause was undone.
+
+    A ``similar_to:<post>`` entry counts while ``<post>`` is still liked; a
+    ``followed_author`` entry while its author is still followed.
+    """
+    follows = following(state)
+    for pid, s, reason in state.realtime:
+        if reason.startswith("similar_to:"):
+            if reason.partition(":")[2] not in state.liked:
+                continue
+            yield pid, cfg["RT_WEIGHT"] * s, reason
+        elif reason == "followed_author":
+            meta = post_meta(pid, table, fresh_meta)
+            if meta is not None and meta.author_id in follows:
+                yield pid, cfg["FOLLOW_WEIGHT"] * s, reason
+        else:
+            yield pid, cfg["RT_WEIGHT"] * s, reason
+
+
+def fresh(state: UserState, glob: Mapping[str, Any], cfg: Mapping[str, Any]) -> Iterator[Offer]:
+    """Posts created through the API: the followed authors' ones first."""
+    follows = following(state)
     for pid, _ts in glob["fresh"]:
         author = (glob["fresh_meta"].get(pid) or {}).get("author_id")
         if author in follows:
-            offer(pid, cfg["FOLLOW_WEIGHT"], "followed_author")
+            yield pid, cfg["FOLLOW_WEIGHT"], "followed_author"
         else:
-            offer(pid, cfg["FRESH_WEIGHT"], "fresh")
+            yield pid, cfg["FRESH_WEIGHT"], "fresh"
+
+
+def interest_tokens(term: str) -> list[str]:
+    """Index tokens a hint term can match: the term, its words, and CJK character bigrams.
+
+    The version's token index holds jieba words and every CJK bigram (see
+    ``feed.features.text.tokenize``), so bigrams match without segmenting here.
+
+    >>> interest_tokens("Pour Over"), interest_tokens("保濕精華")
+    (['pour over', 'pour', 'over'], ['保濕精華', '保濕', '濕精', '精華'])
+    """
+    term = term.strip().lower()
+    out = [term] if term else []
+    for word in term.split():
+        if word not in out:
+            out.append(word)
+        if _CJK_RUN.match(word) and len(word) > 2:
+            out.extend(w for i in range(len(word) - 1) if (w := word[i : i + 2]) not in out)
+    return out
+
+
+def interest_matches(
+    terms: Iterable[str],
+    table: VersionTable,
+    tokens: Mapping[str, np.ndarray],
+    cfg: Mapping[str, Any],
+) -> Iterator[Offer]:
+    """Posts whose category or text matches a term of the ``interests=`` hint, best first.
+
+    A term names a category (every post linking a product of it, trending ones first) or a
+    word (the version's token index). Scores fall from ``INTEREST_WEIGHT`` to half of it down
+    each term's list of at most ``INTEREST_POSTS_PER_TERM`` posts.
+    """
+    cap = max(cfg["INTEREST_POSTS_PER_TERM"], 1)
+    for term in terms:
+        found: dict[int, None] = dict.fromkeys(table.posts_in_category(term.strip().lower()))
+        for tok in interest_tokens(term):
+            found.update(dict.fromkeys(tokens.get(tok, np.zeros(0, dtype=np.int64)).tolist()))
+        picked = [i for i in found if 0 <= i < len(table.post_ids)][:cap]
+        for rank, i in enumerate(picked):
+            score = cfg["INTEREST_WEIGHT"] * (1.0 - 0.5 * rank / len(picked))
+            yield table.post_ids[i], score, f"interest:{term.strip()}"
+
+
+def trending(table: VersionTable, cfg: Mapping[str, Any]) -> Iterator[Offer]:
+    """The version's trending posts, weighted down to a fallback."""
     for i, s in zip(table.trending.tolist(), table.trending_scores.tolist(), strict=True):
-        offer(table.post_ids[i], cfg["TRENDING_WEIGHT"] * s, "trending")
+        if 0 <= i < len(table.post_ids):
+            yield table.post_ids[i], cfg["TRENDING_WEIGHT"] * s, "trending"
+
+
+def gather(
+    state: UserState,
+    table: VersionTable,
+    glob: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    interests: Iterable[str] = (),
+    tokens: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, tuple[float, str]]:
+    """Every candidate post -> (score, reason), keeping each post's best-scoring source.
+
+    Parameters
+    ----------
+    state : the user's state (one pipelined read)
+    table : the version's post table
+    glob : the global state (fresh posts and their metadata, out-of-stock products)
+    cfg : the service configuration (weights)
+    interests : terms of the ``interests=`` hint, if any
+    tokens : the version's token index (needed only with ``interests``)
+    """
+    best: dict[str, tuple[float, str]] = {}
+    sources = [
+        precomputed(state, table),
+        realtime(state, table, glob["fresh_meta"], cfg),
+        fresh(state, glob, cfg),
+        interest_matches(interests, table, tokens or {}, cfg),
+        trending(table, cfg),
+    ]
+    for source in sources:
+        for pid, score, reason in source:
+            cur = best.get(pid)
+            if cur is None or score > cur[0]:
+                best[pid] = (score, reason)
     return best
 
 
-def filtered(user_id: str, best: dict[str, tuple[float, str]], state: UserState,
-             table: VersionTable, glob: dict[str, Any], served: set[str], cfg: dict[str, Any],
-             now: float) -> list[Candidate]:
-    """Drop what the user must not see; add the freshness bonus."""
-    excluded = state.seen | state.liked | state.hidden | served
+# --- filters and rescoring ---------------------------------------------------------------------
+def filtered(
+    user_id: str,
+    best: Mapping[str, tuple[float, str]],
+    state: UserState,
+    table: VersionTable,
+    glob: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    now: float,
+) -> list[Candidate]:
+    """Drop what the user must not see; add the freshness bonus.
+
+    Dropped: posts seen or served within ``SEEN_WINDOW_S``, liked or hidden; the user's own
+    posts; posts of muted authors (blocked or "see fewer"); posts whose every linked product is
+    out of stock; posts no table knows. The bonus is
+    ``FRESHNESS_WEIGHT * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)``.
+    """
+    excluded = state.seen | state.liked | state.hidden
     oos = glob["oos"]
     half_life = max(cfg["FRESHNESS_HALF_LIFE_S"], 1)
     out = []
     for pid, (score, reason) in best.items():
         if pid in excluded:
             continue
-        meta = _meta(pid, table, glob["fresh_meta"])
-        if meta is None:
+        meta = post_meta(pid, table, glob["fresh_meta"])
+        if meta is None or meta.author_id == user_id or meta.author_id in state.muted:
             continue
-        author, category, created, products = meta
-        if author == user_id or author in state.muted:
+        if meta.product_ids and all(p in oos for p in meta.product_ids):
             continue
-        if reason == "followed_author" and author in state.unfollows:
-            continue
-        if products and all(p in oos for p in products):
-            continue
-        if created is not None:
-            score += cfg["FRESHNESS_WEIGHT"] * 0.5 ** (max(now - created, 0.0) / half_life)
-        out.append(Candidate(pid, score, reason, author, category, created, products))
+        if meta.created is not None:
+            score += cfg["FRESHNESS_WEIGHT"] * 0.5 ** (max(now - meta.created, 0.0) / half_life)
+        out.append(
+            Candidate(
+                pid,
+                score,
+                reason,
+                meta.author_id,
+                meta.category,
+                meta.created,
+                meta.product_ids,
+                meta.categories,
+            )
+        )
     return out
 
 
-def diverse_page(cands: list[Candidate], limit: int, cfg: dict[str, Any]) -> list[Candidate]:
+def _adjusted(cand: Candidate, per_cat: Mapping[str, int], discount: float) -> float:
+    """The score after the category discount: times ``1 - discount`` per earlier item on the
+    page sharing the post's most repeated category (relative, so sources of different score
+    scales keep their order among themselves)."""
+    if not cand.categories:
+        return cand.score
+    repeats = max(per_cat.get(cat, 0) for cat in cand.categories)
+    return cand.score * (1.0 - min(discount, 1.0)) ** repeats
+
+
+def _pick(
+    pool: list[Candidate],
+    page: list[Candidate],
+    per_author: Mapping[str, int],
+    per_cat: Mapping[str, int],
+    cfg: Mapping[str, Any],
+) -> tuple[int, float]:
+    """Index and adjusted score of the best next item: first among those keeping the author
+    rules (not the previous item's author, under ``AUTHOR_MAX_PER_PAGE``), else among all."""
+    prev = page[-1].author_id if page else None
+    cap = max(cfg["AUTHOR_MAX_PER_PAGE"], 1)
+    for strict in (True, False):
+        best_i, best_s = -1, float("-inf")
+        for i, cand in enumerate(pool):
+            if strict and (cand.author_id == prev or per_author.get(cand.author_id, 0) >= cap):
+                continue
+            s = _adjusted(cand, per_cat, cfg["CATEGORY_DISCOUNT"])
+            if s > best_s:
+                best_i, best_s = i, s
+        if best_i >= 0:
+            return best_i, best_s
+    return -1, float("-inf")
+
+
+def diverse_page(cands: list[Candidate], limit: int, cfg: Mapping[str, Any]) -> list[Candidate]:
     """Greedy page: best adjusted score first, never the same author twice in a row, at most
-    ``AUTHOR_MAX_PER_PAGE`` per author, and a discount per repeated category."""
-    pool = heapq.nlargest(max(limit * 5, 50), cands, key=lambda x: (x.score, x.post_id))
+    ``AUTHOR_MAX_PER_PAGE`` per author (relaxed only when nothing else is left), and a
+    relative ``CATEGORY_DISCOUNT`` per earlier item of the same category (over every linked
+    product).
+
+    Ties break on the post id, so the same inputs always give the same page.
+    """
+    size = max(limit * max(cfg["DIVERSITY_POOL_FACTOR"], 1), 50)
+    pool = heapq.nlargest(size, cands, key=lambda x: (x.score, x.post_id))
     page: list[Candidate] = []
     per_author: dict[str, int] = {}
     per_cat: dict[str, int] = {}
-    cap = max(cfg["AUTHOR_MAX_PER_PAGE"], 1)
     while pool and len(page) < limit:
-        prev = page[-1].author_id if page else None
-        best_i, best_s = -1, float("-inf")
-        for strict in (True, False):
-            for i, cand in enumerate(pool):
-                if strict and (cand.author_id == prev or per_author.get(cand.author_id, 0) >= cap):
-                    continue
-                s = cand.score - cfg["CATEGORY_DISCOUNT"] * per_cat.get(cand.category, 0) \
-                    if cand.category else cand.score
-                if s > best_s:
-                    best_i, best_s = i, s
-            if best_i >= 0:
-                break
-        chosen = pool.pop(best_i)
-        chosen.score = best_s
+        i, score = _pick(pool, page, per_author, per_cat, cfg)
+        chosen = pool.pop(i)
+        chosen.score = score
         page.append(chosen)
         per_author[chosen.author_id] = per_author.get(chosen.author_id, 0) + 1
-        if chosen.category:
-            per_cat[chosen.category] = per_cat.get(chosen.category, 0) + 1
+        for cat in chosen.categories:
+            per_cat[cat] = per_cat.get(cat, 0) + 1
     return page

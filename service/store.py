@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from feed import contract as c
+from feed.experiments import Experiment, running
 
 
 @dataclass
@@ -26,10 +27,45 @@ class VersionTable:
     product_ids: list[list[str]]
     trending: np.ndarray  # post indices
     trending_scores: np.ndarray
+    product_category: dict[str, str] = field(default_factory=dict)  # product id -> category
     index: dict[str, int] = field(default_factory=dict)
+    _by_author: dict[str, list[int]] | None = field(default=None, repr=False)
+    _by_category: dict[str, list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.index = {p: i for i, p in enumerate(self.post_ids)}
+
+    def categories_of(self, i: int) -> tuple[str, ...]:
+        """Categories of every product post ``i`` links (its first product's when unknown)."""
+        cats = {self.product_category[p] for p in self.product_ids[i]
+                if self.product_category.get(p)}
+        if not cats and self.categories[i]:
+            return (self.categories[i],)
+        return tuple(sorted(cats))
+
+    def posts_by(self, author: str, n: int) -> list[int]:
+        """The author's ``n`` newest posts in this version (post indices, newest first)."""
+        if self._by_author is None:
+            by: dict[str, list[int]] = {}
+            for i, a in enumerate(self.authors):
+                by.setdefault(a, []).append(i)
+            for posts in by.values():
+                posts.sort(key=lambda j: -(self.created[j] or 0.0))
+            self._by_author = by
+        return self._by_author.get(author, [])[:n]
+
+    def posts_in_category(self, category: str) -> list[int]:
+        """Posts linking a product of ``category`` (lowercase), trending first, then newest."""
+        if self._by_category is None:
+            rank = {int(i): r for r, i in enumerate(self.trending.tolist())}
+            by: dict[str, list[int]] = {}
+            for i in range(len(self.post_ids)):
+                for cat in self.categories_of(i):
+                    by.setdefault(cat.lower(), []).append(i)
+            for posts in by.values():
+                posts.sort(key=lambda j: (rank.get(j, len(rank)), -(self.created[j] or 0.0)))
+            self._by_category = by
+        return self._by_category.get(category, [])
 
 
 @dataclass
@@ -39,17 +75,22 @@ class UserState:
     candidates: tuple[np.ndarray, np.ndarray, np.ndarray]
     seen: set[str]
     liked: set[str]
-    realtime: list[tuple[str, float]]
-    realtime_why: dict[str, str]
+    realtime: list[tuple[str, float, str]]  # (post, strength in [0, 1], reason), newest first
     hidden: set[str]
     muted: set[str]
     follows: set[str]
     unfollows: set[str]
     bought: set[str]
+    replay: list[tuple[str, float, str]] | None = None  # the page a retried cursor led to
 
 
 def _s(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _realtime(member: Any, score: Any) -> tuple[str, float, str]:
+    post, reason = c.parse_rt_member(member)
+    return post, c.rt_strength(float(score)), reason
 
 
 class Store:
@@ -60,21 +101,50 @@ class Store:
         self.config = config
         self._lock = threading.Lock()
         self._tables: dict[str, VersionTable] = {}
-        self._live: tuple[float, str | None] = (0.0, None)
+        self._tokens: dict[str, dict[str, np.ndarray]] = {}
+        self._live: tuple[float, str | None, frozenset[str]] = (0.0, None, frozenset())
+        self._experiment: tuple[float, Experiment | None] = (-1e18, None)
         self._global: tuple[float, dict[str, Any]] = (0.0, {})
 
     # -- versions ------------------------------------------------------------------------
+    def _registry(self) -> tuple[str | None, frozenset[str]]:
+        """The live version and every registered version: one round trip (one cluster slot)
+        per ``VERSION_CACHE_S``, re-read at once while no version is live."""
+        at, live, known = self._live
+        if time.monotonic() - at < self.config["VERSION_CACHE_S"] and live is not None:
+            return live, known
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(c.LIVE_KEY)
+        pipe.hkeys(c.VERSIONS_KEY)
+        raw, names = pipe.execute()
+        live = _s(raw) if raw is not None else None
+        known = frozenset(_s(n) for n in names)
+        self._live = (time.monotonic(), live, known)
+        return live, known
+
     def live_version(self) -> str | None:
-        at, v = self._live
-        if time.monotonic() - at < self.config["VERSION_CACHE_S"] and v is not None:
-            return v
-        raw = self.r.get(c.LIVE_KEY)
-        v = _s(raw) if raw is not None else None
-        self._live = (time.monotonic(), v)
-        return v
+        """The live version id (cached for ``VERSION_CACHE_S``)."""
+        return self._registry()[0]
+
+    def experiment(self) -> Experiment | None:
+        """The running experiment that routes the home feed, cached like the live version."""
+        at, exp = self._experiment
+        if time.monotonic() - at < self.config["VERSION_CACHE_S"]:
+            return exp
+        exp = running(self.r)
+        self._experiment = (time.monotonic(), exp)
+        return exp
 
     def table(self, version: str) -> VersionTable | None:
-        """The version's post table (cached; a version never changes once published)."""
+        """The version's post table (cached; a version never changes once published).
+
+        None for a version no longer in the registry (deleted), noticed within
+        ``VERSION_CACHE_S``: a cursor pinned to it then continues on the live version.
+        """
+        if version not in self._registry()[1]:
+            with self._lock:
+                self._tables.pop(version, None)
+            return None
         t = self._tables.get(version)
         if t is not None:
             return t
@@ -87,12 +157,27 @@ class Store:
         p = c.decode_json(raw_posts)
         items, scores, _ = c.decode_candidates(raw_trend)
         t = VersionTable(version, p["post_id"], p["author_id"], p["created_at"], p["category"],
-                         p["product_ids"], items, scores)
+                         p["product_ids"], items, scores, p.get("product_category") or {})
         with self._lock:
             self._tables[version] = t
             while len(self._tables) > 4:  # keep the few versions in use
                 self._tables.pop(next(iter(self._tables)))
         return t
+
+    def token_index(self, version: str) -> dict[str, np.ndarray]:
+        """The version's token -> post indices index (``interests=``), loaded on first use.
+
+        Costs one round trip per process and version; versions published before the index
+        existed give an empty index (categories still match through the post table).
+        """
+        index = self._tokens.get(version)
+        if index is None:
+            index = c.decode_token_index(self.r.get(c.version_key(version, "tokens")))
+            with self._lock:
+                self._tokens[version] = index
+                while len(self._tokens) > 4:
+                    self._tokens.pop(next(iter(self._tokens)))
+        return index
 
     # -- global, briefly cached ----------------------------------------------------------
     def global_state(self) -> dict[str, Any]:
@@ -113,9 +198,18 @@ class Store:
         self._global = (time.monotonic(), g)
         return g
 
+    def forget_global(self) -> None:
+        """Drop the cached global state (after this process changed it)."""
+        self._global = (0.0, {})
+
     # -- one user ------------------------------------------------------------------------
-    def user_state(self, user_id: str, version: str, now: float) -> UserState:
-        """Everything about one user in ONE pipelined round trip (one cluster slot)."""
+    def user_state(self, user_id: str, version: str, now: float,
+                   replay_key: str | None = None) -> UserState:
+        """Everything about one user in ONE pipelined round trip (one cluster slot).
+
+        ``replay_key`` (:func:`feed.contract.page_key` of the request's cursor) also reads the
+        page that cursor already led to, so a retried cursor gets the same page.
+        """
         k = c.user_key
         window = now - self.config["SEEN_WINDOW_S"]
         pipe = self.r.pipeline(transaction=False)
@@ -124,19 +218,22 @@ class Store:
         pipe.zrange(k(user_id, c.USER_LIKES), 0, -1)
         pipe.zrange(k(user_id, c.USER_RT), 0, self.config["RT_MAX"] - 1, desc=True,
                     withscores=True)
-        pipe.hgetall(k(user_id, c.USER_RT_REASON))
         for kind in (c.USER_HIDDEN, c.USER_MUTED, c.USER_FOLLOWS, c.USER_UNFOLLOWS,
                      c.USER_PURCHASES):
             pipe.smembers(k(user_id, kind))
-        cand, seen, liked, rt, why, hidden, muted, follows, unfollows, bought = pipe.execute()
+        if replay_key:
+            pipe.get(replay_key)
+        res = pipe.execute()
+        cand, seen, liked, rt, hidden, muted, follows, unfollows, bought = res[:9]
+        replay = c.decode_json(res[9]) if replay_key else None
         return UserState(
             candidates=c.decode_candidates(cand),
             seen={_s(x) for x in seen}, liked={_s(x) for x in liked},
-            realtime=[(_s(p), float(s)) for p, s in rt],
-            realtime_why={_s(a): _s(b) for a, b in why.items()},
+            realtime=[_realtime(m, sc) for m, sc in rt],
             hidden={_s(x) for x in hidden}, muted={_s(x) for x in muted},
             follows={_s(x) for x in follows}, unfollows={_s(x) for x in unfollows},
             bought={_s(x) for x in bought},
+            replay=[(str(p), float(sc), str(why)) for p, sc, why in replay] if replay else None,
         )
 
     # -- documents -----------------------------------------------------------------------
@@ -154,12 +251,19 @@ class Store:
 
     # -- writes of the read path ---------------------------------------------------------
     def record_served(self, user_id: str, post_ids: list[str], now: float,
-                      route: dict[str, Any], request_id: str) -> None:
-        """Mark a page's posts served (one pipelined write) and log the exposure."""
+                      route: dict[str, Any], request_id: str,
+                      replay: tuple[str, list[tuple[str, float, str]]] | None = None) -> None:
+        """Mark a page's posts served and log the exposure, in one pipelined write.
+
+        ``replay`` is ``(page key, [(post id, score, reason), ...])``: the page a cursor led to,
+        kept for ``PAGE_REPLAY_TTL_S`` so a retry of that cursor returns it unchanged.
+        """
         if not post_ids:
             return
         seen = c.user_key(user_id, c.USER_SEEN)
         pipe = self.r.pipeline(transaction=False)
+        if replay is not None and self.config["PAGE_REPLAY_TTL_S"] > 0:
+            pipe.set(replay[0], c.encode_json(replay[1]), ex=self.config["PAGE_REPLAY_TTL_S"])
         pipe.zadd(seen, dict.fromkeys(post_ids, now))
         pipe.zremrangebyscore(seen, "-inf", now - self.config["SEEN_WINDOW_S"])
         pipe.zremrangebyrank(seen, 0, -self.config["SEEN_MAX"] - 1)

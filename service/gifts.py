@@ -1,0 +1,178 @@
+"""Gift ideas (挑禮物): products a friend would like, with the posts that show them.
+
+``GET /v1/users/<user_id>/gifts?for=<friend_id>&limit=N`` judges from the *friend's* tastes:
+the friend's candidate posts (the version's precomputed list, real-time candidates, followed
+authors' fresh posts, trending as the fallback) plus the posts the friend liked since training.
+Each post's score is shared among the products it links; a product's score is the sum over
+the posts linking it, so a product many of the friend's likely posts show ranks high. Products
+the friend already bought (training-time purchases and ``purchase`` events) and products out
+of stock are excluded, as are posts the friend hid and authors the friend muted. At most
+``GIFT_MAX_PER_CATEGORY`` ideas share a category.
+
+An unknown friend (no candidates, likes or follows) is not an error: the answer is 200 with
+gift ideas from trending posts and ``"basis": "trending"`` (otherwise ``"tastes"``). A missing
+or invalid ``for`` is a 400 naming it.
+
+Reads: one pipelined read of the friend's keys and one MGET of product and post documents.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from service.api import _table, check_id, limit_arg, request_id, resolve_version, store
+from service.errors import bad_request
+from service.ranking import gather, post_meta
+from service.store import UserState, VersionTable
+
+bp = Blueprint("gifts", __name__)
+
+
+@dataclass
+class Gift:
+    """One gift idea: a product, its score, why, and the posts showing it (best first)."""
+
+    product_id: str
+    score: float = 0.0
+    category: str = ""
+    posts: list[tuple[float, str, str]] = field(default_factory=list)  # (score, post, reason)
+
+    @property
+    def reason(self) -> str:
+        """The reason of the best post showing the product."""
+        return max(self.posts)[2] if self.posts else "trending"
+
+
+def has_tastes(state: UserState) -> bool:
+    """True when anything is known about the user's tastes."""
+    return bool(
+        len(state.candidates[0])
+        or state.liked
+        or state.realtime
+        or (state.follows - state.unfollows)
+    )
+
+
+def taste_posts(
+    state: UserState, table: VersionTable, glob: Mapping[str, Any], cfg: Mapping[str, Any]
+) -> dict[str, tuple[float, str]]:
+    """The friend's candidate posts -> (score, reason), plus posts liked since training
+    (``GIFT_LIKED_WEIGHT``, reason ``liked:<post_id>``)."""
+    best = gather(state, table, glob, cfg)
+    for pid in state.liked:
+        if cfg["GIFT_LIKED_WEIGHT"] > best.get(pid, (float("-inf"), ""))[0]:
+            best[pid] = (cfg["GIFT_LIKED_WEIGHT"], f"liked:{pid}")
+    return best
+
+
+def gift_ideas(
+    posts: Mapping[str, tuple[float, str]],
+    state: UserState,
+    table: VersionTable,
+    glob: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    limit: int,
+) -> list[Gift]:
+    """Rank products by the summed scores of the posts linking them (see the module doc).
+
+    A post's score is shared among its linked products as ``score / sqrt(n_products)``.
+    """
+    gifts: dict[str, Gift] = {}
+    blocked = state.bought | glob["oos"]
+    for pid, (score, reason) in posts.items():
+        meta = post_meta(pid, table, glob["fresh_meta"])
+        if meta is None or pid in state.hidden or meta.author_id in state.muted:
+            continue
+        share = score / max(len(meta.product_ids), 1) ** 0.5
+        for prod in meta.product_ids:
+            if prod in blocked:
+                continue
+            gift = gifts.setdefault(prod, Gift(prod, category=table.product_category.get(prod, "")))
+            gift.score += share
+            gift.posts.append((score, pid, reason))
+    return _diverse(gifts.values(), limit, cfg)
+
+
+def _diverse(gifts: Any, limit: int, cfg: Mapping[str, Any]) -> list[Gift]:
+    """The best ``limit`` gifts with at most ``GIFT_MAX_PER_CATEGORY`` per category."""
+    cap = max(cfg["GIFT_MAX_PER_CATEGORY"], 1)
+    per_cat: dict[str, int] = {}
+    out: list[Gift] = []
+    for gift in heapq.nlargest(len(gifts), gifts, key=lambda g: (g.score, g.product_id)):
+        if gift.category and per_cat.get(gift.category, 0) >= cap:
+            continue
+        per_cat[gift.category] = per_cat.get(gift.category, 0) + 1
+        gift.posts.sort(reverse=True)
+        del gift.posts[max(cfg["GIFT_POSTS_PER_PRODUCT"], 1) :]
+        out.append(gift)
+        if len(out) == limit:
+            break
+    return out
+
+
+def _render(gifts: list[Gift]) -> list[dict[str, Any]]:
+    """Gift ideas with their product and post documents (one MGET); products whose document
+    is gone are dropped."""
+    post_ids = list(dict.fromkeys(pid for g in gifts for _, pid, _ in g.posts))
+    posts, products = store().documents(post_ids, [g.product_id for g in gifts])
+    out = []
+    for g in gifts:
+        doc = products.get(g.product_id)
+        if doc is None:
+            continue
+        shown = [
+            {
+                "post_id": pid,
+                "author_id": posts[pid].get("author_id"),
+                "title": posts[pid].get("title", ""),
+                "text": posts[pid].get("text", ""),
+                "created_at": posts[pid].get("created_at"),
+                "reason": why,
+            }
+            for _, pid, why in g.posts
+            if pid in posts
+        ]
+        out.append(
+            {
+                **doc,
+                "in_stock": True,
+                "score": round(g.score, 4),
+                "reason": g.reason,
+                "posts": shown,
+            }
+        )
+    return out
+
+
+@bp.get("/v1/users/<user_id>/gifts")
+def gifts(user_id: str) -> Any:
+    """Gift ideas for ``for=<friend_id>`` (see the module doc for the rules)."""
+    check_id(user_id, "user_id")
+    friend = request.args.get("for")
+    if not friend:
+        raise bad_request("for is required: the id of the friend to pick a gift for", "missing_for")
+    check_id(friend, "for")
+    cfg = current_app.config
+    limit = limit_arg(cfg["GIFT_DEFAULT_LIMIT"])
+    version = resolve_version(user_id, None)["model_version"]
+    table = _table(version)
+    s = store()
+    state = s.user_state(friend, version, time.time())
+    glob = s.global_state()
+    ideas = gift_ideas(taste_posts(state, table, glob, cfg), state, table, glob, cfg, limit)
+    return jsonify(
+        {
+            "user_id": user_id,
+            "for": friend,
+            "model_version": version,
+            "basis": "tastes" if has_tastes(state) else "trending",
+            "request_id": request_id(),
+            "items": _render(ideas),
+        }
+    )
