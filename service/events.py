@@ -34,6 +34,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {  # required fields besides type and
 ID_FIELDS = ("user_id", "post_id", "product_id", "author_id")
 
 
+MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second datetime can print
+
+
 def parse_ts(raw: Any, where: str) -> float:
     """Unix seconds from a number or an ISO-8601 string; now when absent."""
     if raw is None:
@@ -41,15 +44,18 @@ def parse_ts(raw: Any, where: str) -> float:
     if isinstance(raw, bool):
         raise bad_request(f"{where}.ts must be ISO-8601 or unix seconds")
     if isinstance(raw, int | float):
-        if not math.isfinite(raw):
-            raise bad_request(f"{where}.ts must be a finite number")
+        if not math.isfinite(raw) or not 0 <= raw <= MAX_TS:
+            raise bad_request(f"{where}.ts must be unix seconds between 0 and {MAX_TS:.0f}")
         return float(raw)
     if isinstance(raw, str):
         try:
             dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
+            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             raise bad_request(f"{where}.ts {raw[:40]!r} is not ISO-8601") from None
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        if not 0 <= ts <= MAX_TS:
+            raise bad_request(f"{where}.ts {raw[:40]!r} is out of range")
+        return ts
     raise bad_request(f"{where}.ts must be ISO-8601 or unix seconds")
 
 
