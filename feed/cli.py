@@ -297,6 +297,247 @@ def demo(users: int, posts: int, work_dir: Path, host: str, port: int, no_serve:
     create_app().run(host=host, port=port, debug=False, threaded=True)
 
 
+@main.group()
+def ab() -> None:
+    """A/B experiments: route shares of users to model versions, and report per arm.
+
+    \b
+    Example:
+      feed ab create blend-v2 --arm control=V1:90 --arm treatment=V2:10
+      feed ab report blend-v2
+    """
+
+
+arm_option = click.option("--arm", "arms", multiple=True, required=True, metavar="NAME=VERSION:W",
+                          help="An arm and its weight in percent (weights sum to 100); repeat. "
+                               "`ab update` also takes NAME:W to keep the arm's version.")
+
+
+def _ab_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from feed.experiments import ExperimentError
+
+    try:
+        return fn(*args, **kwargs)
+    except ExperimentError as e:
+        _fail(str(e))
+
+
+def _ab_arms(specs: tuple[str, ...]) -> list[dict[str, Any]]:
+    from feed.experiments import parse_arm
+
+    return [_ab_call(parse_arm, s) for s in specs]
+
+
+def _ab_echo_config(cfg: dict[str, Any]) -> None:
+    click.echo(f"{cfg['name']}: {cfg['status']}, salt {cfg['salt']!r}, control "
+               f"{cfg['control']!r}, created {_fmt_ts(cfg['created_at'])}")
+    for a in cfg["arms"]:
+        ranges = ", ".join(f"{lo}-{hi - 1}" for lo, hi in a["buckets"]) or "-"
+        click.echo(f"  {a['name']:<14}{a['version']:<28}{a['weight']:>7g}%  buckets {ranges}")
+
+
+@ab.command("create")
+@click.argument("name")
+@arm_option
+@click.option("--salt", default=None, help="Hash salt (default: the experiment name).")
+@redis_option
+def ab_create(name: str, arms: tuple[str, ...], salt: str | None, redis_url: str | None) -> None:
+    """Start experiment NAME; refused while another experiment is running.
+
+    \b
+    Example:
+      feed ab create blend-v2 --arm control=20261101T0000-aaaaaa:90 \\
+                              --arm treatment=20261124T2015-3f9a1c:10
+    """
+    from feed.experiments import create
+
+    r, _ = _redis(redis_url)
+    _ab_echo_config(_ab_call(create, r, name, _ab_arms(arms), salt=salt))
+
+
+@ab.command("list")
+@redis_option
+def ab_list(redis_url: str | None) -> None:
+    """Every experiment, newest first."""
+    from feed.experiments import list_experiments
+
+    r, _ = _redis(redis_url)
+    for cfg in list_experiments(r):
+        _ab_echo_config(cfg)
+
+
+@ab.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def ab_show(name: str, as_json: bool, redis_url: str | None) -> None:
+    """The config of experiment NAME: arms, versions, weights and bucket ranges."""
+    from feed.experiments import get
+
+    r, _ = _redis(redis_url)
+    cfg = _ab_call(get, r, name)
+    if as_json:
+        click.echo(json.dumps(cfg, indent=2))
+    else:
+        _ab_echo_config(cfg)
+
+
+@ab.command("update")
+@click.argument("name")
+@arm_option
+@redis_option
+def ab_update(name: str, arms: tuple[str, ...], redis_url: str | None) -> None:
+    """Set the arms of running experiment NAME; only the users the new weights need move.
+
+    \b
+    Example:
+      feed ab update blend-v2 --arm control:50 --arm treatment:50
+    """
+    from feed.experiments import update
+
+    r, _ = _redis(redis_url)
+    _ab_echo_config(_ab_call(update, r, name, _ab_arms(arms)))
+
+
+@ab.command("stop")
+@click.argument("name")
+@redis_option
+def ab_stop(name: str, redis_url: str | None) -> None:
+    """Stop experiment NAME: everyone gets the live version again; the data stays."""
+    from feed.experiments import stop
+
+    r, _ = _redis(redis_url)
+    _ab_echo_config(_ab_call(stop, r, name))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def _ab_echo_report(rep: dict[str, Any]) -> None:
+    click.echo(f"experiment {rep['experiment']} ({rep['status']}), control {rep['control']!r}")
+    click.echo(f"{'arm':<14}{'version':<26}{'weight':>7}{'users':>8}{'pages':>8}"
+               f"{'impr':>9}{'clicks':>8}{'likes':>7}{'buys':>6}")
+    for a in rep["arms"]:
+        click.echo(f"{a['arm']:<14}{a['version'] or '-':<26}{a['weight'] or 0:>7g}{a['users']:>8,}"
+                   f"{a['pages']:>8,}{a['impressions']:>9,}{a['clicks']:>8,}{a['likes']:>7,}"
+                   f"{a['purchases']:>6,}")
+    click.echo(f"\n{'metric':<21}{'arm':<14}{'value':>8}  {'95% CI':<18}{'lift':>8}{'p-value':>10}")
+    for metric in ("clicks_per_user", "likes_per_user", "purchase_conversion"):
+        for a in rep["arms"]:
+            m, vs = a["metrics"][metric], (a["vs_control"] or {}).get(metric, {})
+            ci = "[{:.3f}, {:.3f}]".format(*m["ci"]) if m["ci"] else "-"
+            p = vs.get("p_value")
+            click.echo(f"{metric:<21}{a['arm']:<14}{m['value']:>8.3f}  {ci:<18}"
+                       f"{_pct(vs.get('lift')) if vs else '':>8}"
+                       f"{'' if p is None else f'{p:.2g}':>10}")
+    srm = rep["srm"]
+    verdict = "MISMATCH" if srm["mismatch"] else "ok"
+    p = "-" if srm["p_value"] is None else f"{srm['p_value']:.3g}"
+    users = ", ".join(f"{k} {v}" for k, v in srm["observed"].items())
+    click.echo(f"\nsample ratio: {verdict} (chi2 p={p}, flagged below {srm['alpha']}; users "
+               f"first exposed since the last weight change: {users})")
+
+
+@ab.command("report")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def ab_report(name: str, as_json: bool, redis_url: str | None) -> None:
+    """Per-arm users, impressions, clicks, likes, purchases, rates with 95% CIs, lift, p-values
+    and the sample-ratio check of experiment NAME (see docs/ab-testing.md).
+    """
+    from feed.experiments import report
+
+    r, _ = _redis(redis_url)
+    rep = _ab_call(report, r, name)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        _ab_echo_report(rep)
+
+
+@ab.command("simulate")
+@click.option("--dir", "work_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Working directory (default: a temporary one).")
+@click.option("--users", default=600, show_default=True, type=click.IntRange(20))
+@click.option("--posts", default=800, show_default=True, type=click.IntRange(20))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--treatment-weight", default=50.0, show_default=True,
+              type=click.FloatRange(1, 99))
+@click.option("--lose-share", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of treatment users who never arrive (a deliberate sample-ratio skew).")
+@click.option("--redis-url", default=None, metavar="URL",
+              help="Redis to use (default: a throwaway private server; FEED_REDIS_URL is "
+                   "ignored because the simulation activates versions and creates experiments).")
+@click.option("--json", "as_json", is_flag=True)
+def ab_simulate(work_dir: Path | None, users: int, posts: int, seed: int,
+                treatment_weight: float, lose_share: float, redis_url: str | None,
+                as_json: bool) -> None:
+    """Prove the A/B loop: synthetic users with planted tastes, a strong (blend) and a weak
+    (popularity-only) version, requests through the HTTP API, and the report.
+
+    \b
+    Example:
+      feed ab simulate --users 600
+      feed ab simulate --lose-share 0.4    # the sample-ratio check must flag this
+    """
+    import tempfile
+
+    from feed.simulate import run
+
+    with tempfile.TemporaryDirectory(prefix="feed-sim-") as tmp:
+        out = run(work_dir or tmp, redis_url, users=users, posts=posts, seed=seed,
+                  treatment_weight=treatment_weight, lose_share=lose_share)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    st = out["stats"]
+    click.echo(f"control = weak {out['weak']} (popularity only), treatment = strong "
+               f"{out['strong']}; {st['users']} users, {st['requests']} requests "
+               f"({st['failed']} failed), {st['events']} events, {st['skipped']} skipped")
+    _ab_echo_report(out["report"])
+
+
+@main.group()
+def events() -> None:
+    """The service's event log: export it for the next training."""
+
+
+@events.command("export")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset the live version was trained on.")
+@click.option("--force", is_flag=True, help="Overwrite a dataset already in OUT_DIR.")
+@redis_option
+def events_export(out_dir: Path, data_dir: Path, force: bool, redis_url: str | None) -> None:
+    """Merge logged events and API-created posts into DIR's dataset; write it to OUT_DIR.
+
+    Likes minus unlikes, follows minus unfollows, purchases, clicks, impressions and new
+    posts, in the dataset format, so `feed train OUT_DIR` learns from them.
+
+    \b
+    Example:
+      feed events export data/next --data data/demo && feed train data/next
+    """
+    from feed.data import DatasetError
+    from feed.events_export import ExportError, export
+
+    r, _ = _redis(redis_url)
+    try:
+        res = export(r, data_dir, out_dir, force=force)
+    except ExportError as e:
+        _fail(str(e))
+    except DatasetError as e:
+        _fail(f"{data_dir} is not a valid dataset; nothing was exported:\n{e}")
+    for name, n in res.counts.items():
+        click.echo(f"{name + '.csv':<18}{n:>10,} rows ({res.added.get(name, 0):+,})")
+    for cause, n in sorted(res.skipped.items()):
+        click.echo(f"skipped {cause}: {n:,}")
+    click.echo(str(res.out_dir))
+
+
 def _sample_users(path: Path, n: int = 2) -> list[str]:
     from feed.artifacts import read
 

@@ -67,8 +67,24 @@ def versions_in_experiments(r: Any) -> dict[str, list[str]]:
     return used
 
 
+REQUIRED_KINDS = ("manifest", "posts", "trending")  # version keys a request cannot do without
+
+
+def missing_keys(r: Any, version: str) -> list[str]:
+    """The version's shared keys that are not in Redis (the service needs every one)."""
+    keys = [c.version_key(version, kind) for kind in REQUIRED_KINDS]
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.exists(k)
+    return [k for k, n in zip(keys, pipe.execute(), strict=True) if not n]
+
+
 def activate(r: Any, version: str) -> str | None:
-    """Make ``version`` live (atomically); returns the previously live version."""
+    """Make ``version`` live (atomically); returns the previously live version.
+
+    Refused for an unknown version, one not ``ready`` (a publish that did not finish) and one
+    whose shared keys are gone.
+    """
     meta = get_meta(r, version)
     if meta is None:
         raise VersionError(f"unknown version {version!r}")
@@ -76,6 +92,10 @@ def activate(r: Any, version: str) -> str | None:
         raise VersionError(
             f"version {version!r} is {meta.get('state')!r}, not {c.STATE_READY!r}: "
             "its keys are incomplete; publish it again")
+    missing = missing_keys(r, version)
+    if missing:
+        raise VersionError(f"version {version!r} has incomplete keys (missing {missing}); "
+                           "publish it again with --force")
     previous = _text(r.set(c.LIVE_KEY, version, get=True))
     if previous and previous != version:
         r.lpush(HISTORY_KEY, previous)
@@ -92,7 +112,8 @@ def rollback(r: Any) -> str:
         if prev is None:
             raise VersionError("no previous version to roll back to")
         meta = get_meta(r, prev)
-        if prev != live and meta and meta.get("state") == c.STATE_READY:
+        if prev != live and meta and meta.get("state") == c.STATE_READY and \
+                not missing_keys(r, prev):
             r.set(c.LIVE_KEY, prev)
             return prev
 
