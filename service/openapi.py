@@ -175,6 +175,56 @@ PATHS: dict[str, Any] = {
 }
 
 
+def _admin(summary: str, params: list[dict[str, Any]] | None = None,
+           body: dict[str, Any] | None = None, ok: str = "200") -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary, "security": ADMIN, "parameters": params or [],
+        "responses": {ok: _json({"type": "object"}), "400": _error("Bad input."),
+                      "401": _error("Missing or wrong bearer token."),
+                      "404": _error("Unknown, or the admin API is off (no FEED_ADMIN_TOKEN)."),
+                      "409": _error("Refused in the current state.")},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+VERSION = {"name": "version", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"}}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+ARMS = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["name", "version", "weight"],
+    "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                   "weight": {"type": "number", "description": "percent; arms sum to 100"}}}}
+
+PATHS.update({
+    "/v1/admin/versions": {"get": _admin("Model versions, newest first, and the live one.")},
+    "/v1/admin/versions/{version}/activate": {"post": _admin("Make a ready version live.",
+                                                             [VERSION])},
+    "/v1/admin/versions/rollback": {"post": _admin("Re-activate the previous live version.")},
+    "/v1/admin/versions/{version}": {"delete": _admin(
+        "Delete every key of a version (not the live one, nor one in a running experiment).",
+        [VERSION])},
+    "/v1/admin/experiments": {
+        "get": _admin("Every experiment."),
+        "post": _admin("Create an experiment.", body={
+            "type": "object", "required": ["name", "arms"],
+            "properties": {"name": {"type": "string"}, "salt": {"type": "string"},
+                           "arms": ARMS}}, ok="201"),
+    },
+    "/v1/admin/experiments/{name}": {
+        "get": _admin("One experiment's configuration.", [NAME]),
+        "patch": _admin("Change arms and weights (users move only as the weights require).",
+                        [NAME], body={"type": "object", "required": ["arms"],
+                                      "properties": {"arms": ARMS}}),
+        "delete": _admin("Stop the experiment (its data stays for the report).", [NAME]),
+    },
+    "/v1/admin/experiments/{name}/report": {"get": _admin(
+        "Per-arm users, impressions, clicks, likes, purchases, rates with 95% CIs, lift "
+        "against control with p-values, and the sample-ratio check.", [NAME])},
+})
+
+
 def spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     from feed import __version__

@@ -73,8 +73,12 @@ def test_request_id_header(client: Any) -> None:
     assert body.headers["X-Request-ID"] == body.get_json()["request_id"]
 
 
-def test_generated_requests_never_get_a_server_error(app: Any) -> None:
-    """Property-based: schemathesis generates requests for every operation from the spec."""
+def test_generated_requests_never_get_a_server_error(redis_url: str, published: str) -> None:
+    """Property-based: schemathesis generates requests for every operation from the spec,
+    admin routes included (with the token)."""
+    from service import create_app
+
+    app = create_app({"REDIS_URL": redis_url, "TESTING": True, "ADMIN_TOKEN": "fuzz-token"})
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8
@@ -87,7 +91,7 @@ def _fuzz(op: Any) -> None:
     @settings(max_examples=12, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
-        resp = case.call()
+        resp = case.call(headers={"Authorization": "Bearer fuzz-token"})
         assert resp.status_code < 500, (op.label, case.path_parameters, case.query,
                                         case.body, resp.status_code, resp.text[:300])
 
