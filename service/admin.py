@@ -18,6 +18,7 @@ GET         /v1/admin/experiments/<name>                one experiment's config
 PATCH       /v1/admin/experiments/<name>                new arms/weights ``{arms}``
 DELETE      /v1/admin/experiments/<name>                stop it (data stays for the report)
 GET         /v1/admin/experiments/<name>/report         the per-arm report
+GET         /v1/admin/users/<user_id>/history           recent likes, purchases, follows
 ==========  ==========================================  ======================================
 """
 
@@ -40,7 +41,7 @@ def _redis() -> Any:
 
 
 @bp.before_request
-def _authorize() -> None:
+def require_admin() -> None:
     """404 when the admin API is off; 401 unless ``Authorization: Bearer <token>`` matches."""
     token = current_app.config.get("ADMIN_TOKEN")
     if not token:
@@ -171,3 +172,26 @@ def experiment_report(name: str) -> Any:
         return jsonify(ex.report(_redis(), name))
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
+
+
+@bp.get("/users/<user_id>/history")
+def user_history(user_id: str) -> Any:
+    """What a user did: likes (newest first, with time), purchases and follows, as the
+    service knows them (seeded at publish, then updated by events)."""
+    from feed import contract as c
+    from service.api import check_id, limit_arg
+
+    check_id(user_id, "user_id")
+    limit = limit_arg(20)
+    r = _redis()
+    pipe = r.pipeline(transaction=False)
+    pipe.zrange(c.user_key(user_id, c.USER_LIKES), 0, limit - 1, desc=True, withscores=True)
+    pipe.smembers(c.user_key(user_id, c.USER_PURCHASES))
+    pipe.smembers(c.user_key(user_id, c.USER_FOLLOWS))
+    likes, bought, follows = pipe.execute()
+    return jsonify({
+        "user_id": user_id,
+        "likes": [{"post_id": p.decode(), "ts": ts} for p, ts in likes],
+        "purchases": sorted(x.decode() for x in bought)[:limit],
+        "follows": sorted(x.decode() for x in follows)[:limit],
+    })

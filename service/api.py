@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+import redis
 from flask import Blueprint, current_app, g, jsonify, request
 
 from feed import contract as c
@@ -144,6 +145,62 @@ def _replayed(replay: list[tuple[str, float, str]], table: VersionTable,
     return page
 
 
+def _flag(name: str) -> bool:
+    raw = request.args.get(name, "0").lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise bad_request(f"{name} must be 0/1 or true/false")
+    return raw in ("1", "true")
+
+
+def _route(user_id: str, pinned: str | None) -> dict[str, Any]:
+    """``resolve_version``, or the ``version=`` an admin asked for (preview only)."""
+    wanted = request.args.get("version")
+    if wanted is None:
+        return resolve_version(user_id, pinned)
+    from service.admin import require_admin
+
+    require_admin()
+    if not c.valid_version(wanted) or store().table(wanted) is None:
+        raise not_found(f"model version {wanted[:64]!r} is not published")
+    return {"model_version": wanted, "experiment": None, "arm": None}
+
+
+def _preview_page(user_id: str, state: UserState, table: VersionTable, glob: dict[str, Any],
+                  interests: list[str], limit: int, page_no: int, now: float) -> list[Candidate]:
+    """Page ``page_no`` of a side-effect-free scroll: nothing is recorded as served, so pages
+    are cut from one ranking instead."""
+    ranked = _ranked(user_id, state, table, glob, interests, limit * (page_no + 1), now)
+    return ranked[limit * page_no:]
+
+
+def _degraded(user_id: str, limit: int, page_no: int, started: float) -> Any:
+    """A page from the in-process copy of trending posts, for when Redis is unreachable."""
+    version, items = store().fallback
+    if version is None:
+        raise unavailable("the feed store (Redis) is unavailable; retry shortly")
+    observability.DEGRADED.labels("feed").inc()
+    page = [{**it, "reason": "trending"} for it in items[limit * page_no: limit * (page_no + 1)]]
+    cfg = current_app.config
+    next_cursor = cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1,
+                                started) if page else None
+    return jsonify({"user_id": user_id, "model_version": version, "experiment": None,
+                    "arm": None, "request_id": request_id(), "degraded": True,
+                    "next_cursor": next_cursor, "items": page})
+
+
+def _remember_fallback(table: VersionTable) -> None:
+    """Once per live version and process: hydrate its trending posts for outages."""
+    s = store()
+    if s.fallback[0] == table.version or table.version != s.live_version():
+        return
+    n = current_app.config["FALLBACK_SIZE"]
+    page = [Candidate(table.post_ids[i], float(sc), "trending", table.authors[i],
+                      table.categories[i], table.created[i], table.product_ids[i])
+            for i, sc in zip(table.trending[:n].tolist(), table.trending_scores[:n].tolist(),
+                             strict=True)]
+    s.remember_fallback(table.version, hydrate(page, set()))
+
+
 @bp.get("/v1/feed/<user_id>")
 def get_feed(user_id: str) -> Any:
     """A ranked feed page (see DESIGN.md "one feed request").
@@ -153,32 +210,57 @@ def get_feed(user_id: str) -> Any:
     (served set, exposure, the page kept for cursor retries). A cursor pins the scroll to its
     version; the served set keeps every page of a scroll distinct, also when the version
     changes; the same cursor sent again within ``PAGE_REPLAY_TTL_S`` returns the same page.
+
+    ``preview=1`` changes nothing (no served set, no exposure): for viewers and debugging.
+    ``version=V`` (admin token required, preview only) ranks with another published version.
+    When Redis is unreachable the page comes from an in-process copy of trending posts,
+    marked ``degraded: true``.
     """
     check_id(user_id, "user_id")
-    cfg = current_app.config
     limit = limit_arg()
     interests = interests_arg()
+    preview = _flag("preview") or "version" in request.args
     now = time.time()
     started, page_no, pinned, raw_cursor = _cursor_args(user_id, now)
-    route = resolve_version(user_id, pinned)
+    s = store()
+    if not s.available():
+        return _degraded(user_id, limit, page_no, started)
+    try:
+        return _feed_page(user_id, limit, interests, preview, now, started, page_no, pinned,
+                          raw_cursor)
+    except redis.RedisError as e:
+        kind = "timeout" if isinstance(e, redis.TimeoutError) else type(e).__name__
+        observability.REDIS_ERRORS.labels(kind).inc()
+        s.mark_down()
+        return _degraded(user_id, limit, page_no, started)
+
+
+def _feed_page(user_id: str, limit: int, interests: list[str], preview: bool, now: float,
+               started: float, page_no: int, pinned: str | None, raw_cursor: str | None) -> Any:
+    cfg = current_app.config
+    route = _route(user_id, pinned)
     version = route["model_version"]
     s = store()
     table = _table(version)
-    replay_key = c.page_key(user_id, raw_cursor) if raw_cursor else None
+    replay_key = c.page_key(user_id, raw_cursor) if raw_cursor and not preview else None
     state = s.user_state(user_id, version, now, replay_key)
     glob = s.global_state()
-    if state.replay is not None:
+    if preview:
+        page = _preview_page(user_id, state, table, glob, interests, limit, page_no, now)
+    elif state.replay is not None:
         page = _replayed(state.replay, table, glob)
     else:
         page = _ranked(user_id, state, table, glob, interests, limit, now)
     items = hydrate(page, glob["oos"])
     rid = request_id()
-    keep = None
-    if replay_key and state.replay is None:
-        keep = (replay_key, [(it["post_id"], it["score"], it["reason"]) for it in items])
-    s.record_served(user_id, [it["post_id"] for it in items], now, route, rid, keep)
-    observability.record_items(it["reason"] for it in items)
-    observability.record_exposure(route.get("experiment"), route.get("arm"))
+    if not preview:
+        keep = None
+        if replay_key and state.replay is None:
+            keep = (replay_key, [(it["post_id"], it["score"], it["reason"]) for it in items])
+        s.record_served(user_id, [it["post_id"] for it in items], now, route, rid, keep)
+        observability.record_items(it["reason"] for it in items)
+        observability.record_exposure(route.get("experiment"), route.get("arm"))
+        _remember_fallback(table)
     next_cursor = cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1,
                                 started) if items else None
     return jsonify({"user_id": user_id, **route, "request_id": rid, "degraded": False,

@@ -6,8 +6,10 @@ from typing import Any
 
 DEFAULTS: dict[str, Any] = {
     "REDIS_URL": None,  # None: `feed serve` starts a private server; the app itself requires it
-    "REDIS_SOCKET_TIMEOUT": 0.5,  # seconds, every Redis command
-    "REDIS_CONNECT_TIMEOUT": 0.5,
+    "REDIS_SOCKET_TIMEOUT": 0.25,  # seconds, every Redis command (one retry on top)
+    "REDIS_CONNECT_TIMEOUT": 0.25,
+    "REDIS_BREAKER_S": 1.0,  # after a Redis error, answer degraded/503 at once for this long
+    "FALLBACK_SIZE": 100,  # trending posts kept in process to serve degraded pages
     "DEFAULT_LIMIT": 20,
     "MAX_LIMIT": 100,
     "SEEN_WINDOW_S": 3 * 86_400,  # served/seen posts are not served again within this window
@@ -48,10 +50,11 @@ INT_KEYS = {"DEFAULT_LIMIT", "MAX_LIMIT", "SEEN_WINDOW_S", "SEEN_MAX", "RT_MAX",
             "MAX_CONTENT_LENGTH", "CURSOR_TTL_S", "FRESHNESS_HALF_LIFE_S",
             "DIVERSITY_POOL_FACTOR", "LIKES_MAX", "RT_FOLLOW_POSTS", "INTEREST_MAX_TERMS",
             "INTEREST_POSTS_PER_TERM", "PAGE_REPLAY_TTL_S", "GIFT_DEFAULT_LIMIT",
-            "GIFT_POSTS_PER_PRODUCT", "GIFT_MAX_PER_CATEGORY"}
+            "GIFT_POSTS_PER_PRODUCT", "GIFT_MAX_PER_CATEGORY", "FALLBACK_SIZE"}
 FLOAT_KEYS = {"REDIS_SOCKET_TIMEOUT", "REDIS_CONNECT_TIMEOUT", "RT_WEIGHT", "FOLLOW_WEIGHT",
               "TRENDING_WEIGHT", "FRESH_WEIGHT", "FRESHNESS_WEIGHT", "CATEGORY_DISCOUNT",
-              "VERSION_CACHE_S", "GLOBAL_CACHE_S", "INTEREST_WEIGHT", "GIFT_LIKED_WEIGHT"}
+              "VERSION_CACHE_S", "GLOBAL_CACHE_S", "INTEREST_WEIGHT", "GIFT_LIKED_WEIGHT",
+              "REDIS_BREAKER_S"}
 
 
 class ConfigError(ValueError):

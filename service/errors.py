@@ -55,6 +55,7 @@ def register(app: Flask) -> None:
 
         kind = "timeout" if isinstance(e, redis.TimeoutError) else type(e).__name__
         REDIS_ERRORS.labels(kind).inc()
+        app.extensions["feed_store"].mark_down()
         app.logger.warning("redis unavailable: %s", e)
         return _body("unavailable", "the feed store (Redis) is unavailable; retry shortly"), 503, {
             "Retry-After": "1"}

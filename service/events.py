@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 from feed import contract as c
 from service import observability
 from service.api import check_id, request_id, store
-from service.errors import bad_request
+from service.errors import bad_request, unavailable
 from service.store import VersionTable
 
 bp = Blueprint("events", __name__)
@@ -205,6 +205,8 @@ def _context(events: list[dict[str, Any]]) -> _Context:
 def post_events() -> Any:
     """Accept a batch of events: each is appended to the durable event log and applied to the
     user's real-time state in the same pipeline, so the next page reflects it. 202."""
+    if not store().available():
+        raise unavailable("the event store (Redis) is unavailable; nothing was stored")
     body = json_body()
     events = body.get("events")
     cfg = current_app.config

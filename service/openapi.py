@@ -119,8 +119,15 @@ PATHS: dict[str, Any] = {
                        LIMIT,
                        _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
                        _query("interests", {"type": "string"},
-                              "Comma-separated categories or words to seed a new user's page.")],
+                              "Comma-separated categories or words to seed a new user's page."),
+                       _query("preview", {"type": "string", "enum": ["0", "1", "true", "false"]},
+                              "1: change nothing (no served set, no exposure); for viewers."),
+                       _query("version", {"type": "string"},
+                              "Rank with this published version (admin token; implies "
+                              "preview).")],
         "responses": {"200": _json(_ref("FeedPage")), "400": _error("Bad parameter or cursor."),
+                      "401": _error("version= without a valid admin token."),
+                      "404": _error("version= names no published version."),
                       "503": _error("Redis unreachable and no degraded page possible.")},
     }},
     "/v1/posts/{post_id}": {"get": {
@@ -219,6 +226,9 @@ PATHS.update({
                                       "properties": {"arms": ARMS}}),
         "delete": _admin("Stop the experiment (its data stays for the report).", [NAME]),
     },
+    "/v1/admin/users/{user_id}/history": {"get": _admin(
+        "A user's recent likes (with time), purchases and follows.",
+        [_path_param("user_id", "User id."), LIMIT])},
     "/v1/admin/experiments/{name}/report": {"get": _admin(
         "Per-arm users, impressions, clicks, likes, purchases, rates with 95% CIs, lift "
         "against control with p-values, and the sample-ratio check.", [NAME])},

@@ -105,6 +105,21 @@ class Store:
         self._live: tuple[float, str | None, frozenset[str]] = (0.0, None, frozenset())
         self._experiment: tuple[float, Experiment | None] = (-1e18, None)
         self._global: tuple[float, dict[str, Any]] = (0.0, {})
+        self._down_until = 0.0  # circuit breaker: skip Redis until then after an error
+        self.fallback: tuple[str | None, list[dict[str, Any]]] = (None, [])
+
+    # -- outages ---------------------------------------------------------------------------
+    def available(self) -> bool:
+        """False for ``REDIS_BREAKER_S`` after a Redis error: requests answer at once
+        (degraded or 503) instead of each waiting for a timeout."""
+        return time.monotonic() >= self._down_until
+
+    def mark_down(self) -> None:
+        self._down_until = time.monotonic() + self.config["REDIS_BREAKER_S"]
+
+    def remember_fallback(self, version: str, items: list[dict[str, Any]]) -> None:
+        """Keep a hydrated trending page of the live version for outages."""
+        self.fallback = (version, items)
 
     # -- versions ------------------------------------------------------------------------
     def _registry(self) -> tuple[str | None, frozenset[str]]:
