@@ -75,6 +75,9 @@ def check(config: dict[str, Any]) -> None:
         config[key] = value
     if not 1 <= config["DEFAULT_LIMIT"] <= config["MAX_LIMIT"]:
         raise ConfigError("FEED_DEFAULT_LIMIT must be between 1 and FEED_MAX_LIMIT")
+    if str(config.get("DEBUG", "")).lower() in ("1", "true", "yes", "on"):
+        raise ConfigError("FEED_DEBUG is refused: Flask's debugger runs arbitrary code for "
+                          "anyone who can reach it; use FEED_LOG_LEVEL=DEBUG for more logs")
     if not config.get("REDIS_URL"):
         raise ConfigError("FEED_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); "
                           "`feed serve` starts a private server when it is unset")
