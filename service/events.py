@@ -96,7 +96,7 @@ def validate_event(ev: Any, i: int) -> dict[str, Any]:
 
 @dataclass
 class _Context:
-    """What applying a batch of events needs besides the events: configuration, the live
+    """What applying a batch of events needs besides the events: configuration, the serving
     version's post table, the neighbour lists of liked/unliked posts, the API-created posts."""
 
     cfg: Mapping[str, Any]
@@ -181,12 +181,23 @@ def _apply(pipe: Any, ev: dict[str, Any], ctx: _Context) -> None:
         pipe.sadd(k(u, c.USER_MUTED), ev["author_id"])
 
 
-def _context(events: list[dict[str, Any]]) -> _Context:
-    """Read what the batch needs: neighbour lists of liked/unliked posts (one pipelined read),
-    the live version's table and the API-created posts (in-process caches)."""
+def _user_version(user_id: str) -> str | None:
+    """The version that serves this user: their experiment arm's, else the live one, so
+    real-time neighbours come from the model the user is being shown."""
+    s = store()
+    exp = s.experiment()
+    arm = exp.arm_for(user_id) if exp is not None else None
+    if arm is not None and s.table(arm.version) is not None:
+        return str(arm.version)
+    return s.live_version()
+
+
+def _context(events: list[dict[str, Any]], version: str | None) -> _Context:
+    """Read what these events (all served by ``version``) need: neighbour lists of
+    liked/unliked posts (one pipelined read), the version's table and the API-created posts
+    (in-process caches)."""
     s = store()
     cfg = current_app.config
-    version = s.live_version()
     table = s.table(version) if version else None
     posts = list(dict.fromkeys(ev["post_id"] for ev in events if ev["type"] in ("like", "unlike")))
     neighbours: dict[str, bytes | None] = {}
@@ -215,12 +226,14 @@ def post_events() -> Any:
     if len(events) > cfg["MAX_EVENTS_PER_REQUEST"]:
         raise bad_request(f"at most {cfg['MAX_EVENTS_PER_REQUEST']} events per request")
     parsed = [validate_event(ev, i) for i, ev in enumerate(events)]
-    ctx = _context(parsed)
+    version_of = {u: _user_version(u) for u in dict.fromkeys(ev["user_id"] for ev in parsed)}
+    contexts = {v: _context([ev for ev in parsed if version_of[ev["user_id"]] == v], v)
+                for v in dict.fromkeys(version_of.values())}
     pipe = store().r.pipeline(transaction=False)
     for ev in parsed:
         fields = {k: str(v) for k, v in ev.items()}
         pipe.xadd(c.EVENTS_KEY, fields, maxlen=cfg["EVENT_LOG_MAXLEN"], approximate=True)
-        _apply(pipe, ev, ctx)
+        _apply(pipe, ev, contexts[version_of[ev["user_id"]]])
     pipe.execute()
     observability.record_events(ev["type"] for ev in parsed)
     return jsonify({"accepted": len(parsed), "request_id": request_id()}), 202
