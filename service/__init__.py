@@ -1,7 +1,7 @@
 """The Flask service: ranked feed pages out of Redis.
 
 >>> app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0"})
->>> {"admin", "api", "events", "gifts"} <= set(app.blueprints)
+>>> {"admin", "api", "events", "gifts", "viewer"} <= set(app.blueprints)
 True
 """
 
@@ -35,7 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     from feed.contract import connect
-    from service import admin, api, events, gifts, observability, openapi
+    from service import admin, api, events, gifts, observability, openapi, viewer
     from service.store import Store
 
     client = connect(app.config["REDIS_URL"], socket_timeout=app.config["REDIS_SOCKET_TIMEOUT"],
@@ -49,4 +49,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(gifts.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(viewer.bp)
     return app

@@ -169,6 +169,23 @@ PATHS: dict[str, Any] = {
                         "description": "The friend's user id."}, LIMIT],
         "responses": {"200": _json({"type": "object"}), "400": _error("Bad parameter.")},
     }},
+    "/v1/viewer/examples": {"get": {
+        "summary": "A few example users (authors with candidates in the live version), for the "
+                   "feed viewer's user picker.",
+        "parameters": [_query("limit", {"type": "integer", "minimum": 1},
+                              "How many (default 6, at most 20).")],
+        "responses": {"200": _json({
+            "type": "object", "required": ["model_version", "users"],
+            "properties": {"model_version": {"type": "string"},
+                           "users": {"type": "array", "items": {"type": "string"}}}}),
+            "400": _error("Bad parameter."), "503": _error("No live version.")},
+    }},
+    "/viewer": {"get": {
+        "summary": "The feed viewer: a user's feed as the app shows it, history, and a second "
+                   "version side by side (docs/viewer.md). Reads the API from the browser; "
+                   "the page itself holds no user data and no token.",
+        "responses": {"200": {"description": "OK", "content": {"text/html": {
+            "schema": {"type": "string"}}}}}}},
     "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": _json({"type": "object"})}}},
     "/readyz": {"get": {"summary": "Readiness: Redis reachable and a live version.",
                         "responses": {"200": _json({"type": "object"}),

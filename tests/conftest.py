@@ -4,7 +4,6 @@ generated dataset trained once per session, and the Flask app/client/runner trio
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,7 @@ from click.testing import CliRunner
 
 from feed import redisserver
 from feed.contract import connect
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from helpers import free_port
 
 
 @pytest.fixture(scope="session")

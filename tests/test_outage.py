@@ -16,7 +16,7 @@ import pytest
 from feed import redisserver
 from feed.contract import EVENTS_KEY, connect
 from feed.publish import publish
-from tests.conftest import free_port
+from helpers import free_port
 
 BOUND_S = 0.8  # "well under a second"
 
