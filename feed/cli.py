@@ -12,21 +12,17 @@ from typing import Any
 
 import click
 
-from feed import redisserver
-
-ENV_URL = "FEED_REDIS_URL"
+from feed import api
+from feed.api import ENV_URL
 
 
 def _redis(ctx_url: str | None, *, start_private: bool = True) -> tuple[Any, str]:
     """A client for --redis-url / FEED_REDIS_URL, else the private server under ./.feed/."""
-    from feed.contract import connect
-
-    url = ctx_url or os.environ.get(ENV_URL)
-    if not url:
-        if not start_private:
-            raise click.UsageError(f"set {ENV_URL} or --redis-url")
-        url = redisserver.start()
-    return connect(url, socket_timeout=30.0, connect_timeout=5.0), url
+    try:
+        url = api.redis_url(ctx_url, start_private=start_private)
+    except api.RedisNotConfigured as e:
+        raise click.UsageError(f"{e} (--redis-url)") from e
+    return api.connect(url), url
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -268,19 +264,10 @@ def demo(users: int, posts: int, work_dir: Path, host: str, port: int, no_serve:
     Example:
       feed demo --port 8000
     """
-    from feed.publish import publish as run_publish
-    from feed.synth import SynthConfig, generate as gen
-    from feed.train import train as run_train
-
-    data_dir = work_dir / "data"
-    click.echo(f"1/4 generating {users} users and {posts} posts into {data_dir}")
-    gen(data_dir, SynthConfig(n_users=users, n_posts=posts, seed=7))
-    click.echo("2/4 training")
-    path = run_train(data_dir, work_dir / "artifacts", progress=True)
-    r, url = _redis(redis_url)
-    click.echo(f"3/4 publishing {path.name} into {url}")
-    run_publish(r, path, activate=True, progress=True)
-    sample = _sample_users(path)
+    steps = iter(range(1, 4))
+    qs = api.quickstart(work_dir, users=users, posts=posts, seed=7, redis=redis_url,
+                        progress=True, on_step=lambda line: click.echo(f"{next(steps)}/4 {line}"))
+    sample, url = qs.users, qs.redis_url
     base = f"http://{host}:{port}"
     click.echo("4/4 serving. Try:")
     for u in sample:
@@ -536,13 +523,6 @@ def events_export(out_dir: Path, data_dir: Path, force: bool, redis_url: str | N
     for cause, n in sorted(res.skipped.items()):
         click.echo(f"skipped {cause}: {n:,}")
     click.echo(str(res.out_dir))
-
-
-def _sample_users(path: Path, n: int = 2) -> list[str]:
-    from feed.artifacts import read
-
-    users = read(path, verify=False).arrays("candidates")["users"]
-    return [str(u) for u in users[:n]] or ["u1"]
 
 
 if __name__ == "__main__":  # pragma: no cover
