@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,13 +71,13 @@ class Artifact:
 
 
 def write(directory: Path, manifest: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
-          documents: dict[str, Iterable[dict[str, Any]]]) -> Path:
+          documents: Mapping[str, Iterable[dict[str, Any]]]) -> Path:
     """Write a version atomically: into ``<dir>.tmp`` first, then renamed into place."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=False)
     for name, arrs in arrays.items():
-        np.savez_compressed(tmp / f"{name}.npz", **arrs)
+        np.savez_compressed(tmp / f"{name}.npz", **arrs)  # type: ignore[arg-type]
     for name, docs in documents.items():
         with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for d in docs:

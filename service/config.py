@@ -98,7 +98,7 @@ def check(config: dict[str, Any]) -> None:
             continue
         if not isinstance(default, int | float):
             continue
-        raw = config.get(key)
+        raw: Any = config.get(key)
         kind = type(default)
         try:
             value = kind(raw)

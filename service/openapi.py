@@ -40,7 +40,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 LIMIT = _query("limit", {"type": "integer", "minimum": 1},
                "Items per page (capped at FEED_MAX_LIMIT).")
-ADMIN = [{"bearerAuth": []}]
+ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
