@@ -62,6 +62,10 @@ def _write(r: Any, pairs: Iterable[tuple[str, bytes]], progress: Any = None) -> 
 
 
 def _count_existing(r: Any, keys: list[str]) -> int:
+    """How many of ``keys`` exist: one multi-key EXISTS per batch (per key on a cluster,
+    where one command cannot span slots)."""
+    if not c.is_cluster(r):
+        return sum(int(r.exists(*chunk)) for chunk in _batched(keys, BATCH))
     n = 0
     for chunk in _batched(keys, BATCH):
         pipe = r.pipeline(transaction=False)

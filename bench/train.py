@@ -1,0 +1,194 @@
+"""``feed train`` end to end against a bare implicit ALS fit on the same matrix.
+
+For each size: generate a synthetic dataset, fit a bare ``AlternatingLeastSquares`` (64 factors,
+15 iterations, BLAS pinned to one thread, implicit's own threads) on the pipeline's user x post
+engagement matrix, run ``feed train`` in a fresh interpreter (load, features, every source,
+candidates, neighbours, artifact), then fit the bare ALS again; the reference is the mean of
+the two fits, so drift in machine load during the run shows up in both.
+
+    python -m bench.train                        # 0.1M likes (20-80 s)
+    python -m bench.train --likes 1m             # the target's size (about 5 min on 2 cores)
+    python -m bench.train --likes 0.1m,1m,5m --keep /tmp/bench-art
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    TARGET_HEADERS,
+    feed_cli,
+    generate,
+    human,
+    parse_count,
+    print_table,
+    ratio,
+    shape_for,
+)
+
+TARGET_RATIO = 5.0  # feed train <= 5x the bare ALS fit on 1M likes
+FACTORS, ITERATIONS = 64, 15
+
+
+def engagement_matrix(data_dir: Path) -> Any:
+    """The user x post matrix exactly as ``feed train`` builds it."""
+    from feed.data import load
+    from feed.features.matrices import EngagementWeights, build
+
+    return build(load(data_dir), EngagementWeights()).engagement
+
+
+def bare_als(matrix: Any) -> float:
+    """Seconds of one bare implicit ALS fit (the training's own ALS settings)."""
+    import numpy as np
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    x = sp.csr_matrix(matrix, dtype=np.float32)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=FACTORS, iterations=ITERATIONS, regularization=0.05, alpha=10.0, random_state=0
+        )
+        t = time.perf_counter()
+        model.fit(x, show_progress=False)
+        return time.perf_counter() - t
+
+
+def run_size(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
+    data, out = work / "data", work / "artifacts"
+    t = time.perf_counter()
+    rows = generate(data, likes, posts)
+    gen_s = time.perf_counter() - t
+    matrix = engagement_matrix(data)
+    als_before = bare_als(matrix)
+    train_s, stdout = feed_cli(
+        "train", str(data), "--out", str(out), "--no-progress", "--factors", str(FACTORS)
+    )
+    als_after = bare_als(matrix)
+    version = stdout.strip().splitlines()[-1]
+    manifest = json.loads((out / version / "manifest.json").read_text())
+    return {
+        "size": likes,
+        "likes": rows["likes.csv"],
+        "users": matrix.shape[0],
+        "posts": matrix.shape[1],
+        "nnz": matrix.nnz,
+        "generate_s": gen_s,
+        "train_s": train_s,
+        "als_s": (als_before + als_after) / 2,
+        "als_runs": (als_before, als_after),
+        "timings": manifest["timings"],
+        "artifact": out / version,
+        "artifact_mb": sum(f.stat().st_size for f in (out / version).iterdir()) / 1e6,
+    }
+
+
+def report(res: dict[str, Any]) -> None:
+    size = human(res["size"])
+    stages = dict(res["timings"])
+    stages["load, tokens, documents, write, start-up"] = res["train_s"] - sum(stages.values())
+    print_table(
+        f"feed train on {res['likes']:,} likes: {res['users']:,} users x {res['posts']:,} posts, "
+        f"{res['nnz']:,} non-zeros (artifact {res['artifact_mb']:.0f} MB)",
+        ("stage", "seconds", "share", "x bare ALS"),
+        [
+            (k.removesuffix("_s"), v, f"{v / res['train_s']:.0%}", ratio(v, res["als_s"]))
+            for k, v in stages.items()
+        ]
+        + [("total", res["train_s"], "100%", ratio(res["train_s"], res["als_s"]))],
+    )
+    r = ratio(res["train_s"], res["als_s"])
+    a, b = res["als_runs"]
+    print_table(
+        f"target at {size} likes (defined at 1M)",
+        TARGET_HEADERS,
+        [
+            (
+                "feed train (s)",
+                res["train_s"],
+                f"bare ALS {res['als_s']:.2f} s ({a:.2f}, {b:.2f})",
+                f"{r:.1f}x",
+                f"<= {TARGET_RATIO:g}x",
+                r <= TARGET_RATIO,
+            )
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--likes",
+        default="0.1m",
+        help="comma-separated sizes in likes, e.g. 0.1m,1m,5m (default 0.1m)",
+    )
+    p.add_argument(
+        "--posts",
+        type=int,
+        default=None,
+        help="catalogue size (default: 0.4 posts per user, at most 20,000)",
+    )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep each size's data and artifact under this directory",
+    )
+    args = p.parse_args(argv)
+    sizes = [parse_count(x) for x in args.likes.split(",")]
+    summary = []
+    for likes in sizes:
+        users, posts = shape_for(likes, args.posts)
+        print(
+            f"\n== {human(likes)} likes: generating {users:,} users, {posts:,} posts; "
+            "bare ALS, feed train, bare ALS ...",
+            flush=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+            work = args.keep / human(likes) if args.keep else Path(tmp)
+            res = run_size(likes, work, args.posts)
+        report(res)
+        summary.append(res)
+    if len(summary) > 1:
+        base = summary[0]
+        print_table(
+            "growth",
+            (
+                "likes",
+                "users x posts",
+                "feed train (s)",
+                "bare ALS (s)",
+                "ratio",
+                "train growth",
+                "likes growth",
+            ),
+            [
+                (
+                    f"{s['likes']:,}",
+                    f"{s['users']:,} x {s['posts']:,}",
+                    s["train_s"],
+                    s["als_s"],
+                    f"{ratio(s['train_s'], s['als_s']):.1f}x",
+                    f"{ratio(s['train_s'], base['train_s']):.1f}x",
+                    f"{ratio(s['likes'], base['likes']):.1f}x",
+                )
+                for s in summary
+            ],
+        )
+    if args.keep:
+        print("\nartifacts kept: " + ", ".join(str(s["artifact"]) for s in summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
