@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from feed import contract as c
 from service import cursor, observability
 from service.errors import ApiError, bad_request, not_found, unavailable
-from service.ranking import Candidate, diverse_page, filtered, gather, post_meta
+from service.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
 from service.store import Store, UserState, VersionTable
 
 bp = Blueprint("api", __name__)
@@ -130,7 +130,8 @@ def _ranked(user_id: str, state: UserState, table: VersionTable, glob: dict[str,
     cfg = current_app.config
     tokens = store().token_index(table.version) if interests else None
     best = gather(state, table, glob, cfg, interests, tokens)
-    return diverse_page(filtered(user_id, best, state, table, glob, cfg, now), limit, cfg)
+    cands = filtered(user_id, best, state, table, glob, cfg, now, keep=pool_size(limit, cfg))
+    return diverse_page(cands, limit, cfg)
 
 
 def _replayed(replay: list[tuple[str, float, str]], table: VersionTable,

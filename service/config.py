@@ -31,6 +31,8 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
      "real-time candidate scores (relative to precomputed ones in [0, 1])"),
     ("FOLLOW_WEIGHT", 1.0,
      "fresh posts of followed authors"),
+    ("TRENDING_CANDIDATES", 100,
+     "trending posts offered to every page as the fallback source"),
     ("TRENDING_WEIGHT", 0.15,
      "trending fallback"),
     ("FRESH_WEIGHT", 0.3,

@@ -179,8 +179,9 @@ def interest_matches(
 
 
 def trending(table: VersionTable, cfg: Mapping[str, Any]) -> Iterator[Offer]:
-    """The version's trending posts, weighted down to a fallback."""
-    for i, s in zip(table.trending.tolist(), table.trending_scores.tolist(), strict=True):
+    """The version's ``TRENDING_CANDIDATES`` best trending posts, weighted down to a fallback."""
+    n = cfg["TRENDING_CANDIDATES"]
+    for i, s in zip(table.trending[:n].tolist(), table.trending_scores[:n].tolist(), strict=True):
         if 0 <= i < len(table.post_ids):
             yield table.post_ids[i], cfg["TRENDING_WEIGHT"] * s, "trending"
 
@@ -229,8 +230,13 @@ def filtered(
     glob: Mapping[str, Any],
     cfg: Mapping[str, Any],
     now: float,
+    keep: int | None = None,
 ) -> list[Candidate]:
     """Drop what the user must not see; add the freshness bonus.
+
+    With ``keep``, candidates are examined best first and the scan stops once ``keep`` have
+    passed and no later one can beat them even with the largest freshness bonus: the best
+    ``keep`` are the same as with a full scan, for a fraction of the work.
 
     Dropped: posts seen or served within ``SEEN_WINDOW_S``, liked or hidden; the user's own
     posts; posts of muted authors (blocked or "see fewer"); posts whose every linked product is
@@ -240,8 +246,12 @@ def filtered(
     excluded = state.seen | state.liked | state.hidden
     oos = glob["oos"]
     half_life = max(cfg["FRESHNESS_HALF_LIFE_S"], 1)
-    out = []
-    for pid, (score, reason) in best.items():
+    max_bonus = max(cfg["FRESHNESS_WEIGHT"], 0.0)
+    out: list[Candidate] = []
+    kept: list[float] = []  # min-heap of the best ``keep`` final scores so far
+    for pid, (score, reason) in sorted(best.items(), key=lambda kv: -kv[1][0]):
+        if keep is not None and len(kept) >= keep and score + max_bonus < kept[0]:
+            break
         if pid in excluded:
             continue
         meta = post_meta(pid, table, glob["fresh_meta"])
@@ -251,6 +261,8 @@ def filtered(
             continue
         if meta.created is not None:
             score += cfg["FRESHNESS_WEIGHT"] * 0.5 ** (max(now - meta.created, 0.0) / half_life)
+        if keep is not None:
+            (heapq.heappush if len(kept) < keep else heapq.heappushpop)(kept, score)
         out.append(
             Candidate(
                 pid,
@@ -300,6 +312,11 @@ def _pick(
     return -1, float("-inf")
 
 
+def pool_size(limit: int, cfg: Mapping[str, Any]) -> int:
+    """How many of the best candidates a page of ``limit`` is picked from."""
+    return max(limit * max(cfg["DIVERSITY_POOL_FACTOR"], 1), 50)
+
+
 def diverse_page(cands: list[Candidate], limit: int, cfg: Mapping[str, Any]) -> list[Candidate]:
     """Greedy page: best adjusted score first, never the same author twice in a row, at most
     ``AUTHOR_MAX_PER_PAGE`` per author (relaxed only when nothing else is left), and a
@@ -308,8 +325,7 @@ def diverse_page(cands: list[Candidate], limit: int, cfg: Mapping[str, Any]) -> 
 
     Ties break on the post id, so the same inputs always give the same page.
     """
-    size = max(limit * max(cfg["DIVERSITY_POOL_FACTOR"], 1), 50)
-    pool = heapq.nlargest(size, cands, key=lambda x: (x.score, x.post_id))
+    pool = heapq.nlargest(pool_size(limit, cfg), cands, key=lambda x: (x.score, x.post_id))
     page: list[Candidate] = []
     per_author: dict[str, int] = {}
     per_cat: dict[str, int] = {}
