@@ -514,7 +514,12 @@ def _redis_history(r: Any, user_id: str, n: int) -> list[dict[str, Any]]:
     pipe.zrange(c.user_key(user_id, c.USER_LIKES), 0, n - 1, desc=True, withscores=True)
     pipe.smembers(c.user_key(user_id, c.USER_PURCHASES))
     pipe.smembers(c.user_key(user_id, c.USER_FOLLOWS))
-    likes, bought, follows = pipe.execute()
+    pipe.smembers(c.user_key(user_id, c.USER_UNFOLLOWS))
+    pipe.get(c.user_key(user_id, c.USER_SEED))
+    likes, bought, follows, unfollows, seed = pipe.execute()
+    seed_follows, seed_bought = c.decode_seed(seed)
+    bought = seed_bought | {x.decode() for x in bought}
+    follows = (seed_follows | {x.decode() for x in follows}) - {x.decode() for x in unfollows}
     return [
         *({"kind": "like", "ts": ts, "post_id": _s(p)} for p, ts in likes),
         *({"kind": "purchase", "product_id": _s(p)} for p in sorted(bought)),

@@ -111,9 +111,24 @@ USER_RT = "rt"  # zset rt_member(post, reason) -> rt_score(ts, strength): real-t
 USER_RT_REASON = "rtwhy"  # unused since reasons ride in USER_RT members (kept: name reserved)
 USER_HIDDEN = "hidden"  # set of hidden post ids
 USER_MUTED = "muted"  # set of author ids the user blocked or asked to see fewer of
-USER_FOLLOWS = "follows"  # set of followed authors (seeded by publish, then events)
+USER_FOLLOWS = "follows"  # set of authors followed through events (see USER_SEED)
 USER_UNFOLLOWS = "unfollows"  # set of authors unfollowed since training
-USER_PURCHASES = "bought"  # set of product ids bought (seeded by publish, then events)
+USER_PURCHASES = "bought"  # set of products bought through events (see USER_SEED)
+USER_SEED = "seed"  # string: JSON {"follows": [...], "bought": [...]} of the training data
+
+
+def decode_seed(raw: bytes | str | None) -> tuple[set[str], set[str]]:
+    """(followed authors, bought products) of a user's seed key (empty sets when absent).
+
+    Publish writes one compact string per user instead of two sets: a small Redis set costs
+    several hundred bytes, a short JSON string a few dozen. Events add to the real-time sets
+    (``follows``, ``bought``); readers take the union.
+
+    >>> decode_seed(b'{"follows":["u7"],"bought":["sku-1"]}')
+    ({'u7'}, {'sku-1'})
+    """
+    d = decode_json(raw) or {}
+    return set(d.get("follows", [])), set(d.get("bought", []))
 USER_PAGE = "page"  # string per cursor: the page a cursor led to (short TTL; retries replay it)
 
 

@@ -94,24 +94,25 @@ def _neighbour_pairs(art: artifacts.Artifact, post_ids: np.ndarray) -> Iterator[
                    c.encode_candidates(it[ok], sc[ok], np.full(ok.sum(), similar)))
 
 
-def _write_sets(r: Any, art: artifacts.Artifact, name: str, columns: tuple[str, str],
-                kind: str, progress: Any = None) -> list[str]:
-    """Seed per-user sets from an artifact's pairs (a union: what events added stays)."""
-    f = art.arrays(name)
-    by_user: dict[str, list[str]] = {}
-    for a, b in zip(f[columns[0]].tolist(), f[columns[1]].tolist(), strict=True):
-        by_user.setdefault(a, []).append(b)
-    keys = []
-    for chunk in _batched(by_user.items(), BATCH):
-        pipe = r.pipeline(transaction=False)
-        for uid, members in chunk:
-            key = c.user_key(uid, kind)
-            pipe.sadd(key, *members)
-            keys.append(key)
-        pipe.execute()
-        if progress is not None:
-            progress.update(len(chunk))
-    return keys
+def _write_seeds(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[str]:
+    """One seed key per user: the authors they follow and the products they bought in the
+    training data (compact JSON; events keep adding to the real-time sets)."""
+    seeds: dict[str, dict[str, list[str]]] = {}
+    f, p = art.arrays("follows"), art.arrays("purchases")
+    for field, (users, values) in {"follows": (f["follower"], f["followee"]),
+                                   "bought": (p["user"], p["product"])}.items():
+        for uid, value in zip(users.tolist(), values.tolist(), strict=True):
+            seeds.setdefault(uid, {"follows": [], "bought": []})[field].append(value)
+    pairs = ((c.user_key(uid, c.USER_SEED),
+              c.encode_json({k: sorted(set(v)) for k, v in seed.items() if v}))
+             for uid, seed in seeds.items())
+    return _write(r, pairs, progress)
+
+
+def _seeded_users(art: artifacts.Artifact) -> int:
+    """Users with follows or purchases in the training data (one seed key each)."""
+    f, p = art.arrays("follows"), art.arrays("purchases")
+    return len(set(f["follower"].tolist()) | set(p["user"].tolist()))
 
 
 def _token_blob(art: artifacts.Artifact) -> bytes:
@@ -203,10 +204,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             "users": _write(r, _candidate_pairs(art), bar),
             "neighbour_posts": _write(r, _neighbour_pairs(art, posts["post_id"]), bar),
             "docs": _write(r, _doc_pairs(art), bar),
-            "followers": _write_sets(r, art, "follows", ("follower", "followee"),
-                                     c.USER_FOLLOWS, bar),
-            "buyers": _write_sets(r, art, "purchases", ("user", "product"),
-                                  c.USER_PURCHASES, bar),
+            "seeds": _write_seeds(r, art, bar),
         }
         _stock(r, art)
     finally:
@@ -215,7 +213,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
     expected = {"version": len(shared), "users": counts["users"],
                 "neighbour_posts": counts["neighbour_posts"],
                 "docs": counts["post_docs"] + counts["product_docs"],
-                "followers": counts["followers"], "buyers": counts["buyers"]}
+                "seeds": _seeded_users(art)}
     for name, keys in groups.items():
         if len(keys) != expected[name]:
             raise PublishError(f"{v}: wrote {len(keys)} {name} keys, manifest says {expected[name]}")

@@ -236,18 +236,21 @@ class Store:
         for kind in (c.USER_HIDDEN, c.USER_MUTED, c.USER_FOLLOWS, c.USER_UNFOLLOWS,
                      c.USER_PURCHASES):
             pipe.smembers(k(user_id, kind))
+        pipe.get(k(user_id, c.USER_SEED))
         if replay_key:
             pipe.get(replay_key)
         res = pipe.execute()
-        cand, seen, liked, rt, hidden, muted, follows, unfollows, bought = res[:9]
-        replay = c.decode_json(res[9]) if replay_key else None
+        cand, seen, liked, rt, hidden, muted, follows, unfollows, bought, seed = res[:10]
+        replay = c.decode_json(res[10]) if replay_key else None
+        seed_follows, seed_bought = c.decode_seed(seed)
         return UserState(
             candidates=c.decode_candidates(cand),
             seen={_s(x) for x in seen}, liked={_s(x) for x in liked},
             realtime=[_realtime(m, sc) for m, sc in rt],
             hidden={_s(x) for x in hidden}, muted={_s(x) for x in muted},
-            follows={_s(x) for x in follows}, unfollows={_s(x) for x in unfollows},
-            bought={_s(x) for x in bought},
+            follows=seed_follows | {_s(x) for x in follows},
+            unfollows={_s(x) for x in unfollows},
+            bought=seed_bought | {_s(x) for x in bought},
             replay=[(str(p), float(sc), str(why)) for p, sc, why in replay] if replay else None,
         )
 
