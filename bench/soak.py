@@ -32,8 +32,9 @@ def _children_rss_kb(master: int) -> int:
     total = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines()
-                          if ":" in line)
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
         except OSError:
             continue
         if fields.get("PPid", "").strip() == str(master):
@@ -53,8 +54,15 @@ def _event(rng: random.Random, users: list[str], posts: list[str]) -> dict[str, 
     return ev
 
 
-def _worker(port: int, stop: float, users: list[str], posts: list[str], seed: int,
-            stats: Counter[str], lock: threading.Lock) -> None:
+def _worker(
+    port: int,
+    stop: float,
+    users: list[str],
+    posts: list[str],
+    seed: int,
+    stats: Counter[str],
+    lock: threading.Lock,
+) -> None:
     rng = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     local: Counter[str] = Counter()
@@ -66,8 +74,12 @@ def _worker(port: int, stop: float, users: list[str], posts: list[str], seed: in
                 n_events = 0
             else:
                 batch = [_event(rng, users, posts) for _ in range(rng.randint(1, 5))]
-                conn.request("POST", "/v1/events", body=json.dumps({"events": batch}),
-                             headers={"Content-Type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/v1/events",
+                    body=json.dumps({"events": batch}),
+                    headers={"Content-Type": "application/json"},
+                )
                 kind = "events"
                 n_events = len(batch)
             resp = conn.getresponse()
@@ -104,8 +116,10 @@ def run(seconds: float, threads: int, likes: str) -> dict[str, Any]:
             lock = threading.Lock()
             before = r.xlen(EVENTS_KEY)
             stop = time.monotonic() + seconds
-            pool = [threading.Thread(target=_worker, args=(port, stop, users, posts, i, stats,
-                                                           lock)) for i in range(threads)]
+            pool = [
+                threading.Thread(target=_worker, args=(port, stop, users, posts, i, stats, lock))
+                for i in range(threads)
+            ]
             for t in pool:
                 t.start()
             rss: list[tuple[float, int]] = []
@@ -118,17 +132,26 @@ def run(seconds: float, threads: int, likes: str) -> dict[str, Any]:
             stored = r.xlen(EVENTS_KEY) - before
     requests = sum(v for k, v in stats.items() if k.endswith("xx"))
     warm = rss[min(2, len(rss) - 1)][1]
-    return {"seconds": seconds, "threads": threads, "requests": requests,
-            "rate": requests / seconds, "stats": dict(stats), "events_stored": stored,
-            "rss_kb_after_warmup": warm, "rss_kb_end": rss[-1][1], "rss": rss}
+    return {
+        "seconds": seconds,
+        "threads": threads,
+        "requests": requests,
+        "rate": requests / seconds,
+        "stats": dict(stats),
+        "events_stored": stored,
+        "rss_kb_after_warmup": warm,
+        "rss_kb_end": rss[-1][1],
+        "rss": rss,
+    }
 
 
 def _master_pid(port: int) -> int:
     """The gunicorn master listening on ``port`` (the parent of the process owning it)."""
     import subprocess
 
-    out = subprocess.run(["pgrep", "-f", "gunicorn.*service:create_app"], capture_output=True,
-                         text=True).stdout.split()
+    out = subprocess.run(
+        ["pgrep", "-f", "gunicorn.*service:create_app"], capture_output=True, text=True
+    ).stdout.split()
     pids = {int(p) for p in out}
     for pid in pids:
         ppid = int(Path(f"/proc/{pid}/stat").read_text().split()[3])
@@ -150,20 +173,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("requests", res["requests"], f"{res['rate']:.0f}/s over {res['seconds']:.0f} s"),
         ("feed pages 2xx / 5xx", f"{s.get('feed_2xx', 0)} / {s.get('feed_5xx', 0)}", ""),
-        ("event batches 2xx / 4xx / 5xx",
-         f"{s.get('events_2xx', 0)} / {s.get('events_4xx', 0)} / {s.get('events_5xx', 0)}", ""),
+        (
+            "event batches 2xx / 4xx / 5xx",
+            f"{s.get('events_2xx', 0)} / {s.get('events_4xx', 0)} / {s.get('events_5xx', 0)}",
+            "",
+        ),
         ("connection errors", s.get("connection_errors", 0), ""),
-        ("events acknowledged / in the log", f"{s.get('events_acknowledged', 0)} / "
-                                             f"{res['events_stored']}",
-         "lost: " + str(s.get("events_acknowledged", 0) - res["events_stored"])),
-        ("worker RSS after warm-up -> end", f"{res['rss_kb_after_warmup'] / 1024:.1f} -> "
-                                           f"{res['rss_kb_end'] / 1024:.1f} MiB",
-         f"x{growth:.3f}"),
+        (
+            "events acknowledged / in the log",
+            f"{s.get('events_acknowledged', 0)} / {res['events_stored']}",
+            "lost: " + str(s.get("events_acknowledged", 0) - res["events_stored"]),
+        ),
+        (
+            "worker RSS after warm-up -> end",
+            f"{res['rss_kb_after_warmup'] / 1024:.1f} -> {res['rss_kb_end'] / 1024:.1f} MiB",
+            f"x{growth:.3f}",
+        ),
         ("zero 5xx", five == 0, ""),
         ("zero lost events", s.get("events_acknowledged", 0) == res["events_stored"], ""),
     ]
-    print_table(f"soak: {args.threads} client threads, gunicorn 2 workers x 4 threads",
-                ("figure", "value", "note"), rows)
+    print_table(
+        f"soak: {args.threads} client threads, gunicorn 2 workers x 4 threads",
+        ("figure", "value", "note"),
+        rows,
+    )
     return 0
 
 

@@ -29,8 +29,15 @@ from typing import Any
 import numpy as np
 
 MANIFEST = "manifest.json"
-ARRAY_FILES = ("posts.npz", "candidates.npz", "neighbours.npz", "trending.npz", "follows.npz",
-               "purchases.npz", "tokens.npz")
+ARRAY_FILES = (
+    "posts.npz",
+    "candidates.npz",
+    "neighbours.npz",
+    "trending.npz",
+    "follows.npz",
+    "purchases.npz",
+    "tokens.npz",
+)
 DOC_FILES = ("posts.jsonl", "products.jsonl")
 
 
@@ -70,8 +77,12 @@ class Artifact:
                     yield json.loads(line)
 
 
-def write(directory: Path, manifest: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
-          documents: Mapping[str, Iterable[dict[str, Any]]]) -> Path:
+def write(
+    directory: Path,
+    manifest: dict[str, Any],
+    arrays: dict[str, dict[str, np.ndarray]],
+    documents: Mapping[str, Iterable[dict[str, Any]]],
+) -> Path:
     """Write a version atomically: into ``<dir>.tmp`` first, then renamed into place."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")

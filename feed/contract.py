@@ -129,6 +129,8 @@ def decode_seed(raw: bytes | str | None) -> tuple[set[str], set[str]]:
     """
     d = decode_json(raw) or {}
     return set(d.get("follows", [])), set(d.get("bought", []))
+
+
 USER_PAGE = "page"  # string per cursor: the page a cursor led to (short TTL; retries replay it)
 
 
@@ -176,8 +178,11 @@ def page_key(user_id: str, cursor: str) -> str:
 
 
 # --- payloads --------------------------------------------------------------------------------
-def encode_candidates(items: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                      reasons: Sequence[int] | np.ndarray) -> bytes:
+def encode_candidates(
+    items: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    reasons: Sequence[int] | np.ndarray,
+) -> bytes:
     """Pack a ranked candidate list: uint32 post indices, uint8 scores in [0, 1], uint8 reasons.
 
     Six bytes a candidate; post indices point into the version's post table.
@@ -217,10 +222,14 @@ def decode_json(raw: bytes | str | None) -> Any:
     return json.loads(raw)
 
 
-def encode_post_table(post_ids: Sequence[str], author_ids: Sequence[str],
-                      created_at: Sequence[float], categories: Sequence[str],
-                      product_ids: Sequence[Sequence[str]],
-                      product_categories: Mapping[str, str] | None = None) -> bytes:
+def encode_post_table(
+    post_ids: Sequence[str],
+    author_ids: Sequence[str],
+    created_at: Sequence[float],
+    categories: Sequence[str],
+    product_ids: Sequence[Sequence[str]],
+    product_categories: Mapping[str, str] | None = None,
+) -> bytes:
     """The version's post table: what the service needs to filter and rescore in process.
 
     ``product_categories`` (product id -> category, optional) lets the service diversify over
@@ -238,8 +247,9 @@ def encode_post_table(post_ids: Sequence[str], author_ids: Sequence[str],
     return encode_json(table)
 
 
-def encode_token_index(tokens: Sequence[str], indptr: Sequence[int] | np.ndarray,
-                       items: Sequence[int] | np.ndarray) -> bytes:
+def encode_token_index(
+    tokens: Sequence[str], indptr: Sequence[int] | np.ndarray, items: Sequence[int] | np.ndarray
+) -> bytes:
     """Pack a version's token -> posts index (CSR) for the ``interests=`` hint.
 
     The layout is a JSON list of tokens, one NUL byte, then ``indptr`` and ``items`` as
@@ -265,7 +275,7 @@ def decode_token_index(blob: bytes | None) -> dict[str, np.ndarray]:
     tokens = json.loads(head)
     ptr = np.frombuffer(rest, dtype="<u4", count=len(tokens) + 1).astype(np.int64)
     items = np.frombuffer(rest, dtype="<u4", offset=4 * len(ptr)).astype(np.int64)
-    return {t: items[ptr[i]:ptr[i + 1]] for i, t in enumerate(tokens)}
+    return {t: items[ptr[i] : ptr[i + 1]] for i, t in enumerate(tokens)}
 
 
 # --- connections -----------------------------------------------------------------------------

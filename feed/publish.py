@@ -78,8 +78,9 @@ def _count_existing(r: Any, keys: list[str]) -> int:
 def _candidate_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
     cand = art.arrays("candidates")
     v = art.version
-    for uid, it, sc, rs in zip(cand["users"], cand["items"], cand["scores"], cand["reasons"],
-                               strict=True):
+    for uid, it, sc, rs in zip(
+        cand["users"], cand["items"], cand["scores"], cand["reasons"], strict=True
+    ):
         ok = it >= 0
         yield c.user_key(str(uid), "cand", v), c.encode_candidates(it[ok], sc[ok], rs[ok])
 
@@ -90,8 +91,10 @@ def _neighbour_pairs(art: artifacts.Artifact, post_ids: np.ndarray) -> Iterator[
     for pid, it, sc in zip(post_ids, nb["items"], nb["scores"], strict=True):
         ok = it >= 0
         if ok.any():
-            yield (c.neighbours_key(art.version, str(pid)),
-                   c.encode_candidates(it[ok], sc[ok], np.full(ok.sum(), similar)))
+            yield (
+                c.neighbours_key(art.version, str(pid)),
+                c.encode_candidates(it[ok], sc[ok], np.full(ok.sum(), similar)),
+            )
 
 
 def _write_seeds(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[str]:
@@ -99,13 +102,19 @@ def _write_seeds(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[
     training data (compact JSON; events keep adding to the real-time sets)."""
     seeds: dict[str, dict[str, list[str]]] = {}
     f, p = art.arrays("follows"), art.arrays("purchases")
-    for field, (users, values) in {"follows": (f["follower"], f["followee"]),
-                                   "bought": (p["user"], p["product"])}.items():
+    for field, (users, values) in {
+        "follows": (f["follower"], f["followee"]),
+        "bought": (p["user"], p["product"]),
+    }.items():
         for uid, value in zip(users.tolist(), values.tolist(), strict=True):
             seeds.setdefault(uid, {"follows": [], "bought": []})[field].append(value)
-    pairs = ((c.user_key(uid, c.USER_SEED),
-              c.encode_json({k: sorted(set(v)) for k, v in seed.items() if v}))
-             for uid, seed in seeds.items())
+    pairs = (
+        (
+            c.user_key(uid, c.USER_SEED),
+            c.encode_json({k: sorted(set(v)) for k, v in seed.items() if v}),
+        )
+        for uid, seed in seeds.items()
+    )
     return _write(r, pairs, progress)
 
 
@@ -120,8 +129,9 @@ def _token_blob(art: artifacts.Artifact) -> bytes:
     t = art.arrays("tokens")
     expected = art.manifest["counts"].get("tokens", len(t["token"]))
     if len(t["token"]) != expected:
-        raise PublishError(f"{art.version}: tokens.npz has {len(t['token'])} tokens, "
-                           f"manifest says {expected}")
+        raise PublishError(
+            f"{art.version}: tokens.npz has {len(t['token'])} tokens, manifest says {expected}"
+        )
     return c.encode_token_index(t["token"].tolist(), t["indptr"], t["items"])
 
 
@@ -141,8 +151,9 @@ def _stock(r: Any, art: artifacts.Artifact) -> None:
         r.sadd(c.OUT_OF_STOCK_KEY, *chunk)
 
 
-def publish(r: Any, path: str | Path, *, activate: bool = False, progress: bool = False,
-            force: bool = False) -> PublishResult:
+def publish(
+    r: Any, path: str | Path, *, activate: bool = False, progress: bool = False, force: bool = False
+) -> PublishResult:
     """Write a model version into Redis and verify it.
 
     Parameters
@@ -163,13 +174,29 @@ def publish(r: Any, path: str | Path, *, activate: bool = False, progress: bool 
     if meta and meta.get("state") == c.STATE_READY and not force:
         logger.info("version %s is already published", v)
     else:
-        reg.set_meta(r, v, {"state": c.STATE_PUBLISHING, "started_at": time.time(),
-                            "created": art.manifest.get("created"), "counts": counts})
+        reg.set_meta(
+            r,
+            v,
+            {
+                "state": c.STATE_PUBLISHING,
+                "started_at": time.time(),
+                "created": art.manifest.get("created"),
+                "counts": counts,
+            },
+        )
         _write_version(r, art, progress)
-        reg.set_meta(r, v, {"state": c.STATE_READY, "published_at": time.time(),
-                            "created": art.manifest.get("created"), "counts": counts,
-                            "data": art.manifest.get("data", {}),
-                            "metrics": art.manifest.get("metrics", {})})
+        reg.set_meta(
+            r,
+            v,
+            {
+                "state": c.STATE_READY,
+                "published_at": time.time(),
+                "created": art.manifest.get("created"),
+                "counts": counts,
+                "data": art.manifest.get("data", {}),
+                "metrics": art.manifest.get("metrics", {}),
+            },
+        )
     previous = reg.activate(r, v) if activate else None
     return PublishResult(v, counts, time.perf_counter() - t0, activate, previous)
 
@@ -183,20 +210,38 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
     if progress:
         from tqdm import tqdm
 
-        total = counts["users"] + counts["neighbour_posts"] + counts["post_docs"] + \
-            counts["product_docs"] + counts["followers"] + counts["buyers"] + 4
+        total = (
+            counts["users"]
+            + counts["neighbour_posts"]
+            + counts["post_docs"]
+            + counts["product_docs"]
+            + counts["followers"]
+            + counts["buyers"]
+            + 4
+        )
         bar = tqdm(total=total, desc=f"publish {v}", unit="key")
     try:
         shared = [
             (c.version_key(v, "manifest"), c.encode_json(art.manifest)),
-            (c.version_key(v, "posts"), c.encode_post_table(
-                posts["post_id"].tolist(), posts["author_id"].tolist(),
-                posts["created_at"].tolist(), posts["category"].tolist(),
-                [p.split("|") if p else [] for p in posts["product_ids"].tolist()],
-                {d["product_id"]: d.get("category") or "" for d in art.documents("products")})),
-            (c.version_key(v, "trending"), c.encode_candidates(
-                trending["items"], trending["scores"],
-                np.full(len(trending["items"]), c.REASON_CODE["trending"]))),
+            (
+                c.version_key(v, "posts"),
+                c.encode_post_table(
+                    posts["post_id"].tolist(),
+                    posts["author_id"].tolist(),
+                    posts["created_at"].tolist(),
+                    posts["category"].tolist(),
+                    [p.split("|") if p else [] for p in posts["product_ids"].tolist()],
+                    {d["product_id"]: d.get("category") or "" for d in art.documents("products")},
+                ),
+            ),
+            (
+                c.version_key(v, "trending"),
+                c.encode_candidates(
+                    trending["items"],
+                    trending["scores"],
+                    np.full(len(trending["items"]), c.REASON_CODE["trending"]),
+                ),
+            ),
             (c.version_key(v, "tokens"), _token_blob(art)),
         ]
         groups = {
@@ -210,14 +255,20 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
     finally:
         if bar is not None:
             bar.close()
-    expected = {"version": len(shared), "users": counts["users"],
-                "neighbour_posts": counts["neighbour_posts"],
-                "docs": counts["post_docs"] + counts["product_docs"],
-                "seeds": _seeded_users(art)}
+    expected = {
+        "version": len(shared),
+        "users": counts["users"],
+        "neighbour_posts": counts["neighbour_posts"],
+        "docs": counts["post_docs"] + counts["product_docs"],
+        "seeds": _seeded_users(art),
+    }
     for name, keys in groups.items():
         if len(keys) != expected[name]:
-            raise PublishError(f"{v}: wrote {len(keys)} {name} keys, manifest says {expected[name]}")
+            raise PublishError(
+                f"{v}: wrote {len(keys)} {name} keys, manifest says {expected[name]}"
+            )
         found = _count_existing(r, keys)
         if found != expected[name]:
             raise PublishError(
-                f"{v}: only {found} of {expected[name]} {name} keys are in Redis after writing")
+                f"{v}: only {found} of {expected[name]} {name} keys are in Redis after writing"
+            )

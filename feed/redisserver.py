@@ -52,8 +52,9 @@ def _ping(url: str) -> bool:
         return False
 
 
-def start(directory: str | Path = DEFAULT_DIR, *, port: int | None = None,
-          persist: bool = True) -> str:
+def start(
+    directory: str | Path = DEFAULT_DIR, *, port: int | None = None, persist: bool = True
+) -> str:
     """Start (or reuse) a private server in ``directory`` and return its URL.
 
     Parameters
@@ -74,13 +75,20 @@ def start(directory: str | Path = DEFAULT_DIR, *, port: int | None = None,
         return url
     args = [
         redis_server_binary(),
-        "--dir", str(d),
-        "--daemonize", "yes",
-        "--pidfile", str(d / "redis.pid"),
-        "--logfile", str(d / "redis.log"),
-        "--save", "",
-        "--appendonly", "yes" if persist else "no",
-        "--maxclients", "1000",
+        "--dir",
+        str(d),
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(d / "redis.pid"),
+        "--logfile",
+        str(d / "redis.log"),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if persist else "no",
+        "--maxclients",
+        "1000",
     ]
     if port:
         args += ["--port", str(port), "--bind", "127.0.0.1"]
@@ -93,7 +101,9 @@ def start(directory: str | Path = DEFAULT_DIR, *, port: int | None = None,
             logger.info("started a private Redis server at %s", url)
             return url
         time.sleep(0.05)
-    raise RedisServerError(f"redis-server did not answer within {START_TIMEOUT_S}s; see {d}/redis.log")
+    raise RedisServerError(
+        f"redis-server did not answer within {START_TIMEOUT_S}s; see {d}/redis.log"
+    )
 
 
 def stop(directory: str | Path = DEFAULT_DIR) -> bool:

@@ -50,8 +50,14 @@ def list_versions(r: Any) -> list[dict[str, Any]]:
     for v, raw in r.hgetall(c.VERSIONS_KEY).items():
         meta = c.decode_json(raw) or {}
         name = _text(v) or ""
-        out.append({**meta, "version": name, "live": name == live,
-                    "in_experiments": sorted(used.get(name, []))})
+        out.append(
+            {
+                **meta,
+                "version": name,
+                "live": name == live,
+                "in_experiments": sorted(used.get(name, [])),
+            }
+        )
     return sorted(out, key=lambda m: m.get("published_at") or 0, reverse=True)
 
 
@@ -91,11 +97,14 @@ def activate(r: Any, version: str) -> str | None:
     if meta.get("state") != c.STATE_READY:
         raise VersionError(
             f"version {version!r} is {meta.get('state')!r}, not {c.STATE_READY!r}: "
-            "its keys are incomplete; publish it again")
+            "its keys are incomplete; publish it again"
+        )
     missing = missing_keys(r, version)
     if missing:
-        raise VersionError(f"version {version!r} has incomplete keys (missing {missing}); "
-                           "publish it again with --force")
+        raise VersionError(
+            f"version {version!r} has incomplete keys (missing {missing}); "
+            "publish it again with --force"
+        )
     previous = _text(r.set(c.LIVE_KEY, version, get=True))
     if previous and previous != version:
         r.lpush(HISTORY_KEY, previous)
@@ -112,8 +121,12 @@ def rollback(r: Any) -> str:
         if prev is None:
             raise VersionError("no previous version to roll back to")
         meta = get_meta(r, prev)
-        if prev != live and meta and meta.get("state") == c.STATE_READY and \
-                not missing_keys(r, prev):
+        if (
+            prev != live
+            and meta
+            and meta.get("state") == c.STATE_READY
+            and not missing_keys(r, prev)
+        ):
             r.set(c.LIVE_KEY, prev)
             return prev
 
@@ -124,8 +137,11 @@ def version_keys(r: Any, version: str) -> list[str]:
     nodes = r.get_primaries() if c.is_cluster(r) else [None]
     for node in nodes:
         for pattern in (f"{{u:*}}:cand:{version}", f"{{feed:{version}}}:*"):
-            it = (r.scan_iter(match=pattern, count=1000, target_nodes=node) if node is not None
-                  else r.scan_iter(match=pattern, count=1000))
+            it = (
+                r.scan_iter(match=pattern, count=1000, target_nodes=node)
+                if node is not None
+                else r.scan_iter(match=pattern, count=1000)
+            )
             keys.extend(_text(k) or "" for k in it)
     return keys
 
@@ -145,7 +161,7 @@ def delete(r: Any, version: str, *, force: bool = False) -> int:
     removed = 0
     for i in range(0, len(keys), DELETE_BATCH):
         pipe = r.pipeline(transaction=False)
-        for k in keys[i:i + DELETE_BATCH]:
+        for k in keys[i : i + DELETE_BATCH]:
             pipe.unlink(k)
         removed += sum(int(x) for x in pipe.execute())
     r.hdel(c.VERSIONS_KEY, version)

@@ -30,7 +30,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
     config_mod.check(app.config)
     secret = app.config.get("CURSOR_SECRET") or os.environ.get("FEED_CURSOR_SECRET")
-    app.config["CURSOR_SECRET_BYTES"] = (secret.encode() if secret else secrets.token_bytes(32))
+    app.config["CURSOR_SECRET_BYTES"] = secret.encode() if secret else secrets.token_bytes(32)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -38,8 +38,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from service import admin, api, events, gifts, observability, openapi, viewer
     from service.store import Store
 
-    client = connect(app.config["REDIS_URL"], socket_timeout=app.config["REDIS_SOCKET_TIMEOUT"],
-                     connect_timeout=app.config["REDIS_CONNECT_TIMEOUT"])
+    client = connect(
+        app.config["REDIS_URL"],
+        socket_timeout=app.config["REDIS_SOCKET_TIMEOUT"],
+        connect_timeout=app.config["REDIS_CONNECT_TIMEOUT"],
+    )
     app.extensions["feed_redis"] = client
     app.extensions["feed_store"] = Store(client, app.config)
     register_errors(app)

@@ -194,9 +194,11 @@ def user_history(user_id: str) -> Any:
     seed_follows, seed_bought = c.decode_seed(seed)
     bought = seed_bought | {x.decode() for x in bought}
     follows = (seed_follows | {x.decode() for x in follows}) - {x.decode() for x in unfollows}
-    return jsonify({
-        "user_id": user_id,
-        "likes": [{"post_id": p.decode(), "ts": ts} for p, ts in likes],
-        "purchases": sorted(bought)[:limit],
-        "follows": sorted(follows)[:limit],
-    })
+    return jsonify(
+        {
+            "user_id": user_id,
+            "likes": [{"post_id": p.decode(), "ts": ts} for p, ts in likes],
+            "purchases": sorted(bought)[:limit],
+            "follows": sorted(follows)[:limit],
+        }
+    )

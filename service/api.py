@@ -24,8 +24,10 @@ def store() -> Store:
 
 def check_id(value: str, what: str) -> str:
     if not c.valid_id(value):
-        raise bad_request(f"{what} {value[:40]!r} is not a valid id (1-128 letters, digits, "
-                          "'_-.:@' or CJK)", f"invalid_{what}")
+        raise bad_request(
+            f"{what} {value[:40]!r} is not a valid id (1-128 letters, digits, '_-.:@' or CJK)",
+            f"invalid_{what}",
+        )
     return value
 
 
@@ -80,25 +82,34 @@ def resolve_version(user_id: str, pinned: str | None) -> dict[str, Any]:
     return {"model_version": live, "experiment": None, "arm": None}
 
 
-def _item(cand: Candidate, doc: dict[str, Any], products: dict[str, dict[str, Any]],
-          oos: set[str]) -> dict[str, Any]:
+def _item(
+    cand: Candidate, doc: dict[str, Any], products: dict[str, dict[str, Any]], oos: set[str]
+) -> dict[str, Any]:
     prods = []
     for pid in doc.get("product_ids", cand.product_ids):
         p = products.get(pid)
         if p is not None:
             prods.append({**p, "in_stock": bool(p.get("in_stock", True)) and pid not in oos})
-    return {"post_id": cand.post_id, "author_id": doc.get("author_id", cand.author_id),
-            "text": doc.get("text", ""), "title": doc.get("title", ""),
-            "created_at": doc.get("created_at"), "tags": doc.get("tags", []),
-            "score": round(float(cand.score), 4), "reason": cand.reason, "products": prods}
+    return {
+        "post_id": cand.post_id,
+        "author_id": doc.get("author_id", cand.author_id),
+        "text": doc.get("text", ""),
+        "title": doc.get("title", ""),
+        "created_at": doc.get("created_at"),
+        "tags": doc.get("tags", []),
+        "score": round(float(cand.score), 4),
+        "reason": cand.reason,
+        "products": prods,
+    }
 
 
 def hydrate(page: list[Candidate], oos: set[str]) -> list[dict[str, Any]]:
     """Documents for a page in one MGET; posts whose document is gone are dropped."""
     product_ids = list(dict.fromkeys(p for cand in page for p in cand.product_ids))
     posts, products = store().documents([cand.post_id for cand in page], product_ids)
-    return [_item(cand, posts[cand.post_id], products, oos) for cand in page
-            if cand.post_id in posts]
+    return [
+        _item(cand, posts[cand.post_id], products, oos) for cand in page if cand.post_id in posts
+    ]
 
 
 def interests_arg() -> list[str]:
@@ -109,8 +120,10 @@ def interests_arg() -> list[str]:
     terms = list(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
     most = current_app.config["INTEREST_MAX_TERMS"]
     if len(raw) > 1000 or len(terms) > most:
-        raise bad_request(f"interests takes at most {most} comma-separated terms "
-                          "(1000 characters)", "invalid_interests")
+        raise bad_request(
+            f"interests takes at most {most} comma-separated terms (1000 characters)",
+            "invalid_interests",
+        )
     return terms
 
 
@@ -124,8 +137,15 @@ def _cursor_args(user_id: str, now: float) -> tuple[float, int, str | None, str 
     return float(cur["t"]), int(cur["p"]), cur["v"], raw
 
 
-def _ranked(user_id: str, state: UserState, table: VersionTable, glob: dict[str, Any],
-            interests: list[str], limit: int, now: float) -> list[Candidate]:
+def _ranked(
+    user_id: str,
+    state: UserState,
+    table: VersionTable,
+    glob: dict[str, Any],
+    interests: list[str],
+    limit: int,
+    now: float,
+) -> list[Candidate]:
     """Gather, filter, rescore and cut one page (no Redis except a first-use token index)."""
     cfg = current_app.config
     tokens = store().token_index(table.version) if interests else None
@@ -134,15 +154,26 @@ def _ranked(user_id: str, state: UserState, table: VersionTable, glob: dict[str,
     return diverse_page(cands, limit, cfg)
 
 
-def _replayed(replay: list[tuple[str, float, str]], table: VersionTable,
-              glob: dict[str, Any]) -> list[Candidate]:
+def _replayed(
+    replay: list[tuple[str, float, str]], table: VersionTable, glob: dict[str, Any]
+) -> list[Candidate]:
     """The page a retried cursor already led to, rebuilt from its post ids."""
     page = []
     for pid, score, reason in replay:
         meta = post_meta(pid, table, glob["fresh_meta"])
         if meta is not None:
-            page.append(Candidate(pid, score, reason, meta.author_id, meta.category,
-                                  meta.created, meta.product_ids, meta.categories))
+            page.append(
+                Candidate(
+                    pid,
+                    score,
+                    reason,
+                    meta.author_id,
+                    meta.category,
+                    meta.created,
+                    meta.product_ids,
+                    meta.categories,
+                )
+            )
     return page
 
 
@@ -166,12 +197,20 @@ def _route(user_id: str, pinned: str | None) -> dict[str, Any]:
     return {"model_version": wanted, "experiment": None, "arm": None}
 
 
-def _preview_page(user_id: str, state: UserState, table: VersionTable, glob: dict[str, Any],
-                  interests: list[str], limit: int, page_no: int, now: float) -> list[Candidate]:
+def _preview_page(
+    user_id: str,
+    state: UserState,
+    table: VersionTable,
+    glob: dict[str, Any],
+    interests: list[str],
+    limit: int,
+    page_no: int,
+    now: float,
+) -> list[Candidate]:
     """Page ``page_no`` of a side-effect-free scroll: nothing is recorded as served, so pages
     are cut from one ranking instead."""
     ranked = _ranked(user_id, state, table, glob, interests, limit * (page_no + 1), now)
-    return ranked[limit * page_no:]
+    return ranked[limit * page_no :]
 
 
 def _degraded(user_id: str, limit: int, page_no: int, started: float) -> Any:
@@ -180,13 +219,25 @@ def _degraded(user_id: str, limit: int, page_no: int, started: float) -> Any:
     if version is None:
         raise unavailable("the feed store (Redis) is unavailable; retry shortly")
     observability.DEGRADED.labels("feed").inc()
-    page = [{**it, "reason": "trending"} for it in items[limit * page_no: limit * (page_no + 1)]]
+    page = [{**it, "reason": "trending"} for it in items[limit * page_no : limit * (page_no + 1)]]
     cfg = current_app.config
-    next_cursor = cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1,
-                                started) if page else None
-    return jsonify({"user_id": user_id, "model_version": version, "experiment": None,
-                    "arm": None, "request_id": request_id(), "degraded": True,
-                    "next_cursor": next_cursor, "items": page})
+    next_cursor = (
+        cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1, started)
+        if page
+        else None
+    )
+    return jsonify(
+        {
+            "user_id": user_id,
+            "model_version": version,
+            "experiment": None,
+            "arm": None,
+            "request_id": request_id(),
+            "degraded": True,
+            "next_cursor": next_cursor,
+            "items": page,
+        }
+    )
 
 
 def _remember_fallback(table: VersionTable) -> None:
@@ -195,10 +246,20 @@ def _remember_fallback(table: VersionTable) -> None:
     if s.fallback[0] == table.version or table.version != s.live_version():
         return
     n = current_app.config["FALLBACK_SIZE"]
-    page = [Candidate(table.post_ids[i], float(sc), "trending", table.authors[i],
-                      table.categories[i], table.created[i], table.product_ids[i])
-            for i, sc in zip(table.trending[:n].tolist(), table.trending_scores[:n].tolist(),
-                             strict=True)]
+    page = [
+        Candidate(
+            table.post_ids[i],
+            float(sc),
+            "trending",
+            table.authors[i],
+            table.categories[i],
+            table.created[i],
+            table.product_ids[i],
+        )
+        for i, sc in zip(
+            table.trending[:n].tolist(), table.trending_scores[:n].tolist(), strict=True
+        )
+    ]
     s.remember_fallback(table.version, hydrate(page, set()))
 
 
@@ -227,8 +288,9 @@ def get_feed(user_id: str) -> Any:
     if not s.available():
         return _degraded(user_id, limit, page_no, started)
     try:
-        return _feed_page(user_id, limit, interests, preview, now, started, page_no, pinned,
-                          raw_cursor)
+        return _feed_page(
+            user_id, limit, interests, preview, now, started, page_no, pinned, raw_cursor
+        )
     except redis.RedisError as e:
         kind = "timeout" if isinstance(e, redis.TimeoutError) else type(e).__name__
         observability.REDIS_ERRORS.labels(kind).inc()
@@ -236,8 +298,17 @@ def get_feed(user_id: str) -> Any:
         return _degraded(user_id, limit, page_no, started)
 
 
-def _feed_page(user_id: str, limit: int, interests: list[str], preview: bool, now: float,
-               started: float, page_no: int, pinned: str | None, raw_cursor: str | None) -> Any:
+def _feed_page(
+    user_id: str,
+    limit: int,
+    interests: list[str],
+    preview: bool,
+    now: float,
+    started: float,
+    page_no: int,
+    pinned: str | None,
+    raw_cursor: str | None,
+) -> Any:
     cfg = current_app.config
     route = _route(user_id, pinned)
     version = route["model_version"]
@@ -262,10 +333,21 @@ def _feed_page(user_id: str, limit: int, interests: list[str], preview: bool, no
         observability.record_items(it["reason"] for it in items)
         observability.record_exposure(route.get("experiment"), route.get("arm"))
         _remember_fallback(table)
-    next_cursor = cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1,
-                                started) if items else None
-    return jsonify({"user_id": user_id, **route, "request_id": rid, "degraded": False,
-                    "next_cursor": next_cursor, "items": items})
+    next_cursor = (
+        cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1, started)
+        if items
+        else None
+    )
+    return jsonify(
+        {
+            "user_id": user_id,
+            **route,
+            "request_id": rid,
+            "degraded": False,
+            "next_cursor": next_cursor,
+            "items": items,
+        }
+    )
 
 
 @bp.get("/v1/posts/<post_id>")
@@ -277,29 +359,35 @@ def get_post(post_id: str) -> Any:
     if doc is None:
         raise not_found(f"unknown post {post_id!r}")
     _, products = store().documents([], doc.get("product_ids", []))
-    cand = Candidate(post_id, 0.0, "", doc.get("author_id", ""), "", None,
-                     doc.get("product_ids", []))
+    cand = Candidate(
+        post_id, 0.0, "", doc.get("author_id", ""), "", None, doc.get("product_ids", [])
+    )
     item = _item(cand, doc, products, glob["oos"])
     item.pop("score")
     item.pop("reason")
     return jsonify(item)
 
 
-def _neighbour_indices(table: VersionTable, post_id: str, glob: dict[str, Any],
-                       ) -> tuple[list[int], list[float]] | None:
+def _neighbour_indices(
+    table: VersionTable,
+    post_id: str,
+    glob: dict[str, Any],
+) -> tuple[list[int], list[float]] | None:
     """Similar posts (indices, scores): the version's blended content + co-engagement
     neighbours; for a post created since training, the trending posts of its categories.
     None when the post is unknown."""
     if post_id in table.index:
-        idx, scores, _ = c.decode_candidates(store().r.get(c.neighbours_key(table.version,
-                                                                           post_id)))
+        idx, scores, _ = c.decode_candidates(
+            store().r.get(c.neighbours_key(table.version, post_id))
+        )
         return idx.tolist(), scores.tolist()
     meta = post_meta(post_id, table, glob["fresh_meta"])
     if meta is None:
         posts, _ = store().documents([post_id], [])
         return None if post_id not in posts else ([], [])
-    found = list(dict.fromkeys(i for cat in meta.categories
-                               for i in table.posts_in_category(cat.lower())))
+    found = list(
+        dict.fromkeys(i for cat in meta.categories for i in table.posts_in_category(cat.lower()))
+    )
     return found, [1.0 - 0.5 * r / max(len(found), 1) for r in range(len(found))]
 
 
@@ -321,9 +409,18 @@ def similar(post_id: str) -> Any:
         products = table.product_ids[j]
         if table.post_ids[j] == post_id or (products and all(p in oos for p in products)):
             continue
-        page.append(Candidate(table.post_ids[j], float(sc), f"similar_to:{post_id}",
-                              table.authors[j], table.categories[j], table.created[j], products,
-                              table.categories_of(j)))
+        page.append(
+            Candidate(
+                table.post_ids[j],
+                float(sc),
+                f"similar_to:{post_id}",
+                table.authors[j],
+                table.categories[j],
+                table.created[j],
+                products,
+                table.categories_of(j),
+            )
+        )
         if len(page) == limit:
             break
     items = hydrate(page, oos)

@@ -26,8 +26,11 @@ def _unb64(text: str) -> bytes:
 
 
 def encode(secret: bytes, user_id: str, version: str, page: int, started: float) -> str:
-    body = _b64(json.dumps({"u": user_id, "v": version, "p": page, "t": round(started, 3)},
-                           separators=(",", ":")).encode())
+    body = _b64(
+        json.dumps(
+            {"u": user_id, "v": version, "p": page, "t": round(started, 3)}, separators=(",", ":")
+        ).encode()
+    )
     sig = _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:16])
     return f"{body}.{sig}"
 
@@ -43,8 +46,9 @@ def decode(secret: bytes, cursor: str, user_id: str, ttl_s: float) -> dict[str, 
         if not isinstance(data, dict) or not isinstance(data.get("v"), str):
             raise ValueError("bad fields")
     except (ValueError, TypeError, UnicodeDecodeError) as e:
-        raise bad_request("invalid cursor: use next_cursor exactly as returned",
-                          "invalid_cursor") from e
+        raise bad_request(
+            "invalid cursor: use next_cursor exactly as returned", "invalid_cursor"
+        ) from e
     if data.get("u") != user_id:
         raise bad_request("this cursor belongs to another user", "invalid_cursor")
     if time.time() - float(data.get("t", 0)) > ttl_s:

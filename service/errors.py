@@ -11,8 +11,9 @@ from werkzeug.exceptions import HTTPException
 class ApiError(Exception):
     """An error with an HTTP status, a short machine code and a human message."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -57,5 +58,8 @@ def register(app: Flask) -> None:
         REDIS_ERRORS.labels(kind).inc()
         app.extensions["feed_store"].mark_down()
         app.logger.warning("redis unavailable: %s", e)
-        return _body("unavailable", "the feed store (Redis) is unavailable; retry shortly"), 503, {
-            "Retry-After": "1"}
+        return (
+            _body("unavailable", "the feed store (Redis) is unavailable; retry shortly"),
+            503,
+            {"Retry-After": "1"},
+        )

@@ -227,8 +227,10 @@ def post_events() -> Any:
         raise bad_request(f"at most {cfg['MAX_EVENTS_PER_REQUEST']} events per request")
     parsed = [validate_event(ev, i) for i, ev in enumerate(events)]
     version_of = {u: _user_version(u) for u in dict.fromkeys(ev["user_id"] for ev in parsed)}
-    contexts = {v: _context([ev for ev in parsed if version_of[ev["user_id"]] == v], v)
-                for v in dict.fromkeys(version_of.values())}
+    contexts = {
+        v: _context([ev for ev in parsed if version_of[ev["user_id"]] == v], v)
+        for v in dict.fromkeys(version_of.values())
+    }
     pipe = store().r.pipeline(transaction=False)
     for ev in parsed:
         fields = {k: str(v) for k, v in ev.items()}

@@ -27,16 +27,19 @@ from prometheus_client import (
 )
 
 REQUEST_LATENCY = Histogram(
-    "feed_http_request_duration_seconds", "HTTP request latency by route and status.",
+    "feed_http_request_duration_seconds",
+    "HTTP request latency by route and status.",
     ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 REDIS_ERRORS = Counter("feed_redis_errors_total", "Redis errors seen by the service.", ["kind"])
 DEGRADED = Counter("feed_degraded_responses_total", "Responses served without Redis.", ["route"])
-CANDIDATE_SOURCES = Counter("feed_served_items_total", "Items served, by reason (source).",
-                            ["reason"])
-EXPOSURES = Counter("feed_exposures_total", "Pages served in an experiment, by arm.",
-                    ["experiment", "arm"])
+CANDIDATE_SOURCES = Counter(
+    "feed_served_items_total", "Items served, by reason (source).", ["reason"]
+)
+EXPOSURES = Counter(
+    "feed_exposures_total", "Pages served in an experiment, by arm.", ["experiment", "arm"]
+)
 EVENTS = Counter("feed_events_accepted_total", "Events accepted, by type.", ["type"])
 
 _RID_RE = re.compile(r"^[A-Za-z0-9_.\-]{8,64}$")
@@ -54,8 +57,16 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "method", "path", "route", "status", "duration_ms", "user_id",
-                    "remote"):
+        for key in (
+            "request_id",
+            "method",
+            "path",
+            "route",
+            "status",
+            "duration_ms",
+            "user_id",
+            "remote",
+        ):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
@@ -120,10 +131,19 @@ def init_app(app: Flask) -> None:
         if route != "/metrics":
             REQUEST_LATENCY.labels(route, request.method, str(resp.status_code)).observe(elapsed)
         access_log.info(
-            "%s %s %s", request.method, request.path, resp.status_code,
-            extra={"request_id": g.get("request_id"), "method": request.method,
-                   "path": request.path, "route": route, "status": resp.status_code,
-                   "duration_ms": round(elapsed * 1000, 3), "remote": request.remote_addr},
+            "%s %s %s",
+            request.method,
+            request.path,
+            resp.status_code,
+            extra={
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": resp.status_code,
+                "duration_ms": round(elapsed * 1000, 3),
+                "remote": request.remote_addr,
+            },
         )
         return resp
 

@@ -29,81 +29,151 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _path_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": ID,
-            "description": description}
+    return {"name": name, "in": "path", "required": True, "schema": ID, "description": description}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
-LIMIT = _query("limit", {"type": "integer", "minimum": 1},
-               "Items per page (capped at FEED_MAX_LIMIT).")
+LIMIT = _query(
+    "limit", {"type": "integer", "minimum": 1}, "Items per page (capped at FEED_MAX_LIMIT)."
+)
 ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-            "code": {"type": "string"}, "message": {"type": "string"}}}},
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
     },
     "Product": {
-        "type": "object", "required": ["product_id", "title", "category", "price", "in_stock"],
-        "properties": {"product_id": {"type": "string"}, "title": {"type": "string"},
-                       "category": {"type": "string"}, "brand": {"type": "string"},
-                       "price": {"type": ["number", "null"]}, "in_stock": {"type": "boolean"}},
+        "type": "object",
+        "required": ["product_id", "title", "category", "price", "in_stock"],
+        "properties": {
+            "product_id": {"type": "string"},
+            "title": {"type": "string"},
+            "category": {"type": "string"},
+            "brand": {"type": "string"},
+            "price": {"type": ["number", "null"]},
+            "in_stock": {"type": "boolean"},
+        },
     },
     "Post": {
-        "type": "object", "required": ["post_id", "author_id", "text", "created_at", "products"],
+        "type": "object",
+        "required": ["post_id", "author_id", "text", "created_at", "products"],
         "properties": {
-            "post_id": {"type": "string"}, "author_id": {"type": "string"},
-            "text": {"type": "string"}, "title": {"type": "string"},
+            "post_id": {"type": "string"},
+            "author_id": {"type": "string"},
+            "text": {"type": "string"},
+            "title": {"type": "string"},
             "created_at": {"type": ["string", "null"]},
             "tags": {"type": "array", "items": {"type": "string"}},
             "products": {"type": "array", "items": _ref("Product")},
         },
     },
-    "FeedItem": {"allOf": [_ref("Post"), {
-        "type": "object", "required": ["score", "reason"],
-        "properties": {"score": {"type": "number"}, "reason": {
-            "type": "string",
-            "description": "collaborative, content, followed_author, trending, co_engagement, "
-                           "fresh, purchased_together, interest, similar_to:<post_id>"}}}]},
+    "FeedItem": {
+        "allOf": [
+            _ref("Post"),
+            {
+                "type": "object",
+                "required": ["score", "reason"],
+                "properties": {
+                    "score": {"type": "number"},
+                    "reason": {
+                        "type": "string",
+                        "description": "collaborative, content, followed_author, trending, "
+                        "co_engagement, "
+                        "fresh, purchased_together, interest, similar_to:<post_id>",
+                    },
+                },
+            },
+        ]
+    },
     "FeedPage": {
         "type": "object",
-        "required": ["user_id", "model_version", "experiment", "arm", "request_id", "degraded",
-                     "next_cursor", "items"],
+        "required": [
+            "user_id",
+            "model_version",
+            "experiment",
+            "arm",
+            "request_id",
+            "degraded",
+            "next_cursor",
+            "items",
+        ],
         "properties": {
-            "user_id": {"type": "string"}, "model_version": {"type": ["string", "null"]},
-            "experiment": {"type": ["string", "null"]}, "arm": {"type": ["string", "null"]},
-            "request_id": {"type": "string"}, "degraded": {"type": "boolean"},
+            "user_id": {"type": "string"},
+            "model_version": {"type": ["string", "null"]},
+            "experiment": {"type": ["string", "null"]},
+            "arm": {"type": ["string", "null"]},
+            "request_id": {"type": "string"},
+            "degraded": {"type": "boolean"},
             "next_cursor": {"type": ["string", "null"]},
             "items": {"type": "array", "items": _ref("FeedItem")},
         },
     },
     "Similar": {
-        "type": "object", "required": ["post_id", "model_version", "items"],
-        "properties": {"post_id": {"type": "string"}, "model_version": {"type": "string"},
-                       "items": {"type": "array", "items": _ref("FeedItem")}},
+        "type": "object",
+        "required": ["post_id", "model_version", "items"],
+        "properties": {
+            "post_id": {"type": "string"},
+            "model_version": {"type": "string"},
+            "items": {"type": "array", "items": _ref("FeedItem")},
+        },
     },
     "Event": {
-        "type": "object", "required": ["type", "user_id"],
+        "type": "object",
+        "required": ["type", "user_id"],
         "properties": {
-            "type": {"type": "string", "enum": [
-                "impression", "click", "like", "unlike", "purchase", "follow", "unfollow",
-                "hide_post", "see_fewer_author"]},
-            "user_id": ID, "post_id": ID, "product_id": ID, "author_id": ID,
-            "ts": {"oneOf": [{"type": "string"}, {"type": "number"}],
-                   "description": "ISO-8601 or unix seconds; default now"},
-            "request_id": {"type": "string", "maxLength": 64,
-                           "description": "the request_id of the page the event came from"},
+            "type": {
+                "type": "string",
+                "enum": [
+                    "impression",
+                    "click",
+                    "like",
+                    "unlike",
+                    "purchase",
+                    "follow",
+                    "unfollow",
+                    "hide_post",
+                    "see_fewer_author",
+                ],
+            },
+            "user_id": ID,
+            "post_id": ID,
+            "product_id": ID,
+            "author_id": ID,
+            "ts": {
+                "oneOf": [{"type": "string"}, {"type": "number"}],
+                "description": "ISO-8601 or unix seconds; default now",
+            },
+            "request_id": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "the request_id of the page the event came from",
+            },
         },
     },
     "NewPost": {
-        "type": "object", "required": ["post_id", "author_id"],
+        "type": "object",
+        "required": ["post_id", "author_id"],
         "properties": {
-            "post_id": ID, "author_id": ID, "text": {"type": "string", "maxLength": 20000},
+            "post_id": ID,
+            "author_id": ID,
+            "text": {"type": "string", "maxLength": 20000},
             "title": {"type": "string"},
             "product_ids": {"type": "array", "items": ID, "maxItems": 50},
             "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
@@ -113,143 +183,307 @@ SCHEMAS: dict[str, Any] = {
 }
 
 PATHS: dict[str, Any] = {
-    "/v1/feed/{user_id}": {"get": {
-        "summary": "A ranked, personalised page of posts with their linked products.",
-        "parameters": [_path_param("user_id", "Any user id; unknown users get a cold-start page."),
-                       LIMIT,
-                       _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
-                       _query("interests", {"type": "string"},
-                              "Comma-separated categories or words to seed a new user's page."),
-                       _query("preview", {"type": "string", "enum": ["0", "1", "true", "false"]},
-                              "1: change nothing (no served set, no exposure); for viewers."),
-                       _query("version", {"type": "string"},
-                              "Rank with this published version (admin token; implies "
-                              "preview).")],
-        "responses": {"200": _json(_ref("FeedPage")), "400": _error("Bad parameter or cursor."),
-                      "401": _error("version= without a valid admin token."),
-                      "404": _error("version= names no published version."),
-                      "503": _error("Redis unreachable and no degraded page possible.")},
-    }},
-    "/v1/posts/{post_id}": {"get": {
-        "summary": "One post with its products.",
-        "parameters": [_path_param("post_id", "Post id.")],
-        "responses": {"200": _json(_ref("Post")), "400": _error("Bad id."),
-                      "404": _error("Unknown post.")},
-    }},
-    "/v1/posts/{post_id}/similar": {"get": {
-        "summary": "Posts like this one (content and co-engagement neighbours).",
-        "parameters": [_path_param("post_id", "Post id."), LIMIT],
-        "responses": {"200": _json(_ref("Similar")), "400": _error("Bad parameter."),
-                      "404": _error("Unknown post.")},
-    }},
-    "/v1/posts": {"post": {
-        "summary": "Create a post; it reaches followers and fresh lists before the next training.",
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": _ref("NewPost")}}},
-        "responses": {"201": _json({"type": "object", "properties": {
-            "post_id": {"type": "string"}}}, "Created"),
-            "400": _error("Invalid post."), "413": _error("Body too large.")},
-    }},
-    "/v1/events": {"post": {
-        "summary": "Record a batch of events; each changes the user's next page at once.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["events"],
-            "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500,
-                                      "items": _ref("Event")}}}}}},
-        "responses": {"202": _json({"type": "object", "required": ["accepted"], "properties": {
-            "accepted": {"type": "integer"}, "request_id": {"type": "string"}}}, "Accepted"),
-            "400": _error("Invalid event."), "413": _error("Body too large."),
-            "503": _error("Not stored; retry after Retry-After seconds.")},
-    }},
-    "/v1/users/{user_id}/gifts": {"get": {
-        "summary": "Gift ideas (挑禮物): products the friend would like, with the posts showing "
-                   "them, excluding what the friend already bought.",
-        "parameters": [_path_param("user_id", "The user asking."),
-                       {"name": "for", "in": "query", "required": True, "schema": ID,
-                        "description": "The friend's user id."}, LIMIT],
-        "responses": {"200": _json({"type": "object"}), "400": _error("Bad parameter.")},
-    }},
-    "/v1/viewer/examples": {"get": {
-        "summary": "A few example users (authors with candidates in the live version), for the "
-                   "feed viewer's user picker.",
-        "parameters": [_query("limit", {"type": "integer", "minimum": 1},
-                              "How many (default 6, at most 20).")],
-        "responses": {"200": _json({
-            "type": "object", "required": ["model_version", "users"],
-            "properties": {"model_version": {"type": "string"},
-                           "users": {"type": "array", "items": {"type": "string"}}}}),
-            "400": _error("Bad parameter."), "503": _error("No live version.")},
-    }},
-    "/viewer": {"get": {
-        "summary": "The feed viewer: a user's feed as the app shows it, history, and a second "
-                   "version side by side (docs/viewer.md). Reads the API from the browser; "
-                   "the page itself holds no user data and no token.",
-        "responses": {"200": {"description": "OK", "content": {"text/html": {
-            "schema": {"type": "string"}}}}}}},
+    "/v1/feed/{user_id}": {
+        "get": {
+            "summary": "A ranked, personalised page of posts with their linked products.",
+            "parameters": [
+                _path_param("user_id", "Any user id; unknown users get a cold-start page."),
+                LIMIT,
+                _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
+                _query(
+                    "interests",
+                    {"type": "string"},
+                    "Comma-separated categories or words to seed a new user's page.",
+                ),
+                _query(
+                    "preview",
+                    {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    "1: change nothing (no served set, no exposure); for viewers.",
+                ),
+                _query(
+                    "version",
+                    {"type": "string"},
+                    "Rank with this published version (admin token; implies preview).",
+                ),
+            ],
+            "responses": {
+                "200": _json(_ref("FeedPage")),
+                "400": _error("Bad parameter or cursor."),
+                "401": _error("version= without a valid admin token."),
+                "404": _error("version= names no published version."),
+                "503": _error("Redis unreachable and no degraded page possible."),
+            },
+        }
+    },
+    "/v1/posts/{post_id}": {
+        "get": {
+            "summary": "One post with its products.",
+            "parameters": [_path_param("post_id", "Post id.")],
+            "responses": {
+                "200": _json(_ref("Post")),
+                "400": _error("Bad id."),
+                "404": _error("Unknown post."),
+            },
+        }
+    },
+    "/v1/posts/{post_id}/similar": {
+        "get": {
+            "summary": "Posts like this one (content and co-engagement neighbours).",
+            "parameters": [_path_param("post_id", "Post id."), LIMIT],
+            "responses": {
+                "200": _json(_ref("Similar")),
+                "400": _error("Bad parameter."),
+                "404": _error("Unknown post."),
+            },
+        }
+    },
+    "/v1/posts": {
+        "post": {
+            "summary": "Create a post; it reaches followers and fresh lists before the next "
+            "training.",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("NewPost")}},
+            },
+            "responses": {
+                "201": _json(
+                    {"type": "object", "properties": {"post_id": {"type": "string"}}}, "Created"
+                ),
+                "400": _error("Invalid post."),
+                "413": _error("Body too large."),
+            },
+        }
+    },
+    "/v1/events": {
+        "post": {
+            "summary": "Record a batch of events; each changes the user's next page at once.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["events"],
+                            "properties": {
+                                "events": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": 500,
+                                    "items": _ref("Event"),
+                                }
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["accepted"],
+                        "properties": {
+                            "accepted": {"type": "integer"},
+                            "request_id": {"type": "string"},
+                        },
+                    },
+                    "Accepted",
+                ),
+                "400": _error("Invalid event."),
+                "413": _error("Body too large."),
+                "503": _error("Not stored; retry after Retry-After seconds."),
+            },
+        }
+    },
+    "/v1/users/{user_id}/gifts": {
+        "get": {
+            "summary": "Gift ideas (挑禮物): products the friend would like, with the posts "
+            "showing "
+            "them, excluding what the friend already bought.",
+            "parameters": [
+                _path_param("user_id", "The user asking."),
+                {
+                    "name": "for",
+                    "in": "query",
+                    "required": True,
+                    "schema": ID,
+                    "description": "The friend's user id.",
+                },
+                LIMIT,
+            ],
+            "responses": {"200": _json({"type": "object"}), "400": _error("Bad parameter.")},
+        }
+    },
+    "/v1/viewer/examples": {
+        "get": {
+            "summary": "A few example users (authors with candidates in the live version), for the "
+            "feed viewer's user picker.",
+            "parameters": [
+                _query(
+                    "limit", {"type": "integer", "minimum": 1}, "How many (default 6, at most 20)."
+                )
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["model_version", "users"],
+                        "properties": {
+                            "model_version": {"type": "string"},
+                            "users": {"type": "array", "items": {"type": "string"}},
+                        },
+                    }
+                ),
+                "400": _error("Bad parameter."),
+                "503": _error("No live version."),
+            },
+        }
+    },
+    "/viewer": {
+        "get": {
+            "summary": "The feed viewer: a user's feed as the app shows it, history, and a second "
+            "version side by side (docs/viewer.md). Reads the API from the browser; "
+            "the page itself holds no user data and no token.",
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
     "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": _json({"type": "object"})}}},
-    "/readyz": {"get": {"summary": "Readiness: Redis reachable and a live version.",
-                        "responses": {"200": _json({"type": "object"}),
-                                      "503": _error("Not ready.")}}},
-    "/metrics": {"get": {"summary": "Prometheus metrics (text format).", "responses": {
-        "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-    "/openapi.json": {"get": {"summary": "This document.",
-                              "responses": {"200": _json({"type": "object"})}}},
-    "/docs": {"get": {"summary": "This document, as a page to read.", "responses": {
-        "200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: Redis reachable and a live version.",
+            "responses": {"200": _json({"type": "object"}), "503": _error("Not ready.")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text format).",
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {"summary": "This document.", "responses": {"200": _json({"type": "object"})}}
+    },
+    "/docs": {
+        "get": {
+            "summary": "This document, as a page to read.",
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
 }
 
 
-def _admin(summary: str, params: list[dict[str, Any]] | None = None,
-           body: dict[str, Any] | None = None, ok: str = "200") -> dict[str, Any]:
+def _admin(
+    summary: str,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    ok: str = "200",
+) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "summary": summary, "security": ADMIN, "parameters": params or [],
-        "responses": {ok: _json({"type": "object"}), "400": _error("Bad input."),
-                      "401": _error("Missing or wrong bearer token."),
-                      "404": _error("Unknown, or the admin API is off (no FEED_ADMIN_TOKEN)."),
-                      "409": _error("Refused in the current state.")},
+        "summary": summary,
+        "security": ADMIN,
+        "parameters": params or [],
+        "responses": {
+            ok: _json({"type": "object"}),
+            "400": _error("Bad input."),
+            "401": _error("Missing or wrong bearer token."),
+            "404": _error("Unknown, or the admin API is off (no FEED_ADMIN_TOKEN)."),
+            "409": _error("Refused in the current state."),
+        },
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return op
 
 
-VERSION = {"name": "version", "in": "path", "required": True,
-           "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"}}
+VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]{1,64}$"},
+}
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-ARMS = {"type": "array", "minItems": 1, "items": {
-    "type": "object", "required": ["name", "version", "weight"],
-    "properties": {"name": {"type": "string"}, "version": {"type": "string"},
-                   "weight": {"type": "number", "description": "percent; arms sum to 100"}}}}
+ARMS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["name", "version", "weight"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "weight": {"type": "number", "description": "percent; arms sum to 100"},
+        },
+    },
+}
 
-PATHS.update({
-    "/v1/admin/versions": {"get": _admin("Model versions, newest first, and the live one.")},
-    "/v1/admin/versions/{version}/activate": {"post": _admin("Make a ready version live.",
-                                                             [VERSION])},
-    "/v1/admin/versions/rollback": {"post": _admin("Re-activate the previous live version.")},
-    "/v1/admin/versions/{version}": {"delete": _admin(
-        "Delete every key of a version (not the live one, nor one in a running experiment).",
-        [VERSION])},
-    "/v1/admin/experiments": {
-        "get": _admin("Every experiment."),
-        "post": _admin("Create an experiment.", body={
-            "type": "object", "required": ["name", "arms"],
-            "properties": {"name": {"type": "string"}, "salt": {"type": "string"},
-                           "arms": ARMS}}, ok="201"),
-    },
-    "/v1/admin/experiments/{name}": {
-        "get": _admin("One experiment's configuration.", [NAME]),
-        "patch": _admin("Change arms and weights (users move only as the weights require).",
-                        [NAME], body={"type": "object", "required": ["arms"],
-                                      "properties": {"arms": ARMS}}),
-        "delete": _admin("Stop the experiment (its data stays for the report).", [NAME]),
-    },
-    "/v1/admin/users/{user_id}/history": {"get": _admin(
-        "A user's recent likes (with time), purchases and follows.",
-        [_path_param("user_id", "User id."), LIMIT])},
-    "/v1/admin/experiments/{name}/report": {"get": _admin(
-        "Per-arm users, impressions, clicks, likes, purchases, rates with 95% CIs, lift "
-        "against control with p-values, and the sample-ratio check.", [NAME])},
-})
+PATHS.update(
+    {
+        "/v1/admin/versions": {"get": _admin("Model versions, newest first, and the live one.")},
+        "/v1/admin/versions/{version}/activate": {
+            "post": _admin("Make a ready version live.", [VERSION])
+        },
+        "/v1/admin/versions/rollback": {"post": _admin("Re-activate the previous live version.")},
+        "/v1/admin/versions/{version}": {
+            "delete": _admin(
+                "Delete every key of a version (not the live one, nor one in a running "
+                "experiment).",
+                [VERSION],
+            )
+        },
+        "/v1/admin/experiments": {
+            "get": _admin("Every experiment."),
+            "post": _admin(
+                "Create an experiment.",
+                body={
+                    "type": "object",
+                    "required": ["name", "arms"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "salt": {"type": "string"},
+                        "arms": ARMS,
+                    },
+                },
+                ok="201",
+            ),
+        },
+        "/v1/admin/experiments/{name}": {
+            "get": _admin("One experiment's configuration.", [NAME]),
+            "patch": _admin(
+                "Change arms and weights (users move only as the weights require).",
+                [NAME],
+                body={"type": "object", "required": ["arms"], "properties": {"arms": ARMS}},
+            ),
+            "delete": _admin("Stop the experiment (its data stays for the report).", [NAME]),
+        },
+        "/v1/admin/users/{user_id}/history": {
+            "get": _admin(
+                "A user's recent likes (with time), purchases and follows.",
+                [_path_param("user_id", "User id."), LIMIT],
+            )
+        },
+        "/v1/admin/experiments/{name}/report": {
+            "get": _admin(
+                "Per-arm users, impressions, clicks, likes, purchases, rates with 95% CIs, lift "
+                "against control with p-values, and the sample-ratio check.",
+                [NAME],
+            )
+        },
+    }
+)
 
 
 def spec() -> dict[str, Any]:
@@ -258,13 +492,23 @@ def spec() -> dict[str, Any]:
 
     return {
         "openapi": "3.1.0",
-        "info": {"title": "shopfeed", "version": __version__,
-                 "description": "A content-guided shopping feed: ranked posts that link "
-                                "products, served from Redis."},
+        "info": {
+            "title": "shopfeed",
+            "version": __version__,
+            "description": "A content-guided shopping feed: ranked posts that link "
+            "products, served from Redis.",
+        },
         "paths": PATHS,
-        "components": {"schemas": SCHEMAS, "securitySchemes": {
-            "bearerAuth": {"type": "http", "scheme": "bearer",
-                           "description": "FEED_ADMIN_TOKEN; admin routes are off without it"}}},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "FEED_ADMIN_TOKEN; admin routes are off without it",
+                }
+            },
+        },
     }
 
 
@@ -277,9 +521,11 @@ def openapi_json() -> Response:
 def docs() -> Response:
     """A plain page listing every route, its parameters and responses (no external assets)."""
     doc = spec()
-    parts = [f"<h1>{html.escape(doc['info']['title'])} API {doc['info']['version']}</h1>",
-             f"<p>{html.escape(doc['info']['description'])} The machine-readable spec is "
-             "<a href='/openapi.json'>/openapi.json</a>.</p>"]
+    parts = [
+        f"<h1>{html.escape(doc['info']['title'])} API {doc['info']['version']}</h1>",
+        f"<p>{html.escape(doc['info']['description'])} The machine-readable spec is "
+        "<a href='/openapi.json'>/openapi.json</a>.</p>",
+    ]
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             parts.append(f"<h2><code>{method.upper()} {html.escape(path)}</code></h2>")
@@ -289,15 +535,24 @@ def docs() -> Response:
                 rows = "".join(
                     f"<tr><td><code>{html.escape(p['name'])}</code></td><td>{p['in']}</td>"
                     f"<td>{'yes' if p.get('required') else 'no'}</td>"
-                    f"<td>{html.escape(p.get('description', ''))}</td></tr>" for p in params)
-                parts.append("<table><tr><th>parameter</th><th>in</th><th>required</th>"
-                             f"<th>description</th></tr>{rows}</table>")
-            codes = ", ".join(f"{code} {html.escape(r['description'])}"
-                              for code, r in op["responses"].items())
+                    f"<td>{html.escape(p.get('description', ''))}</td></tr>"
+                    for p in params
+                )
+                parts.append(
+                    "<table><tr><th>parameter</th><th>in</th><th>required</th>"
+                    f"<th>description</th></tr>{rows}</table>"
+                )
+            codes = ", ".join(
+                f"{code} {html.escape(r['description'])}" for code, r in op["responses"].items()
+            )
             parts.append(f"<p><b>Responses:</b> {codes}</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
-             "padding:0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-             "padding:.2rem .5rem;text-align:left}h2{margin-top:2rem;font-size:1.1rem}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>shopfeed API</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+        "padding:0 1rem}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:.2rem .5rem;text-align:left}h2{margin-top:2rem;font-size:1.1rem}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>shopfeed API</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
     return Response(page, mimetype="text/html")

@@ -37,8 +37,9 @@ class VersionTable:
 
     def categories_of(self, i: int) -> tuple[str, ...]:
         """Categories of every product post ``i`` links (its first product's when unknown)."""
-        cats = {self.product_category[p] for p in self.product_ids[i]
-                if self.product_category.get(p)}
+        cats = {
+            self.product_category[p] for p in self.product_ids[i] if self.product_category.get(p)
+        }
         if not cats and self.categories[i]:
             return (self.categories[i],)
         return tuple(sorted(cats))
@@ -171,8 +172,17 @@ class Store:
             return None
         p = c.decode_json(raw_posts)
         items, scores, _ = c.decode_candidates(raw_trend)
-        t = VersionTable(version, p["post_id"], p["author_id"], p["created_at"], p["category"],
-                         p["product_ids"], items, scores, p.get("product_category") or {})
+        t = VersionTable(
+            version,
+            p["post_id"],
+            p["author_id"],
+            p["created_at"],
+            p["category"],
+            p["product_ids"],
+            items,
+            scores,
+            p.get("product_category") or {},
+        )
         with self._lock:
             self._tables[version] = t
             while len(self._tables) > 4:  # keep the few versions in use
@@ -218,8 +228,9 @@ class Store:
         self._global = (0.0, {})
 
     # -- one user ------------------------------------------------------------------------
-    def user_state(self, user_id: str, version: str, now: float,
-                   replay_key: str | None = None) -> UserState:
+    def user_state(
+        self, user_id: str, version: str, now: float, replay_key: str | None = None
+    ) -> UserState:
         """Everything about one user in ONE pipelined round trip (one cluster slot).
 
         ``replay_key`` (:func:`feed.contract.page_key` of the request's cursor) also reads the
@@ -231,10 +242,14 @@ class Store:
         pipe.get(k(user_id, "cand", version))
         pipe.zrangebyscore(k(user_id, c.USER_SEEN), window, "+inf")
         pipe.zrange(k(user_id, c.USER_LIKES), 0, -1)
-        pipe.zrange(k(user_id, c.USER_RT), 0, self.config["RT_MAX"] - 1, desc=True,
-                    withscores=True)
-        for kind in (c.USER_HIDDEN, c.USER_MUTED, c.USER_FOLLOWS, c.USER_UNFOLLOWS,
-                     c.USER_PURCHASES):
+        pipe.zrange(k(user_id, c.USER_RT), 0, self.config["RT_MAX"] - 1, desc=True, withscores=True)
+        for kind in (
+            c.USER_HIDDEN,
+            c.USER_MUTED,
+            c.USER_FOLLOWS,
+            c.USER_UNFOLLOWS,
+            c.USER_PURCHASES,
+        ):
             pipe.smembers(k(user_id, kind))
         pipe.get(k(user_id, c.USER_SEED))
         if replay_key:
@@ -245,9 +260,11 @@ class Store:
         seed_follows, seed_bought = c.decode_seed(seed)
         return UserState(
             candidates=c.decode_candidates(cand),
-            seen={_s(x) for x in seen}, liked={_s(x) for x in liked},
+            seen={_s(x) for x in seen},
+            liked={_s(x) for x in liked},
             realtime=[_realtime(m, sc) for m, sc in rt],
-            hidden={_s(x) for x in hidden}, muted={_s(x) for x in muted},
+            hidden={_s(x) for x in hidden},
+            muted={_s(x) for x in muted},
             follows=seed_follows | {_s(x) for x in follows},
             unfollows={_s(x) for x in unfollows},
             bought=seed_bought | {_s(x) for x in bought},
@@ -255,22 +272,32 @@ class Store:
         )
 
     # -- documents -----------------------------------------------------------------------
-    def documents(self, post_ids: list[str], product_ids: list[str],
-                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    def documents(
+        self,
+        post_ids: list[str],
+        product_ids: list[str],
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """Post and product documents in ONE MGET (split per node on a cluster)."""
         keys = [c.post_doc_key(p) for p in post_ids] + [c.product_doc_key(p) for p in product_ids]
         if not keys:
             return {}, {}
         raw = self.r.mget_nonatomic(keys) if c.is_cluster(self.r) else self.r.mget(keys)
         posts = {p: c.decode_json(v) for p, v in zip(post_ids, raw, strict=False) if v}
-        prods = {p: c.decode_json(v) for p, v in zip(product_ids, raw[len(post_ids):],
-                                                      strict=True) if v}
+        prods = {
+            p: c.decode_json(v) for p, v in zip(product_ids, raw[len(post_ids) :], strict=True) if v
+        }
         return posts, prods
 
     # -- writes of the read path ---------------------------------------------------------
-    def record_served(self, user_id: str, post_ids: list[str], now: float,
-                      route: dict[str, Any], request_id: str,
-                      replay: tuple[str, list[tuple[str, float, str]]] | None = None) -> None:
+    def record_served(
+        self,
+        user_id: str,
+        post_ids: list[str],
+        now: float,
+        route: dict[str, Any],
+        request_id: str,
+        replay: tuple[str, list[tuple[str, float, str]]] | None = None,
+    ) -> None:
         """Mark a page's posts served and log the exposure, in one pipelined write.
 
         ``replay`` is ``(page key, [(post id, score, reason), ...])``: the page a cursor led to,
@@ -286,9 +313,18 @@ class Store:
         pipe.zremrangebyscore(seen, "-inf", now - self.config["SEEN_WINDOW_S"])
         pipe.zremrangebyrank(seen, 0, -self.config["SEEN_MAX"] - 1)
         if route.get("experiment"):
-            pipe.xadd(c.EXPOSURES_KEY, {
-                "experiment": route["experiment"], "arm": route["arm"] or "",
-                "version": route["model_version"], "request_id": request_id,
-                "user_id": user_id, "n": str(len(post_ids)), "ts": str(now)},
-                maxlen=self.config["EVENT_LOG_MAXLEN"], approximate=True)
+            pipe.xadd(
+                c.EXPOSURES_KEY,
+                {
+                    "experiment": route["experiment"],
+                    "arm": route["arm"] or "",
+                    "version": route["model_version"],
+                    "request_id": request_id,
+                    "user_id": user_id,
+                    "n": str(len(post_ids)),
+                    "ts": str(now),
+                },
+                maxlen=self.config["EVENT_LOG_MAXLEN"],
+                approximate=True,
+            )
         pipe.execute()

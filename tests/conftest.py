@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import free_port
 
 from feed import redisserver
 from feed.contract import connect
-from helpers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +64,15 @@ def published(r: Any, artifact: Path) -> str:
 def app(redis_url: str, published: str) -> Any:
     from service import create_app
 
-    return create_app({"REDIS_URL": redis_url, "TESTING": True, "VERSION_CACHE_S": 0.0,
-                       "GLOBAL_CACHE_S": 0.0, "CURSOR_SECRET": "test-secret"})
+    return create_app(
+        {
+            "REDIS_URL": redis_url,
+            "TESTING": True,
+            "VERSION_CACHE_S": 0.0,
+            "GLOBAL_CACHE_S": 0.0,
+            "CURSOR_SECRET": "test-secret",
+        }
+    )
 
 
 @pytest.fixture

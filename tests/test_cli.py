@@ -27,8 +27,16 @@ def test_generate_validate_train_publish(runner: CliRunner, r: Any, tmp_path: Pa
     assert res.exit_code == 0
     assert "likes.*" in res.output and "0 error(s)" in res.output
 
-    res = run(runner, "train", str(data), "--out", str(tmp_path / "art"), "--no-progress",
-              "--factors", "8")
+    res = run(
+        runner,
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "art"),
+        "--no-progress",
+        "--factors",
+        "8",
+    )
     assert res.exit_code == 0, res.output
     version = res.output.strip().splitlines()[-1]
     assert (tmp_path / "art" / version / "manifest.json").exists()
@@ -51,22 +59,29 @@ def _break(src: Path, dst: Path, file: str, line: int, old: str, new: str) -> No
     (dst / file).write_text("".join(lines), encoding="utf-8")
 
 
-def test_malformed_dataset_fails_validate_and_train(runner: CliRunner, r: Any,
-                                                    dataset_dir: Path, tmp_path: Path) -> None:
+def test_malformed_dataset_fails_validate_and_train(
+    runner: CliRunner, r: Any, dataset_dir: Path, tmp_path: Path
+) -> None:
     likes = (dataset_dir / "likes.csv").read_text().splitlines()
     user, post, ts = likes[3].split(",")[:3]
     cases = {
         "bad_ts": ("likes.csv", 4, ts, "yesterday", "likes.csv:4: column 'ts'"),
-        "unknown_post": ("likes.csv", 4, f",{post},", ",p-does-not-exist,",
-                         "likes.csv:4: column 'post_id'"),
+        "unknown_post": (
+            "likes.csv",
+            4,
+            f",{post},",
+            ",p-does-not-exist,",
+            "likes.csv:4: column 'post_id'",
+        ),
     }
     for name, (file, line, old, new, expected) in cases.items():
         d = tmp_path / name
         _break(dataset_dir, d, file, line, old, new)
         res = run(runner, "validate", str(d))
         assert res.exit_code == 1 and expected in res.output, res.output
-        res = runner.invoke(main, ["train", str(d), "--out", str(tmp_path / "art"),
-                                   "--no-progress"])
+        res = runner.invoke(
+            main, ["train", str(d), "--out", str(tmp_path / "art"), "--no-progress"]
+        )
         assert res.exit_code == 1 and expected in res.output, res.output
     assert not (tmp_path / "art").exists() or not any((tmp_path / "art").iterdir())
     assert r.hlen(VERSIONS_KEY) == 0
@@ -85,8 +100,23 @@ def test_demo_publishes_into_the_private_server(tmp_path: Path) -> None:
     """`feed demo` with no FEED_REDIS_URL starts its own Redis under ./.feed/ and serves."""
     env = {k: v for k, v in os.environ.items() if k != "FEED_REDIS_URL"}
     out = subprocess.run(
-        [sys.executable, "-m", "feed.cli", "demo", "--users", "120", "--posts", "150",
-         "--no-serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "feed.cli",
+            "demo",
+            "--users",
+            "120",
+            "--posts",
+            "150",
+            "--no-serve",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert out.returncode == 0, out.stderr[-2000:]
         assert "curl 'http://127.0.0.1:8000/v1/feed/" in out.stdout

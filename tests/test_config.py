@@ -28,8 +28,9 @@ def test_environment_values_are_coerced(monkeypatch: pytest.MonkeyPatch, redis_u
     assert app.config["JSON_LOGS"] is False
 
 
-@pytest.mark.parametrize(("name", "value"), [("SEEN_MAX", "-1"), ("RT_WEIGHT", "heavy"),
-                                              ("DEFAULT_LIMIT", "500")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("SEEN_MAX", "-1"), ("RT_WEIGHT", "heavy"), ("DEFAULT_LIMIT", "500")]
+)
 def test_invalid_values_name_the_variable(redis_url: str, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"FEED_{name}"):
         create_app({"REDIS_URL": redis_url, name: value})

@@ -24,7 +24,8 @@ def test_gifts_follow_the_friends_tastes(client: Any, r: Any, dataset_dir: Path)
         assert body["basis"] == "tastes" and body["for"] == friend
         assert 0 < len(body["items"]) <= 8
         bought = c.decode_seed(r.get(c.user_key(friend, c.USER_SEED)))[1] | {
-            x.decode() for x in r.smembers(c.user_key(friend, c.USER_PURCHASES))}
+            x.decode() for x in r.smembers(c.user_key(friend, c.USER_PURCHASES))
+        }
         for item in body["items"]:
             assert item["product_id"] not in bought
             assert {"title", "price", "category", "score", "reason", "posts"} <= set(item)

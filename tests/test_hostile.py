@@ -23,16 +23,19 @@ def test_limit_is_capped(client: Any) -> None:
     assert len(body["items"]) <= 100
 
 
-@pytest.mark.parametrize("body", [
-    {"events": "like"},
-    {"events": [{"type": "like", "user_id": ["u1"], "post_id": "p1"}]},
-    {"events": [{"type": "like", "user_id": "u1", "post_id": "p1", "ts": {"x": 1}}]},
-    {"events": [{"type": "like", "user_id": "u1", "post_id": "p1", "ts": True}]},
-    {"events": [{"type": "like", "user_id": "u1", "post_id": "p1", "request_id": "x" * 65}]},
-    {"events": [{"type": "like", "user_id": "u1", "post_id": "{u:u2}:cand"}]},
-    {"events": [{"type": None, "user_id": "u1"}]},
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"events": "like"},
+        {"events": [{"type": "like", "user_id": ["u1"], "post_id": "p1"}]},
+        {"events": [{"type": "like", "user_id": "u1", "post_id": "p1", "ts": {"x": 1}}]},
+        {"events": [{"type": "like", "user_id": "u1", "post_id": "p1", "ts": True}]},
+        {"events": [{"type": "like", "user_id": "u1", "post_id": "p1", "request_id": "x" * 65}]},
+        {"events": [{"type": "like", "user_id": "u1", "post_id": "{u:u2}:cand"}]},
+        {"events": [{"type": None, "user_id": "u1"}]},
+        [1, 2, 3],
+    ],
+)
 def test_malformed_events_are_400(client: Any, r: Any, body: Any) -> None:
     from feed.contract import EVENTS_KEY
 
@@ -66,11 +69,16 @@ def test_tampered_cursor_is_400_not_another_users_page(client: Any) -> None:
 def test_admin_version_override_needs_the_token(redis_url: str, published: str) -> None:
     off = create_app({"REDIS_URL": redis_url, "TESTING": True}).test_client()
     assert off.get(f"/v1/feed/u1?version={published}").status_code == 404
-    on = create_app({"REDIS_URL": redis_url, "TESTING": True,
-                     "ADMIN_TOKEN": "s3cret"}).test_client()
+    on = create_app(
+        {"REDIS_URL": redis_url, "TESTING": True, "ADMIN_TOKEN": "s3cret"}
+    ).test_client()
     assert on.get(f"/v1/feed/u1?version={published}").status_code == 401
-    assert on.get(f"/v1/feed/u1?version={published}",
-                  headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        on.get(
+            f"/v1/feed/u1?version={published}", headers={"Authorization": "Bearer wrong"}
+        ).status_code
+        == 401
+    )
     ok = on.get(f"/v1/feed/u1?version={published}", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.get_json()["model_version"] == published
 

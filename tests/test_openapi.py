@@ -50,16 +50,22 @@ def test_docs_page_lists_routes(client: Any) -> None:
 def test_metrics_parse_and_move(client: Any) -> None:
     def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = client.get("/metrics").get_data(as_text=True)
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
 
     before = samples()
     client.get("/v1/feed/u1?limit=3")
-    client.post("/v1/events", json={"events": [{"type": "click", "user_id": "u1",
-                                                "post_id": "p1"}]})
+    client.post(
+        "/v1/events", json={"events": [{"type": "click", "user_id": "u1", "post_id": "p1"}]}
+    )
     after = samples()
-    key = ("feed_http_request_duration_seconds_count",
-           (("method", "GET"), ("route", "/v1/feed/<user_id>"), ("status", "200")))
+    key = (
+        "feed_http_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/v1/feed/<user_id>"), ("status", "200")),
+    )
     assert after[key] == before.get(key, 0) + 1
     ev = ("feed_events_accepted_total", (("type", "click"),))
     assert after[ev] == before.get(ev, 0) + 1
@@ -88,11 +94,18 @@ def test_generated_requests_never_get_a_server_error(redis_url: str, published: 
 
 def _fuzz(op: Any) -> None:
     @given(case=op.as_strategy())
-    @settings(max_examples=12, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def run(case: Any) -> None:
         resp = case.call(headers={"Authorization": "Bearer fuzz-token"})
-        assert resp.status_code < 500, (op.label, case.path_parameters, case.query,
-                                        case.body, resp.status_code, resp.text[:300])
+        assert resp.status_code < 500, (
+            op.label,
+            case.path_parameters,
+            case.query,
+            case.body,
+            resp.status_code,
+            resp.text[:300],
+        )
 
     run()

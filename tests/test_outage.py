@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port
 
 from feed import redisserver
 from feed.contract import EVENTS_KEY, connect
 from feed.publish import publish
-from helpers import free_port
 
 BOUND_S = 0.8  # "well under a second"
 
@@ -33,9 +33,16 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def _app(url: str) -> Any:
     from service import create_app
 
-    return create_app({"REDIS_URL": url, "TESTING": True, "VERSION_CACHE_S": 0.0,
-                       "GLOBAL_CACHE_S": 0.0, "REDIS_BREAKER_S": 0.5,
-                       "CURSOR_SECRET": "outage"})
+    return create_app(
+        {
+            "REDIS_URL": url,
+            "TESTING": True,
+            "VERSION_CACHE_S": 0.0,
+            "GLOBAL_CACHE_S": 0.0,
+            "REDIS_BREAKER_S": 0.5,
+            "CURSOR_SECRET": "outage",
+        }
+    )
 
 
 def _timed(client: Any, path: str, **kw: Any) -> tuple[Any, float]:
@@ -49,7 +56,8 @@ def _pid(d: Path) -> int:
 
 
 def test_stopped_redis_gives_degraded_pages_and_503_events_then_recovers(
-        own_redis: tuple[str, Path], artifact: Path) -> None:
+    own_redis: tuple[str, Path], artifact: Path
+) -> None:
     url, d = own_redis
     r = connect(url)
     version = publish(r, artifact, activate=True).version
@@ -64,8 +72,12 @@ def test_stopped_redis_gives_degraded_pages_and_503_events_then_recovers(
         assert resp.status_code == 200 and body["degraded"] is True, body
         assert len(body["items"]) == 5 and body["model_version"] == version
         assert took < BOUND_S
-    resp, took = _timed(client, "/v1/events", method="POST", json={
-        "events": [{"type": "like", "user_id": "u2", "post_id": "p1"}]})
+    resp, took = _timed(
+        client,
+        "/v1/events",
+        method="POST",
+        json={"events": [{"type": "like", "user_id": "u2", "post_id": "p1"}]},
+    )
     assert resp.status_code == 503 and resp.headers["Retry-After"]
     assert took < BOUND_S
     assert client.get("/readyz").status_code == 503
@@ -78,15 +90,15 @@ def test_stopped_redis_gives_degraded_pages_and_503_events_then_recovers(
             break
         time.sleep(0.1)
     assert body["degraded"] is False and body["model_version"] == version
-    ok = client.post("/v1/events", json={"events": [{"type": "like", "user_id": "u2",
-                                                     "post_id": "p1"}]})
+    ok = client.post(
+        "/v1/events", json={"events": [{"type": "like", "user_id": "u2", "post_id": "p1"}]}
+    )
     assert ok.status_code == 202
     # the 503 event was not stored; the accepted one was (AOF kept the rest across restart)
     assert connect(url).xlen(EVENTS_KEY) == stored + 1
 
 
-def test_hung_redis_answers_within_the_bound(own_redis: tuple[str, Path],
-                                             artifact: Path) -> None:
+def test_hung_redis_answers_within_the_bound(own_redis: tuple[str, Path], artifact: Path) -> None:
     url, d = own_redis
     publish(connect(url), artifact, activate=True)
     client = _app(url).test_client()
@@ -98,8 +110,12 @@ def test_hung_redis_answers_within_the_bound(own_redis: tuple[str, Path],
             resp, took = _timed(client, path)
             assert resp.status_code == 200 and resp.get_json()["degraded"] is True
             assert took < BOUND_S, took
-        resp, took = _timed(client, "/v1/events", method="POST", json={
-            "events": [{"type": "click", "user_id": "u3", "post_id": "p1"}]})
+        resp, took = _timed(
+            client,
+            "/v1/events",
+            method="POST",
+            json={"events": [{"type": "click", "user_id": "u3", "post_id": "p1"}]},
+        )
         assert resp.status_code == 503 and took < BOUND_S
     finally:
         os.kill(pid, signal.SIGCONT)

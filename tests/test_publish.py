@@ -83,7 +83,8 @@ def _rename_version(path: Path, version: str) -> None:
 
 
 def test_interrupted_publish_never_damages_the_live_version(
-        r: Any, redis_url: str, artifact: Path, tmp_path: Path) -> None:
+    r: Any, redis_url: str, artifact: Path, tmp_path: Path
+) -> None:
     """Kill a publisher mid-way (SIGKILL): live keeps serving; the partial version is marked,
     cannot be activated, can be deleted; publishing again succeeds."""
     live = publish(r, artifact, activate=True).version

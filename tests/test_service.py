@@ -28,7 +28,9 @@ def test_feed_page_shape(client: Any, published: str) -> None:
     assert len(items) == 7
     assert len({it["post_id"] for it in items}) == 7
     for it in items:
-        assert {"post_id", "author_id", "text", "created_at", "score", "reason", "products"} <= set(it)
+        assert {"post_id", "author_id", "text", "created_at", "score", "reason", "products"} <= set(
+            it
+        )
         assert it["author_id"] != "u1"
         for p in it["products"]:
             assert {"product_id", "title", "price", "category", "in_stock"} <= set(p)
@@ -66,8 +68,9 @@ def test_pages_never_repeat_and_liked_posts_disappear(client: Any) -> None:
     assert len(seen) == len(set(seen)) == 50
 
     first = feed(client, "u3", limit=5)["items"][0]["post_id"]
-    client.post("/v1/events", json={"events": [{"type": "like", "user_id": "u4",
-                                                "post_id": first}]})
+    client.post(
+        "/v1/events", json={"events": [{"type": "like", "user_id": "u4", "post_id": first}]}
+    )
     assert first not in [it["post_id"] for it in feed(client, "u4", limit=50)["items"]]
 
 
@@ -88,8 +91,12 @@ def test_post_and_similar(client: Any) -> None:
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/v1/feed/u1?limit=abc", 400), ("/v1/feed/u1?limit=0", 400),
-     ("/v1/feed/u1?cursor=forged.cursor", 400), ("/v1/feed/bad%20id", 400)],
+    [
+        ("/v1/feed/u1?limit=abc", 400),
+        ("/v1/feed/u1?limit=0", 400),
+        ("/v1/feed/u1?cursor=forged.cursor", 400),
+        ("/v1/feed/bad%20id", 400),
+    ],
 )
 def test_bad_requests_are_json_errors(client: Any, path: str, status: int) -> None:
     resp = client.get(path)
@@ -104,15 +111,28 @@ def test_foreign_cursor_is_rejected(client: Any) -> None:
 
 
 def test_events_validation(client: Any) -> None:
-    ok = client.post("/v1/events", json={"events": [
-        {"type": "impression", "user_id": "u1", "post_id": "p1"},
-        {"type": "purchase", "user_id": "u1", "product_id": "sku-1", "ts": "2026-11-24T10:00:00Z"},
-    ]})
+    ok = client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {"type": "impression", "user_id": "u1", "post_id": "p1"},
+                {
+                    "type": "purchase",
+                    "user_id": "u1",
+                    "product_id": "sku-1",
+                    "ts": "2026-11-24T10:00:00Z",
+                },
+            ]
+        },
+    )
     assert ok.status_code == 202 and ok.get_json()["accepted"] == 2
-    for bad in ({"events": [{"type": "teleport", "user_id": "u1"}]},
-                {"events": [{"type": "like", "user_id": "u1"}]},
-                {"events": [{"type": "like", "user_id": 5, "post_id": "p1"}]},
-                {"events": []}, {"nope": 1}):
+    for bad in (
+        {"events": [{"type": "teleport", "user_id": "u1"}]},
+        {"events": [{"type": "like", "user_id": "u1"}]},
+        {"events": [{"type": "like", "user_id": 5, "post_id": "p1"}]},
+        {"events": []},
+        {"nope": 1},
+    ):
         resp = client.post("/v1/events", json=bad)
         assert resp.status_code == 400, bad
     resp = client.post("/v1/events", data="{not json", content_type="application/json")

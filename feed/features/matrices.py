@@ -75,8 +75,12 @@ class TrainingData:
 
 def _user_ids(ds: Dataset) -> IdMap:
     return IdMap.from_values(
-        ds.likes["user_id"], ds.purchases["user_id"], ds.clicks["user_id"],
-        ds.impressions["user_id"], ds.follows["follower_id"], ds.follows["followee_id"],
+        ds.likes["user_id"],
+        ds.purchases["user_id"],
+        ds.clicks["user_id"],
+        ds.impressions["user_id"],
+        ds.follows["follower_id"],
+        ds.follows["followee_id"],
         ds.posts["author_id"],
     )
 
@@ -86,7 +90,9 @@ def _product_ids(ds: Dataset) -> IdMap:
     return IdMap.from_values(ds.products["product_id"], linked, ds.purchases["product_id"])
 
 
-def _coo(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+def _coo(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int]
+) -> sp.csr_matrix:
     m = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=shape)
     m.sum_duplicates()
     return m
@@ -124,16 +130,28 @@ def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData
 
     lengths = ds.posts["product_ids"].map(len).to_numpy()
     flat = [p for ids in ds.posts["product_ids"] for p in ids]
-    post_products = _coo(np.repeat(np.arange(npo), lengths), products.to_internal(flat),
-                         np.ones(len(flat)), (npo, npr))
+    post_products = _coo(
+        np.repeat(np.arange(npo), lengths),
+        products.to_internal(flat),
+        np.ones(len(flat)),
+        (npo, npr),
+    )
     post_products.data[:] = 1.0
 
     lk = ds.likes
-    likes = _coo(users.to_internal(lk["user_id"]), posts.to_internal(lk["post_id"]),
-                 lk["weight"].to_numpy() * _decay(lk["ts"], now, w.half_life_days), (nu, npo))
+    likes = _coo(
+        users.to_internal(lk["user_id"]),
+        posts.to_internal(lk["post_id"]),
+        lk["weight"].to_numpy() * _decay(lk["ts"], now, w.half_life_days),
+        (nu, npo),
+    )
     ck = ds.clicks
-    clicks = _coo(users.to_internal(ck["user_id"]), posts.to_internal(ck["post_id"]),
-                  _decay(ck["ts"], now, w.half_life_days), (nu, npo))
+    clicks = _coo(
+        users.to_internal(ck["user_id"]),
+        posts.to_internal(ck["post_id"]),
+        _decay(ck["ts"], now, w.half_life_days),
+        (nu, npo),
+    )
     pu = ds.purchases
     pu_users = users.to_internal(pu["user_id"])
     pu_prod = products.to_internal(pu["product_id"])
@@ -147,15 +165,23 @@ def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData
     engagement = engagement + w.purchase_spread * spread
     has_post = pu["post_id"].to_numpy() != ""
     if has_post.any():
-        attributed = _coo(pu_users[has_post], posts.to_internal(pu["post_id"][has_post]),
-                          pu_w[has_post], (nu, npo))
+        attributed = _coo(
+            pu_users[has_post],
+            posts.to_internal(pu["post_id"][has_post]),
+            pu_w[has_post],
+            (nu, npo),
+        )
         engagement = engagement + w.purchase_attributed * attributed
     engagement = sp.csr_matrix(engagement, dtype=np.float32)
     engagement.eliminate_zeros()
 
     fo = ds.follows
-    follows = _coo(users.to_internal(fo["follower_id"]), users.to_internal(fo["followee_id"]),
-                   np.ones(len(fo)), (nu, nu))
+    follows = _coo(
+        users.to_internal(fo["follower_id"]),
+        users.to_internal(fo["followee_id"]),
+        np.ones(len(fo)),
+        (nu, nu),
+    )
     follows.data[:] = 1.0
 
     prod_title = np.array([""] * npr, dtype=object)
@@ -168,24 +194,33 @@ def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData
     post_category = np.array([prod_cat[products.get(p)] if p else "" for p in first], dtype=object)
 
     return TrainingData(
-        users=users, posts=posts, products=products,
+        users=users,
+        posts=posts,
+        products=products,
         post_author=users.to_internal(ds.posts["author_id"]),
         post_created=ds.posts["created_at"].to_numpy(dtype=np.float64),
-        post_products=post_products, post_category=post_category.astype(str),
-        engagement=engagement, likes=likes, purchases=purchases, follows=follows,
+        post_products=post_products,
+        post_category=post_category.astype(str),
+        engagement=engagement,
+        likes=likes,
+        purchases=purchases,
+        follows=follows,
         post_text=_post_documents(ds, post_products, prod_title, prod_cat),
-        now=now, product_titles=prod_title.astype(str), product_categories=prod_cat.astype(str),
+        now=now,
+        product_titles=prod_title.astype(str),
+        product_categories=prod_cat.astype(str),
     )
 
 
-def _post_documents(ds: Dataset, post_products: sp.csr_matrix, prod_title: np.ndarray,
-                    prod_cat: np.ndarray) -> list[str]:
+def _post_documents(
+    ds: Dataset, post_products: sp.csr_matrix, prod_title: np.ndarray, prod_cat: np.ndarray
+) -> list[str]:
     docs = []
     indptr, indices = post_products.indptr, post_products.indices
     for i, (text, title, tags) in enumerate(
         zip(ds.posts["text"], ds.posts["title"], ds.posts["tags"], strict=True)
     ):
-        linked = indices[indptr[i]: indptr[i + 1]]
+        linked = indices[indptr[i] : indptr[i + 1]]
         parts = [text, title, " ".join(tags)]
         parts += [f"{prod_title[j]} {prod_cat[j]}" for j in linked]
         docs.append(" ".join(p for p in parts if p))

@@ -11,7 +11,6 @@ import re
 from functools import lru_cache
 
 import numpy as np
-
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 logger = logging.getLogger(__name__)
