@@ -296,12 +296,18 @@ def _pick(
     cfg: Mapping[str, Any],
 ) -> tuple[int, float]:
     """Index and adjusted score of the best next item: first among those keeping the author
-    rules (not the previous item's author, under ``AUTHOR_MAX_PER_PAGE``), else among all."""
+    rules (not the previous item's author, under ``AUTHOR_MAX_PER_PAGE``), else among all.
+
+    ``pool`` is sorted by score, best first, and the discount only lowers a non-negative
+    score, so the scan stops at the first candidate whose raw score cannot beat the best
+    adjusted one found."""
     prev = page[-1].author_id if page else None
     cap = max(cfg["AUTHOR_MAX_PER_PAGE"], 1)
     for strict in (True, False):
         best_i, best_s = -1, float("-inf")
         for i, cand in enumerate(pool):
+            if 0 <= cand.score <= best_s:
+                break
             if strict and (cand.author_id == prev or per_author.get(cand.author_id, 0) >= cap):
                 continue
             s = _adjusted(cand, per_cat, cfg["CATEGORY_DISCOUNT"])
