@@ -48,13 +48,18 @@ def _batched(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 
 def _write(r: Any, pairs: Iterable[tuple[str, bytes]], progress: Any = None) -> list[str]:
-    """SET every (key, value) in pipelined batches; returns the keys written."""
+    """Write every (key, value): one MSET per batch (on a cluster, where one command cannot
+    span slots, pipelined SETs); returns the keys written."""
     keys: list[str] = []
+    cluster = c.is_cluster(r)
     for chunk in _batched(pairs, BATCH):
-        pipe = r.pipeline(transaction=False)
-        for k, v in chunk:
-            pipe.set(k, v)
-        pipe.execute()
+        if cluster:
+            pipe = r.pipeline(transaction=False)
+            for k, v in chunk:
+                pipe.set(k, v)
+            pipe.execute()
+        else:
+            r.mset(dict(chunk))
         keys.extend(k for k, _ in chunk)
         if progress is not None:
             progress.update(len(chunk))
