@@ -510,20 +510,11 @@ def _redis_history(r: Any, user_id: str, n: int) -> list[dict[str, Any]]:
     then updated by events)."""
     from feed import contract as c
 
-    pipe = r.pipeline(transaction=False)
-    pipe.zrange(c.user_key(user_id, c.USER_LIKES), 0, n - 1, desc=True, withscores=True)
-    pipe.smembers(c.user_key(user_id, c.USER_PURCHASES))
-    pipe.smembers(c.user_key(user_id, c.USER_FOLLOWS))
-    pipe.smembers(c.user_key(user_id, c.USER_UNFOLLOWS))
-    pipe.get(c.user_key(user_id, c.USER_SEED))
-    likes, bought, follows, unfollows, seed = pipe.execute()
-    seed_follows, seed_bought = c.decode_seed(seed)
-    bought = seed_bought | {x.decode() for x in bought}
-    follows = (seed_follows | {x.decode() for x in follows}) - {x.decode() for x in unfollows}
+    h = c.read_history(r, user_id, n)
     return [
-        *({"kind": "like", "ts": ts, "post_id": _s(p)} for p, ts in likes),
-        *({"kind": "purchase", "product_id": _s(p)} for p in sorted(bought)),
-        *({"kind": "follow", "author_id": _s(a)} for a in sorted(follows)),
+        *({"kind": "like", "ts": like["ts"], "post_id": like["post_id"]} for like in h["likes"]),
+        *({"kind": "purchase", "product_id": p} for p in h["purchases"]),
+        *({"kind": "follow", "author_id": a} for a in h["follows"]),
     ]
 
 

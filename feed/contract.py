@@ -177,6 +177,30 @@ def page_key(user_id: str, cursor: str) -> str:
     return user_key(user_id, f"{USER_PAGE}:{digest}")
 
 
+def read_history(r: Any, user_id: str, n: int) -> dict[str, Any]:
+    """A user's history as the service knows it, in one pipelined read: likes since training
+    (newest first, with time), products bought and authors followed (the publish seed plus
+    events, minus unfollows); at most ``n`` of each."""
+    pipe = r.pipeline(transaction=False)
+    pipe.zrange(user_key(user_id, USER_LIKES), 0, n - 1, desc=True, withscores=True)
+    for kind in (USER_PURCHASES, USER_FOLLOWS, USER_UNFOLLOWS):
+        pipe.smembers(user_key(user_id, kind))
+    pipe.get(user_key(user_id, USER_SEED))
+    likes, bought, follows, unfollows, seed = pipe.execute()
+    seed_follows, seed_bought = decode_seed(seed)
+    bought_all = seed_bought | {_text(x) for x in bought}
+    follows_all = (seed_follows | {_text(x) for x in follows}) - {_text(x) for x in unfollows}
+    return {
+        "likes": [{"post_id": _text(p), "ts": float(ts)} for p, ts in likes],
+        "purchases": sorted(bought_all)[:n],
+        "follows": sorted(follows_all)[:n],
+    }
+
+
+def _text(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
 # --- payloads --------------------------------------------------------------------------------
 def encode_candidates(
     items: Sequence[int] | np.ndarray,

@@ -183,22 +183,4 @@ def user_history(user_id: str) -> Any:
 
     check_id(user_id, "user_id")
     limit = limit_arg(20)
-    r = _redis()
-    pipe = r.pipeline(transaction=False)
-    pipe.zrange(c.user_key(user_id, c.USER_LIKES), 0, limit - 1, desc=True, withscores=True)
-    pipe.smembers(c.user_key(user_id, c.USER_PURCHASES))
-    pipe.smembers(c.user_key(user_id, c.USER_FOLLOWS))
-    pipe.smembers(c.user_key(user_id, c.USER_UNFOLLOWS))
-    pipe.get(c.user_key(user_id, c.USER_SEED))
-    likes, bought, follows, unfollows, seed = pipe.execute()
-    seed_follows, seed_bought = c.decode_seed(seed)
-    bought = seed_bought | {x.decode() for x in bought}
-    follows = (seed_follows | {x.decode() for x in follows}) - {x.decode() for x in unfollows}
-    return jsonify(
-        {
-            "user_id": user_id,
-            "likes": [{"post_id": p.decode(), "ts": ts} for p, ts in likes],
-            "purchases": sorted(bought)[:limit],
-            "follows": sorted(follows)[:limit],
-        }
-    )
+    return jsonify({"user_id": user_id, **c.read_history(_redis(), user_id, limit)})

@@ -321,8 +321,8 @@ def test_browser_renders_hostile_post_text_inert(
 
     with urlopen(f"{server}/v1/viewer/examples?limit=1") as resp:
         user = json.load(resp)["users"][0]
-    with urlopen(f"{server}/v1/feed/{user}?preview=1&limit=5") as resp:
-        item = json.load(resp)["items"][0]
+    with urlopen(f"{server}/v1/feed/{user}?preview=1&limit=20") as resp:
+        item = next(it for it in json.load(resp)["items"] if it["products"])
     doc = json.loads(r.get(c.post_doc_key(item["post_id"])))
     r.set(
         c.post_doc_key(item["post_id"]),
