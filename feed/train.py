@@ -18,8 +18,19 @@ from feed import __version__, artifacts
 from feed.contract import CONTRACT_VERSION
 from feed.data import Dataset, load
 from feed.features.matrices import EngagementWeights, TrainingData, build
-from feed.models import Content, ItemItem, MatrixFactorization, Popularity, RankFusion, Social
 from feed.models.base import blocks, topk
+from feed.models.ranker import LearnedBlend, decayed_data
+from feed.models.sources import (
+    EASE,
+    Content,
+    Fresh,
+    ItemItem,
+    MatrixFactorization,
+    Popularity,
+    ProductCF,
+    Social,
+    Trending,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,27 +48,50 @@ class TrainConfig:
     alpha: float = 10.0
     item_k: int = 100
     content_min_df: int = 2
-    trending_half_life_days: float = 7.0
+    ease_l2: float = 200.0
     #: Content neighbours are computed among at most this many most-engaged posts.
     max_content_neighbour_posts: int = 20_000
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"als": 1.0, "itemknn": 1.0, "content": 0.5, "social": 0.7,
-                                 "popularity": 0.3})
+    #: Candidate sources of the default model: a source with weight 0 is left out (a name not
+    #: listed counts as 1). With a single source left, its own ranking is published.
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
+    n_per_source: int = 100  # each source's list depth read into the ranker's candidates
+    val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
+    val_windows: int = 6  # validation slices at most, each older than the previous ...
+    min_val_users: int = 300  # ... until this many validation users are collected
     random_state: int = 0
 
 
-def make_blend(config: TrainConfig) -> RankFusion:
-    """The default blend of every candidate source."""
-    sources = {
-        "als": MatrixFactorization("als", factors=config.factors, iterations=config.iterations,
-                                   regularization=config.regularization, alpha=config.alpha,
-                                   random_state=config.random_state),
+#: The candidate sources of the default model, in feature order.
+SOURCES = ("als", "bpr", "product_als", "product_knn", "ease", "itemknn", "content", "social",
+           "popularity", "trending", "fresh")
+
+
+def make_blend(config: TrainConfig) -> LearnedBlend:
+    """The default model: what ``feed train`` publishes and ``feed evaluate`` calls "default".
+
+    Every source of :data:`SOURCES` with a positive weight, merged and re-ranked by a ranker
+    learned on validation slices carved from the end of the training data
+    (:class:`~feed.models.ranker.LearnedBlend`).
+    """
+    mf = {"factors": config.factors, "iterations": config.iterations,
+          "regularization": config.regularization, "random_state": config.random_state}
+    every = {
+        "als": MatrixFactorization("als", alpha=config.alpha, **mf),
+        "bpr": MatrixFactorization("bpr", **mf),
+        "product_als": ProductCF("als", alpha=config.alpha, **mf),
+        "product_knn": ProductCF("itemknn", K=config.item_k),
+        "ease": EASE(l2=config.ease_l2),
         "itemknn": ItemItem(K=config.item_k),
         "content": Content(min_df=config.content_min_df),
         "social": Social(),
-        "popularity": Popularity(half_life_days=config.trending_half_life_days),
+        "popularity": Popularity(),
+        "trending": Trending(),
+        "fresh": Fresh(min_df=config.content_min_df),
     }
-    return RankFusion(sources, weights=config.weights)
+    sources = {n: m for n, m in every.items() if config.weights.get(n, 1.0) > 0}
+    return LearnedBlend(sources, n_per_source=config.n_per_source, val_frac=config.val_frac,
+                        max_windows=config.val_windows, min_val_users=config.min_val_users,
+                        random_state=config.random_state)
 
 
 def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
@@ -68,7 +102,7 @@ def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
     return tqdm(it, **kw)
 
 
-def _user_candidates(blend: RankFusion, data: TrainingData, users: np.ndarray, n: int,
+def _user_candidates(blend: LearnedBlend, data: TrainingData, users: np.ndarray, n: int,
                      progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     exclude = data.seen()
     parts = []
@@ -87,7 +121,6 @@ def _neighbours(data: TrainingData, content: Content, item: ItemItem, n: int,
                 max_content_posts: int) -> tuple[np.ndarray, np.ndarray]:
     """Similar posts: the co-engagement and content neighbour lists fused by rank."""
     npo = data.n_posts
-    sim = item.similarity_.tocsr()
     popularity = np.asarray(data.engagement.getnnz(axis=0)).ravel()
     pool = np.argsort(-popularity, kind="stable")[:max_content_posts]
     pool_vecs = content.post_vectors_[pool]
@@ -98,16 +131,52 @@ def _neighbours(data: TrainingData, content: Content, item: ItemItem, n: int,
     for lo, hi in blocks(npo, npo):
         rows = np.arange(lo, hi)
         block = np.zeros((hi - lo, npo), dtype=np.float32)
-        co = sim[rows]
-        block += _rank_scores(co.toarray(), n)
+        block += _rank_scores(item.similar_posts(rows), n)
         cv = content.post_vectors_[rows] @ pool_vecs.T
         cdense = np.full((hi - lo, npo), 0.0, dtype=np.float32)
         cdense[:, pool] = cv.toarray()
+        cdense[np.arange(hi - lo), rows] = 0.0  # a post is not its own content neighbour
         block += 0.7 * _rank_scores(cdense, n)
         block[np.arange(hi - lo), rows] = -np.inf
         block[block <= 0] = -np.inf
         items[lo:hi], scores[lo:hi] = topk(block, n)
     return items, scores
+
+
+TOKEN_INDEX_MAX_TOKENS = 50_000  # most frequent tokens kept in the interests index
+TOKEN_INDEX_POSTS = 50  # posts kept per token, best first
+
+
+def token_index(content: Content, data: TrainingData, max_tokens: int = TOKEN_INDEX_MAX_TOKENS,
+                per_token: int = TOKEN_INDEX_POSTS) -> dict[str, np.ndarray]:
+    """Token -> best posts containing it, for the service's ``interests=`` hint (cold start).
+
+    Tokens are the content model's vocabulary (jieba words, CJK bigrams, English words, product
+    categories); a token's posts are ranked by TF-IDF weight times ``1 + log1p(engagement)``.
+
+    Returns
+    -------
+    dict with ``token`` (str), ``indptr`` (int64, CSR) and ``items`` (int32 post indices).
+    """
+    vocab = getattr(content.vectorizer_, "vocabulary_", None) or {}
+    names = np.empty(len(vocab), dtype=object)
+    for tok, j in vocab.items():
+        names[j] = tok
+    x = content.post_vectors_.tocsc()
+    df = np.diff(x.indptr)
+    keep = np.argsort(-df, kind="stable")[:max_tokens]
+    keep = np.sort(keep[df[keep] > 0]) if len(vocab) else np.zeros(0, dtype=np.int64)
+    boost = 1.0 + np.log1p(np.asarray(data.engagement.getnnz(axis=0)).ravel())
+    indptr, items = [0], []
+    for j in keep.tolist():
+        rows = x.indices[x.indptr[j]:x.indptr[j + 1]]
+        weight = x.data[x.indptr[j]:x.indptr[j + 1]] * boost[rows]
+        best = rows[np.argsort(-weight, kind="stable")[:per_token]]
+        items.append(best)
+        indptr.append(indptr[-1] + len(best))
+    return {"token": np.array([names[j] for j in keep.tolist()], dtype=str),
+            "indptr": np.asarray(indptr, dtype=np.int64),
+            "items": (np.concatenate(items) if items else np.zeros(0)).astype(np.int32)}
 
 
 def _rank_scores(block: np.ndarray, n: int, k: float = 20.0) -> np.ndarray:
@@ -201,12 +270,12 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
     data = build(ds, EngagementWeights())
     timings["features_s"] = time.perf_counter() - t0
 
-    blend = make_blend(cfg)
-    for name, model in _progress(list(blend.sources.items()), progress, desc="fitting"):
-        t = time.perf_counter()
-        model.fit(data)
-        timings[f"fit_{name}_s"] = time.perf_counter() - t
-    blend.n_posts_ = data.n_posts
+    t = time.perf_counter()
+    blend = make_blend(cfg).fit(data, ds)
+    timings["fit_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    content, item, trending = _side_models(blend, data, ds, cfg)
+    timings["fit_side_models_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
@@ -214,18 +283,20 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
     timings["candidates_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    nb_items, nb_scores = _neighbours(data, blend.sources["content"], blend.sources["itemknn"],
-                                      cfg.n_neighbours, cfg.max_content_neighbour_posts)
+    nb_items, nb_scores = _neighbours(data, content, item, cfg.n_neighbours,
+                                      cfg.max_content_neighbour_posts)
     timings["neighbours_s"] = time.perf_counter() - t
 
-    pop = blend.sources["popularity"]
-    trend_items, trend_scores = topk(pop.scores_[None, :].copy(), cfg.n_trending)
+    trend_items, trend_scores = topk(trending.scores_[None, :].copy(), cfg.n_trending)
+    tokens = token_index(content, data)
 
     data_fp = fingerprint(ds)
     vid = version or new_version_id(data_fp, cfg)
     docs = {"posts": list(post_documents(ds)), "products": list(product_documents(ds))}
     manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
-    manifest["counts"].update(post_docs=len(docs["posts"]), product_docs=len(docs["products"]))
+    manifest["model"] = blend.summary()
+    manifest["counts"].update(post_docs=len(docs["posts"]), product_docs=len(docs["products"]),
+                              tokens=len(tokens["token"]))
     arrays = {
         "posts": {"post_id": data.posts.external, "author_id": ds.posts["author_id"].to_numpy(str),
                   "created_at": data.post_created, "category": data.post_category,
@@ -238,10 +309,22 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
                     "followee": ds.follows["followee_id"].to_numpy(str)},
         "purchases": {"user": ds.purchases["user_id"].to_numpy(str),
                       "product": ds.purchases["product_id"].to_numpy(str)},
+        "tokens": tokens,
     }
     out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs)
     logger.info("wrote model version %s to %s", vid, out)
     return out
+
+
+def _side_models(blend: LearnedBlend, data: TrainingData, ds: Dataset, cfg: TrainConfig,
+                 ) -> tuple[Content, ItemItem, Popularity]:
+    """Content, co-engagement and trending models for neighbours, tokens and the trending list
+    (the default model's own when it has them)."""
+    fitted = blend.sources_
+    content = fitted.get("content") or Content(min_df=cfg.content_min_df).fit(data)
+    item = fitted.get("itemknn") or ItemItem(K=cfg.item_k).fit(data)
+    trending = fitted.get("trending") or Trending().fit(decayed_data(data, ds))
+    return content, item, trending  # type: ignore[return-value]
 
 
 def _unit(scores: np.ndarray) -> np.ndarray:

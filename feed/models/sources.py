@@ -1,5 +1,7 @@
-"""Candidate sources: popularity, matrix factorisation (implicit ALS/BPR), item-item
-co-engagement, content (TF-IDF with Chinese segmentation) and social (followed authors).
+"""Candidate sources: popularity, trending and fresh posts, matrix factorisation (implicit
+ALS/BPR), EASE, item-item co-engagement, product-level collaborative filtering projected onto
+the posts that link the products, content (TF-IDF with Chinese segmentation) and social
+(followed authors).
 
 Each is a :class:`~feed.models.base.CandidateModel`.
 """
@@ -26,6 +28,21 @@ def _row_normalize(m: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m)
 
 
+def post_age_days(data: TrainingData) -> np.ndarray:
+    """Age of every post at ``data.now`` in days, clipped at 0 (a post created after the newest
+    training event is as new as it gets); NaN when unknown."""
+    with np.errstate(invalid="ignore"):
+        return np.maximum((data.now - data.post_created) / SECONDS_PER_DAY, 0.0)
+
+
+def typical_age_days(data: TrainingData) -> float:
+    """The median age (days, at ``data.now``) of the posts users engaged with, at least one day:
+    the data's own time scale for recency curves."""
+    age = post_age_days(data)[data.engagement.indices]
+    age = age[np.isfinite(age)]
+    return float(max(np.median(age), 1.0)) if len(age) else 1.0
+
+
 class Popularity(CandidateModel):
     """Most engaged posts, optionally decayed by age (trending).
 
@@ -46,8 +63,8 @@ class Popularity(CandidateModel):
         e.data[:] = 1.0
         counts = np.asarray(e.sum(axis=0)).ravel().astype(np.float64)
         if self.half_life_days and np.isfinite(data.now):
-            age = (data.now - data.post_created) / SECONDS_PER_DAY
-            decay = np.where(np.isfinite(age), 0.5 ** (np.maximum(age, 0) / self.half_life_days), 0.5)
+            age = post_age_days(data)
+            decay = np.where(np.isfinite(age), 0.5 ** (age / self.half_life_days), 0.5)
             counts = counts * decay
         self.scores_ = (counts / max(counts.max(), 1e-12)).astype(np.float32)
         self.n_posts_ = data.n_posts
@@ -93,25 +110,68 @@ class MatrixFactorization(CandidateModel):
                 random_state=self.random_state,
             )
         if self.algorithm == "bpr":
+            # one thread: implicit's multi-threaded BPR is Hogwild SGD, not reproducible
             return BayesianPersonalizedRanking(
                 factors=self.factors, iterations=self.iterations * 5,
                 regularization=self.regularization, learning_rate=self.learning_rate,
-                random_state=self.random_state,
+                num_threads=1, random_state=self.random_state,
             )
         raise ValueError(f"algorithm must be 'als' or 'bpr', got {self.algorithm!r}")
 
     def fit(self, data: TrainingData, matrix: sp.csr_matrix | None = None) -> MatrixFactorization:
+        """Factorise ``data.engagement`` (or ``matrix``); twin columns are fitted once."""
         x = sp.csr_matrix(data.engagement if matrix is None else matrix, dtype=np.float32)
+        keep, twin = twin_columns(x)
         with threadpool_limits(1, "blas"):
             model = self._make()
-            model.fit(x, show_progress=False)
+            model.fit(sp.csr_matrix(x[:, keep]), show_progress=False)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
+        self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)[twin]
         self.n_posts_ = data.n_posts
         return self
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors_[users] @ self.item_factors_.T
+
+
+def twin_columns(x: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    """Group identical columns ("twins", e.g. posts of one product that only purchases reach).
+
+    Returns ``(keep, twin)``: ``keep`` holds one column index per distinct column, ascending;
+    column ``j`` equals column ``keep[twin[j]]``. Models fit on ``x[:, keep]`` and map back
+    with ``twin``: the same answer for twins, at the cost of the distinct columns only.
+
+    >>> keep, twin = twin_columns(sp.csr_matrix(np.array([[1, 0, 1], [0, 2, 0]])))
+    >>> keep.tolist(), twin.tolist()
+    ([0, 1], [0, 1, 0])
+    """
+    x = sp.csr_matrix(x, dtype=np.float64)
+    probe = np.random.default_rng(20_19).random((x.shape[0], 2))
+    keys = np.asarray(x.T @ probe)  # identical columns sum in the same order: equal keys
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return first[order], position[group.ravel()]
+
+
+def knn_similarity(x: sp.csr_matrix, K: int, method: str) -> sp.csr_matrix:
+    """Column x column similarities of ``x`` (implicit's BM25 or cosine), top ``K`` per row,
+    zero diagonal."""
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+    if method not in ("bm25", "cosine"):
+        raise ValueError(f"method must be 'bm25' or 'cosine', got {method!r}")
+    model = BM25Recommender(K=K) if method == "bm25" else CosineRecommender(K=K)
+    with warnings.catch_warnings():
+        # implicit's BM25Recommender passes its own bm25_weight() COO output to a CSR-only
+        # kernel and warns about the conversion it then does; nothing we pass is COO.
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(sp.csr_matrix(x, dtype=np.float32), show_progress=False)
+    sim = sp.csr_matrix(model.similarity, dtype=np.float32)
+    sim.setdiag(0)
+    sim.eliminate_zeros()
+    return sim
 
 
 class ItemItem(CandidateModel):
@@ -133,30 +193,23 @@ class ItemItem(CandidateModel):
         self.method = method
 
     def fit(self, data: TrainingData) -> ItemItem:
-        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
-
-        if self.method not in ("bm25", "cosine"):
-            raise ValueError(f"method must be 'bm25' or 'cosine', got {self.method!r}")
-        model = BM25Recommender(K=self.K) if self.method == "bm25" else CosineRecommender(K=self.K)
+        """Neighbours between distinct engagement columns (twin posts share their row)."""
         x = sp.csr_matrix(data.engagement, dtype=np.float32)
-        with warnings.catch_warnings():
-            # implicit's BM25Recommender passes its own bm25_weight() COO output to a CSR-only
-            # kernel and warns about the conversion it then does; nothing we pass is COO.
-            warnings.filterwarnings("ignore", message="Method expects CSR input")
-            model.fit(x, show_progress=False)
-        self.similarity_ = sp.csr_matrix(model.similarity, dtype=np.float32)
-        self.similarity_.setdiag(0)
-        self.similarity_.eliminate_zeros()
-        self.user_items_ = x
+        keep, self.twin_ = twin_columns(x)
+        self.user_items_ = sp.csr_matrix(x[:, keep])
+        self.twin_similarity_ = knn_similarity(self.user_items_, self.K, self.method)
         self.n_posts_ = data.n_posts
         return self
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
-        return sparse_rows_dense(self.user_items_[users] @ self.similarity_)
+        scores = sparse_rows_dense(self.user_items_[users] @ self.twin_similarity_)
+        return scores[:, self.twin_]
 
-    def neighbours(self, n: int) -> sp.csr_matrix:
-        """posts x posts similarities (each row: its top neighbours)."""
-        return self.similarity_
+    def similar_posts(self, posts: np.ndarray) -> np.ndarray:
+        """Dense (len(posts), n_posts) similarities of ``posts`` to every post."""
+        self._check_fitted()
+        rows = self.twin_similarity_[self.twin_[np.asarray(posts, dtype=np.int64)]]
+        return sparse_rows_dense(rows)[:, self.twin_]
 
 
 class Content(CandidateModel):
@@ -208,15 +261,16 @@ class Social(CandidateModel):
     ----------
     follow_weight : float
         Affinity of a follow, added to the user's engagement share with the author.
-    half_life_days : float
-        Newer posts of an author score higher.
+    half_life_days : float or None
+        Newer posts of an author score higher; None takes :func:`typical_age_days` of the data,
+        so that the recency curve fits the data's time scale (days for a feed, years for films).
     """
 
     name = "social"
     sparse_scores = True
     reason = "followed_author"
 
-    def __init__(self, follow_weight: float = 1.0, half_life_days: float = 14.0) -> None:
+    def __init__(self, follow_weight: float = 1.0, half_life_days: float | None = None) -> None:
         self.follow_weight = follow_weight
         self.half_life_days = half_life_days
 
@@ -230,12 +284,200 @@ class Social(CandidateModel):
         share = sp.diags(1.0 / np.maximum(np.asarray(engaged_authors.sum(axis=1)).ravel(), 1e-9))
         self.affinity_ = sp.csr_matrix(
             self.follow_weight * data.follows + share @ engaged_authors, dtype=np.float32)
-        age = (data.now - data.post_created) / SECONDS_PER_DAY if np.isfinite(data.now) else None
-        recency = np.ones(n) if age is None else np.where(
-            np.isfinite(age), 0.5 ** (np.maximum(age, 0) / self.half_life_days), 0.5)
+        half_life = self.half_life_days or typical_age_days(data)
+        age = post_age_days(data)
+        recency = np.where(np.isfinite(age), 0.5 ** (age / half_life), 0.5)
         self.author_posts_ = sp.csr_matrix(author_posts.T @ sp.diags(recency), dtype=np.float32)
         self.n_posts_ = n
         return self
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return sparse_rows_dense(self.affinity_[users] @ self.author_posts_)
+
+
+class Trending(Popularity):
+    """Recent engagement: each post's like weights plus the purchases of the product it links
+    (its most bought one), summed as stored in ``data``.
+
+    Fitted on a :class:`TrainingData` built with a half-life
+    (``build(ds, EngagementWeights(half_life_days=...))``), every event counts by its age.
+    """
+
+    name = "trending"
+    reason = "trending"
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, data: TrainingData) -> Trending:
+        liked = np.asarray(data.likes.sum(axis=0)).ravel()
+        bought = np.asarray(data.purchases.sum(axis=0)).ravel()
+        links = sp.csr_matrix(data.post_products, dtype=np.float32).multiply(bought[None, :])
+        counts = liked + sp.csr_matrix(links).max(axis=1).toarray().ravel()
+        self.scores_ = (counts / max(counts.max(initial=0.0), 1e-12)).astype(np.float32)
+        self.n_posts_ = data.n_posts
+        return self
+
+
+class Fresh(CandidateModel):
+    """New posts that match the user: ``recency * (floor + TF-IDF similarity to the profile)``.
+
+    Recency is ``0.5 ** (age_days / half_life_days)`` (posts created after the newest training
+    event have age 0; unknown ages count as one half-life); the profile is :class:`Content`'s.
+    A user without a profile gets the newest posts.
+
+    Parameters
+    ----------
+    half_life_days : float or None
+        None takes :func:`typical_age_days` of the data.
+    floor : float
+        Weight of recency alone.
+    min_df : int
+        As for :class:`Content`.
+    """
+
+    name = "fresh"
+    reason = "fresh"
+
+    def __init__(self, half_life_days: float | None = None, floor: float = 0.05,
+                 min_df: int = 2) -> None:
+        self.half_life_days = half_life_days
+        self.floor = floor
+        self.min_df = min_df
+
+    def fit(self, data: TrainingData) -> Fresh:
+        age = post_age_days(data)
+        half_life = self.half_life_days or typical_age_days(data)
+        self.recency_ = np.where(np.isfinite(age), 0.5 ** (age / half_life), 0.5)
+        self.recency_ = self.recency_.astype(np.float32)
+        self.content_ = Content(min_df=self.min_df).fit(data)
+        self.n_posts_ = data.n_posts
+        return self
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return (self.floor + self.content_.score_users(users)) * self.recency_
+
+
+class EASE(CandidateModel):
+    """EASE (Steck, 2019): closed-form item-item regression on the binarised engagement matrix.
+
+    Only posts with engagement get weights; the dense (posts x posts) solve limits the size.
+
+    Parameters
+    ----------
+    l2 : float
+        Ridge penalty on the item-item weights.
+    max_items : int
+        ``fit`` raises ValueError when more posts than this have engagement.
+    weighted_users : bool
+        Score a user's engagement weights rather than 0/1 (fitted on a time-decayed
+        :class:`TrainingData`, recent engagement then counts most).
+    """
+
+    name = "ease"
+    reason = "collaborative"
+    sparse_scores = True
+
+    def __init__(self, l2: float = 200.0, max_items: int = 20_000,
+                 weighted_users: bool = False) -> None:
+        self.l2 = l2
+        self.max_items = max_items
+        self.weighted_users = weighted_users
+
+    def fit(self, data: TrainingData) -> EASE:
+        """Solve for the item-item weights of the distinct engaged columns."""
+        x = sp.csr_matrix(data.engagement, dtype=np.float32, copy=True)
+        x.data[:] = 1.0
+        keep, self.twin_ = twin_columns(x)
+        distinct = sp.csr_matrix(x[:, keep])
+        self.active_ = np.flatnonzero(distinct.getnnz(axis=0) > 0)  # positions in keep
+        if len(self.active_) > self.max_items:
+            raise ValueError(f"EASE: {len(self.active_)} distinct engaged posts > "
+                             f"max_items={self.max_items}")
+        xa = sp.csr_matrix(distinct[:, self.active_])
+        gram = (xa.T @ xa).toarray().astype(np.float64)
+        if self.weighted_users:
+            weighted = sp.csr_matrix(data.engagement, dtype=np.float32)[:, keep]
+            xa = sp.csr_matrix(weighted[:, self.active_])
+        gram[np.diag_indices_from(gram)] += self.l2
+        inv = np.linalg.inv(gram)
+        weights = -inv / np.diag(inv)
+        np.fill_diagonal(weights, 0.0)
+        self.weights_ = weights.astype(np.float32)
+        self.user_items_ = xa
+        self.n_distinct_ = len(keep)
+        self.n_posts_ = data.n_posts
+        return self
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(users), self.n_distinct_), dtype=np.float32)
+        out[:, self.active_] = self.user_items_[users] @ self.weights_
+        return out[:, self.twin_]
+
+
+class ProductCF(CandidateModel):
+    """Collaborative filtering on the user x product purchases, projected onto posts: a post
+    scores the mean score of the products it links (0 when it links none).
+
+    Parameters
+    ----------
+    method : {"als", "itemknn"}
+        implicit's ALS on the purchase matrix, or BM25 item-item between products.
+    factors, iterations, regularization, alpha : ALS parameters
+    K : int
+        Neighbours per product (itemknn).
+    random_state : int
+    """
+
+    name = "product_cf"
+    reason = "purchased_together"
+    sparse_scores = True
+
+    def __init__(self, method: str = "als", factors: int = 64, iterations: int = 15,
+                 regularization: float = 0.05, alpha: float = 10.0, K: int = 100,
+                 random_state: int = 0) -> None:
+        self.method = method
+        self.factors = factors
+        self.iterations = iterations
+        self.regularization = regularization
+        self.alpha = alpha
+        self.K = K
+        self.random_state = random_state
+
+    def fit(self, data: TrainingData) -> ProductCF:
+        if self.method not in ("als", "itemknn"):
+            raise ValueError(f"method must be 'als' or 'itemknn', got {self.method!r}")
+        x = sp.csr_matrix(data.purchases, dtype=np.float32)
+        self.user_items_ = x
+        self.factors_: MatrixFactorization | None = None
+        self.similarity_: sp.csr_matrix | None = None
+        if x.nnz and self.method == "als":
+            self.factors_ = MatrixFactorization(
+                "als", factors=self.factors, iterations=self.iterations,
+                regularization=self.regularization, alpha=self.alpha,
+                random_state=self.random_state).fit(data, matrix=x)
+        elif x.nnz:
+            self.similarity_ = knn_similarity(x, self.K, "bm25")
+        links = sp.csr_matrix(data.post_products, dtype=np.float32)
+        self.links_ = sp.csr_matrix(_row_normalize_l1(links).T)  # products x posts
+        self.n_posts_ = data.n_posts
+        return self
+
+    def product_scores(self, users: np.ndarray) -> np.ndarray:
+        """Dense (len(users), n_products) scores of products."""
+        self._check_fitted()
+        if self.factors_ is not None:
+            f = self.factors_
+            return f.user_factors_[users] @ f.item_factors_.T
+        if self.similarity_ is not None:
+            return sparse_rows_dense(self.user_items_[users] @ self.similarity_)
+        return np.zeros((len(users), self.links_.shape[0]), dtype=np.float32)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        scores = self.product_scores(users)
+        return np.asarray(self.links_.T @ scores.T, dtype=np.float32).T.copy()
+
+
+def _row_normalize_l1(m: sp.csr_matrix) -> sp.csr_matrix:
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.maximum(sums, 1e-12)) @ m)

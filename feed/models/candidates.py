@@ -1,0 +1,348 @@
+"""Merged candidate lists and the features the ranker learns from.
+
+For a block of users, every source scores every post; each source's top ``n_per_source`` posts
+(never an excluded one) are merged into one candidate list per user, and every candidate gets a
+feature row: each source's score and rank (and, for personal sources, the score over the user's
+best score from that source), then post, author, category and user features. A candidate's
+reason is the reason of the source that ranks it highest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from feed.contract import REASON_CODE
+from feed.features.matrices import TrainingData
+from feed.models.base import CandidateModel, mask_rows, topk
+from feed.models.sources import Popularity, post_age_days
+
+#: Dense floats held at once while merging (users x posts x sources).
+MERGE_FLOATS = 24_000_000
+
+#: Features that do not depend on the sources, in column order.
+BASE_FEATURES = (
+    "post_age_days", "post_popularity", "post_engaged_log", "post_n_products",
+    "product_popularity_log", "author_popularity_log", "author_affinity", "follows_author",
+    "category_affinity", "category_purchase_affinity", "user_engaged_log", "user_bought_log",
+    "user_follows_log",
+)
+
+
+def is_global(model: CandidateModel) -> bool:
+    """True for sources that give every user the same scores (popularity, trending)."""
+    return isinstance(model, Popularity)
+
+
+def feature_names(sources: Mapping[str, CandidateModel]) -> list[str]:
+    """Column names of the feature rows for these sources (in this order)."""
+    names = []
+    for name, model in sources.items():
+        names += [f"{name}:score", f"{name}:rank"]
+        if not is_global(model):
+            names.append(f"{name}:relative")
+    return names + list(BASE_FEATURES)
+
+
+@dataclass
+class CandidateBlock:
+    """Candidates of a block of users: row ``i`` belongs to ``users[i]``.
+
+    ``items`` is (users x C) post indices padded with -1; ``features`` is (users x C x F);
+    ``ranks`` is (sources x users x C), each source's 0-based rank or ``n_per_source``;
+    ``reasons`` holds reason codes.
+    """
+
+    depth: int
+    users: np.ndarray
+    items: np.ndarray
+    features: np.ndarray
+    ranks: np.ndarray
+    reasons: np.ndarray
+
+
+class FeatureContext:
+    """Lookup tables for the post, author, category and user features of one TrainingData."""
+
+    def __init__(self, data: TrainingData) -> None:
+        engaged = sp.csr_matrix(data.engagement, dtype=np.float32, copy=True)
+        engaged.data[:] = 1.0
+        count = np.asarray(engaged.sum(axis=0)).ravel()
+        bought = sp.csr_matrix(data.purchases, dtype=np.float32, copy=True)
+        bought.data[:] = 1.0
+        product_count = np.asarray(bought.sum(axis=0)).ravel()
+        links = sp.csr_matrix(data.post_products, dtype=np.float32)
+        linked = links.multiply(product_count[None, :]).tocsr()
+        author_total = np.bincount(data.post_author, weights=count, minlength=data.n_users)
+        self.post = {
+            "post_age_days": post_age_days(data),
+            "post_popularity": count / max(count.max(initial=0.0), 1.0),
+            "post_engaged_log": np.log1p(count),
+            "post_n_products": np.diff(links.indptr).astype(np.float64),
+            "product_popularity_log": np.log1p(linked.max(axis=1).toarray().ravel()),
+            "author_popularity_log": np.log1p(author_total[data.post_author]),
+        }
+        self.author = data.post_author
+        n = data.n_posts
+        by_author = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), data.post_author)),
+                                  shape=(n, data.n_users))
+        self.author_share = _row_share(engaged @ by_author)
+        self.follows = sp.csr_matrix(data.follows)
+        codes, cats = pd.factorize(np.concatenate([data.post_category,
+                                                   data.product_categories]))
+        self.category = np.where(data.post_category == "", -1, codes[:n])
+        product_cat = codes[n:]
+        n_cat = max(len(cats), 1)
+        post_onehot = _onehot(self.category, n_cat)
+        product_onehot = _onehot(np.where(data.product_categories == "", -1, product_cat), n_cat)
+        self.category_share = _row_share(engaged @ post_onehot)
+        self.category_buy_share = _row_share(bought @ product_onehot)
+        self.shared = shared_groups(product_keys(data))
+        self.user = {
+            "user_engaged_log": np.log1p(np.diff(engaged.indptr)),
+            "user_bought_log": np.log1p(np.diff(bought.indptr)),
+            "user_follows_log": np.log1p(np.diff(self.follows.indptr)),
+        }
+
+    def best_per_product(self, block: np.ndarray) -> None:
+        """In place: of the posts linking the same (first) product, keep only the best scored
+        in each row (:func:`best_per_group`).
+
+        A source lists each product once: twins (posts that only purchases reach score alike)
+        would otherwise fill a whole list with one product.
+        """
+        best_per_group(block, self.shared)
+
+    def features(self, users: np.ndarray, items: np.ndarray) -> list[np.ndarray]:
+        """The :data:`BASE_FEATURES` columns for (users[i], items[i, j]), each (B x C)."""
+        ok = items >= 0
+        safe = np.where(ok, items, 0)
+        urow = np.broadcast_to(users[:, None], items.shape)
+        author = self.author[safe]
+        cat = self.category[safe]
+        cols = [self.post[name][safe] for name in BASE_FEATURES[:6]]
+        cols.append(_pairs(self.author_share, urow, author))
+        cols.append(_pairs(self.follows, urow, author))
+        cols.append(np.where(cat >= 0, _pairs(self.category_share, urow, np.maximum(cat, 0)), 0))
+        cols.append(np.where(cat >= 0, _pairs(self.category_buy_share, urow,
+                                              np.maximum(cat, 0)), 0))
+        cols += [np.broadcast_to(self.user[name][users][:, None], items.shape)
+                 for name in BASE_FEATURES[10:]]
+        return cols
+
+
+def shared_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The posts whose key other posts share, grouped by key, and where each group starts.
+
+    >>> members, starts = shared_groups(np.array([5, -2, 5, 7, 5, 7, -7]))
+    >>> members.tolist(), starts.tolist()
+    ([0, 2, 4, 3, 5], [0, 3])
+    """
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts[inverse] > 1)
+    members = shared[np.argsort(keys[shared], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, np.diff(keys[members]) != 0]) if len(members) else \
+        np.zeros(0, dtype=np.int64)
+    return members, starts
+
+
+def best_per_group(block: np.ndarray, groups: tuple[np.ndarray, np.ndarray]) -> None:
+    """In place: within each group of :func:`shared_groups`, keep only the best-scored post
+    (the first of equals) in every row; the others become -inf.
+
+    >>> block = np.array([[1.0, 9, 3, 2, 3, 2, 0]], dtype=np.float32)
+    >>> best_per_group(block, shared_groups(np.array([5, -2, 5, 7, 5, 7, -7])))
+    >>> block.tolist()
+    [[-inf, 9.0, 3.0, 2.0, -inf, -inf, 0.0]]
+    """
+    members, starts = groups
+    if not len(members):
+        return
+    part = block[:, members]
+    sizes = np.diff(np.r_[starts, len(members)])
+    best = np.maximum.reduceat(part, starts, axis=1)
+    is_best = part >= np.repeat(best, sizes, axis=1)
+    count = np.cumsum(is_best, axis=1, dtype=np.int32)
+    before = np.concatenate([np.zeros((len(block), 1), np.int32), count[:, starts[1:] - 1]],
+                            axis=1)
+    first = is_best & (count - np.repeat(before, sizes, axis=1) == 1)
+    block[:, members] = np.where(first, part, -np.inf)
+
+
+def _onehot(codes: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    ok = codes >= 0
+    rows = np.flatnonzero(ok)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, codes[ok])),
+                         shape=(len(codes), n_cols))
+
+
+def _row_share(m: sp.spmatrix) -> sp.csr_matrix:
+    m = sp.csr_matrix(m, dtype=np.float32)
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    return sp.csr_matrix(sp.diags(1.0 / np.maximum(sums, 1e-9)) @ m)
+
+
+def _pairs(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``m[rows[i, j], cols[i, j]]`` as a dense array shaped like ``rows``."""
+    if m.nnz == 0:
+        return np.zeros(rows.shape, dtype=np.float32)
+    return np.asarray(m[rows.ravel(), cols.ravel()]).reshape(rows.shape)
+
+
+class CandidateBuilder:
+    """Merges the top lists of fitted sources and computes every candidate's features.
+
+    Parameters
+    ----------
+    sources : mapping of name -> fitted CandidateModel
+    context : FeatureContext
+        Built from the same TrainingData the sources were fitted on.
+    n_per_source : int
+        How deep each source's list is read.
+    """
+
+    def __init__(self, sources: Mapping[str, CandidateModel], context: FeatureContext,
+                 n_per_source: int) -> None:
+        self.sources = dict(sources)
+        self.context = context
+        self.n_per_source = n_per_source
+        self.codes = np.array([REASON_CODE[m.reason] for m in self.sources.values()], np.uint8)
+
+    def batches(self, users: np.ndarray, n_posts: int) -> Iterator[np.ndarray]:
+        """Slices of ``users`` small enough to merge at once."""
+        step = max(1, MERGE_FLOATS // max(n_posts * len(self.sources), 1))
+        for lo in range(0, len(users), step):
+            yield users[lo:lo + step]
+
+    def build(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
+        """Candidates and features of a (small) block of users."""
+        users = np.asarray(users, dtype=np.int64)
+        blocks, tops = [], []
+        for model in self.sources.values():
+            block = model.score_users(users).astype(np.float32, copy=False)
+            top_block = block.copy()
+            if model.sparse_scores:
+                top_block[top_block <= 0] = -np.inf
+            if exclude is not None:
+                mask_rows(top_block, exclude[users])
+            self.context.best_per_product(top_block)
+            tops.append(topk(top_block, self.n_per_source)[0])
+            blocks.append(block)
+        items = merge(tops)
+        ranks = np.stack([_ranks(top, items, self.n_per_source) for top in tops])
+        cols: list[np.ndarray] = []
+        safe = np.where(items >= 0, items, 0)
+        for model, block, top, rank in zip(self.sources.values(), blocks, tops, ranks,
+                                           strict=True):
+            score = np.take_along_axis(block, safe, axis=1)
+            cols += [score, rank.astype(np.float32)]
+            if not is_global(model):
+                best = np.take_along_axis(block, np.maximum(top[:, :1], 0), axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rel = np.where(best > 0, score / best, 0.0)
+                cols.append(rel)
+        cols += self.context.features(users, items)
+        features = np.stack([np.asarray(c, dtype=np.float32) for c in cols], axis=-1)
+        features[items < 0] = np.nan
+        reasons = self.codes[np.argmin(ranks, axis=0)]
+        return CandidateBlock(self.n_per_source, users, items, features, ranks, reasons)
+
+
+def merge(tops: list[np.ndarray]) -> np.ndarray:
+    """Row-wise union of several (B x n) item arrays (-1 padded), sorted, -1 padded.
+
+    >>> merge([np.array([[3, 1, -1]]), np.array([[1, 7, 2]])]).tolist()
+    [[1, 2, 3, 7]]
+    """
+    both = np.sort(np.concatenate(tops, axis=1), axis=1)
+    keep = both >= 0
+    keep[:, 1:] &= both[:, 1:] != both[:, :-1]
+    width = int(keep.sum(axis=1).max(initial=0))
+    out = np.full((both.shape[0], max(width, 1)), -1, dtype=np.int64)
+    rows, cols = np.nonzero(keep)
+    pos = np.cumsum(keep, axis=1) - 1
+    out[rows, pos[rows, cols]] = both[rows, cols]
+    return out
+
+
+def _ranks(top: np.ndarray, items: np.ndarray, depth: int) -> np.ndarray:
+    """Position of each candidate in a source's top list, ``depth`` when absent."""
+    out = np.full(items.shape, depth, dtype=np.int32)
+    for i in range(items.shape[0]):
+        row = top[i]
+        valid = row >= 0
+        order = np.argsort(row[valid], kind="stable")
+        ids, pos = row[valid][order], np.flatnonzero(valid)[order]
+        at = np.searchsorted(ids, items[i])
+        at = np.minimum(at, max(len(ids) - 1, 0))
+        found = (len(ids) > 0) & (items[i] >= 0)
+        found = found & (ids[at] == items[i]) if len(ids) else np.zeros_like(found)
+        out[i, found] = pos[at[found]]
+    return out
+
+
+def fusion_scores(ranks: np.ndarray, depth: int, k: float = 20.0) -> np.ndarray:
+    """Reciprocal-rank fusion of (sources x users x C) ranks: ``sum_s 1 / (k + rank_s + 1)``
+    over the sources whose list holds the candidate (absent: rank == ``depth``)."""
+    contrib = np.where(ranks < depth, 1.0 / (k + ranks + 1.0), 0.0)
+    return contrib.sum(axis=0).astype(np.float32)
+
+
+def select_top(items: np.ndarray, scores: np.ndarray, n: int, keys: np.ndarray | None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best-``n`` candidates per row: (items, scores, column order), -1/-inf padded.
+
+    With ``keys`` (one key per post, e.g. its product), only the best candidate of each key is
+    kept.
+
+    >>> items, scores, _ = select_top(np.array([[4, 5, 6]]), np.array([[0.1, 0.9, 0.5]]), 2,
+    ...                               np.array([0, 0, 0, 0, 1, 1, 2]))
+    >>> items.tolist(), scores.tolist()
+    ([[5, 6]], [[0.8999999761581421, 0.5]])
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    n_kept = np.full(len(items), scores.shape[1])
+    if keys is not None:
+        order, n_kept = _first_per_key(np.take_along_axis(items, order, axis=1), order, keys)
+    order = order[:, :n]
+    top = np.take_along_axis(scores, order, axis=1)
+    top[np.arange(top.shape[1])[None, :] >= n_kept[:, None]] = -np.inf
+    picked = np.where(np.isfinite(top), np.take_along_axis(items, order, axis=1), -1)
+    pad = n - picked.shape[1]
+    if pad > 0:
+        picked = np.pad(picked, ((0, 0), (0, pad)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
+        order = np.pad(order, ((0, 0), (0, pad)), constant_values=0)
+    return picked, np.where(picked >= 0, top, -np.inf).astype(np.float32), order
+
+
+def _first_per_key(ranked: np.ndarray, order: np.ndarray, keys: np.ndarray,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``order`` with the first candidate of every key in front (best first), and how many
+    such candidates each row has; the others follow."""
+    out = np.empty_like(order)
+    n_kept = np.zeros(len(ranked), dtype=np.int64)
+    for i in range(len(ranked)):
+        row = ranked[i]
+        key = np.where(row >= 0, keys[np.maximum(row, 0)], np.iinfo(np.int64).min)
+        _, first = np.unique(key, return_index=True)
+        first = np.sort(first)
+        first = first[row[first] >= 0]
+        rest = np.setdiff1d(np.arange(len(row)), first, assume_unique=True)
+        out[i] = order[i, np.concatenate([first, rest])]
+        n_kept[i] = len(first)
+    return out, n_kept
+
+
+def product_keys(data: TrainingData) -> np.ndarray:
+    """A key per post for "one post per product": its first linked product, else ``-1 - post``."""
+    links = sp.csr_matrix(data.post_products)
+    has = np.diff(links.indptr) > 0
+    first = links.indices[np.minimum(links.indptr[:-1], max(links.nnz - 1, 0))] if links.nnz \
+        else np.zeros(data.n_posts, dtype=np.int64)
+    return np.where(has, first, -1 - np.arange(data.n_posts)).astype(np.int64)

@@ -1,0 +1,467 @@
+"""The default model: every candidate source, merged and re-ranked by a learned ranker.
+
+:class:`LearnedBlend` learns on validation slices carved from the end of its training data (the
+newest likes and purchases, held out exactly as :func:`feed.evaluate.split` holds out a test
+part; when one slice has few users, the next-older slice is added, up to ``max_windows``):
+
+1. fit every source on the data before the slice;
+2. merge the sources' top lists for the slice's users and compute features
+   (:mod:`feed.models.candidates`); a candidate is positive when the user liked it in the slice
+   (for data without likes: when it links a product the user bought in the slice);
+3. choose, by the validation metric on two folds of users, among a few rankers (gradient
+   boosting, logistic regression), reciprocal-rank fusion and each single source, each with
+   and without "one post per product";
+4. fit the chosen ranker on every slice, then refit every source on all the data and keep the
+   ranker's weights.
+
+Nothing here looks at a test part: :func:`feed.evaluate.evaluate` hands this model the training
+part only, and the slices are carved from that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from feed.contract import REASON_CODE
+from feed.data import Dataset
+from feed.features.matrices import SECONDS_PER_DAY, EngagementWeights, TrainingData, build
+from feed.models.base import CandidateModel, NotFittedError
+from feed.models.candidates import (
+    CandidateBlock,
+    CandidateBuilder,
+    FeatureContext,
+    fusion_scores,
+    product_keys,
+    select_top,
+)
+from feed.models.sources import EASE, ProductCF, twin_columns
+
+logger = logging.getLogger(__name__)
+
+#: Rankers tried on the validation slice: gradient boosting of a few sizes, and a linear model.
+RANKER_GRID: tuple[dict[str, Any], ...] = (
+    {"model": "hgb", "max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15,
+     "min_samples_leaf": 50, "l2_regularization": 1.0},
+    {"model": "hgb", "max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 7,
+     "min_samples_leaf": 100, "l2_regularization": 1.0},
+    {"model": "logistic", "C": 1.0},
+    {"model": "logistic", "C": 0.1},
+)
+MIN_POSITIVES = 20  # fewer positive candidates in the validation slices: no learned ranker
+RECENT_SHARE = 0.1  # the trending half-life is the time span of this newest share of events
+
+
+@dataclass
+class RankerChoice:
+    """What was chosen on the validation slices, and every option's validation score."""
+
+    kind: str  # "ranker:<i>", "fusion" or "source:<name>"
+    params: dict[str, Any] = field(default_factory=dict)
+    one_per_product: bool = False
+    validation: dict[str, float] = field(default_factory=dict)
+    metric: str = ""
+    estimator: Any = None
+
+
+class LearnedBlend:
+    """Candidate sources merged and re-ranked by a ranker learned on validation slices.
+
+    Parameters
+    ----------
+    sources : mapping of name -> CandidateModel
+        Unfitted prototypes (cloned for each fit). Sources named in ``decayed`` are fitted on
+        engagement decayed by event age (:func:`decayed_data`); :class:`ProductCF` sources are
+        dropped when there are no purchases and :class:`EASE` when too many distinct posts have
+        engagement.
+    n_per_source : int
+        How deep each source's list is read into the candidates.
+    val_frac : float
+        Share of the newest likes and purchases held out as one validation slice.
+    k : int
+        List length the validation metric looks at.
+    max_windows : int
+        Validation slices at most (each one older than the previous).
+    min_val_users : int
+        No further slice once this many validation users are collected.
+    max_val_users : int
+        Validation users sampled at most per slice (bounds time and memory).
+    max_train_rows : int
+        Candidate rows a ranker is fitted on at most (all positives, sampled negatives).
+    decayed : tuple of str
+        Names of the sources fitted on time-decayed engagement.
+    random_state : int
+    """
+
+    needs_dataset = True
+    name = "default"
+
+    def __init__(self, sources: Mapping[str, CandidateModel], n_per_source: int = 100,
+                 val_frac: float = 0.2, k: int = 20, max_windows: int = 6,
+                 min_val_users: int = 300, max_val_users: int = 1000,
+                 max_train_rows: int = 60_000, decayed: tuple[str, ...] = ("trending",),
+                 random_state: int = 0) -> None:
+        self.sources = dict(sources)
+        self.decayed = tuple(decayed)
+        self.n_per_source = n_per_source
+        self.val_frac = val_frac
+        self.k = k
+        self.max_windows = max_windows
+        self.min_val_users = min_val_users
+        self.max_val_users = max_val_users
+        self.max_train_rows = max_train_rows
+        self.random_state = random_state
+
+    # --- fitting ---------------------------------------------------------------------------
+
+    def fit(self, data: TrainingData, dataset: Dataset | None = None) -> LearnedBlend:
+        """Learn the ranker on validation slices of ``dataset``, then fit the sources on all.
+
+        Without ``dataset`` there is no slice to learn from: reciprocal-rank fusion. With a
+        single source, that source's own ranking.
+        """
+        self.names_ = self._applicable(data)
+        self.choice_ = RankerChoice("fusion")
+        if len(self.names_) == 1:
+            self.choice_ = RankerChoice(f"source:{self.names_[0]}")
+        elif dataset is not None:
+            self.choice_ = self._learn(dataset, "like_ndcg" if data.likes.nnz else
+                                       "purchase_recall")
+        logger.info("default model: %s (one post per product: %s)", self.choice_.kind,
+                    self.choice_.one_per_product)
+        self.sources_ = self.fit_sources(data, dataset)
+        self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
+        self.keys_ = product_keys(data)
+        self.n_posts_ = data.n_posts
+        return self
+
+    def _applicable(self, data: TrainingData) -> list[str]:
+        names = []
+        for name, model in self.sources.items():
+            if isinstance(model, ProductCF) and data.purchases.nnz == 0:
+                continue
+            if isinstance(model, EASE) and _distinct_engaged(data) > model.max_items:
+                continue
+            names.append(name)
+        return names
+
+    def fit_sources(self, data: TrainingData, dataset: Dataset | None,
+                    ) -> dict[str, CandidateModel]:
+        """Fresh copies of the applicable sources, fitted on ``data``."""
+        fitted = {}
+        decayed = None
+        for name in self.names_:
+            model = clone(self.sources[name])
+            t = time.perf_counter()
+            if name in self.decayed:
+                if decayed is None:
+                    decayed = decayed_data(data, dataset)
+                model.fit(decayed)
+            else:
+                model.fit(data)
+            logger.info("fitted %s in %.1fs", name, time.perf_counter() - t)
+            fitted[name] = model
+        return fitted
+
+    def _learn(self, dataset: Dataset, metric: str) -> RankerChoice:
+        """Collect validation slices (newest first) and choose the ranker on them."""
+        from feed.evaluate import split
+
+        tables: list[_Slice] = []
+        rest = dataset
+        for _ in range(self.max_windows):
+            try:
+                part = split(rest, self.val_frac, self.random_state)
+            except ValueError as e:
+                logger.info("no further validation slice: %s", e)
+                break
+            table = self._slice(part, metric)
+            if table is not None:
+                tables.append(table)
+            if sum(len(t.items) for t in tables) >= self.min_val_users:
+                break
+            rest = part.train
+        if not tables:
+            return RankerChoice("fusion", metric=metric)
+        return choose(_Pool(tables, metric), self.names_, self.k, self.max_train_rows,
+                      self.random_state)
+
+    def _slice(self, part: Any, metric: str) -> _Slice | None:
+        """Sources fitted before one validation slice, and the slice's candidate table."""
+        from feed.evaluate import held_out, training_data
+
+        sub = training_data(part)
+        truth = held_out(part, sub)
+        if not len(truth.users):
+            return None
+        rng = np.random.default_rng(self.random_state)
+        keep = np.sort(rng.permutation(len(truth.users))[: self.max_val_users])
+        sources = self.fit_sources(sub, part.train)
+        builder = CandidateBuilder(sources, FeatureContext(sub), self.n_per_source)
+        return _Slice.collect(builder, sub, truth.users[keep], sp.csr_matrix(truth.likes[keep]),
+                              sp.csr_matrix(truth.purchases[keep]), metric)
+
+    # --- recommending ----------------------------------------------------------------------
+
+    def recommend(self, users: np.ndarray, n: int, exclude: sp.csr_matrix | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``n`` posts per user: (items, scores, reason codes), each (len(users), n)."""
+        if not hasattr(self, "n_posts_"):
+            raise NotFittedError("LearnedBlend is not fitted; call fit() first")
+        users = np.asarray(users, dtype=np.int64)
+        if len(self.names_) == 1:  # a single source: its own ranking
+            model = self.sources_[self.names_[0]]
+            items, top = model.recommend(users, n, exclude)
+            why = np.where(items >= 0, REASON_CODE[model.reason], 0).astype(np.uint8)
+            return items, top, why
+        items = np.full((len(users), n), -1, np.int64)
+        scores = np.full((len(users), n), -np.inf, np.float32)
+        reasons = np.zeros((len(users), n), np.uint8)
+        keys = self.keys_ if self.choice_.one_per_product else None
+        lo = 0
+        for batch in self.builder_.batches(users, self.n_posts_):
+            block = self.builder_.build(batch, exclude)
+            hi = lo + len(batch)
+            ranked = score_block(self.choice_, block, self.names_)
+            items[lo:hi], scores[lo:hi], order = select_top(block.items, ranked, n, keys)
+            why = np.take_along_axis(block.reasons, order, axis=1)
+            reasons[lo:hi] = np.where(items[lo:hi] >= 0, why, 0)
+            lo = hi
+        return items, scores, reasons
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters (each source as its class and parameters)."""
+        params = {k: getattr(self, k) for k in (
+            "n_per_source", "val_frac", "k", "max_windows", "min_val_users", "max_val_users",
+            "max_train_rows", "decayed", "random_state")}
+        params["sources"] = {n: {"class": type(m).__name__, **m.get_params()}
+                             for n, m in self.sources.items()}
+        return params
+
+    def summary(self) -> dict[str, Any]:
+        """What the validation chose, for manifests and reports."""
+        c = self.choice_
+        return {"kind": c.kind, "params": c.params, "one_per_product": c.one_per_product,
+                "metric": c.metric, "sources": list(self.names_),
+                "validation": {k: round(v, 5) for k, v in c.validation.items()}}
+
+
+def clone(model: CandidateModel) -> CandidateModel:
+    """An unfitted copy with the same parameters."""
+    return type(model)(**model.get_params())
+
+
+def _distinct_engaged(data: TrainingData) -> int:
+    keep, _ = twin_columns(data.engagement)
+    return int((data.engagement[:, keep].getnnz(axis=0) > 0).sum())
+
+
+def decayed_data(data: TrainingData, dataset: Dataset | None) -> TrainingData:
+    """The engagement of ``dataset`` with every event decayed by its age (half-life: the time
+    span of the newest :data:`RECENT_SHARE` of likes and purchases)."""
+    if dataset is None or not dataset.has_timestamps:
+        return data
+    stamps = np.concatenate([dataset.likes["ts"].to_numpy(float),
+                             dataset.purchases["ts"].to_numpy(float)])
+    span = (np.max(stamps) - np.quantile(stamps, 1.0 - RECENT_SHARE)) / SECONDS_PER_DAY
+    return build(dataset, EngagementWeights(half_life_days=max(float(span), 1.0)))
+
+
+# --- validation slices -------------------------------------------------------------------------
+
+
+@dataclass
+class _Slice:
+    """Candidates, features and labels of one validation slice's users."""
+
+    users: np.ndarray  # external ids
+    items: np.ndarray  # (U, C)
+    features: np.ndarray  # (U, C, F)
+    ranks: np.ndarray  # (S, U, C)
+    labels: np.ndarray  # (U, C) bool
+    likes: sp.csr_matrix  # (U, posts) held-out likes
+    purchases: sp.csr_matrix  # (U, products) held-out purchases
+    post_products: sp.csr_matrix
+    keys: np.ndarray  # product key per post
+    depth: int
+
+    @classmethod
+    def collect(cls, builder: CandidateBuilder, data: TrainingData, users: np.ndarray,
+                likes: sp.csr_matrix, purchases: sp.csr_matrix, metric: str) -> _Slice:
+        from feed.evaluate import hits
+
+        exclude = data.seen()
+        blocks = [builder.build(b, exclude) for b in builder.batches(users, data.n_posts)]
+        width = max(b.items.shape[1] for b in blocks)
+        items = np.concatenate([_pad(b.items, width, -1) for b in blocks])
+        if metric == "like_ndcg":
+            labels = hits(items, likes)
+        else:
+            shown = data.post_products[np.maximum(items, 0).ravel()]
+            owner = np.repeat(np.arange(len(users)), items.shape[1])
+            bought = np.asarray(purchases[owner].multiply(shown).sum(axis=1)).ravel()
+            labels = (bought > 0).reshape(items.shape) & (items >= 0)
+        logger.info("validation slice: %d users, %d candidates, %d positive", len(users),
+                    int((items >= 0).sum()), int(labels.sum()))
+        return cls(
+            data.users.to_external(users), items,
+            np.concatenate([_pad(b.features, width, np.nan) for b in blocks]),
+            np.concatenate([_pad(b.ranks, width, builder.n_per_source, axis=2)
+                            for b in blocks], axis=1),
+            labels, likes, purchases, data.post_products, product_keys(data),
+            builder.n_per_source)
+
+
+class _Pool:
+    """Several validation slices as one padded table; metrics are computed slice by slice."""
+
+    def __init__(self, slices: list[_Slice], metric: str) -> None:
+        width = max(s.items.shape[1] for s in slices)
+        self.slices = slices
+        self.metric = metric
+        self.items = np.concatenate([_pad(s.items, width, -1) for s in slices])
+        self.features = np.concatenate([_pad(s.features, width, np.nan) for s in slices])
+        self.labels = np.concatenate([_pad(s.labels, width, False) for s in slices])
+        self.ranks = np.concatenate([_pad(s.ranks, width, s.depth, axis=2) for s in slices],
+                                    axis=1)
+        self.users = np.concatenate([s.users for s in slices])
+        self.bounds = np.cumsum([0] + [len(s.items) for s in slices])
+
+    def score(self, scores: np.ndarray, k: int, one_per_product: bool) -> float:
+        """Mean per-user validation metric of the lists that ``scores`` (users x C) rank."""
+        from feed.evaluate import ndcg_at_k, purchase_recall_at_k
+
+        values = []
+        for s, lo, hi in zip(self.slices, self.bounds[:-1], self.bounds[1:], strict=True):
+            width = s.items.shape[1]
+            keys = s.keys if one_per_product else None
+            items = select_top(s.items, scores[lo:hi, :width], k, keys)[0]
+            if self.metric == "like_ndcg":
+                values.append(ndcg_at_k(items, s.likes))
+            else:
+                values.append(purchase_recall_at_k(items, s.purchases, s.post_products))
+        every = np.concatenate(values)
+        every = every[np.isfinite(every)]
+        return float(every.mean()) if len(every) else 0.0
+
+
+def _pad(a: np.ndarray, width: int, fill: Any, axis: int = 1) -> np.ndarray:
+    missing = width - a.shape[axis]
+    if missing <= 0:
+        return a
+    shape = list(a.shape)
+    shape[axis] = missing
+    return np.concatenate([a, np.full(shape, fill, dtype=a.dtype)], axis=axis)
+
+
+# --- the choice --------------------------------------------------------------------------------
+
+
+def choose(pool: _Pool, names: list[str], k: int, max_rows: int,
+           random_state: int) -> RankerChoice:
+    """Pick the best option on two folds of users of the pooled slices; fit it on all of them."""
+    n_pos = int(pool.labels.sum())
+    if n_pos < MIN_POSITIVES or len(np.unique(pool.users)) < 4:
+        logger.warning("validation too small (%d positives): rank fusion", n_pos)
+        return RankerChoice("fusion", metric=pool.metric)
+    distinct, owner = np.unique(pool.users, return_inverse=True)
+    folds = (np.random.default_rng(random_state).permutation(len(distinct)) % 2)[owner]
+    fixed = {"fusion": fusion_scores(pool.ranks, pool.slices[0].depth)}
+    fixed |= {f"source:{n}": -pool.ranks[i].astype(np.float32) for i, n in enumerate(names)}
+    options: dict[tuple[str, bool], float] = {}
+    for name, scores in fixed.items():
+        scores = np.where(pool.items >= 0, scores, -np.inf)
+        for dedupe in (False, True):
+            options[(name, dedupe)] = pool.score(scores, k, dedupe)
+    for i, params in enumerate(RANKER_GRID):
+        oof = _out_of_fold(pool, folds, params, max_rows, random_state)
+        if oof is not None:
+            for dedupe in (False, True):
+                options[(f"ranker:{i}", dedupe)] = pool.score(oof, k, dedupe)
+    (best, dedupe), value = max(options.items(), key=lambda kv: kv[1])
+    logger.info("validation %s: best %s%s = %.4f", pool.metric, best,
+                " (one post per product)" if dedupe else "", value)
+    choice = RankerChoice(best, one_per_product=dedupe, metric=pool.metric,
+                          validation={f"{n}{'+1pp' if d else ''}": v
+                                      for (n, d), v in options.items()})
+    if best.startswith("ranker:"):
+        choice.params = dict(RANKER_GRID[int(best.split(":")[1])])
+        every = np.ones(len(pool.items), dtype=bool)
+        choice.estimator = _fit_ranker(pool, every, choice.params, max_rows, random_state)
+    return choice
+
+
+def _out_of_fold(pool: _Pool, folds: np.ndarray, params: dict[str, Any], max_rows: int,
+                 random_state: int) -> np.ndarray | None:
+    """Scores of every fold's candidates by a ranker fitted on the other fold."""
+    oof = np.full(pool.labels.shape, -np.inf, dtype=np.float32)
+    for f in (0, 1):
+        model = _fit_ranker(pool, folds != f, params, max_rows, random_state)
+        if model is None:
+            return None
+        oof[folds == f] = _predict(model, pool.features[folds == f], pool.items[folds == f])
+    return oof
+
+
+def _fit_ranker(pool: _Pool, users: np.ndarray, params: dict[str, Any], max_rows: int,
+                random_state: int) -> Any:
+    """A classifier of the candidate rows of ``users`` (None when they hold one class only)."""
+    valid = (pool.items >= 0) & users[:, None]
+    x, y = pool.features[valid], pool.labels[valid]
+    if y.all() or not y.any():
+        return None
+    negatives = np.flatnonzero(~y)
+    room = max(max_rows - int(y.sum()), 1)
+    if len(negatives) > room:
+        rng = np.random.default_rng(random_state)
+        keep = np.concatenate([np.flatnonzero(y), rng.choice(negatives, room, replace=False)])
+        x, y = x[np.sort(keep)], y[np.sort(keep)]
+    model = make_ranker(params, random_state)
+    with threadpool_limits(1), warnings.catch_warnings():  # OpenMP oversubscribes busy hosts
+        warnings.filterwarnings("ignore", module="sklearn")  # e.g. lbfgs ConvergenceWarning
+        return model.fit(x, y)
+
+
+def make_ranker(params: dict[str, Any], random_state: int) -> Any:
+    """An unfitted scikit-learn classifier for one entry of :data:`RANKER_GRID`."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rest = {k: v for k, v in params.items() if k != "model"}
+    if params["model"] == "hgb":
+        return HistGradientBoostingClassifier(early_stopping=False, random_state=random_state,
+                                              **rest)
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
+                         StandardScaler(), LogisticRegression(max_iter=300, **rest))
+
+
+def _predict(model: Any, features: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Ranker scores (users x C); padding scores -inf."""
+    out = np.full(items.shape, -np.inf, dtype=np.float32)
+    valid = items >= 0
+    if valid.any():
+        with threadpool_limits(1):
+            out[valid] = model.predict_proba(features[valid])[:, 1]
+    return out
+
+
+def score_block(choice: RankerChoice, block: CandidateBlock, names: list[str]) -> np.ndarray:
+    """Scores of a block's candidates under the chosen option (padding -inf)."""
+    if choice.kind.startswith("ranker:"):
+        return _predict(choice.estimator, block.features, block.items)
+    if choice.kind.startswith("source:"):
+        scores = -block.ranks[names.index(choice.kind.split(":", 1)[1])].astype(np.float32)
+    else:
+        scores = fusion_scores(block.ranks, block.depth)
+    return np.where(block.items >= 0, scores, -np.inf).astype(np.float32)

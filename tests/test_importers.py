@@ -1,0 +1,111 @@
+"""``feed import movielens`` on a few hand-written rows in both GroupLens layouts
+(ml-latest-small and ml-100k): the mapping of shared/data/movielens-small/README.md, and the
+result loads with :func:`feed.data.load`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from feed.cli import main
+from feed.data import load
+from feed.importers import ImportError_, import_movielens
+
+LATEST = {
+    "movies.csv": (
+        "movieId,title,genres\n"
+        "1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy\n"
+        '11,"American President, The (1995)",Comedy|Drama|Romance\n'
+        "40697,Babylon 5,Sci-Fi\n"
+        "143410,Hyena Road,(no genres listed)\n"
+    ),
+    "ratings.csv": (
+        "userId,movieId,rating,timestamp\n"
+        "1,1,4.0,964982703\n"
+        "1,11,3.5,964981247\n"
+        "2,11,5.0,828124615\n"
+        "2,40697,4.5,1445714994\n"
+        "7,143410,0.5,1445715000\n"
+    ),
+    "tags.csv": (
+        "userId,movieId,tag,timestamp\n"
+        "2,1,pixar,1445714994\n"
+        "7,1,Pixar,1445714995\n"
+        "7,1,fun,1445714996\n"
+        "2,11,politics,1445714997\n"
+    ),
+}
+
+ML100K = {
+    "u.data": "196\t242\t3\t881250949\n186\t302\t4\t891717742\n22\t242\t5\t878887116\n",
+    "u.genre": "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\n"
+               "Crime|6\nDocumentary|7\nDrama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\n"
+               "Musical|12\nMystery|13\nRomance|14\nSci-Fi|15\nThriller|16\nWar|17\n"
+               "Western|18\n\n",
+    "u.item": "242|Kolya (1996)|24-Jan-1997||http://us.imdb.com/M/title-exact?Kolya%20(1996)"
+              "|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+              "302|L.A. Confidential (1997)|01-Jan-1997||http://x|0|0|0|0|0|0|1|0|0|0|1|0|0|1"
+              "|0|0|1|0|0\n"
+              "1682|Scream of Stone (Schrei aus Stein) (1991)|08-Mar-1996||http://x|0|0|0|0|0|0"
+              "|0|0|1|0|0|0|0|0|0|0|0|0|0\n"
+              "999|Caf\xe9 au lait|01-Jan-1994||http://x|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
+}
+
+
+def write(root: Path, files: dict[str, str], encoding: str = "utf-8") -> Path:
+    root.mkdir(parents=True)
+    for name, text in files.items():
+        (root / name).write_text(text, encoding=encoding)
+    return root
+
+
+def test_ml_latest_small_layout(tmp_path: Path) -> None:
+    src = write(tmp_path / "ml-latest-small", LATEST)
+    counts = import_movielens(src, tmp_path / "out")
+    assert counts == {"posts": 4, "products": 4, "likes": 3}
+    posts = (tmp_path / "out" / "posts.csv").read_text().splitlines()
+    assert posts[0] == "post_id,author_id,created_at,text,product_ids,title,tags"
+    assert posts[1] == ('m1,genre:Adventure,1995-01-01,"Toy Story (1995). Adventure, Animation, '
+                        'Children, Comedy, Fantasy. Tags: pixar, fun",p1,Toy Story (1995),'
+                        "Adventure|Animation|Children|Comedy|Fantasy|pixar|fun")
+    # no year in the title: the first rating's time; no genres: the GroupLens placeholder
+    assert posts[3] == ("m40697,genre:Sci-Fi,1996-03-29T18:36:55Z,Babylon 5. Sci-Fi,p40697,"
+                        "Babylon 5,Sci-Fi")
+    assert posts[4].startswith("m143410,genre:(no genres listed),1996-03-29T18:36:55Z,")
+    ds = load(tmp_path / "out")
+    assert ds.problems == []
+    assert ds.likes[["user_id", "post_id"]].values.tolist() == [["1", "m1"], ["2", "m11"],
+                                                                ["2", "m40697"]]
+    assert ds.likes["ts"].tolist() == [964982703.0, 828124615.0, 1445714994.0]
+    assert ds.posts.loc[1, "title"] == "American President, The (1995)"
+    assert ds.products.set_index("product_id").loc["p11", "category"] == "Comedy"
+
+
+def test_ml_100k_layout(tmp_path: Path) -> None:
+    src = write(tmp_path / "ml-100k", ML100K, encoding="latin-1")
+    assert import_movielens(src, tmp_path / "out") == {"posts": 4, "products": 4, "likes": 2}
+    ds = load(tmp_path / "out")
+    posts = ds.posts.set_index("post_id")
+    assert posts.loc["m302", "author_id"] == "genre:Crime"
+    assert posts.loc["m302", "tags"] == ("Crime", "Film-Noir", "Mystery", "Thriller")
+    assert posts.loc["m1682", "created_at"] == pd.Timestamp("1991-01-01", tz="UTC").timestamp()
+    assert posts.loc["m999", "title"] == "Café au lait"
+    assert posts.loc["m999", "created_at"] == 878887116.0  # no year: the first rating
+    assert sorted(zip(ds.likes["user_id"], ds.likes["post_id"], strict=True)) == [
+        ("186", "m302"), ("22", "m242")]
+
+
+def test_cli_import_and_a_clear_error(tmp_path: Path) -> None:
+    src = write(tmp_path / "src", LATEST)
+    runner = CliRunner()
+    res = runner.invoke(main, ["import", "movielens", str(src), str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "likes.csv" in res.output and load(tmp_path / "out").counts["likes"] == 3
+    empty = write(tmp_path / "empty", {"README.txt": "nothing"})
+    res = runner.invoke(main, ["import", "movielens", str(empty), str(tmp_path / "x")])
+    assert res.exit_code == 1 and "u.data" in res.output
+    with pytest.raises(ImportError_, match="ratings.csv"):
+        import_movielens(empty, tmp_path / "y")

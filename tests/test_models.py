@@ -1,0 +1,231 @@
+"""The contract every candidate model and the default model pass (implicit's
+``RecommenderBaseTestMixin`` in spirit): on a block dataset whose right answer is known, the
+model recommends the user's own block; a batch equals one user at a time; a refit equals a
+fresh fit with the same ``random_state``; ``fit`` returns ``self``; recommending before
+``fit`` raises :class:`NotFittedError`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from feed.data import Dataset, load
+from feed.evaluate import fit_model
+from feed.features.matrices import TrainingData, build
+from feed.models import NotFittedError
+from feed.models.candidates import best_per_group, merge, select_top, shared_groups
+from feed.models.ranker import LearnedBlend
+from feed.models.sources import (
+    EASE,
+    Content,
+    Fresh,
+    ItemItem,
+    MatrixFactorization,
+    Popularity,
+    ProductCF,
+    Social,
+    Trending,
+    twin_columns,
+)
+from feed.train import TrainConfig, make_blend
+
+N_PER_BLOCK = 24  # users per block
+POSTS_PER_BLOCK = 30
+DAY_S = 86_400
+WORDS = {"a": "red apple cherry strawberry 紅色 蘋果", "b": "blue ocean water whale 藍色 海洋"}
+
+# name -> (factory, personalised)
+MODELS: dict[str, tuple[Callable[[], Any], bool]] = {
+    "popularity": (Popularity, False),
+    "trending": (Trending, False),
+    "als": (lambda: MatrixFactorization("als", factors=2, iterations=10, regularization=1.0,
+                                        random_state=3), True),
+    "bpr": (lambda: MatrixFactorization("bpr", factors=8, iterations=20, learning_rate=0.05,
+                                        random_state=3), True),
+    "itemknn": (lambda: ItemItem(K=20), True),
+    "itemknn-cosine": (lambda: ItemItem(K=20, method="cosine"), True),
+    "ease": (lambda: EASE(l2=10.0), True),
+    "product_als": (lambda: ProductCF("als", factors=2, iterations=10, regularization=1.0,
+                                      random_state=3), True),
+    "product_knn": (lambda: ProductCF("itemknn", K=20), True),
+    "content": (lambda: Content(min_df=1), True),
+    "social": (Social, True),
+    "fresh": (lambda: Fresh(min_df=1), True),
+    "default": (lambda: make_blend(TrainConfig(factors=8, iterations=10, n_per_source=20,
+                                               val_windows=2, random_state=3)), True),
+}
+
+
+def block_dataset(root: Path, seed: int = 0) -> Path:
+    """Two blocks of users, authors, posts and products: users like, buy and follow only
+    inside their block; block "a" is bigger so that popularity has a known answer."""
+    rng = np.random.default_rng(seed)
+    posts, products, likes, purchases, follows = [], [], [], [], []
+    t0 = 1_700_000_000
+    for block in ("a", "b"):
+        n_users = N_PER_BLOCK + (6 if block == "a" else 0)
+        authors = [f"w{block}{i}" for i in range(3)]
+        for j in range(POSTS_PER_BLOCK):
+            prod = f"p{block}{j % 10}"
+            posts.append({"post_id": f"{block}{j}", "author_id": authors[j % 3],
+                          "created_at": t0 + j * 3_600, "text": f"{WORDS[block]} #{j}",
+                          "product_ids": prod})
+        for i in range(10):
+            products.append({"product_id": f"p{block}{i}", "title": f"{block} thing {i}",
+                             "category": block})
+        for u in range(n_users):
+            user = f"u{block}{u}"
+            follows += [{"follower_id": user, "followee_id": a} for a in authors]
+            liked = rng.choice(POSTS_PER_BLOCK, size=8, replace=False)
+            for k, j in enumerate(liked):
+                likes.append({"user_id": user, "post_id": f"{block}{j}",
+                              "ts": t0 + DAY_S * (1 + k + rng.random())})
+            for k, i in enumerate(rng.choice(10, size=2, replace=False)):
+                purchases.append({"user_id": user, "product_id": f"p{block}{i}",
+                                  "ts": t0 + DAY_S * (2 + 4 * k + rng.random())})
+    # one post everybody in block "a" likes: the most popular post
+    likes += [{"user_id": f"ua{u}", "post_id": "a0", "ts": t0 + DAY_S * 14}
+              for u in range(N_PER_BLOCK + 6)]
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("posts", posts), ("products", products), ("likes", likes),
+                       ("purchases", purchases), ("follows", follows)):
+        frame = pd.DataFrame(rows).drop_duplicates(
+            subset=["user_id", "post_id"] if name == "likes" else None)
+        frame.to_csv(root / f"{name}.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, TrainingData]:
+    ds = load(block_dataset(tmp_path_factory.mktemp("block") / "data"))
+    return ds, build(ds)
+
+
+def users_of(data: TrainingData, prefix: str) -> np.ndarray:
+    ext = [u for u in data.users.external if u.startswith(prefix)]
+    return data.users.to_internal(ext)
+
+
+_FITTED: dict[str, Any] = {}
+
+
+def fitted(name: str, block: tuple[Dataset, TrainingData]) -> Any:
+    """The model fitted on the block data (once per test session)."""
+    if name not in _FITTED:
+        ds, data = block
+        _FITTED[name] = fit_model(MODELS[name][0](), data, ds)
+    return _FITTED[name]
+
+
+def top(model: Any, users: np.ndarray, n: int, data: TrainingData) -> np.ndarray:
+    return model.recommend(users, n, data.seen())[0]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_recommends_the_known_answer(name: str, block: tuple[Dataset, TrainingData]) -> None:
+    _, data = block
+    model = fitted(name, block)
+    if not MODELS[name][1]:
+        items = top(model, users_of(data, "ub"), 1, data)
+        assert set(data.posts.to_external(items[:, 0])) == {"a0"}  # the most engaged post
+        return
+    for prefix in ("ua", "ub"):
+        items = top(model, users_of(data, prefix), 5, data)
+        assert (items[:, 0] >= 0).all(), name  # sparse sources may list fewer than 5
+        shown = data.posts.to_external(items[items >= 0])
+        assert all(p.startswith(prefix[1]) for p in shown), (name, prefix, shown)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_batch_equals_single(name: str, block: tuple[Dataset, TrainingData]) -> None:
+    _, data = block
+    model = fitted(name, block)
+    users = np.arange(data.n_users)[::3]
+    items, scores = model.recommend(users, 7, data.seen())[:2]
+    for i, u in enumerate(users):
+        one_items, one_scores = model.recommend(np.array([u]), 7, data.seen())[:2]
+        np.testing.assert_array_equal(one_items[0], items[i])
+        np.testing.assert_allclose(one_scores[0], scores[i], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_refit_equals_fresh_fit(name: str, block: tuple[Dataset, TrainingData]) -> None:
+    ds, data = block
+    model = MODELS[name][0]()
+    users = np.arange(data.n_users)
+    assert fit_model(model, data, ds) is model  # fit returns self
+    first = model.recommend(users, 10, data.seen())
+    fit_model(model, data, ds)
+    again = model.recommend(users, 10, data.seen())
+    other_instance = fitted(name, block).recommend(users, 10, data.seen())
+    for other in (again, other_instance):
+        np.testing.assert_array_equal(first[0], other[0])
+        np.testing.assert_allclose(first[1], other[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_recommend_before_fit_raises(name: str) -> None:
+    model = MODELS[name][0]()
+    with pytest.raises(NotFittedError):
+        model.recommend(np.array([0]), 5)
+
+
+def test_score_pairs_matches_recommend(block: tuple[Dataset, TrainingData]) -> None:
+    _, data = block
+    model = fitted("als", block)
+    users = np.arange(5)
+    items, scores = model.recommend(users, 4, data.seen())
+    np.testing.assert_allclose(model.score_pairs(users, items), scores, rtol=1e-5)
+    with pytest.raises(NotFittedError):
+        Content().score_pairs(users, items)
+
+
+def test_default_model_reports_its_validation_choice(
+        block: tuple[Dataset, TrainingData]) -> None:
+    model = fitted("default", block)
+    assert isinstance(model, LearnedBlend)
+    summary = model.summary()
+    assert summary["metric"] == "like_ndcg" and "content" in summary["sources"]
+    kinds = {"fusion"} | {f"source:{n}" for n in summary["sources"]}
+    assert summary["kind"] in kinds or summary["kind"].startswith("ranker:")
+    reasons = model.recommend(np.arange(4), 5, block[1].seen())[2]
+    assert reasons.dtype == np.uint8
+
+
+def test_default_model_with_one_source_is_that_source(
+        block: tuple[Dataset, TrainingData]) -> None:
+    ds, data = block
+    cfg = TrainConfig(weights=dict.fromkeys(("popularity",), 1.0)
+                      | dict.fromkeys(("als", "bpr", "product_als", "product_knn", "ease",
+                                       "itemknn", "content", "social", "trending", "fresh"), 0.0))
+    model = fit_model(make_blend(cfg), data, ds)
+    users = np.arange(data.n_users)
+    alone = Popularity().fit(data).recommend(users, 5, data.seen())[0]
+    np.testing.assert_array_equal(model.recommend(users, 5, data.seen())[0], alone)
+
+
+def test_ease_refuses_too_many_posts(block: tuple[Dataset, TrainingData]) -> None:
+    with pytest.raises(ValueError, match="max_items"):
+        EASE(max_items=10).fit(block[1])
+
+
+def test_twin_columns_are_fitted_once() -> None:
+    x = sp.csr_matrix(np.array([[1, 0, 1, 0], [0, 2, 0, 0], [1, 0, 1, 0]], dtype=np.float32))
+    keep, twin = twin_columns(x)
+    assert keep.tolist() == [0, 1, 3] and twin.tolist() == [0, 1, 0, 2]
+
+
+def test_list_helpers() -> None:
+    assert merge([np.array([[3, -1]]), np.array([[3, 2]])]).tolist() == [[2, 3]]
+    block = np.array([[1.0, 5.0, 5.0, 0.5]], dtype=np.float32)
+    best_per_group(block, shared_groups(np.array([7, 7, 7, 9])))
+    assert block.tolist() == [[-np.inf, 5.0, -np.inf, 0.5]]
+    items, scores, _ = select_top(np.array([[10, 11, 12]]), np.array([[0.2, 0.9, 0.5]]), 4,
+                                  None)
+    assert items.tolist() == [[11, 12, 10, -1]] and np.isneginf(scores[0, 3])
