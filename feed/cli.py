@@ -30,9 +30,12 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-redis_option = click.option("--redis-url", default=None, metavar="URL",
-                            help=f"Redis URL (default: ${ENV_URL}, else a private server "
-                                 "under ./.feed/).")
+redis_option = click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help=f"Redis URL (default: ${ENV_URL}, else a private server under ./.feed/).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,20 +57,26 @@ def main(verbose: int) -> None:
 @click.option("--posts", default=3000, show_default=True, type=click.IntRange(1))
 @click.option("--likes-per-user", default=20.0, show_default=True, type=click.FloatRange(0))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
-              show_default=True)
-def generate(out_dir: Path, users: int, posts: int, likes_per_user: float, seed: int,
-             fmt: str) -> None:
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
+)
+def generate(
+    out_dir: Path, users: int, posts: int, likes_per_user: float, seed: int, fmt: str
+) -> None:
     """Write a synthetic dataset with planted tastes.
 
     \b
     Example:
       feed generate data/demo --users 2000 --posts 3000 --seed 7
     """
-    from feed.synth import SynthConfig, generate as gen
+    from feed.synth import SynthConfig
+    from feed.synth import generate as gen
 
-    counts = gen(out_dir, SynthConfig(n_users=users, n_posts=posts,
-                                      likes_per_user=likes_per_user, seed=seed), fmt=fmt)
+    counts = gen(
+        out_dir,
+        SynthConfig(n_users=users, n_posts=posts, likes_per_user=likes_per_user, seed=seed),
+        fmt=fmt,
+    )
     for name, n in counts.items():
         click.echo(f"{name:<14}{n:>10,}")
     click.echo(str(out_dir))
@@ -101,15 +110,27 @@ def validate(data_dir: Path) -> None:
 
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", default="artifacts", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Artifacts directory.")
-@click.option("--candidates", default=200, show_default=True, type=click.IntRange(1, 5000),
-              help="Candidates kept per user.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="artifacts",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Artifacts directory.",
+)
+@click.option(
+    "--candidates",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1, 5000),
+    help="Candidates kept per user.",
+)
 @click.option("--factors", default=64, show_default=True, type=click.IntRange(2, 1024))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(data_dir: Path, out_dir: Path, candidates: int, factors: int, seed: int,
-          progress: bool) -> None:
+def train(
+    data_dir: Path, out_dir: Path, candidates: int, factors: int, seed: int, progress: bool
+) -> None:
     """Train every model and write a model version to OUT/<version>/.
 
     The version id is the last line of stdout.
@@ -119,7 +140,8 @@ def train(data_dir: Path, out_dir: Path, candidates: int, factors: int, seed: in
       feed train data/demo --out artifacts
     """
     from feed.data import DatasetError
-    from feed.train import TrainConfig, train as run
+    from feed.train import TrainConfig
+    from feed.train import train as run
 
     cfg = TrainConfig(n_candidates=candidates, factors=factors, random_state=seed)
     try:
@@ -143,15 +165,18 @@ def publish(artifact: Path, activate: bool, force: bool, redis_url: str | None) 
       feed publish artifacts/20261124T201500-3f9a1c --activate
     """
     from feed.artifacts import ArtifactError
-    from feed.publish import PublishError, publish as run
+    from feed.publish import PublishError
+    from feed.publish import publish as run
 
     r, url = _redis(redis_url)
     try:
         res = run(r, artifact, activate=activate, progress=True, force=force)
     except (ArtifactError, PublishError) as e:
         _fail(f"{e}; the live version was not changed")
-    click.echo(f"published {res.version} to {url} in {res.seconds:.1f}s: "
-               + ", ".join(f"{k}={v}" for k, v in res.counts.items()))
+    click.echo(
+        f"published {res.version} to {url} in {res.seconds:.1f}s: "
+        + ", ".join(f"{k}={v}" for k, v in res.counts.items())
+    )
     if activate:
         click.echo(f"live: {res.version} (was {res.previous or 'none'})")
 
@@ -180,9 +205,11 @@ def versions_list(redis_url: str | None, as_json: bool) -> None:
     click.echo(f"{'':2}{'version':<26}{'state':<12}{'users':>9}{'posts':>9}  published")
     for m in rows:
         counts = m.get("counts", {})
-        click.echo(f"{'*' if m['live'] else ' ':2}{m['version']:<26}{m.get('state', '?'):<12}"
-                   f"{counts.get('users', 0):>9,}{counts.get('posts', 0):>9,}  "
-                   f"{_fmt_ts(m.get('published_at'))}")
+        click.echo(
+            f"{'*' if m['live'] else ' ':2}{m['version']:<26}{m.get('state', '?'):<12}"
+            f"{counts.get('users', 0):>9,}{counts.get('posts', 0):>9,}  "
+            f"{_fmt_ts(m.get('published_at'))}"
+        )
 
 
 @versions.command("activate")
@@ -250,14 +277,26 @@ def serve(host: str, port: int, redis_url: str | None) -> None:
 @main.command()
 @click.option("--users", default=2000, show_default=True, type=click.IntRange(10))
 @click.option("--posts", default=3000, show_default=True, type=click.IntRange(10))
-@click.option("--dir", "work_dir", default=".feed/demo", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "work_dir",
+    default=".feed/demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-serve", is_flag=True, help="Stop after publishing (for scripts and tests).")
 @redis_option
-def demo(users: int, posts: int, work_dir: Path, host: str, port: int, no_serve: bool,
-         redis_url: str | None) -> None:
+def demo(
+    users: int,
+    posts: int,
+    work_dir: Path,
+    host: str,
+    port: int,
+    no_serve: bool,
+    redis_url: str | None,
+) -> None:
     """Generate a dataset, train, publish into Redis and serve, in one command.
 
     \b
@@ -265,17 +304,26 @@ def demo(users: int, posts: int, work_dir: Path, host: str, port: int, no_serve:
       feed demo --port 8000
     """
     steps = iter(range(1, 4))
-    qs = api.quickstart(work_dir, users=users, posts=posts, seed=7, redis=redis_url,
-                        progress=True, on_step=lambda line: click.echo(f"{next(steps)}/4 {line}"))
+    qs = api.quickstart(
+        work_dir,
+        users=users,
+        posts=posts,
+        seed=7,
+        redis=redis_url,
+        progress=True,
+        on_step=lambda line: click.echo(f"{next(steps)}/4 {line}"),
+    )
     sample, url = qs.users, qs.redis_url
     base = f"http://{host}:{port}"
     click.echo("4/4 serving. Try:")
     for u in sample:
         click.echo(f"  curl '{base}/v1/feed/{u}?limit=5'")
     click.echo(f"  curl '{base}/v1/posts/p1/similar?limit=5'")
-    click.echo(f"  curl -X POST {base}/v1/events -H 'Content-Type: application/json' "
-               f"-d '{{\"events\": [{{\"type\": \"like\", \"user_id\": \"{sample[0]}\", "
-               f"\"post_id\": \"p1\"}}]}}'")
+    click.echo(
+        f"  curl -X POST {base}/v1/events -H 'Content-Type: application/json' "
+        f'-d \'{{"events": [{{"type": "like", "user_id": "{sample[0]}", '
+        f'"post_id": "p1"}}]}}\''
+    )
     if no_serve:
         return
     os.environ[ENV_URL] = url
@@ -295,9 +343,15 @@ def ab() -> None:
     """
 
 
-arm_option = click.option("--arm", "arms", multiple=True, required=True, metavar="NAME=VERSION:W",
-                          help="An arm and its weight in percent (weights sum to 100); repeat. "
-                               "`ab update` also takes NAME:W to keep the arm's version.")
+arm_option = click.option(
+    "--arm",
+    "arms",
+    multiple=True,
+    required=True,
+    metavar="NAME=VERSION:W",
+    help="An arm and its weight in percent (weights sum to 100); repeat. "
+    "`ab update` also takes NAME:W to keep the arm's version.",
+)
 
 
 def _ab_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -316,8 +370,10 @@ def _ab_arms(specs: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def _ab_echo_config(cfg: dict[str, Any]) -> None:
-    click.echo(f"{cfg['name']}: {cfg['status']}, salt {cfg['salt']!r}, control "
-               f"{cfg['control']!r}, created {_fmt_ts(cfg['created_at'])}")
+    click.echo(
+        f"{cfg['name']}: {cfg['status']}, salt {cfg['salt']!r}, control "
+        f"{cfg['control']!r}, created {_fmt_ts(cfg['created_at'])}"
+    )
     for a in cfg["arms"]:
         ranges = ", ".join(f"{lo}-{hi - 1}" for lo, hi in a["buckets"]) or "-"
         click.echo(f"  {a['name']:<14}{a['version']:<28}{a['weight']:>7g}%  buckets {ranges}")
@@ -403,27 +459,35 @@ def _pct(x: float | None) -> str:
 
 def _ab_echo_report(rep: dict[str, Any]) -> None:
     click.echo(f"experiment {rep['experiment']} ({rep['status']}), control {rep['control']!r}")
-    click.echo(f"{'arm':<14}{'version':<26}{'weight':>7}{'users':>8}{'pages':>8}"
-               f"{'impr':>9}{'clicks':>8}{'likes':>7}{'buys':>6}")
+    click.echo(
+        f"{'arm':<14}{'version':<26}{'weight':>7}{'users':>8}{'pages':>8}"
+        f"{'impr':>9}{'clicks':>8}{'likes':>7}{'buys':>6}"
+    )
     for a in rep["arms"]:
-        click.echo(f"{a['arm']:<14}{a['version'] or '-':<26}{a['weight'] or 0:>7g}{a['users']:>8,}"
-                   f"{a['pages']:>8,}{a['impressions']:>9,}{a['clicks']:>8,}{a['likes']:>7,}"
-                   f"{a['purchases']:>6,}")
+        click.echo(
+            f"{a['arm']:<14}{a['version'] or '-':<26}{a['weight'] or 0:>7g}{a['users']:>8,}"
+            f"{a['pages']:>8,}{a['impressions']:>9,}{a['clicks']:>8,}{a['likes']:>7,}"
+            f"{a['purchases']:>6,}"
+        )
     click.echo(f"\n{'metric':<21}{'arm':<14}{'value':>8}  {'95% CI':<18}{'lift':>8}{'p-value':>10}")
     for metric in ("clicks_per_user", "likes_per_user", "purchase_conversion"):
         for a in rep["arms"]:
             m, vs = a["metrics"][metric], (a["vs_control"] or {}).get(metric, {})
             ci = "[{:.3f}, {:.3f}]".format(*m["ci"]) if m["ci"] else "-"
             p = vs.get("p_value")
-            click.echo(f"{metric:<21}{a['arm']:<14}{m['value']:>8.3f}  {ci:<18}"
-                       f"{_pct(vs.get('lift')) if vs else '':>8}"
-                       f"{'' if p is None else f'{p:.2g}':>10}")
+            click.echo(
+                f"{metric:<21}{a['arm']:<14}{m['value']:>8.3f}  {ci:<18}"
+                f"{_pct(vs.get('lift')) if vs else '':>8}"
+                f"{'' if p is None else f'{p:.2g}':>10}"
+            )
     srm = rep["srm"]
     verdict = "MISMATCH" if srm["mismatch"] else "ok"
     p = "-" if srm["p_value"] is None else f"{srm['p_value']:.3g}"
     users = ", ".join(f"{k} {v}" for k, v in srm["observed"].items())
-    click.echo(f"\nsample ratio: {verdict} (chi2 p={p}, flagged below {srm['alpha']}; users "
-               f"first exposed since the last weight change: {users})")
+    click.echo(
+        f"\nsample ratio: {verdict} (chi2 p={p}, flagged below {srm['alpha']}; users "
+        f"first exposed since the last weight change: {users})"
+    )
 
 
 @ab.command("report")
@@ -445,22 +509,42 @@ def ab_report(name: str, as_json: bool, redis_url: str | None) -> None:
 
 
 @ab.command("simulate")
-@click.option("--dir", "work_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Working directory (default: a temporary one).")
+@click.option(
+    "--dir",
+    "work_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Working directory (default: a temporary one).",
+)
 @click.option("--users", default=600, show_default=True, type=click.IntRange(20))
 @click.option("--posts", default=800, show_default=True, type=click.IntRange(20))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--treatment-weight", default=50.0, show_default=True,
-              type=click.FloatRange(1, 99))
-@click.option("--lose-share", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of treatment users who never arrive (a deliberate sample-ratio skew).")
-@click.option("--redis-url", default=None, metavar="URL",
-              help="Redis to use (default: a throwaway private server; FEED_REDIS_URL is "
-                   "ignored because the simulation activates versions and creates experiments).")
+@click.option("--treatment-weight", default=50.0, show_default=True, type=click.FloatRange(1, 99))
+@click.option(
+    "--lose-share",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of treatment users who never arrive (a deliberate sample-ratio skew).",
+)
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Redis to use (default: a throwaway private server; FEED_REDIS_URL is "
+    "ignored because the simulation activates versions and creates experiments).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def ab_simulate(work_dir: Path | None, users: int, posts: int, seed: int,
-                treatment_weight: float, lose_share: float, redis_url: str | None,
-                as_json: bool) -> None:
+def ab_simulate(
+    work_dir: Path | None,
+    users: int,
+    posts: int,
+    seed: int,
+    treatment_weight: float,
+    lose_share: float,
+    redis_url: str | None,
+    as_json: bool,
+) -> None:
     """Prove the A/B loop: synthetic users with planted tastes, a strong (blend) and a weak
     (popularity-only) version, requests through the HTTP API, and the report.
 
@@ -474,15 +558,24 @@ def ab_simulate(work_dir: Path | None, users: int, posts: int, seed: int,
     from feed.simulate import run
 
     with tempfile.TemporaryDirectory(prefix="feed-sim-") as tmp:
-        out = run(work_dir or tmp, redis_url, users=users, posts=posts, seed=seed,
-                  treatment_weight=treatment_weight, lose_share=lose_share)
+        out = run(
+            work_dir or tmp,
+            redis_url,
+            users=users,
+            posts=posts,
+            seed=seed,
+            treatment_weight=treatment_weight,
+            lose_share=lose_share,
+        )
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
     st = out["stats"]
-    click.echo(f"control = weak {out['weak']} (popularity only), treatment = strong "
-               f"{out['strong']}; {st['users']} users, {st['requests']} requests "
-               f"({st['failed']} failed), {st['events']} events, {st['skipped']} skipped")
+    click.echo(
+        f"control = weak {out['weak']} (popularity only), treatment = strong "
+        f"{out['strong']}; {st['users']} users, {st['requests']} requests "
+        f"({st['failed']} failed), {st['events']} events, {st['skipped']} skipped"
+    )
     _ab_echo_report(out["report"])
 
 
@@ -493,9 +586,13 @@ def events() -> None:
 
 @events.command("export")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--data", "data_dir", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The dataset the live version was trained on.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The dataset the live version was trained on.",
+)
 @click.option("--force", is_flag=True, help="Overwrite a dataset already in OUT_DIR.")
 @redis_option
 def events_export(out_dir: Path, data_dir: Path, force: bool, redis_url: str | None) -> None:
@@ -527,19 +624,40 @@ def events_export(out_dir: Path, data_dir: Path, force: bool, redis_url: str | N
 
 @main.command("evaluate")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--test-frac", default=0.2, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Share of the newest likes and purchases held out.")
-@click.option("--k", default=20, show_default=True, type=click.IntRange(1),
-              help="List length scored.")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the report (rows and split facts) as JSON to this file.")
-@click.option("--models", default=None, metavar="NAMES",
-              help="Comma-separated subset, e.g. most-popular,ease,default (default: all).")
+@click.option(
+    "--test-frac",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of the newest likes and purchases held out.",
+)
+@click.option(
+    "--k", default=20, show_default=True, type=click.IntRange(1), help="List length scored."
+)
+@click.option(
+    "--json",
+    "json_out",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report (rows and split facts) as JSON to this file.",
+)
+@click.option(
+    "--models",
+    default=None,
+    metavar="NAMES",
+    help="Comma-separated subset, e.g. most-popular,ease,default (default: all).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def evaluate_cmd(data_dir: Path, test_frac: float, k: int, json_out: Path | None,
-                 models: str | None, seed: int, progress: bool) -> None:
+def evaluate_cmd(
+    data_dir: Path,
+    test_frac: float,
+    k: int,
+    json_out: Path | None,
+    models: str | None,
+    seed: int,
+    progress: bool,
+) -> None:
     """Compare the default model with the baselines on held-out data.
 
     Holds out the newest likes and purchases (a seeded random share per user when the data
@@ -555,8 +673,9 @@ def evaluate_cmd(data_dir: Path, test_frac: float, k: int, json_out: Path | None
 
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     try:
-        report = run(data_dir, test_frac=test_frac, k=k, models=names, random_state=seed,
-                     progress=progress)
+        report = run(
+            data_dir, test_frac=test_frac, k=k, models=names, random_state=seed, progress=progress
+        )
     except DatasetError as e:
         _fail(f"{data_dir} is not a valid dataset; nothing was evaluated:\n{e}")
     except ValueError as e:
@@ -575,8 +694,13 @@ def import_group() -> None:
 @import_group.command("movielens")
 @click.argument("src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--min-rating", default=4.0, show_default=True, type=float,
-              help="Ratings at or above this become likes.")
+@click.option(
+    "--min-rating",
+    default=4.0,
+    show_default=True,
+    type=float,
+    help="Ratings at or above this become likes.",
+)
 def import_movielens_cmd(src_dir: Path, out_dir: Path, min_rating: float) -> None:
     """Convert a GroupLens MovieLens download (ml-latest-small or ml-100k layout).
 
@@ -599,5 +723,3 @@ def import_movielens_cmd(src_dir: Path, out_dir: Path, min_rating: float) -> Non
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-

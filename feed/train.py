@@ -62,8 +62,19 @@ class TrainConfig:
 
 
 #: The candidate sources of the default model, in feature order.
-SOURCES = ("als", "bpr", "product_als", "product_knn", "ease", "itemknn", "content", "social",
-           "popularity", "trending", "fresh")
+SOURCES = (
+    "als",
+    "bpr",
+    "product_als",
+    "product_knn",
+    "ease",
+    "itemknn",
+    "content",
+    "social",
+    "popularity",
+    "trending",
+    "fresh",
+)
 
 
 def make_blend(config: TrainConfig) -> LearnedBlend:
@@ -73,8 +84,12 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
     learned on validation slices carved from the end of the training data
     (:class:`~feed.models.ranker.LearnedBlend`).
     """
-    mf = {"factors": config.factors, "iterations": config.iterations,
-          "regularization": config.regularization, "random_state": config.random_state}
+    mf = {
+        "factors": config.factors,
+        "iterations": config.iterations,
+        "regularization": config.regularization,
+        "random_state": config.random_state,
+    }
     every = {
         "als": MatrixFactorization("als", alpha=config.alpha, **mf),
         "bpr": MatrixFactorization("bpr", **mf),
@@ -89,9 +104,14 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         "fresh": Fresh(min_df=config.content_min_df),
     }
     sources = {n: m for n, m in every.items() if config.weights.get(n, 1.0) > 0}
-    return LearnedBlend(sources, n_per_source=config.n_per_source, val_frac=config.val_frac,
-                        max_windows=config.val_windows, min_val_users=config.min_val_users,
-                        random_state=config.random_state)
+    return LearnedBlend(
+        sources,
+        n_per_source=config.n_per_source,
+        val_frac=config.val_frac,
+        max_windows=config.val_windows,
+        min_val_users=config.min_val_users,
+        random_state=config.random_state,
+    )
 
 
 def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
@@ -102,14 +122,15 @@ def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
     return tqdm(it, **kw)
 
 
-def _user_candidates(blend: LearnedBlend, data: TrainingData, users: np.ndarray, n: int,
-                     progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _user_candidates(
+    blend: LearnedBlend, data: TrainingData, users: np.ndarray, n: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     exclude = data.seen()
     parts = []
     step = 256
     chunks = range(0, len(users), step)
     for lo in _progress(chunks, progress, desc="candidates", unit="x256 users"):
-        parts.append(blend.recommend(users[lo:lo + step], n, exclude))
+        parts.append(blend.recommend(users[lo : lo + step], n, exclude))
     if not parts:
         z = np.zeros((0, n))
         return z.astype(np.int64), z.astype(np.float32), z.astype(np.uint8)
@@ -117,8 +138,9 @@ def _user_candidates(blend: LearnedBlend, data: TrainingData, users: np.ndarray,
     return items, scores, reasons
 
 
-def _neighbours(data: TrainingData, content: Content, item: ItemItem, n: int,
-                max_content_posts: int) -> tuple[np.ndarray, np.ndarray]:
+def _neighbours(
+    data: TrainingData, content: Content, item: ItemItem, n: int, max_content_posts: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Similar posts: the co-engagement and content neighbour lists fused by rank."""
     npo = data.n_posts
     popularity = np.asarray(data.engagement.getnnz(axis=0)).ravel()
@@ -147,8 +169,12 @@ TOKEN_INDEX_MAX_TOKENS = 50_000  # most frequent tokens kept in the interests in
 TOKEN_INDEX_POSTS = 50  # posts kept per token, best first
 
 
-def token_index(content: Content, data: TrainingData, max_tokens: int = TOKEN_INDEX_MAX_TOKENS,
-                per_token: int = TOKEN_INDEX_POSTS) -> dict[str, np.ndarray]:
+def token_index(
+    content: Content,
+    data: TrainingData,
+    max_tokens: int = TOKEN_INDEX_MAX_TOKENS,
+    per_token: int = TOKEN_INDEX_POSTS,
+) -> dict[str, np.ndarray]:
     """Token -> best posts containing it, for the service's ``interests=`` hint (cold start).
 
     Tokens are the content model's vocabulary (jieba words, CJK bigrams, English words, product
@@ -169,14 +195,16 @@ def token_index(content: Content, data: TrainingData, max_tokens: int = TOKEN_IN
     boost = 1.0 + np.log1p(np.asarray(data.engagement.getnnz(axis=0)).ravel())
     indptr, items = [0], []
     for j in keep.tolist():
-        rows = x.indices[x.indptr[j]:x.indptr[j + 1]]
-        weight = x.data[x.indptr[j]:x.indptr[j + 1]] * boost[rows]
+        rows = x.indices[x.indptr[j] : x.indptr[j + 1]]
+        weight = x.data[x.indptr[j] : x.indptr[j + 1]] * boost[rows]
         best = rows[np.argsort(-weight, kind="stable")[:per_token]]
         items.append(best)
         indptr.append(indptr[-1] + len(best))
-    return {"token": np.array([names[j] for j in keep.tolist()], dtype=str),
-            "indptr": np.asarray(indptr, dtype=np.int64),
-            "items": (np.concatenate(items) if items else np.zeros(0)).astype(np.int32)}
+    return {
+        "token": np.array([names[j] for j in keep.tolist()], dtype=str),
+        "indptr": np.asarray(indptr, dtype=np.int64),
+        "items": (np.concatenate(items) if items else np.zeros(0)).astype(np.int32),
+    }
 
 
 def _rank_scores(block: np.ndarray, n: int, k: float = 20.0) -> np.ndarray:
@@ -199,10 +227,25 @@ def _iso(ts: float) -> str | None:
 def post_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
     """The JSON documents the service returns for posts."""
     p = ds.posts
-    for row in zip(p["post_id"], p["author_id"], p["created_at"], p["text"], p["title"],
-                   p["tags"], p["product_ids"], strict=True):
-        yield {"post_id": row[0], "author_id": row[1], "created_at": _iso(row[2]),
-               "text": row[3], "title": row[4], "tags": list(row[5]), "product_ids": list(row[6])}
+    for row in zip(
+        p["post_id"],
+        p["author_id"],
+        p["created_at"],
+        p["text"],
+        p["title"],
+        p["tags"],
+        p["product_ids"],
+        strict=True,
+    ):
+        yield {
+            "post_id": row[0],
+            "author_id": row[1],
+            "created_at": _iso(row[2]),
+            "text": row[3],
+            "title": row[4],
+            "tags": list(row[5]),
+            "product_ids": list(row[6]),
+        }
 
 
 def product_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
@@ -210,17 +253,36 @@ def product_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
     products.csv get a minimal document)."""
     pr = ds.products
     known = set()
-    for row in zip(pr["product_id"], pr["title"], pr["category"], pr["brand"], pr["price"],
-                   pr["in_stock"], strict=True):
+    for row in zip(
+        pr["product_id"],
+        pr["title"],
+        pr["category"],
+        pr["brand"],
+        pr["price"],
+        pr["in_stock"],
+        strict=True,
+    ):
         known.add(row[0])
-        yield {"product_id": row[0], "title": row[1], "category": row[2], "brand": row[3],
-               "price": None if row[4] != row[4] else float(row[4]), "in_stock": bool(row[5])}
+        yield {
+            "product_id": row[0],
+            "title": row[1],
+            "category": row[2],
+            "brand": row[3],
+            "price": None if row[4] != row[4] else float(row[4]),
+            "in_stock": bool(row[5]),
+        }
     for ids in ds.posts["product_ids"]:
         for pid in ids:
             if pid not in known:
                 known.add(pid)
-                yield {"product_id": pid, "title": pid, "category": "", "brand": "",
-                       "price": None, "in_stock": True}
+                yield {
+                    "product_id": pid,
+                    "title": pid,
+                    "category": "",
+                    "brand": "",
+                    "price": None,
+                    "in_stock": True,
+                }
 
 
 def fingerprint(ds: Dataset) -> str:
@@ -243,8 +305,14 @@ def new_version_id(data_fp: str, config: TrainConfig) -> str:
     return f"{stamp}-{tag}"
 
 
-def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfig | None = None,
-          *, progress: bool = False, version: str | None = None) -> Path:
+def train(
+    dataset: Dataset | str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = False,
+    version: str | None = None,
+) -> Path:
     """Train every model on a dataset and write a model version.
 
     Parameters
@@ -283,8 +351,9 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
     timings["candidates_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    nb_items, nb_scores = _neighbours(data, content, item, cfg.n_neighbours,
-                                      cfg.max_content_neighbour_posts)
+    nb_items, nb_scores = _neighbours(
+        data, content, item, cfg.n_neighbours, cfg.max_content_neighbour_posts
+    )
     timings["neighbours_s"] = time.perf_counter() - t
 
     trend_items, trend_scores = topk(trending.scores_[None, :].copy(), cfg.n_trending)
@@ -295,20 +364,35 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
     docs = {"posts": list(post_documents(ds)), "products": list(product_documents(ds))}
     manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
     manifest["model"] = blend.summary()
-    manifest["counts"].update(post_docs=len(docs["posts"]), product_docs=len(docs["products"]),
-                              tokens=len(tokens["token"]))
+    manifest["counts"].update(
+        post_docs=len(docs["posts"]),
+        product_docs=len(docs["products"]),
+        tokens=len(tokens["token"]),
+    )
     arrays = {
-        "posts": {"post_id": data.posts.external, "author_id": ds.posts["author_id"].to_numpy(str),
-                  "created_at": data.post_created, "category": data.post_category,
-                  "product_ids": np.array(["|".join(x) for x in ds.posts["product_ids"]], dtype=str)},
-        "candidates": {"users": data.users.to_external(active), "items": items.astype(np.int32),
-                       "scores": _unit(scores), "reasons": reasons.astype(np.uint8)},
+        "posts": {
+            "post_id": data.posts.external,
+            "author_id": ds.posts["author_id"].to_numpy(str),
+            "created_at": data.post_created,
+            "category": data.post_category,
+            "product_ids": np.array(["|".join(x) for x in ds.posts["product_ids"]], dtype=str),
+        },
+        "candidates": {
+            "users": data.users.to_external(active),
+            "items": items.astype(np.int32),
+            "scores": _unit(scores),
+            "reasons": reasons.astype(np.uint8),
+        },
         "neighbours": {"items": nb_items.astype(np.int32), "scores": _unit(nb_scores)},
         "trending": {"items": trend_items[0].astype(np.int32), "scores": _unit(trend_scores)[0]},
-        "follows": {"follower": ds.follows["follower_id"].to_numpy(str),
-                    "followee": ds.follows["followee_id"].to_numpy(str)},
-        "purchases": {"user": ds.purchases["user_id"].to_numpy(str),
-                      "product": ds.purchases["product_id"].to_numpy(str)},
+        "follows": {
+            "follower": ds.follows["follower_id"].to_numpy(str),
+            "followee": ds.follows["followee_id"].to_numpy(str),
+        },
+        "purchases": {
+            "user": ds.purchases["user_id"].to_numpy(str),
+            "product": ds.purchases["product_id"].to_numpy(str),
+        },
         "tokens": tokens,
     }
     out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs)
@@ -316,8 +400,12 @@ def train(dataset: Dataset | str | Path, out_dir: str | Path, config: TrainConfi
     return out
 
 
-def _side_models(blend: LearnedBlend, data: TrainingData, ds: Dataset, cfg: TrainConfig,
-                 ) -> tuple[Content, ItemItem, Popularity]:
+def _side_models(
+    blend: LearnedBlend,
+    data: TrainingData,
+    ds: Dataset,
+    cfg: TrainConfig,
+) -> tuple[Content, ItemItem, Popularity]:
     """Content, co-engagement and trending models for neighbours, tokens and the trending list
     (the default model's own when it has them)."""
     fitted = blend.sources_
@@ -337,8 +425,16 @@ def _unit(scores: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _manifest(vid: str, data_fp: str, cfg: TrainConfig, data: TrainingData, ds: Dataset,
-              items: np.ndarray, nb_items: np.ndarray, timings: dict[str, float]) -> dict[str, Any]:
+def _manifest(
+    vid: str,
+    data_fp: str,
+    cfg: TrainConfig,
+    data: TrainingData,
+    ds: Dataset,
+    items: np.ndarray,
+    nb_items: np.ndarray,
+    timings: dict[str, float],
+) -> dict[str, Any]:
     import implicit
     import sklearn
 
@@ -346,12 +442,20 @@ def _manifest(vid: str, data_fp: str, cfg: TrainConfig, data: TrainingData, ds: 
         "version": vid,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "contract_version": CONTRACT_VERSION,
-        "data": {"path": str(ds.path) if ds.path else None, "fingerprint": data_fp,
-                 "rows": dict(ds.counts), "now": _iso(data.now)},
+        "data": {
+            "path": str(ds.path) if ds.path else None,
+            "fingerprint": data_fp,
+            "rows": dict(ds.counts),
+            "now": _iso(data.now),
+        },
         "params": asdict(cfg),
-        "libraries": {"shopfeed": __version__, "implicit": implicit.__version__,
-                      "scikit-learn": sklearn.__version__, "numpy": np.__version__,
-                      "python": platform.python_version()},
+        "libraries": {
+            "shopfeed": __version__,
+            "implicit": implicit.__version__,
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
         "counts": {
             "users": int(items.shape[0]),
             "candidates": int((items >= 0).sum()),
