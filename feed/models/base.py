@@ -31,6 +31,8 @@ class CandidateModel:
     reason = "collaborative"
     #: True when a score <= 0 means "no evidence" (such posts are never candidates)
     sparse_scores = False
+    #: Set by ``fit``: how many posts the model scores.
+    n_posts_: int
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters (for manifests and reports)."""
