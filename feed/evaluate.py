@@ -37,8 +37,8 @@ import scipy.sparse as sp
 
 from feed.data import Dataset, load
 from feed.features.matrices import EngagementWeights, TrainingData, build
-from feed.models.base import CandidateModel, NotFittedError, blocks, mask_rows, topk
-from feed.models.candidates import best_per_group, product_keys, shared_groups
+from feed.models.base import CandidateModel, NotFittedError, blocks, mask_rows
+from feed.models.candidates import product_keys, shared_groups, topk_distinct
 from feed.models.sources import (
     EASE,
     Content,
@@ -58,6 +58,11 @@ METRICS = ("like_recall", "like_ndcg", "purchase_recall", "coverage", "author_di
 BOOTSTRAP_SAMPLES = 1000  # resamples of test users for the interval of the default's lift
 
 ModelFactory = Callable[[], Any]
+#: Models whose scores come from engagement columns alone: posts with the same column (twins)
+#: score alike, and a list shows one post of each twin group.
+TWIN_BLIND = (Popularity, MatrixFactorization, ItemItem, EASE)
+#: A key per post and the groups of posts sharing one (:func:`twin_groups`).
+Twins = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
 
 # --- splits --------------------------------------------------------------------------------
@@ -122,8 +127,9 @@ def time_split(ds: Dataset, test_frac: float) -> Split:
     )
     test_likes = ds.likes[ds.likes["ts"].to_numpy() >= cut]
     test_purchases = ds.purchases[ds.purchases["ts"].to_numpy() >= cut]
-    return Split(train, test_likes.reset_index(drop=True), test_purchases.reset_index(drop=True),
-                 "time", cut)
+    return Split(
+        train, test_likes.reset_index(drop=True), test_purchases.reset_index(drop=True), "time", cut
+    )
 
 
 def random_split(ds: Dataset, test_frac: float, random_state: int = 0) -> Split:
@@ -149,8 +155,9 @@ def random_split(ds: Dataset, test_frac: float, random_state: int = 0) -> Split:
         impressions=_without_pairs(ds.impressions, pairs),
         follows=ds.follows,
     )
-    return Split(train, test_likes.reset_index(drop=True), test_purchases.reset_index(drop=True),
-                 "random")
+    return Split(
+        train, test_likes.reset_index(drop=True), test_purchases.reset_index(drop=True), "random"
+    )
 
 
 def training_data(part: Split) -> TrainingData:
@@ -293,14 +300,17 @@ def ndcg_at_k(items: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
         return np.where(n_rel > 0, dcg / ideal, np.nan)
 
 
-def purchase_recall_at_k(items: np.ndarray, bought: sp.csr_matrix,
-                         post_products: sp.csr_matrix) -> np.ndarray:
+def purchase_recall_at_k(
+    items: np.ndarray, bought: sp.csr_matrix, post_products: sp.csr_matrix
+) -> np.ndarray:
     """Per user: bought products linked by at least one top-k post / bought products."""
     n_users, k = items.shape
     ok = items >= 0
     rows = np.broadcast_to(np.arange(n_users)[:, None], items.shape)[ok]
-    pick = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, items[ok])),
-                         shape=(n_users, post_products.shape[0]))
+    pick = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, items[ok])),
+        shape=(n_users, post_products.shape[0]),
+    )
     shown = pick @ post_products  # users x products: how many top-k posts link each product
     found = sp.csr_matrix(shown.multiply(bought))
     n_rel = np.diff(sp.csr_matrix(bought).indptr).astype(float)
@@ -328,8 +338,7 @@ def score_lists(items: np.ndarray, truth: HeldOut, data: TrainingData) -> dict[s
     return {
         "like_recall": _mean(recall_at_k(items, truth.likes)),
         "like_ndcg": _mean(ndcg_at_k(items, truth.likes)),
-        "purchase_recall": _mean(purchase_recall_at_k(items, truth.purchases,
-                                                      data.post_products)),
+        "purchase_recall": _mean(purchase_recall_at_k(items, truth.purchases, data.post_products)),
         "coverage": coverage(items, data.n_posts),
         "author_diversity": author_diversity(items, data.post_author),
     }
@@ -344,8 +353,9 @@ def per_user(items: np.ndarray, truth: HeldOut, data: TrainingData, metric: str)
     return purchase_recall_at_k(items, truth.purchases, data.post_products)
 
 
-def lift_interval(model: np.ndarray, base: np.ndarray, random_state: int = 0,
-                  n_boot: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
+def lift_interval(
+    model: np.ndarray, base: np.ndarray, random_state: int = 0, n_boot: int = BOOTSTRAP_SAMPLES
+) -> tuple[float, float]:
     """95% paired-bootstrap interval of ``mean(model) / mean(base) - 1`` over users.
 
     >>> lo, hi = lift_interval(np.array([2.0, 2.0, 2.0]), np.array([1.0, 1.0, 1.0]))
@@ -397,12 +407,18 @@ class EvalReport:
     def table(self) -> str:
         """A Markdown table, the primary metric marked, then the split facts."""
         k, primary = self.info["k"], self.info["primary_metric"]
-        names = {"like_recall": f"like-Recall@{k}", "like_ndcg": f"like-NDCG@{k}",
-                 "purchase_recall": f"purchase-Recall@{k}", "coverage": "coverage",
-                 "author_diversity": "author div."}
+        names = {
+            "like_recall": f"like-Recall@{k}",
+            "like_ndcg": f"like-NDCG@{k}",
+            "purchase_recall": f"purchase-Recall@{k}",
+            "coverage": "coverage",
+            "author_diversity": "author div.",
+        }
         heads = ["model"] + [names[m] + (" *" if m == primary else "") for m in METRICS]
-        lines = ["| " + " | ".join([*heads, "fit s", "score s"]) + " |",
-                 "|" + "---|" * (len(heads) + 2)]
+        lines = [
+            "| " + " | ".join([*heads, "fit s", "score s"]) + " |",
+            "|" + "---|" * (len(heads) + 2),
+        ]
         for r in self.rows:
             cells = [r["model"]] + [_fmt(r[m]) for m in METRICS]
             cells += [f"{r['fit_s']:.1f}", f"{r['score_s']:.1f}"]
@@ -413,8 +429,11 @@ class EvalReport:
     def _notes(self) -> list[str]:
         i = self.info
         c = i["counts"]
-        how = (f"time split at {i['cut_iso']}" if i["split"] == "time"
-               else f"random per-user split (seed {i['random_state']})")
+        how = (
+            f"time split at {i['cut_iso']}"
+            if i["split"] == "time"
+            else f"random per-user split (seed {i['random_state']})"
+        )
         notes = [
             f"* primary metric (*): {i['primary_metric']}; {how}, test_frac={i['test_frac']}",
             f"* {i['n_users']} users, {i['n_posts']} posts; test users: {c['test_users']} "
@@ -424,9 +443,11 @@ class EvalReport:
         ]
         if i.get("best_baseline"):
             lo, hi = i.get("lift_ci95", (math.nan, math.nan))
-            notes.append(f"* default vs best baseline ({i['best_baseline']}) on "
-                         f"{i['primary_metric']}: {i['lift_vs_best_baseline']:+.1%} "
-                         f"(95% paired bootstrap over test users: {lo:+.1%} .. {hi:+.1%})")
+            notes.append(
+                f"* default vs best baseline ({i['best_baseline']}) on "
+                f"{i['primary_metric']}: {i['lift_vs_best_baseline']:+.1%} "
+                f"(95% paired bootstrap over test users: {lo:+.1%} .. {hi:+.1%})"
+            )
         notes.append(f"* total {i['total_s']:.0f} s")
         return notes
 
@@ -474,9 +495,15 @@ def fit_model(model: Any, data: TrainingData, train: Dataset) -> Any:
     return model.fit(data)
 
 
-def evaluate(dataset: Dataset | str | Path, test_frac: float = 0.2, k: int = 20,
-             models: Mapping[str, ModelFactory] | Iterable[str] | None = None,
-             random_state: int = 0, *, progress: bool = False) -> EvalReport:
+def evaluate(
+    dataset: Dataset | str | Path,
+    test_frac: float = 0.2,
+    k: int = 20,
+    models: Mapping[str, ModelFactory] | Iterable[str] | None = None,
+    random_state: int = 0,
+    *,
+    progress: bool = False,
+) -> EvalReport:
     """Split, fit every model on the training part, and score the held-out part.
 
     Parameters
@@ -508,8 +535,7 @@ def evaluate(dataset: Dataset | str | Path, test_frac: float = 0.2, k: int = 20,
     twins = twin_groups(data)
     rows, lists = [], {}
     for name, factory in _progress(factories.items(), progress):
-        row, lists[name] = _evaluate_one(name, factory, data, part.train, truth, exclude, twins,
-                                         k)
+        row, lists[name] = _evaluate_one(name, factory, data, part.train, truth, exclude, twins, k)
         rows.append(row)
     info = _info(ds, part, data, truth, test_frac, k, random_state, rows)
     _add_interval(info, truth, data, lists, random_state)
@@ -517,8 +543,9 @@ def evaluate(dataset: Dataset | str | Path, test_frac: float = 0.2, k: int = 20,
     return EvalReport(rows, info)
 
 
-def _select(models: Mapping[str, ModelFactory] | Iterable[str] | None, ds: Dataset,
-            random_state: int) -> dict[str, ModelFactory]:
+def _select(
+    models: Mapping[str, ModelFactory] | Iterable[str] | None, ds: Dataset, random_state: int
+) -> dict[str, ModelFactory]:
     if isinstance(models, Mapping):
         return dict(models)
     every = default_models(len(ds.posts), random_state)
@@ -531,27 +558,31 @@ def _select(models: Mapping[str, ModelFactory] | Iterable[str] | None, ds: Datas
     return {n: every[n] for n in names}
 
 
-def _evaluate_one(name: str, factory: ModelFactory, data: TrainingData, train: Dataset,
-                  truth: HeldOut, exclude: sp.csr_matrix, twins: tuple[np.ndarray, np.ndarray],
-                  k: int) -> tuple[dict[str, Any], np.ndarray]:
+def _evaluate_one(
+    name: str,
+    factory: ModelFactory,
+    data: TrainingData,
+    train: Dataset,
+    truth: HeldOut,
+    exclude: sp.csr_matrix,
+    twins: Twins,
+    k: int,
+) -> tuple[dict[str, Any], np.ndarray]:
     t = time.perf_counter()
     model = fit_model(factory(), data, train)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     items = recommend_top(model, truth.users, k, exclude, twins)
     score_s = time.perf_counter() - t
-    row = {"model": name, **score_lists(items, truth, data), "fit_s": fit_s, "score_s": score_s}
-    logger.info("%s: %s", name, {m: round(row[m], 4) for m in METRICS})
+    metrics = score_lists(items, truth, data)
+    row: dict[str, Any] = {"model": name, **metrics, "fit_s": fit_s, "score_s": score_s}
+    logger.info("%s: %s", name, {m: round(metrics[m], 4) for m in METRICS})
     return row, items
 
 
-#: Models whose scores come from engagement columns alone: posts with the same column (twins)
-#: score alike, and a list shows one post of each twin group.
-TWIN_BLIND = (Popularity, MatrixFactorization, ItemItem, EASE)
-
-
-def twin_groups(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
-    """Groups of posts that link the same (first) product and have the same engagement column.
+def twin_groups(data: TrainingData) -> Twins:
+    """A key per post shared by the posts that link the same (first) product and have the
+    same engagement column, and :func:`~feed.models.candidates.shared_groups` of the keys.
 
     Models fitted on engagement cannot tell such posts apart (purchase-only data spreads a
     purchase over every post of the product); :func:`recommend_top` lists one of each group.
@@ -559,11 +590,13 @@ def twin_groups(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
     _, twin = twin_columns(data.engagement)
     pairs = np.stack([product_keys(data), twin], axis=1)
     _, combined = np.unique(pairs, axis=0, return_inverse=True)
-    return shared_groups(combined.ravel())
+    keys = combined.ravel().astype(np.int64)
+    return keys, shared_groups(keys)
 
 
-def recommend_top(model: Any, users: np.ndarray, k: int, exclude: sp.csr_matrix,
-                  twins: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def recommend_top(
+    model: Any, users: np.ndarray, k: int, exclude: sp.csr_matrix, twins: Twins | None = None
+) -> np.ndarray:
     """Top-``k`` post indices (-1 padded) of a fitted model for ``users``, in batches.
 
     For :data:`TWIN_BLIND` models and given ``twins`` (:func:`twin_groups`), each twin group
@@ -571,34 +604,51 @@ def recommend_top(model: Any, users: np.ndarray, k: int, exclude: sp.csr_matrix,
     """
     if not hasattr(model, "n_posts_"):
         raise NotFittedError(f"{type(model).__name__} is not fitted")
-    if twins is not None and len(twins[0]) and isinstance(model, TWIN_BLIND):
+    if twins is not None and len(twins[1][0]) and isinstance(model, TWIN_BLIND):
         return _top_distinct(model, np.asarray(users, dtype=np.int64), k, exclude, twins)
-    parts = [model.recommend(users[lo:lo + SCORE_BATCH], k, exclude)[0]
-             for lo in range(0, len(users), SCORE_BATCH)]
+    parts = [
+        model.recommend(users[lo : lo + SCORE_BATCH], k, exclude)[0]
+        for lo in range(0, len(users), SCORE_BATCH)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
 
 
-def _top_distinct(model: CandidateModel, users: np.ndarray, k: int, exclude: sp.csr_matrix,
-                  twins: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _top_distinct(
+    model: CandidateModel, users: np.ndarray, k: int, exclude: sp.csr_matrix, twins: Twins
+) -> np.ndarray:
     out = np.full((len(users), k), -1, dtype=np.int64)
     for lo, hi in blocks(len(users), model.n_posts_):
         block = model.score_users(users[lo:hi]).astype(np.float32, copy=True)
         if model.sparse_scores:
             block[block <= 0] = -np.inf
         mask_rows(block, exclude[users[lo:hi]])
-        best_per_group(block, twins)
-        out[lo:hi] = topk(block, k)[0]
+        out[lo:hi] = topk_distinct(block, twins[0], twins[1], k)
     return out
 
 
-def _info(ds: Dataset, part: Split, data: TrainingData, truth: HeldOut, test_frac: float, k: int,
-          random_state: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _info(
+    ds: Dataset,
+    part: Split,
+    data: TrainingData,
+    truth: HeldOut,
+    test_frac: float,
+    k: int,
+    random_state: int,
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
     primary = primary_metric(truth)
     info: dict[str, Any] = {
-        "dataset": str(ds.path) if ds.path else None, "split": part.method,
-        "cut": part.cut, "cut_iso": _iso(part.cut), "test_frac": test_frac, "k": k,
-        "random_state": random_state, "n_users": data.n_users, "n_posts": data.n_posts,
-        "primary_metric": primary, "counts": truth.counts,
+        "dataset": str(ds.path) if ds.path else None,
+        "split": part.method,
+        "cut": part.cut,
+        "cut_iso": _iso(part.cut),
+        "test_frac": test_frac,
+        "k": k,
+        "random_state": random_state,
+        "n_users": data.n_users,
+        "n_posts": data.n_posts,
+        "primary_metric": primary,
+        "counts": truth.counts,
     }
     base = [r for r in rows if r["model"] != "default" and r[primary] == r[primary]]
     default = [r for r in rows if r["model"] == "default"]
@@ -610,15 +660,23 @@ def _info(ds: Dataset, part: Split, data: TrainingData, truth: HeldOut, test_fra
     return info
 
 
-def _add_interval(info: dict[str, Any], truth: HeldOut, data: TrainingData,
-                  lists: dict[str, np.ndarray], random_state: int) -> None:
+def _add_interval(
+    info: dict[str, Any],
+    truth: HeldOut,
+    data: TrainingData,
+    lists: dict[str, np.ndarray],
+    random_state: int,
+) -> None:
     """The bootstrap interval of the default's lift over the best baseline, into ``info``."""
     best = info.get("best_baseline")
     if best is None:
         return
     metric = info["primary_metric"]
-    lo, hi = lift_interval(per_user(lists["default"], truth, data, metric),
-                           per_user(lists[best], truth, data, metric), random_state)
+    lo, hi = lift_interval(
+        per_user(lists["default"], truth, data, metric),
+        per_user(lists[best], truth, data, metric),
+        random_state,
+    )
     info["lift_ci95"] = [lo, hi]
 
 

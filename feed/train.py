@@ -35,6 +35,22 @@ from feed.models.sources import (
 logger = logging.getLogger(__name__)
 
 
+#: The candidate sources of the default model, in feature order.
+SOURCES = (
+    "als",
+    "bpr",
+    "product_als",
+    "product_knn",
+    "ease",
+    "itemknn",
+    "content",
+    "social",
+    "popularity",
+    "trending",
+    "fresh",
+)
+
+
 @dataclass
 class TrainConfig:
     """Every training parameter, recorded in the manifest."""
@@ -61,22 +77,6 @@ class TrainConfig:
     random_state: int = 0
 
 
-#: The candidate sources of the default model, in feature order.
-SOURCES = (
-    "als",
-    "bpr",
-    "product_als",
-    "product_knn",
-    "ease",
-    "itemknn",
-    "content",
-    "social",
-    "popularity",
-    "trending",
-    "fresh",
-)
-
-
 def make_blend(config: TrainConfig) -> LearnedBlend:
     """The default model: what ``feed train`` publishes and ``feed evaluate`` calls "default".
 
@@ -84,7 +84,7 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
     learned on validation slices carved from the end of the training data
     (:class:`~feed.models.ranker.LearnedBlend`).
     """
-    mf = {
+    mf: dict[str, Any] = {
         "factors": config.factors,
         "iterations": config.iterations,
         "regularization": config.regularization,

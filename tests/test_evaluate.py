@@ -94,16 +94,26 @@ def test_held_out_targets_are_reachable(small: Dataset) -> None:
 # --- metrics -------------------------------------------------------------------------------
 def test_metrics_on_a_hand_made_example() -> None:
     items = np.array([[3, 1, 2], [0, 4, -1]])
-    liked = sp.csr_matrix(np.array([[0, 1, 0, 0, 0, 1],  # user 0: posts 1 and 5
-                                    [0, 0, 0, 0, 0, 0]], dtype=np.float32))  # user 1: none
+    liked = sp.csr_matrix(
+        np.array(
+            [
+                [0, 1, 0, 0, 0, 1],  # user 0: posts 1 and 5
+                [0, 0, 0, 0, 0, 0],
+            ],
+            dtype=np.float32,
+        )
+    )  # user 1: none
     recall = recall_at_k(items, liked)
     assert recall[0] == 0.5 and math.isnan(recall[1])
     # user 0: one hit at rank 2 -> DCG 1/log2(3); ideal: two hits -> 1 + 1/log2(3)
     dcg, ideal = 1 / math.log2(3), 1 + 1 / math.log2(3)
     assert ndcg_at_k(items, liked)[0] == pytest.approx(dcg / ideal)
     # post -> products: 0->{0}, 1->{1}, 2->{0, 2}, 3->{}, 4->{3}
-    links = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0],
-                                    [0, 0, 0, 1]], dtype=np.float32))
+    links = sp.csr_matrix(
+        np.array(
+            [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float32
+        )
+    )
     bought = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 0, 1, 1]], dtype=np.float32))
     # user 0 bought 0 and 3; post 2 links 0 -> 1/2. user 1 bought 2 and 3; post 4 links 3 -> 1/2
     assert purchase_recall_at_k(items, bought, links).tolist() == [0.5, 0.5]
@@ -126,8 +136,11 @@ def test_default_model_beats_popularity(report: EvalReport) -> None:
 
 def test_evaluate_cli_writes_json(small: Dataset, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    res = CliRunner().invoke(main, ["evaluate", str(small.path), "--k", "5", "--no-progress",
-                                    "--json", str(out)], catch_exceptions=False)
+    res = CliRunner().invoke(
+        main,
+        ["evaluate", str(small.path), "--k", "5", "--no-progress", "--json", str(out)],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     body = json.loads(out.read_text())
     names = [r["model"] for r in body["rows"]]

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
 from click.testing import CliRunner
 
 from feed.cli import main
 from feed.data import load
-from feed.importers import ImportError_, import_movielens
+from feed.importers import ImportError_, import_ciao, import_movielens
 
 LATEST = {
     "movies.csv": (
@@ -42,16 +44,16 @@ LATEST = {
 ML100K = {
     "u.data": "196\t242\t3\t881250949\n186\t302\t4\t891717742\n22\t242\t5\t878887116\n",
     "u.genre": "unknown|0\nAction|1\nAdventure|2\nAnimation|3\nChildren's|4\nComedy|5\n"
-               "Crime|6\nDocumentary|7\nDrama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\n"
-               "Musical|12\nMystery|13\nRomance|14\nSci-Fi|15\nThriller|16\nWar|17\n"
-               "Western|18\n\n",
+    "Crime|6\nDocumentary|7\nDrama|8\nFantasy|9\nFilm-Noir|10\nHorror|11\n"
+    "Musical|12\nMystery|13\nRomance|14\nSci-Fi|15\nThriller|16\nWar|17\n"
+    "Western|18\n\n",
     "u.item": "242|Kolya (1996)|24-Jan-1997||http://us.imdb.com/M/title-exact?Kolya%20(1996)"
-              "|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
-              "302|L.A. Confidential (1997)|01-Jan-1997||http://x|0|0|0|0|0|0|1|0|0|0|1|0|0|1"
-              "|0|0|1|0|0\n"
-              "1682|Scream of Stone (Schrei aus Stein) (1991)|08-Mar-1996||http://x|0|0|0|0|0|0"
-              "|0|0|1|0|0|0|0|0|0|0|0|0|0\n"
-              "999|Caf\xe9 au lait|01-Jan-1994||http://x|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
+    "|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+    "302|L.A. Confidential (1997)|01-Jan-1997||http://x|0|0|0|0|0|0|1|0|0|0|1|0|0|1"
+    "|0|0|1|0|0\n"
+    "1682|Scream of Stone (Schrei aus Stein) (1991)|08-Mar-1996||http://x|0|0|0|0|0|0"
+    "|0|0|1|0|0|0|0|0|0|0|0|0|0\n"
+    "999|Caf\xe9 au lait|01-Jan-1994||http://x|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n",
 }
 
 
@@ -68,17 +70,23 @@ def test_ml_latest_small_layout(tmp_path: Path) -> None:
     assert counts == {"posts": 4, "products": 4, "likes": 3}
     posts = (tmp_path / "out" / "posts.csv").read_text().splitlines()
     assert posts[0] == "post_id,author_id,created_at,text,product_ids,title,tags"
-    assert posts[1] == ('m1,genre:Adventure,1995-01-01,"Toy Story (1995). Adventure, Animation, '
-                        'Children, Comedy, Fantasy. Tags: pixar, fun",p1,Toy Story (1995),'
-                        "Adventure|Animation|Children|Comedy|Fantasy|pixar|fun")
+    assert posts[1] == (
+        'm1,genre:Adventure,1995-01-01,"Toy Story (1995). Adventure, Animation, '
+        'Children, Comedy, Fantasy. Tags: pixar, fun",p1,Toy Story (1995),'
+        "Adventure|Animation|Children|Comedy|Fantasy|pixar|fun"
+    )
     # no year in the title: the first rating's time; no genres: the GroupLens placeholder
-    assert posts[3] == ("m40697,genre:Sci-Fi,1996-03-29T18:36:55Z,Babylon 5. Sci-Fi,p40697,"
-                        "Babylon 5,Sci-Fi")
+    assert posts[3] == (
+        "m40697,genre:Sci-Fi,1996-03-29T18:36:55Z,Babylon 5. Sci-Fi,p40697,Babylon 5,Sci-Fi"
+    )
     assert posts[4].startswith("m143410,genre:(no genres listed),1996-03-29T18:36:55Z,")
     ds = load(tmp_path / "out")
     assert ds.problems == []
-    assert ds.likes[["user_id", "post_id"]].values.tolist() == [["1", "m1"], ["2", "m11"],
-                                                                ["2", "m40697"]]
+    assert ds.likes[["user_id", "post_id"]].values.tolist() == [
+        ["1", "m1"],
+        ["2", "m11"],
+        ["2", "m40697"],
+    ]
     assert ds.likes["ts"].tolist() == [964982703.0, 828124615.0, 1445714994.0]
     assert ds.posts.loc[1, "title"] == "American President, The (1995)"
     assert ds.products.set_index("product_id").loc["p11", "category"] == "Comedy"
@@ -95,7 +103,9 @@ def test_ml_100k_layout(tmp_path: Path) -> None:
     assert posts.loc["m999", "title"] == "Café au lait"
     assert posts.loc["m999", "created_at"] == 878887116.0  # no year: the first rating
     assert sorted(zip(ds.likes["user_id"], ds.likes["post_id"], strict=True)) == [
-        ("186", "m302"), ("22", "m242")]
+        ("186", "m302"),
+        ("22", "m242"),
+    ]
 
 
 def test_cli_import_and_a_clear_error(tmp_path: Path) -> None:
@@ -109,3 +119,37 @@ def test_cli_import_and_a_clear_error(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "u.data" in res.output
     with pytest.raises(ImportError_, match="ratings.csv"):
         import_movielens(empty, tmp_path / "y")
+
+
+def test_ciao_mat_files(tmp_path: Path) -> None:
+    src = tmp_path / "ciao"
+    src.mkdir()
+    # userid, productid, categoryid, rating, helpfulness, unix time
+    rating = np.array(
+        [
+            [6, 90, 8, 5, 4, 959670000],
+            [7, 91, 4, 3, 4, 959756400],
+            [7, 90, 5, 4, 2, 959756400],
+            [8, 92, 1, 5, 5, 960000000],
+            [9, 92, 2, 1, 3, 960100000],
+            [9, 92, 2, 2, 3, 960200000],
+        ],
+        float,
+    )
+    scipy.io.savemat(src / "rating_with_timestamp.mat", {"rating": rating})
+    scipy.io.savemat(src / "trustnetwork.mat", {"trustnetwork": np.array([[6, 7], [8, 6.0]])})
+    counts = import_ciao(src, tmp_path / "out")
+    assert counts == {"posts": 6, "products": 3, "purchases": 6, "follows": 2}
+    posts = (tmp_path / "out" / "posts.csv").read_text().splitlines()
+    assert posts[1] == "0,6,959670000,cat8,90,,"
+    ds = load(tmp_path / "out")
+    # product 90: categories 8 and 5 once each -> the first seen; 92: 2 (twice) beats 1
+    assert ds.products[["product_id", "category"]].values.tolist() == [
+        ["90", "8"],
+        ["91", "4"],
+        ["92", "2"],
+    ]
+    assert ds.follows[["follower_id", "followee_id"]].values.tolist() == [["6", "7"], ["8", "6"]]
+    assert len(ds.purchases) == 6 and ds.has_timestamps
+    with pytest.raises(ImportError_, match="trustnetwork.mat"):
+        import_ciao(tmp_path / "out", tmp_path / "x")

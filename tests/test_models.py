@@ -44,21 +44,35 @@ WORDS = {"a": "red apple cherry strawberry 紅色 蘋果", "b": "blue ocean wate
 MODELS: dict[str, tuple[Callable[[], Any], bool]] = {
     "popularity": (Popularity, False),
     "trending": (Trending, False),
-    "als": (lambda: MatrixFactorization("als", factors=2, iterations=10, regularization=1.0,
-                                        random_state=3), True),
-    "bpr": (lambda: MatrixFactorization("bpr", factors=8, iterations=20, learning_rate=0.05,
-                                        random_state=3), True),
+    "als": (
+        lambda: MatrixFactorization(
+            "als", factors=2, iterations=10, regularization=1.0, random_state=3
+        ),
+        True,
+    ),
+    "bpr": (
+        lambda: MatrixFactorization(
+            "bpr", factors=8, iterations=20, learning_rate=0.05, random_state=3
+        ),
+        True,
+    ),
     "itemknn": (lambda: ItemItem(K=20), True),
     "itemknn-cosine": (lambda: ItemItem(K=20, method="cosine"), True),
     "ease": (lambda: EASE(l2=10.0), True),
-    "product_als": (lambda: ProductCF("als", factors=2, iterations=10, regularization=1.0,
-                                      random_state=3), True),
+    "product_als": (
+        lambda: ProductCF("als", factors=2, iterations=10, regularization=1.0, random_state=3),
+        True,
+    ),
     "product_knn": (lambda: ProductCF("itemknn", K=20), True),
     "content": (lambda: Content(min_df=1), True),
     "social": (Social, True),
     "fresh": (lambda: Fresh(min_df=1), True),
-    "default": (lambda: make_blend(TrainConfig(factors=8, iterations=10, n_per_source=20,
-                                               val_windows=2, random_state=3)), True),
+    "default": (
+        lambda: make_blend(
+            TrainConfig(factors=8, iterations=10, n_per_source=20, val_windows=2, random_state=3)
+        ),
+        True,
+    ),
 }
 
 
@@ -73,30 +87,55 @@ def block_dataset(root: Path, seed: int = 0) -> Path:
         authors = [f"w{block}{i}" for i in range(3)]
         for j in range(POSTS_PER_BLOCK):
             prod = f"p{block}{j % 10}"
-            posts.append({"post_id": f"{block}{j}", "author_id": authors[j % 3],
-                          "created_at": t0 + j * 3_600, "text": f"{WORDS[block]} #{j}",
-                          "product_ids": prod})
+            posts.append(
+                {
+                    "post_id": f"{block}{j}",
+                    "author_id": authors[j % 3],
+                    "created_at": t0 + j * 3_600,
+                    "text": f"{WORDS[block]} #{j}",
+                    "product_ids": prod,
+                }
+            )
         for i in range(10):
-            products.append({"product_id": f"p{block}{i}", "title": f"{block} thing {i}",
-                             "category": block})
+            products.append(
+                {"product_id": f"p{block}{i}", "title": f"{block} thing {i}", "category": block}
+            )
         for u in range(n_users):
             user = f"u{block}{u}"
             follows += [{"follower_id": user, "followee_id": a} for a in authors]
             liked = rng.choice(POSTS_PER_BLOCK, size=8, replace=False)
             for k, j in enumerate(liked):
-                likes.append({"user_id": user, "post_id": f"{block}{j}",
-                              "ts": t0 + DAY_S * (1 + k + rng.random())})
+                likes.append(
+                    {
+                        "user_id": user,
+                        "post_id": f"{block}{j}",
+                        "ts": t0 + DAY_S * (1 + k + rng.random()),
+                    }
+                )
             for k, i in enumerate(rng.choice(10, size=2, replace=False)):
-                purchases.append({"user_id": user, "product_id": f"p{block}{i}",
-                                  "ts": t0 + DAY_S * (2 + 4 * k + rng.random())})
+                purchases.append(
+                    {
+                        "user_id": user,
+                        "product_id": f"p{block}{i}",
+                        "ts": t0 + DAY_S * (2 + 4 * k + rng.random()),
+                    }
+                )
     # one post everybody in block "a" likes: the most popular post
-    likes += [{"user_id": f"ua{u}", "post_id": "a0", "ts": t0 + DAY_S * 14}
-              for u in range(N_PER_BLOCK + 6)]
+    likes += [
+        {"user_id": f"ua{u}", "post_id": "a0", "ts": t0 + DAY_S * 14}
+        for u in range(N_PER_BLOCK + 6)
+    ]
     root.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("posts", posts), ("products", products), ("likes", likes),
-                       ("purchases", purchases), ("follows", follows)):
+    for name, rows in (
+        ("posts", posts),
+        ("products", products),
+        ("likes", likes),
+        ("purchases", purchases),
+        ("follows", follows),
+    ):
         frame = pd.DataFrame(rows).drop_duplicates(
-            subset=["user_id", "post_id"] if name == "likes" else None)
+            subset=["user_id", "post_id"] if name == "likes" else None
+        )
         frame.to_csv(root / f"{name}.csv", index=False)
     return root
 
@@ -186,8 +225,7 @@ def test_score_pairs_matches_recommend(block: tuple[Dataset, TrainingData]) -> N
         Content().score_pairs(users, items)
 
 
-def test_default_model_reports_its_validation_choice(
-        block: tuple[Dataset, TrainingData]) -> None:
+def test_default_model_reports_its_validation_choice(block: tuple[Dataset, TrainingData]) -> None:
     model = fitted("default", block)
     assert isinstance(model, LearnedBlend)
     summary = model.summary()
@@ -198,12 +236,26 @@ def test_default_model_reports_its_validation_choice(
     assert reasons.dtype == np.uint8
 
 
-def test_default_model_with_one_source_is_that_source(
-        block: tuple[Dataset, TrainingData]) -> None:
+def test_default_model_with_one_source_is_that_source(block: tuple[Dataset, TrainingData]) -> None:
     ds, data = block
-    cfg = TrainConfig(weights=dict.fromkeys(("popularity",), 1.0)
-                      | dict.fromkeys(("als", "bpr", "product_als", "product_knn", "ease",
-                                       "itemknn", "content", "social", "trending", "fresh"), 0.0))
+    cfg = TrainConfig(
+        weights=dict.fromkeys(("popularity",), 1.0)
+        | dict.fromkeys(
+            (
+                "als",
+                "bpr",
+                "product_als",
+                "product_knn",
+                "ease",
+                "itemknn",
+                "content",
+                "social",
+                "trending",
+                "fresh",
+            ),
+            0.0,
+        )
+    )
     model = fit_model(make_blend(cfg), data, ds)
     users = np.arange(data.n_users)
     alone = Popularity().fit(data).recommend(users, 5, data.seen())[0]
@@ -226,6 +278,5 @@ def test_list_helpers() -> None:
     block = np.array([[1.0, 5.0, 5.0, 0.5]], dtype=np.float32)
     best_per_group(block, shared_groups(np.array([7, 7, 7, 9])))
     assert block.tolist() == [[-np.inf, 5.0, -np.inf, 0.5]]
-    items, scores, _ = select_top(np.array([[10, 11, 12]]), np.array([[0.2, 0.9, 0.5]]), 4,
-                                  None)
+    items, scores, _ = select_top(np.array([[10, 11, 12]]), np.array([[0.2, 0.9, 0.5]]), 4, None)
     assert items.tolist() == [[11, 12, 10, -1]] and np.isneginf(scores[0, 3])

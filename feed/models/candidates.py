@@ -26,9 +26,18 @@ MERGE_FLOATS = 24_000_000
 
 #: Features that do not depend on the sources, in column order.
 BASE_FEATURES = (
-    "post_age_days", "post_popularity", "post_engaged_log", "post_n_products",
-    "product_popularity_log", "author_popularity_log", "author_affinity", "follows_author",
-    "category_affinity", "category_purchase_affinity", "user_engaged_log", "user_bought_log",
+    "post_age_days",
+    "post_popularity",
+    "post_engaged_log",
+    "post_n_products",
+    "product_popularity_log",
+    "author_popularity_log",
+    "author_affinity",
+    "follows_author",
+    "category_affinity",
+    "category_purchase_affinity",
+    "user_engaged_log",
+    "user_bought_log",
     "user_follows_log",
 )
 
@@ -88,12 +97,12 @@ class FeatureContext:
         }
         self.author = data.post_author
         n = data.n_posts
-        by_author = sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), data.post_author)),
-                                  shape=(n, data.n_users))
+        by_author = sp.csr_matrix(
+            (np.ones(n, np.float32), (np.arange(n), data.post_author)), shape=(n, data.n_users)
+        )
         self.author_share = _row_share(engaged @ by_author)
         self.follows = sp.csr_matrix(data.follows)
-        codes, cats = pd.factorize(np.concatenate([data.post_category,
-                                                   data.product_categories]))
+        codes, cats = pd.factorize(np.concatenate([data.post_category, data.product_categories]))
         self.category = np.where(data.post_category == "", -1, codes[:n])
         product_cat = codes[n:]
         n_cat = max(len(cats), 1)
@@ -101,7 +110,8 @@ class FeatureContext:
         product_onehot = _onehot(np.where(data.product_categories == "", -1, product_cat), n_cat)
         self.category_share = _row_share(engaged @ post_onehot)
         self.category_buy_share = _row_share(bought @ product_onehot)
-        self.shared = shared_groups(product_keys(data))
+        self.keys = product_keys(data)
+        self.shared = shared_groups(self.keys)
         self.user = {
             "user_engaged_log": np.log1p(np.diff(engaged.indptr)),
             "user_bought_log": np.log1p(np.diff(bought.indptr)),
@@ -117,6 +127,10 @@ class FeatureContext:
         """
         best_per_group(block, self.shared)
 
+    def top_per_product(self, block: np.ndarray, n: int) -> np.ndarray:
+        """Row-wise top-``n`` posts with at most one post per product (:func:`topk_distinct`)."""
+        return topk_distinct(block, self.keys, self.shared, n)
+
     def features(self, users: np.ndarray, items: np.ndarray) -> list[np.ndarray]:
         """The :data:`BASE_FEATURES` columns for (users[i], items[i, j]), each (B x C)."""
         ok = items >= 0
@@ -128,10 +142,13 @@ class FeatureContext:
         cols.append(_pairs(self.author_share, urow, author))
         cols.append(_pairs(self.follows, urow, author))
         cols.append(np.where(cat >= 0, _pairs(self.category_share, urow, np.maximum(cat, 0)), 0))
-        cols.append(np.where(cat >= 0, _pairs(self.category_buy_share, urow,
-                                              np.maximum(cat, 0)), 0))
-        cols += [np.broadcast_to(self.user[name][users][:, None], items.shape)
-                 for name in BASE_FEATURES[10:]]
+        cols.append(
+            np.where(cat >= 0, _pairs(self.category_buy_share, urow, np.maximum(cat, 0)), 0)
+        )
+        cols += [
+            np.broadcast_to(self.user[name][users][:, None], items.shape)
+            for name in BASE_FEATURES[10:]
+        ]
         return cols
 
 
@@ -145,8 +162,11 @@ def shared_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     shared = np.flatnonzero(counts[inverse] > 1)
     members = shared[np.argsort(keys[shared], kind="stable")]
-    starts = np.flatnonzero(np.r_[True, np.diff(keys[members]) != 0]) if len(members) else \
-        np.zeros(0, dtype=np.int64)
+    starts = (
+        np.flatnonzero(np.r_[True, np.diff(keys[members]) != 0])
+        if len(members)
+        else np.zeros(0, dtype=np.int64)
+    )
     return members, starts
 
 
@@ -167,17 +187,53 @@ def best_per_group(block: np.ndarray, groups: tuple[np.ndarray, np.ndarray]) -> 
     best = np.maximum.reduceat(part, starts, axis=1)
     is_best = part >= np.repeat(best, sizes, axis=1)
     count = np.cumsum(is_best, axis=1, dtype=np.int32)
-    before = np.concatenate([np.zeros((len(block), 1), np.int32), count[:, starts[1:] - 1]],
-                            axis=1)
+    before = np.concatenate([np.zeros((len(block), 1), np.int32), count[:, starts[1:] - 1]], axis=1)
     first = is_best & (count - np.repeat(before, sizes, axis=1) == 1)
     block[:, members] = np.where(first, part, -np.inf)
+
+
+def topk_distinct(
+    block: np.ndarray,
+    keys: np.ndarray,
+    groups: tuple[np.ndarray, np.ndarray],
+    n: int,
+    fetch: int = 4,
+) -> np.ndarray:
+    """Row-wise top-``n`` items (-1 padded) with at most one item per key, the best of each.
+
+    Reads each row's top ``fetch * n`` first and dedupes them; a row whose top is flooded by
+    items of few keys falls back to :func:`best_per_group` over the whole row. ``groups`` is
+    :func:`shared_groups` of ``keys``.
+
+    >>> keys = np.array([0, 0, 0, 1, 2])
+    >>> topk_distinct(np.array([[5.0, 4, 3, 2, 1]]), keys, shared_groups(keys), 3, 1).tolist()
+    [[0, 3, 4]]
+    """
+    n_rows, n_cols = block.shape
+    depth = min(n * fetch, n_cols)
+    items, scores = topk(block, depth)
+    out = np.full((n_rows, n), -1, dtype=np.int64)
+    for i in range(n_rows):
+        valid = items[i] >= 0
+        row = items[i][valid]
+        row = row[np.lexsort((row, -scores[i][valid]))]  # ties: the lower index first
+        _, first = np.unique(keys[row], return_index=True)
+        picked = row[np.sort(first)][:n]
+        if len(picked) < n and len(row) == depth < n_cols:  # flooded: dedupe the whole row
+            whole = block[i : i + 1].copy()
+            best_per_group(whole, groups)
+            picked = topk(whole, n)[0][0]
+            picked = picked[picked >= 0]
+        out[i, : len(picked)] = picked
+    return out
 
 
 def _onehot(codes: np.ndarray, n_cols: int) -> sp.csr_matrix:
     ok = codes >= 0
     rows = np.flatnonzero(ok)
-    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, codes[ok])),
-                         shape=(len(codes), n_cols))
+    return sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, codes[ok])), shape=(len(codes), n_cols)
+    )
 
 
 def _row_share(m: sp.spmatrix) -> sp.csr_matrix:
@@ -205,39 +261,37 @@ class CandidateBuilder:
         How deep each source's list is read.
     """
 
-    def __init__(self, sources: Mapping[str, CandidateModel], context: FeatureContext,
-                 n_per_source: int) -> None:
+    def __init__(
+        self, sources: Mapping[str, CandidateModel], context: FeatureContext, n_per_source: int
+    ) -> None:
         self.sources = dict(sources)
         self.context = context
         self.n_per_source = n_per_source
         self.codes = np.array([REASON_CODE[m.reason] for m in self.sources.values()], np.uint8)
+        self._global: dict[str, np.ndarray] = {}  # deduplicated scores of global sources
 
     def batches(self, users: np.ndarray, n_posts: int) -> Iterator[np.ndarray]:
         """Slices of ``users`` small enough to merge at once."""
         step = max(1, MERGE_FLOATS // max(n_posts * len(self.sources), 1))
         for lo in range(0, len(users), step):
-            yield users[lo:lo + step]
+            yield users[lo : lo + step]
 
     def build(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
         """Candidates and features of a (small) block of users."""
         users = np.asarray(users, dtype=np.int64)
         blocks, tops = [], []
-        for model in self.sources.values():
-            block = model.score_users(users).astype(np.float32, copy=False)
-            top_block = block.copy()
-            if model.sparse_scores:
-                top_block[top_block <= 0] = -np.inf
-            if exclude is not None:
-                mask_rows(top_block, exclude[users])
-            self.context.best_per_product(top_block)
-            tops.append(topk(top_block, self.n_per_source)[0])
+        for name, model in self.sources.items():
+            block, top = self._retrieve(name, model, users, exclude)
+            tops.append(top)
             blocks.append(block)
         items = merge(tops)
         ranks = np.stack([_ranks(top, items, self.n_per_source) for top in tops])
         cols: list[np.ndarray] = []
         safe = np.where(items >= 0, items, 0)
-        for model, block, top, rank in zip(self.sources.values(), blocks, tops, ranks,
-                                           strict=True):
+        for model, block, top, rank in zip(self.sources.values(), blocks, tops, ranks, strict=True):
+            if block is None:  # a global source
+                cols += [model.scores_[safe], rank.astype(np.float32)]  # type: ignore[attr-defined]
+                continue
             score = np.take_along_axis(block, safe, axis=1)
             cols += [score, rank.astype(np.float32)]
             if not is_global(model):
@@ -250,6 +304,29 @@ class CandidateBuilder:
         features[items < 0] = np.nan
         reasons = self.codes[np.argmin(ranks, axis=0)]
         return CandidateBlock(self.n_per_source, users, items, features, ranks, reasons)
+
+    def _retrieve(
+        self, name: str, model: CandidateModel, users: np.ndarray, exclude: sp.csr_matrix | None
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """A source's dense scores (None for a global source) and its top list: never an
+        excluded post, at most one post per product."""
+        if is_global(model):
+            if name not in self._global:
+                best = model.scores_[None, :].astype(np.float32)  # type: ignore[attr-defined]
+                self.context.best_per_product(best)
+                self._global[name] = best[0]
+            top_block = np.repeat(self._global[name][None, :], len(users), axis=0)
+            block = None
+        else:
+            block = model.score_users(users).astype(np.float32, copy=False)
+            top_block = block.copy()
+            if model.sparse_scores:
+                top_block[top_block <= 0] = -np.inf
+        if exclude is not None:
+            mask_rows(top_block, exclude[users])
+        if block is None:
+            return None, topk(top_block, self.n_per_source)[0]
+        return block, self.context.top_per_product(top_block, self.n_per_source)
 
 
 def merge(tops: list[np.ndarray]) -> np.ndarray:
@@ -292,8 +369,12 @@ def fusion_scores(ranks: np.ndarray, depth: int, k: float = 20.0) -> np.ndarray:
     return contrib.sum(axis=0).astype(np.float32)
 
 
-def select_top(items: np.ndarray, scores: np.ndarray, n: int, keys: np.ndarray | None,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_top(
+    items: np.ndarray,
+    scores: np.ndarray,
+    n: int,
+    keys: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best-``n`` candidates per row: (items, scores, column order), -1/-inf padded.
 
     With ``keys`` (one key per post, e.g. its product), only the best candidate of each key is
@@ -321,8 +402,11 @@ def select_top(items: np.ndarray, scores: np.ndarray, n: int, keys: np.ndarray |
     return picked, np.where(picked >= 0, top, -np.inf).astype(np.float32), order
 
 
-def _first_per_key(ranked: np.ndarray, order: np.ndarray, keys: np.ndarray,
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _first_per_key(
+    ranked: np.ndarray,
+    order: np.ndarray,
+    keys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """``order`` with the first candidate of every key in front (best first), and how many
     such candidates each row has; the others follow."""
     out = np.empty_like(order)
@@ -343,6 +427,9 @@ def product_keys(data: TrainingData) -> np.ndarray:
     """A key per post for "one post per product": its first linked product, else ``-1 - post``."""
     links = sp.csr_matrix(data.post_products)
     has = np.diff(links.indptr) > 0
-    first = links.indices[np.minimum(links.indptr[:-1], max(links.nnz - 1, 0))] if links.nnz \
+    first = (
+        links.indices[np.minimum(links.indptr[:-1], max(links.nnz - 1, 0))]
+        if links.nnz
         else np.zeros(data.n_posts, dtype=np.int64)
+    )
     return np.where(has, first, -1 - np.arange(data.n_posts)).astype(np.int64)

@@ -49,10 +49,22 @@ logger = logging.getLogger(__name__)
 
 #: Rankers tried on the validation slice: gradient boosting of a few sizes, and a linear model.
 RANKER_GRID: tuple[dict[str, Any], ...] = (
-    {"model": "hgb", "max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 15,
-     "min_samples_leaf": 50, "l2_regularization": 1.0},
-    {"model": "hgb", "max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 7,
-     "min_samples_leaf": 100, "l2_regularization": 1.0},
+    {
+        "model": "hgb",
+        "max_iter": 150,
+        "learning_rate": 0.05,
+        "max_leaf_nodes": 15,
+        "min_samples_leaf": 50,
+        "l2_regularization": 1.0,
+    },
+    {
+        "model": "hgb",
+        "max_iter": 60,
+        "learning_rate": 0.1,
+        "max_leaf_nodes": 7,
+        "min_samples_leaf": 100,
+        "l2_regularization": 1.0,
+    },
     {"model": "logistic", "C": 1.0},
     {"model": "logistic", "C": 0.1},
 )
@@ -104,11 +116,19 @@ class LearnedBlend:
     needs_dataset = True
     name = "default"
 
-    def __init__(self, sources: Mapping[str, CandidateModel], n_per_source: int = 100,
-                 val_frac: float = 0.2, k: int = 20, max_windows: int = 6,
-                 min_val_users: int = 300, max_val_users: int = 1000,
-                 max_train_rows: int = 60_000, decayed: tuple[str, ...] = ("trending",),
-                 random_state: int = 0) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, CandidateModel],
+        n_per_source: int = 100,
+        val_frac: float = 0.2,
+        k: int = 20,
+        max_windows: int = 6,
+        min_val_users: int = 300,
+        max_val_users: int = 1000,
+        max_train_rows: int = 60_000,
+        decayed: tuple[str, ...] = ("trending",),
+        random_state: int = 0,
+    ) -> None:
         self.sources = dict(sources)
         self.decayed = tuple(decayed)
         self.n_per_source = n_per_source
@@ -133,10 +153,14 @@ class LearnedBlend:
         if len(self.names_) == 1:
             self.choice_ = RankerChoice(f"source:{self.names_[0]}")
         elif dataset is not None:
-            self.choice_ = self._learn(dataset, "like_ndcg" if data.likes.nnz else
-                                       "purchase_recall")
-        logger.info("default model: %s (one post per product: %s)", self.choice_.kind,
-                    self.choice_.one_per_product)
+            self.choice_ = self._learn(
+                dataset, "like_ndcg" if data.likes.nnz else "purchase_recall"
+            )
+        logger.info(
+            "default model: %s (one post per product: %s)",
+            self.choice_.kind,
+            self.choice_.one_per_product,
+        )
         self.sources_ = self.fit_sources(data, dataset)
         self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
         self.keys_ = product_keys(data)
@@ -153,8 +177,11 @@ class LearnedBlend:
             names.append(name)
         return names
 
-    def fit_sources(self, data: TrainingData, dataset: Dataset | None,
-                    ) -> dict[str, CandidateModel]:
+    def fit_sources(
+        self,
+        data: TrainingData,
+        dataset: Dataset | None,
+    ) -> dict[str, CandidateModel]:
         """Fresh copies of the applicable sources, fitted on ``data``."""
         fitted = {}
         decayed = None
@@ -191,8 +218,9 @@ class LearnedBlend:
             rest = part.train
         if not tables:
             return RankerChoice("fusion", metric=metric)
-        return choose(_Pool(tables, metric), self.names_, self.k, self.max_train_rows,
-                      self.random_state)
+        return choose(
+            _Pool(tables, metric), self.names_, self.k, self.max_train_rows, self.random_state
+        )
 
     def _slice(self, part: Any, metric: str) -> _Slice | None:
         """Sources fitted before one validation slice, and the slice's candidate table."""
@@ -206,13 +234,23 @@ class LearnedBlend:
         keep = np.sort(rng.permutation(len(truth.users))[: self.max_val_users])
         sources = self.fit_sources(sub, part.train)
         builder = CandidateBuilder(sources, FeatureContext(sub), self.n_per_source)
-        return _Slice.collect(builder, sub, truth.users[keep], sp.csr_matrix(truth.likes[keep]),
-                              sp.csr_matrix(truth.purchases[keep]), metric)
+        return _Slice.collect(
+            builder,
+            sub,
+            truth.users[keep],
+            sp.csr_matrix(truth.likes[keep]),
+            sp.csr_matrix(truth.purchases[keep]),
+            metric,
+        )
 
     # --- recommending ----------------------------------------------------------------------
 
-    def recommend(self, users: np.ndarray, n: int, exclude: sp.csr_matrix | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def recommend(
+        self,
+        users: np.ndarray,
+        n: int,
+        exclude: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``n`` posts per user: (items, scores, reason codes), each (len(users), n)."""
         if not hasattr(self, "n_posts_"):
             raise NotFittedError("LearnedBlend is not fitted; call fit() first")
@@ -239,19 +277,36 @@ class LearnedBlend:
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters (each source as its class and parameters)."""
-        params = {k: getattr(self, k) for k in (
-            "n_per_source", "val_frac", "k", "max_windows", "min_val_users", "max_val_users",
-            "max_train_rows", "decayed", "random_state")}
-        params["sources"] = {n: {"class": type(m).__name__, **m.get_params()}
-                             for n, m in self.sources.items()}
+        params = {
+            k: getattr(self, k)
+            for k in (
+                "n_per_source",
+                "val_frac",
+                "k",
+                "max_windows",
+                "min_val_users",
+                "max_val_users",
+                "max_train_rows",
+                "decayed",
+                "random_state",
+            )
+        }
+        params["sources"] = {
+            n: {"class": type(m).__name__, **m.get_params()} for n, m in self.sources.items()
+        }
         return params
 
     def summary(self) -> dict[str, Any]:
         """What the validation chose, for manifests and reports."""
         c = self.choice_
-        return {"kind": c.kind, "params": c.params, "one_per_product": c.one_per_product,
-                "metric": c.metric, "sources": list(self.names_),
-                "validation": {k: round(v, 5) for k, v in c.validation.items()}}
+        return {
+            "kind": c.kind,
+            "params": c.params,
+            "one_per_product": c.one_per_product,
+            "metric": c.metric,
+            "sources": list(self.names_),
+            "validation": {k: round(v, 5) for k, v in c.validation.items()},
+        }
 
 
 def clone(model: CandidateModel) -> CandidateModel:
@@ -269,8 +324,9 @@ def decayed_data(data: TrainingData, dataset: Dataset | None) -> TrainingData:
     span of the newest :data:`RECENT_SHARE` of likes and purchases)."""
     if dataset is None or not dataset.has_timestamps:
         return data
-    stamps = np.concatenate([dataset.likes["ts"].to_numpy(float),
-                             dataset.purchases["ts"].to_numpy(float)])
+    stamps = np.concatenate(
+        [dataset.likes["ts"].to_numpy(float), dataset.purchases["ts"].to_numpy(float)]
+    )
     span = (np.max(stamps) - np.quantile(stamps, 1.0 - RECENT_SHARE)) / SECONDS_PER_DAY
     return build(dataset, EngagementWeights(half_life_days=max(float(span), 1.0)))
 
@@ -294,8 +350,15 @@ class _Slice:
     depth: int
 
     @classmethod
-    def collect(cls, builder: CandidateBuilder, data: TrainingData, users: np.ndarray,
-                likes: sp.csr_matrix, purchases: sp.csr_matrix, metric: str) -> _Slice:
+    def collect(
+        cls,
+        builder: CandidateBuilder,
+        data: TrainingData,
+        users: np.ndarray,
+        likes: sp.csr_matrix,
+        purchases: sp.csr_matrix,
+        metric: str,
+    ) -> _Slice:
         from feed.evaluate import hits
 
         exclude = data.seen()
@@ -309,15 +372,26 @@ class _Slice:
             owner = np.repeat(np.arange(len(users)), items.shape[1])
             bought = np.asarray(purchases[owner].multiply(shown).sum(axis=1)).ravel()
             labels = (bought > 0).reshape(items.shape) & (items >= 0)
-        logger.info("validation slice: %d users, %d candidates, %d positive", len(users),
-                    int((items >= 0).sum()), int(labels.sum()))
+        logger.info(
+            "validation slice: %d users, %d candidates, %d positive",
+            len(users),
+            int((items >= 0).sum()),
+            int(labels.sum()),
+        )
         return cls(
-            data.users.to_external(users), items,
+            data.users.to_external(users),
+            items,
             np.concatenate([_pad(b.features, width, np.nan) for b in blocks]),
-            np.concatenate([_pad(b.ranks, width, builder.n_per_source, axis=2)
-                            for b in blocks], axis=1),
-            labels, likes, purchases, data.post_products, product_keys(data),
-            builder.n_per_source)
+            np.concatenate(
+                [_pad(b.ranks, width, builder.n_per_source, axis=2) for b in blocks], axis=1
+            ),
+            labels,
+            likes,
+            purchases,
+            data.post_products,
+            product_keys(data),
+            builder.n_per_source,
+        )
 
 
 class _Pool:
@@ -330,8 +404,7 @@ class _Pool:
         self.items = np.concatenate([_pad(s.items, width, -1) for s in slices])
         self.features = np.concatenate([_pad(s.features, width, np.nan) for s in slices])
         self.labels = np.concatenate([_pad(s.labels, width, False) for s in slices])
-        self.ranks = np.concatenate([_pad(s.ranks, width, s.depth, axis=2) for s in slices],
-                                    axis=1)
+        self.ranks = np.concatenate([_pad(s.ranks, width, s.depth, axis=2) for s in slices], axis=1)
         self.users = np.concatenate([s.users for s in slices])
         self.bounds = np.cumsum([0] + [len(s.items) for s in slices])
 
@@ -365,8 +438,7 @@ def _pad(a: np.ndarray, width: int, fill: Any, axis: int = 1) -> np.ndarray:
 # --- the choice --------------------------------------------------------------------------------
 
 
-def choose(pool: _Pool, names: list[str], k: int, max_rows: int,
-           random_state: int) -> RankerChoice:
+def choose(pool: _Pool, names: list[str], k: int, max_rows: int, random_state: int) -> RankerChoice:
     """Pick the best option on two folds of users of the pooled slices; fit it on all of them."""
     n_pos = int(pool.labels.sum())
     if n_pos < MIN_POSITIVES or len(np.unique(pool.users)) < 4:
@@ -387,11 +459,19 @@ def choose(pool: _Pool, names: list[str], k: int, max_rows: int,
             for dedupe in (False, True):
                 options[(f"ranker:{i}", dedupe)] = pool.score(oof, k, dedupe)
     (best, dedupe), value = max(options.items(), key=lambda kv: kv[1])
-    logger.info("validation %s: best %s%s = %.4f", pool.metric, best,
-                " (one post per product)" if dedupe else "", value)
-    choice = RankerChoice(best, one_per_product=dedupe, metric=pool.metric,
-                          validation={f"{n}{'+1pp' if d else ''}": v
-                                      for (n, d), v in options.items()})
+    logger.info(
+        "validation %s: best %s%s = %.4f",
+        pool.metric,
+        best,
+        " (one post per product)" if dedupe else "",
+        value,
+    )
+    choice = RankerChoice(
+        best,
+        one_per_product=dedupe,
+        metric=pool.metric,
+        validation={f"{n}{'+1pp' if d else ''}": v for (n, d), v in options.items()},
+    )
     if best.startswith("ranker:"):
         choice.params = dict(RANKER_GRID[int(best.split(":")[1])])
         every = np.ones(len(pool.items), dtype=bool)
@@ -399,8 +479,9 @@ def choose(pool: _Pool, names: list[str], k: int, max_rows: int,
     return choice
 
 
-def _out_of_fold(pool: _Pool, folds: np.ndarray, params: dict[str, Any], max_rows: int,
-                 random_state: int) -> np.ndarray | None:
+def _out_of_fold(
+    pool: _Pool, folds: np.ndarray, params: dict[str, Any], max_rows: int, random_state: int
+) -> np.ndarray | None:
     """Scores of every fold's candidates by a ranker fitted on the other fold."""
     oof = np.full(pool.labels.shape, -np.inf, dtype=np.float32)
     for f in (0, 1):
@@ -411,8 +492,9 @@ def _out_of_fold(pool: _Pool, folds: np.ndarray, params: dict[str, Any], max_row
     return oof
 
 
-def _fit_ranker(pool: _Pool, users: np.ndarray, params: dict[str, Any], max_rows: int,
-                random_state: int) -> Any:
+def _fit_ranker(
+    pool: _Pool, users: np.ndarray, params: dict[str, Any], max_rows: int, random_state: int
+) -> Any:
     """A classifier of the candidate rows of ``users`` (None when they hold one class only)."""
     valid = (pool.items >= 0) & users[:, None]
     x, y = pool.features[valid], pool.labels[valid]
@@ -440,10 +522,14 @@ def make_ranker(params: dict[str, Any], random_state: int) -> Any:
 
     rest = {k: v for k, v in params.items() if k != "model"}
     if params["model"] == "hgb":
-        return HistGradientBoostingClassifier(early_stopping=False, random_state=random_state,
-                                              **rest)
-    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
-                         StandardScaler(), LogisticRegression(max_iter=300, **rest))
+        return HistGradientBoostingClassifier(
+            early_stopping=False, random_state=random_state, **rest
+        )
+    return make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(max_iter=300, **rest),
+    )
 
 
 def _predict(model: Any, features: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -88,9 +88,16 @@ class MatrixFactorization(CandidateModel):
     name = "als"
     reason = "collaborative"
 
-    def __init__(self, algorithm: str = "als", factors: int = 64, iterations: int = 15,
-                 regularization: float = 0.05, alpha: float = 10.0, learning_rate: float = 0.05,
-                 random_state: int = 0) -> None:
+    def __init__(
+        self,
+        algorithm: str = "als",
+        factors: int = 64,
+        iterations: int = 15,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        learning_rate: float = 0.05,
+        random_state: int = 0,
+    ) -> None:
         self.algorithm = algorithm
         self.factors = factors
         self.iterations = iterations
@@ -105,16 +112,21 @@ class MatrixFactorization(CandidateModel):
 
         if self.algorithm == "als":
             return AlternatingLeastSquares(
-                factors=self.factors, iterations=self.iterations,
-                regularization=self.regularization, alpha=self.alpha,
+                factors=self.factors,
+                iterations=self.iterations,
+                regularization=self.regularization,
+                alpha=self.alpha,
                 random_state=self.random_state,
             )
         if self.algorithm == "bpr":
             # one thread: implicit's multi-threaded BPR is Hogwild SGD, not reproducible
             return BayesianPersonalizedRanking(
-                factors=self.factors, iterations=self.iterations * 5,
-                regularization=self.regularization, learning_rate=self.learning_rate,
-                num_threads=1, random_state=self.random_state,
+                factors=self.factors,
+                iterations=self.iterations * 5,
+                regularization=self.regularization,
+                learning_rate=self.learning_rate,
+                num_threads=1,
+                random_state=self.random_state,
             )
         raise ValueError(f"algorithm must be 'als' or 'bpr', got {self.algorithm!r}")
 
@@ -127,11 +139,12 @@ class MatrixFactorization(CandidateModel):
             model.fit(sp.csr_matrix(x[:, keep]), show_progress=False)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)[twin]
+        self._item_factors64 = self.item_factors_.astype(np.float64)
         self.n_posts_ = data.n_posts
         return self
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
-        return self.user_factors_[users] @ self.item_factors_.T
+        return dot_rows(self.user_factors_[users], self._item_factors64)
 
 
 def twin_columns(x: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -153,6 +166,12 @@ def twin_columns(x: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     position = np.empty_like(order)
     position[order] = np.arange(len(order))
     return first[order], position[group.ravel()]
+
+
+def dot_rows(rows: np.ndarray, items64: np.ndarray) -> np.ndarray:
+    """``rows @ items64.T`` in float64, rounded to float32: a row's scores do not depend on
+    which other rows share the matrix product (BLAS kernels differ in the last bits)."""
+    return (rows.astype(np.float64) @ items64.T).astype(np.float32)
 
 
 def knn_similarity(x: sp.csr_matrix, K: int, method: str) -> sp.csr_matrix:
@@ -238,8 +257,10 @@ class Content(CandidateModel):
         self.vectorizer_ = vec
         profiles = data.engagement @ self.post_vectors_
         if data.purchases.nnz and hasattr(vec, "vocabulary_"):
-            prod_docs = [f"{t} {c}" for t, c in zip(data.product_titles, data.product_categories,
-                                                    strict=True)]
+            prod_docs = [
+                f"{t} {c}"
+                for t, c in zip(data.product_titles, data.product_categories, strict=True)
+            ]
             prod_vecs = vec.transform(prod_docs)
             profiles = profiles + data.purchases @ prod_vecs
         self.profiles_ = _row_normalize(sp.csr_matrix(profiles, dtype=np.float32))
@@ -283,7 +304,8 @@ class Social(CandidateModel):
         engaged_authors = data.engagement @ author_posts  # users x authors
         share = sp.diags(1.0 / np.maximum(np.asarray(engaged_authors.sum(axis=1)).ravel(), 1e-9))
         self.affinity_ = sp.csr_matrix(
-            self.follow_weight * data.follows + share @ engaged_authors, dtype=np.float32)
+            self.follow_weight * data.follows + share @ engaged_authors, dtype=np.float32
+        )
         half_life = self.half_life_days or typical_age_days(data)
         age = post_age_days(data)
         recency = np.where(np.isfinite(age), 0.5 ** (age / half_life), 0.5)
@@ -339,8 +361,9 @@ class Fresh(CandidateModel):
     name = "fresh"
     reason = "fresh"
 
-    def __init__(self, half_life_days: float | None = None, floor: float = 0.05,
-                 min_df: int = 2) -> None:
+    def __init__(
+        self, half_life_days: float | None = None, floor: float = 0.05, min_df: int = 2
+    ) -> None:
         self.half_life_days = half_life_days
         self.floor = floor
         self.min_df = min_df
@@ -378,8 +401,9 @@ class EASE(CandidateModel):
     reason = "collaborative"
     sparse_scores = True
 
-    def __init__(self, l2: float = 200.0, max_items: int = 20_000,
-                 weighted_users: bool = False) -> None:
+    def __init__(
+        self, l2: float = 200.0, max_items: int = 20_000, weighted_users: bool = False
+    ) -> None:
         self.l2 = l2
         self.max_items = max_items
         self.weighted_users = weighted_users
@@ -392,8 +416,9 @@ class EASE(CandidateModel):
         distinct = sp.csr_matrix(x[:, keep])
         self.active_ = np.flatnonzero(distinct.getnnz(axis=0) > 0)  # positions in keep
         if len(self.active_) > self.max_items:
-            raise ValueError(f"EASE: {len(self.active_)} distinct engaged posts > "
-                             f"max_items={self.max_items}")
+            raise ValueError(
+                f"EASE: {len(self.active_)} distinct engaged posts > max_items={self.max_items}"
+            )
         xa = sp.csr_matrix(distinct[:, self.active_])
         gram = (xa.T @ xa).toarray().astype(np.float64)
         if self.weighted_users:
@@ -433,9 +458,16 @@ class ProductCF(CandidateModel):
     reason = "purchased_together"
     sparse_scores = True
 
-    def __init__(self, method: str = "als", factors: int = 64, iterations: int = 15,
-                 regularization: float = 0.05, alpha: float = 10.0, K: int = 100,
-                 random_state: int = 0) -> None:
+    def __init__(
+        self,
+        method: str = "als",
+        factors: int = 64,
+        iterations: int = 15,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        K: int = 100,
+        random_state: int = 0,
+    ) -> None:
         self.method = method
         self.factors = factors
         self.iterations = iterations
@@ -453,9 +485,13 @@ class ProductCF(CandidateModel):
         self.similarity_: sp.csr_matrix | None = None
         if x.nnz and self.method == "als":
             self.factors_ = MatrixFactorization(
-                "als", factors=self.factors, iterations=self.iterations,
-                regularization=self.regularization, alpha=self.alpha,
-                random_state=self.random_state).fit(data, matrix=x)
+                "als",
+                factors=self.factors,
+                iterations=self.iterations,
+                regularization=self.regularization,
+                alpha=self.alpha,
+                random_state=self.random_state,
+            ).fit(data, matrix=x)
         elif x.nnz:
             self.similarity_ = knn_similarity(x, self.K, "bm25")
         links = sp.csr_matrix(data.post_products, dtype=np.float32)
@@ -468,7 +504,7 @@ class ProductCF(CandidateModel):
         self._check_fitted()
         if self.factors_ is not None:
             f = self.factors_
-            return f.user_factors_[users] @ f.item_factors_.T
+            return dot_rows(f.user_factors_[users], f._item_factors64)
         if self.similarity_ is not None:
             return sparse_rows_dense(self.user_items_[users] @ self.similarity_)
         return np.zeros((len(users), self.links_.shape[0]), dtype=np.float32)
