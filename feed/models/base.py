@@ -52,8 +52,12 @@ class CandidateModel:
         if not hasattr(self, "n_posts_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
 
-    def recommend(self, users: np.ndarray, n: int, exclude: sp.csr_matrix | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(
+        self,
+        users: np.ndarray,
+        n: int,
+        exclude: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` posts for each user in ``users``.
 
         Returns ``(items, scores)``, both shaped (len(users), n); rows with fewer than ``n``
@@ -108,8 +112,11 @@ def topk(block: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     scores = np.full((n_rows, n), -np.inf, dtype=np.float32)
     if k == 0:
         return items, scores
-    part = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n_cols else np.tile(
-        np.arange(n_cols), (n_rows, 1))
+    part = (
+        np.argpartition(-block, k - 1, axis=1)[:, :k]
+        if k < n_cols
+        else np.tile(np.arange(n_cols), (n_rows, 1))
+    )
     vals = np.take_along_axis(block, part, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     part = np.take_along_axis(part, order, axis=1)

@@ -33,9 +33,13 @@ class RankFusion:
         The fusion constant (larger flattens the rank curve).
     """
 
-    def __init__(self, sources: Mapping[str, CandidateModel],
-                 weights: Mapping[str, float] | None = None, n_per_source: int = 200,
-                 k: float = 20.0) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, CandidateModel],
+        weights: Mapping[str, float] | None = None,
+        n_per_source: int = 200,
+        k: float = 20.0,
+    ) -> None:
         self.sources = dict(sources)
         self.weights = dict(weights or {})
         self.n_per_source = n_per_source
@@ -48,18 +52,28 @@ class RankFusion:
         self.n_posts_ = data.n_posts
         return self
 
-    def recommend(self, users: np.ndarray, n: int, exclude: sp.csr_matrix | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def recommend(
+        self,
+        users: np.ndarray,
+        n: int,
+        exclude: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``n`` fused candidates: (items, scores, reason codes), each (len(users), n)."""
         users = np.asarray(users, dtype=np.int64)
-        parts = [self._recommend_block(users[lo:hi], n, exclude)
-                 for lo, hi in blocks(len(users), 3 * self.n_posts_)]
+        parts = [
+            self._recommend_block(users[lo:hi], n, exclude)
+            for lo, hi in blocks(len(users), 3 * self.n_posts_)
+        ]
         if not parts:
             return self._recommend_block(users, n, exclude)
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
 
-    def _recommend_block(self, users: np.ndarray, n: int, exclude: sp.csr_matrix | None,
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _recommend_block(
+        self,
+        users: np.ndarray,
+        n: int,
+        exclude: sp.csr_matrix | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         names = list(self.sources)
         fused = np.zeros((len(users), self.n_posts_), dtype=np.float32)
         best = np.zeros((len(users), self.n_posts_), dtype=np.float32)
