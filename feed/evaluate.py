@@ -436,7 +436,8 @@ class EvalReport:
         )
         notes = [
             f"* primary metric (*): {i['primary_metric']}; {how}, test_frac={i['test_frac']}",
-            f"* {i['n_users']} users, {i['n_posts']} posts; test users: {c['test_users']} "
+            f"* {i['n_users']} users in the training part, {i['n_posts']} posts; "
+            f"test users: {c['test_users']} "
             f"({c['test_users_with_likes']} with held-out likes, "
             f"{c['test_users_with_purchases']} with held-out purchases); "
             f"{c['cold_users_skipped']} cold test users skipped (no training interaction)",
