@@ -251,8 +251,10 @@ def logged_ms(log: Path, offset: int) -> list[float]:
     with open(log, "rb") as f:
         f.seek(offset)
         for line in f:
-            if line.startswith(b"{") and b'"route": "/v1/feed/<user_id>"' in line:
-                out.append(float(json.loads(line)["duration_ms"]))
+            if line.startswith(b"{") and b"/v1/feed/<user_id>" in line:
+                entry = json.loads(line)
+                if entry.get("route") == ROUTE:
+                    out.append(float(entry["duration_ms"]))
     return out
 
 

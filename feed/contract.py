@@ -23,12 +23,12 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 CONTRACT_VERSION = 1
 
@@ -102,6 +102,25 @@ def post_doc_key(post_id: str) -> str:
 def product_doc_key(product_id: str) -> str:
     """Key of a product document (JSON), shared by every version."""
     return f"doc:pr:{product_id}"
+
+
+def card_key(post_id: str) -> str:
+    """Key of a post's card: the feed item as served, without score and reason (JSON)."""
+    return f"doc:c:{post_id}"
+
+
+def card(post: Mapping[str, Any], products: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A post's card: its document with its linked products' documents in place of their ids
+    (products without a document are left out; ``in_stock`` is decided at request time).
+
+    >>> card({"post_id": "p1", "product_ids": ["x", "y"]}, {"x": {"product_id": "x"}})
+    {'post_id': 'p1', 'products': [{'product_id': 'x', 'in_stock': True}]}
+    """
+    out = {k: v for k, v in post.items() if k != "product_ids"}
+    out["products"] = [
+        {**products[p], "in_stock": True} for p in post.get("product_ids", []) if p in products
+    ]
+    return out
 
 
 # User keys that events write (the real-time state). Named once so readers and writers agree.
@@ -234,16 +253,23 @@ def decode_candidates(blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.nd
     return idx, sc, rs
 
 
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
 def encode_json(obj: Any) -> bytes:
-    """Compact UTF-8 JSON (documents, manifests, registry entries)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON (documents, manifests, registry entries), keys in insertion order.
+
+    >>> encode_json({"title": "swatch", "n": 2, 3: [1.5, None]})
+    b'{"title":"swatch","n":2,"3":[1.5,null]}'
+    """
+    return orjson.dumps(obj, option=_JSON_OPTIONS)
 
 
 def decode_json(raw: bytes | str | None) -> Any:
     """Inverse of :func:`encode_json`; ``None`` stays ``None``."""
     if raw is None:
         return None
-    return json.loads(raw)
+    return orjson.loads(raw)
 
 
 def encode_post_table(
@@ -296,7 +322,7 @@ def decode_token_index(blob: bytes | None) -> dict[str, np.ndarray]:
     if not blob:
         return {}
     head, _, rest = blob.partition(b"\0")
-    tokens = json.loads(head)
+    tokens = orjson.loads(head)
     ptr = np.frombuffer(rest, dtype="<u4", count=len(tokens) + 1).astype(np.int64)
     items = np.frombuffer(rest, dtype="<u4", offset=4 * len(ptr)).astype(np.int64)
     return {t: items[ptr[i] : ptr[i + 1]] for i, t in enumerate(tokens)}

@@ -141,10 +141,13 @@ def _token_blob(art: artifacts.Artifact) -> bytes:
 
 
 def _doc_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
+    """Post, product and card documents (cards: what the feed serves of each post)."""
+    products = {d["product_id"]: d for d in art.documents("products")}
+    for d in products.values():
+        yield c.product_doc_key(d["product_id"]), c.encode_json(d)
     for d in art.documents("posts"):
         yield c.post_doc_key(d["post_id"]), c.encode_json(d)
-    for d in art.documents("products"):
-        yield c.product_doc_key(d["product_id"]), c.encode_json(d)
+        yield c.card_key(d["post_id"]), c.encode_json(c.card(d, products))
 
 
 def _stock(r: Any, art: artifacts.Artifact) -> None:
@@ -218,7 +221,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
         total = (
             counts["users"]
             + counts["neighbour_posts"]
-            + counts["post_docs"]
+            + 2 * counts["post_docs"]
             + counts["product_docs"]
             + counts["followers"]
             + counts["buyers"]
@@ -264,7 +267,7 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
         "version": len(shared),
         "users": counts["users"],
         "neighbour_posts": counts["neighbour_posts"],
-        "docs": counts["post_docs"] + counts["product_docs"],
+        "docs": 2 * counts["post_docs"] + counts["product_docs"],  # a card per post
         "seeds": _seeded_users(art),
     }
     for name, keys in groups.items():

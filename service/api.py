@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import redis
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -82,34 +83,40 @@ def resolve_version(user_id: str, pinned: str | None) -> dict[str, Any]:
     return {"model_version": live, "experiment": None, "arm": None}
 
 
-def _item(
-    cand: Candidate, doc: dict[str, Any], products: dict[str, dict[str, Any]], oos: set[str]
-) -> dict[str, Any]:
-    prods = []
-    for pid in doc.get("product_ids", cand.product_ids):
-        p = products.get(pid)
-        if p is not None:
-            prods.append({**p, "in_stock": bool(p.get("in_stock", True)) and pid not in oos})
-    return {
-        "post_id": cand.post_id,
-        "author_id": doc.get("author_id", cand.author_id),
-        "text": doc.get("text", ""),
-        "title": doc.get("title", ""),
-        "created_at": doc.get("created_at"),
-        "tags": doc.get("tags", []),
-        "score": round(float(cand.score), 4),
-        "reason": cand.reason,
-        "products": prods,
-    }
+def render(cand: Candidate, card: bytes, oos: frozenset[str]) -> orjson.Fragment:
+    """A feed item's JSON: the post's card with its score and reason, spliced as bytes; the
+    card is decoded only to mark products that are out of stock now."""
+    if oos and any(p in oos for p in cand.product_ids):
+        card = orjson.dumps(_in_stock(orjson.loads(card), oos))
+    tail = orjson.dumps({"score": round(float(cand.score), 4), "reason": cand.reason})
+    return orjson.Fragment(card[:-1] + b"," + tail[1:])
 
 
-def hydrate(page: list[Candidate], oos: set[str]) -> list[dict[str, Any]]:
-    """Documents for a page in one MGET; posts whose document is gone are dropped."""
-    product_ids = list(dict.fromkeys(p for cand in page for p in cand.product_ids))
-    posts, products = store().documents([cand.post_id for cand in page], product_ids)
-    return [
-        _item(cand, posts[cand.post_id], products, oos) for cand in page if cand.post_id in posts
-    ]
+def _in_stock(card: dict[str, Any], oos: frozenset[str]) -> dict[str, Any]:
+    for p in card["products"]:
+        p["in_stock"] = p["product_id"] not in oos
+    return card
+
+
+def cards(post_ids: list[str]) -> dict[str, bytes]:
+    """Post id -> card in one MGET; posts without a card (published by an older release) get
+    one built from their documents (one more MGET)."""
+    found = store().cards(post_ids)
+    missing = [p for p in post_ids if p not in found]
+    if missing:
+        posts, _ = store().documents(missing, [])
+        linked = list(
+            dict.fromkeys(p for doc in posts.values() for p in doc.get("product_ids", []))
+        )
+        _, products = store().documents([], linked)
+        found.update({p: c.encode_json(c.card(doc, products)) for p, doc in posts.items()})
+    return found
+
+
+def hydrate(page: list[Candidate], oos: frozenset[str]) -> list[tuple[Candidate, Any]]:
+    """Each candidate with its rendered item (posts without a card or document are dropped)."""
+    found = cards([cand.post_id for cand in page])
+    return [(x, render(x, found[x.post_id], oos)) for x in page if x.post_id in found]
 
 
 def interests_arg() -> list[str]:
@@ -149,8 +156,8 @@ def _ranked(
     """Gather, filter, rescore and cut one page (no Redis except a first-use token index)."""
     cfg = current_app.config
     tokens = store().token_index(table.version) if interests else None
-    best = gather(state, table, glob, cfg, interests, tokens)
-    cands = filtered(user_id, best, state, table, glob, cfg, now, keep=pool_size(limit, cfg))
+    offers = gather(state, table, glob, cfg, interests, tokens)
+    cands = filtered(user_id, offers, state, table, glob, cfg, now, pool_size(limit, cfg))
     return diverse_page(cands, limit, cfg)
 
 
@@ -219,7 +226,7 @@ def _degraded(user_id: str, limit: int, page_no: int, started: float) -> Any:
     if version is None:
         raise unavailable("the feed store (Redis) is unavailable; retry shortly")
     observability.DEGRADED.labels("feed").inc()
-    page = [{**it, "reason": "trending"} for it in items[limit * page_no : limit * (page_no + 1)]]
+    page = items[limit * page_no : limit * (page_no + 1)]  # rendered with reason "trending"
     cfg = current_app.config
     next_cursor = (
         cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1, started)
@@ -260,7 +267,7 @@ def _remember_fallback(table: VersionTable) -> None:
             table.trending[:n].tolist(), table.trending_scores[:n].tolist(), strict=True
         )
     ]
-    s.remember_fallback(table.version, hydrate(page, set()))
+    s.remember_fallback(table.version, [item for _, item in hydrate(page, frozenset())])
 
 
 @bp.get("/v1/feed/<user_id>")
@@ -326,11 +333,12 @@ def _feed_page(
     items = hydrate(page, glob["oos"])
     rid = request_id()
     if not preview:
+        served = [cand for cand, _ in items]
         keep = None
         if replay_key and state.replay is None:
-            keep = (replay_key, [(it["post_id"], it["score"], it["reason"]) for it in items])
-        s.record_served(user_id, [it["post_id"] for it in items], now, route, rid, keep)
-        observability.record_items(it["reason"] for it in items)
+            keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in served])
+        s.record_served(user_id, [x.post_id for x in served], now, route, rid, keep)
+        observability.record_items(x.reason for x in served)
         observability.record_exposure(route.get("experiment"), route.get("arm"))
         _remember_fallback(table)
     next_cursor = (
@@ -345,7 +353,7 @@ def _feed_page(
             "request_id": rid,
             "degraded": False,
             "next_cursor": next_cursor,
-            "items": items,
+            "items": [item for _, item in items],
         }
     )
 
@@ -353,19 +361,10 @@ def _feed_page(
 @bp.get("/v1/posts/<post_id>")
 def get_post(post_id: str) -> Any:
     check_id(post_id, "post_id")
-    glob = store().global_state()
-    posts, _ = store().documents([post_id], [])
-    doc = posts.get(post_id)
-    if doc is None:
+    raw = cards([post_id]).get(post_id)
+    if raw is None:
         raise not_found(f"unknown post {post_id!r}")
-    _, products = store().documents([], doc.get("product_ids", []))
-    cand = Candidate(
-        post_id, 0.0, "", doc.get("author_id", ""), "", None, doc.get("product_ids", [])
-    )
-    item = _item(cand, doc, products, glob["oos"])
-    item.pop("score")
-    item.pop("reason")
-    return jsonify(item)
+    return jsonify(_in_stock(orjson.loads(raw), store().global_state()["oos"]))
 
 
 def _neighbour_indices(
@@ -423,7 +422,7 @@ def similar(post_id: str) -> Any:
         )
         if len(page) == limit:
             break
-    items = hydrate(page, oos)
+    items = [item for _, item in hydrate(page, oos)]
     return jsonify({"post_id": post_id, "model_version": version, "items": items})
 
 

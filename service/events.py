@@ -282,6 +282,7 @@ def create_post() -> Any:
     if not s.r.set(c.post_doc_key(pid), c.encode_json(doc), nx=True):
         raise bad_request(f"post {pid!r} already exists", "duplicate_post")
     pipe = s.r.pipeline(transaction=False)
+    pipe.set(c.card_key(pid), c.encode_json(c.card(doc, prods)))
     pipe.hset(
         c.FRESH_META_KEY,
         pid,

@@ -64,7 +64,7 @@ def taste_posts(
 ) -> dict[str, tuple[float, str]]:
     """The friend's candidate posts -> (score, reason), plus posts liked since training
     (``GIFT_LIKED_WEIGHT``, reason ``liked:<post_id>``)."""
-    best = gather(state, table, glob, cfg)
+    best = gather(state, table, glob, cfg).as_dict(table)
     for pid in state.liked:
         if cfg["GIFT_LIKED_WEIGHT"] > best.get(pid, (float("-inf"), ""))[0]:
             best[pid] = (cfg["GIFT_LIKED_WEIGHT"], f"liked:{pid}")

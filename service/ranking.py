@@ -1,7 +1,8 @@
 """One feed page: mix candidate sources, filter, rescore lightly, pick a diverse page.
 
 Pure functions over what :mod:`service.store` read; no Redis here, so every rule is testable.
-A request's candidates come from five sources, each yielding ``(post id, score, reason)``:
+A request's candidates come from five sources, each offering posts with a score and a reason
+(the version's lists as arrays over its post indices, the rest as ``(post id, score, reason)``):
 
 * :func:`precomputed`: the version's ranked list for the user (scores in [0, 1]);
 * :func:`realtime`: the user's real-time candidates, written by events: neighbours of posts
@@ -13,7 +14,8 @@ A request's candidates come from five sources, each yielding ``(post id, score, 
 * :func:`trending`: the version's trending list, the fallback for everyone.
 
 :func:`gather` keeps each post's best-scoring source, :func:`filtered` drops what the user must
-not see and adds the freshness bonus, and :func:`diverse_page` picks the page. Every weight is
+not see, adds the freshness bonus and keeps the best few (numpy over the version's posts), and
+:func:`diverse_page` picks the page from those. Every weight is
 configuration (:mod:`service.config`).
 """
 
@@ -91,16 +93,84 @@ def following(state: UserState) -> set[str]:
 
 
 # --- sources -----------------------------------------------------------------------------------
-def precomputed(state: UserState, table: VersionTable) -> Iterator[Offer]:
-    """The version's ranked candidates; social ones of authors unfollowed since are skipped."""
+@dataclass
+class Offers:
+    """Every candidate post with its best-scoring source.
+
+    Posts of the version are parallel arrays over its post indices (``idx``, ``score`` and
+    ``why``, an index into ``reasons``), so filters and the freshness bonus run vectorized;
+    posts the version does not know (created since training) sit in ``extra``.
+    """
+
+    idx: np.ndarray
+    score: np.ndarray
+    why: np.ndarray
+    reasons: list[str]
+    extra: dict[str, tuple[float, str]]
+
+    def as_dict(self, table: VersionTable) -> dict[str, tuple[float, str]]:
+        """Post id -> (score, reason), every post."""
+        rows = zip(self.idx.tolist(), self.score.tolist(), self.why.tolist(), strict=True)
+        out = {table.post_ids[i]: (s, self.reasons[w]) for i, s, w in rows}
+        out.update(self.extra)
+        return out
+
+
+class _Collector:
+    """Offers from several sources, in order: on equal scores the earlier source wins."""
+
+    def __init__(self, table: VersionTable) -> None:
+        self.table = table
+        self.reasons: dict[str, int] = {r: i for i, r in enumerate(REASONS)}
+        self.arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.idx: list[int] = []
+        self.score: list[float] = []
+        self.why: list[int] = []
+        self.extra: dict[str, tuple[float, str]] = {}
+
+    def add_arrays(self, idx: np.ndarray, score: np.ndarray, why: np.ndarray) -> None:
+        self._flush()
+        self.arrays.append((idx.astype(np.int64), score.astype(np.float64), why.astype(np.int64)))
+
+    def add(self, pid: str, score: float, reason: str) -> None:
+        i = self.table.index.get(pid)
+        if i is None:
+            cur = self.extra.get(pid)
+            if cur is None or score > cur[0]:
+                self.extra[pid] = (score, reason)
+            return
+        self.idx.append(i)
+        self.score.append(score)
+        self.why.append(self.reasons.setdefault(reason, len(self.reasons)))
+
+    def _flush(self) -> None:
+        if self.idx:
+            self.arrays.append((np.array(self.idx), np.array(self.score), np.array(self.why)))
+            self.idx, self.score, self.why = [], [], []
+
+    def offers(self) -> Offers:
+        self._flush()
+        if self.arrays:
+            idx, score, why = (np.concatenate(a) for a in zip(*self.arrays, strict=True))
+        else:
+            idx, score, why = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        order = np.argsort(-score, kind="stable")  # best first; ties keep source order
+        _, first = np.unique(idx[order], return_index=True)
+        keep = order[first]
+        return Offers(idx[keep], score[keep], why[keep], list(self.reasons), self.extra)
+
+
+def precomputed(state: UserState, table: VersionTable) -> tuple[np.ndarray, ...]:
+    """The version's ranked candidates (indices, scores, reason codes); social ones of
+    authors unfollowed since are skipped."""
     idx, scores, reasons = state.candidates
-    n = len(table.post_ids)
-    for i, s, r in zip(idx.tolist(), scores.tolist(), reasons.tolist(), strict=True):
-        if not 0 <= i < n:
-            continue
-        if r == _FOLLOWED and table.authors[i] in state.unfollows:
-            continue
-        yield table.post_ids[i], s, REASONS[r] if r < len(REASONS) else "collaborative"
+    ok = (idx >= 0) & (idx < len(table.post_ids))
+    if state.unfollows:
+        gone = [table.author_index[a] for a in state.unfollows if a in table.author_index]
+        codes = table.author_codes[np.where(ok, idx, 0)]
+        ok &= ~((reasons == _FOLLOWED) & np.isin(codes, gone))
+    why = np.where(reasons < len(REASONS), reasons, 0)  # unknown codes: "collaborative"
+    return idx[ok], scores[ok], why[ok]
 
 
 def realtime(
@@ -178,12 +248,12 @@ def interest_matches(
             yield table.post_ids[i], score, f"interest:{term.strip()}"
 
 
-def trending(table: VersionTable, cfg: Mapping[str, Any]) -> Iterator[Offer]:
+def trending(table: VersionTable, cfg: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
     """The version's ``TRENDING_CANDIDATES`` best trending posts, weighted down to a fallback."""
     n = cfg["TRENDING_CANDIDATES"]
-    for i, s in zip(table.trending[:n].tolist(), table.trending_scores[:n].tolist(), strict=True):
-        if 0 <= i < len(table.post_ids):
-            yield table.post_ids[i], cfg["TRENDING_WEIGHT"] * s, "trending"
+    idx, scores = table.trending[:n], table.trending_scores[:n]
+    ok = (idx >= 0) & (idx < len(table.post_ids))
+    return idx[ok], cfg["TRENDING_WEIGHT"] * scores[ok], np.full(ok.sum(), REASON_CODE["trending"])
 
 
 def gather(
@@ -193,8 +263,8 @@ def gather(
     cfg: Mapping[str, Any],
     interests: Iterable[str] = (),
     tokens: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, tuple[float, str]]:
-    """Every candidate post -> (score, reason), keeping each post's best-scoring source.
+) -> Offers:
+    """Every candidate post with its best-scoring source (on ties, the earlier source).
 
     Parameters
     ----------
@@ -205,38 +275,92 @@ def gather(
     interests : terms of the ``interests=`` hint, if any
     tokens : the version's token index (needed only with ``interests``)
     """
-    best: dict[str, tuple[float, str]] = {}
-    sources = [
-        precomputed(state, table),
+    out = _Collector(table)
+    out.add_arrays(*precomputed(state, table))
+    for source in (
         realtime(state, table, glob["fresh_meta"], cfg),
         fresh(state, glob, cfg),
         interest_matches(interests, table, tokens or {}, cfg),
-        trending(table, cfg),
-    ]
-    for source in sources:
-        for pid, score, reason in source:
-            cur = best.get(pid)
-            if cur is None or score > cur[0]:
-                best[pid] = (score, reason)
-    return best
+    ):
+        for offer in source:
+            out.add(*offer)
+    out.add_arrays(*trending(table, cfg))
+    return out.offers()
 
 
 # --- filters and rescoring ---------------------------------------------------------------------
+def _among(values: np.ndarray, among: list[int]) -> np.ndarray:
+    """Mask of ``values`` found in ``among`` (a sorted search: no loop per element).
+
+    >>> _among(np.array([3, 1, 4, 1, 5]), [1, 5]).tolist()
+    [False, True, False, True, True]
+    """
+    ref = np.sort(np.asarray(among, dtype=np.int64))
+    return ref[np.searchsorted(ref, values).clip(max=len(ref) - 1)] == values
+
+
+class Pool:
+    """The best candidates of a page, best first: ``(score, post id, source)`` rows, each built
+    into a :class:`Candidate` on first use (a page looks at a fraction of its pool).
+
+    A row's source is ``(post index, reason index)`` for a post of the version, else the
+    :class:`Candidate` itself.
+    """
+
+    def __init__(
+        self,
+        rows: list[tuple[float, str, Any]],
+        table: VersionTable | None = None,
+        reasons: list[str] | None = None,
+    ) -> None:
+        self.rows, self.table, self.reasons = rows, table, reasons or []
+        self._built: dict[int, Candidate] = {}
+
+    @classmethod
+    def of(cls, cands: Iterable[Candidate]) -> Pool:
+        """A pool of ready candidates, sorted best first."""
+        rows = sorted(((x.score, x.post_id, x) for x in cands), key=lambda r: r[:2], reverse=True)
+        return cls(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> Candidate:
+        cand = self._built.get(k)
+        if cand is None:
+            score, pid, source = self.rows[k]
+            if isinstance(source, Candidate):
+                cand = source
+            else:
+                i, w = source
+                t = self.table
+                assert t is not None
+                cand = Candidate(
+                    pid,
+                    score,
+                    self.reasons[w],
+                    t.authors[i],
+                    t.categories[i],
+                    t.created[i],
+                    t.product_ids[i],
+                    t.categories_of(i),
+                )
+            self._built[k] = cand
+        return cand
+
+
 def filtered(
     user_id: str,
-    best: Mapping[str, tuple[float, str]],
+    offers: Offers,
     state: UserState,
     table: VersionTable,
     glob: Mapping[str, Any],
     cfg: Mapping[str, Any],
     now: float,
-    keep: int | None = None,
-) -> list[Candidate]:
-    """Drop what the user must not see; add the freshness bonus.
-
-    With ``keep``, candidates are examined best first and the scan stops once ``keep`` have
-    passed and no later one can beat them even with the largest freshness bonus: the best
-    ``keep`` are the same as with a full scan, for a fraction of the work.
+    keep: int,
+) -> Pool:
+    """The best ``keep`` candidates the user may see, with the freshness bonus, best first
+    (ties by post id, highest first, so the same inputs always give the same list).
 
     Dropped: posts seen or served within ``SEEN_WINDOW_S``, liked or hidden; the user's own
     posts; posts of muted authors (blocked or "see fewer"); posts whose every linked product is
@@ -244,14 +368,33 @@ def filtered(
     ``FRESHNESS_WEIGHT * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)``.
     """
     excluded = state.seen | state.liked | state.hidden
+    weight, half_life = cfg["FRESHNESS_WEIGHT"], max(cfg["FRESHNESS_HALF_LIFE_S"], 1)
+
+    # posts of the version, vectorized
+    idx = offers.idx
+    ok = ~table.sold_out(glob["oos"])[idx]
+    blocked = [table.author_index[a] for a in state.muted | {user_id} if a in table.author_index]
+    if blocked:
+        ok &= ~_among(table.author_codes[idx], blocked)
+    gone = [table.index[p] for p in excluded if p in table.index]
+    if gone:
+        ok &= ~_among(idx, gone)
+    idx, why = idx[ok], offers.why[ok]
+    age = np.maximum(now - table.created_s[idx], 0.0)  # inf when unknown: no bonus
+    score = offers.score[ok] + weight * 0.5 ** (age / half_life)
+    if len(score) > keep:  # the best ``keep``, and every post tied with the last of them
+        cut = np.partition(score, len(score) - keep)[len(score) - keep]
+        best = score >= cut
+        idx, why, score = idx[best], why[best], score[best]
+    post_ids = table.post_ids
+    out: list[tuple[float, str, Any]] = [
+        (s, post_ids[i], (i, w))
+        for i, s, w in zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
+    ]
+
+    # posts created since training (a few), one by one
     oos = glob["oos"]
-    half_life = max(cfg["FRESHNESS_HALF_LIFE_S"], 1)
-    max_bonus = max(cfg["FRESHNESS_WEIGHT"], 0.0)
-    out: list[Candidate] = []
-    kept: list[float] = []  # min-heap of the best ``keep`` final scores so far
-    for pid, (score, reason) in sorted(best.items(), key=lambda kv: -kv[1][0]):
-        if keep is not None and len(kept) >= keep and score + max_bonus < kept[0]:
-            break
+    for pid, (score_, reason) in offers.extra.items():
         if pid in excluded:
             continue
         meta = post_meta(pid, table, glob["fresh_meta"])
@@ -260,62 +403,20 @@ def filtered(
         if meta.product_ids and all(p in oos for p in meta.product_ids):
             continue
         if meta.created is not None:
-            score += cfg["FRESHNESS_WEIGHT"] * 0.5 ** (max(now - meta.created, 0.0) / half_life)
-        if keep is not None:
-            (heapq.heappush if len(kept) < keep else heapq.heappushpop)(kept, score)
-        out.append(
-            Candidate(
-                pid,
-                score,
-                reason,
-                meta.author_id,
-                meta.category,
-                meta.created,
-                meta.product_ids,
-                meta.categories,
-            )
+            score_ += weight * 0.5 ** (max(now - meta.created, 0.0) / half_life)
+        cand = Candidate(
+            pid,
+            score_,
+            reason,
+            meta.author_id,
+            meta.category,
+            meta.created,
+            meta.product_ids,
+            meta.categories,
         )
-    return out
-
-
-def _adjusted(cand: Candidate, per_cat: Mapping[str, int], discount: float) -> float:
-    """The score after the category discount: times ``1 - discount`` per earlier item on the
-    page sharing the post's most repeated category (relative, so sources of different score
-    scales keep their order among themselves)."""
-    if not cand.categories:
-        return cand.score
-    repeats = max(per_cat.get(cat, 0) for cat in cand.categories)
-    return cand.score * (1.0 - min(discount, 1.0)) ** repeats
-
-
-def _pick(
-    pool: list[Candidate],
-    page: list[Candidate],
-    per_author: Mapping[str, int],
-    per_cat: Mapping[str, int],
-    cfg: Mapping[str, Any],
-) -> tuple[int, float]:
-    """Index and adjusted score of the best next item: first among those keeping the author
-    rules (not the previous item's author, under ``AUTHOR_MAX_PER_PAGE``), else among all.
-
-    ``pool`` is sorted by score, best first, and the discount only lowers a non-negative
-    score, so the scan stops at the first candidate whose raw score cannot beat the best
-    adjusted one found."""
-    prev = page[-1].author_id if page else None
-    cap = max(cfg["AUTHOR_MAX_PER_PAGE"], 1)
-    for strict in (True, False):
-        best_i, best_s = -1, float("-inf")
-        for i, cand in enumerate(pool):
-            if 0 <= cand.score <= best_s:
-                break
-            if strict and (cand.author_id == prev or per_author.get(cand.author_id, 0) >= cap):
-                continue
-            s = _adjusted(cand, per_cat, cfg["CATEGORY_DISCOUNT"])
-            if s > best_s:
-                best_i, best_s = i, s
-        if best_i >= 0:
-            return best_i, best_s
-    return -1, float("-inf")
+        out.append((score_, pid, cand))
+    out.sort(key=lambda x: (x[0], x[1]), reverse=True)
+    return Pool(out[:keep], table, offers.reasons)
 
 
 def pool_size(limit: int, cfg: Mapping[str, Any]) -> int:
@@ -323,24 +424,61 @@ def pool_size(limit: int, cfg: Mapping[str, Any]) -> int:
     return max(limit * max(cfg["DIVERSITY_POOL_FACTOR"], 1), 50)
 
 
-def diverse_page(cands: list[Candidate], limit: int, cfg: Mapping[str, Any]) -> list[Candidate]:
-    """Greedy page: best adjusted score first, never the same author twice in a row, at most
-    ``AUTHOR_MAX_PER_PAGE`` per author (relaxed only when nothing else is left), and a
-    relative ``CATEGORY_DISCOUNT`` per earlier item of the same category (over every linked
-    product).
+def diverse_page(pool: Pool, limit: int, cfg: Mapping[str, Any]) -> list[Candidate]:
+    """A greedy page from ``pool`` (best first, as :func:`filtered` returns it).
 
-    Ties break on the post id, so the same inputs always give the same page.
+    Each pick is the candidate of best adjusted score, never the same author twice in a row and
+    at most ``AUTHOR_MAX_PER_PAGE`` per author (relaxed only when nothing else is left). The
+    adjusted score is the score times ``1 - CATEGORY_DISCOUNT`` per earlier item on the page
+    sharing the post's most repeated category (over every linked product; relative, so sources
+    of different score scales keep their order among themselves; negative scores are left as
+    they are). Ties go to the earlier candidate, so the same inputs always give the same page.
+
+    Adjusted scores only fall as the page fills, so a max-heap of possibly stale scores gives
+    each pick after a few recomputations ("lazy greedy") instead of a scan of the pool.
     """
-    pool = heapq.nlargest(pool_size(limit, cfg), cands, key=lambda x: (x.score, x.post_id))
-    page: list[Candidate] = []
+    factor = 1.0 - min(max(cfg["CATEGORY_DISCOUNT"], 0.0), 1.0)
+    discount = [factor**r for r in range(limit + 1)]  # by repeats so far
+    cap = max(cfg["AUTHOR_MAX_PER_PAGE"], 1)
     per_author: dict[str, int] = {}
     per_cat: dict[str, int] = {}
-    while pool and len(page) < limit:
-        i, score = _pick(pool, page, per_author, per_cat, cfg)
-        chosen = pool.pop(i)
-        chosen.score = score
-        page.append(chosen)
-        per_author[chosen.author_id] = per_author.get(chosen.author_id, 0) + 1
-        for cat in chosen.categories:
+
+    def adjusted(cand: Candidate) -> float:
+        cats = cand.categories
+        if not cats or cand.score <= 0:
+            return cand.score
+        if len(cats) == 1:
+            return cand.score * discount[per_cat.get(cats[0], 0)]
+        return cand.score * discount[max(per_cat.get(cat, 0) for cat in cats)]
+
+    heap = [(-row[0], i) for i, row in enumerate(pool.rows[: pool_size(limit, cfg)])]
+    heapq.heapify(heap)
+    page: list[Candidate] = []
+    prev = None
+    while heap and len(page) < limit:
+        aside: list[tuple[float, int]] = []  # up to date, but breaking an author rule
+        chosen = None
+        while heap:
+            key, i = heapq.heappop(heap)
+            cand = pool[i]
+            score = adjusted(cand)
+            if score < -key:  # stale: back in, at its current score
+                heapq.heappush(heap, (-score, i))
+            elif cand.author_id == prev or per_author.get(cand.author_id, 0) >= cap:
+                aside.append((key, i))
+            else:
+                chosen = (key, i)
+                break
+        if chosen is None:  # every candidate left breaks an author rule: the best of them
+            chosen = min(aside)
+            aside.remove(chosen)
+        for entry in aside:
+            heapq.heappush(heap, entry)
+        cand = pool[chosen[1]]
+        cand.score = -chosen[0]
+        page.append(cand)
+        prev = cand.author_id
+        per_author[prev] = per_author.get(prev, 0) + 1
+        for cat in cand.categories:
             per_cat[cat] = per_cat.get(cat, 0) + 1
     return page

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,18 +32,68 @@ class VersionTable:
     index: dict[str, int] = field(default_factory=dict)
     _by_author: dict[str, list[int]] | None = field(default=None, repr=False)
     _by_category: dict[str, list[int]] | None = field(default=None, repr=False)
+    _sold_out: tuple[frozenset[str], np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.index = {p: i for i, p in enumerate(self.post_ids)}
 
     def categories_of(self, i: int) -> tuple[str, ...]:
         """Categories of every product post ``i`` links (its first product's when unknown)."""
-        cats = {
-            self.product_category[p] for p in self.product_ids[i] if self.product_category.get(p)
-        }
-        if not cats and self.categories[i]:
-            return (self.categories[i],)
-        return tuple(sorted(cats))
+        cats = self._categories[i]
+        if cats is None:
+            found = {
+                self.product_category[p]
+                for p in self.product_ids[i]
+                if self.product_category.get(p)
+            }
+            cats = tuple(sorted(found)) or ((self.categories[i],) if self.categories[i] else ())
+            self._categories[i] = cats
+        return cats
+
+    @cached_property
+    def _categories(self) -> list[tuple[str, ...] | None]:
+        return [None] * len(self.post_ids)
+
+    # -- arrays over post indices, for vectorized ranking (built on first use) ------------
+    @cached_property
+    def created_s(self) -> np.ndarray:
+        """Creation times as float64 seconds (-inf when unknown: infinitely old)."""
+        return np.array([-np.inf if t is None else t for t in self.created], dtype=np.float64)
+
+    @cached_property
+    def author_index(self) -> dict[str, int]:
+        """Author id -> author code (position of its first post)."""
+        out: dict[str, int] = {}
+        for i, a in enumerate(self.authors):
+            out.setdefault(a, i)
+        return out
+
+    @cached_property
+    def author_codes(self) -> np.ndarray:
+        """Each post's author code (see :attr:`author_index`)."""
+        index = self.author_index
+        return np.array([index[a] for a in self.authors], dtype=np.int64)
+
+    def sold_out(self, oos: frozenset[str]) -> np.ndarray:
+        """Boolean mask of posts whose every linked product is in ``oos``; recomputed only
+        when the out-of-stock set changes."""
+        cached = self._sold_out
+        if cached is not None and (cached[0] is oos or cached[0] == oos):
+            return cached[1]
+        mask = np.zeros(len(self.post_ids), dtype=bool)
+        for p in oos:
+            for i in self._posts_of_product.get(p, ()):
+                mask[i] = all(q in oos for q in self.product_ids[i])
+        self._sold_out = (oos, mask)
+        return mask
+
+    @cached_property
+    def _posts_of_product(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, products in enumerate(self.product_ids):
+            for p in products:
+                out.setdefault(p, []).append(i)
+        return out
 
     def posts_by(self, author: str, n: int) -> list[int]:
         """The author's ``n`` newest posts in this version (post indices, newest first)."""
@@ -107,7 +158,7 @@ class Store:
         self._experiment: tuple[float, Experiment | None] = (-1e18, None)
         self._global: tuple[float, dict[str, Any]] = (0.0, {})
         self._down_until = 0.0  # circuit breaker: skip Redis until then after an error
-        self.fallback: tuple[str | None, list[dict[str, Any]]] = (None, [])
+        self.fallback: tuple[str | None, list[Any]] = (None, [])  # version, rendered items
 
     # -- outages ---------------------------------------------------------------------------
     def available(self) -> bool:
@@ -118,7 +169,7 @@ class Store:
     def mark_down(self) -> None:
         self._down_until = time.monotonic() + self.config["REDIS_BREAKER_S"]
 
-    def remember_fallback(self, version: str, items: list[dict[str, Any]]) -> None:
+    def remember_fallback(self, version: str, items: list[Any]) -> None:
         """Keep a hydrated trending page of the live version for outages."""
         self.fallback = (version, items)
 
@@ -218,7 +269,7 @@ class Store:
         g = {
             "fresh": [(_s(p), float(ts)) for p, ts in fresh],
             "fresh_meta": {_s(k): c.decode_json(v) for k, v in meta.items()},
-            "oos": {_s(x) for x in oos},
+            "oos": frozenset(_s(x) for x in oos),
         }
         self._global = (time.monotonic(), g)
         return g
@@ -287,6 +338,14 @@ class Store:
             p: c.decode_json(v) for p, v in zip(product_ids, raw[len(post_ids) :], strict=True) if v
         }
         return posts, prods
+
+    def cards(self, post_ids: list[str]) -> dict[str, bytes]:
+        """Post id -> its card (raw JSON, see :func:`feed.contract.card`), in ONE MGET."""
+        if not post_ids:
+            return {}
+        keys = [c.card_key(p) for p in post_ids]
+        raw = self.r.mget_nonatomic(keys) if c.is_cluster(self.r) else self.r.mget(keys)
+        return {p: v for p, v in zip(post_ids, raw, strict=True) if v}
 
     # -- writes of the read path ---------------------------------------------------------
     def record_served(

@@ -447,3 +447,41 @@ def test_the_loop_over_real_http(http: Http, r: Any, published: str) -> None:
     assert top.get("p-http") == "followed_author", third[:3]
     assert sum(it["reason"] == f"similar_to:{liked}" for it in third) >= 3
     assert set(served[20:]) & set(neighbours(r, published, liked))
+
+
+def test_items_come_from_cards_and_show_stock_now(client: Any, r: Any) -> None:
+    """An item is the post's card with its score and reason; a product sold out since
+    publishing shows ``in_stock: false`` while another product keeps the post on the page."""
+    item = next(it for it in feed(client, "u9", limit=20, preview=1)["items"] if it["products"])
+    pid = item["post_id"]
+    post = client.get(f"/v1/posts/{pid}").get_json()
+    card = json.loads(r.get(c.card_key(pid)))
+    assert card == post == {k: v for k, v in item.items() if k not in ("score", "reason")}
+    assert "product_ids" not in card
+    linked = [p["product_id"] for p in post["products"]]
+    r.sadd(c.OUT_OF_STOCK_KEY, linked[0])
+    try:
+        again = client.get(f"/v1/posts/{pid}").get_json()
+        assert [p["in_stock"] for p in again["products"]][:1] == [False]
+        assert all(p["in_stock"] for p in again["products"][1:])
+    finally:
+        r.srem(c.OUT_OF_STOCK_KEY, linked[0])
+
+
+def test_posts_without_a_card_are_served_from_their_documents(client: Any, r: Any) -> None:
+    """Cards came with a later release: posts published before still render, from their post
+    and product documents."""
+    user = "u17"
+    r.delete(c.user_key(user, c.USER_SEEN))
+    before = feed(client, user, limit=8, preview=1)["items"]
+    saved = {it["post_id"]: r.get(c.card_key(it["post_id"])) for it in before}
+    r.delete(*[c.card_key(p) for p in saved])
+    try:
+        after = feed(client, user, limit=8, preview=1)["items"]
+        assert after == before
+        assert (
+            client.get(f"/v1/posts/{before[0]['post_id']}").get_json()["products"]
+            == (before[0]["products"])
+        )
+    finally:
+        r.mset(saved)
