@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-CONTRACT_VERSION = 1
+#: Bumped when a key's encoding changes: the service serves, and ``feed publish`` skips, only
+#: versions published under this contract (2: five-byte candidates, item cards).
+CONTRACT_VERSION = 2
 
 # --- global keys ----------------------------------------------------------------------------
 LIVE_KEY = "{feed}:live"  # string: the live model version id
@@ -46,7 +48,8 @@ EXPOSURES_KEY = "{feed}:exposures"  # stream: one entry per served page in an ex
 STATE_PUBLISHING = "publishing"
 STATE_READY = "ready"
 
-# Why an item is in the feed. The code is stored per candidate; the name is what clients see.
+# Why an item is in the feed. The code is stored per candidate (3 bits: at most 8 reasons);
+# the name is what clients see.
 REASONS: tuple[str, ...] = (
     "collaborative",
     "content",
@@ -221,22 +224,32 @@ def _text(x: bytes | str) -> str:
 
 
 # --- payloads --------------------------------------------------------------------------------
+#: Reason codes live in the top bits of a candidate's post index (see :func:`encode_candidates`).
+_REASON_SHIFT = 29
+_INDEX_MASK = (1 << _REASON_SHIFT) - 1
+
+
 def encode_candidates(
     items: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
     reasons: Sequence[int] | np.ndarray,
 ) -> bytes:
-    """Pack a ranked candidate list: uint32 post indices, uint8 scores in [0, 1], uint8 reasons.
+    """Pack a ranked candidate list in five bytes a candidate: a uint32 holding the post index
+    (29 bits: up to 536M posts a version) and the reason code (3 bits: the 8 :data:`REASONS`),
+    then a uint8 score in [0, 1].
 
-    Six bytes a candidate; post indices point into the version's post table.
+    >>> len(encode_candidates([7, 2**29 - 1], [1.0, 0.0], [7, 0]))
+    10
     """
-    idx = np.asarray(items, dtype="<u4")
+    idx = np.asarray(items, dtype=np.int64)
+    rs = np.asarray(reasons, dtype=np.int64)
     sc = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
-    q = np.rint(sc * 255).astype(np.uint8)
-    rs = np.asarray(reasons, dtype=np.uint8)
-    if not (len(idx) == len(q) == len(rs)):
+    if not (len(idx) == len(sc) == len(rs)):
         raise ValueError("items, scores and reasons must have the same length")
-    return idx.tobytes() + q.tobytes() + rs.tobytes()
+    if len(idx) and (idx.min() < 0 or idx.max() > _INDEX_MASK or rs.min() < 0 or rs.max() > 7):
+        raise ValueError(f"post indices must be in [0, {_INDEX_MASK}] and reason codes in [0, 7]")
+    packed = (idx | (rs << _REASON_SHIFT)).astype("<u4")
+    return packed.tobytes() + np.rint(sc * 255).astype(np.uint8).tobytes()
 
 
 def decode_candidates(blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,13 +257,12 @@ def decode_candidates(blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.nd
     if not blob:
         empty = np.zeros(0)
         return empty.astype(np.int64), empty, empty.astype(np.uint8)
-    if len(blob) % 6:
-        raise ValueError(f"candidate blob of {len(blob)} bytes is not a multiple of 6")
-    n = len(blob) // 6
-    idx = np.frombuffer(blob, dtype="<u4", count=n).astype(np.int64)
+    if len(blob) % 5:
+        raise ValueError(f"candidate blob of {len(blob)} bytes is not a multiple of 5")
+    n = len(blob) // 5
+    packed = np.frombuffer(blob, dtype="<u4", count=n).astype(np.int64)
     sc = np.frombuffer(blob, dtype=np.uint8, count=n, offset=4 * n) / 255.0
-    rs = np.frombuffer(blob, dtype=np.uint8, count=n, offset=5 * n)
-    return idx, sc, rs
+    return packed & _INDEX_MASK, sc, (packed >> _REASON_SHIFT).astype(np.uint8)
 
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY

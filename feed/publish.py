@@ -179,7 +179,8 @@ def publish(
     meta = reg.get_meta(r, v)
     t0 = time.perf_counter()
     counts = art.manifest["counts"]
-    if meta and meta.get("state") == c.STATE_READY and not force:
+    current = meta and meta.get("contract") == c.CONTRACT_VERSION
+    if meta and meta.get("state") == c.STATE_READY and current and not force:
         logger.info("version %s is already published", v)
     else:
         reg.set_meta(
@@ -187,6 +188,7 @@ def publish(
             v,
             {
                 "state": c.STATE_PUBLISHING,
+                "contract": c.CONTRACT_VERSION,
                 "started_at": time.time(),
                 "created": art.manifest.get("created"),
                 "counts": counts,
@@ -198,6 +200,7 @@ def publish(
             v,
             {
                 "state": c.STATE_READY,
+                "contract": c.CONTRACT_VERSION,
                 "published_at": time.time(),
                 "created": art.manifest.get("created"),
                 "counts": counts,

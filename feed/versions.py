@@ -88,8 +88,9 @@ def missing_keys(r: Any, version: str) -> list[str]:
 def activate(r: Any, version: str) -> str | None:
     """Make ``version`` live (atomically); returns the previously live version.
 
-    Refused for an unknown version, one not ``ready`` (a publish that did not finish) and one
-    whose shared keys are gone.
+    Refused for an unknown version, one not ``ready`` (a publish that did not finish), one
+    published under another Redis contract (an older release's encodings) and one whose
+    shared keys are gone.
     """
     meta = get_meta(r, version)
     if meta is None:
@@ -98,6 +99,11 @@ def activate(r: Any, version: str) -> str | None:
         raise VersionError(
             f"version {version!r} is {meta.get('state')!r}, not {c.STATE_READY!r}: "
             "its keys are incomplete; publish it again"
+        )
+    if meta.get("contract") != c.CONTRACT_VERSION:
+        raise VersionError(
+            f"version {version!r} was published under Redis contract {meta.get('contract', 1)}, "
+            f"this release reads contract {c.CONTRACT_VERSION}: publish it again"
         )
     missing = missing_keys(r, version)
     if missing:

@@ -54,7 +54,10 @@ def request_id() -> str:
 def _table(version: str) -> VersionTable:
     t = store().table(version)
     if t is None:
-        raise unavailable(f"model version {version!r} has no keys in Redis")
+        raise unavailable(
+            f"model version {version!r} is not servable: not in the registry, or published by "
+            "a release with another Redis contract (publish it again)"
+        )
     return t
 
 

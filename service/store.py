@@ -140,6 +140,13 @@ def _s(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def _contract(meta: bytes) -> Any:
+    try:
+        return (c.decode_json(meta) or {}).get("contract")
+    except ValueError:
+        return None
+
+
 def _realtime(member: Any, score: Any) -> tuple[str, float, str]:
     post, reason = c.parse_rt_member(member)
     return post, c.rt_strength(float(score)), reason
@@ -175,17 +182,20 @@ class Store:
 
     # -- versions ------------------------------------------------------------------------
     def _registry(self) -> tuple[str | None, frozenset[str]]:
-        """The live version and every registered version: one round trip (one cluster slot)
-        per ``VERSION_CACHE_S``, re-read at once while no version is live."""
+        """The live version and every servable version (registered under this release's Redis
+        contract): one round trip (one cluster slot) per ``VERSION_CACHE_S``, re-read at once
+        while no version is live."""
         at, live, known = self._live
         if time.monotonic() - at < self.config["VERSION_CACHE_S"] and live is not None:
             return live, known
         pipe = self.r.pipeline(transaction=False)
         pipe.get(c.LIVE_KEY)
-        pipe.hkeys(c.VERSIONS_KEY)
-        raw, names = pipe.execute()
+        pipe.hgetall(c.VERSIONS_KEY)
+        raw, metas = pipe.execute()
         live = _s(raw) if raw is not None else None
-        known = frozenset(_s(n) for n in names)
+        known = frozenset(
+            _s(v) for v, meta in metas.items() if _contract(meta) == c.CONTRACT_VERSION
+        )
         self._live = (time.monotonic(), live, known)
         return live, known
 

@@ -60,6 +60,29 @@ def test_activate_unknown_or_incomplete_is_refused(r: Any, artifact: Path) -> No
         reg.activate(r, "half")
 
 
+def test_versions_of_another_contract_are_republished_not_served(
+    r: Any, artifact: Path, redis_url: str
+) -> None:
+    """A version published by a release with other Redis encodings is neither activated nor
+    served; publishing it again rewrites it instead of skipping it as already published."""
+    from service import create_app
+
+    v = publish(r, artifact).version
+    meta = reg.get_meta(r, v)
+    assert meta is not None and meta["contract"] == c.CONTRACT_VERSION
+    reg.set_meta(r, v, {**meta, "contract": c.CONTRACT_VERSION - 1})
+    with pytest.raises(reg.VersionError, match="contract"):
+        reg.activate(r, v)
+    r.set(c.LIVE_KEY, v)  # as an upgrade in place would leave it
+    app = create_app({"REDIS_URL": redis_url, "TESTING": True, "VERSION_CACHE_S": 0})
+    client = app.test_client()
+    resp = client.get("/v1/feed/u1")
+    assert resp.status_code == 503 and "contract" in resp.get_json()["error"]["message"]
+    publish(r, artifact, activate=True)
+    assert reg.get_meta(r, v)["contract"] == c.CONTRACT_VERSION  # type: ignore[index]
+    assert client.get("/v1/feed/u1").status_code == 200
+
+
 def test_delete_refuses_live_and_removes_every_key(r: Any, artifact: Path, tmp_path: Path) -> None:
     v1 = publish(r, artifact, activate=True).version
     with pytest.raises(reg.VersionError, match="live"):
