@@ -3,7 +3,8 @@
 1. Train (or take ``--artifact``) a model version and publish it into a private Redis server.
 2. Round trips: 2 pages (first, then its cursor) for ``--rt-users`` users through the app
    in process, with a redis-py connection class that records every packet sent to Redis;
-   reads and writes per page are counted (a packet with any write command is a write).
+   round trips per page are counted, and which of them read and which write (one pipeline
+   may do both).
 3. Throughput: ``gunicorn -c gunicorn.conf.py`` serves ``bench.bare_app`` (the reference: the
    same route returning a real 20-post page saved in step 2) and then the service, in the same
    configuration, ``--rounds`` times alternately; ``wrk`` drives each on loopback with
@@ -111,7 +112,7 @@ def round_trips(url: str, users: list[str], out: Path, profile: bool = False) ->
     counting = counting_connection()
     app.extensions["feed_redis"].connection_pool.connection_class = counting
     client = app.test_client()
-    reads, writes, sizes, seconds = [], [], [], []
+    reads, writes, trips, sizes, seconds = [], [], [], [], []
     profiler = cProfile.Profile() if profile else None
     for i, user in enumerate(users):
         if profiler is not None and i == 1:
@@ -128,9 +129,9 @@ def round_trips(url: str, users: list[str], out: Path, profile: bool = False) ->
             body = resp.get_json()
             if resp.status_code != 200:
                 raise RuntimeError(f"GET /v1/feed/{user}: {resp.status_code} {body}")
-            kinds = [bool(WRITES & set(p)) for p in counting.packets]
-            reads.append(kinds.count(False))
-            writes.append(kinds.count(True))
+            reads.append(sum(1 for p in counting.packets if set(p) - WRITES))
+            writes.append(sum(1 for p in counting.packets if WRITES & set(p)))
+            trips.append(len(counting.packets))
             sizes.append(len(resp.data))
             cursor = body["next_cursor"]
             if i == 0 and len(body["items"]) == PAGE:
@@ -142,7 +143,9 @@ def round_trips(url: str, users: list[str], out: Path, profile: bool = False) ->
     return {
         "ms_median": statistics.median(seconds[1:]) * 1000,
         "pages": len(reads),
-        "cold_reads": reads[0],
+        "cold_trips": trips[0],
+        "trips_median": statistics.median(trips),
+        "trips_mean": statistics.fmean(trips[1:]),
         "reads_median": statistics.median(reads),
         "reads_mean": statistics.fmean(reads[1:]),
         "reads_max": max(reads[1:]),
@@ -366,11 +369,13 @@ def run(args: argparse.Namespace, work: Path, url: str) -> None:
         "their cursors; version, experiment and global caches warm after the first)",
         ("figure", "value"),
         [
-            ("reads, cold process (first request)", rts["cold_reads"]),
-            ("reads per page, median", rts["reads_median"]),
-            ("reads per page, mean incl. cache refreshes", f"{rts['reads_mean']:.2f}"),
-            ("reads per page, max", rts["reads_max"]),
-            ("writes per page, median", rts["writes_median"]),
+            ("round trips, cold process (first request)", rts["cold_trips"]),
+            ("round trips per page, median", rts["trips_median"]),
+            ("round trips per page, mean incl. cache refreshes", f"{rts['trips_mean']:.2f}"),
+            ("round trips that read, per page: median", rts["reads_median"]),
+            ("round trips that read, per page: mean", f"{rts['reads_mean']:.2f}"),
+            ("round trips that read, per page: max", rts["reads_max"]),
+            ("round trips that write, per page: median", rts["writes_median"]),
             ("time per page in process, median ms (test client)", f"{rts['ms_median']:.2f}"),
             ("response bytes, mean", f"{rts['bytes']:,.0f}"),
         ],

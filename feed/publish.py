@@ -248,9 +248,9 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             (
                 c.version_key(v, "trending"),
                 c.encode_candidates(
-                    trending["items"],
-                    trending["scores"],
-                    np.full(len(trending["items"]), c.REASON_CODE["trending"]),
+                    trending["items"][trending["items"] >= 0],  # -1 pads a short list
+                    trending["scores"][trending["items"] >= 0],
+                    np.full(int((trending["items"] >= 0).sum()), c.REASON_CODE["trending"]),
                 ),
             ),
             (c.version_key(v, "tokens"), _token_blob(art)),

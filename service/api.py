@@ -14,7 +14,7 @@ from feed import contract as c
 from service import cursor, observability
 from service.errors import ApiError, bad_request, not_found, unavailable
 from service.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
-from service.store import Store, UserState, VersionTable
+from service.store import Served, Store, UserState, VersionTable
 
 bp = Blueprint("api", __name__)
 
@@ -101,10 +101,11 @@ def _in_stock(card: dict[str, Any], oos: frozenset[str]) -> dict[str, Any]:
     return card
 
 
-def cards(post_ids: list[str]) -> dict[str, bytes]:
-    """Post id -> card in one MGET; posts without a card (published by an older release) get
-    one built from their documents (one more MGET)."""
-    found = store().cards(post_ids)
+def cards(post_ids: list[str], served: Served | None = None) -> dict[str, bytes]:
+    """Post id -> card in one round trip (which also marks ``served``, see
+    :meth:`~service.store.Store.cards`); posts without a card (published by an older release)
+    get one built from their documents (one more MGET)."""
+    found = store().cards(post_ids, served)
     missing = [p for p in post_ids if p not in found]
     if missing:
         posts, _ = store().documents(missing, [])
@@ -116,9 +117,12 @@ def cards(post_ids: list[str]) -> dict[str, bytes]:
     return found
 
 
-def hydrate(page: list[Candidate], oos: frozenset[str]) -> list[tuple[Candidate, Any]]:
-    """Each candidate with its rendered item (posts without a card or document are dropped)."""
-    found = cards([cand.post_id for cand in page])
+def hydrate(
+    page: list[Candidate], oos: frozenset[str], served: Served | None = None
+) -> list[tuple[Candidate, Any]]:
+    """Each candidate with its rendered item (posts without a card or document are dropped),
+    marking the page ``served`` in the same round trip."""
+    found = cards([cand.post_id for cand in page], served)
     return [(x, render(x, found[x.post_id], oos)) for x in page if x.post_id in found]
 
 
@@ -277,9 +281,10 @@ def _remember_fallback(table: VersionTable) -> None:
 def get_feed(user_id: str) -> Any:
     """A ranked feed page (see DESIGN.md "one feed request").
 
-    Reads: one pipelined read of the user's keys and one MGET of documents; the version table,
-    the live version and the global state come from in-process caches. Writes: one pipeline
-    (served set, exposure, the page kept for cursor retries). A cursor pins the scroll to its
+    Two Redis round trips: one pipelined read of the user's keys, then one pipeline that reads
+    the page's cards (MGET) and writes what the page changes (served set, exposure, the page
+    kept for cursor retries); the version table, the live version and the global state come
+    from in-process caches. A cursor pins the scroll to its
     version; the served set keeps every page of a scroll distinct, also when the version
     changes; the same cursor sent again within ``PAGE_REPLAY_TTL_S`` returns the same page.
 
@@ -333,15 +338,16 @@ def _feed_page(
         page = _replayed(state.replay, table, glob)
     else:
         page = _ranked(user_id, state, table, glob, interests, limit, now)
-    items = hydrate(page, glob["oos"])
     rid = request_id()
+    served = None
     if not preview:
-        served = [cand for cand, _ in items]
         keep = None
         if replay_key and state.replay is None:
-            keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in served])
-        s.record_served(user_id, [x.post_id for x in served], now, route, rid, keep)
-        observability.record_items(x.reason for x in served)
+            keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in page])
+        served = Served(user_id, now, route, rid, keep)
+    items = hydrate(page, glob["oos"], served)
+    if not preview:
+        observability.record_items(cand.reason for cand, _ in items)
         observability.record_exposure(route.get("experiment"), route.get("arm"))
         _remember_fallback(table)
     next_cursor = (

@@ -121,6 +121,17 @@ class VersionTable:
 
 
 @dataclass
+class Served:
+    """A page to mark as served, with its routing (see :meth:`Store.cards`)."""
+
+    user_id: str
+    now: float
+    route: dict[str, Any]
+    request_id: str
+    replay: tuple[str, list[tuple[str, float, str]]] | None = None  # (page key, page)
+
+
+@dataclass
 class UserState:
     """What one pipelined read returns about a user."""
 
@@ -349,38 +360,40 @@ class Store:
         }
         return posts, prods
 
-    def cards(self, post_ids: list[str]) -> dict[str, bytes]:
-        """Post id -> its card (raw JSON, see :func:`feed.contract.card`), in ONE MGET."""
+    def cards(self, post_ids: list[str], served: Served | None = None) -> dict[str, bytes]:
+        """Post id -> its card (raw JSON, see :func:`feed.contract.card`) in ONE round trip,
+        which with ``served`` also marks the page served (the page's only write).
+
+        Served posts go into the user's seen set (trimmed to ``SEEN_WINDOW_S`` and
+        ``SEEN_MAX``); a page in an experiment is logged as an exposure; ``served.replay`` keeps
+        the page a cursor led to for ``PAGE_REPLAY_TTL_S``, so a retried cursor gets it again.
+        """
         if not post_ids:
             return {}
         keys = [c.card_key(p) for p in post_ids]
-        raw = self.r.mget_nonatomic(keys) if c.is_cluster(self.r) else self.r.mget(keys)
+        cluster = c.is_cluster(self.r)
+        pipe = self.r.pipeline(transaction=False)
+        if cluster:  # cards spread over the cluster: the pipeline groups them by node
+            for key in keys:
+                pipe.get(key)
+        else:
+            pipe.mget(keys)
+        if served is not None:
+            self._record(pipe, post_ids, served)
+        res = pipe.execute()
+        raw = res[: len(keys)] if cluster else res[0]
         return {p: v for p, v in zip(post_ids, raw, strict=True) if v}
 
-    # -- writes of the read path ---------------------------------------------------------
-    def record_served(
-        self,
-        user_id: str,
-        post_ids: list[str],
-        now: float,
-        route: dict[str, Any],
-        request_id: str,
-        replay: tuple[str, list[tuple[str, float, str]]] | None = None,
-    ) -> None:
-        """Mark a page's posts served and log the exposure, in one pipelined write.
-
-        ``replay`` is ``(page key, [(post id, score, reason), ...])``: the page a cursor led to,
-        kept for ``PAGE_REPLAY_TTL_S`` so a retry of that cursor returns it unchanged.
-        """
-        if not post_ids:
-            return
-        seen = c.user_key(user_id, c.USER_SEEN)
-        pipe = self.r.pipeline(transaction=False)
-        if replay is not None and self.config["PAGE_REPLAY_TTL_S"] > 0:
-            pipe.set(replay[0], c.encode_json(replay[1]), ex=self.config["PAGE_REPLAY_TTL_S"])
+    def _record(self, pipe: Any, post_ids: list[str], served: Served) -> None:
+        cfg, now = self.config, served.now
+        seen = c.user_key(served.user_id, c.USER_SEEN)
+        if served.replay is not None and cfg["PAGE_REPLAY_TTL_S"] > 0:
+            key, page = served.replay
+            pipe.set(key, c.encode_json(page), ex=cfg["PAGE_REPLAY_TTL_S"])
         pipe.zadd(seen, dict.fromkeys(post_ids, now))
-        pipe.zremrangebyscore(seen, "-inf", now - self.config["SEEN_WINDOW_S"])
-        pipe.zremrangebyrank(seen, 0, -self.config["SEEN_MAX"] - 1)
+        pipe.zremrangebyscore(seen, "-inf", now - cfg["SEEN_WINDOW_S"])
+        pipe.zremrangebyrank(seen, 0, -cfg["SEEN_MAX"] - 1)
+        route = served.route
         if route.get("experiment"):
             pipe.xadd(
                 c.EXPOSURES_KEY,
@@ -388,12 +401,11 @@ class Store:
                     "experiment": route["experiment"],
                     "arm": route["arm"] or "",
                     "version": route["model_version"],
-                    "request_id": request_id,
-                    "user_id": user_id,
+                    "request_id": served.request_id,
+                    "user_id": served.user_id,
                     "n": str(len(post_ids)),
                     "ts": str(now),
                 },
-                maxlen=self.config["EVENT_LOG_MAXLEN"],
+                maxlen=cfg["EVENT_LOG_MAXLEN"],
                 approximate=True,
             )
-        pipe.execute()
