@@ -11,8 +11,11 @@ import os
 import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2 + 1))
-threads = int(os.environ.get("GUNICORN_THREADS", 4))
+# A page is CPU-bound Python (two short Redis round trips): one thread per worker and one worker
+# per core (plus one to cover those waits) keep requests from queueing on a worker's GIL; more
+# threads raised the server-side p99 at the same load (BENCHMARKS.md).
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() + 1))
+threads = int(os.environ.get("GUNICORN_THREADS", 1))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))  # a stuck worker is restarted
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 20))  # SIGHUP / SIGTERM drain
