@@ -4,6 +4,11 @@
 service. ``GET /v1/feed/<user_id>`` serializes a fixed feed page on every request: the JSON
 file named by ``BENCH_BARE_BODY`` (``bench.serve`` saves a real 20-post page there), else a
 made-up page of 20 posts of similar size. No Redis, no ranking, no logging, no metrics.
+
+``create_app(redis=True)`` (a diagnostic, not the reference) also makes the page's two Redis
+round trips through the service's own store (``FEED_REDIS_URL``): the user's state, then the
+saved page's cards with the served write. It shows how much of a page is Redis I/O and how much
+is the service's own Python.
 """
 
 from __future__ import annotations
@@ -54,15 +59,39 @@ def sample_page(n: int = 20) -> dict[str, Any]:
     }
 
 
-def create_app() -> Flask:
+def _redis_round_trips(page: dict[str, Any]) -> Any:
+    """A function making a page's two Redis round trips for a user (the service's store)."""
+    import time
+
+    from feed.contract import connect
+    from service.config import DEFAULTS
+    from service.store import Served, Store
+
+    store = Store(connect(os.environ["FEED_REDIS_URL"]), dict(DEFAULTS))
+    post_ids = [it["post_id"] for it in page["items"]]
+    route = {"model_version": page["model_version"], "experiment": None, "arm": None}
+
+    def touch(user_id: str) -> None:
+        now = time.time()
+        store.user_state(user_id, page["model_version"], now)
+        store.cards(post_ids, Served(user_id, now, route, "bench"))
+
+    return touch
+
+
+def create_app(redis: bool = False) -> Flask:
     app = Flask(__name__)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
     path = os.environ.get("BENCH_BARE_BODY")
     page = json.loads(Path(path).read_text("utf-8")) if path else sample_page()
 
+    touch = _redis_round_trips(page) if redis else None
+
     @app.get("/v1/feed/<user_id>")
     def feed(user_id: str) -> Any:
+        if touch is not None:
+            touch(user_id)
         return jsonify({**page, "user_id": user_id})
 
     @app.get("/healthz")

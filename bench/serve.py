@@ -156,8 +156,8 @@ def round_trips(url: str, users: list[str], out: Path, profile: bool = False) ->
 
 # --- gunicorn and wrk -----------------------------------------------------------------------
 @contextmanager
-def gunicorn(app: str, work: Path, env: dict[str, str]) -> Iterator[tuple[int, Path]]:
-    """Serve ``app`` with the repository's gunicorn.conf.py; yields (port, log file)."""
+def gunicorn(app: str, work: Path, env: dict[str, str]) -> Iterator[tuple[int, Path, int]]:
+    """Serve ``app`` with the repository's gunicorn.conf.py; yields (port, log file, pid)."""
     port = free_port()
     metrics = work / f"metrics-{port}"
     metrics.mkdir()
@@ -179,7 +179,7 @@ def gunicorn(app: str, work: Path, env: dict[str, str]) -> Iterator[tuple[int, P
         )
     try:
         _wait_healthy(port, proc, log)
-        yield port, log
+        yield port, log, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -200,6 +200,21 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"gunicorn did not answer within 30 s: {log.read_text()[-2000:]}")
+
+
+def cpu_seconds(master: int, redis_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by a gunicorn (master and workers) and by the Redis server."""
+    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+    pids = [master, *map(int, workers.stdout.split())]
+    return sum(_ticks(p) for p in pids), _ticks(redis_pid)
+
+
+def _ticks(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lua_script(path: Path, users: list[str], think_ms: float | None = None) -> Path:
@@ -407,22 +422,31 @@ def throughput(
     }
     if args.workers:
         env["GUNICORN_WORKERS"] = str(args.workers)
+    from feed.contract import connect
+
     script = lua_script(work / "max.lua", users)
-    rows, bare, feed = [], [], []
+    redis_pid = int(connect(url).info("server")["process_id"])
+    rows, bare, feed, probe = [], [], [], []
     for i in range(args.rounds):
         for name, app, acc in (
             ("bare", "bench.bare_app:create_app()", bare),
+            ("bare + 2 Redis round trips", "bench.bare_app:create_app(redis=True)", probe),
             ("feed", "service:create_app()", feed),
         ):
-            with gunicorn(app, work, env) as (port, _):
+            with gunicorn(app, work, env) as (port, _, pid):
                 wrk(port, script, args.conns, 1)  # warm-up: imports, caches, connections
+                before = cpu_seconds(pid, redis_pid)
                 res = wrk(port, script, args.conns, args.seconds)
+                used = cpu_seconds(pid, redis_pid)
+            n = res["rps"] * args.seconds
             acc.append(res["rps"])
             rows.append(
                 (
                     i + 1,
                     name,
                     res["rps"],
+                    f"{(used[0] - before[0]) / n * 1000:.2f}",
+                    f"{(used[1] - before[1]) / n * 1000:.2f}",
                     f"{res['client_p99_ms']:.1f}",
                     res["non2xx"],
                     res["socket_errors"] or "-",
@@ -430,12 +454,21 @@ def throughput(
             )
     print_table(
         f"maximum throughput, wrk -t1 -c{args.conns} -d{args.seconds:g}s, "
-        f"gunicorn.conf.py (workers={args.workers or 'default'})",
-        ("round", "app", "req/s", "client p99 ms", "non-2xx", "socket errors"),
+        f"gunicorn.conf.py (workers={args.workers or 'default'}); CPU ms per request",
+        (
+            "round",
+            "app",
+            "req/s",
+            "gunicorn CPU",
+            "Redis CPU",
+            "client p99 ms",
+            "non-2xx",
+            "socket errors",
+        ),
         rows,
     )
     share = ratio(statistics.median(feed), statistics.median(bare))
-    with gunicorn("service:create_app()", work, env) as (port, log):
+    with gunicorn("service:create_app()", work, env) as (port, log, _):
         wrk(port, script, args.conns, 1)
         lat = paced(port, log, work, users, args.load * statistics.median(feed), args)
     achieved = ratio(lat["rps"], statistics.median(feed))

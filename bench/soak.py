@@ -110,7 +110,7 @@ def run(seconds: float, threads: int, likes: str) -> dict[str, Any]:
         users = [f"u{i}" for i in range(int(cand["users"]))] + ["cold-1", "cold-2"]
         posts = [f"p{i}" for i in range(int(cand["posts"]))]
         env = {"FEED_REDIS_URL": url, "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4"}
-        with gunicorn("service:create_app()", work, env) as (port, _log):
+        with gunicorn("service:create_app()", work, env) as (port, _log, _pid):
             master = _master_pid(port)
             stats: Counter[str] = Counter()
             lock = threading.Lock()
