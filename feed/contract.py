@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -236,20 +236,35 @@ def encode_candidates(
 ) -> bytes:
     """Pack a ranked candidate list in five bytes a candidate: a uint32 holding the post index
     (29 bits: up to 536M posts a version) and the reason code (3 bits: the 8 :data:`REASONS`),
-    then a uint8 score in [0, 1].
+    then a uint8 score in [0, 1]. Negative post indices are padding and left out.
 
-    >>> len(encode_candidates([7, 2**29 - 1], [1.0, 0.0], [7, 0]))
+    >>> len(encode_candidates([7, 2**29 - 1, -1], [1.0, 0.0, 0.0], [7, 0, 0]))
     10
     """
+    return next(encode_candidate_rows(*(np.asarray(a)[None, :] for a in (items, scores, reasons))))
+
+
+def encode_candidate_rows(
+    items: Sequence[Sequence[int]] | np.ndarray,
+    scores: Sequence[Sequence[float]] | np.ndarray,
+    reasons: Sequence[Sequence[int]] | np.ndarray,
+) -> Iterator[bytes]:
+    """:func:`encode_candidates` of each row of 2-D arrays (one vectorized pass, for publish)."""
     idx = np.asarray(items, dtype=np.int64)
     rs = np.asarray(reasons, dtype=np.int64)
     sc = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
-    if not (len(idx) == len(sc) == len(rs)):
-        raise ValueError("items, scores and reasons must have the same length")
-    if len(idx) and (idx.min() < 0 or idx.max() > _INDEX_MASK or rs.min() < 0 or rs.max() > 7):
-        raise ValueError(f"post indices must be in [0, {_INDEX_MASK}] and reason codes in [0, 7]")
-    packed = (idx | (rs << _REASON_SHIFT)).astype("<u4")
-    return packed.tobytes() + np.rint(sc * 255).astype(np.uint8).tobytes()
+    if not (idx.shape == sc.shape == rs.shape) or idx.ndim != 2:
+        raise ValueError("items, scores and reasons must be 2-D arrays of the same shape")
+    ok = idx >= 0
+    if ok.any() and (idx.max() > _INDEX_MASK or rs[ok].min() < 0 or rs[ok].max() > 7):
+        raise ValueError(f"post indices must be at most {_INDEX_MASK} and reason codes in [0, 7]")
+    packed = (np.where(ok, idx, 0) | (np.where(ok, rs, 0) << _REASON_SHIFT)).astype("<u4")
+    quantized = np.rint(sc * 255).astype(np.uint8)
+    for row_ok, row_packed, row_q in zip(ok, packed, quantized, strict=True):
+        if row_ok.all():
+            yield row_packed.tobytes() + row_q.tobytes()
+        else:
+            yield row_packed[row_ok].tobytes() + row_q[row_ok].tobytes()
 
 
 def decode_candidates(blob: bytes | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

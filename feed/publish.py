@@ -83,23 +83,18 @@ def _count_existing(r: Any, keys: list[str]) -> int:
 def _candidate_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
     cand = art.arrays("candidates")
     v = art.version
-    for uid, it, sc, rs in zip(
-        cand["users"], cand["items"], cand["scores"], cand["reasons"], strict=True
-    ):
-        ok = it >= 0
-        yield c.user_key(str(uid), "cand", v), c.encode_candidates(it[ok], sc[ok], rs[ok])
+    blobs = c.encode_candidate_rows(cand["items"], cand["scores"], cand["reasons"])
+    for uid, blob in zip(cand["users"], blobs, strict=True):
+        yield c.user_key(str(uid), "cand", v), blob
 
 
 def _neighbour_pairs(art: artifacts.Artifact, post_ids: np.ndarray) -> Iterator[tuple[str, bytes]]:
     nb = art.arrays("neighbours")
-    similar = c.REASON_CODE["similar_to"]
-    for pid, it, sc in zip(post_ids, nb["items"], nb["scores"], strict=True):
-        ok = it >= 0
-        if ok.any():
-            yield (
-                c.neighbours_key(art.version, str(pid)),
-                c.encode_candidates(it[ok], sc[ok], np.full(ok.sum(), similar)),
-            )
+    reasons = np.full(nb["items"].shape, c.REASON_CODE["similar_to"])
+    blobs = c.encode_candidate_rows(nb["items"], nb["scores"], reasons)
+    for pid, first, blob in zip(post_ids, nb["items"][:, :1], blobs, strict=True):
+        if len(first) and first[0] >= 0:
+            yield c.neighbours_key(art.version, str(pid)), blob
 
 
 def _write_seeds(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[str]:
@@ -248,9 +243,9 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             (
                 c.version_key(v, "trending"),
                 c.encode_candidates(
-                    trending["items"][trending["items"] >= 0],  # -1 pads a short list
-                    trending["scores"][trending["items"] >= 0],
-                    np.full(int((trending["items"] >= 0).sum()), c.REASON_CODE["trending"]),
+                    trending["items"],
+                    trending["scores"],
+                    np.full(len(trending["items"]), c.REASON_CODE["trending"]),
                 ),
             ),
             (c.version_key(v, "tokens"), _token_blob(art)),
