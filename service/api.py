@@ -176,18 +176,7 @@ def _replayed(
     for pid, score, reason in replay:
         meta = post_meta(pid, table, glob["fresh_meta"])
         if meta is not None:
-            page.append(
-                Candidate(
-                    pid,
-                    score,
-                    reason,
-                    meta.author_id,
-                    meta.category,
-                    meta.created,
-                    meta.product_ids,
-                    meta.categories,
-                )
-            )
+            page.append(meta.candidate(pid, score, reason))
     return page
 
 

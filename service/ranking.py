@@ -62,6 +62,18 @@ class PostMeta:
     product_ids: list[str]
     categories: tuple[str, ...]
 
+    def candidate(self, post_id: str, score: float, reason: str) -> Candidate:
+        return Candidate(
+            post_id,
+            score,
+            reason,
+            self.author_id,
+            self.category,
+            self.created,
+            self.product_ids,
+            self.categories,
+        )
+
 
 def post_meta(pid: str, table: VersionTable, fresh_meta: Mapping[str, Any]) -> PostMeta | None:
     """A post's metadata: the version's post table first, then posts created through the API.
@@ -404,17 +416,7 @@ def filtered(
             continue
         if meta.created is not None:
             score_ += weight * 0.5 ** (max(now - meta.created, 0.0) / half_life)
-        cand = Candidate(
-            pid,
-            score_,
-            reason,
-            meta.author_id,
-            meta.category,
-            meta.created,
-            meta.product_ids,
-            meta.categories,
-        )
-        out.append((score_, pid, cand))
+        out.append((score_, pid, meta.candidate(pid, score_, reason)))
     out.sort(key=lambda x: (x[0], x[1]), reverse=True)
     return Pool(out[:keep], table, offers.reasons)
 
