@@ -97,21 +97,20 @@ def _worker(
         stats.update(local)
 
 
-def run(seconds: float, threads: int, likes: str) -> dict[str, Any]:
+def run(seconds: float, threads: int, likes: str, artifact: str | None = None) -> dict[str, Any]:
     from feed.contract import EVENTS_KEY, connect
     from feed.publish import publish
 
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, private_redis() as url:
         work = Path(tmp)
-        art = prepare(argparse.Namespace(artifact=None, likes=likes), work)
+        art = prepare(argparse.Namespace(artifact=artifact, likes=likes), work)
         r = connect(url)
         publish(r, art, activate=True)
         cand = json.loads((art / "manifest.json").read_text())["counts"]
         users = [f"u{i}" for i in range(int(cand["users"]))] + ["cold-1", "cold-2"]
         posts = [f"p{i}" for i in range(int(cand["posts"]))]
-        env = {"FEED_REDIS_URL": url, "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4"}
-        with gunicorn("service:create_app()", work, env) as (port, _log, _pid):
-            master = _master_pid(port)
+        env = {"FEED_REDIS_URL": url}  # gunicorn.conf.py's workers and threads
+        with gunicorn("service:create_app()", work, env) as (port, _log, master):
             stats: Counter[str] = Counter()
             lock = threading.Lock()
             before = r.xlen(EVENTS_KEY)
@@ -145,28 +144,14 @@ def run(seconds: float, threads: int, likes: str) -> dict[str, Any]:
     }
 
 
-def _master_pid(port: int) -> int:
-    """The gunicorn master listening on ``port`` (the parent of the process owning it)."""
-    import subprocess
-
-    out = subprocess.run(
-        ["pgrep", "-f", "gunicorn.*service:create_app"], capture_output=True, text=True
-    ).stdout.split()
-    pids = {int(p) for p in out}
-    for pid in pids:
-        ppid = int(Path(f"/proc/{pid}/stat").read_text().split()[3])
-        if ppid not in pids:
-            return pid
-    raise RuntimeError(f"no gunicorn master found for port {port}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--likes", default="100k", help="size of the generated dataset")
+    ap.add_argument("--artifact", default=None, help="publish this model version instead")
     args = ap.parse_args(argv)
-    res = run(args.seconds, args.threads, args.likes)
+    res = run(args.seconds, args.threads, args.likes, args.artifact)
     s = res["stats"]
     five = s.get("feed_5xx", 0) + s.get("events_5xx", 0)
     growth = res["rss_kb_end"] / max(res["rss_kb_after_warmup"], 1)
@@ -193,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         ("zero lost events", s.get("events_acknowledged", 0) == res["events_stored"], ""),
     ]
     print_table(
-        f"soak: {args.threads} client threads, gunicorn 2 workers x 4 threads",
+        f"soak: {args.threads} client threads, gunicorn.conf.py's workers and threads",
         ("figure", "value", "note"),
         rows,
     )
