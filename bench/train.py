@@ -84,6 +84,7 @@ def run_size(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
         "als_s": (als_before + als_after) / 2,
         "als_runs": (als_before, als_after),
         "timings": manifest["timings"],
+        "fit_timings": manifest["model"].get("timings", {}),
         "artifact": out / version,
         "artifact_mb": sum(f.stat().st_size for f in (out / version).iterdir()) / 1e6,
     }
@@ -92,16 +93,20 @@ def run_size(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> None:
     size = human(res["size"])
     stages = dict(res["timings"])
-    stages["load, tokens, documents, write, start-up"] = res["train_s"] - sum(stages.values())
+    stages["write, start-up"] = res["train_s"] - sum(stages.values())
+    rows = []
+    for k, v in stages.items():
+        rows.append((k.removesuffix("_s"), v, f"{v / res['train_s']:.0%}", ratio(v, res["als_s"])))
+        if k == "fit_s":  # its breakdown: validation slices, choice, final fits per source
+            rows += [
+                (f"  {part.removesuffix('_s')}", s, f"{s / res['train_s']:.0%}", "")
+                for part, s in res["fit_timings"].items()
+            ]
     print_table(
         f"feed train on {res['likes']:,} likes: {res['users']:,} users x {res['posts']:,} posts, "
         f"{res['nnz']:,} non-zeros (artifact {res['artifact_mb']:.0f} MB)",
         ("stage", "seconds", "share", "x bare ALS"),
-        [
-            (k.removesuffix("_s"), v, f"{v / res['train_s']:.0%}", ratio(v, res["als_s"]))
-            for k, v in stages.items()
-        ]
-        + [("total", res["train_s"], "100%", ratio(res["train_s"], res["als_s"]))],
+        rows + [("total", res["train_s"], "100%", ratio(res["train_s"], res["als_s"]))],
     )
     r = ratio(res["train_s"], res["als_s"])
     a, b = res["als_runs"]

@@ -18,7 +18,7 @@ from feed import __version__, artifacts
 from feed.contract import CONTRACT_VERSION
 from feed.data import Dataset, load
 from feed.features.matrices import EngagementWeights, TrainingData, build
-from feed.models.base import blocks, topk
+from feed.models.base import blocks, parallel_map, topk
 from feed.models.ranker import LearnedBlend, decayed_data
 from feed.models.sources import (
     EASE,
@@ -65,6 +65,10 @@ class TrainConfig:
     item_k: int = 100
     content_min_df: int = 2
     ease_l2: float = 200.0
+    #: EASE is left out of the default model above this many distinct engaged posts: its dense
+    #: solve takes O(posts^3) time and three posts x posts float64 matrices of memory (2.4 GB
+    #: at 10,000, 9.6 GB at 20,000; the validation and final fits run side by side).
+    ease_max_posts: int = 10_000
     #: Content neighbours are computed among at most this many most-engaged posts.
     max_content_neighbour_posts: int = 20_000
     #: Candidate sources of the default model: a source with weight 0 is left out (a name not
@@ -95,7 +99,7 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         "bpr": MatrixFactorization("bpr", **mf),
         "product_als": ProductCF("als", alpha=config.alpha, **mf),
         "product_knn": ProductCF("itemknn", K=config.item_k),
-        "ease": EASE(l2=config.ease_l2),
+        "ease": EASE(l2=config.ease_l2, max_items=config.ease_max_posts),
         "itemknn": ItemItem(K=config.item_k),
         "content": Content(min_df=config.content_min_df),
         "social": Social(),
@@ -127,9 +131,9 @@ def _user_candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     exclude = data.seen()
     parts = []
-    step = 256
+    step = 4096  # users per progress step; the blend splits them into parallel batches
     chunks = range(0, len(users), step)
-    for lo in _progress(chunks, progress, desc="candidates", unit="x256 users"):
+    for lo in _progress(chunks, progress, desc="candidates", unit="x4096 users"):
         parts.append(blend.recommend(users[lo : lo + step], n, exclude))
     if not parts:
         z = np.zeros((0, n))
@@ -146,11 +150,9 @@ def _neighbours(
     popularity = np.asarray(data.engagement.getnnz(axis=0)).ravel()
     pool = np.argsort(-popularity, kind="stable")[:max_content_posts]
     pool_vecs = content.post_vectors_[pool]
-    items = np.full((npo, n), -1, dtype=np.int64)
-    scores = np.full((npo, n), -np.inf, dtype=np.float32)
-    in_pool = np.full(npo, -1)
-    in_pool[pool] = np.arange(len(pool))
-    for lo, hi in blocks(npo, npo):
+
+    def block_of(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = bounds
         rows = np.arange(lo, hi)
         block = np.zeros((hi - lo, npo), dtype=np.float32)
         block += _rank_scores(item.similar_posts(rows), n)
@@ -161,7 +163,12 @@ def _neighbours(
         block += 0.7 * _rank_scores(cdense, n)
         block[np.arange(hi - lo), rows] = -np.inf
         block[block <= 0] = -np.inf
-        items[lo:hi], scores[lo:hi] = topk(block, n)
+        return topk(block, n)
+
+    parts = parallel_map(block_of, blocks(npo, npo))
+    if not parts:
+        return np.full((0, n), -1, dtype=np.int64), np.full((0, n), -np.inf, dtype=np.float32)
+    items, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
     return items, scores
 
 
@@ -332,11 +339,13 @@ def train(
     Path of the written version directory.
     """
     cfg = config or TrainConfig()
-    ds = dataset if isinstance(dataset, Dataset) else load(dataset)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t = time.perf_counter()
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset)
+    timings["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     data = build(ds, EngagementWeights())
-    timings["features_s"] = time.perf_counter() - t0
+    timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     blend = make_blend(cfg).fit(data, ds)
@@ -356,12 +365,16 @@ def train(
     )
     timings["neighbours_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     trend_items, trend_scores = topk(trending.scores_[None, :].copy(), cfg.n_trending)
     tokens = token_index(content, data)
+    timings["tokens_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     data_fp = fingerprint(ds)
     vid = version or new_version_id(data_fp, cfg)
     docs = {"posts": list(post_documents(ds)), "products": list(product_documents(ds))}
+    timings["documents_s"] = time.perf_counter() - t
     manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
     manifest["model"] = blend.summary()
     manifest["counts"].update(

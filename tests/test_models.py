@@ -19,7 +19,15 @@ from feed.data import Dataset, load
 from feed.evaluate import fit_model
 from feed.features.matrices import TrainingData, build
 from feed.models import NotFittedError
-from feed.models.candidates import best_per_group, merge, select_top, shared_groups
+from feed.models.base import parallel_map, topk
+from feed.models.candidates import (
+    _ranks,
+    best_per_group,
+    merge,
+    select_top,
+    shared_groups,
+    topk_distinct,
+)
 from feed.models.ranker import LearnedBlend
 from feed.models.sources import (
     EASE,
@@ -232,6 +240,8 @@ def test_default_model_reports_its_validation_choice(block: tuple[Dataset, Train
     assert summary["metric"] == "like_ndcg" and "content" in summary["sources"]
     kinds = {"fusion"} | {f"source:{n}" for n in summary["sources"]}
     assert summary["kind"] in kinds or summary["kind"].startswith("ranker:")
+    fits = {f"{stage}:{n}_s" for stage in ("validation", "final") for n in summary["sources"]}
+    assert fits <= set(summary["timings"])  # every source fitted before the slice and on all
     reasons = model.recommend(np.arange(4), 5, block[1].seen())[2]
     assert reasons.dtype == np.uint8
 
@@ -280,3 +290,30 @@ def test_list_helpers() -> None:
     assert block.tolist() == [[-np.inf, 5.0, -np.inf, 0.5]]
     items, scores, _ = select_top(np.array([[10, 11, 12]]), np.array([[0.2, 0.9, 0.5]]), 4, None)
     assert items.tolist() == [[11, 12, 10, -1]] and np.isneginf(scores[0, 3])
+
+
+def test_block_helpers_match_a_row_by_row_reference() -> None:
+    """The vectorised top-k helpers agree with a plain loop over rows."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n_rows, n_cols, n = int(rng.integers(1, 8)), int(rng.integers(2, 40)), 5
+        block = rng.random((n_rows, n_cols)).astype(np.float32)
+        block[rng.random(block.shape) < 0.3] = -np.inf
+        keys = rng.integers(0, max(n_cols // 3, 1), n_cols)
+        got = topk_distinct(block, keys, shared_groups(keys), n, fetch=2)
+        for row, out in zip(block, got, strict=True):
+            order = np.argsort(-row, kind="stable")
+            order = order[np.isfinite(row[order])]
+            _, first = np.unique(keys[order], return_index=True)
+            want = order[np.sort(first)][:n]
+            assert out[: len(want)].tolist() == want.tolist() and (out[len(want) :] == -1).all()
+        top = topk(block, n)[0]
+        cand = merge([top, topk(-block, n)[0]])
+        ranks = _ranks(top, cand, n)
+        for t, c, r in zip(top, cand, ranks, strict=True):
+            listed = {int(x): i for i, x in enumerate(t) if x >= 0}
+            assert r.tolist() == [listed.get(int(x), n) if x >= 0 else n for x in c]
+
+
+def test_parallel_map_keeps_order() -> None:
+    assert parallel_map(lambda x: x * x, range(7), threads=3) == [x * x for x in range(7)]

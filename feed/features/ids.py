@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 
 
 class IdMap:
@@ -36,15 +37,13 @@ class IdMap:
         if len(self._index) != len(ext):
             raise ValueError("IdMap: external ids are not unique")
         self.external = ext.astype(str) if len(ext) else np.array([], dtype=str)
+        self._lookup = pd.Index(self.external.astype(object))
 
     @classmethod
     def from_values(cls, *columns: Iterable[str]) -> IdMap:
         """Build a map of the distinct values of several columns, in first-seen order."""
-        seen: dict[str, None] = {}
-        for col in columns:
-            for v in col:
-                seen.setdefault(str(v), None)
-        return cls(seen.keys())
+        values = [_strings(col) for col in columns]
+        return cls(pd.unique(np.concatenate(values)) if values else [])
 
     def __len__(self) -> int:
         return len(self._index)
@@ -58,14 +57,19 @@ class IdMap:
 
     def to_internal(self, external_ids: Iterable[str], strict: bool = True) -> np.ndarray:
         """Internal indices (int64) of ``external_ids``; unknown ids raise, or map to -1."""
-        index = self._index
-        if strict:
-            try:
-                return np.fromiter((index[e] for e in external_ids), dtype=np.int64)
-            except KeyError as e:
-                raise KeyError(f"unknown id {e.args[0]!r}") from e
-        return np.fromiter((index.get(e, -1) for e in external_ids), dtype=np.int64)
+        values = _strings(external_ids)
+        out = self._lookup.get_indexer(values).astype(np.int64, copy=False)
+        if strict and (out < 0).any():
+            raise KeyError(f"unknown id {values[np.argmax(out < 0)]!r}")
+        return out
 
     def to_external(self, internal_ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """External ids (str array) of internal indices."""
         return self.external[np.asarray(internal_ids, dtype=np.int64)]
+
+
+def _strings(values: Iterable[str]) -> np.ndarray:
+    """``values`` as an object array of Python strings."""
+    if not isinstance(values, np.ndarray | pd.Series | pd.Index):
+        values = list(values)
+    return np.asarray(pd.Series(values, dtype=object).astype(str), dtype=object)

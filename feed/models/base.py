@@ -8,16 +8,22 @@ selection, exclusion of seen posts and pairwise scoring are shared here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from feed.features.matrices import TrainingData
 
 #: Dense score blocks are at most this many floats (users x posts) at a time.
 BLOCK_FLOATS = 8_000_000
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class NotFittedError(RuntimeError):
@@ -95,6 +101,28 @@ def blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
     step = max(1, BLOCK_FLOATS // max(n_cols, 1))
     for lo in range(0, n_rows, step):
         yield lo, min(lo + step, n_rows)
+
+
+def worker_count() -> int:
+    """Threads for the block-parallel stages: the CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]``, on a pool of :func:`worker_count` threads.
+
+    numpy, scipy.sparse and scikit-learn's tree predictors release the GIL in their heavy
+    loops, so independent blocks of users run on every core; BLAS is pinned to one thread
+    meanwhile (one busy thread per core). Results come back in the order of ``items``.
+    """
+    items = list(items)
+    n = min(threads or worker_count(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fn, items))
 
 
 def mask_rows(block: np.ndarray, mask: sp.csr_matrix) -> None:

@@ -24,6 +24,9 @@ from feed.models.sources import Popularity, post_age_days
 #: Dense floats held at once while merging (users x posts x sources).
 MERGE_FLOATS = 24_000_000
 
+#: The key of a padding entry (-1 item) in "one item per key" selections.
+NO_KEY = np.iinfo(np.int64).min
+
 #: Features that do not depend on the sources, in column order.
 BASE_FEATURES = (
     "post_age_days",
@@ -201,9 +204,9 @@ def topk_distinct(
 ) -> np.ndarray:
     """Row-wise top-``n`` items (-1 padded) with at most one item per key, the best of each.
 
-    Reads each row's top ``fetch * n`` first and dedupes them; a row whose top is flooded by
-    items of few keys falls back to :func:`best_per_group` over the whole row. ``groups`` is
-    :func:`shared_groups` of ``keys``.
+    Reads each row's top ``fetch * n`` first and dedupes them (ties: the lower index first);
+    a row whose top is flooded by items of few keys falls back to :func:`best_per_group` over
+    the whole row. ``groups`` is :func:`shared_groups` of ``keys``.
 
     >>> keys = np.array([0, 0, 0, 1, 2])
     >>> topk_distinct(np.array([[5.0, 4, 3, 2, 1]]), keys, shared_groups(keys), 3, 1).tolist()
@@ -212,19 +215,44 @@ def topk_distinct(
     n_rows, n_cols = block.shape
     depth = min(n * fetch, n_cols)
     items, scores = topk(block, depth)
-    out = np.full((n_rows, n), -1, dtype=np.int64)
-    for i in range(n_rows):
-        valid = items[i] >= 0
-        row = items[i][valid]
-        row = row[np.lexsort((row, -scores[i][valid]))]  # ties: the lower index first
-        _, first = np.unique(keys[row], return_index=True)
-        picked = row[np.sort(first)][:n]
-        if len(picked) < n and len(row) == depth < n_cols:  # flooded: dedupe the whole row
-            whole = block[i : i + 1].copy()
-            best_per_group(whole, groups)
-            picked = topk(whole, n)[0][0]
-            picked = picked[picked >= 0]
-        out[i, : len(picked)] = picked
+    order = np.lexsort((items, -scores), axis=1)  # best first, ties: the lower index first
+    items = np.take_along_axis(items, order, axis=1)
+    valid = items >= 0
+    kept = first_of_key(np.where(valid, keys[np.maximum(items, 0)], NO_KEY)) & valid
+    out = compact_rows(items, kept, n)
+    flooded = (kept.sum(axis=1) < n) & valid.all(axis=1) & (depth < n_cols)
+    if flooded.any():  # dedupe those rows whole
+        whole = block[flooded]
+        best_per_group(whole, groups)
+        out[flooded] = topk(whole, n)[0]
+    return out
+
+
+def first_of_key(keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first occurrence of each value along every row of ``keys``.
+
+    >>> first_of_key(np.array([[3, 1, 3, 2, 1]])).tolist()
+    [[True, True, False, True, False]]
+    """
+    order = np.argsort(keys, axis=1, kind="stable")
+    ranked = np.take_along_axis(keys, order, axis=1)
+    new = np.ones(keys.shape, dtype=bool)
+    new[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    out = np.empty(keys.shape, dtype=bool)
+    np.put_along_axis(out, order, new, axis=1)
+    return out
+
+
+def compact_rows(values: np.ndarray, keep: np.ndarray, n: int, fill: int = -1) -> np.ndarray:
+    """The first ``n`` kept entries of every row, in order, padded with ``fill``.
+
+    >>> compact_rows(np.array([[5, 6, 7, 8]]), np.array([[True, False, True, True]]), 3).tolist()
+    [[5, 7, 8]]
+    """
+    out = np.full((len(values), n), fill, dtype=values.dtype)
+    position = np.cumsum(keep, axis=1) - 1
+    rows, cols = np.nonzero(keep & (position < n))
+    out[rows, position[rows, cols]] = values[rows, cols]
     return out
 
 
@@ -347,19 +375,24 @@ def merge(tops: list[np.ndarray]) -> np.ndarray:
 
 
 def _ranks(top: np.ndarray, items: np.ndarray, depth: int) -> np.ndarray:
-    """Position of each candidate in a source's top list, ``depth`` when absent."""
-    out = np.full(items.shape, depth, dtype=np.int32)
-    for i in range(items.shape[0]):
-        row = top[i]
-        valid = row >= 0
-        order = np.argsort(row[valid], kind="stable")
-        ids, pos = row[valid][order], np.flatnonzero(valid)[order]
-        at = np.searchsorted(ids, items[i])
-        at = np.minimum(at, max(len(ids) - 1, 0))
-        found = (len(ids) > 0) & (items[i] >= 0)
-        found = found & (ids[at] == items[i]) if len(ids) else np.zeros_like(found)
-        out[i, found] = pos[at[found]]
-    return out
+    """Position of each candidate in a source's top list, ``depth`` when absent.
+
+    >>> _ranks(np.array([[7, 2, -1]]), np.array([[2, 5, 7, -1]]), 3).tolist()
+    [[1, 3, 0, 3]]
+    """
+    n_rows, width = top.shape
+    if top.size == 0:
+        return np.full(items.shape, depth, dtype=np.int32)
+    span = int(max(top.max(initial=-1), items.max(initial=-1))) + 2
+    base = np.arange(n_rows, dtype=np.int64)[:, None] * span
+    listed = np.where(top >= 0, top + 1 + base, -1).ravel()  # -1: an empty slot, never found
+    order = np.argsort(listed, kind="stable")
+    wanted = (items + 1 + base).ravel()
+    at = np.minimum(np.searchsorted(listed[order], wanted), len(order) - 1)
+    found = (listed[order][at] == wanted) & (items.ravel() >= 0)
+    out = np.full(items.size, depth, dtype=np.int32)
+    out[found] = order[at[found]] % width
+    return out.reshape(items.shape)
 
 
 def fusion_scores(ranks: np.ndarray, depth: int, k: float = 20.0) -> np.ndarray:
@@ -409,18 +442,10 @@ def _first_per_key(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``order`` with the first candidate of every key in front (best first), and how many
     such candidates each row has; the others follow."""
-    out = np.empty_like(order)
-    n_kept = np.zeros(len(ranked), dtype=np.int64)
-    for i in range(len(ranked)):
-        row = ranked[i]
-        key = np.where(row >= 0, keys[np.maximum(row, 0)], np.iinfo(np.int64).min)
-        _, first = np.unique(key, return_index=True)
-        first = np.sort(first)
-        first = first[row[first] >= 0]
-        rest = np.setdiff1d(np.arange(len(row)), first, assume_unique=True)
-        out[i] = order[i, np.concatenate([first, rest])]
-        n_kept[i] = len(first)
-    return out, n_kept
+    valid = ranked >= 0
+    first = first_of_key(np.where(valid, keys[np.maximum(ranked, 0)], NO_KEY)) & valid
+    front = np.argsort(~first, axis=1, kind="stable")
+    return np.take_along_axis(order, front, axis=1), first.sum(axis=1)
 
 
 def product_keys(data: TrainingData) -> np.ndarray:

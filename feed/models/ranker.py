@@ -11,8 +11,11 @@ part; when one slice has few users, the next-older slice is added, up to ``max_w
 3. choose, by the validation metric on two folds of users, among a few rankers (gradient
    boosting, logistic regression), reciprocal-rank fusion and each single source, each with
    and without "one post per product";
-4. fit the chosen ranker on every slice, then refit every source on all the data and keep the
-   ranker's weights.
+4. fit the chosen ranker on every slice, and keep its weights with every source refitted on
+   all the data (those fits run alongside the first slice's: they do not depend on the choice).
+
+Independent work runs on a pool of threads (:func:`~feed.models.base.parallel_map`): the source
+fits, the candidate blocks of users, the rankers compared and their predictions.
 
 Nothing here looks at a test part: :func:`feed.evaluate.evaluate` hands this model the training
 part only, and the slices are carved from that.
@@ -23,7 +26,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +38,7 @@ from threadpoolctl import threadpool_limits
 from feed.contract import REASON_CODE
 from feed.data import Dataset
 from feed.features.matrices import SECONDS_PER_DAY, EngagementWeights, TrainingData, build
-from feed.models.base import CandidateModel, NotFittedError
+from feed.models.base import CandidateModel, NotFittedError, parallel_map
 from feed.models.candidates import (
     CandidateBlock,
     CandidateBuilder,
@@ -43,7 +47,7 @@ from feed.models.candidates import (
     product_keys,
     select_top,
 )
-from feed.models.sources import EASE, ProductCF, twin_columns
+from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_columns
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,17 @@ RANKER_GRID: tuple[dict[str, Any], ...] = (
     {"model": "logistic", "C": 0.1},
 )
 MIN_POSITIVES = 20  # fewer positive candidates in the validation slices: no learned ranker
+PREDICT_ROWS = 4096  # candidate rows per ranker call (see _predict)
 RECENT_SHARE = 0.1  # the trending half-life is the time span of this newest share of events
+
+
+@dataclass
+class Stage:
+    """One set of source fits: its name (for timings), the data and its dataset."""
+
+    name: str
+    data: TrainingData
+    dataset: Dataset | None
 
 
 @dataclass
@@ -146,22 +160,25 @@ class LearnedBlend:
         """Learn the ranker on validation slices of ``dataset``, then fit the sources on all.
 
         Without ``dataset`` there is no slice to learn from: reciprocal-rank fusion. With a
-        single source, that source's own ranking.
+        single source, that source's own ranking. The final fits run alongside the first
+        slice's (:meth:`fit_sources`): they do not depend on the choice.
         """
+        self.timings_: dict[str, float] = {}
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
+        final = Stage("final", data, dataset)
         if len(self.names_) == 1:
             self.choice_ = RankerChoice(f"source:{self.names_[0]}")
-        elif dataset is not None:
-            self.choice_ = self._learn(
-                dataset, "like_ndcg" if data.likes.nnz else "purchase_recall"
-            )
+        if len(self.names_) == 1 or dataset is None:
+            self.sources_ = self.fit_sources([final])[0]
+        else:
+            metric = "like_ndcg" if data.likes.nnz else "purchase_recall"
+            self.choice_, self.sources_ = self._learn(dataset, metric, final)
         logger.info(
             "default model: %s (one post per product: %s)",
             self.choice_.kind,
             self.choice_.one_per_product,
         )
-        self.sources_ = self.fit_sources(data, dataset)
         self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
         self.keys_ = product_keys(data)
         self.n_posts_ = data.n_posts
@@ -177,64 +194,94 @@ class LearnedBlend:
             names.append(name)
         return names
 
-    def fit_sources(
-        self,
-        data: TrainingData,
-        dataset: Dataset | None,
-    ) -> dict[str, CandidateModel]:
-        """Fresh copies of the applicable sources, fitted on ``data``."""
-        fitted = {}
-        decayed = None
-        for name in self.names_:
-            model = clone(self.sources[name])
-            t = time.perf_counter()
-            if name in self.decayed:
-                if decayed is None:
-                    decayed = decayed_data(data, dataset)
-                model.fit(decayed)
-            else:
-                model.fit(data)
-            logger.info("fitted %s in %.1fs", name, time.perf_counter() - t)
-            fitted[name] = model
-        return fitted
+    def fit_sources(self, stages: list[Stage]) -> list[dict[str, CandidateModel]]:
+        """Fresh copies of the applicable sources fitted for each stage, in ``names_`` order.
 
-    def _learn(self, dataset: Dataset, metric: str) -> RankerChoice:
-        """Collect validation slices (newest first) and choose the ranker on them."""
-        from feed.evaluate import split
+        The fits are independent, so they run on a pool of threads (the slowest sources
+        first, :func:`fit_cost`); each fit's seconds go to ``timings_["<stage>:<source>_s"]``.
+        """
+        jobs = []
+        for i, stage in enumerate(stages):
+            decayed = (
+                decayed_data(stage.data, stage.dataset)
+                if any(n in self.decayed for n in self.names_)
+                else stage.data
+            )
+            for name in self.names_:
+                jobs.append((i, name, decayed if name in self.decayed else stage.data))
+        jobs.sort(key=lambda job: -fit_cost(self.sources[job[1]]))
+
+        def fit(job: tuple[int, str, TrainingData]) -> tuple[CandidateModel, float]:
+            i, name, data = job
+            t = time.perf_counter()
+            model = clone(self.sources[name]).fit(data)
+            logger.info("fitted %s (%s) in %.1fs", name, stages[i].name, time.perf_counter() - t)
+            return model, time.perf_counter() - t
+
+        done = parallel_map(fit, jobs)
+        fitted: list[dict[str, tuple[CandidateModel, float]]] = [{} for _ in stages]
+        for (i, name, _), result in zip(jobs, done, strict=True):
+            fitted[i][name] = result
+        for stage, results in zip(stages, fitted, strict=True):
+            for name in self.names_:
+                self._add_time(f"{stage.name}:{name}", results[name][1])
+        return [{name: f[name][0] for name in self.names_} for f in fitted]
+
+    def _learn(
+        self, dataset: Dataset, metric: str, final: Stage
+    ) -> tuple[RankerChoice, dict[str, CandidateModel]]:
+        """Collect validation slices (newest first) and choose the ranker on them; fit the
+        sources for ``final`` alongside the first slice's."""
+        from feed.evaluate import held_out, split, training_data
 
         tables: list[_Slice] = []
+        sources: dict[str, CandidateModel] | None = None
         rest = dataset
         for _ in range(self.max_windows):
+            t = time.perf_counter()
             try:
                 part = split(rest, self.val_frac, self.random_state)
             except ValueError as e:
                 logger.info("no further validation slice: %s", e)
                 break
-            table = self._slice(part, metric)
-            if table is not None:
-                tables.append(table)
+            sub = training_data(part)
+            truth = held_out(part, sub)
+            self._add_time("validation:data", time.perf_counter() - t)
+            stages = [Stage("validation", sub, part.train)] if len(truth.users) else []
+            fitted = self.fit_sources(stages + ([final] if sources is None else []))
+            if sources is None:
+                sources = fitted.pop()
+            if fitted:
+                tables.append(self._slice(fitted[0], sub, truth, metric))
             if sum(len(t.items) for t in tables) >= self.min_val_users:
                 break
             rest = part.train
+        if sources is None:
+            sources = self.fit_sources([final])[0]
         if not tables:
-            return RankerChoice("fusion", metric=metric)
-        return choose(
+            return RankerChoice("fusion", metric=metric), sources
+        t = time.perf_counter()
+        choice = choose(
             _Pool(tables, metric), self.names_, self.k, self.max_train_rows, self.random_state
         )
+        self._add_time("validation:choose", time.perf_counter() - t)
+        return choice, sources
 
-    def _slice(self, part: Any, metric: str) -> _Slice | None:
-        """Sources fitted before one validation slice, and the slice's candidate table."""
-        from feed.evaluate import held_out, training_data
+    def _add_time(self, key: str, seconds: float) -> None:
+        """Add ``seconds`` to ``timings_[key + "_s"]``."""
+        key += "_s"
+        self.timings_[key] = self.timings_.get(key, 0.0) + seconds
 
-        sub = training_data(part)
-        truth = held_out(part, sub)
-        if not len(truth.users):
-            return None
+    def _slice(
+        self, sources: dict[str, CandidateModel], sub: TrainingData, truth: Any, metric: str
+    ) -> _Slice:
+        """The candidate table of one validation slice's users (at most ``max_val_users``),
+        from sources fitted on the data before the slice (``sub``)."""
+        t = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         keep = np.sort(rng.permutation(len(truth.users))[: self.max_val_users])
-        sources = self.fit_sources(sub, part.train)
         builder = CandidateBuilder(sources, FeatureContext(sub), self.n_per_source)
-        return _Slice.collect(
+        table = _Slice.collect(
             builder,
             sub,
             truth.users[keep],
@@ -242,6 +289,8 @@ class LearnedBlend:
             sp.csr_matrix(truth.purchases[keep]),
             metric,
         )
+        self._add_time("validation:candidates", time.perf_counter() - t)
+        return table
 
     # --- recommending ----------------------------------------------------------------------
 
@@ -260,19 +309,20 @@ class LearnedBlend:
             items, top = model.recommend(users, n, exclude)
             why = np.where(items >= 0, REASON_CODE[model.reason], 0).astype(np.uint8)
             return items, top, why
-        items = np.full((len(users), n), -1, np.int64)
-        scores = np.full((len(users), n), -np.inf, np.float32)
-        reasons = np.zeros((len(users), n), np.uint8)
         keys = self.keys_ if self.choice_.one_per_product else None
-        lo = 0
-        for batch in self.builder_.batches(users, self.n_posts_):
+
+        def rank(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             block = self.builder_.build(batch, exclude)
-            hi = lo + len(batch)
             ranked = score_block(self.choice_, block, self.names_)
-            items[lo:hi], scores[lo:hi], order = select_top(block.items, ranked, n, keys)
+            items, scores, order = select_top(block.items, ranked, n, keys)
             why = np.take_along_axis(block.reasons, order, axis=1)
-            reasons[lo:hi] = np.where(items[lo:hi] >= 0, why, 0)
-            lo = hi
+            return items, scores, np.where(items >= 0, why, 0).astype(np.uint8)
+
+        parts = parallel_map(rank, self.builder_.batches(users, self.n_posts_))
+        if not parts:
+            empty = np.zeros((0, n))
+            return empty.astype(np.int64), empty.astype(np.float32), empty.astype(np.uint8)
+        items, scores, reasons = (np.concatenate(p) for p in zip(*parts, strict=True))
         return items, scores, reasons
 
     def get_params(self) -> dict[str, Any]:
@@ -297,7 +347,7 @@ class LearnedBlend:
         return params
 
     def summary(self) -> dict[str, Any]:
-        """What the validation chose, for manifests and reports."""
+        """What the validation chose and where the fit's time went, for manifests and reports."""
         c = self.choice_
         return {
             "kind": c.kind,
@@ -306,7 +356,16 @@ class LearnedBlend:
             "metric": c.metric,
             "sources": list(self.names_),
             "validation": {k: round(v, 5) for k, v in c.validation.items()},
+            "timings": {k: round(v, 3) for k, v in self.timings_.items()},
         }
+
+
+def fit_cost(model: CandidateModel) -> int:
+    """A rough rank of how long a source takes to fit (higher: slower), to start the slowest
+    fits first: single-threaded BPR, then ALS, then everything else."""
+    if isinstance(model, MatrixFactorization):
+        return 2 if model.algorithm == "bpr" else 1
+    return 1 if isinstance(model, ProductCF) and model.method == "als" else 0
 
 
 def clone(model: CandidateModel) -> CandidateModel:
@@ -362,7 +421,9 @@ class _Slice:
         from feed.evaluate import hits
 
         exclude = data.seen()
-        blocks = [builder.build(b, exclude) for b in builder.batches(users, data.n_posts)]
+        blocks = parallel_map(
+            lambda b: builder.build(b, exclude), builder.batches(users, data.n_posts)
+        )
         width = max(b.items.shape[1] for b in blocks)
         items = np.concatenate([_pad(b.items, width, -1) for b in blocks])
         if metric == "like_ndcg":
@@ -453,8 +514,13 @@ def choose(pool: _Pool, names: list[str], k: int, max_rows: int, random_state: i
         scores = np.where(pool.items >= 0, scores, -np.inf)
         for dedupe in (False, True):
             options[(name, dedupe)] = pool.score(scores, k, dedupe)
-    for i, params in enumerate(RANKER_GRID):
-        oof = _out_of_fold(pool, folds, params, max_rows, random_state)
+    jobs = [(params, f) for params in RANKER_GRID for f in (0, 1)]
+    with quiet_sklearn():
+        fits = parallel_map(
+            lambda job: _fit_ranker(pool, folds != job[1], job[0], max_rows, random_state), jobs
+        )
+    for i in range(len(RANKER_GRID)):
+        oof = _out_of_fold(pool, folds, fits[2 * i : 2 * i + 2])
         if oof is not None:
             for dedupe in (False, True):
                 options[(f"ranker:{i}", dedupe)] = pool.score(oof, k, dedupe)
@@ -475,19 +541,18 @@ def choose(pool: _Pool, names: list[str], k: int, max_rows: int, random_state: i
     if best.startswith("ranker:"):
         choice.params = dict(RANKER_GRID[int(best.split(":")[1])])
         every = np.ones(len(pool.items), dtype=bool)
-        choice.estimator = _fit_ranker(pool, every, choice.params, max_rows, random_state)
+        with quiet_sklearn():
+            choice.estimator = _fit_ranker(pool, every, choice.params, max_rows, random_state)
     return choice
 
 
-def _out_of_fold(
-    pool: _Pool, folds: np.ndarray, params: dict[str, Any], max_rows: int, random_state: int
-) -> np.ndarray | None:
-    """Scores of every fold's candidates by a ranker fitted on the other fold."""
+def _out_of_fold(pool: _Pool, folds: np.ndarray, models: list[Any]) -> np.ndarray | None:
+    """Scores of every fold's candidates by ``models[f]``, the ranker fitted on the users out
+    of fold ``f`` (None when one of them could not be fitted)."""
+    if any(m is None for m in models):
+        return None
     oof = np.full(pool.labels.shape, -np.inf, dtype=np.float32)
-    for f in (0, 1):
-        model = _fit_ranker(pool, folds != f, params, max_rows, random_state)
-        if model is None:
-            return None
+    for f, model in enumerate(models):
         oof[folds == f] = _predict(model, pool.features[folds == f], pool.items[folds == f])
     return oof
 
@@ -507,9 +572,20 @@ def _fit_ranker(
         keep = np.concatenate([np.flatnonzero(y), rng.choice(negatives, room, replace=False)])
         x, y = x[np.sort(keep)], y[np.sort(keep)]
     model = make_ranker(params, random_state)
-    with threadpool_limits(1), warnings.catch_warnings():  # OpenMP oversubscribes busy hosts
-        warnings.filterwarnings("ignore", module="sklearn")  # e.g. lbfgs ConvergenceWarning
+    with threadpool_limits(1):  # OpenMP oversubscribes busy hosts
         return model.fit(x, y)
+
+
+@contextmanager
+def quiet_sklearn() -> Iterator[None]:
+    """Ignore scikit-learn's warnings (e.g. lbfgs ConvergenceWarning) meanwhile, on every thread.
+
+    Enter it on the thread that starts the fits, around the whole pool: the warnings filters
+    are global, and entering and leaving them on several threads at once is not safe.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="sklearn")
+        yield
 
 
 def make_ranker(params: dict[str, Any], random_state: int) -> Any:
@@ -532,20 +608,32 @@ def make_ranker(params: dict[str, Any], random_state: int) -> Any:
     )
 
 
-def _predict(model: Any, features: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Ranker scores (users x C); padding scores -inf."""
+def _predict(
+    model: Any, features: np.ndarray, items: np.ndarray, threads: int | None = None
+) -> np.ndarray:
+    """Ranker scores (users x C); padding scores -inf.
+
+    Rows go to the ranker in chunks of :data:`PREDICT_ROWS` (on ``threads`` threads, default
+    every core): a tree ensemble reads a chunk once per tree, and a small chunk stays in cache.
+    """
     out = np.full(items.shape, -np.inf, dtype=np.float32)
     valid = items >= 0
-    if valid.any():
+    rows = features[valid]
+
+    def proba(lo: int) -> np.ndarray:
         with threadpool_limits(1):
-            out[valid] = model.predict_proba(features[valid])[:, 1]
+            return np.asarray(model.predict_proba(rows[lo : lo + PREDICT_ROWS])[:, 1])
+
+    if len(rows):
+        out[valid] = np.concatenate(parallel_map(proba, range(0, len(rows), PREDICT_ROWS), threads))
     return out
 
 
 def score_block(choice: RankerChoice, block: CandidateBlock, names: list[str]) -> np.ndarray:
-    """Scores of a block's candidates under the chosen option (padding -inf)."""
+    """Scores of a block's candidates under the chosen option (padding -inf), on the calling
+    thread (:meth:`LearnedBlend.recommend` runs blocks on a pool of threads)."""
     if choice.kind.startswith("ranker:"):
-        return _predict(choice.estimator, block.features, block.items)
+        return _predict(choice.estimator, block.features, block.items, threads=1)
     if choice.kind.startswith("source:"):
         scores = -block.ranks[names.index(choice.kind.split(":", 1)[1])].astype(np.float32)
     else:

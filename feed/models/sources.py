@@ -8,8 +8,9 @@ Each is a :class:`~feed.models.base.CandidateModel`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import warnings
+import threading
 from typing import Any
 
 import numpy as np
@@ -177,16 +178,17 @@ def dot_rows(rows: np.ndarray, items64: np.ndarray) -> np.ndarray:
 def knn_similarity(x: sp.csr_matrix, K: int, method: str) -> sp.csr_matrix:
     """Column x column similarities of ``x`` (implicit's BM25 or cosine), top ``K`` per row,
     zero diagonal."""
-    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+    from implicit.nearest_neighbours import ItemItemRecommender, bm25_weight, normalize
 
     if method not in ("bm25", "cosine"):
         raise ValueError(f"method must be 'bm25' or 'cosine', got {method!r}")
-    model = BM25Recommender(K=K) if method == "bm25" else CosineRecommender(K=K)
-    with warnings.catch_warnings():
-        # implicit's BM25Recommender passes its own bm25_weight() COO output to a CSR-only
-        # kernel and warns about the conversion it then does; nothing we pass is COO.
-        warnings.filterwarnings("ignore", message="Method expects CSR input")
-        model.fit(sp.csr_matrix(x, dtype=np.float32), show_progress=False)
+    x = sp.csr_matrix(x, dtype=np.float32)
+    # What implicit's BM25Recommender (K1 1.2, B 0.75) and CosineRecommender fit on, handed over
+    # as CSR: they pass it as COO, and implicit warns about converting it (a warnings filter
+    # would not be thread-safe, and sources are fitted on parallel threads).
+    weighted = bm25_weight(x.T, K1=1.2, B=0.75).T if method == "bm25" else normalize(x.T).T
+    model = ItemItemRecommender(K=K)
+    model.fit(sp.csr_matrix(weighted), show_progress=False)
     sim = sp.csr_matrix(model.similarity, dtype=np.float32)
     sim.setdiag(0)
     sim.eliminate_zeros()
@@ -231,6 +233,32 @@ class ItemItem(CandidateModel):
         return sparse_rows_dense(rows)[:, self.twin_]
 
 
+_TFIDF: dict[tuple[int, str], tuple[Any, sp.csr_matrix]] = {}  # the last post_tfidf result
+_TFIDF_LOCK = threading.Lock()  # sources fitted on parallel threads wait for one another
+
+
+def post_tfidf(texts: list[str], min_df: int) -> tuple[Any, sp.csr_matrix]:
+    """A TF-IDF vectorizer fitted on the post texts and the posts' float32 vectors.
+
+    Segmenting Chinese is the slow part of every text model, and the posts are the same for
+    :class:`Content` and :class:`Fresh` and for the validation and final fits (a split holds
+    out events, never posts): the last result is kept and returned again for the same texts.
+    The returned objects are shared; callers must not modify them.
+    """
+    key = (min_df, hashlib.sha256("\x00".join(texts).encode()).hexdigest())
+    with _TFIDF_LOCK:
+        if key in _TFIDF:
+            return _TFIDF[key]
+        vec = make_vectorizer(min_df=min_df)
+        try:
+            vectors = sp.csr_matrix(vec.fit_transform(texts), dtype=np.float32)
+        except ValueError:  # empty vocabulary: no text at all
+            vectors = sp.csr_matrix((len(texts), 1), dtype=np.float32)
+        _TFIDF.clear()
+        _TFIDF[key] = vec, vectors
+        return vec, vectors
+
+
 class Content(CandidateModel):
     """TF-IDF content similarity: the user's profile is the sum of the posts they engaged with
     and the titles/categories of products they bought; it also scores posts nobody engaged with.
@@ -249,11 +277,8 @@ class Content(CandidateModel):
         self.min_df = min_df
 
     def fit(self, data: TrainingData) -> Content:
-        vec = make_vectorizer(min_df=min(self.min_df, max(1, data.n_posts // 2)))
-        try:
-            self.post_vectors_ = sp.csr_matrix(vec.fit_transform(data.post_text), dtype=np.float32)
-        except ValueError:  # empty vocabulary: no text at all
-            self.post_vectors_ = sp.csr_matrix((data.n_posts, 1), dtype=np.float32)
+        min_df = min(self.min_df, max(1, data.n_posts // 2))
+        vec, self.post_vectors_ = post_tfidf(data.post_text, min_df)
         self.vectorizer_ = vec
         profiles = data.engagement @ self.post_vectors_
         if data.purchases.nnz and hasattr(vec, "vocabulary_"):
