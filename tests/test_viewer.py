@@ -323,14 +323,12 @@ def test_browser_renders_hostile_post_text_inert(
         user = json.load(resp)["users"][0]
     with urlopen(f"{server}/v1/feed/{user}?preview=1&limit=20") as resp:
         item = next(it for it in json.load(resp)["items"] if it["products"])
-    doc = json.loads(r.get(c.post_doc_key(item["post_id"])))
+    served = json.loads(r.get(c.card_key(item["post_id"])))  # the item as the feed serves it
+    served["products"][0]["title"] = HOSTILE_TEXT
     r.set(
-        c.post_doc_key(item["post_id"]),
-        c.encode_json({**doc, "text": HOSTILE_TEXT, "title": HOSTILE_TITLE}),
+        c.card_key(item["post_id"]),
+        c.encode_json({**served, "text": HOSTILE_TEXT, "title": HOSTILE_TITLE}),
     )
-    product = item["products"][0]["product_id"]
-    pdoc = json.loads(r.get(c.product_doc_key(product)))
-    r.set(c.product_doc_key(product), c.encode_json({**pdoc, "title": HOSTILE_TEXT}))
 
     dialogs: list[Any] = []
     page.on("dialog", lambda d: dialogs.append(d))
