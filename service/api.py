@@ -223,22 +223,32 @@ def _degraded(user_id: str, limit: int, page_no: int, started: float) -> Any:
         raise unavailable("the feed store (Redis) is unavailable; retry shortly")
     observability.DEGRADED.labels("feed").inc()
     page = items[limit * page_no : limit * (page_no + 1)]  # rendered with reason "trending"
-    cfg = current_app.config
-    next_cursor = (
-        cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1, started)
-        if page
-        else None
-    )
+    route = {"model_version": version, "experiment": None, "arm": None}
+    return _page_response(user_id, route, page, page_no, started, degraded=True)
+
+
+def _page_response(
+    user_id: str,
+    route: dict[str, Any],
+    items: list[Any],
+    page_no: int,
+    started: float,
+    degraded: bool = False,
+) -> Any:
+    """The feed page's JSON, with the cursor to the next page (none after an empty page)."""
+    next_cursor = None
+    if items:
+        secret = current_app.config["CURSOR_SECRET_BYTES"]
+        version = route["model_version"]
+        next_cursor = cursor.encode(secret, user_id, version, page_no + 1, started)
     return jsonify(
         {
             "user_id": user_id,
-            "model_version": version,
-            "experiment": None,
-            "arm": None,
+            **route,
             "request_id": request_id(),
-            "degraded": True,
+            "degraded": degraded,
             "next_cursor": next_cursor,
-            "items": page,
+            "items": items,
         }
     )
 
@@ -313,7 +323,6 @@ def _feed_page(
     pinned: str | None,
     raw_cursor: str | None,
 ) -> Any:
-    cfg = current_app.config
     route = _route(user_id, pinned)
     version = route["model_version"]
     s = store()
@@ -339,21 +348,7 @@ def _feed_page(
         observability.record_items(cand.reason for cand, _ in items)
         observability.record_exposure(route.get("experiment"), route.get("arm"))
         _remember_fallback(table)
-    next_cursor = (
-        cursor.encode(cfg["CURSOR_SECRET_BYTES"], user_id, version, page_no + 1, started)
-        if items
-        else None
-    )
-    return jsonify(
-        {
-            "user_id": user_id,
-            **route,
-            "request_id": rid,
-            "degraded": False,
-            "next_cursor": next_cursor,
-            "items": [item for _, item in items],
-        }
-    )
+    return _page_response(user_id, route, [item for _, item in items], page_no, started)
 
 
 @bp.get("/v1/posts/<post_id>")
