@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 import orjson
-from flask import Flask
+from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
 from service import config as config_mod
@@ -23,11 +23,20 @@ class OrjsonProvider(DefaultJSONProvider):
     """Flask's JSON through orjson: UTF-8 (no ``\\u`` escapes), keys in insertion order,
     compact; types orjson does not know go through Flask's ``default`` (dates, decimals...)."""
 
-    def dumps(self, obj: Any, **kwargs: Any) -> str:
+    def _bytes(self, obj: Any, indent: bool) -> bytes:
         options = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-        if kwargs.get("indent"):
+        if indent:
             options |= orjson.OPT_INDENT_2
-        return orjson.dumps(obj, default=self.default, option=options).decode()
+        return orjson.dumps(obj, default=self.default, option=options)
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return self._bytes(obj, bool(kwargs.get("indent"))).decode()
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        """``jsonify``: the body as orjson wrote it (no round trip through ``str``)."""
+        obj = self._prepare_response_obj(args, kwargs)
+        indent = (self.compact is None and self._app.debug) or self.compact is False
+        return Response(self._bytes(obj, indent) + b"\n", mimetype=self.mimetype)
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)
