@@ -374,6 +374,8 @@ def _neighbour_indices(
         )
         return idx.tolist(), scores.tolist()
     meta = post_meta(post_id, table, glob["fresh_meta"])
+    if meta is None and (older := store().fresh_meta(post_id)) is not None:
+        meta = post_meta(post_id, table, {post_id: older})  # an API post past the newest few
     if meta is None:
         posts, _ = store().documents([post_id], [])
         return None if post_id not in posts else ([], [])

@@ -21,6 +21,7 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("TRENDING_CANDIDATES", 100, "trending posts offered to every page as the fallback source"),
     ("TRENDING_WEIGHT", 0.15, "trending fallback"),
     ("FRESH_WEIGHT", 0.3, "posts created through the API, not followed"),
+    ("FRESH_POSTS", 500, "newest posts created through the API offered to every page"),
     ("FRESHNESS_WEIGHT", 0.2, "bonus * 0.5 ** (age / half-life)"),
     ("FRESHNESS_HALF_LIFE_S", 3 * 86_400, "half-life of the freshness bonus, seconds"),
     ("AUTHOR_MAX_PER_PAGE", 2, "at most this many posts of one author on a page"),

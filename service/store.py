@@ -341,22 +341,41 @@ class Store:
 
     # -- global, briefly cached ----------------------------------------------------------
     def global_state(self) -> dict[str, Any]:
-        """Posts created through the API (newest first) and the out-of-stock product set."""
+        """The ``FRESH_POSTS`` newest posts created through the API (newest first) with their
+        metadata, and the out-of-stock product set.
+
+        Two round trips per ``GLOBAL_CACHE_S`` (the fresh list with the stock set, then the
+        metadata of just those posts): the metadata hash keeps every API-created post until
+        the next training, so it is never read whole.
+        """
         at, g = self._global
         if time.monotonic() - at < self.config["GLOBAL_CACHE_S"] and g:
             return g
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zrange(c.FRESH_KEY, 0, 499, desc=True, withscores=True)
-        pipe.hgetall(c.FRESH_META_KEY)
-        pipe.smembers(c.OUT_OF_STOCK_KEY)
-        fresh, meta, oos = pipe.execute()
+        n = self.config["FRESH_POSTS"]
+        fresh, oos = round_trip(
+            self.r,
+            [
+                ("ZRANGE", c.FRESH_KEY, 0, n - 1, "REV", "WITHSCORES"),
+                ("SMEMBERS", c.OUT_OF_STOCK_KEY),
+            ],
+        )
+        fresh = [(_s(p), float(ts)) for p, ts in _with_scores(fresh)]
+        metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
         g = {
-            "fresh": [(_s(p), float(ts)) for p, ts in fresh],
-            "fresh_meta": {_s(k): c.decode_json(v) for k, v in meta.items()},
+            "fresh": fresh,
+            "fresh_meta": {
+                p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m
+            },
             "oos": frozenset(_s(x) for x in oos),
         }
         self._global = (time.monotonic(), g)
         return g
+
+    def fresh_meta(self, post_id: str) -> dict[str, Any] | None:
+        """The metadata of one post created through the API (also older than the
+        ``FRESH_POSTS`` newest), or None."""
+        meta = c.decode_json(self.r.hget(c.FRESH_META_KEY, post_id))
+        return meta if isinstance(meta, dict) else None
 
     def forget_global(self) -> None:
         """Drop the cached global state (after this process changed it)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -488,3 +489,27 @@ def test_posts_without_a_card_are_served_from_their_documents(client: Any, r: An
         )
     finally:
         r.mset(saved)
+
+
+def test_only_the_newest_api_posts_are_read_per_refresh(app: Any, client: Any) -> None:
+    """The service reads the metadata of the ``FRESH_POSTS`` newest API posts, never the whole
+    hash (it keeps every API post until the next training); an older one still has its page
+    and its similar posts."""
+    app.config["FRESH_POSTS"] = 3
+    for i in range(5):
+        resp = client.post(
+            "/v1/posts",
+            json={"post_id": f"p-bulk-{i}", "author_id": f"u{20 + i}", "product_ids": ["sku-0"]},
+        )
+        assert resp.status_code == 201
+        time.sleep(0.002)  # distinct creation times: the zset orders by them
+    with app.app_context():
+        glob = app.extensions["feed_store"].global_state()
+    assert [p for p, _ in glob["fresh"]] == ["p-bulk-4", "p-bulk-3", "p-bulk-2"]
+    assert set(glob["fresh_meta"]) == {"p-bulk-4", "p-bulk-3", "p-bulk-2"}
+    offered = {it["post_id"] for it in feed(client, "someone-else", limit=50)["items"]}
+    assert {"p-bulk-4", "p-bulk-3", "p-bulk-2"} <= offered
+    assert not {"p-bulk-1", "p-bulk-0"} & offered
+    assert client.get("/v1/posts/p-bulk-0").status_code == 200
+    similar = client.get("/v1/posts/p-bulk-0/similar?limit=5")
+    assert similar.status_code == 200 and similar.get_json()["items"]  # its category's posts
