@@ -2,14 +2,16 @@
 
 Pure functions over what :mod:`service.store` read; no Redis here, so every rule is testable.
 A request's candidates come from five sources, each offering posts with a score and a reason
-(the version's lists as arrays over its post indices, the rest as ``(post id, score, reason)``):
+(the version's lists and the fresh posts as arrays over post indices, the rest as
+``(post id, score, reason)``):
 
 * :func:`precomputed`: the version's ranked list for the user (scores in [0, 1]);
 * :func:`realtime`: the user's real-time candidates, written by events: neighbours of posts
   liked since training (``similar_to:<post>``) and posts of just-followed authors
   (``followed_author``); entries whose cause was undone (unlike, unfollow) are skipped;
-* :func:`fresh`: posts created through ``POST /v1/posts`` (``followed_author`` when the user
-  follows the author, else ``fresh``);
+* :func:`fresh`: the newest posts created through ``POST /v1/posts`` (``followed_author`` when
+  the user follows the author, else ``fresh``), as arrays over
+  :class:`~service.store.FreshPosts`;
 * :func:`interest_matches`: posts matching the ``interests=`` hint (``interest:<term>``);
 * :func:`trending`: the version's trending list, the fallback for everyone.
 
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from feed.contract import REASON_CODE, REASONS
-from service.store import UserState, VersionTable
+from service.store import FreshPosts, UserState, VersionTable
 
 Offer = tuple[str, float, str]  # (post id, score, reason)
 
@@ -109,70 +111,88 @@ def following(state: UserState) -> set[str]:
 class Offers:
     """Every candidate post with its best-scoring source.
 
-    Posts of the version are parallel arrays over its post indices (``idx``, ``score`` and
-    ``why``, an index into ``reasons``), so filters and the freshness bonus run vectorized;
-    posts the version does not know (created since training) sit in ``extra``.
+    Parallel arrays over post indices (``idx``, ``score`` and ``why``, an index into
+    ``reasons``), so filters and the freshness bonus run vectorized: the version's posts, and
+    the API-created posts it does not know (``fresh_*``, over :class:`FreshPosts`). Posts
+    neither knows are dropped.
     """
 
     idx: np.ndarray
     score: np.ndarray
     why: np.ndarray
     reasons: list[str]
-    extra: dict[str, tuple[float, str]]
+    fresh: FreshPosts
+    fresh_idx: np.ndarray
+    fresh_score: np.ndarray
+    fresh_why: np.ndarray
 
     def as_dict(self, table: VersionTable) -> dict[str, tuple[float, str]]:
         """Post id -> (score, reason), every post."""
-        rows = zip(self.idx.tolist(), self.score.tolist(), self.why.tolist(), strict=True)
-        out = {table.post_ids[i]: (s, self.reasons[w]) for i, s, w in rows}
-        out.update(self.extra)
+        out = {}
+        for ids, idx, score, why in (
+            (table.post_ids, self.idx, self.score, self.why),
+            (self.fresh.post_ids, self.fresh_idx, self.fresh_score, self.fresh_why),
+        ):
+            rows = zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
+            out.update({ids[i]: (s, self.reasons[w]) for i, s, w in rows})
         return out
+
+
+_Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class _Collector:
     """Offers from several sources, in order: on equal scores the earlier source wins."""
 
-    def __init__(self, table: VersionTable) -> None:
-        self.table = table
+    def __init__(self, table: VersionTable, fresh: FreshPosts) -> None:
+        self.table, self.fresh = table, fresh
         self.reasons: dict[str, int] = {r: i for i, r in enumerate(REASONS)}
-        self.arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.idx: list[int] = []
-        self.score: list[float] = []
-        self.why: list[int] = []
-        self.extra: dict[str, tuple[float, str]] = {}
+        self.arrays: tuple[list[_Arrays], list[_Arrays]] = ([], [])  # version's, fresh
+        self.rows: tuple[list[tuple[int, float, int]], ...] = ([], [])
 
-    def add_arrays(self, idx: np.ndarray, score: np.ndarray, why: np.ndarray) -> None:
+    def add_arrays(
+        self, idx: np.ndarray, score: np.ndarray, why: np.ndarray, part: int = 0
+    ) -> None:
+        """Offers over the version's posts (``part`` 0) or the fresh posts (1)."""
         self._flush()
-        self.arrays.append((idx.astype(np.int64), score.astype(np.float64), why.astype(np.int64)))
+        self.arrays[part].append(
+            (idx.astype(np.int64), score.astype(np.float64), why.astype(np.int64))
+        )
 
     def add(self, pid: str, score: float, reason: str) -> None:
         i = self.table.index.get(pid)
+        part = 0
         if i is None:
-            cur = self.extra.get(pid)
-            if cur is None or score > cur[0]:
-                self.extra[pid] = (score, reason)
-            return
-        self.idx.append(i)
-        self.score.append(score)
-        self.why.append(self.reasons.setdefault(reason, len(self.reasons)))
+            i, part = self.fresh.index.get(pid), 1
+            if i is None:  # neither the version nor the fresh posts know it
+                return
+        self.rows[part].append((i, score, self.reasons.setdefault(reason, len(self.reasons))))
 
     def _flush(self) -> None:
-        if self.idx:
-            self.arrays.append((np.array(self.idx), np.array(self.score), np.array(self.why)))
-            self.idx, self.score, self.why = [], [], []
+        for part, rows in enumerate(self.rows):
+            if rows:
+                idx, score, why = zip(*rows, strict=True)
+                self.arrays[part].append((np.array(idx), np.array(score), np.array(why)))
+                rows.clear()
 
     def offers(self) -> Offers:
         self._flush()
-        if self.arrays:
-            idx, score, why = (np.concatenate(a) for a in zip(*self.arrays, strict=True))
-        else:
-            idx, score, why = np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        order = np.argsort(-score, kind="stable")  # best first; ties keep source order
-        _, first = np.unique(idx[order], return_index=True)
-        keep = order[first]
-        return Offers(idx[keep], score[keep], why[keep], list(self.reasons), self.extra)
+        (idx, score, why), (fidx, fscore, fwhy) = (_best_per_post(a) for a in self.arrays)
+        return Offers(idx, score, why, list(self.reasons), self.fresh, fidx, fscore, fwhy)
 
 
-def precomputed(state: UserState, table: VersionTable) -> tuple[np.ndarray, ...]:
+def _best_per_post(arrays: list[_Arrays]) -> _Arrays:
+    """Each post once, with its best offer (ties: the earlier source)."""
+    if not arrays:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    idx, score, why = (np.concatenate(a) for a in zip(*arrays, strict=True))
+    order = np.argsort(-score, kind="stable")  # best first; ties keep source order
+    _, first = np.unique(idx[order], return_index=True)
+    keep = order[first]
+    return idx[keep], score[keep], why[keep]
+
+
+def precomputed(state: UserState, table: VersionTable) -> _Arrays:
     """The version's ranked candidates (indices, scores, reason codes); social ones of
     authors unfollowed since are skipped."""
     idx, scores, reasons = state.candidates
@@ -207,15 +227,19 @@ def realtime(
             yield pid, cfg["RT_WEIGHT"] * s, reason
 
 
-def fresh(state: UserState, glob: Mapping[str, Any], cfg: Mapping[str, Any]) -> Iterator[Offer]:
-    """Posts created through the API: the followed authors' ones first."""
-    follows = following(state)
-    for pid, _ts in glob["fresh"]:
-        author = (glob["fresh_meta"].get(pid) or {}).get("author_id")
-        if author in follows:
-            yield pid, cfg["FOLLOW_WEIGHT"], "followed_author"
-        else:
-            yield pid, cfg["FRESH_WEIGHT"], "fresh"
+def fresh(
+    state: UserState, posts: FreshPosts, table: VersionTable, cfg: Mapping[str, Any]
+) -> tuple[_Arrays, _Arrays]:
+    """Posts created through the API: the followed authors' ones at ``FOLLOW_WEIGHT``
+    (``followed_author``), the others at ``FRESH_WEIGHT`` (``fresh``). Returns the offers of
+    posts the version knows (its indices) and of the others (:class:`FreshPosts` indices)."""
+    follows = [posts.author_index[a] for a in following(state) if a in posts.author_index]
+    followed = _among(posts.author_codes, follows) if follows else np.zeros(len(posts), bool)
+    score = np.where(followed, cfg["FOLLOW_WEIGHT"], cfg["FRESH_WEIGHT"])
+    why = np.where(followed, _FOLLOWED, REASON_CODE["fresh"])
+    known = posts.in_table(table)
+    mine = known >= 0
+    return (known[mine], score[mine], why[mine]), (np.flatnonzero(~mine), score[~mine], why[~mine])
 
 
 def interest_tokens(term: str) -> list[str]:
@@ -260,7 +284,7 @@ def interest_matches(
             yield table.post_ids[i], score, f"interest:{term.strip()}"
 
 
-def trending(table: VersionTable, cfg: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+def trending(table: VersionTable, cfg: Mapping[str, Any]) -> _Arrays:
     """The version's ``TRENDING_CANDIDATES`` best trending posts, weighted down to a fallback."""
     n = cfg["TRENDING_CANDIDATES"]
     idx, scores = table.trending[:n], table.trending_scores[:n]
@@ -287,15 +311,15 @@ def gather(
     interests : terms of the ``interests=`` hint, if any
     tokens : the version's token index (needed only with ``interests``)
     """
-    out = _Collector(table)
+    out = _Collector(table, glob["fresh_posts"])
     out.add_arrays(*precomputed(state, table))
-    for source in (
-        realtime(state, table, glob["fresh_meta"], cfg),
-        fresh(state, glob, cfg),
-        interest_matches(interests, table, tokens or {}, cfg),
-    ):
-        for offer in source:
-            out.add(*offer)
+    for offer in realtime(state, table, glob["fresh_meta"], cfg):
+        out.add(*offer)
+    known, created = fresh(state, glob["fresh_posts"], table, cfg)
+    out.add_arrays(*known)
+    out.add_arrays(*created, part=1)
+    for offer in interest_matches(interests, table, tokens or {}, cfg):
+        out.add(*offer)
     out.add_arrays(*trending(table, cfg))
     return out.offers()
 
@@ -315,8 +339,8 @@ class Pool:
     """The best candidates of a page, best first: ``(score, post id, source)`` rows, each built
     into a :class:`Candidate` on first use (a page looks at a fraction of its pool).
 
-    A row's source is ``(post index, reason index)`` for a post of the version, else the
-    :class:`Candidate` itself.
+    A row's source is ``(i, reason index)`` with ``i`` a post index of the version, or
+    ``-1 - j`` for post ``j`` of the fresh posts; or the :class:`Candidate` itself.
     """
 
     def __init__(
@@ -324,8 +348,9 @@ class Pool:
         rows: list[tuple[float, str, Any]],
         table: VersionTable | None = None,
         reasons: list[str] | None = None,
+        fresh: FreshPosts | None = None,
     ) -> None:
-        self.rows, self.table, self.reasons = rows, table, reasons or []
+        self.rows, self.table, self.reasons, self.fresh = rows, table, reasons or [], fresh
         self._built: dict[int, Candidate] = {}
 
     @classmethod
@@ -343,7 +368,7 @@ class Pool:
             score, pid, source = self.rows[k]
             if isinstance(source, Candidate):
                 cand = source
-            else:
+            elif source[0] >= 0:
                 i, w = source
                 t = self.table
                 assert t is not None
@@ -357,8 +382,55 @@ class Pool:
                     t.product_ids[i],
                     t.categories_of(i),
                 )
+            else:
+                j, w = -1 - source[0], source[1]
+                f = self.fresh
+                assert f is not None
+                cand = Candidate(
+                    pid,
+                    score,
+                    self.reasons[w],
+                    f.authors[j],
+                    f.category[j],
+                    f.created[j],
+                    f.product_ids[j],
+                    f.categories[j],
+                )
             self._built[k] = cand
         return cand
+
+
+def _kept(
+    idx: np.ndarray,
+    score: np.ndarray,
+    why: np.ndarray,
+    posts: VersionTable | FreshPosts,
+    sold_out: np.ndarray,
+    blocked: set[str],
+    excluded: set[str],
+    bonus: tuple[float, float, float],
+) -> _Arrays:
+    """Offers over ``posts`` minus the sold-out, blocked authors' and excluded posts, with the
+    freshness bonus (``(weight, half-life, now)``) added."""
+    ok = ~sold_out[idx]
+    codes = [posts.author_index[a] for a in blocked if a in posts.author_index]
+    if codes:
+        ok &= ~_among(posts.author_codes[idx], codes)
+    gone = [posts.index[p] for p in excluded if p in posts.index]
+    if gone:
+        ok &= ~_among(idx, gone)
+    weight, half_life, now = bonus
+    age = np.maximum(now - posts.created_s[idx[ok]], 0.0)  # inf when unknown: no bonus
+    return idx[ok], score[ok] + weight * 0.5 ** (age / half_life), why[ok]
+
+
+def _best(idx: np.ndarray, score: np.ndarray, why: np.ndarray, keep: int) -> _Arrays:
+    """The best ``keep`` rows, and every row tied with the last of them."""
+    if len(score) <= keep:
+        return idx, score, why
+    cut = np.partition(score, len(score) - keep)[len(score) - keep]
+    best = score >= cut
+    return idx[best], score[best], why[best]
 
 
 def filtered(
@@ -376,49 +448,50 @@ def filtered(
 
     Dropped: posts seen or served within ``SEEN_WINDOW_S``, liked or hidden; the user's own
     posts; posts of muted authors (blocked or "see fewer"); posts whose every linked product is
-    out of stock; posts no table knows. The bonus is
-    ``FRESHNESS_WEIGHT * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)``.
+    out of stock. The bonus is ``FRESHNESS_WEIGHT * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)``.
     """
     excluded = state.seen | state.liked | state.hidden
-    weight, half_life = cfg["FRESHNESS_WEIGHT"], max(cfg["FRESHNESS_HALF_LIFE_S"], 1)
-
-    # posts of the version, vectorized
-    idx = offers.idx
-    ok = ~table.sold_out(glob["oos"])[idx]
-    blocked = [table.author_index[a] for a in state.muted | {user_id} if a in table.author_index]
-    if blocked:
-        ok &= ~_among(table.author_codes[idx], blocked)
-    gone = [table.index[p] for p in excluded if p in table.index]
-    if gone:
-        ok &= ~_among(idx, gone)
-    idx, why = idx[ok], offers.why[ok]
-    age = np.maximum(now - table.created_s[idx], 0.0)  # inf when unknown: no bonus
-    score = offers.score[ok] + weight * 0.5 ** (age / half_life)
-    if len(score) > keep:  # the best ``keep``, and every post tied with the last of them
-        cut = np.partition(score, len(score) - keep)[len(score) - keep]
-        best = score >= cut
-        idx, why, score = idx[best], why[best], score[best]
-    post_ids = table.post_ids
-    out: list[tuple[float, str, Any]] = [
-        (s, post_ids[i], (i, w))
-        for i, s, w in zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
-    ]
-
-    # posts created since training (a few), one by one
-    oos = glob["oos"]
-    for pid, (score_, reason) in offers.extra.items():
-        if pid in excluded:
-            continue
-        meta = post_meta(pid, table, glob["fresh_meta"])
-        if meta is None or meta.author_id == user_id or meta.author_id in state.muted:
-            continue
-        if meta.product_ids and all(p in oos for p in meta.product_ids):
-            continue
-        if meta.created is not None:
-            score_ += weight * 0.5 ** (max(now - meta.created, 0.0) / half_life)
-        out.append((score_, pid, meta.candidate(pid, score_, reason)))
+    blocked = state.muted | {user_id}
+    bonus = (cfg["FRESHNESS_WEIGHT"], max(cfg["FRESHNESS_HALF_LIFE_S"], 1), now)
+    fresh = offers.fresh
+    out: list[tuple[float, str, Any]] = []
+    for ids, sign, arrays in (
+        (
+            table.post_ids,
+            1,
+            _kept(
+                offers.idx,
+                offers.score,
+                offers.why,
+                table,
+                table.sold_out(glob["oos"]),
+                blocked,
+                excluded,
+                bonus,
+            ),
+        ),
+        (
+            fresh.post_ids,
+            -1,
+            _kept(
+                offers.fresh_idx,
+                offers.fresh_score,
+                offers.fresh_why,
+                fresh,
+                fresh.sold_out,
+                blocked,
+                excluded,
+                bonus,
+            ),
+        ),
+    ):
+        idx, score, why = _best(*arrays, keep)
+        out += [
+            (s, ids[i], (i if sign > 0 else -1 - i, w))
+            for i, s, w in zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
+        ]
     out.sort(key=lambda x: (x[0], x[1]), reverse=True)
-    return Pool(out[:keep], table, offers.reasons)
+    return Pool(out[:keep], table, offers.reasons, fresh)
 
 
 def pool_size(limit: int, cfg: Mapping[str, Any]) -> int:

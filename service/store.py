@@ -125,6 +125,71 @@ class VersionTable:
 
 
 @dataclass
+class FreshPosts:
+    """The newest posts created through the API, as arrays for vectorized ranking: built once
+    per global-state refresh from their metadata (posts without metadata are left out)."""
+
+    post_ids: list[str]
+    authors: list[str]
+    created: list[float | None]
+    product_ids: list[list[str]]
+    category: list[str]
+    categories: list[tuple[str, ...]]
+    sold_out: np.ndarray  # every linked product out of stock
+    index: dict[str, int] = field(default_factory=dict)
+    _in_table: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls, fresh: list[tuple[str, float]], meta: dict[str, Any], oos: frozenset[str]
+    ) -> FreshPosts:
+        posts = [(p, meta[p]) for p, _ in fresh if isinstance(meta.get(p), dict)]
+        cats = [m.get("category", "") or "" for _, m in posts]
+        products = [list(m.get("product_ids", [])) for _, m in posts]
+        return cls(
+            [p for p, _ in posts],
+            [m.get("author_id", "") for _, m in posts],
+            [m.get("created_at") for _, m in posts],
+            products,
+            cats,
+            [
+                tuple(m.get("categories") or ([cat] if cat else []))
+                for (_, m), cat in zip(posts, cats, strict=True)
+            ],
+            np.array([bool(ps) and all(x in oos for x in ps) for ps in products], dtype=bool),
+        )
+
+    def __post_init__(self) -> None:
+        self.index = {p: j for j, p in enumerate(self.post_ids)}
+
+    def __len__(self) -> int:
+        return len(self.post_ids)
+
+    @cached_property
+    def created_s(self) -> np.ndarray:
+        """Creation times as float64 seconds (-inf when unknown)."""
+        return np.array([-np.inf if t is None else t for t in self.created], dtype=np.float64)
+
+    @cached_property
+    def author_index(self) -> dict[str, int]:
+        """Author id -> author code."""
+        return {a: i for i, a in enumerate(dict.fromkeys(self.authors))}
+
+    @cached_property
+    def author_codes(self) -> np.ndarray:
+        return np.array([self.author_index[a] for a in self.authors], dtype=np.int64)
+
+    def in_table(self, table: VersionTable) -> np.ndarray:
+        """Each post's index in ``table``, -1 where the version does not know it (the usual
+        case: posts created since training); cached per version."""
+        out = self._in_table.get(table.version)
+        if out is None:
+            out = np.array([table.index.get(p, -1) for p in self.post_ids], dtype=np.int64)
+            self._in_table[table.version] = out
+        return out
+
+
+@dataclass
 class Served:
     """A page to mark as served, with its routing (see :meth:`Store.cards`)."""
 
@@ -342,7 +407,7 @@ class Store:
     # -- global, briefly cached ----------------------------------------------------------
     def global_state(self) -> dict[str, Any]:
         """The ``FRESH_POSTS`` newest posts created through the API (newest first) with their
-        metadata, and the out-of-stock product set.
+        metadata (also as :class:`FreshPosts`), and the out-of-stock product set.
 
         Two round trips per ``GLOBAL_CACHE_S`` (the fresh list with the stock set, then the
         metadata of just those posts): the metadata hash keeps every API-created post until
@@ -361,12 +426,13 @@ class Store:
         )
         fresh = [(_s(p), float(ts)) for p, ts in _with_scores(fresh)]
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
+        fresh_meta = {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m}
+        out_of_stock = frozenset(_s(x) for x in oos)
         g = {
             "fresh": fresh,
-            "fresh_meta": {
-                p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m
-            },
-            "oos": frozenset(_s(x) for x in oos),
+            "fresh_meta": fresh_meta,
+            "fresh_posts": FreshPosts.build(fresh, fresh_meta, out_of_stock),
+            "oos": out_of_stock,
         }
         self._global = (time.monotonic(), g)
         return g

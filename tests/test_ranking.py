@@ -75,3 +75,68 @@ def test_lazy_greedy_picks_what_a_full_scan_picks(seed: int) -> None:
         fast = diverse_page(Pool.of(random_pool(random.Random(seed * 1000 + n), n)), limit, cfg)
         slow = reference_page(random_pool(random.Random(seed * 1000 + n), n), limit, cfg)
         assert [(c.post_id, c.score) for c in fast] == [(c.post_id, c.score) for c in slow]
+
+
+def _user(**sets: set[str]) -> Any:
+    import numpy as np
+
+    from service.store import UserState
+
+    empty = np.zeros(0)
+    fields = ("seen", "liked", "hidden", "muted", "follows", "unfollows", "bought")
+    return UserState(
+        candidates=(empty.astype(np.int64), empty, empty.astype(np.uint8)),
+        realtime=[],
+        **{k: sets.get(k, set()) for k in fields},
+    )
+
+
+def test_fresh_posts_are_filtered_and_scored_as_arrays() -> None:
+    """API-created posts go through the same rules as the version's, vectorized: seen, own,
+    muted and sold-out ones are dropped; followed authors' score FOLLOW_WEIGHT, others
+    FRESH_WEIGHT, each plus the freshness bonus; a post the version knows is its post."""
+    import numpy as np
+
+    from service.config import DEFAULTS
+    from service.ranking import filtered, gather
+    from service.store import FreshPosts, VersionTable
+
+    now = 1_800_000_000.0
+    table = VersionTable(
+        "v1",
+        ["t0", "f-known"],
+        ["a0", "a1"],
+        [now - 9e5, now - 10],
+        ["x", "x"],
+        [[], []],
+        np.zeros(0, np.int64),
+        np.zeros(0),
+    )
+    meta = {
+        f"f{j}": {
+            "author_id": f"w{j % 3}",
+            "created_at": now - 60 * j,
+            "product_ids": [f"s{j}"],
+            "category": "beauty",
+        }
+        for j in range(6)
+    }
+    meta["f-known"] = {"author_id": "a1", "created_at": now - 10, "product_ids": []}
+    fresh_list = [(p, m["created_at"]) for p, m in meta.items()]
+    posts = FreshPosts.build(fresh_list, meta, frozenset({"s5"}))  # f5 is sold out
+    glob = {"fresh": fresh_list, "fresh_meta": meta, "fresh_posts": posts, "oos": frozenset({"s5"})}
+    cfg = dict(DEFAULTS)
+    state = _user(seen={"f1"}, muted={"w2"}, follows={"w0"})  # w2 wrote f2 and f5
+    pool = filtered("w1", gather(state, table, glob, cfg), state, table, glob, cfg, now, 50)
+    got = {pool[k].post_id: pool[k] for k in range(len(pool))}
+    # f1 seen, f2 and f5 muted (f5 also sold out), f4 the user's own: never offered
+    assert {"f0", "f3", "f-known"} <= set(got) and not {"f1", "f2", "f4", "f5"} & set(got)
+    bonus = cfg["FRESHNESS_WEIGHT"] * 0.5 ** (60 * 3 / cfg["FRESHNESS_HALF_LIFE_S"])
+    assert got["f3"].reason == "followed_author"
+    assert got["f3"].score == pytest.approx(cfg["FOLLOW_WEIGHT"] + bonus)
+    assert got["f3"].categories == ("beauty",) and got["f3"].product_ids == ["s3"]
+    assert got["f-known"].reason == "fresh" and got["f-known"].author_id == "a1"
+    assert got["f0"].score > got["f-known"].score  # followed beats fresh
+    sources = {pid: source for _, pid, source in pool.rows}
+    assert sources["f-known"][0] == table.index["f-known"]  # the version's post, not a copy
+    assert sources["f0"][0] < 0  # a fresh post
