@@ -17,6 +17,7 @@
 
     python -m bench.serve                        # 0.1M likes, 2 x 8 s rounds (~1.5 min + training)
     python -m bench.serve --seconds 20 --rounds 3 --artifact /tmp/bench-art/1M/artifacts/V
+    python -m bench.serve --api-posts 500        # with posts created through the API since training
 
 Needs ``wrk`` (``apt-get install wrk``); without it only the round trips are measured.
 """
@@ -95,6 +96,30 @@ def counting_connection() -> type:
             super().send_packed_command(command, check_health)
 
     return Counting
+
+
+def create_posts(url: str, n: int, rng: random.Random) -> None:
+    """``n`` posts through ``POST /v1/posts`` (in process), by authors of the live version, so
+    some readers follow their authors: what a live service has between two trainings."""
+    from service import create_app
+
+    app = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "bench"})
+    client = app.test_client()
+    with app.app_context():
+        s = app.extensions["feed_store"]
+        table = s.table(s.live_version())
+    authors = sorted(set(table.authors))
+    products = sorted({p for ps in table.product_ids for p in ps})
+    for i in range(n):
+        post = {
+            "post_id": f"api-{i}",
+            "author_id": rng.choice(authors),
+            "text": "今天入手的新品 new in today",
+            "product_ids": [rng.choice(products)] if products else [],
+        }
+        resp = client.post("/v1/posts", json=post)
+        if resp.status_code != 201:
+            raise RuntimeError(f"POST /v1/posts: {resp.status_code} {resp.get_json()}")
 
 
 def round_trips(url: str, users: list[str], out: Path, profile: bool = False) -> dict[str, Any]:
@@ -361,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rt-users", type=int, default=100, help="users for the round-trip count")
     p.add_argument("--profile", action="store_true", help="cProfile the in-process pages")
     p.add_argument("--workers", default=None, help="GUNICORN_WORKERS (gunicorn.conf.py's)")
+    p.add_argument(
+        "--api-posts",
+        type=int,
+        default=0,
+        help="posts created through POST /v1/posts before measuring, by the model's authors (0)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, private_redis() as url:
         work = Path(tmp)
@@ -377,6 +408,8 @@ def run(args: argparse.Namespace, work: Path, url: str) -> None:
     publish(connect(url, socket_timeout=30.0), artifact, activate=True)
     users = [str(u) for u in read(artifact, verify=False).arrays("candidates")["users"]]
     rng = random.Random(0)
+    if args.api_posts:
+        create_posts(url, args.api_posts, rng)
     sample = rng.sample(users, min(args.rt_users, len(users)))
     rts = round_trips(url, sample, work / "page.json", args.profile)
     print_table(
