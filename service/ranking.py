@@ -154,6 +154,8 @@ class _Collector:
         self, idx: np.ndarray, score: np.ndarray, why: np.ndarray, part: int = 0
     ) -> None:
         """Offers over the version's posts (``part`` 0) or the fresh posts (1)."""
+        if not len(idx):
+            return
         self._flush()
         self.arrays[part].append(
             (idx.astype(np.int64), score.astype(np.float64), why.astype(np.int64))
@@ -233,6 +235,9 @@ def fresh(
     """Posts created through the API: the followed authors' ones at ``FOLLOW_WEIGHT``
     (``followed_author``), the others at ``FRESH_WEIGHT`` (``fresh``). Returns the offers of
     posts the version knows (its indices) and of the others (:class:`FreshPosts` indices)."""
+    if not len(posts):
+        empty = np.zeros(0, np.int64)
+        return (empty, empty, empty), (empty, empty, empty)
     follows = [posts.author_index[a] for a in following(state) if a in posts.author_index]
     followed = _among(posts.author_codes, follows) if follows else np.zeros(len(posts), bool)
     score = np.where(followed, cfg["FOLLOW_WEIGHT"], cfg["FRESH_WEIGHT"])
@@ -454,42 +459,19 @@ def filtered(
     blocked = state.muted | {user_id}
     bonus = (cfg["FRESHNESS_WEIGHT"], max(cfg["FRESHNESS_HALF_LIFE_S"], 1), now)
     fresh = offers.fresh
+    parts: list[tuple[VersionTable | FreshPosts, np.ndarray, _Arrays]] = [
+        (table, table.sold_out(glob["oos"]), (offers.idx, offers.score, offers.why))
+    ]
+    if len(offers.fresh_idx):
+        parts.append(
+            (fresh, fresh.sold_out, (offers.fresh_idx, offers.fresh_score, offers.fresh_why))
+        )
     out: list[tuple[float, str, Any]] = []
-    for ids, sign, arrays in (
-        (
-            table.post_ids,
-            1,
-            _kept(
-                offers.idx,
-                offers.score,
-                offers.why,
-                table,
-                table.sold_out(glob["oos"]),
-                blocked,
-                excluded,
-                bonus,
-            ),
-        ),
-        (
-            fresh.post_ids,
-            -1,
-            _kept(
-                offers.fresh_idx,
-                offers.fresh_score,
-                offers.fresh_why,
-                fresh,
-                fresh.sold_out,
-                blocked,
-                excluded,
-                bonus,
-            ),
-        ),
-    ):
-        idx, score, why = _best(*arrays, keep)
-        out += [
-            (s, ids[i], (i if sign > 0 else -1 - i, w))
-            for i, s, w in zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
-        ]
+    for posts, sold_out, arrays in parts:
+        idx, score, why = _best(*_kept(*arrays, posts, sold_out, blocked, excluded, bonus), keep)
+        sign = 1 if posts is table else -1  # fresh post j is row source -1 - j
+        rows = zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
+        out += [(s, posts.post_ids[i], (i if sign > 0 else -1 - i, w)) for i, s, w in rows]
     out.sort(key=lambda x: (x[0], x[1]), reverse=True)
     return Pool(out[:keep], table, offers.reasons, fresh)
 
