@@ -15,6 +15,9 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+from hiredis import pack_command
+from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from feed import contract as c
 from feed.experiments import Experiment, running
@@ -256,14 +259,11 @@ def round_trip(r: Any, commands: list[Command]) -> list[Any]:
     connection; an error reply raises :class:`redis.ResponseError` once every reply is read.
     On a cluster: a redis-py pipeline, which splits the commands by node.
     """
-    if c.is_cluster(r):
+    if isinstance(r, RedisCluster):
         pipe = r.pipeline(transaction=False)
         for cmd in commands:
             pipe.execute_command(*cmd)
         return list(pipe.execute())
-    from hiredis import pack_command
-    from redis.exceptions import ResponseError
-
     packed = [b"".join([pack_command(cmd) for cmd in commands])]
     pool = r.connection_pool
     conn = pool.get_connection()
