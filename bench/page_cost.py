@@ -11,6 +11,10 @@ of ``bench.serve``):
   ``valgrind --tool=callgrind`` over ``--pages`` pages minus a run of 0 pages (start-up,
   imports, publish, warm-up), exact to a few thousand instructions from run to run.
 
+The service's clock-driven caches (live version, global state) are held for the whole run, so
+the figures are the cost of a page itself; their refreshes (a round trip or two per
+``FEED_GLOBAL_CACHE_S`` and worker) are left out.
+
     python -m bench.page_cost                         # 0.1M likes (trains first), CPU only
     python -m bench.page_cost --artifact A --callgrind --pages 300
     python -m bench.page_cost --artifact A --callgrind --api-posts 500
@@ -52,7 +56,10 @@ def serve_pages(args: argparse.Namespace, url: str, work: Path) -> dict[str, flo
     rng = random.Random(0)
     if args.api_posts:
         create_posts(url, args.api_posts, rng)
-    feed = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "bench"})
+    # caches that refresh on a clock are held for the whole run: under valgrind (50x slower)
+    # they would refresh every few pages instead of every few hundred
+    held = {"VERSION_CACHE_S": 1e9, "GLOBAL_CACHE_S": 1e9}
+    feed = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "bench", **held})
     feed_client = feed.test_client()
     page = feed_client.get(f"/v1/feed/{users[0]}?limit=20&preview=1").data
     (work / "page.json").write_bytes(page)
