@@ -7,6 +7,7 @@ fresh fit with the same ``random_state``; ``fit`` returns ``self``; recommending
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from feed.features.matrices import TrainingData, build
 from feed.models import NotFittedError
 from feed.models.base import parallel_map, topk
 from feed.models.candidates import (
+    CandidateBuilder,
+    FeatureContext,
     _ranks,
     best_per_group,
     merge,
     select_top,
+    shared_content,
     shared_groups,
     topk_distinct,
 )
@@ -317,3 +321,65 @@ def test_block_helpers_match_a_row_by_row_reference() -> None:
 
 def test_parallel_map_keeps_order() -> None:
     assert parallel_map(lambda x: x * x, range(7), threads=3) == [x * x for x in range(7)]
+
+
+def test_bpr_sample_budget_only_shortens_large_fits(block: tuple[Dataset, TrainingData]) -> None:
+    """``max_samples`` above ``5 * iterations * nnz`` changes nothing; below it, BPR runs
+    ``ceil(max_samples / nnz)`` epochs, as reproducibly as before."""
+    _, data = block
+    nnz = sp.csr_matrix(data.engagement[:, twin_columns(data.engagement)[0]]).nnz
+    params = {"factors": 8, "iterations": 4, "random_state": 3}
+    plain = MatrixFactorization("bpr", **params).fit(data)
+    roomy = MatrixFactorization("bpr", max_samples=20 * nnz, **params).fit(data)
+    assert plain.epochs_ == roomy.epochs_ == 20
+    np.testing.assert_array_equal(plain.user_factors_, roomy.user_factors_)
+    short = MatrixFactorization("bpr", max_samples=3 * nnz - 1, **params).fit(data)
+    again = MatrixFactorization("bpr", max_samples=3 * nnz - 1, **params).fit(data)
+    assert short.epochs_ == 3
+    np.testing.assert_array_equal(short.item_factors_, again.item_factors_)
+    assert not np.array_equal(short.item_factors_, plain.item_factors_)
+
+
+def test_fresh_reuses_content_scores_exactly(block: tuple[Dataset, TrainingData]) -> None:
+    """The candidate builder derives Fresh's scores from the Content source's block; the
+    candidates and features equal those of Fresh scoring on its own."""
+    _, data = block
+    sources = {"content": Content(min_df=1).fit(data), "fresh": Fresh(min_df=1).fit(data)}
+    sources["als"] = fitted("als", block)
+    context = FeatureContext(data)
+    shared = CandidateBuilder(sources, context, 10)
+    alone = CandidateBuilder(sources, context, 10)
+    alone.shared_content = {}
+    assert shared.shared_content == {"fresh": "content"}
+    users = np.arange(data.n_users)
+    a, b = shared.build(users, data.seen()), alone.build(users, data.seen())
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.reasons, b.reasons)
+    other = Content(min_df=1).fit(replace(data, engagement=data.engagement[::-1]))
+    assert shared_content({"content": other, "fresh": sources["fresh"]}) == {}
+
+
+def test_default_model_bpr_budget_kicks_in_above_the_threshold(
+    block: tuple[Dataset, TrainingData],
+) -> None:
+    """``TrainConfig.bpr_max_samples`` leaves small data alone; lowered under the block
+    data's size, the default model's BPR runs fewer epochs (recorded in its summary)."""
+    ds, data = block
+    params = {"factors": 8, "iterations": 10, "n_per_source": 20, "val_windows": 2}
+    assert fitted("default", block).summary()["epochs"]["bpr"] == 50
+    low = fit_model(
+        make_blend(TrainConfig(random_state=3, bpr_max_samples=500, **params)), data, ds
+    )
+    nnz = sp.csr_matrix(data.engagement[:, twin_columns(data.engagement)[0]]).nnz
+    assert low.summary()["epochs"]["bpr"] == -(-500 // nnz) < 50
+
+
+def test_content_scores_equal_the_sparse_product(block: tuple[Dataset, TrainingData]) -> None:
+    """Content scores each block of users as post vectors x dense profiles: the cosine of the
+    sparse x sparse product, up to float32 rounding."""
+    _, data = block
+    model = fitted("content", block)
+    users = np.arange(data.n_users)
+    want = (model.profiles_[users] @ model.post_vectors_.T).toarray()
+    np.testing.assert_allclose(model.score_users(users), want, rtol=1e-6, atol=1e-7)

@@ -132,8 +132,12 @@ def mask_rows(block: np.ndarray, mask: sp.csr_matrix) -> None:
     block[rows, mask.indices] = -np.inf
 
 
-def topk(block: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-``n`` of a dense block, best first; -inf entries become item -1."""
+def topk(block: np.ndarray, n: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``n`` of a dense block, best first; -inf entries become item -1.
+
+    ``ordered=False``: the same entries in no particular order (for callers that sort them
+    their own way), without the cost of sorting them.
+    """
     n_rows, n_cols = block.shape
     k = min(n, n_cols)
     items = np.full((n_rows, n), -1, dtype=np.int64)
@@ -146,9 +150,10 @@ def topk(block: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         else np.tile(np.arange(n_cols), (n_rows, 1))
     )
     vals = np.take_along_axis(block, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    part = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
+    if ordered:
+        order = np.argsort(-vals, axis=1, kind="stable")
+        part = np.take_along_axis(part, order, axis=1)
+        vals = np.take_along_axis(vals, order, axis=1)
     valid = np.isfinite(vals)
     items[:, :k] = np.where(valid, part, -1)
     scores[:, :k] = np.where(valid, vals, -np.inf)

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from feed.contract import REASON_CODE
 from feed.features.matrices import TrainingData
 from feed.models.base import CandidateModel, mask_rows, topk
-from feed.models.sources import Popularity, post_age_days
+from feed.models.sources import Content, Fresh, Popularity, post_age_days
 
 #: Dense floats held at once while merging (users x posts x sources).
 MERGE_FLOATS = 24_000_000
@@ -214,7 +214,7 @@ def topk_distinct(
     """
     n_rows, n_cols = block.shape
     depth = min(n * fetch, n_cols)
-    items, scores = topk(block, depth)
+    items, scores = topk(block, depth, ordered=False)
     order = np.lexsort((items, -scores), axis=1)  # best first, ties: the lower index first
     items = np.take_along_axis(items, order, axis=1)
     valid = items >= 0
@@ -297,6 +297,7 @@ class CandidateBuilder:
         self.n_per_source = n_per_source
         self.codes = np.array([REASON_CODE[m.reason] for m in self.sources.values()], np.uint8)
         self._global: dict[str, np.ndarray] = {}  # deduplicated scores of global sources
+        self.shared_content = shared_content(self.sources)
 
     def batches(self, users: np.ndarray, n_posts: int) -> Iterator[np.ndarray]:
         """Slices of ``users`` small enough to merge at once."""
@@ -307,11 +308,19 @@ class CandidateBuilder:
     def build(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
         """Candidates and features of a (small) block of users."""
         users = np.asarray(users, dtype=np.int64)
-        blocks, tops = [], []
+        blocks: list[np.ndarray | None] = []
+        tops = []
+        by_name: dict[str, np.ndarray] = {}
         for name, model in self.sources.items():
-            block, top = self._retrieve(name, model, users, exclude)
+            scores = None
+            content = self.shared_content.get(name)
+            if content is not None and content in by_name:  # Fresh: Content's scores, reused
+                scores = model.from_content(by_name[content])  # type: ignore[attr-defined]
+            block, top = self._retrieve(name, model, users, exclude, scores)
             tops.append(top)
             blocks.append(block)
+            if block is not None:
+                by_name[name] = block
         items = merge(tops)
         ranks = np.stack([_ranks(top, items, self.n_per_source) for top in tops])
         cols: list[np.ndarray] = []
@@ -334,10 +343,16 @@ class CandidateBuilder:
         return CandidateBlock(self.n_per_source, users, items, features, ranks, reasons)
 
     def _retrieve(
-        self, name: str, model: CandidateModel, users: np.ndarray, exclude: sp.csr_matrix | None
+        self,
+        name: str,
+        model: CandidateModel,
+        users: np.ndarray,
+        exclude: sp.csr_matrix | None,
+        scores: np.ndarray | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         """A source's dense scores (None for a global source) and its top list: never an
-        excluded post, at most one post per product."""
+        excluded post, at most one post per product. ``scores``: the source's scores of
+        ``users`` when the caller has them already."""
         if is_global(model):
             if name not in self._global:
                 best = model.scores_[None, :].astype(np.float32)  # type: ignore[attr-defined]
@@ -346,15 +361,39 @@ class CandidateBuilder:
             top_block = np.repeat(self._global[name][None, :], len(users), axis=0)
             block = None
         else:
-            block = model.score_users(users).astype(np.float32, copy=False)
-            top_block = block.copy()
+            if scores is None:
+                scores = model.score_users(users)
+            block = scores.astype(np.float32, copy=False)
             if model.sparse_scores:
+                top_block = block.copy()
                 top_block[top_block <= 0] = -np.inf
+            else:
+                # Masked in place: the -inf entries are excluded posts, which are nobody's
+                # candidates, so no feature reads them (and a row whose every post is
+                # excluded has no candidates at all).
+                top_block = block
         if exclude is not None:
             mask_rows(top_block, exclude[users])
         if block is None:
             return None, topk(top_block, self.n_per_source)[0]
         return block, self.context.top_per_product(top_block, self.n_per_source)
+
+
+def shared_content(sources: Mapping[str, CandidateModel]) -> dict[str, str]:
+    """Fresh sources whose content model equals a Content source listed before them: name ->
+    that Content source's name. Their scores derive from the Content source's scores
+    (:meth:`~feed.models.sources.Fresh.from_content`), which a block computes once."""
+    out: dict[str, str] = {}
+    contents: list[tuple[str, Content]] = []
+    for name, model in sources.items():
+        if isinstance(model, Content):
+            contents.append((name, model))
+        elif isinstance(model, Fresh):
+            for cname, content in contents:
+                if content.same_as(model.content_):
+                    out[name] = cname
+                    break
+    return out
 
 
 def merge(tops: list[np.ndarray]) -> np.ndarray:

@@ -24,12 +24,14 @@ part only, and the slices are carved from that.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,6 +52,8 @@ from feed.models.candidates import (
 from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_columns
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Rankers tried on the validation slice: gradient boosting of a few sizes, and a linear model.
 RANKER_GRID: tuple[dict[str, Any], ...] = (
@@ -200,27 +204,22 @@ class LearnedBlend:
         The fits are independent, so they run on a pool of threads (the slowest sources
         first, :func:`fit_cost`); each fit's seconds go to ``timings_["<stage>:<source>_s"]``.
         """
-        jobs = []
-        for i, stage in enumerate(stages):
-            decayed = (
-                decayed_data(stage.data, stage.dataset)
-                if any(n in self.decayed for n in self.names_)
-                else stage.data
-            )
-            for name in self.names_:
-                jobs.append((i, name, decayed if name in self.decayed else stage.data))
+        jobs = [(i, name) for i in range(len(stages)) for name in self.names_]
         jobs.sort(key=lambda job: -fit_cost(self.sources[job[1]]))
+        decayed = [_Lazy(partial(decayed_data, s.data, s.dataset)) for s in stages]
 
-        def fit(job: tuple[int, str, TrainingData]) -> tuple[CandidateModel, float]:
-            i, name, data = job
+        def fit(job: tuple[int, str]) -> tuple[CandidateModel, float]:
+            # the time-decayed data is built on the pool too (by the first job that needs it)
+            i, name = job
             t = time.perf_counter()
+            data = decayed[i].get() if name in self.decayed else stages[i].data
             model = clone(self.sources[name]).fit(data)
             logger.info("fitted %s (%s) in %.1fs", name, stages[i].name, time.perf_counter() - t)
             return model, time.perf_counter() - t
 
         done = parallel_map(fit, jobs)
         fitted: list[dict[str, tuple[CandidateModel, float]]] = [{} for _ in stages]
-        for (i, name, _), result in zip(jobs, done, strict=True):
+        for (i, name), result in zip(jobs, done, strict=True):
             fitted[i][name] = result
         for stage, results in zip(stages, fitted, strict=True):
             for name in self.names_:
@@ -355,9 +354,27 @@ class LearnedBlend:
             "one_per_product": c.one_per_product,
             "metric": c.metric,
             "sources": list(self.names_),
+            "epochs": {
+                n: m.epochs_ for n, m in self.sources_.items() if isinstance(m, MatrixFactorization)
+            },
             "validation": {k: round(v, 5) for k, v in c.validation.items()},
             "timings": {k: round(v, 3) for k, v in self.timings_.items()},
         }
+
+
+class _Lazy(Generic[T]):
+    """A value computed once, by the first thread that asks for it."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._value: list[T] = []
+
+    def get(self) -> T:
+        with self._lock:
+            if not self._value:
+                self._value.append(self._make())
+            return self._value[0]
 
 
 def fit_cost(model: CandidateModel) -> int:
