@@ -429,13 +429,13 @@ def _kept(
     return idx[ok], score[ok] + weight * 0.5 ** (age / half_life), why[ok]
 
 
-def _best(idx: np.ndarray, score: np.ndarray, why: np.ndarray, keep: int) -> _Arrays:
-    """The best ``keep`` rows, and every row tied with the last of them."""
-    if len(score) <= keep:
-        return idx, score, why
-    cut = np.partition(score, len(score) - keep)[len(score) - keep]
-    best = score >= cut
-    return idx[best], score[best], why[best]
+def _cut(scores: list[np.ndarray], keep: int) -> float:
+    """The ``keep``-th best of all ``scores`` (-inf when there are fewer): rows scoring at
+    least this are the best ``keep`` and every row tied with the last of them."""
+    every = np.concatenate(scores)
+    if len(every) <= keep:
+        return -np.inf
+    return float(np.partition(every, len(every) - keep)[len(every) - keep])
 
 
 def filtered(
@@ -466,11 +466,16 @@ def filtered(
         parts.append(
             (fresh, fresh.sold_out, (offers.fresh_idx, offers.fresh_score, offers.fresh_why))
         )
+    kept = [
+        _kept(*arrays, posts, sold_out, blocked, excluded, bonus)
+        for posts, sold_out, arrays in parts
+    ]
+    cut = _cut([score for _, score, _ in kept], keep)  # Python rows only for the best
     out: list[tuple[float, str, Any]] = []
-    for posts, sold_out, arrays in parts:
-        idx, score, why = _best(*_kept(*arrays, posts, sold_out, blocked, excluded, bonus), keep)
+    for (posts, _, _), (idx, score, why) in zip(parts, kept, strict=True):
+        best = score >= cut
         sign = 1 if posts is table else -1  # fresh post j is row source -1 - j
-        rows = zip(idx.tolist(), score.tolist(), why.tolist(), strict=True)
+        rows = zip(idx[best].tolist(), score[best].tolist(), why[best].tolist(), strict=True)
         out += [(s, posts.post_ids[i], (i if sign > 0 else -1 - i, w)) for i, s, w in rows]
     out.sort(key=lambda x: (x[0], x[1]), reverse=True)
     return Pool(out[:keep], table, offers.reasons, fresh)
