@@ -373,33 +373,20 @@ class Pool:
             score, pid, source = self.rows[k]
             if isinstance(source, Candidate):
                 cand = source
-            elif source[0] >= 0:
-                i, w = source
-                t = self.table
-                assert t is not None
-                cand = Candidate(
-                    pid,
-                    score,
-                    self.reasons[w],
-                    t.authors[i],
-                    t.categories[i],
-                    t.created[i],
-                    t.product_ids[i],
-                    t.categories_of(i),
-                )
             else:
-                j, w = -1 - source[0], source[1]
-                f = self.fresh
-                assert f is not None
+                i, w = source  # a post of the version, or -1 - j for fresh post j
+                posts = self.table if i >= 0 else self.fresh
+                assert posts is not None
+                i = i if i >= 0 else -1 - i
                 cand = Candidate(
                     pid,
                     score,
                     self.reasons[w],
-                    f.authors[j],
-                    f.category[j],
-                    f.created[j],
-                    f.product_ids[j],
-                    f.categories[j],
+                    posts.authors[i],
+                    posts.categories[i],
+                    posts.created[i],
+                    posts.product_ids[i],
+                    posts.categories_of(i),
                 )
             self._built[k] = cand
         return cand

@@ -136,8 +136,8 @@ class FreshPosts:
     authors: list[str]
     created: list[float | None]
     product_ids: list[list[str]]
-    category: list[str]
-    categories: list[tuple[str, ...]]
+    categories: list[str]  # each post's category, as in VersionTable
+    linked_categories: list[tuple[str, ...]]  # every category it links (categories_of)
     sold_out: np.ndarray  # every linked product out of stock
     index: dict[str, int] = field(default_factory=dict)
     _in_table: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -161,6 +161,9 @@ class FreshPosts:
             ],
             np.array([bool(ps) and all(x in oos for x in ps) for ps in products], dtype=bool),
         )
+
+    def categories_of(self, j: int) -> tuple[str, ...]:
+        return self.linked_categories[j]
 
     def __post_init__(self) -> None:
         self.index = {p: j for j, p in enumerate(self.post_ids)}
