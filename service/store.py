@@ -162,14 +162,14 @@ class FreshPosts:
             np.array([bool(ps) and all(x in oos for x in ps) for ps in products], dtype=bool),
         )
 
-    def categories_of(self, j: int) -> tuple[str, ...]:
-        return self.linked_categories[j]
-
     def __post_init__(self) -> None:
         self.index = {p: j for j, p in enumerate(self.post_ids)}
 
     def __len__(self) -> int:
         return len(self.post_ids)
+
+    def categories_of(self, j: int) -> tuple[str, ...]:
+        return self.linked_categories[j]
 
     @cached_property
     def created_s(self) -> np.ndarray:
