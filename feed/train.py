@@ -19,7 +19,7 @@ from feed.contract import CONTRACT_VERSION
 from feed.data import Dataset, load
 from feed.features.matrices import EngagementWeights, TrainingData, build
 from feed.models.base import blocks, parallel_map, topk
-from feed.models.ranker import LearnedBlend, decayed_data
+from feed.models.ranker import RERANK_DEPTH, LearnedBlend, decayed_data
 from feed.models.sources import (
     EASE,
     Content,
@@ -81,6 +81,9 @@ class TrainConfig:
     #: listed counts as 1). With a single source left, its own ranking is published.
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
     n_per_source: int = 100  # each source's list depth read into the ranker's candidates
+    #: Candidates per user a tree ranker re-scores, the best by the linear ranker
+    #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
+    rerank_depth: int = RERANK_DEPTH
     val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
     val_windows: int = 6  # validation slices at most, each older than the previous ...
     min_val_users: int = 300  # ... until this many validation users are collected
@@ -117,6 +120,7 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
     return LearnedBlend(
         sources,
         n_per_source=config.n_per_source,
+        rerank_depth=config.rerank_depth,
         val_frac=config.val_frac,
         max_windows=config.val_windows,
         min_val_users=config.min_val_users,

@@ -22,6 +22,7 @@ from feed.features.matrices import TrainingData, build
 from feed.models import NotFittedError
 from feed.models.base import parallel_map, topk
 from feed.models.candidates import (
+    CandidateBlock,
     CandidateBuilder,
     FeatureContext,
     _ranks,
@@ -32,7 +33,14 @@ from feed.models.candidates import (
     shared_groups,
     topk_distinct,
 )
-from feed.models.ranker import LearnedBlend
+from feed.models.ranker import (
+    RANKER_GRID,
+    LearnedBlend,
+    RankerChoice,
+    best_in_rows,
+    make_ranker,
+    score_block,
+)
 from feed.models.sources import (
     EASE,
     Content,
@@ -246,8 +254,39 @@ def test_default_model_reports_its_validation_choice(block: tuple[Dataset, Train
     assert summary["kind"] in kinds or summary["kind"].startswith("ranker:")
     fits = {f"{stage}:{n}_s" for stage in ("validation", "final") for n in summary["sources"]}
     assert fits <= set(summary["timings"])  # every source fitted before the slice and on all
+    tree = summary["params"].get("model") == "hgb"  # two-stage: a linear ranker cuts first
+    assert (summary["rerank"] is not None) == tree
+    assert not tree or f"{summary['kind']}:all" in summary["validation"]
     reasons = model.recommend(np.arange(4), 5, block[1].seen())[2]
     assert reasons.dtype == np.uint8
+
+
+def test_two_stage_ranking_rescores_only_the_linear_rankers_best() -> None:
+    """A tree ranker with a prefilter scores each user's best ``max(depth, n)`` candidates by
+    the linear ranker, exactly as it would score them alone; the others score -inf."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    y = x[:, 0] + 0.5 * x[:, 1] + rng.normal(size=600) > 0.5
+    linear = make_ranker({"model": "logistic", "C": 1.0}, 0).fit(x, y)
+    trees = make_ranker(RANKER_GRID[1], 0).fit(x, y)
+    items = np.arange(40).reshape(4, 10)
+    items[3, 6:] = -1  # a user with six candidates
+    features = rng.normal(size=(4, 10, 3)).astype(np.float32)
+    features[items < 0] = np.nan
+    ranks = np.zeros((1, 4, 10), np.int32)
+    block = CandidateBlock(5, np.arange(4), items, features, ranks, np.zeros((4, 10), np.uint8))
+    choice = RankerChoice("ranker:1", estimator=trees, prefilter=linear, depth=3)
+    first = linear.predict_proba(np.nan_to_num(features.reshape(-1, 3)))[:, 1].reshape(4, 10)
+    alone = trees.predict_proba(features.reshape(-1, 3))[:, 1].reshape(4, 10)
+    for n, depth in ((2, 3), (5, 5)):
+        scores = score_block(choice, block, ["x"], n)
+        for row in range(4):
+            valid = np.flatnonzero(items[row] >= 0)
+            best = set(valid[np.argsort(-first[row, valid])][:depth].tolist())
+            assert set(np.flatnonzero(np.isfinite(scores[row])).tolist()) == best
+            picked = sorted(best)
+            np.testing.assert_allclose(scores[row, picked], alone[row, picked], rtol=1e-6)
+    assert best_in_rows(np.array([[0.3, 0.1]]), 5).all()
 
 
 def test_default_model_with_one_source_is_that_source(block: tuple[Dataset, TrainingData]) -> None:
