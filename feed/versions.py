@@ -116,7 +116,36 @@ def activate(r: Any, version: str) -> str | None:
         r.lpush(HISTORY_KEY, previous)
         r.ltrim(HISTORY_KEY, 0, HISTORY_LEN - 1)
     set_meta(r, version, {**meta, "activated_at": time.time()})
+    prune_fresh(r)
     return previous
+
+
+def prune_fresh(r: Any) -> int:
+    """Forget the posts created through the API that the versions in use all know; returns
+    how many were forgotten.
+
+    The fresh posts (``FRESH_KEY`` and ``FRESH_META_KEY``) carry posts created since training
+    into feeds until a version includes them; nothing else removes them. The versions in use
+    are the live one, the one before it (what a rollback returns to) and every running
+    experiment's arms; a post leaves the fresh posts once each of their post tables lists it.
+    The posts' documents and cards stay (pages need them). Called by :func:`activate`.
+    """
+    used = {live_version(r), _text(r.lindex(HISTORY_KEY, 0)), *versions_in_experiments(r)}
+    known: set[str] | None = None
+    for version in sorted(v for v in used if v):
+        table = c.decode_json(r.get(c.version_key(version, "posts")))
+        ids = set(table["post_id"]) if isinstance(table, dict) else set()
+        known = ids if known is None else known & ids
+    if not known:
+        return 0
+    gone = [p for p in (_text(m) for m, _ in r.zscan_iter(c.FRESH_KEY, count=1000)) if p in known]
+    for i in range(0, len(gone), DELETE_BATCH):
+        batch = gone[i : i + DELETE_BATCH]
+        pipe = r.pipeline(transaction=False)  # one hash slot ({feed}): also on a cluster
+        pipe.zrem(c.FRESH_KEY, *batch)
+        pipe.hdel(c.FRESH_META_KEY, *batch)
+        pipe.execute()
+    return len(gone)
 
 
 def rollback(r: Any) -> str:

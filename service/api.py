@@ -13,8 +13,16 @@ from flask import Blueprint, current_app, g, jsonify, request
 from feed import contract as c
 from service import cursor, observability
 from service.errors import ApiError, bad_request, not_found, unavailable
-from service.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
-from service.store import Served, Store, UserState, VersionTable
+from service.ranking import (
+    Candidate,
+    diverse_page,
+    fields,
+    filtered,
+    gather,
+    pool_size,
+    post_meta,
+)
+from service.store import FreshPosts, Served, Store, UserState, VersionTable
 
 bp = Blueprint("api", __name__)
 
@@ -174,7 +182,7 @@ def _replayed(
     """The page a retried cursor already led to, rebuilt from its post ids."""
     page = []
     for pid, score, reason in replay:
-        meta = post_meta(pid, table, glob["fresh_meta"])
+        meta = post_meta(pid, table, glob["fresh"])
         if meta is not None:
             page.append(meta.candidate(pid, score, reason))
     return page
@@ -373,9 +381,10 @@ def _neighbour_indices(
             store().r.get(c.neighbours_key(table.version, post_id))
         )
         return idx.tolist(), scores.tolist()
-    meta = post_meta(post_id, table, glob["fresh_meta"])
+    meta = post_meta(post_id, table, glob["fresh"])
     if meta is None and (older := store().fresh_meta(post_id)) is not None:
-        meta = post_meta(post_id, table, {post_id: older})  # an API post past the newest few
+        # an API post past the newest few
+        meta = post_meta(post_id, table, FreshPosts.build([(post_id, 0.0)], {post_id: older}))
     if meta is None:
         posts, _ = store().documents([post_id], [])
         return None if post_id not in posts else ([], [])
@@ -403,18 +412,8 @@ def similar(post_id: str) -> Any:
         products = table.product_ids[j]
         if table.post_ids[j] == post_id or (products and all(p in oos for p in products)):
             continue
-        page.append(
-            Candidate(
-                table.post_ids[j],
-                float(sc),
-                f"similar_to:{post_id}",
-                table.authors[j],
-                table.categories[j],
-                table.created[j],
-                products,
-                table.categories_of(j),
-            )
-        )
+        reason = f"similar_to:{post_id}"
+        page.append(Candidate(table.post_ids[j], float(sc), reason, *fields(table, j)))
         if len(page) == limit:
             break
     items = [item for _, item in hydrate(page, oos)]

@@ -16,7 +16,7 @@ from feed import contract as c
 from service import observability
 from service.api import check_id, request_id, store
 from service.errors import bad_request, unavailable
-from service.store import VersionTable
+from service.store import FreshPosts, VersionTable
 
 bp = Blueprint("events", __name__)
 
@@ -102,8 +102,7 @@ class _Context:
     cfg: Mapping[str, Any]
     table: VersionTable | None
     neighbours: dict[str, bytes | None]
-    fresh: list[tuple[str, float]]
-    fresh_meta: Mapping[str, Any]
+    fresh: FreshPosts
 
 
 def _neighbour_members(ctx: _Context, post: str) -> dict[str, float]:
@@ -124,9 +123,7 @@ def _author_members(ctx: _Context, author: str) -> dict[str, float]:
     """Real-time members (``followed_author``) of an author's newest posts -> strength: those
     created through the API first, then the version's, newest first."""
     n = ctx.cfg["RT_FOLLOW_POSTS"]
-    posts = [
-        pid for pid, _ts in ctx.fresh if (ctx.fresh_meta.get(pid) or {}).get("author_id") == author
-    ][:n]
+    posts = ctx.fresh.posts_by(author, n)
     if ctx.table is not None:
         posts += [ctx.table.post_ids[i] for i in ctx.table.posts_by(author, n)]
     posts = list(dict.fromkeys(posts))[:n]
@@ -206,10 +203,10 @@ def _context(events: list[dict[str, Any]], version: str | None) -> _Context:
         for post in posts:
             pipe.get(c.neighbours_key(table.version, post))
         neighbours = dict(zip(posts, pipe.execute(), strict=True))
-    glob: Mapping[str, Any] = {"fresh": [], "fresh_meta": {}}
+    fresh = FreshPosts.build([], {})
     if any(ev["type"] in ("follow", "unfollow") for ev in events):
-        glob = s.global_state()
-    return _Context(cfg, table, neighbours, glob["fresh"], glob["fresh_meta"])
+        fresh = s.global_state()["fresh"]
+    return _Context(cfg, table, neighbours, fresh)
 
 
 @bp.post("/v1/events")

@@ -86,7 +86,7 @@ def gift_ideas(
     gifts: dict[str, Gift] = {}
     blocked = state.bought | glob["oos"]
     for pid, (score, reason) in posts.items():
-        meta = post_meta(pid, table, glob["fresh_meta"])
+        meta = post_meta(pid, table, glob["fresh"])
         if meta is None or pid in state.hidden or meta.author_id in state.muted:
             continue
         share = score / max(len(meta.product_ids), 1) ** 0.5

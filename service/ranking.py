@@ -77,28 +77,27 @@ class PostMeta:
         )
 
 
-def post_meta(pid: str, table: VersionTable, fresh_meta: Mapping[str, Any]) -> PostMeta | None:
+def fields(posts: VersionTable | FreshPosts, i: int) -> tuple[Any, ...]:
+    """Post ``i``'s :class:`PostMeta` fields, from the version's table or the fresh posts."""
+    return (
+        posts.authors[i],
+        posts.categories[i],
+        posts.created[i],
+        posts.product_ids[i],
+        posts.categories_of(i),
+    )
+
+
+def post_meta(pid: str, table: VersionTable, fresh: FreshPosts) -> PostMeta | None:
     """A post's metadata: the version's post table first, then posts created through the API.
 
     Returns None for a post neither knows (e.g. a real-time candidate of an older version).
     """
     i = table.index.get(pid)
     if i is not None:
-        return PostMeta(
-            table.authors[i],
-            table.categories[i],
-            table.created[i],
-            table.product_ids[i],
-            table.categories_of(i),
-        )
-    m = fresh_meta.get(pid)
-    if not m:
-        return None
-    category = m.get("category", "") or ""
-    cats = tuple(m.get("categories") or ([category] if category else []))
-    return PostMeta(
-        m.get("author_id", ""), category, m.get("created_at"), list(m.get("product_ids", [])), cats
-    )
+        return PostMeta(*fields(table, i))
+    j = fresh.index.get(pid)
+    return None if j is None else PostMeta(*fields(fresh, j))
 
 
 def following(state: UserState) -> set[str]:
@@ -208,7 +207,7 @@ def precomputed(state: UserState, table: VersionTable) -> _Arrays:
 
 
 def realtime(
-    state: UserState, table: VersionTable, fresh_meta: Mapping[str, Any], cfg: Mapping[str, Any]
+    state: UserState, table: VersionTable, fresh: FreshPosts, cfg: Mapping[str, Any]
 ) -> Iterator[Offer]:
     """Real-time candidates written by events, minus those whose cause was undone.
 
@@ -222,7 +221,7 @@ def realtime(
                 continue
             yield pid, cfg["RT_WEIGHT"] * s, reason
         elif reason == "followed_author":
-            meta = post_meta(pid, table, fresh_meta)
+            meta = post_meta(pid, table, fresh)
             if meta is not None and meta.author_id in follows:
                 yield pid, cfg["FOLLOW_WEIGHT"] * s, reason
         else:
@@ -311,16 +310,16 @@ def gather(
     ----------
     state : the user's state (one pipelined read)
     table : the version's post table
-    glob : the global state (fresh posts and their metadata, out-of-stock products)
+    glob : the global state (the fresh posts, the out-of-stock products)
     cfg : the service configuration (weights)
     interests : terms of the ``interests=`` hint, if any
     tokens : the version's token index (needed only with ``interests``)
     """
-    out = _Collector(table, glob["fresh_posts"])
+    out = _Collector(table, glob["fresh"])
     out.add_arrays(*precomputed(state, table))
-    for offer in realtime(state, table, glob["fresh_meta"], cfg):
+    for offer in realtime(state, table, glob["fresh"], cfg):
         out.add(*offer)
-    known, created = fresh(state, glob["fresh_posts"], table, cfg)
+    known, created = fresh(state, glob["fresh"], table, cfg)
     out.add_arrays(*known)
     out.add_arrays(*created, part=1)
     for offer in interest_matches(interests, table, tokens or {}, cfg):
@@ -378,16 +377,7 @@ class Pool:
                 posts = self.table if i >= 0 else self.fresh
                 assert posts is not None
                 i = i if i >= 0 else -1 - i
-                cand = Candidate(
-                    pid,
-                    score,
-                    self.reasons[w],
-                    posts.authors[i],
-                    posts.categories[i],
-                    posts.created[i],
-                    posts.product_ids[i],
-                    posts.categories_of(i),
-                )
+                cand = Candidate(pid, score, self.reasons[w], *fields(posts, i))
             self._built[k] = cand
         return cand
 

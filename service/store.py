@@ -144,7 +144,10 @@ class FreshPosts:
 
     @classmethod
     def build(
-        cls, fresh: list[tuple[str, float]], meta: dict[str, Any], oos: frozenset[str]
+        cls,
+        fresh: list[tuple[str, float]],
+        meta: dict[str, Any],
+        oos: frozenset[str] = frozenset(),
     ) -> FreshPosts:
         posts = [(p, meta[p]) for p, _ in fresh if isinstance(meta.get(p), dict)]
         cats = [m.get("category", "") or "" for _, m in posts]
@@ -170,6 +173,10 @@ class FreshPosts:
 
     def categories_of(self, j: int) -> tuple[str, ...]:
         return self.linked_categories[j]
+
+    def posts_by(self, author: str, n: int) -> list[str]:
+        """The author's ``n`` newest posts here, newest first."""
+        return [p for p, a in zip(self.post_ids, self.authors, strict=True) if a == author][:n]
 
     @cached_property
     def created_s(self) -> np.ndarray:
@@ -409,8 +416,8 @@ class Store:
 
     # -- global, briefly cached ----------------------------------------------------------
     def global_state(self) -> dict[str, Any]:
-        """The ``FRESH_POSTS`` newest posts created through the API (newest first) with their
-        metadata (also as :class:`FreshPosts`), and the out-of-stock product set.
+        """``fresh``: the ``FRESH_POSTS`` newest posts created through the API with their
+        metadata (:class:`FreshPosts`, newest first); ``oos``: the out-of-stock product set.
 
         Two round trips per ``GLOBAL_CACHE_S`` (the fresh list with the stock set, then the
         metadata of just those posts): the metadata hash keeps every API-created post until
@@ -431,12 +438,7 @@ class Store:
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
         fresh_meta = {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m}
         out_of_stock = frozenset(_s(x) for x in oos)
-        g = {
-            "fresh": fresh,
-            "fresh_meta": fresh_meta,
-            "fresh_posts": FreshPosts.build(fresh, fresh_meta, out_of_stock),
-            "oos": out_of_stock,
-        }
+        g = {"fresh": FreshPosts.build(fresh, fresh_meta, out_of_stock), "oos": out_of_stock}
         self._global = (time.monotonic(), g)
         return g
 

@@ -505,8 +505,8 @@ def test_only_the_newest_api_posts_are_read_per_refresh(app: Any, client: Any) -
         time.sleep(0.002)  # distinct creation times: the zset orders by them
     with app.app_context():
         glob = app.extensions["feed_store"].global_state()
-    assert [p for p, _ in glob["fresh"]] == ["p-bulk-4", "p-bulk-3", "p-bulk-2"]
-    assert set(glob["fresh_meta"]) == {"p-bulk-4", "p-bulk-3", "p-bulk-2"}
+    assert glob["fresh"].post_ids == ["p-bulk-4", "p-bulk-3", "p-bulk-2"]
+    assert glob["fresh"].authors == ["u24", "u23", "u22"]
     offered = {it["post_id"] for it in feed(client, "someone-else", limit=50)["items"]}
     assert {"p-bulk-4", "p-bulk-3", "p-bulk-2"} <= offered
     assert not {"p-bulk-1", "p-bulk-0"} & offered

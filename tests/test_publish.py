@@ -99,6 +99,34 @@ def test_delete_refuses_live_and_removes_every_key(r: Any, artifact: Path, tmp_p
     assert reg.get_meta(r, "v2-test") is None
 
 
+def test_activation_forgets_fresh_posts_the_versions_in_use_know(
+    r: Any, artifact: Path, tmp_path: Path
+) -> None:
+    """A post created through the API leaves the fresh posts once the live version and the one
+    a rollback returns to both list it; its document stays."""
+    v1 = publish(r, artifact, activate=True).version
+    posts = c.decode_json(r.get(c.version_key(v1, "posts")))
+    known, newer = posts["post_id"][:2]
+    for i, pid in enumerate((known, newer, "p-since")):
+        r.zadd(c.FRESH_KEY, {pid: 1_800_000_000 + i})
+        r.hset(c.FRESH_META_KEY, pid, c.encode_json({"author_id": "a"}))
+        r.set(c.post_doc_key(pid), b"{}")
+    # v1 as if trained before ``newer`` was written
+    rows = [j for j, p in enumerate(posts["post_id"]) if p != newer]
+    table = [[posts[k][j] for j in rows] for k in ("post_id", "author_id", "created_at")]
+    table += [[posts["category"][j] for j in rows], [posts["product_ids"][j] for j in rows]]
+    r.set(c.version_key(v1, "posts"), c.encode_post_table(*table))
+    copy = tmp_path / "v2"
+    shutil.copytree(artifact, copy)
+    _rename_version(copy, "v2-fresh")
+    publish(r, copy, activate=True)  # v2 lists both; v1 (a rollback away) only ``known``
+    left = [m.decode() for m in r.zrange(c.FRESH_KEY, 0, -1)]
+    assert left == [newer, "p-since"]
+    assert sorted(k.decode() for k in r.hkeys(c.FRESH_META_KEY)) == sorted(left)
+    assert r.exists(c.post_doc_key(known))
+    assert reg.prune_fresh(r) == 0  # nothing more to forget
+
+
 def _rename_version(path: Path, version: str) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["version"] = version
