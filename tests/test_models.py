@@ -36,6 +36,7 @@ from feed.models.candidates import (
 from feed.models.ranker import (
     RANKER_GRID,
     LearnedBlend,
+    LinearScores,
     RankerChoice,
     best_in_rows,
     make_ranker,
@@ -275,8 +276,15 @@ def test_two_stage_ranking_rescores_only_the_linear_rankers_best() -> None:
     features[items < 0] = np.nan
     ranks = np.zeros((1, 4, 10), np.int32)
     block = CandidateBlock(5, np.arange(4), items, features, ranks, np.zeros((4, 10), np.uint8))
-    choice = RankerChoice("ranker:1", estimator=trees, prefilter=linear, depth=3)
-    first = linear.predict_proba(np.nan_to_num(features.reshape(-1, 3)))[:, 1].reshape(4, 10)
+    first = linear.predict_proba(features.reshape(-1, 3))[:, 1].reshape(4, 10)
+    scorer = LinearScores.of(linear)  # the pipeline as one weighted sum: its log-odds
+    x = features.copy()
+    x[0, :4, 1] = np.nan  # a missing value counts as the imputer's median
+    odds = scorer(x, items)
+    want = linear.predict_proba(x[:3].reshape(-1, 3))[:, 1]
+    np.testing.assert_allclose(1 / (1 + np.exp(-odds[:3].ravel())), want, rtol=1e-5)
+    assert np.isneginf(odds[3, 6:]).all()
+    choice = RankerChoice("ranker:1", estimator=trees, prefilter=scorer, depth=3)
     alone = trees.predict_proba(features.reshape(-1, 3))[:, 1].reshape(4, 10)
     for n, depth in ((2, 3), (5, 5)):
         scores = score_block(choice, block, ["x"], n)

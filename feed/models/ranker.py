@@ -37,12 +37,11 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from feed.contract import REASON_CODE
 from feed.data import Dataset
 from feed.features.matrices import SECONDS_PER_DAY, EngagementWeights, TrainingData, build
-from feed.models.base import CandidateModel, NotFittedError, parallel_map
+from feed.models.base import CandidateModel, NotFittedError, parallel_map, single_threaded
 from feed.models.candidates import (
     CandidateBlock,
     CandidateBuilder,
@@ -109,7 +108,7 @@ class RankerChoice:
     estimator: Any = None
     #: Two-stage ranking: the linear ranker that picks the ``depth`` candidates per user the
     #: tree ranker ``estimator`` re-scores (None: the estimator scores every candidate).
-    prefilter: Any = None
+    prefilter: LinearScores | None = None
     prefilter_params: dict[str, Any] = field(default_factory=dict)
     depth: int = RERANK_DEPTH
 
@@ -613,8 +612,31 @@ def choose(
                 lambda params: _fit_ranker(pool, every, params, max_rows, random_state), stages
             )
         choice.estimator = fitted[0]
-        choice.prefilter = fitted[1] if len(fitted) > 1 else None
+        choice.prefilter = LinearScores.of(fitted[1]) if len(fitted) > 1 else None
     return choice
+
+
+@dataclass
+class LinearScores:
+    """A fitted linear option of :func:`make_ranker` (imputer, scaler, logistic regression) as
+    one weighted sum over the feature axis of a candidate block: the order of its
+    probabilities, without gathering rows or scikit-learn's checks on every call."""
+
+    fill: np.ndarray  # per feature: what a missing value counts as (the imputer's median)
+    weights: np.ndarray
+    bias: float
+
+    @classmethod
+    def of(cls, pipeline: Any) -> LinearScores:
+        imputer, scaler, model = (pipeline[i] for i in range(3))
+        weights = model.coef_[0] / scaler.scale_
+        bias = float(model.intercept_[0] - weights @ scaler.mean_)
+        return cls(imputer.statistics_, weights, bias)
+
+    def __call__(self, features: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of (users x C x F) ``features`` (users x C); padding (item -1) -inf."""
+        x = np.where(np.isnan(features), self.fill, features)
+        return np.where(items >= 0, x @ self.weights + self.bias, -np.inf)
 
 
 def _is_tree(params: dict[str, Any]) -> bool:
@@ -661,7 +683,7 @@ def _fit_ranker(
         keep = np.concatenate([np.flatnonzero(y), rng.choice(negatives, room, replace=False)])
         x, y = x[np.sort(keep)], y[np.sort(keep)]
     model = make_ranker(params, random_state)
-    with threadpool_limits(1):  # OpenMP oversubscribes busy hosts
+    with single_threaded():  # OpenMP oversubscribes busy hosts
         return model.fit(x, y)
 
 
@@ -710,7 +732,7 @@ def _predict(
     rows = features[valid]
 
     def proba(lo: int) -> np.ndarray:
-        with threadpool_limits(1):
+        with single_threaded():
             return np.asarray(model.predict_proba(rows[lo : lo + PREDICT_ROWS])[:, 1])
 
     if len(rows):
@@ -730,7 +752,7 @@ def score_block(
     if choice.kind.startswith("ranker:"):
         items = block.items
         if choice.prefilter is not None:
-            first = _predict(choice.prefilter, block.features, items, threads=1)
+            first = choice.prefilter(block.features, items)
             items = np.where(best_in_rows(first, max(choice.depth, n)), items, -1)
         return _predict(choice.estimator, block.features, items, threads=1)
     if choice.kind.startswith("source:"):
