@@ -7,10 +7,15 @@ A version is activatable only in state ``ready`` (every key written and counted)
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import redis
+
 from feed import contract as c
+
+logger = logging.getLogger(__name__)
 
 HISTORY_KEY = "{feed}:live_history"  # list: previously live versions, newest first
 HISTORY_LEN = 20
@@ -116,7 +121,10 @@ def activate(r: Any, version: str) -> str | None:
         r.lpush(HISTORY_KEY, previous)
         r.ltrim(HISTORY_KEY, 0, HISTORY_LEN - 1)
     set_meta(r, version, {**meta, "activated_at": time.time()})
-    prune_fresh(r)
+    try:
+        prune_fresh(r)
+    except redis.RedisError as e:  # the switch is done; the fresh posts wait for the next one
+        logger.warning("activated %s, but pruning the fresh posts failed: %s", version, e)
     return previous
 
 

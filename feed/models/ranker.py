@@ -11,8 +11,8 @@ part; when one slice has few users, the next-older slice is added, up to ``max_w
 3. choose, by the validation metric on two folds of users, among a few rankers (gradient
    boosting, logistic regression), reciprocal-rank fusion and each single source, each with
    and without "one post per product"; a tree ranker orders only each user's best
-   ``rerank_depth`` candidates by the best linear ranker (two-stage ranking: the trees cost
-   about 40x more a row than the linear model, and a user has some 770 candidates);
+   ``rerank_depth`` candidates by the best linear ranker (two-stage ranking: a row costs the
+   trees far more than the linear model, and a user has some 770 candidates at 1M likes);
 4. fit the chosen ranker on every slice, and keep its weights with every source refitted on
    all the data (those fits run alongside the first slice's: they do not depend on the choice).
 
@@ -78,9 +78,9 @@ RANKER_GRID: tuple[dict[str, Any], ...] = (
     {"model": "logistic", "C": 0.1},
 )
 #: Candidates per user a tree ranker re-scores, the best by the linear ranker (at least the list
-#: length asked for). On the 1M-like generated data's validation users, re-scoring the best 400
-#: of about 770 gave the same validation NDCG@20 as re-scoring all of them, and the same top 200
-#: for 99.8% of the posts.
+#: length asked for). On the 1M-like generated data, re-scoring the best 400 of about 770 gave
+#: the same validation NDCG@20 as re-scoring all of them, and published lists sharing 99.6% of
+#: their posts with the one-stage ranker's (BENCHMARKS.md).
 RERANK_DEPTH = 400
 MIN_POSITIVES = 20  # fewer positive candidates in the validation slices: no learned ranker
 PREDICT_ROWS = 4096  # candidate rows per ranker call (see _predict)
