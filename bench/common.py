@@ -71,13 +71,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def private_redis(directory: Path | None = None) -> Iterator[str]:
-    """An empty, non-persistent Redis server on a loopback port, stopped on exit."""
+def private_redis(directory: Path | None = None, unix_socket: bool = False) -> Iterator[str]:
+    """An empty, non-persistent Redis server on a loopback port (or a Unix socket), stopped on
+    exit."""
     from feed import redisserver
 
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
         d = directory or Path(tmp)
-        url = redisserver.start(d, port=free_port(), persist=False)
+        url = redisserver.start(d, port=None if unix_socket else free_port(), persist=False)
         try:
             yield url
         finally:

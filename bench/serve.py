@@ -18,6 +18,7 @@
     python -m bench.serve                        # 0.1M likes, 2 x 8 s rounds (~1.5 min + training)
     python -m bench.serve --seconds 20 --rounds 3 --artifact /tmp/bench-art/1M/artifacts/V
     python -m bench.serve --api-posts 500        # with posts created through the API since training
+    python -m bench.serve --unix-socket          # Redis on a Unix socket, not a loopback port
 
 Needs ``wrk`` (``apt-get install wrk``); without it only the round trips are measured.
 """
@@ -82,10 +83,10 @@ _CMD = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 
 
 # --- Redis round trips per page, counted in the client ----------------------------------------
-def counting_connection() -> type:
-    from redis.connection import Connection
+def counting_connection(base: type) -> type:
+    """``base`` (a redis-py connection class) recording the commands of every packet sent."""
 
-    class Counting(Connection):
+    class Counting(base):  # type: ignore[valid-type,misc]
         packets: list[list[str]] = []
 
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
@@ -134,8 +135,9 @@ def round_trips(url: str, users: list[str], out: Path, profile: bool = False) ->
     from service import create_app
 
     app = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "bench"})
-    counting = counting_connection()
-    app.extensions["feed_redis"].connection_pool.connection_class = counting
+    pool = app.extensions["feed_redis"].connection_pool
+    counting = counting_connection(pool.connection_class)  # TCP or Unix socket
+    pool.connection_class = counting
     client = app.test_client()
     reads, writes, trips, sizes, seconds = [], [], [], [], []
     profiler = cProfile.Profile() if profile else None
@@ -392,8 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="posts created through POST /v1/posts before measuring, by the model's authors (0)",
     )
+    p.add_argument(
+        "--unix-socket",
+        action="store_true",
+        help="Redis on a Unix socket instead of a loopback port (a Redis on the same host)",
+    )
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, private_redis() as url:
+    redis_server = private_redis(unix_socket=args.unix_socket)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, redis_server as url:
         work = Path(tmp)
         run(args, work, url)
     return 0
