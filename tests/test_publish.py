@@ -127,6 +127,16 @@ def test_activation_forgets_fresh_posts_the_versions_in_use_know(
     assert reg.prune_fresh(r) == 0  # nothing more to forget
 
 
+def test_activation_stands_when_pruning_the_fresh_posts_fails(
+    r: Any, artifact: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r.set(c.FRESH_KEY, b"not a zset")  # ZSCAN answers WRONGTYPE
+    version = publish(r, artifact, activate=True).version
+    assert reg.live_version(r) == version
+    assert "pruning the fresh posts failed" in caplog.text
+    assert r.get(c.FRESH_KEY) == b"not a zset"  # nothing else touched
+
+
 def _rename_version(path: Path, version: str) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["version"] = version
