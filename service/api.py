@@ -384,7 +384,7 @@ def _neighbour_indices(
     meta = post_meta(post_id, table, glob["fresh"])
     if meta is None and (older := store().fresh_meta(post_id)) is not None:
         # an API post past the newest few
-        meta = post_meta(post_id, table, FreshPosts.build([(post_id, 0.0)], {post_id: older}))
+        meta = post_meta(post_id, table, FreshPosts.build({post_id: older}))
     if meta is None:
         posts, _ = store().documents([post_id], [])
         return None if post_id not in posts else ([], [])

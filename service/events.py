@@ -203,7 +203,7 @@ def _context(events: list[dict[str, Any]], version: str | None) -> _Context:
         for post in posts:
             pipe.get(c.neighbours_key(table.version, post))
         neighbours = dict(zip(posts, pipe.execute(), strict=True))
-    fresh = FreshPosts.build([], {})
+    fresh = FreshPosts.build({})
     if any(ev["type"] in ("follow", "unfollow") for ev in events):
         fresh = s.global_state()["fresh"]
     return _Context(cfg, table, neighbours, fresh)

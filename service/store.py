@@ -143,13 +143,10 @@ class FreshPosts:
     _in_table: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(
-        cls,
-        fresh: list[tuple[str, float]],
-        meta: dict[str, Any],
-        oos: frozenset[str] = frozenset(),
-    ) -> FreshPosts:
-        posts = [(p, meta[p]) for p, _ in fresh if isinstance(meta.get(p), dict)]
+    def build(cls, meta: dict[str, Any], oos: frozenset[str] = frozenset()) -> FreshPosts:
+        """From post id -> metadata (``POST /v1/posts``'s), in order (newest first); posts
+        without a metadata object are left out."""
+        posts = [(p, m) for p, m in meta.items() if isinstance(m, dict)]
         cats = [m.get("category", "") or "" for _, m in posts]
         products = [list(m.get("product_ids", [])) for _, m in posts]
         return cls(
@@ -436,9 +433,10 @@ class Store:
         )
         fresh = [(_s(p), float(ts)) for p, ts in _with_scores(fresh)]
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
+        # newest first, as the zset read them
         fresh_meta = {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m}
         out_of_stock = frozenset(_s(x) for x in oos)
-        g = {"fresh": FreshPosts.build(fresh, fresh_meta, out_of_stock), "oos": out_of_stock}
+        g = {"fresh": FreshPosts.build(fresh_meta, out_of_stock), "oos": out_of_stock}
         self._global = (time.monotonic(), g)
         return g
 

@@ -122,8 +122,7 @@ def test_fresh_posts_are_filtered_and_scored_as_arrays() -> None:
         for j in range(6)
     }
     meta["f-known"] = {"author_id": "a1", "created_at": now - 10, "product_ids": []}
-    fresh_list = [(p, m["created_at"]) for p, m in meta.items()]
-    posts = FreshPosts.build(fresh_list, meta, frozenset({"s5"}))  # f5 is sold out
+    posts = FreshPosts.build(meta, frozenset({"s5"}))  # f5 is sold out
     glob = {"fresh": posts, "oos": frozenset({"s5"})}
     cfg = dict(DEFAULTS)
     state = _user(seen={"f1"}, muted={"w2"}, follows={"w0"})  # w2 wrote f2 and f5
