@@ -63,11 +63,11 @@ def _redis_round_trips(page: dict[str, Any]) -> Any:
     """A function making a page's two Redis round trips for a user (the service's store)."""
     import time
 
-    from feed.contract import connect
+    from feed.redisclient import from_url
     from service.config import DEFAULTS
     from service.store import Served, Store
 
-    store = Store(connect(os.environ["FEED_REDIS_URL"]), dict(DEFAULTS))
+    store = Store(from_url(os.environ["FEED_REDIS_URL"]), dict(DEFAULTS))
     post_ids = [it["post_id"] for it in page["items"]]
     route = {"model_version": page["model_version"], "experiment": None, "arm": None}
 

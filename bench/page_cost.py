@@ -46,12 +46,12 @@ WARM_PAGES = 20
 def serve_pages(args: argparse.Namespace, url: str, work: Path) -> dict[str, float]:
     """Publish, warm up, then time ``args.pages`` pages of each app ({app: CPU s per page})."""
     from feed.artifacts import read
-    from feed.contract import connect
     from feed.publish import publish
+    from feed.redisclient import from_url
     from service import create_app
 
     artifact = prepare(args, work)
-    publish(connect(url, socket_timeout=30.0), artifact, activate=True)
+    publish(from_url(url, socket_timeout=30.0), artifact, activate=True)
     users = [str(u) for u in read(artifact, verify=False).arrays("candidates")["users"]]
     rng = random.Random(0)
     if args.api_posts:

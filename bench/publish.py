@@ -171,13 +171,13 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
 
 def run(args: argparse.Namespace, work: Path, url: str) -> None:
     from feed.artifacts import read
-    from feed.contract import connect
     from feed.publish import BATCH, publish
+    from feed.redisclient import from_url
 
     artifact = prepare(args, work)
     manifest = read(artifact, verify=False).manifest
     users, cands = manifest["counts"]["users"], manifest["params"].get("n_candidates")
-    r = connect(url, socket_timeout=120.0)
+    r = from_url(url, socket_timeout=120.0)
     pub_s: list[float] = []
     raw_s: list[float] = []
     version_mem: list[float] = []

@@ -421,11 +421,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, work: Path, url: str) -> None:
     from feed.artifacts import read
-    from feed.contract import connect
     from feed.publish import publish
+    from feed.redisclient import from_url
 
     artifact = prepare(args, work)
-    publish(connect(url, socket_timeout=30.0), artifact, activate=True)
+    publish(from_url(url, socket_timeout=30.0), artifact, activate=True)
     users = [str(u) for u in read(artifact, verify=False).arrays("candidates")["users"]]
     rng = random.Random(0)
     if args.api_posts:
@@ -475,10 +475,10 @@ def throughput(
     }
     if args.workers:
         env["GUNICORN_WORKERS"] = str(args.workers)
-    from feed.contract import connect
+    from feed.redisclient import from_url
 
     script = lua_script(work / "max.lua", users)
-    redis_pid = int(connect(url).info("server")["process_id"])
+    redis_pid = int(from_url(url).info("server")["process_id"])
     rows, bare, feed, probe = [], [], [], []
     for i in range(args.rounds):
         for name, app, acc in (

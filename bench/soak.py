@@ -98,13 +98,14 @@ def _worker(
 
 
 def run(seconds: float, threads: int, likes: str, artifact: str | None = None) -> dict[str, Any]:
-    from feed.contract import EVENTS_KEY, connect
+    from feed.contract import EVENTS_KEY
     from feed.publish import publish
+    from feed.redisclient import from_url
 
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, private_redis() as url:
         work = Path(tmp)
         art = prepare(argparse.Namespace(artifact=artifact, likes=likes), work)
-        r = connect(url)
+        r = from_url(url)
         publish(r, art, activate=True)
         cand = json.loads((art / "manifest.json").read_text())["counts"]
         users = [f"u{i}" for i in range(int(cand["users"]))] + ["cold-1", "cold-2"]

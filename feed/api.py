@@ -508,9 +508,8 @@ def _dataset_history(ds: Dataset, user_id: str) -> list[dict[str, Any]]:
 def _redis_history(r: Any, user_id: str, n: int) -> list[dict[str, Any]]:
     """What Redis knows: likes since training (timed), purchases and follows (seeded at publish,
     then updated by events)."""
-    from feed import contract as c
 
-    h = c.read_history(r, user_id, n)
+    h = read_history(r, user_id, n)
     return [
         *({"kind": "like", "ts": like["ts"], "post_id": like["post_id"]} for like in h["likes"]),
         *({"kind": "purchase", "product_id": p} for p in h["purchases"]),

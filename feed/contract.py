@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ FRESH_META_KEY = "{feed}:fresh_meta"  # hash: post id -> JSON {author_id, produc
 OUT_OF_STOCK_KEY = "{feed}:oos"  # set: product ids currently out of stock
 EXPERIMENTS_KEY = "{feed}:experiments"  # hash: experiment name -> JSON config
 EXPOSURES_KEY = "{feed}:exposures"  # stream: one entry per served page in an experiment
+HISTORY_KEY = "{feed}:live_history"  # list: previously live versions, newest first
 
 # Version states in the registry. Only "ready" versions can go live.
 STATE_PUBLISHING = "publishing"
@@ -110,6 +112,43 @@ def product_doc_key(product_id: str) -> str:
 def card_key(post_id: str) -> str:
     """Key of a post's card: the feed item as served, without score and reason (JSON)."""
     return f"doc:c:{post_id}"
+
+
+def iso_time(ts: float | None) -> str | None:
+    """Unix seconds as ``YYYY-MM-DDTHH:MM:SSZ`` (None for None or NaN), as documents carry it.
+
+    >>> iso_time(0.0), iso_time(float("nan"))
+    ('1970-01-01T00:00:00Z', None)
+    """
+    if ts is None or ts != ts:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def post_document(
+    post_id: str,
+    author_id: str,
+    created_at: float | None,
+    text: str,
+    title: str,
+    tags: Sequence[str],
+    product_ids: Sequence[str],
+) -> dict[str, Any]:
+    """A post's document (the JSON stored at :func:`post_doc_key`), from training data or from
+    ``POST /v1/posts`` alike.
+
+    >>> post_document("p1", "u1", 0.0, "hi", "", ("a",), ["x"])["created_at"]
+    '1970-01-01T00:00:00Z'
+    """
+    return {
+        "post_id": post_id,
+        "author_id": author_id,
+        "created_at": iso_time(created_at),
+        "text": text,
+        "title": title,
+        "tags": list(tags),
+        "product_ids": list(product_ids),
+    }
 
 
 def card(post: Mapping[str, Any], products: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -199,28 +238,13 @@ def page_key(user_id: str, cursor: str) -> str:
     return user_key(user_id, f"{USER_PAGE}:{digest}")
 
 
-def read_history(r: Any, user_id: str, n: int) -> dict[str, Any]:
-    """A user's history as the service knows it, in one pipelined read: likes since training
-    (newest first, with time), products bought and authors followed (the publish seed plus
-    events, minus unfollows); at most ``n`` of each."""
-    pipe = r.pipeline(transaction=False)
-    pipe.zrange(user_key(user_id, USER_LIKES), 0, n - 1, desc=True, withscores=True)
-    for kind in (USER_PURCHASES, USER_FOLLOWS, USER_UNFOLLOWS):
-        pipe.smembers(user_key(user_id, kind))
-    pipe.get(user_key(user_id, USER_SEED))
-    likes, bought, follows, unfollows, seed = pipe.execute()
-    seed_follows, seed_bought = decode_seed(seed)
-    bought_all = seed_bought | {_text(x) for x in bought}
-    follows_all = (seed_follows | {_text(x) for x in follows}) - {_text(x) for x in unfollows}
-    return {
-        "likes": [{"post_id": _text(p), "ts": float(ts)} for p, ts in likes],
-        "purchases": sorted(bought_all)[:n],
-        "follows": sorted(follows_all)[:n],
-    }
+def text(raw: bytes | str) -> str:
+    """A Redis reply (bytes) or a str as str.
 
-
-def _text(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
+    >>> text(b"p1"), text("p1")
+    ('p1', 'p1')
+    """
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 # --- payloads --------------------------------------------------------------------------------
@@ -353,40 +377,3 @@ def decode_token_index(blob: bytes | None) -> dict[str, np.ndarray]:
     ptr = np.frombuffer(rest, dtype="<u4", count=len(tokens) + 1).astype(np.int64)
     items = np.frombuffer(rest, dtype="<u4", offset=4 * len(ptr)).astype(np.int64)
     return {t: items[ptr[i] : ptr[i + 1]] for i, t in enumerate(tokens)}
-
-
-# --- connections -----------------------------------------------------------------------------
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-
-
-def connect(url: str, *, socket_timeout: float = 1.0, connect_timeout: float = 1.0) -> Any:
-    """A redis-py client for ``url``, with explicit timeouts and one retry.
-
-    ``redis://`` and ``unix://`` give a pooled :class:`redis.Redis`; ``redis+cluster://host:port``
-    gives a :class:`redis.cluster.RedisCluster` discovered from that node.
-    """
-    import redis
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-
-    opts: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": connect_timeout,
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-        "health_check_interval": 30,
-    }
-    for scheme in CLUSTER_SCHEMES:
-        if url.startswith(scheme):
-            from redis.cluster import RedisCluster
-
-            plain = url.replace("+cluster", "", 1)
-            opts.pop("health_check_interval")
-            return RedisCluster.from_url(plain, **opts)
-    return redis.Redis.from_url(url, **opts)
-
-
-def is_cluster(client: Any) -> bool:
-    """True for a Redis Cluster client."""
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)

@@ -37,6 +37,7 @@ import pandas as pd
 
 from feed import contract as c
 from feed.data import SCHEMA, Dataset, load
+from feed.redisclient import is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ class ExportResult:
 
 
 # --- reading Redis -----------------------------------------------------------------------------
-def _text(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
-
-
 def _after(entry_id: str) -> str:
     """The smallest stream id after ``entry_id`` (works on Redis < 6.2, which lacks ``(``)."""
     ms, _, seq = entry_id.partition("-")
@@ -75,19 +72,19 @@ def read_events(r: Any, batch: int = BATCH) -> Iterator[dict[str, str]]:
     while True:
         chunk = r.xrange(c.EVENTS_KEY, min=start, max="+", count=batch)
         for _id, fields in chunk:
-            yield {_text(k): _text(v) for k, v in fields.items()}
+            yield {c.text(k): c.text(v) for k, v in fields.items()}
         if len(chunk) < batch:
             return
-        start = _after(_text(chunk[-1][0]))
+        start = _after(c.text(chunk[-1][0]))
 
 
 def created_posts(r: Any, batch: int = BATCH) -> list[dict[str, Any]]:
     """Documents of the posts created through the API, oldest first."""
-    ids = [_text(p) for p in r.zrange(c.FRESH_KEY, 0, -1)]
+    ids = [c.text(p) for p in r.zrange(c.FRESH_KEY, 0, -1)]
     docs: list[dict[str, Any]] = []
     for lo in range(0, len(ids), batch):
         keys = [c.post_doc_key(p) for p in ids[lo : lo + batch]]
-        raw = r.mget_nonatomic(keys) if c.is_cluster(r) else r.mget(keys)
+        raw = r.mget_nonatomic(keys) if is_cluster(r) else r.mget(keys)
         docs.extend(d for d in map(c.decode_json, raw) if isinstance(d, dict))
     return docs
 

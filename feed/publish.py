@@ -22,6 +22,7 @@ import numpy as np
 from feed import artifacts
 from feed import contract as c
 from feed import versions as reg
+from feed.redisclient import is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _write(r: Any, pairs: Iterable[tuple[str, bytes]], progress: Any = None) -> 
     """Write every (key, value): one MSET per batch (on a cluster, where one command cannot
     span slots, pipelined SETs); returns the keys written."""
     keys: list[str] = []
-    cluster = c.is_cluster(r)
+    cluster = is_cluster(r)
     for chunk in _batched(pairs, BATCH):
         if cluster:
             pipe = r.pipeline(transaction=False)
@@ -69,7 +70,7 @@ def _write(r: Any, pairs: Iterable[tuple[str, bytes]], progress: Any = None) -> 
 def _count_existing(r: Any, keys: list[str]) -> int:
     """How many of ``keys`` exist: one multi-key EXISTS per batch (per key on a cluster,
     where one command cannot span slots)."""
-    if not c.is_cluster(r):
+    if not is_cluster(r):
         return sum(int(r.exists(*chunk)) for chunk in _batched(keys, BATCH))
     n = 0
     for chunk in _batched(keys, BATCH):

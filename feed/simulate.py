@@ -262,8 +262,8 @@ def run(
     Redis should not see.
     """
     from feed import redisserver
-    from feed.contract import connect
     from feed.publish import publish
+    from feed.redisclient import from_url
     from feed.synth import SynthConfig, generate
     from feed.train import TrainConfig, train
 
@@ -277,7 +277,7 @@ def run(
     redis_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=work))
     url = redisserver.start(redis_dir, persist=False) if private else str(redis_url)
     try:
-        r = connect(url, socket_timeout=30.0)
+        r = from_url(url, socket_timeout=30.0)
         weak = publish(r, weak_path, activate=True).version
         strong = publish(r, strong_path).version
         from service import create_app

@@ -14,10 +14,10 @@ from typing import Any
 import redis
 
 from feed import contract as c
+from feed.redisclient import is_cluster
 
 logger = logging.getLogger(__name__)
 
-HISTORY_KEY = "{feed}:live_history"  # list: previously live versions, newest first
 HISTORY_LEN = 20
 DELETE_BATCH = 500
 
@@ -27,9 +27,7 @@ class VersionError(RuntimeError):
 
 
 def _text(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return None if raw is None else c.text(raw)
 
 
 def live_version(r: Any) -> str | None:
@@ -118,8 +116,8 @@ def activate(r: Any, version: str) -> str | None:
         )
     previous = _text(r.set(c.LIVE_KEY, version, get=True))
     if previous and previous != version:
-        r.lpush(HISTORY_KEY, previous)
-        r.ltrim(HISTORY_KEY, 0, HISTORY_LEN - 1)
+        r.lpush(c.HISTORY_KEY, previous)
+        r.ltrim(c.HISTORY_KEY, 0, HISTORY_LEN - 1)
     set_meta(r, version, {**meta, "activated_at": time.time()})
     try:
         prune_fresh(r)
@@ -138,7 +136,7 @@ def prune_fresh(r: Any) -> int:
     experiment's arms; a post leaves the fresh posts once each of their post tables lists it.
     The posts' documents and cards stay (pages need them). Called by :func:`activate`.
     """
-    used = {live_version(r), _text(r.lindex(HISTORY_KEY, 0)), *versions_in_experiments(r)}
+    used = {live_version(r), _text(r.lindex(c.HISTORY_KEY, 0)), *versions_in_experiments(r)}
     known: set[str] | None = None
     for version in sorted(v for v in used if v):
         table = c.decode_json(r.get(c.version_key(version, "posts")))
@@ -160,7 +158,7 @@ def rollback(r: Any) -> str:
     """Re-activate the most recent previously live version that is still ready."""
     live = live_version(r)
     while True:
-        prev = _text(r.lpop(HISTORY_KEY))
+        prev = _text(r.lpop(c.HISTORY_KEY))
         if prev is None:
             raise VersionError("no previous version to roll back to")
         meta = get_meta(r, prev)
@@ -177,7 +175,7 @@ def rollback(r: Any) -> str:
 def version_keys(r: Any, version: str) -> list[str]:
     """Every key of a version: per-user candidates and the version's own keys."""
     keys: list[str] = []
-    nodes = r.get_primaries() if c.is_cluster(r) else [None]
+    nodes = r.get_primaries() if is_cluster(r) else [None]
     for node in nodes:
         for pattern in (f"{{u:*}}:cand:{version}", f"{{feed:{version}}}:*"):
             it = (
@@ -208,5 +206,5 @@ def delete(r: Any, version: str, *, force: bool = False) -> int:
             pipe.unlink(k)
         removed += sum(int(x) for x in pipe.execute())
     r.hdel(c.VERSIONS_KEY, version)
-    r.lrem(HISTORY_KEY, 0, version)
+    r.lrem(c.HISTORY_KEY, 0, version)
     return removed

@@ -58,11 +58,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["CURSOR_SECRET_BYTES"] = secret.encode() if secret else secrets.token_bytes(32)
     app.json = OrjsonProvider(app)
 
-    from feed.contract import connect
+    from feed.redisclient import from_url
     from service import admin, api, events, gifts, observability, openapi, viewer
     from service.store import Store
 
-    client = connect(
+    client = from_url(
         app.config["REDIS_URL"],
         socket_timeout=app.config["REDIS_SOCKET_TIMEOUT"],
         connect_timeout=app.config["REDIS_CONNECT_TIMEOUT"],

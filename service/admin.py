@@ -178,9 +178,9 @@ def experiment_report(name: str) -> Any:
 def user_history(user_id: str) -> Any:
     """What a user did: likes (newest first, with time), purchases and follows, as the
     service knows them (seeded at publish, then updated by events)."""
-    from feed import contract as c
+    from feed.redisclient import read_history
     from service.api import check_id, limit_arg
 
     check_id(user_id, "user_id")
     limit = limit_arg(20)
-    return jsonify({"user_id": user_id, **c.read_history(_redis(), user_id, limit)})
+    return jsonify({"user_id": user_id, **read_history(_redis(), user_id, limit)})

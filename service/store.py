@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 
 from feed import contract as c
 from feed.experiments import Experiment, running
+from feed.redisclient import is_cluster
 
 
 @dataclass
@@ -505,7 +506,7 @@ class Store:
         keys = [c.post_doc_key(p) for p in post_ids] + [c.product_doc_key(p) for p in product_ids]
         if not keys:
             return {}, {}
-        raw = self.r.mget_nonatomic(keys) if c.is_cluster(self.r) else self.r.mget(keys)
+        raw = self.r.mget_nonatomic(keys) if is_cluster(self.r) else self.r.mget(keys)
         posts = {p: c.decode_json(v) for p, v in zip(post_ids, raw, strict=False) if v}
         prods = {
             p: c.decode_json(v) for p, v in zip(product_ids, raw[len(post_ids) :], strict=True) if v
@@ -523,7 +524,7 @@ class Store:
         if not post_ids:
             return {}
         keys = [c.card_key(p) for p in post_ids]
-        cluster = c.is_cluster(self.r)
+        cluster = is_cluster(self.r)
         # cards spread over a cluster: one GET each, grouped by node; else one MGET
         commands: list[Command] = [("GET", k) for k in keys] if cluster else [("MGET", *keys)]
         if served is not None:

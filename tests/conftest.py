@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from helpers import free_port
 
 from feed import redisserver
-from feed.contract import connect
+from feed.redisclient import from_url
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def r(redis_url: str) -> Iterator[Any]:
-    client = connect(redis_url, socket_timeout=10.0)
+    client = from_url(redis_url, socket_timeout=10.0)
     client.flushdb()
     yield client
     client.close()

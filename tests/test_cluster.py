@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from feed import contract as c
 from feed import redisserver
 from feed.cli import main
+from feed.redisclient import from_url, is_cluster
 
 MASTERS = 3
 SLOTS = 16384
@@ -154,8 +155,8 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def rc(cluster_url: str) -> Iterator[Any]:
-    client = c.connect(cluster_url, socket_timeout=10.0)
-    assert c.is_cluster(client)
+    client = from_url(cluster_url, socket_timeout=10.0)
+    assert is_cluster(client)
     client.flushall(target_nodes=client.ALL_NODES)
     yield client
     client.close()

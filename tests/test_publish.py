@@ -155,8 +155,8 @@ def test_interrupted_publish_never_damages_the_live_version(
     script = (
         "import sys, feed.publish as p\n"
         "p.BATCH = 5\n"  # many small pipelines, so there is time to kill it half-way
-        "from feed.contract import connect\n"
-        f"p.publish(connect({redis_url!r}), {str(big)!r}, activate=True)\n"
+        "from feed.redisclient import from_url\n"
+        f"p.publish(from_url({redis_url!r}), {str(big)!r}, activate=True)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
     deadline = time.monotonic() + 30

@@ -82,8 +82,8 @@ def test_connection_killed_between_calls_is_retried(r: Any) -> None:
 def test_unreachable_server_raises_connection_error() -> None:
     from helpers import free_port
 
-    from feed.contract import connect
+    from feed.redisclient import from_url
 
-    dead = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2, connect_timeout=0.2)
+    dead = from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2, connect_timeout=0.2)
     with pytest.raises(redis.ConnectionError):
         round_trip(dead, [("GET", "k")])
