@@ -65,11 +65,12 @@ def _redis_round_trips(page: dict[str, Any]) -> Any:
 
     from feed.redisclient import from_url
     from service.config import DEFAULTS
-    from service.store import Served, Store
+    from service.state import Route, Served
+    from service.store import Store
 
     store = Store(from_url(os.environ["FEED_REDIS_URL"]), dict(DEFAULTS))
     post_ids = [it["post_id"] for it in page["items"]]
-    route = {"model_version": page["model_version"], "experiment": None, "arm": None}
+    route = Route(page["model_version"])
 
     def touch(user_id: str) -> None:
         now = time.time()

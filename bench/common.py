@@ -40,8 +40,8 @@ def shape_for(likes: int, posts: int | None = None) -> tuple[int, int]:
 
 def generate(out: Path, likes: int, posts: int | None = None, seed: int = 1) -> dict[str, int]:
     """A synthetic dataset of about ``likes`` likes in ``out`` (row counts per file)."""
-    from feed.synth import SynthConfig
-    from feed.synth import generate as gen
+    from feed.data.synth import SynthConfig
+    from feed.data.synth import generate as gen
 
     users, n_posts = shape_for(likes, posts)
     return gen(

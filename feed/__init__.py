@@ -7,7 +7,7 @@ them into Redis; the online half (``service``) serves ranked pages from Redis.
 functions and config objects:
 
 * ``feed.load``, ``feed.validate``: read a dataset directory (:mod:`feed.data`);
-* ``feed.generate``, ``feed.SynthConfig``: write a synthetic dataset (:mod:`feed.synth`);
+* ``feed.generate``, ``feed.SynthConfig``: write a synthetic dataset (:mod:`feed.data.synth`);
 * ``feed.as_of``: the dataset as it was at a past moment;
 * ``feed.train_version``, ``feed.TrainConfig``: train and write a model version
   (:func:`feed.train.train`);
@@ -20,9 +20,11 @@ functions and config objects:
 * ``feed.versions``: list, activate, rollback, delete (:mod:`feed.versions`);
 * ``feed.experiments``: create, update, stop, report A/B tests (:mod:`feed.experiments`);
   ``feed.report_frame`` tabulates a report, ``feed.promote`` ships the winner;
-* ``feed.inspect_user``: a user's history next to the page a version would serve, with
-  reasons; ``feed.pages``: the first pages of many users;
-* ``feed.simulate``: synthetic users driving traffic through the service (:mod:`feed.simulate`).
+
+What drives the service from outside (a user's page and history with reasons, the first pages
+of many users, ``feed demo``'s steps, simulated A/B traffic) imports both halves, so it lives
+in :mod:`tools` (``from tools import notebook as nb``), not here: ``feed`` never imports
+``service``.
 
 Nothing heavy is imported until used (the service imports :mod:`feed.contract` and must stay
 small). ``feed.train``, ``feed.evaluate`` and ``feed.publish`` are the modules.
@@ -48,12 +50,14 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "DatasetError": ("feed.data", "DatasetError"),
     "load": ("feed.data", "load"),
     "validate": ("feed.data", "validate"),
-    "SynthConfig": ("feed.synth", "SynthConfig"),
-    "generate": ("feed.synth", "generate"),
-    "TrainConfig": ("feed.train", "TrainConfig"),
+    "SynthConfig": ("feed.data.synth", "SynthConfig"),
+    "generate": ("feed.data.synth", "generate"),
+    "as_of": ("feed.evaluation.splits", "as_of"),
+    "TrainConfig": ("feed.models.default", "TrainConfig"),
     "EvalReport": ("feed.evaluate", "EvalReport"),
+    "evaluate_at_k": ("feed.evaluate", "evaluate_at_k"),
+    "metrics_frame": ("feed.evaluate", "metrics_frame"),
     "PublishResult": ("feed.publish", "PublishResult"),
-    "api": ("feed.api", None),
     "train": ("feed.train", None),
     "evaluate": ("feed.evaluate", None),
     "publish": ("feed.publish", None),
@@ -62,29 +66,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "publish_version": ("feed.publish", "publish"),
     "experiments": ("feed.experiments", None),
     "versions": ("feed.versions", None),
-    "simulate": ("feed.simulate", None),
+    "promote": ("feed.experiments", "promote"),
+    "report_frame": ("feed.experiments.frames", "report_frame"),
+    "winner": ("feed.experiments", "winner"),
     **{
-        name: ("feed.api", name)
-        for name in (
-            "ENV_URL",
-            "Quickstart",
-            "RedisNotConfigured",
-            "UserView",
-            "as_of",
-            "connect",
-            "evaluate_at_k",
-            "inspect_user",
-            "metrics_frame",
-            "pages",
-            "promote",
-            "quickstart",
-            "redis_url",
-            "report_frame",
-            "sample_users",
-            "service_client",
-            "url_of",
-            "winner",
-        )
+        name: ("feed.redisclient", name)
+        for name in ("ENV_URL", "RedisNotConfigured", "connect", "redis_url", "url_of")
     },
 }
 __all__ = sorted(_LAZY)

@@ -12,17 +12,17 @@ from typing import Any
 
 import click
 
-from feed import api
-from feed.api import ENV_URL
+from feed import redisclient
+from feed.redisclient import ENV_URL
 
 
 def _redis(ctx_url: str | None, *, start_private: bool = True) -> tuple[Any, str]:
     """A client for --redis-url / FEED_REDIS_URL, else the private server under ./.feed/."""
     try:
-        url = api.redis_url(ctx_url, start_private=start_private)
-    except api.RedisNotConfigured as e:
+        url = redisclient.redis_url(ctx_url, start_private=start_private)
+    except redisclient.RedisNotConfigured as e:
         raise click.UsageError(f"{e} (--redis-url)") from e
-    return api.connect(url), url
+    return redisclient.connect(url), url
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -69,8 +69,8 @@ def generate(
     Example:
       feed generate data/demo --users 2000 --posts 3000 --seed 7
     """
-    from feed.synth import SynthConfig
-    from feed.synth import generate as gen
+    from feed.data.synth import SynthConfig
+    from feed.data.synth import generate as gen
 
     counts = gen(
         out_dir,
@@ -304,7 +304,9 @@ def demo(
       feed demo --port 8000
     """
     steps = iter(range(1, 4))
-    qs = api.quickstart(
+    from tools.notebook import quickstart
+
+    qs = quickstart(
         work_dir,
         users=users,
         posts=posts,
@@ -508,6 +510,44 @@ def ab_report(name: str, as_json: bool, redis_url: str | None) -> None:
         _ab_echo_report(rep)
 
 
+@ab.command("promote")
+@click.argument("name")
+@click.option(
+    "--metric",
+    default="clicks_per_user",
+    show_default=True,
+    type=click.Choice(["clicks_per_user", "likes_per_user", "purchase_conversion"]),
+    help="The metric the winner must beat control on.",
+)
+@click.option(
+    "--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True)
+)
+@click.option("--arm", default=None, help="Promote this arm regardless of the numbers.")
+@redis_option
+def ab_promote(
+    name: str, metric: str, alpha: float, arm: str | None, redis_url: str | None
+) -> None:
+    """Make the winning arm of experiment NAME live, then stop NAME; prints the choice as JSON.
+
+    The winner is the best arm whose lift over control on --metric is positive with
+    p < --alpha, else control; refused on a sample-ratio mismatch unless --arm is given. If
+    the version cannot be activated, the experiment keeps running.
+
+    \b
+    Example:
+      feed ab promote blend-v2 --metric clicks_per_user --alpha 0.05
+    """
+    from feed.experiments import ExperimentError, promote
+    from feed.versions import VersionError
+
+    r, _ = _redis(redis_url)
+    try:
+        out = promote(r, name, metric=metric, alpha=alpha, arm=arm)
+    except (ExperimentError, VersionError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(out, indent=2))
+
+
 @ab.command("simulate")
 @click.option(
     "--dir",
@@ -555,7 +595,7 @@ def ab_simulate(
     """
     import tempfile
 
-    from feed.simulate import run
+    from tools.simulate import run
 
     with tempfile.TemporaryDirectory(prefix="feed-sim-") as tmp:
         out = run(
@@ -710,7 +750,7 @@ def import_movielens_cmd(src_dir: Path, out_dir: Path, min_rating: float) -> Non
     Example:
       feed import movielens ~/Downloads/ml-latest-small data/movielens-small
     """
-    from feed.importers import ImportError_, import_movielens
+    from feed.data.importers import ImportError_, import_movielens
 
     try:
         counts = import_movielens(src_dir, out_dir, min_rating=min_rating)

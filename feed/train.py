@@ -7,7 +7,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,117 +15,20 @@ from typing import Any
 import numpy as np
 
 from feed import __version__, artifacts
-from feed.contract import CONTRACT_VERSION
+from feed.contract import CONTRACT_VERSION, iso_time, post_document
 from feed.data import Dataset, load
-from feed.features.matrices import EngagementWeights, TrainingData, build
+from feed.features.matrices import EngagementWeights, TrainingData, build, decayed
 from feed.models.base import blocks, parallel_map, topk
-from feed.models.ranker import RERANK_DEPTH, LearnedBlend, decayed_data
+from feed.models.default import TrainConfig, make_blend
+from feed.models.ranker import LearnedBlend
 from feed.models.sources import (
-    EASE,
     Content,
-    Fresh,
     ItemItem,
-    MatrixFactorization,
     Popularity,
-    ProductCF,
-    Social,
     Trending,
 )
 
 logger = logging.getLogger(__name__)
-
-
-#: The candidate sources of the default model, in feature order.
-SOURCES = (
-    "als",
-    "bpr",
-    "product_als",
-    "product_knn",
-    "ease",
-    "itemknn",
-    "content",
-    "social",
-    "popularity",
-    "trending",
-    "fresh",
-)
-
-
-@dataclass
-class TrainConfig:
-    """Every training parameter, recorded in the manifest."""
-
-    n_candidates: int = 200  # per user, published
-    n_neighbours: int = 30  # per post
-    n_trending: int = 500
-    factors: int = 64
-    iterations: int = 15
-    regularization: float = 0.05
-    alpha: float = 10.0
-    item_k: int = 100
-    content_min_df: int = 2
-    ease_l2: float = 200.0
-    #: BPR's budget of sampled updates (``MatrixFactorization.max_samples``): BPR runs
-    #: ``5 * iterations`` epochs, each drawing one sample per stored entry of the (twin-free)
-    #: engagement matrix, or ``ceil(bpr_max_samples / nnz)`` epochs when that is fewer. 30M
-    #: leaves every dataset up to 400k non-zeros as before (0.1M generated likes: 226k,
-    #: 75 epochs; Ciao 219k; MovieLens 46k); at 1M likes (2.9M) BPR runs 11 epochs, not 75.
-    bpr_max_samples: int = 30_000_000
-    #: EASE is left out of the default model above this many distinct engaged posts: its dense
-    #: solve takes O(posts^3) time and three posts x posts float64 matrices of memory (2.4 GB
-    #: at 10,000, 9.6 GB at 20,000; the validation and final fits run side by side).
-    ease_max_posts: int = 10_000
-    #: Content neighbours are computed among at most this many most-engaged posts.
-    max_content_neighbour_posts: int = 20_000
-    #: Candidate sources of the default model: a source with weight 0 is left out (a name not
-    #: listed counts as 1). With a single source left, its own ranking is published.
-    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
-    n_per_source: int = 100  # each source's list depth read into the ranker's candidates
-    #: Candidates per user a tree ranker re-scores, the best by the linear ranker
-    #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
-    rerank_depth: int = RERANK_DEPTH
-    val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
-    val_windows: int = 6  # validation slices at most, each older than the previous ...
-    min_val_users: int = 300  # ... until this many validation users are collected
-    random_state: int = 0
-
-
-def make_blend(config: TrainConfig) -> LearnedBlend:
-    """The default model: what ``feed train`` publishes and ``feed evaluate`` calls "default".
-
-    Every source of :data:`SOURCES` with a positive weight, merged and re-ranked by a ranker
-    learned on validation slices carved from the end of the training data
-    (:class:`~feed.models.ranker.LearnedBlend`).
-    """
-    mf: dict[str, Any] = {
-        "factors": config.factors,
-        "iterations": config.iterations,
-        "regularization": config.regularization,
-        "random_state": config.random_state,
-    }
-    every = {
-        "als": MatrixFactorization("als", alpha=config.alpha, **mf),
-        "bpr": MatrixFactorization("bpr", max_samples=config.bpr_max_samples, **mf),
-        "product_als": ProductCF("als", alpha=config.alpha, **mf),
-        "product_knn": ProductCF("itemknn", K=config.item_k),
-        "ease": EASE(l2=config.ease_l2, max_items=config.ease_max_posts),
-        "itemknn": ItemItem(K=config.item_k),
-        "content": Content(min_df=config.content_min_df),
-        "social": Social(),
-        "popularity": Popularity(),
-        "trending": Trending(),
-        "fresh": Fresh(min_df=config.content_min_df),
-    }
-    sources = {n: m for n, m in every.items() if config.weights.get(n, 1.0) > 0}
-    return LearnedBlend(
-        sources,
-        n_per_source=config.n_per_source,
-        rerank_depth=config.rerank_depth,
-        val_frac=config.val_frac,
-        max_windows=config.val_windows,
-        min_val_users=config.min_val_users,
-        random_state=config.random_state,
-    )
 
 
 def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
@@ -144,7 +47,7 @@ def _user_candidates(
     step = 4096  # users per progress step; the blend splits them into parallel batches
     chunks = range(0, len(users), step)
     for lo in _progress(chunks, progress, desc="candidates", unit="x4096 users"):
-        parts.append(blend.recommend(users[lo : lo + step], n, exclude))
+        parts.append(blend.recommend_with_reasons(users[lo : lo + step], n, exclude))
     if not parts:
         z = np.zeros((0, n))
         return z.astype(np.int64), z.astype(np.float32), z.astype(np.uint8)
@@ -235,14 +138,8 @@ def _rank_scores(block: np.ndarray, n: int, k: float = 20.0) -> np.ndarray:
     return out
 
 
-def _iso(ts: float) -> str | None:
-    if ts != ts:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def post_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
-    """The JSON documents the service returns for posts."""
+    """The JSON documents the service returns for posts (:func:`feed.contract.post_document`)."""
     p = ds.posts
     for row in zip(
         p["post_id"],
@@ -254,15 +151,7 @@ def post_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
         p["product_ids"],
         strict=True,
     ):
-        yield {
-            "post_id": row[0],
-            "author_id": row[1],
-            "created_at": _iso(row[2]),
-            "text": row[3],
-            "title": row[4],
-            "tags": list(row[5]),
-            "product_ids": list(row[6]),
-        }
+        yield post_document(*row)
 
 
 def product_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
@@ -358,7 +247,7 @@ def train(
     timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    blend = make_blend(cfg).fit(data, ds)
+    blend = make_blend(cfg).fit(data)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     content, item, trending = _side_models(blend, data, ds, cfg)
@@ -434,7 +323,7 @@ def _side_models(
     fitted = blend.sources_
     content = fitted.get("content") or Content(min_df=cfg.content_min_df).fit(data)
     item = fitted.get("itemknn") or ItemItem(K=cfg.item_k).fit(data)
-    trending = fitted.get("trending") or Trending().fit(decayed_data(data, ds))
+    trending = fitted.get("trending") or Trending().fit(decayed(data))
     return content, item, trending  # type: ignore[return-value]
 
 
@@ -469,7 +358,7 @@ def _manifest(
             "path": str(ds.path) if ds.path else None,
             "fingerprint": data_fp,
             "rows": dict(ds.counts),
-            "now": _iso(data.now),
+            "now": iso_time(data.now),
         },
         "params": asdict(cfg),
         "libraries": {

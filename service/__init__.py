@@ -1,4 +1,4 @@
-"""The Flask service: ranked feed pages out of Redis.
+"""The Flask service: ranked feed pages out of Redis. The routes are in :mod:`service.routes`.
 
 >>> app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0"})
 >>> {"admin", "api", "events", "gifts", "viewer"} <= set(app.blueprints)
@@ -59,7 +59,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json = OrjsonProvider(app)
 
     from feed.redisclient import from_url
-    from service import admin, api, events, gifts, observability, openapi, viewer
+    from service import observability
+    from service.routes import BLUEPRINTS
     from service.store import Store
 
     client = from_url(
@@ -71,10 +72,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["feed_store"] = Store(client, app.config)
     register_errors(app)
     observability.init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(events.bp)
-    app.register_blueprint(gifts.bp)
-    app.register_blueprint(openapi.bp)
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(viewer.bp)
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
     return app

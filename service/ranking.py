@@ -11,7 +11,7 @@ A request's candidates come from five sources, each offering posts with a score 
   (``followed_author``); entries whose cause was undone (unlike, unfollow) are skipped;
 * :func:`fresh`: the newest posts created through ``POST /v1/posts`` (``followed_author`` when
   the user follows the author, else ``fresh``), as arrays over
-  :class:`~service.store.FreshPosts`;
+  :class:`~service.state.FreshPosts`;
 * :func:`interest_matches`: posts matching the ``interests=`` hint (``interest:<term>``);
 * :func:`trending`: the version's trending list, the fallback for everyone.
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from feed.contract import REASON_CODE, REASONS
-from service.store import FreshPosts, UserState, VersionTable
+from service.state import FreshPosts, UserState, VersionTable
 
 Offer = tuple[str, float, str]  # (post id, score, reason)
 

@@ -1,5 +1,7 @@
-"""The read side of Redis for the service: per-version tables cached in process, global caches,
-one pipelined read of a user's state, and one MGET of documents.
+"""Every Redis command the service issues: per-version tables cached in process, global caches,
+one pipelined read of a user's state, one MGET of documents, the writes of events and new posts,
+and the few reads of the other routes (neighbour lists, readiness, a user's history). The data
+it returns is :mod:`service.state`'s.
 
 A page's two round trips go through :func:`round_trip`, which sends the commands as one packed
 write and reads their raw replies straight off a pooled connection: redis-py's ``Pipeline``
@@ -10,8 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,214 +22,8 @@ from redis.exceptions import ResponseError
 
 from feed import contract as c
 from feed.experiments import Experiment, running
-from feed.redisclient import is_cluster
-
-
-@dataclass
-class VersionTable:
-    """A model version's post table and trending list, loaded once per process."""
-
-    version: str
-    post_ids: list[str]
-    authors: list[str]
-    created: list[float | None]
-    categories: list[str]
-    product_ids: list[list[str]]
-    trending: np.ndarray  # post indices
-    trending_scores: np.ndarray
-    product_category: dict[str, str] = field(default_factory=dict)  # product id -> category
-    index: dict[str, int] = field(default_factory=dict)
-    _by_author: dict[str, list[int]] | None = field(default=None, repr=False)
-    _by_category: dict[str, list[int]] | None = field(default=None, repr=False)
-    _sold_out: tuple[frozenset[str], np.ndarray] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.index = {p: i for i, p in enumerate(self.post_ids)}
-
-    def categories_of(self, i: int) -> tuple[str, ...]:
-        """Categories of every product post ``i`` links (its first product's when unknown)."""
-        cats = self._categories[i]
-        if cats is None:
-            found = {
-                self.product_category[p]
-                for p in self.product_ids[i]
-                if self.product_category.get(p)
-            }
-            cats = tuple(sorted(found)) or ((self.categories[i],) if self.categories[i] else ())
-            self._categories[i] = cats
-        return cats
-
-    @cached_property
-    def _categories(self) -> list[tuple[str, ...] | None]:
-        return [None] * len(self.post_ids)
-
-    # -- arrays over post indices, for vectorized ranking (built on first use) ------------
-    @cached_property
-    def created_s(self) -> np.ndarray:
-        """Creation times as float64 seconds (-inf when unknown: infinitely old)."""
-        return np.array([-np.inf if t is None else t for t in self.created], dtype=np.float64)
-
-    @cached_property
-    def author_index(self) -> dict[str, int]:
-        """Author id -> author code (position of its first post)."""
-        out: dict[str, int] = {}
-        for i, a in enumerate(self.authors):
-            out.setdefault(a, i)
-        return out
-
-    @cached_property
-    def author_codes(self) -> np.ndarray:
-        """Each post's author code (see :attr:`author_index`)."""
-        index = self.author_index
-        return np.array([index[a] for a in self.authors], dtype=np.int64)
-
-    def sold_out(self, oos: frozenset[str]) -> np.ndarray:
-        """Boolean mask of posts whose every linked product is in ``oos``; recomputed only
-        when the out-of-stock set changes."""
-        cached = self._sold_out
-        if cached is not None and (cached[0] is oos or cached[0] == oos):
-            return cached[1]
-        mask = np.zeros(len(self.post_ids), dtype=bool)
-        for p in oos:
-            for i in self._posts_of_product.get(p, ()):
-                mask[i] = all(q in oos for q in self.product_ids[i])
-        self._sold_out = (oos, mask)
-        return mask
-
-    @cached_property
-    def _posts_of_product(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, products in enumerate(self.product_ids):
-            for p in products:
-                out.setdefault(p, []).append(i)
-        return out
-
-    def posts_by(self, author: str, n: int) -> list[int]:
-        """The author's ``n`` newest posts in this version (post indices, newest first)."""
-        if self._by_author is None:
-            by: dict[str, list[int]] = {}
-            for i, a in enumerate(self.authors):
-                by.setdefault(a, []).append(i)
-            for posts in by.values():
-                posts.sort(key=lambda j: -(self.created[j] or 0.0))
-            self._by_author = by
-        return self._by_author.get(author, [])[:n]
-
-    def posts_in_category(self, category: str) -> list[int]:
-        """Posts linking a product of ``category`` (lowercase), trending first, then newest."""
-        if self._by_category is None:
-            rank = {int(i): r for r, i in enumerate(self.trending.tolist())}
-            by: dict[str, list[int]] = {}
-            for i in range(len(self.post_ids)):
-                for cat in self.categories_of(i):
-                    by.setdefault(cat.lower(), []).append(i)
-            for posts in by.values():
-                posts.sort(key=lambda j: (rank.get(j, len(rank)), -(self.created[j] or 0.0)))
-            self._by_category = by
-        return self._by_category.get(category, [])
-
-
-@dataclass
-class FreshPosts:
-    """The newest posts created through the API, as arrays for vectorized ranking: built once
-    per global-state refresh from their metadata (posts without metadata are left out)."""
-
-    post_ids: list[str]
-    authors: list[str]
-    created: list[float | None]
-    product_ids: list[list[str]]
-    categories: list[str]  # each post's category, as in VersionTable
-    linked_categories: list[tuple[str, ...]]  # every category it links (categories_of)
-    sold_out: np.ndarray  # every linked product out of stock
-    index: dict[str, int] = field(default_factory=dict)
-    _in_table: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def build(cls, meta: dict[str, Any], oos: frozenset[str] = frozenset()) -> FreshPosts:
-        """From post id -> metadata (``POST /v1/posts``'s), in order (newest first); posts
-        without a metadata object are left out."""
-        posts = [(p, m) for p, m in meta.items() if isinstance(m, dict)]
-        cats = [m.get("category", "") or "" for _, m in posts]
-        products = [list(m.get("product_ids", [])) for _, m in posts]
-        return cls(
-            [p for p, _ in posts],
-            [m.get("author_id", "") for _, m in posts],
-            [m.get("created_at") for _, m in posts],
-            products,
-            cats,
-            [
-                tuple(m.get("categories") or ([cat] if cat else []))
-                for (_, m), cat in zip(posts, cats, strict=True)
-            ],
-            np.array([bool(ps) and all(x in oos for x in ps) for ps in products], dtype=bool),
-        )
-
-    def __post_init__(self) -> None:
-        self.index = {p: j for j, p in enumerate(self.post_ids)}
-
-    def __len__(self) -> int:
-        return len(self.post_ids)
-
-    def categories_of(self, j: int) -> tuple[str, ...]:
-        return self.linked_categories[j]
-
-    def posts_by(self, author: str, n: int) -> list[str]:
-        """The author's ``n`` newest posts here, newest first."""
-        return [p for p, a in zip(self.post_ids, self.authors, strict=True) if a == author][:n]
-
-    @cached_property
-    def created_s(self) -> np.ndarray:
-        """Creation times as float64 seconds (-inf when unknown)."""
-        return np.array([-np.inf if t is None else t for t in self.created], dtype=np.float64)
-
-    @cached_property
-    def author_index(self) -> dict[str, int]:
-        """Author id -> author code."""
-        return {a: i for i, a in enumerate(dict.fromkeys(self.authors))}
-
-    @cached_property
-    def author_codes(self) -> np.ndarray:
-        return np.array([self.author_index[a] for a in self.authors], dtype=np.int64)
-
-    def in_table(self, table: VersionTable) -> np.ndarray:
-        """Each post's index in ``table``, -1 where the version does not know it (the usual
-        case: posts created since training); cached per version."""
-        out = self._in_table.get(table.version)
-        if out is None:
-            out = np.array([table.index.get(p, -1) for p in self.post_ids], dtype=np.int64)
-            self._in_table[table.version] = out
-        return out
-
-
-@dataclass
-class Served:
-    """A page to mark as served, with its routing (see :meth:`Store.cards`)."""
-
-    user_id: str
-    now: float
-    route: dict[str, Any]
-    request_id: str
-    replay: tuple[str, list[tuple[str, float, str]]] | None = None  # (page key, page)
-
-
-@dataclass
-class UserState:
-    """What one pipelined read returns about a user."""
-
-    candidates: tuple[np.ndarray, np.ndarray, np.ndarray]
-    seen: set[str]
-    liked: set[str]
-    realtime: list[tuple[str, float, str]]  # (post, strength in [0, 1], reason), newest first
-    hidden: set[str]
-    muted: set[str]
-    follows: set[str]
-    unfollows: set[str]
-    bought: set[str]
-    replay: list[tuple[str, float, str]] | None = None  # the page a retried cursor led to
-
-
-def _s(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
+from feed.redisclient import is_cluster, read_history
+from service.state import FreshPosts, Served, UserState, VersionTable
 
 
 def _contract(meta: bytes) -> Any:
@@ -299,6 +94,54 @@ def round_trip(r: Any, commands: list[Command]) -> list[Any]:
     return replies
 
 
+def _add_realtime(
+    pipe: Any, user: str, members: Mapping[str, float], ts: float, rt_max: int
+) -> None:
+    if members:
+        rt = c.user_key(user, c.USER_RT)
+        pipe.zadd(rt, {m: c.rt_score(ts, s) for m, s in members.items()})
+        pipe.zremrangebyrank(rt, 0, -rt_max - 1)
+
+
+def _apply(
+    pipe: Any, ev: Mapping[str, Any], members: Mapping[str, float], cfg: Mapping[str, Any]
+) -> None:
+    """Queue the real-time state changes of one event on ``pipe``.
+
+    ``like`` adds ``members`` (the post's neighbours) to the real-time candidates and
+    ``unlike`` removes exactly those; ``follow`` adds ``members`` (the author's newest posts)
+    and ``unfollow`` removes them; ``hide_post`` and ``see_fewer_author`` feed the read
+    path's filters.
+    """
+    u, kind, ts = ev["user_id"], ev["type"], ev["ts"]
+    k = c.user_key
+    if kind in ("impression", "click"):
+        pipe.zadd(k(u, c.USER_SEEN), {ev["post_id"]: ts})
+    elif kind == "like":
+        pipe.zadd(k(u, c.USER_LIKES), {ev["post_id"]: ts})
+        pipe.zremrangebyrank(k(u, c.USER_LIKES), 0, -cfg["LIKES_MAX"] - 1)
+        _add_realtime(pipe, u, members, ts, cfg["RT_MAX"])
+    elif kind == "unlike":
+        pipe.zrem(k(u, c.USER_LIKES), ev["post_id"])
+        if members:
+            pipe.zrem(k(u, c.USER_RT), *members)
+    elif kind == "purchase":
+        pipe.sadd(k(u, c.USER_PURCHASES), ev["product_id"])
+    elif kind == "follow":
+        pipe.sadd(k(u, c.USER_FOLLOWS), ev["author_id"])
+        pipe.srem(k(u, c.USER_UNFOLLOWS), ev["author_id"])
+        _add_realtime(pipe, u, members, ts, cfg["RT_MAX"])
+    elif kind == "unfollow":
+        pipe.srem(k(u, c.USER_FOLLOWS), ev["author_id"])
+        pipe.sadd(k(u, c.USER_UNFOLLOWS), ev["author_id"])
+        if members:
+            pipe.zrem(k(u, c.USER_RT), *members)
+    elif kind == "hide_post":
+        pipe.sadd(k(u, c.USER_HIDDEN), ev["post_id"])
+    elif kind == "see_fewer_author":
+        pipe.sadd(k(u, c.USER_MUTED), ev["author_id"])
+
+
 class Store:
     """Thread-safe caches over one Redis client (one per process)."""
 
@@ -339,9 +182,9 @@ class Store:
         pipe.get(c.LIVE_KEY)
         pipe.hgetall(c.VERSIONS_KEY)
         raw, metas = pipe.execute()
-        live = _s(raw) if raw is not None else None
+        live = c.text(raw) if raw is not None else None
         known = frozenset(
-            _s(v) for v, meta in metas.items() if _contract(meta) == c.CONTRACT_VERSION
+            c.text(v) for v, meta in metas.items() if _contract(meta) == c.CONTRACT_VERSION
         )
         self._live = (time.monotonic(), live, known)
         return live, known
@@ -432,11 +275,11 @@ class Store:
                 ("SMEMBERS", c.OUT_OF_STOCK_KEY),
             ],
         )
-        fresh = [(_s(p), float(ts)) for p, ts in _with_scores(fresh)]
+        fresh = [(c.text(p), float(ts)) for p, ts in _with_scores(fresh)]
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
         # newest first, as the zset read them
         fresh_meta = {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m}
-        out_of_stock = frozenset(_s(x) for x in oos)
+        out_of_stock = frozenset(c.text(x) for x in oos)
         g = {"fresh": FreshPosts.build(fresh_meta, out_of_stock), "oos": out_of_stock}
         self._global = (time.monotonic(), g)
         return g
@@ -485,14 +328,14 @@ class Store:
         seed_follows, seed_bought = c.decode_seed(seed)
         return UserState(
             candidates=c.decode_candidates(cand),
-            seen={_s(x) for x in seen},
-            liked={_s(x) for x in liked},
+            seen={c.text(x) for x in seen},
+            liked={c.text(x) for x in liked},
             realtime=[_realtime(m, sc) for m, sc in _with_scores(rt)],
-            hidden={_s(x) for x in hidden},
-            muted={_s(x) for x in muted},
-            follows=seed_follows | {_s(x) for x in follows},
-            unfollows={_s(x) for x in unfollows},
-            bought=seed_bought | {_s(x) for x in bought},
+            hidden={c.text(x) for x in hidden},
+            muted={c.text(x) for x in muted},
+            follows=seed_follows | {c.text(x) for x in follows},
+            unfollows={c.text(x) for x in unfollows},
+            bought=seed_bought | {c.text(x) for x in bought},
             replay=[(str(p), float(sc), str(why)) for p, sc, why in replay] if replay else None,
         )
 
@@ -548,11 +391,11 @@ class Store:
             ("ZREMRANGEBYRANK", seen, 0, -cfg["SEEN_MAX"] - 1),
         ]
         route = served.route
-        if route.get("experiment"):
+        if route.experiment:
             fields = {
-                "experiment": route["experiment"],
-                "arm": route["arm"] or "",
-                "version": route["model_version"],
+                "experiment": route.experiment,
+                "arm": route.arm or "",
+                "version": route.model_version,
                 "request_id": served.request_id,
                 "user_id": served.user_id,
                 "n": str(len(post_ids)),
@@ -570,3 +413,87 @@ class Store:
                 )
             )
         return out
+
+    # -- writes ----------------------------------------------------------------------------
+    def record_events(
+        self, events: Sequence[tuple[Mapping[str, Any], Mapping[str, float]]]
+    ) -> None:
+        """Append each event to the durable event log and apply it to its user's real-time
+        keys (see :func:`_apply`; ``members``: the real-time candidates it adds or removes),
+        all in one pipeline."""
+        pipe = self.r.pipeline(transaction=False)
+        for ev, members in events:
+            fields = {k: str(v) for k, v in ev.items()}
+            pipe.xadd(
+                c.EVENTS_KEY, fields, maxlen=self.config["EVENT_LOG_MAXLEN"], approximate=True
+            )
+            _apply(pipe, ev, members, self.config)
+        pipe.execute()
+
+    def add_post(
+        self, doc: Mapping[str, Any], products: Mapping[str, Mapping[str, Any]], created: float
+    ) -> bool:
+        """Store a post created through the API: its document (False, and nothing written,
+        when the post exists already), its card (``products``: its products' documents), its
+        entry in the fresh posts with its metadata, and a ``post`` event; then forget the
+        cached global state, so this process sees the post at once (others within
+        ``GLOBAL_CACHE_S``)."""
+        pid, author, product_ids = doc["post_id"], doc["author_id"], doc["product_ids"]
+        cats = [(products.get(p) or {}).get("category") or "" for p in product_ids]
+        if not self.r.set(c.post_doc_key(pid), c.encode_json(doc), nx=True):
+            return False
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(c.card_key(pid), c.encode_json(c.card(doc, products)))
+        pipe.hset(
+            c.FRESH_META_KEY,
+            pid,
+            c.encode_json(
+                {
+                    "author_id": author,
+                    "product_ids": product_ids,
+                    "category": cats[0] if cats else "",
+                    "categories": sorted({x for x in cats if x}),
+                    "created_at": created,
+                }
+            ),
+        )
+        pipe.zadd(c.FRESH_KEY, {pid: created})
+        pipe.xadd(
+            c.EVENTS_KEY,
+            {"type": "post", "post_id": pid, "user_id": author, "ts": str(created)},
+            maxlen=self.config["EVENT_LOG_MAXLEN"],
+            approximate=True,
+        )
+        pipe.execute()
+        self.forget_global()
+        return True
+
+    # -- the other routes' reads -----------------------------------------------------------
+    def ping_live(self) -> str | None:
+        """PING, then the live version id as Redis has it now (not cached): readiness."""
+        self.r.ping()
+        raw = self.r.get(c.LIVE_KEY)
+        return None if raw is None else c.text(raw)
+
+    def neighbours(self, version: str, post_id: str) -> bytes | None:
+        """A post's neighbour list in ``version`` (a candidate blob), or None."""
+        return self.r.get(c.neighbours_key(version, post_id))  # type: ignore[no-any-return]
+
+    def neighbour_lists(self, version: str, post_ids: list[str]) -> dict[str, bytes | None]:
+        """Post id -> its neighbour list in ``version``, in one pipelined read."""
+        pipe = self.r.pipeline(transaction=False)
+        for post in post_ids:
+            pipe.get(c.neighbours_key(version, post))
+        return dict(zip(post_ids, pipe.execute(), strict=True))
+
+    def have_candidates(self, version: str, user_ids: list[str]) -> list[bool]:
+        """Whether each user has precomputed candidates in ``version``: one pipelined EXISTS
+        per user."""
+        pipe = self.r.pipeline(transaction=False)
+        for user in user_ids:
+            pipe.exists(c.user_key(user, "cand", version))
+        return [bool(found) for found in pipe.execute()]
+
+    def history(self, user_id: str, n: int) -> dict[str, Any]:
+        """A user's recent likes, purchases and follows (:func:`feed.redisclient.read_history`)."""
+        return read_history(self.r, user_id, n)

@@ -38,7 +38,7 @@ def r(redis_url: str) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from feed.synth import SynthConfig, generate
+    from feed.data.synth import SynthConfig, generate
 
     d = tmp_path_factory.mktemp("data") / "small"
     generate(d, SynthConfig(n_users=400, n_posts=600, n_topics=6, seed=3))

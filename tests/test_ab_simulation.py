@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from feed.publish import publish
-from feed.simulate import Truth, ab_test
+from tools.simulate import Truth, ab_test
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,7 @@ def weak_artifact(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return weak_artifact_path(dataset_dir, tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_simulation_finds_the_better_arm_and_the_skew(
     r: Any, client: Any, published: str, weak_artifact: Path, dataset_dir: Path
 ) -> None:

@@ -163,6 +163,32 @@ def test_experiments_over_http(admin: Any, client: Any, published: str, weak: st
     call(admin, "POST", "/experiments", 400, json={"name": "x", "arms": [1, 2]})
 
 
+def test_promote_over_http(r: Any, admin: Any, published: str, weak: str) -> None:
+    """The admin route calls the one promote: the named arm goes live, then the experiment
+    stops; bad bodies and unknown names are refused without changing anything."""
+    from feed import experiments as ex
+    from feed import versions as reg
+
+    arms = [
+        {"name": "control", "version": published, "weight": 50},
+        {"name": "treatment", "version": weak, "weight": 50},
+    ]
+    call(admin, "POST", "/experiments", 201, json={"name": "promo", "arms": arms})
+    call(admin, "POST", "/experiments/promo/promote", 400, json={"alpha": 2})
+    call(admin, "POST", "/experiments/promo/promote", 400, json={"metric": "revenue"})
+    call(admin, "POST", "/experiments/promo/promote", 400, json={"arm": "nobody"})
+    call(admin, "POST", "/experiments/nope/promote", 404, json={})
+    assert ex.get(r, "promo")["status"] == "running" and reg.live_version(r) == published
+    out = call(admin, "POST", "/experiments/promo/promote", json={"arm": "treatment"})
+    assert (out["live"], out["previous"], out["arm"]) == (weak, published, "treatment")
+    assert reg.live_version(r) == weak and ex.get(r, "promo")["status"] == "stopped"
+    reg.activate(r, published)
+    call(admin, "POST", "/experiments", 201, json={"name": "promo2", "arms": arms})
+    out = call(admin, "POST", "/experiments/promo2/promote")  # no body: the defaults
+    assert out["arm"] == "control" and out["live"] == published  # no traffic: control stays
+    assert ex.get(r, "promo2")["status"] == "stopped"
+
+
 def test_ab_cli(runner: CliRunner, r: Any, client: Any, published: str, weak: str) -> None:
     def run(*args: str, code: int = 0) -> str:
         res = runner.invoke(main, ["ab", *args])
@@ -199,6 +225,7 @@ def test_ab_cli(runner: CliRunner, r: Any, client: Any, published: str, weak: st
     assert "unknown experiment 'zzz'" in run("show", "zzz", code=1)
 
 
+@pytest.mark.slow
 def test_ab_simulate_cli(runner: CliRunner, tmp_path: Path) -> None:
     """`feed ab simulate` runs the whole loop in a scratch directory with a throwaway Redis."""
     res = runner.invoke(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from feed.cli import main
@@ -96,6 +97,7 @@ def test_malformed_dataset_fails_validate_and_train(
     assert res.exit_code == 1 and "posts.csv:1: column 'author_id'" in res.output, res.output
 
 
+@pytest.mark.slow
 def test_demo_publishes_into_the_private_server(tmp_path: Path) -> None:
     """`feed demo` with no FEED_REDIS_URL starts its own Redis under ./.feed/ and serves."""
     env = {k: v for k, v in os.environ.items() if k != "FEED_REDIS_URL"}

@@ -194,6 +194,7 @@ def _cli(runner: CliRunner, *args: str) -> Any:
     return res
 
 
+@pytest.mark.slow
 def test_cluster_spreads_keys_over_three_masters(
     rc: Any, artifact: Path, cluster_runner: CliRunner
 ) -> None:
@@ -209,6 +210,7 @@ def test_cluster_spreads_keys_over_three_masters(
     assert len(slots) == 1
 
 
+@pytest.mark.slow
 def test_publish_serve_events_versions_on_cluster(
     rc: Any,
     artifact: Path,

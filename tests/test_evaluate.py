@@ -15,20 +15,16 @@ from click.testing import CliRunner
 
 from feed.cli import main
 from feed.data import Dataset, load
-from feed.evaluate import (
-    EvalReport,
+from feed.data.synth import SynthConfig, generate
+from feed.evaluate import EvalReport, evaluate
+from feed.evaluation.metrics import (
     author_diversity,
     coverage,
-    evaluate,
-    held_out,
     ndcg_at_k,
     purchase_recall_at_k,
-    random_split,
     recall_at_k,
-    split,
-    training_data,
 )
-from feed.synth import SynthConfig, generate
+from feed.evaluation.splits import held_out, random_split, split, training_data
 
 
 @pytest.fixture(scope="module")

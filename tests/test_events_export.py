@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from feed.cli import main
@@ -19,6 +20,7 @@ def _send(client: Any, *events: dict[str, Any]) -> None:
     assert resp.status_code == 202, resp.get_json()
 
 
+@pytest.mark.slow
 def test_export_merges_events_and_retrains(
     client: Any, runner: CliRunner, dataset_dir: Path, tmp_path: Path
 ) -> None:

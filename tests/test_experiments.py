@@ -3,6 +3,7 @@ and switching versions and experiments under load without a failed request."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -18,8 +19,8 @@ from feed import versions as reg
 
 def weak_artifact_path(dataset_dir: Path, factory: pytest.TempPathFactory) -> Path:
     """The popularity-only version, trained once per session (shared by the A/B test modules)."""
-    from feed.simulate import weak_config
     from feed.train import TrainConfig, train
+    from tools.simulate import weak_config
 
     out = factory.getbasetemp() / "weak-artifact"
     done = sorted(out.glob("*/manifest.json"))
@@ -287,6 +288,8 @@ def test_report_matches_hand_counts(r: Any, client: Any, published: str, weak: s
     welch = stats.ttest_ind([3, 1], [2, 0, 1], equal_var=False)
     assert vs["clicks_per_user"]["diff"] == pytest.approx(1.0)
     assert vs["clicks_per_user"]["lift"] == pytest.approx(1.0)
+    half = ex.Z95 * math.sqrt(2 / (2 * 1**2) + 2**2 * 1 / (3 * 1**4))  # delta method
+    assert vs["clicks_per_user"]["lift_ci"] == pytest.approx([1 - half, 1 + half])
     assert vs["clicks_per_user"]["p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
     pooled = 2 / 5
     z = (1 / 2 - 1 / 3) / math.sqrt(pooled * (1 - pooled) * (1 / 3 + 1 / 2))
@@ -318,24 +321,118 @@ def test_request_id_beats_the_timeline(r: Any, client: Any, published: str, weak
 
 
 def test_statistics_match_scipy() -> None:
-    from scipy import special, stats
+    from scipy import stats
 
-    for a, b, x in [(0.5, 0.5, 0.3), (2.0, 3.0, 0.9), (50.0, 0.5, 0.99), (1e3, 0.5, 0.999)]:
-        assert ex.betainc(a, b, x) == pytest.approx(special.betainc(a, b, x), rel=1e-9)
-    for x, df in [(0.2, 1), (3.84, 1), (30.0, 1), (12.0, 4), (200.0, 9), (0.01, 3)]:
-        assert ex.chi2_sf(x, df) == pytest.approx(stats.chi2.sf(x, df), rel=1e-8)
-    for t, df in [(0.5, 3.0), (2.1, 12.5), (6.0, 300.0), (-1.3, 7.0)]:
-        assert ex.t_sf2(t, df) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-8)
     rng = random.Random(0)
     x = [rng.expovariate(1.0) for _ in range(80)]
     y = [rng.expovariate(0.8) for _ in range(60)]
-    assert ex.welch(x, y)["p_value"] == pytest.approx(
-        stats.ttest_ind(y, x, equal_var=False).pvalue, rel=1e-8
-    )
+    res = ex.welch(x, y)
+    assert res["p_value"] == pytest.approx(stats.ttest_ind(y, x, equal_var=False).pvalue, rel=1e-9)
+    assert res["diff"] == pytest.approx(sum(y) / len(y) - sum(x) / len(x))
     ci = stats.binomtest(7, 40).proportion_ci(confidence_level=0.95, method="wilson")
     assert ex.wilson(7, 40) == pytest.approx([ci.low, ci.high], rel=1e-9)
+    z = (30 / 200 - 20 / 200) / math.sqrt(0.125 * 0.875 * (2 / 200))
+    assert ex.two_proportions(20, 200, 30, 200)["p_value"] == pytest.approx(2 * stats.norm.sf(z))
+    check = ex.srm({"a": 530, "b": 470}, {"a": 50, "b": 50})
+    assert check["p_value"] == pytest.approx(stats.chisquare([530, 470]).pvalue, rel=1e-9)
     assert ex.srm({"a": 600, "b": 400}, {"a": 50, "b": 50})["mismatch"] is True
     assert ex.srm({"a": 905, "b": 95}, {"a": 90, "b": 10})["mismatch"] is False
+    assert ex.srm({"a": 5, "b": 5, "c": 1}, {"a": 50, "b": 50, "c": 0})["p_value"] == 0.0
+
+
+def test_lift_interval_covers_the_true_lift() -> None:
+    """The delta-method interval of ``m_t / m_c - 1`` covers the true lift about 95% of the
+    time; ignoring the control's variance gives a narrower interval that covers it less."""
+    rng = random.Random(7)
+    true_lift, n, reps = 0.2, 300, 200
+    covered = naive_covered = 0
+    for _ in range(reps):
+        x = [rng.expovariate(1.0) for _ in range(n)]  # control: mean 1, variance 1
+        y = [rng.expovariate(1 / 1.2) for _ in range(n)]  # treatment: mean 1.2, variance 1.44
+        (mx, vx), (my, vy) = ex.mean_var(x), ex.mean_var(y)
+        lo, hi = ex.lift_ci(mx, vx, n, my, vy, n)  # type: ignore[misc]
+        half = ex.Z95 * math.sqrt(vy / (n * mx**2))  # the treatment's variance only
+        assert hi - lo > 2 * half
+        assert lo < my / mx - 1 < hi
+        covered += lo <= true_lift <= hi
+        naive_covered += abs(my / mx - 1 - true_lift) <= half
+    assert 0.90 <= covered / reps <= 0.99, covered
+    assert naive_covered < covered
+    assert ex.lift_ci(0.0, 0.0, n, 1.0, 1.0, n) is None  # no lift over a zero control
+    assert ex.lift_ci(1.0, 1.0, 0, 1.0, 1.0, n) is None
+
+
+# --- promotion -------------------------------------------------------------------------------
+def _clear_winner(r: Any, client: Any, published: str, weak: str) -> dict[str, Any]:
+    """An experiment (control: the live version, treatment: weak) whose treatment users click
+    2 or 3 items of their page (2.5 per user) and control users 0 or 1 (0.5 per user)."""
+    cfg = ex.create(r, "promo", arms(published, weak, 50, 50))
+    exp = ex.Experiment.from_config(cfg)
+    for arm, base in (("treatment", 2), ("control", 0)):
+        for i, user in enumerate(users_in(exp, arm, 8)):
+            page = feed(client, user, limit=3)
+            clicks = [
+                {"type": "click", "user_id": user, "post_id": item["post_id"]}
+                for item in page["items"][: base + i % 2]
+            ]
+            if clicks:
+                events(client, *[{**e, "request_id": page["request_id"]} for e in clicks])
+    return cfg
+
+
+def test_promote_activates_the_winner_then_stops(
+    r: Any, client: Any, published: str, weak: str
+) -> None:
+    _clear_winner(r, client, published, weak)
+    out = ex.promote(r, "promo")
+    assert (out["arm"], out["version"], out["metric"]) == ("treatment", weak, "clicks_per_user")
+    assert out["lift"] == pytest.approx(4.0)  # 2.5 clicks per user against 0.5
+    assert out["p_value"] < 0.05 and out["experiment"] == "promo"
+    assert (out["live"], out["previous"]) == (weak, published)
+    assert reg.live_version(r) == weak
+    assert ex.get(r, "promo")["status"] == ex.STATUS_STOPPED and ex.running(r) is None
+
+
+@pytest.mark.parametrize("breakage", ["not-ready", "meta-removed"])
+def test_promote_changes_nothing_when_activation_fails(
+    r: Any, published: str, weak: str, breakage: str
+) -> None:
+    from feed import contract as c
+
+    before = ex.create(r, "promo", arms(published, weak, 50, 50))
+    if breakage == "not-ready":
+        reg.set_meta(r, weak, {**reg.get_meta(r, weak), "state": c.STATE_PUBLISHING})  # type: ignore[dict-item]
+    else:
+        r.hdel(c.VERSIONS_KEY, weak)
+    with pytest.raises(reg.VersionError, match=weak):
+        ex.promote(r, "promo", arm="treatment")
+    assert ex.get(r, "promo") == before  # still running, weights and buckets untouched
+    assert ex.running(r).name == "promo"  # type: ignore[union-attr]
+    assert reg.live_version(r) == published
+
+
+def test_ab_promote_cli(runner: Any, r: Any, published: str, weak: str) -> None:
+    from feed import contract as c
+    from feed.cli import main
+
+    def run(*args: str, code: int = 0) -> str:
+        res = runner.invoke(main, ["ab", "promote", *args])
+        assert res.exit_code == code, res.output
+        return str(res.output)
+
+    assert "Example:" in run("--help")
+    assert "unknown experiment 'nope'" in run("nope", code=1)
+    ex.create(r, "promo", arms(published, weak, 50, 50))
+    assert "has no arm 'x'" in run("promo", "--arm", "x", code=1)
+    meta = reg.get_meta(r, weak)
+    r.hdel(c.VERSIONS_KEY, weak)
+    assert f"unknown version '{weak}'" in run("promo", "--arm", "treatment", code=1)
+    assert ex.get(r, "promo")["status"] == ex.STATUS_RUNNING
+    reg.set_meta(r, weak, meta)  # type: ignore[arg-type]
+    out = json.loads(run("promo", "--arm", "treatment", "--metric", "likes_per_user"))
+    assert (out["arm"], out["live"], out["previous"]) == ("treatment", weak, published)
+    assert out["metric"] == "likes_per_user" and out["why"] == "chosen by hand"
+    assert ex.get(r, "promo")["status"] == ex.STATUS_STOPPED
 
 
 # --- live switches under load ----------------------------------------------------------------

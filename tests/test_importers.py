@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from feed.cli import main
 from feed.data import load
-from feed.importers import ImportError_, import_ciao, import_movielens
+from feed.data.importers import ImportError_, import_ciao, import_movielens
 
 LATEST = {
     "movies.csv": (

@@ -17,7 +17,6 @@ import pytest
 import scipy.sparse as sp
 
 from feed.data import Dataset, load
-from feed.evaluate import fit_model
 from feed.features.matrices import TrainingData, build
 from feed.models import NotFittedError
 from feed.models.base import parallel_map, topk
@@ -33,6 +32,7 @@ from feed.models.candidates import (
     shared_groups,
     topk_distinct,
 )
+from feed.models.default import TrainConfig, make_blend
 from feed.models.ranker import (
     RANKER_GRID,
     LearnedBlend,
@@ -54,7 +54,6 @@ from feed.models.sources import (
     Trending,
     twin_columns,
 )
-from feed.train import TrainConfig, make_blend
 
 N_PER_BLOCK = 24  # users per block
 POSTS_PER_BLOCK = 30
@@ -179,7 +178,7 @@ def fitted(name: str, block: tuple[Dataset, TrainingData]) -> Any:
     """The model fitted on the block data (once per test session)."""
     if name not in _FITTED:
         ds, data = block
-        _FITTED[name] = fit_model(MODELS[name][0](), data, ds)
+        _FITTED[name] = MODELS[name][0]().fit(data)
     return _FITTED[name]
 
 
@@ -219,9 +218,9 @@ def test_refit_equals_fresh_fit(name: str, block: tuple[Dataset, TrainingData]) 
     ds, data = block
     model = MODELS[name][0]()
     users = np.arange(data.n_users)
-    assert fit_model(model, data, ds) is model  # fit returns self
+    assert model.fit(data) is model  # fit returns self
     first = model.recommend(users, 10, data.seen())
-    fit_model(model, data, ds)
+    model.fit(data)
     again = model.recommend(users, 10, data.seen())
     other_instance = fitted(name, block).recommend(users, 10, data.seen())
     for other in (again, other_instance):
@@ -258,7 +257,7 @@ def test_default_model_reports_its_validation_choice(block: tuple[Dataset, Train
     tree = summary["params"].get("model") == "hgb"  # two-stage: a linear ranker cuts first
     assert (summary["rerank"] is not None) == tree
     assert not tree or f"{summary['kind']}:all" in summary["validation"]
-    reasons = model.recommend(np.arange(4), 5, block[1].seen())[2]
+    reasons = model.recommend_with_reasons(np.arange(4), 5, block[1].seen())[2]
     assert reasons.dtype == np.uint8
 
 
@@ -317,7 +316,7 @@ def test_default_model_with_one_source_is_that_source(block: tuple[Dataset, Trai
             0.0,
         )
     )
-    model = fit_model(make_blend(cfg), data, ds)
+    model = make_blend(cfg).fit(data)
     users = np.arange(data.n_users)
     alone = Popularity().fit(data).recommend(users, 5, data.seen())[0]
     np.testing.assert_array_equal(model.recommend(users, 5, data.seen())[0], alone)
@@ -415,9 +414,7 @@ def test_default_model_bpr_budget_kicks_in_above_the_threshold(
     ds, data = block
     params = {"factors": 8, "iterations": 10, "n_per_source": 20, "val_windows": 2}
     assert fitted("default", block).summary()["epochs"]["bpr"] == 50
-    low = fit_model(
-        make_blend(TrainConfig(random_state=3, bpr_max_samples=500, **params)), data, ds
-    )
+    low = make_blend(TrainConfig(random_state=3, bpr_max_samples=500, **params)).fit(data)
     nnz = sp.csr_matrix(data.engagement[:, twin_columns(data.engagement)[0]]).nnz
     assert low.summary()["epochs"]["bpr"] == -(-500 // nnz) < 50
 
@@ -430,3 +427,28 @@ def test_content_scores_equal_the_sparse_product(block: tuple[Dataset, TrainingD
     users = np.arange(data.n_users)
     want = (model.profiles_[users] @ model.post_vectors_.T).toarray()
     np.testing.assert_allclose(model.score_users(users), want, rtol=1e-6, atol=1e-7)
+
+
+def test_default_model_carves_validation_with_its_splitter(
+    block: tuple[Dataset, TrainingData],
+) -> None:
+    """The learned ranker keeps the model contract: ``fit(data)`` alone (its validation slices
+    come from ``data.source`` through the ``splitter`` it was given)."""
+    from feed.evaluation.splits import random_split
+
+    _, data = block
+    calls: list[float] = []
+
+    def by_user(ds: Dataset, frac: float, seed: int) -> Any:
+        calls.append(frac)
+        return random_split(ds, frac, seed)
+
+    cfg = TrainConfig(factors=8, iterations=4, n_per_source=20, val_windows=2, random_state=3)
+    model = make_blend(cfg)
+    model.splitter = by_user
+    assert model.fit(data) is model and calls and calls[0] == cfg.val_frac
+    assert model.get_params()["splitter"].endswith("by_user")
+    items, scores = model.recommend(np.arange(3), 5, data.seen())
+    assert items.shape == scores.shape == (3, 5)
+    no_source = replace(data, source=None)
+    assert make_blend(cfg).fit(no_source).summary()["kind"] == "fusion"  # nothing to learn on

@@ -78,6 +78,7 @@ def _one(pattern: str, text: str) -> str:
     return str(found[0])
 
 
+@pytest.mark.slow
 def test_retrain_notebook_publishes_the_new_version(
     r: Any, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,6 +110,7 @@ def test_retrain_notebook_publishes_the_new_version(
     assert reasons, "the pages show no reasons"
 
 
+@pytest.mark.slow
 def test_ab_notebook_promotes_the_winner(
     r: Any, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

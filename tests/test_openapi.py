@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate as validate_spec
@@ -79,6 +80,7 @@ def test_request_id_header(client: Any) -> None:
     assert body.headers["X-Request-ID"] == body.get_json()["request_id"]
 
 
+@pytest.mark.slow
 def test_generated_requests_never_get_a_server_error(redis_url: str, published: str) -> None:
     """Property-based: schemathesis generates requests for every operation from the spec,
     admin routes included (with the token)."""

@@ -15,8 +15,9 @@ import pytest
 from helpers import free_port
 
 from feed import redisserver
-from feed.contract import EVENTS_KEY, connect
+from feed.contract import EVENTS_KEY
 from feed.publish import publish
+from feed.redisclient import from_url
 
 BOUND_S = 0.8  # "well under a second"
 
@@ -59,7 +60,7 @@ def test_stopped_redis_gives_degraded_pages_and_503_events_then_recovers(
     own_redis: tuple[str, Path], artifact: Path
 ) -> None:
     url, d = own_redis
-    r = connect(url)
+    r = from_url(url)
     version = publish(r, artifact, activate=True).version
     client = _app(url).test_client()
     assert client.get("/v1/feed/u1?limit=5").get_json()["degraded"] is False
@@ -95,12 +96,12 @@ def test_stopped_redis_gives_degraded_pages_and_503_events_then_recovers(
     )
     assert ok.status_code == 202
     # the 503 event was not stored; the accepted one was (AOF kept the rest across restart)
-    assert connect(url).xlen(EVENTS_KEY) == stored + 1
+    assert from_url(url).xlen(EVENTS_KEY) == stored + 1
 
 
 def test_hung_redis_answers_within_the_bound(own_redis: tuple[str, Path], artifact: Path) -> None:
     url, d = own_redis
-    publish(connect(url), artifact, activate=True)
+    publish(from_url(url), artifact, activate=True)
     client = _app(url).test_client()
     client.get("/v1/feed/u1?limit=5")
     pid = _pid(d)
@@ -125,7 +126,7 @@ def test_hung_redis_answers_within_the_bound(own_redis: tuple[str, Path], artifa
 
 def test_no_fallback_yet_means_503(own_redis: tuple[str, Path], artifact: Path) -> None:
     url, d = own_redis
-    publish(connect(url), artifact, activate=True)
+    publish(from_url(url), artifact, activate=True)
     client = _app(url).test_client()
     redisserver.stop(d)
     resp, took = _timed(client, "/v1/feed/u1?limit=5")

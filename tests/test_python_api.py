@@ -1,5 +1,5 @@
-"""The Python API (``import feed``): lazy and light, the same functions the CLI calls, and the
-inspection helpers rank with the service's own code without side effects."""
+"""The Python API (``import feed``): lazy and light, the same functions the CLI calls; and the
+notebook helpers (``tools.notebook``) rank with the service's own code without side effects."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import feed
-import feed.api
+import feed.redisclient
 from feed import contract as c
+from tools import notebook as nb
 
 HEAVY = ("pandas", "sklearn", "implicit", "scipy", "flask", "matplotlib")
 
@@ -45,14 +46,15 @@ def test_every_public_name_resolves() -> None:
     for name in feed.__all__:
         assert getattr(feed, name) is not None, name
     assert feed.TrainConfig is feed.train.TrainConfig
-    assert feed.load is feed.data.load and feed.generate is feed.synth.generate
+    assert feed.load is feed.data.load and feed.generate is feed.data.synth.generate
     assert set(feed.__all__) <= set(dir(feed))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = feed.nope
 
 
 def test_docstring_examples_run() -> None:
-    assert doctest.testmod(feed.api).failed == 0
+    assert doctest.testmod(feed.redisclient).failed == 0
+    assert doctest.testmod(nb).failed == 0
     assert doctest.testmod(feed).failed == 0
 
 
@@ -115,7 +117,7 @@ def test_inspect_user_shows_what_the_service_serves_and_records_nothing(
 ) -> None:
     ds = feed.load(dataset_dir)
     user = str(ds.likes["user_id"].value_counts().index[0])
-    view = feed.inspect_user(r, user, dataset=ds, limit=8)
+    view = nb.inspect_user(r, user, dataset=ds, limit=8)
     served = client.get(f"/v1/feed/{user}?preview=1&limit=8").get_json()
     assert list(view.page["post_id"]) == [it["post_id"] for it in served["items"]]
     assert list(view.page["reason"]) == [it["reason"] for it in served["items"]]
@@ -131,19 +133,19 @@ def test_inspect_user_shows_what_the_service_serves_and_records_nothing(
     post = view.page["post_id"].iloc[0]
     event = {"type": "like", "user_id": user, "post_id": post}
     assert client.post("/v1/events", json={"events": [event]}).status_code == 202
-    latest = feed.inspect_user(r, user, dataset=ds).history.iloc[0]
+    latest = nb.inspect_user(r, user, dataset=ds).history.iloc[0]
     assert (latest["kind"], latest["post_id"], latest["source"]) == ("like", post, "redis")
 
-    other = feed.inspect_user(feed.url_of(r), user, version=published, limit=3)
+    other = nb.inspect_user(feed.url_of(r), user, version=published, limit=3)
     assert len(other.page) == 3 and set(other.history["source"]) <= {"redis"}
     with pytest.raises(feed.versions.VersionError, match="not published"):
-        feed.inspect_user(r, user, version="20990101T000000-abcdef")
+        nb.inspect_user(r, user, version="20990101T000000-abcdef")
 
 
 def test_pages_of_many_users(r: Any, published: str, dataset_dir: Path) -> None:
     ds = feed.load(dataset_dir)
     users = list(ds.likes["user_id"].unique()[:5])
-    frame = feed.pages(r, users, limit=6)
+    frame = nb.pages(r, users, limit=6)
     assert list(frame["user_id"].unique()) == users
     assert (frame.groupby("user_id").size() == 6).all()
     assert set(frame["version"]) == {published}
@@ -151,7 +153,7 @@ def test_pages_of_many_users(r: Any, published: str, dataset_dir: Path) -> None:
 
 
 def _second_version(r: Any, dataset_dir: Path, tmp_path: Path) -> str:
-    from feed.simulate import weak_config
+    from tools.simulate import weak_config
 
     cfg = weak_config(feed.TrainConfig(factors=8, iterations=2, n_candidates=30))
     return str(feed.publish_version(r, feed.train_version(dataset_dir, tmp_path, cfg)).version)

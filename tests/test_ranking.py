@@ -80,7 +80,7 @@ def test_lazy_greedy_picks_what_a_full_scan_picks(seed: int) -> None:
 def _user(**sets: set[str]) -> Any:
     import numpy as np
 
-    from service.store import UserState
+    from service.state import UserState
 
     empty = np.zeros(0)
     fields = ("seen", "liked", "hidden", "muted", "follows", "unfollows", "bought")
@@ -99,7 +99,7 @@ def test_fresh_posts_are_filtered_and_scored_as_arrays() -> None:
 
     from service.config import DEFAULTS
     from service.ranking import filtered, gather
-    from service.store import FreshPosts, VersionTable
+    from service.state import FreshPosts, VersionTable
 
     now = 1_800_000_000.0
     table = VersionTable(

@@ -1,4 +1,5 @@
-"""Tests of feed.synth: the synthetic dataset honours shared/DATA_FORMAT.md and plants structure.
+"""Tests of feed.data.synth: the synthetic dataset honours shared/DATA_FORMAT.md and plants
+structure.
 
 The files are read with plain pandas (every cell a string), not with feed.data, so that these
 tests check the format contract itself.
@@ -15,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import feed.synth
-from feed.synth import SynthConfig, generate
+import feed.data.synth
+from feed.data.synth import SynthConfig, generate
 
 CONFIG = SynthConfig(n_users=400, n_posts=500, n_topics=12, likes_per_user=15.0, seed=3)
 
@@ -202,4 +203,4 @@ def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict, message: str) -> 
 
 
 def test_docstring_examples_run() -> None:
-    assert doctest.testmod(feed.synth).failed == 0
+    assert doctest.testmod(feed.data.synth).failed == 0

@@ -59,8 +59,8 @@ def make_app(redis_url: str) -> Any:
 def other_artifact(dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, different model version: popularity only (the A/B tests' weak version, in the
     same cache directory, so one session trains it once)."""
-    from feed.simulate import weak_config
     from feed.train import TrainConfig, train
+    from tools.simulate import weak_config
 
     out = tmp_path_factory.getbasetemp() / "weak-artifact"
     done = sorted(out.glob("*/manifest.json"))
@@ -200,6 +200,7 @@ def wait_version(page: Any, column: str, version: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_browser_feed_paging_history_and_comparison(
     browser: Any, page: Any, server: str, r: Any, published: str, other: str
 ) -> None:
@@ -286,6 +287,7 @@ def test_browser_feed_paging_history_and_comparison(
         assert (q.headers.get("authorization") == f"Bearer {TOKEN}") == admin, q.url
 
 
+@pytest.mark.slow
 def test_browser_experiment_arms_are_offered_for_comparison(
     page: Any, server: str, r: Any, published: str, other: str
 ) -> None:
@@ -313,6 +315,7 @@ def test_browser_experiment_arms_are_offered_for_comparison(
     assert "experiment viewer-ab" in labels
 
 
+@pytest.mark.slow
 def test_browser_renders_hostile_post_text_inert(
     page: Any, server: str, r: Any, published: str
 ) -> None:

@@ -17,6 +17,7 @@ from feed.data import Dataset
 from feed.features.ids import IdMap
 
 SECONDS_PER_DAY = 86_400.0
+RECENT_SHARE = 0.1  # the trending half-life is the time span of this newest share of events
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class TrainingData:
     now: float  # newest timestamp in the data (the training "now"), NaN when none
     product_titles: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
     product_categories: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
+    #: The tables this was built from, for models that carve validation slices out of them or
+    #: re-weight events by time (:func:`decayed`); None when built some other way.
+    source: Dataset | None = field(default=None, repr=False)
 
     @property
     def n_users(self) -> int:
@@ -209,7 +213,20 @@ def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData
         now=now,
         product_titles=prod_title.astype(str),
         product_categories=prod_cat.astype(str),
+        source=ds,
     )
+
+
+def decayed(data: TrainingData) -> TrainingData:
+    """``data`` with every event of its source decayed by age (half-life: the time span of the
+    newest :data:`RECENT_SHARE` of likes and purchases); ``data`` itself when its source has
+    no timestamps."""
+    ds = data.source
+    if ds is None or not ds.has_timestamps:
+        return data
+    stamps = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
+    span = (np.max(stamps) - np.quantile(stamps, 1.0 - RECENT_SHARE)) / SECONDS_PER_DAY
+    return build(ds, EngagementWeights(half_life_days=max(float(span), 1.0)))
 
 
 def _post_documents(

@@ -1,7 +1,8 @@
-"""Candidate generators and blends."""
+"""Candidate models: the contract (:mod:`~feed.models.base`), the sources
+(:mod:`~feed.models.sources`), the candidate features (:mod:`~feed.models.candidates`), the
+learned ranker (:mod:`~feed.models.ranker`) and the default recipe (:mod:`~feed.models.default`)."""
 
 from feed.models.base import CandidateModel, NotFittedError
-from feed.models.blend import RankFusion
 from feed.models.sources import Content, ItemItem, MatrixFactorization, Popularity, Social
 
 __all__ = [
@@ -11,6 +12,5 @@ __all__ = [
     "MatrixFactorization",
     "NotFittedError",
     "Popularity",
-    "RankFusion",
     "Social",
 ]

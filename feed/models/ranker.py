@@ -40,7 +40,9 @@ import scipy.sparse as sp
 
 from feed.contract import REASON_CODE
 from feed.data import Dataset
-from feed.features.matrices import SECONDS_PER_DAY, EngagementWeights, TrainingData, build
+from feed.evaluation.metrics import hits, ndcg_at_k, purchase_recall_at_k
+from feed.evaluation.splits import Split, held_out, split, training_data
+from feed.features.matrices import TrainingData, decayed
 from feed.models.base import CandidateModel, NotFittedError, parallel_map, single_threaded
 from feed.models.candidates import (
     CandidateBlock,
@@ -55,6 +57,8 @@ from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_colum
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Carves a validation slice off a dataset: ``(dataset, val_frac, random_state) -> Split``.
+Splitter = Callable[[Dataset, float, int], Split]
 
 #: Rankers tried on the validation slice: gradient boosting of a few sizes, and a linear model.
 RANKER_GRID: tuple[dict[str, Any], ...] = (
@@ -84,16 +88,14 @@ RANKER_GRID: tuple[dict[str, Any], ...] = (
 RERANK_DEPTH = 400
 MIN_POSITIVES = 20  # fewer positive candidates in the validation slices: no learned ranker
 PREDICT_ROWS = 4096  # candidate rows per ranker call (see _predict)
-RECENT_SHARE = 0.1  # the trending half-life is the time span of this newest share of events
 
 
 @dataclass
 class Stage:
-    """One set of source fits: its name (for timings), the data and its dataset."""
+    """One set of source fits: its name (for timings) and its data."""
 
     name: str
     data: TrainingData
-    dataset: Dataset | None
 
 
 @dataclass
@@ -120,9 +122,9 @@ class LearnedBlend:
     ----------
     sources : mapping of name -> CandidateModel
         Unfitted prototypes (cloned for each fit). Sources named in ``decayed`` are fitted on
-        engagement decayed by event age (:func:`decayed_data`); :class:`ProductCF` sources are
-        dropped when there are no purchases and :class:`EASE` when too many distinct posts have
-        engagement.
+        engagement decayed by event age (:func:`~feed.features.matrices.decayed`);
+        :class:`ProductCF` sources are dropped when there are no purchases and :class:`EASE`
+        when too many distinct posts have engagement.
     n_per_source : int
         How deep each source's list is read into the candidates.
     val_frac : float
@@ -142,10 +144,13 @@ class LearnedBlend:
         least the list length asked for).
     decayed : tuple of str
         Names of the sources fitted on time-decayed engagement.
+    splitter : callable, optional
+        ``splitter(dataset, val_frac, random_state) -> Split`` carves a validation slice off a
+        dataset; :func:`feed.evaluation.splits.split` by default (the newest likes and
+        purchases, or a seeded random share per user without timestamps).
     random_state : int
     """
 
-    needs_dataset = True
     name = "default"
 
     def __init__(
@@ -160,10 +165,12 @@ class LearnedBlend:
         max_train_rows: int = 60_000,
         rerank_depth: int = RERANK_DEPTH,
         decayed: tuple[str, ...] = ("trending",),
+        splitter: Splitter = split,
         random_state: int = 0,
     ) -> None:
         self.sources = dict(sources)
         self.decayed = tuple(decayed)
+        self.splitter = splitter
         self.n_per_source = n_per_source
         self.val_frac = val_frac
         self.k = k
@@ -176,17 +183,19 @@ class LearnedBlend:
 
     # --- fitting ---------------------------------------------------------------------------
 
-    def fit(self, data: TrainingData, dataset: Dataset | None = None) -> LearnedBlend:
-        """Learn the ranker on validation slices of ``dataset``, then fit the sources on all.
+    def fit(self, data: TrainingData) -> LearnedBlend:
+        """Learn the ranker on validation slices of ``data.source`` (the tables ``data`` was
+        built from), then fit the sources on all of ``data``.
 
-        Without ``dataset`` there is no slice to learn from: reciprocal-rank fusion. With a
+        Without a source there is no slice to learn from: reciprocal-rank fusion. With a
         single source, that source's own ranking. The final fits run alongside the first
         slice's (:meth:`fit_sources`): they do not depend on the choice.
         """
+        dataset = data.source
         self.timings_: dict[str, float] = {}
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
-        final = Stage("final", data, dataset)
+        final = Stage("final", data)
         if len(self.names_) == 1:
             self.choice_ = RankerChoice(f"source:{self.names_[0]}")
         if len(self.names_) == 1 or dataset is None:
@@ -222,13 +231,13 @@ class LearnedBlend:
         """
         jobs = [(i, name) for i in range(len(stages)) for name in self.names_]
         jobs.sort(key=lambda job: -fit_cost(self.sources[job[1]]))
-        decayed = [_Lazy(partial(decayed_data, s.data, s.dataset)) for s in stages]
+        decayed_data = [_Lazy(partial(decayed, s.data)) for s in stages]
 
         def fit(job: tuple[int, str]) -> tuple[CandidateModel, float]:
             # the time-decayed data is built on the pool too (by the first job that needs it)
             i, name = job
             t = time.perf_counter()
-            data = decayed[i].get() if name in self.decayed else stages[i].data
+            data = decayed_data[i].get() if name in self.decayed else stages[i].data
             model = clone(self.sources[name]).fit(data)
             logger.info("fitted %s (%s) in %.1fs", name, stages[i].name, time.perf_counter() - t)
             return model, time.perf_counter() - t
@@ -247,22 +256,20 @@ class LearnedBlend:
     ) -> tuple[RankerChoice, dict[str, CandidateModel]]:
         """Collect validation slices (newest first) and choose the ranker on them; fit the
         sources for ``final`` alongside the first slice's."""
-        from feed.evaluate import held_out, split, training_data
-
         tables: list[_Slice] = []
         sources: dict[str, CandidateModel] | None = None
         rest = dataset
         for _ in range(self.max_windows):
             t = time.perf_counter()
             try:
-                part = split(rest, self.val_frac, self.random_state)
+                part = self.splitter(rest, self.val_frac, self.random_state)
             except ValueError as e:
                 logger.info("no further validation slice: %s", e)
                 break
             sub = training_data(part)
             truth = held_out(part, sub)
             self._add_time("validation:data", time.perf_counter() - t)
-            stages = [Stage("validation", sub, part.train)] if len(truth.users) else []
+            stages = [Stage("validation", sub)] if len(truth.users) else []
             fitted = self.fit_sources(stages + ([final] if sources is None else []))
             if sources is None:
                 sources = fitted.pop()
@@ -319,8 +326,20 @@ class LearnedBlend:
         users: np.ndarray,
         n: int,
         exclude: sp.csr_matrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` posts per user: ``(items, scores)``, each (len(users), n), as every
+        candidate model answers (:meth:`~feed.models.base.CandidateModel.recommend`)."""
+        items, scores, _ = self.recommend_with_reasons(users, n, exclude)
+        return items, scores
+
+    def recommend_with_reasons(
+        self,
+        users: np.ndarray,
+        n: int,
+        exclude: sp.csr_matrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-``n`` posts per user: (items, scores, reason codes), each (len(users), n)."""
+        """:meth:`recommend` plus each item's reason code (``feed.contract.REASON_CODE``: the
+        source that put it among the candidates), for the published candidate lists."""
         if not hasattr(self, "n_posts_"):
             raise NotFittedError("LearnedBlend is not fitted; call fit() first")
         users = np.asarray(users, dtype=np.int64)
@@ -362,6 +381,7 @@ class LearnedBlend:
                 "random_state",
             )
         }
+        params["splitter"] = f"{self.splitter.__module__}.{self.splitter.__qualname__}"
         params["sources"] = {
             n: {"class": type(m).__name__, **m.get_params()} for n, m in self.sources.items()
         }
@@ -420,18 +440,6 @@ def _distinct_engaged(data: TrainingData) -> int:
     return int((data.engagement[:, keep].getnnz(axis=0) > 0).sum())
 
 
-def decayed_data(data: TrainingData, dataset: Dataset | None) -> TrainingData:
-    """The engagement of ``dataset`` with every event decayed by its age (half-life: the time
-    span of the newest :data:`RECENT_SHARE` of likes and purchases)."""
-    if dataset is None or not dataset.has_timestamps:
-        return data
-    stamps = np.concatenate(
-        [dataset.likes["ts"].to_numpy(float), dataset.purchases["ts"].to_numpy(float)]
-    )
-    span = (np.max(stamps) - np.quantile(stamps, 1.0 - RECENT_SHARE)) / SECONDS_PER_DAY
-    return build(dataset, EngagementWeights(half_life_days=max(float(span), 1.0)))
-
-
 # --- validation slices -------------------------------------------------------------------------
 
 
@@ -460,8 +468,6 @@ class _Slice:
         purchases: sp.csr_matrix,
         metric: str,
     ) -> _Slice:
-        from feed.evaluate import hits
-
         exclude = data.seen()
         blocks = parallel_map(
             lambda b: builder.build(b, exclude), builder.batches(users, data.n_posts)
@@ -513,8 +519,6 @@ class _Pool:
 
     def score(self, scores: np.ndarray, k: int, one_per_product: bool) -> float:
         """Mean per-user validation metric of the lists that ``scores`` (users x C) rank."""
-        from feed.evaluate import ndcg_at_k, purchase_recall_at_k
-
         values = []
         for s, lo, hi in zip(self.slices, self.bounds[:-1], self.bounds[1:], strict=True):
             width = s.items.shape[1]

@@ -1,4 +1,4 @@
-"""Load and validate a dataset directory (see DATA_FORMAT.md) into typed tables.
+"""Load and validate a dataset directory (``docs/data-format.md``) into typed tables.
 
 Every cell is read as a string first (ids are strings: ``"007"`` and ``"7"`` differ), then
 converted column by column with vectorised pandas code. Validation never stops at the first
@@ -14,128 +14,32 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from feed.data.format import (
+    FALSE,
+    FLOAT_DEFAULTS,
+    INTERACTIONS,
+    NON_NEGATIVE,
+    POST_REFERENCES,
+    REQUIRED,
+    REQUIRED_FILES,
+    SCHEMA,
+    TRUE,
+    Dataset,
+    DatasetError,
+    Problem,
+)
+
 logger = logging.getLogger(__name__)
 
-# Columns of every table after loading (optional columns are always present, filled with defaults).
-# ts / created_at: float64 unix seconds, NaN when missing.
-# Lists ("|"-separated cells): tuple[str, ...].
-# fmt: off
-SCHEMA: dict[str, dict[str, str]] = {
-    "posts": {"post_id": "str", "author_id": "str", "created_at": "ts", "text": "str",
-              "product_ids": "list", "title": "str", "tags": "list"},
-    "products": {"product_id": "str", "title": "str", "category": "str", "brand": "str",
-                 "price": "float", "in_stock": "bool"},
-    "likes": {"user_id": "str", "post_id": "str", "ts": "ts", "weight": "float"},
-    "purchases": {"user_id": "str", "product_id": "str", "ts": "ts", "post_id": "str",
-                  "quantity": "float"},
-    "follows": {"follower_id": "str", "followee_id": "str", "ts": "ts"},
-    "clicks": {"user_id": "str", "post_id": "str", "ts": "ts"},
-    "impressions": {"user_id": "str", "post_id": "str", "ts": "ts"},
-}
-# fmt: on
-
-# The unbracketed columns of DATA_FORMAT.md; required "*_id" columns must also be non-empty.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "posts": ("post_id", "author_id", "created_at", "text", "product_ids"),
-    "products": ("product_id", "title", "category"),
-    "likes": ("user_id", "post_id"),
-    "purchases": ("user_id", "product_id"),
-    "follows": ("follower_id", "followee_id"),
-    "clicks": ("user_id", "post_id"),
-    "impressions": ("user_id", "post_id"),
-}
-_REQUIRED_FILES = ("posts",)
-_INTERACTIONS = ("likes", "purchases")  # at least one of them must have rows
-_POST_REFERENCES = ("likes", "clicks", "impressions", "purchases")  # tables with a post_id
-_FLOAT_DEFAULTS = {("likes", "weight"): 1.0, ("purchases", "quantity"): 1.0}
-_NON_NEGATIVE = frozenset({("likes", "weight"), ("purchases", "quantity")})
-_TRUE = ("true", "1", "yes")
-_FALSE = ("false", "0", "no")
 _MAX_PER_COLUMN = 20  # problems reported per (file, column); the rest are counted
-_MAX_IN_MESSAGE = 50  # problems listed in str(DatasetError)
 _WARNING_EXAMPLES = 3  # example rows named in a "not in products" warning
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem found in a dataset: where it is and what is wrong."""
-
-    file: str  # e.g. "likes.csv"
-    line: int | None  # 1-based physical line in the file (header is line 1); None for file-level
-    column: str | None
-    message: str
-    severity: str = "error"  # "error" or "warning"
-
-    def __str__(self) -> str:
-        parts = [self.file]
-        if self.line is not None:
-            if self.file.endswith(".parquet"):
-                parts.append(f"row {self.line}")  # Parquet has no lines: 1-based row number
-            else:
-                parts[0] += f":{self.line}"
-        if self.column is not None:
-            parts.append(f"column {self.column!r}")
-        text = ": ".join([*parts, self.message])
-        return f"warning: {text}" if self.severity == "warning" else text
-
-
-class DatasetError(ValueError):
-    """Raised when a dataset has errors; ``problems`` lists every one found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        ordered = sorted(self.problems, key=lambda p: p.severity != "error")  # errors first
-        lines = [str(p) for p in ordered[:_MAX_IN_MESSAGE]]
-        if len(ordered) > _MAX_IN_MESSAGE:
-            lines.append(f"... and {len(ordered) - _MAX_IN_MESSAGE} more")
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class Dataset:
-    """The typed tables of one dataset directory (columns and types as in :data:`SCHEMA`)."""
-
-    posts: pd.DataFrame
-    products: pd.DataFrame
-    likes: pd.DataFrame
-    purchases: pd.DataFrame
-    follows: pd.DataFrame
-    clicks: pd.DataFrame
-    impressions: pd.DataFrame
-    path: Path | None = None
-    problems: list[Problem] = field(default_factory=list)  # warnings kept after a successful load
-    counts: dict[str, int] = field(default_factory=dict)  # rows per file read
-
-    @property
-    def has_timestamps(self) -> bool:
-        """True when likes + purchases have rows and every one of those rows has a ``ts``."""
-        tables = [getattr(self, t) for t in _INTERACTIONS]
-        return sum(map(len, tables)) > 0 and not any(t["ts"].isna().any() for t in tables)
-
-    def summary(self) -> dict[str, int]:
-        """Rows per table plus distinct users, posts, products and authors.
-
-        Users are those with a like, purchase, click or impression; products are those in
-        ``products``, linked from a post or purchased.
-        """
-        out = {table: len(getattr(self, table)) for table in SCHEMA}
-        users = pd.concat([getattr(self, t)["user_id"] for t in _POST_REFERENCES])
-        linked = self.posts["product_ids"].explode().dropna()
-        products = pd.concat(
-            [self.products["product_id"], linked, self.purchases["product_id"]]
-        ).astype(str)
-        out["n_users"] = int(users.nunique())
-        out["n_posts"] = int(self.posts["post_id"].nunique())
-        out["n_products"] = int(products.nunique())
-        out["n_authors"] = int(self.posts["author_id"].nunique())
-        return out
 
 
 def validate(path: str | Path) -> tuple[Dataset | None, list[Problem]]:
@@ -304,7 +208,7 @@ def _find_files(root: Path, report: _Report, failed: set[str]) -> dict[str, Path
             report.add(csv_path.name, None, None, msg)
         elif found:
             files[table] = found[0]
-        elif table in _REQUIRED_FILES:
+        elif table in REQUIRED_FILES:
             failed.add(table)
             msg = f"required file is missing ({csv_path.name} or {pq_path.name})"
             report.add(csv_path.name, None, None, msg)
@@ -318,7 +222,7 @@ def _check_header(table: str, names: list[str], file: str, report: _Report) -> b
     for col in SCHEMA[table]:
         if seen[col] > 1:
             report.add(file, line, col, "column appears more than once in the header")
-    missing = [c for c in _REQUIRED[table] if c not in seen]
+    missing = [c for c in REQUIRED[table] if c not in seen]
     for col in missing:
         report.add(file, line, col, f"required column is missing (columns: {', '.join(names)})")
     return not missing and all(seen[c] <= 1 for c in SCHEMA[table])
@@ -471,17 +375,17 @@ def _seconds(dt: pd.Series) -> np.ndarray:
 def _convert(table: str, t: _Table, report: _Report) -> _Table:
     """Type the table's columns (reporting bad cells); absent optional columns get defaults."""
     raw = t.df.reset_index(drop=True)
-    for col in _REQUIRED[table]:
+    for col in REQUIRED[table]:
         if col.endswith("_id") and col in raw.columns:
             empty = np.flatnonzero((raw[col].str.strip() == "").to_numpy(bool))
             report.rows(t, col, empty, lambda _: "empty value; an id is required")
     out = {}
     for col, kind in SCHEMA[table].items():
-        default = _FLOAT_DEFAULTS.get((table, col), np.nan)
+        default = FLOAT_DEFAULTS.get((table, col), np.nan)
         if col not in raw.columns:
             out[col] = _default_column(kind, default, len(raw))
         else:
-            non_negative = (table, col) in _NON_NEGATIVE
+            non_negative = (table, col) in NON_NEGATIVE
             out[col] = _convert_column(raw[col], kind, default, non_negative, t, report)
     t.df = pd.DataFrame(out)
     return t
@@ -516,8 +420,8 @@ def _parse(text: pd.Series, kind: str, default: float) -> tuple[np.ndarray, np.n
     empty = (text == "").to_numpy(bool)
     if kind == "bool":
         low = text.str.lower()
-        false = low.isin(_FALSE).to_numpy(bool)
-        return ~false, ~(false | low.isin(_TRUE).to_numpy(bool) | empty)
+        false = low.isin(FALSE).to_numpy(bool)
+        return ~false, ~(false | low.isin(TRUE).to_numpy(bool) | empty)
     numbers = pd.to_numeric(text, errors="coerce")
     values = numbers.to_numpy(dtype=float, na_value=np.nan, copy=True)
     if kind == "ts":
@@ -555,14 +459,14 @@ def _check_across(root: Path, tables: dict[str, _Table], failed: set[str], repor
     for name, key in (("posts", "post_id"), ("products", "product_id")):
         if name in tables:
             _check_unique(tables[name], key, report)
-    for name in _POST_REFERENCES:
+    for name in POST_REFERENCES:
         if name in tables and "posts" in tables:
             _check_known(tables[name], tables["posts"], report)
     for name, col in (("posts", "product_ids"), ("purchases", "product_id")):
         if name in tables and "products" in tables:
             _warn_unknown_products(tables[name], col, tables["products"], report)
-    if failed.isdisjoint(_INTERACTIONS) and not any(
-        len(tables[n].df) for n in _INTERACTIONS if n in tables
+    if failed.isdisjoint(INTERACTIONS) and not any(
+        len(tables[n].df) for n in INTERACTIONS if n in tables
     ):
         msg = "no interactions: likes and purchases are both missing or empty"
         report.add(str(root), None, None, msg)

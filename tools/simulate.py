@@ -1,6 +1,6 @@
 """Proof by simulation: synthetic users with planted tastes drive an A/B test through the HTTP API.
 
-The synthetic generator (:mod:`feed.synth`) plants each user's favourite topics and each post's
+The synthetic generator (:mod:`feed.data.synth`) plants each user's favourite topics and each post's
 topic in ``synth_truth.json``. A simulated user fetches a few feed pages over HTTP (the Flask
 test client, or anything with the same ``get``/``post``), clicks posts of a favourite topic with
 a higher probability than others, likes some clicked posts and buys the linked product of some
@@ -15,7 +15,7 @@ Examples
 --------
 The whole loop in a scratch directory with its own Redis (what ``feed ab simulate`` runs)::
 
-    from feed.simulate import run
+    from tools.simulate import run
     out = run("/tmp/sim", redis_url=None, users=600)
     out["report"]["arms"][1]["vs_control"]["clicks_per_user"]
 """
@@ -262,9 +262,9 @@ def run(
     Redis should not see.
     """
     from feed import redisserver
+    from feed.data.synth import SynthConfig, generate
     from feed.publish import publish
     from feed.redisclient import from_url
-    from feed.synth import SynthConfig, generate
     from feed.train import TrainConfig, train
 
     work = Path(work_dir)

@@ -391,6 +391,7 @@ def _admin(
     params: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
     ok: str = "200",
+    body_required: bool = True,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -405,7 +406,10 @@ def _admin(
         },
     }
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": body}},
+        }
     return op
 
 
@@ -478,8 +482,30 @@ PATHS.update(
         "/v1/admin/experiments/{name}/report": {
             "get": _admin(
                 "Per-arm users, impressions, clicks, likes, purchases, rates with 95% CIs, lift "
-                "against control with p-values, and the sample-ratio check.",
+                "against control with p-values and its 95% CI (delta method), and the "
+                "sample-ratio check.",
                 [NAME],
+            )
+        },
+        "/v1/admin/experiments/{name}/promote": {
+            "post": _admin(
+                "Make the winning arm's version live, then stop the experiment: the arm whose "
+                "lift on `metric` is positive with p < `alpha` (else control), or `arm`. "
+                "Refused on a sample-ratio mismatch unless `arm` is given; 409 when the "
+                "version cannot be activated (the experiment keeps running).",
+                [NAME],
+                body={
+                    "type": "object",
+                    "properties": {
+                        "metric": {
+                            "type": "string",
+                            "enum": ["clicks_per_user", "likes_per_user", "purchase_conversion"],
+                        },
+                        "alpha": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                        "arm": {"type": "string"},
+                    },
+                },
+                body_required=False,
             )
         },
     }

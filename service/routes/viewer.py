@@ -21,11 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template
 
-from feed import contract as c
-from service.api import _table, resolve_version
-from service.errors import bad_request
+from service.request import limit_arg, resolve_version, store, version_table
 
 bp = Blueprint("viewer", __name__)
 
@@ -52,37 +50,23 @@ def viewer() -> Response:
     return resp
 
 
-def _examples_limit() -> int:
-    raw = request.args.get("limit", str(EXAMPLES_DEFAULT))
-    try:
-        n = int(raw)
-    except ValueError:
-        raise bad_request(f"limit must be an integer, got {raw[:20]!r}") from None
-    if n < 1:
-        raise bad_request("limit must be at least 1")
-    return min(n, EXAMPLES_MAX)
-
-
 def example_users(version: str, n: int) -> list[str]:
     """Up to ``n`` users with precomputed candidates in ``version``: the authors of its trending
     posts, most trending first, kept when their candidate key exists (one pipelined EXISTS per
     author, at most ``EXAMPLES_POOL``). Author ids are public already (every feed item names
     its author), so the route reveals nothing new."""
-    table = _table(version)
+    table = version_table(version)
     order = [table.authors[i] for i in table.trending.tolist()] + table.authors
     pool = list(dict.fromkeys(a for a in order if a))[:EXAMPLES_POOL]
     if not pool:
         return []
-    pipe = current_app.extensions["feed_redis"].pipeline(transaction=False)
-    for author in pool:
-        pipe.exists(c.user_key(author, "cand", version))
-    found = pipe.execute()
+    found = store().have_candidates(version, pool)
     return [a for a, ok in zip(pool, found, strict=True) if ok][:n]
 
 
 @bp.get("/v1/viewer/examples")
 def examples() -> Any:
     """A few example users of the live version, for the viewer's user picker."""
-    n = _examples_limit()
-    version = resolve_version("", None)["model_version"]
+    n = limit_arg(EXAMPLES_DEFAULT, EXAMPLES_MAX)
+    version = resolve_version("", None).model_version
     return jsonify({"model_version": version, "users": example_users(version, n)})

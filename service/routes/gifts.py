@@ -26,10 +26,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from service.api import _table, check_id, limit_arg, request_id, resolve_version, store
 from service.errors import bad_request
 from service.ranking import gather, post_meta
-from service.store import UserState, VersionTable
+from service.request import check_id, limit_arg, request_id, resolve_version, store, version_table
+from service.state import UserState, VersionTable
 
 bp = Blueprint("gifts", __name__)
 
@@ -160,8 +160,8 @@ def gifts(user_id: str) -> Any:
     check_id(friend, "for")
     cfg = current_app.config
     limit = limit_arg(cfg["GIFT_DEFAULT_LIMIT"])
-    version = resolve_version(user_id, None)["model_version"]
-    table = _table(version)
+    version = resolve_version(user_id, None).model_version
+    table = version_table(version)
     s = store()
     state = s.user_state(friend, version, time.time())
     glob = s.global_state()

@@ -18,50 +18,24 @@ GET         /v1/admin/experiments/<name>                one experiment's config
 PATCH       /v1/admin/experiments/<name>                new arms/weights ``{arms}``
 DELETE      /v1/admin/experiments/<name>                stop it (data stays for the report)
 GET         /v1/admin/experiments/<name>/report         the per-arm report
+POST        /v1/admin/experiments/<name>/promote        activate the winner, then stop it
 GET         /v1/admin/users/<user_id>/history           recent likes, purchases, follows
 ==========  ==========================================  ======================================
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify
 
 from feed import experiments as ex
 from feed import versions as reg
 from service.errors import ApiError, bad_request, not_found
+from service.request import check_id, json_body, limit_arg, redis, require_admin, store
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
-
-
-def _redis() -> Any:
-    return current_app.extensions["feed_redis"]
-
-
-@bp.before_request
-def require_admin() -> None:
-    """404 when the admin API is off; 401 unless ``Authorization: Bearer <token>`` matches."""
-    token = current_app.config.get("ADMIN_TOKEN")
-    if not token:
-        raise not_found("the admin API is disabled: set FEED_ADMIN_TOKEN to enable it")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    ok = hmac.compare_digest(given.strip().encode(), str(token).encode())
-    if scheme.lower() != "bearer" or not ok:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a valid 'Authorization: Bearer <token>' is required",
-            {"WWW-Authenticate": 'Bearer realm="feed-admin"'},
-        )
-
-
-def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise bad_request("the body must be a JSON object", "invalid_json")
-    return body
+bp.before_request(require_admin)
 
 
 def _arms(body: dict[str, Any]) -> list[Any]:
@@ -80,7 +54,7 @@ def _experiment_error(e: ex.ExperimentError) -> ApiError:
 
 
 def _known_version(version: str) -> dict[str, Any]:
-    meta = reg.get_meta(_redis(), version)
+    meta = reg.get_meta(redis(), version)
     if meta is None:
         raise not_found(f"unknown version {version!r}")
     return meta
@@ -89,7 +63,7 @@ def _known_version(version: str) -> dict[str, Any]:
 # --- versions --------------------------------------------------------------------------------
 @bp.get("/versions")
 def list_versions() -> Any:
-    r = _redis()
+    r = redis()
     return jsonify({"live": reg.live_version(r), "versions": reg.list_versions(r)})
 
 
@@ -97,7 +71,7 @@ def list_versions() -> Any:
 def activate(version: str) -> Any:
     _known_version(version)
     try:
-        previous = reg.activate(_redis(), version)
+        previous = reg.activate(redis(), version)
     except reg.VersionError as e:
         raise ApiError(409, "version_not_ready", str(e)) from e
     return jsonify({"live": version, "previous": previous})
@@ -106,7 +80,7 @@ def activate(version: str) -> Any:
 @bp.post("/versions/rollback")
 def rollback() -> Any:
     try:
-        live = reg.rollback(_redis())
+        live = reg.rollback(redis())
     except reg.VersionError as e:
         raise ApiError(409, "no_previous_version", str(e)) from e
     return jsonify({"live": live})
@@ -116,7 +90,7 @@ def rollback() -> Any:
 def delete_version(version: str) -> Any:
     _known_version(version)
     try:
-        removed = reg.delete(_redis(), version)
+        removed = reg.delete(redis(), version)
     except reg.VersionError as e:
         raise ApiError(409, "version_in_use", str(e)) from e
     return jsonify({"deleted": version, "keys": removed})
@@ -125,17 +99,17 @@ def delete_version(version: str) -> Any:
 # --- experiments -----------------------------------------------------------------------------
 @bp.get("/experiments")
 def list_experiments() -> Any:
-    return jsonify({"experiments": ex.list_experiments(_redis())})
+    return jsonify({"experiments": ex.list_experiments(redis())})
 
 
 @bp.post("/experiments")
 def create_experiment() -> Any:
-    body = _body()
+    body = json_body()
     name, salt = body.get("name"), body.get("salt")
     if not isinstance(name, str):
         raise bad_request("'name' must be a string", "invalid_experiment")
     try:
-        cfg = ex.create(_redis(), name, _arms(body), salt=salt)
+        cfg = ex.create(redis(), name, _arms(body), salt=salt)
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
     return jsonify(cfg), 201
@@ -144,16 +118,16 @@ def create_experiment() -> Any:
 @bp.get("/experiments/<name>")
 def show_experiment(name: str) -> Any:
     try:
-        return jsonify(ex.get(_redis(), name))
+        return jsonify(ex.get(redis(), name))
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
 
 
 @bp.patch("/experiments/<name>")
 def update_experiment(name: str) -> Any:
-    arms = _arms(_body())
+    arms = _arms(json_body())
     try:
-        return jsonify(ex.update(_redis(), name, arms))
+        return jsonify(ex.update(redis(), name, arms))
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
 
@@ -161,7 +135,7 @@ def update_experiment(name: str) -> Any:
 @bp.delete("/experiments/<name>")
 def stop_experiment(name: str) -> Any:
     try:
-        return jsonify(ex.stop(_redis(), name))
+        return jsonify(ex.stop(redis(), name))
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
 
@@ -169,18 +143,39 @@ def stop_experiment(name: str) -> Any:
 @bp.get("/experiments/<name>/report")
 def experiment_report(name: str) -> Any:
     try:
-        return jsonify(ex.report(_redis(), name))
+        return jsonify(ex.report(redis(), name))
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
+
+
+@bp.post("/experiments/<name>/promote")
+def promote_experiment(name: str) -> Any:
+    """Make the winning arm's version live, then stop the experiment
+    (:func:`feed.experiments.promote`; body ``{metric?, alpha?, arm?}``, all optional)."""
+    body = json_body(required=False)
+    metric, alpha, arm = (
+        body.get("metric", "clicks_per_user"),
+        body.get("alpha", 0.05),
+        body.get("arm"),
+    )
+    if not isinstance(metric, str):
+        raise bad_request("'metric' must be a string", "invalid_experiment")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise bad_request("'alpha' must be a number between 0 and 1", "invalid_experiment")
+    if arm is not None and not isinstance(arm, str):
+        raise bad_request("'arm' must be a string", "invalid_experiment")
+    try:
+        return jsonify(ex.promote(redis(), name, metric=metric, alpha=float(alpha), arm=arm))
+    except ex.ExperimentError as e:
+        raise _experiment_error(e) from e
+    except reg.VersionError as e:
+        raise ApiError(409, "version_not_ready", str(e)) from e
 
 
 @bp.get("/users/<user_id>/history")
 def user_history(user_id: str) -> Any:
     """What a user did: likes (newest first, with time), purchases and follows, as the
     service knows them (seeded at publish, then updated by events)."""
-    from feed.redisclient import read_history
-    from service.api import check_id, limit_arg
-
     check_id(user_id, "user_id")
     limit = limit_arg(20)
-    return jsonify({"user_id": user_id, **read_history(_redis(), user_id, limit)})
+    return jsonify({"user_id": user_id, **store().history(user_id, limit)})

@@ -1,0 +1,113 @@
+"""The default model's recipe: which candidate sources, with which parameters, under which
+learned ranker. :func:`make_blend` is what ``feed train`` publishes and ``feed evaluate`` calls
+"default"; :class:`TrainConfig` holds every parameter and is recorded in the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from feed.models.ranker import RERANK_DEPTH, LearnedBlend
+from feed.models.sources import (
+    EASE,
+    Content,
+    Fresh,
+    ItemItem,
+    MatrixFactorization,
+    Popularity,
+    ProductCF,
+    Social,
+    Trending,
+)
+
+#: The candidate sources of the default model, in feature order.
+SOURCES = (
+    "als",
+    "bpr",
+    "product_als",
+    "product_knn",
+    "ease",
+    "itemknn",
+    "content",
+    "social",
+    "popularity",
+    "trending",
+    "fresh",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Every training parameter, recorded in the manifest."""
+
+    n_candidates: int = 200  # per user, published
+    n_neighbours: int = 30  # per post
+    n_trending: int = 500
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    alpha: float = 10.0
+    item_k: int = 100
+    content_min_df: int = 2
+    ease_l2: float = 200.0
+    #: BPR's budget of sampled updates (``MatrixFactorization.max_samples``): BPR runs
+    #: ``5 * iterations`` epochs, each drawing one sample per stored entry of the (twin-free)
+    #: engagement matrix, or ``ceil(bpr_max_samples / nnz)`` epochs when that is fewer. 30M
+    #: leaves every dataset up to 400k non-zeros as before (0.1M generated likes: 226k,
+    #: 75 epochs; Ciao 219k; MovieLens 46k); at 1M likes (2.9M) BPR runs 11 epochs, not 75.
+    bpr_max_samples: int = 30_000_000
+    #: EASE is left out of the default model above this many distinct engaged posts: its dense
+    #: solve takes O(posts^3) time and three posts x posts float64 matrices of memory (2.4 GB
+    #: at 10,000, 9.6 GB at 20,000; the validation and final fits run side by side).
+    ease_max_posts: int = 10_000
+    #: Content neighbours are computed among at most this many most-engaged posts.
+    max_content_neighbour_posts: int = 20_000
+    #: Candidate sources of the default model: a source with weight 0 is left out (a name not
+    #: listed counts as 1). With a single source left, its own ranking is published.
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
+    n_per_source: int = 100  # each source's list depth read into the ranker's candidates
+    #: Candidates per user a tree ranker re-scores, the best by the linear ranker
+    #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
+    rerank_depth: int = RERANK_DEPTH
+    val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
+    val_windows: int = 6  # validation slices at most, each older than the previous ...
+    min_val_users: int = 300  # ... until this many validation users are collected
+    random_state: int = 0
+
+
+def make_blend(config: TrainConfig) -> LearnedBlend:
+    """The default model: what ``feed train`` publishes and ``feed evaluate`` calls "default".
+
+    Every source of :data:`SOURCES` with a positive weight, merged and re-ranked by a ranker
+    learned on validation slices carved from the end of the training data
+    (:class:`~feed.models.ranker.LearnedBlend`).
+    """
+    mf: dict[str, Any] = {
+        "factors": config.factors,
+        "iterations": config.iterations,
+        "regularization": config.regularization,
+        "random_state": config.random_state,
+    }
+    every = {
+        "als": MatrixFactorization("als", alpha=config.alpha, **mf),
+        "bpr": MatrixFactorization("bpr", max_samples=config.bpr_max_samples, **mf),
+        "product_als": ProductCF("als", alpha=config.alpha, **mf),
+        "product_knn": ProductCF("itemknn", K=config.item_k),
+        "ease": EASE(l2=config.ease_l2, max_items=config.ease_max_posts),
+        "itemknn": ItemItem(K=config.item_k),
+        "content": Content(min_df=config.content_min_df),
+        "social": Social(),
+        "popularity": Popularity(),
+        "trending": Trending(),
+        "fresh": Fresh(min_df=config.content_min_df),
+    }
+    sources = {n: m for n, m in every.items() if config.weights.get(n, 1.0) > 0}
+    return LearnedBlend(
+        sources,
+        n_per_source=config.n_per_source,
+        rerank_depth=config.rerank_depth,
+        val_frac=config.val_frac,
+        max_windows=config.val_windows,
+        min_val_users=config.min_val_users,
+        random_state=config.random_state,
+    )

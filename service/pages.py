@@ -1,0 +1,258 @@
+"""The page pipeline: one feed page from its request to its JSON, and the cards every route
+renders posts with.
+
+A :class:`PageRequest` holds what the request asked for; :func:`feed_page` routes it to a
+version, reads the user's state (round trip 1), ranks (:mod:`service.ranking`), reads the page's
+cards while marking it served (round trip 2) and answers with the next cursor. :func:`degraded`
+answers from the in-process copy of trending posts when Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import current_app, jsonify, request
+
+from feed import contract as c
+from service import cursor, observability
+from service.errors import bad_request, not_found, unavailable
+from service.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
+from service.request import (
+    flag,
+    limit_arg,
+    request_id,
+    require_admin,
+    resolve_version,
+    store,
+    version_table,
+)
+from service.state import Route, Served, UserState, VersionTable
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """What a feed request asks for: whose page, how long, and where in the scroll."""
+
+    user_id: str
+    limit: int
+    interests: list[str]
+    preview: bool  # nothing recorded (no served set, no exposure)
+    now: float
+    started: float  # when the scroll started (now on its first page)
+    page_no: int
+    pinned: str | None  # the cursor's version
+    raw_cursor: str | None
+
+
+def page_request(user_id: str) -> PageRequest:
+    """The request's arguments (``limit``, ``interests``, ``preview``, ``version``, ``cursor``),
+    checked."""
+    limit = limit_arg()
+    interests = interests_arg()
+    preview = flag("preview") or "version" in request.args
+    now = time.time()
+    started, page_no, pinned, raw_cursor = _cursor_args(user_id, now)
+    return PageRequest(
+        user_id, limit, interests, preview, now, started, page_no, pinned, raw_cursor
+    )
+
+
+def interests_arg() -> list[str]:
+    """The ``interests=`` hint: comma-separated categories and/or words (deduplicated)."""
+    raw = request.args.get("interests")
+    if raw is None:
+        return []
+    terms = list(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    most = current_app.config["INTEREST_MAX_TERMS"]
+    if len(raw) > 1000 or len(terms) > most:
+        raise bad_request(
+            f"interests takes at most {most} comma-separated terms (1000 characters)",
+            "invalid_interests",
+        )
+    return terms
+
+
+def _cursor_args(user_id: str, now: float) -> tuple[float, int, str | None, str | None]:
+    """(scroll start, page number, pinned version, raw cursor) of the request."""
+    raw = request.args.get("cursor")
+    if not raw:
+        return now, 0, None, None
+    cfg = current_app.config
+    cur = cursor.decode(cfg["CURSOR_SECRET_BYTES"], raw, user_id, cfg["CURSOR_TTL_S"])
+    return float(cur["t"]), int(cur["p"]), cur["v"], raw
+
+
+# --- cards -----------------------------------------------------------------------------------
+def render(cand: Candidate, card: bytes, oos: frozenset[str]) -> orjson.Fragment:
+    """A feed item's JSON: the post's card with its score and reason, spliced as bytes; the
+    card is decoded only to mark products that are out of stock now."""
+    if oos and any(p in oos for p in cand.product_ids):
+        card = orjson.dumps(in_stock(orjson.loads(card), oos))
+    tail = orjson.dumps({"score": round(float(cand.score), 4), "reason": cand.reason})
+    return orjson.Fragment(card[:-1] + b"," + tail[1:])
+
+
+def in_stock(card: dict[str, Any], oos: frozenset[str]) -> dict[str, Any]:
+    """The card with each product's ``in_stock`` as of ``oos``."""
+    for p in card["products"]:
+        p["in_stock"] = p["product_id"] not in oos
+    return card
+
+
+def cards(post_ids: list[str], served: Served | None = None) -> dict[str, bytes]:
+    """Post id -> card in one round trip (which also marks ``served``, see
+    :meth:`~service.store.Store.cards`); posts without a card (published by an older release)
+    get one built from their documents (one more MGET)."""
+    found = store().cards(post_ids, served)
+    missing = [p for p in post_ids if p not in found]
+    if missing:
+        posts, _ = store().documents(missing, [])
+        linked = list(
+            dict.fromkeys(p for doc in posts.values() for p in doc.get("product_ids", []))
+        )
+        _, products = store().documents([], linked)
+        found.update({p: c.encode_json(c.card(doc, products)) for p, doc in posts.items()})
+    return found
+
+
+def hydrate(
+    page: list[Candidate], oos: frozenset[str], served: Served | None = None
+) -> list[tuple[Candidate, Any]]:
+    """Each candidate with its rendered item (posts without a card or document are dropped),
+    marking the page ``served`` in the same round trip."""
+    found = cards([cand.post_id for cand in page], served)
+    return [(x, render(x, found[x.post_id], oos)) for x in page if x.post_id in found]
+
+
+# --- one page --------------------------------------------------------------------------------
+def _route(req: PageRequest) -> Route:
+    """``resolve_version``, or the ``version=`` an admin asked for (preview only)."""
+    wanted = request.args.get("version")
+    if wanted is None:
+        return resolve_version(req.user_id, req.pinned)
+    require_admin()
+    if not c.valid_version(wanted) or store().table(wanted) is None:
+        raise not_found(f"model version {wanted[:64]!r} is not published")
+    return Route(wanted)
+
+
+def _ranked(
+    req: PageRequest, state: UserState, table: VersionTable, glob: dict[str, Any], limit: int
+) -> list[Candidate]:
+    """Gather, filter, rescore and cut ``limit`` posts (no Redis except a first-use token
+    index)."""
+    cfg = current_app.config
+    tokens = store().token_index(table.version) if req.interests else None
+    offers = gather(state, table, glob, cfg, req.interests, tokens)
+    cands = filtered(req.user_id, offers, state, table, glob, cfg, req.now, pool_size(limit, cfg))
+    return diverse_page(cands, limit, cfg)
+
+
+def _preview_page(
+    req: PageRequest, state: UserState, table: VersionTable, glob: dict[str, Any]
+) -> list[Candidate]:
+    """Page ``page_no`` of a side-effect-free scroll: nothing is recorded as served, so pages
+    are cut from one ranking instead."""
+    ranked = _ranked(req, state, table, glob, req.limit * (req.page_no + 1))
+    return ranked[req.limit * req.page_no :]
+
+
+def _replayed(
+    replay: list[tuple[str, float, str]], table: VersionTable, glob: dict[str, Any]
+) -> list[Candidate]:
+    """The page a retried cursor already led to, rebuilt from its post ids."""
+    page = []
+    for pid, score, reason in replay:
+        meta = post_meta(pid, table, glob["fresh"])
+        if meta is not None:
+            page.append(meta.candidate(pid, score, reason))
+    return page
+
+
+def degraded(req: PageRequest) -> Any:
+    """A page from the in-process copy of trending posts, for when Redis is unreachable."""
+    version, items = store().fallback
+    if version is None:
+        raise unavailable("the feed store (Redis) is unavailable; retry shortly")
+    observability.DEGRADED.labels("feed").inc()
+    # rendered with reason "trending"
+    page = items[req.limit * req.page_no : req.limit * (req.page_no + 1)]
+    return _page_response(req, Route(version), page, degraded=True)
+
+
+def _page_response(req: PageRequest, route: Route, items: list[Any], degraded: bool = False) -> Any:
+    """The feed page's JSON, with the cursor to the next page (none after an empty page)."""
+    next_cursor = None
+    if items:
+        secret = current_app.config["CURSOR_SECRET_BYTES"]
+        next_cursor = cursor.encode(
+            secret, req.user_id, route.model_version, req.page_no + 1, req.started
+        )
+    return jsonify(
+        {
+            "user_id": req.user_id,
+            **route.json(),
+            "request_id": request_id(),
+            "degraded": degraded,
+            "next_cursor": next_cursor,
+            "items": items,
+        }
+    )
+
+
+def _remember_fallback(table: VersionTable) -> None:
+    """Once per live version and process: hydrate its trending posts for outages."""
+    s = store()
+    if s.fallback[0] == table.version or table.version != s.live_version():
+        return
+    n = current_app.config["FALLBACK_SIZE"]
+    page = [
+        Candidate(
+            table.post_ids[i],
+            float(sc),
+            "trending",
+            table.authors[i],
+            table.categories[i],
+            table.created[i],
+            table.product_ids[i],
+        )
+        for i, sc in zip(
+            table.trending[:n].tolist(), table.trending_scores[:n].tolist(), strict=True
+        )
+    ]
+    s.remember_fallback(table.version, [item for _, item in hydrate(page, frozenset())])
+
+
+def feed_page(req: PageRequest) -> Any:
+    """The page's JSON in two Redis round trips (see :func:`service.routes.feed.get_feed`)."""
+    route = _route(req)
+    version = route.model_version
+    s = store()
+    table = version_table(version)
+    replay_key = (
+        c.page_key(req.user_id, req.raw_cursor) if req.raw_cursor and not req.preview else None
+    )
+    state = s.user_state(req.user_id, version, req.now, replay_key)
+    glob = s.global_state()
+    if req.preview:
+        page = _preview_page(req, state, table, glob)
+    elif state.replay is not None:
+        page = _replayed(state.replay, table, glob)
+    else:
+        page = _ranked(req, state, table, glob, req.limit)
+    rid = request_id()
+    served = None
+    if not req.preview:
+        keep = None
+        if replay_key and state.replay is None:
+            keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in page])
+        served = Served(req.user_id, req.now, route, rid, keep)
+    items = hydrate(page, glob["oos"], served)
+    if not req.preview:
+        observability.record_items(cand.reason for cand, _ in items)
+        observability.record_exposure(route.experiment, route.arm)
+        _remember_fallback(table)
+    return _page_response(req, route, [item for _, item in items])

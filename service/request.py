@@ -1,0 +1,164 @@
+"""What every route shares: the request's store, its arguments and body, the admin token check,
+and the one rule that routes a user to a model version."""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app, g, request
+
+from feed import contract as c
+from service.errors import ApiError, bad_request, not_found, unavailable
+from service.state import Route, VersionTable
+from service.store import Store
+
+
+def store() -> Store:
+    return current_app.extensions["feed_store"]  # type: ignore[no-any-return]
+
+
+def redis() -> Any:
+    """The process's Redis client, for the registry and experiment functions of :mod:`feed`."""
+    return current_app.extensions["feed_redis"]
+
+
+# --- arguments -------------------------------------------------------------------------------
+def check_id(value: str, what: str) -> str:
+    if not c.valid_id(value):
+        raise bad_request(
+            f"{what} {value[:40]!r} is not a valid id (1-128 letters, digits, '_-.:@' or CJK)",
+            f"invalid_{what}",
+        )
+    return value
+
+
+def limit_arg(default: int | None = None, most: int | None = None) -> int:
+    """The ``limit=`` argument: ``default`` (else ``DEFAULT_LIMIT``) when absent, capped at
+    ``most`` (else ``MAX_LIMIT``)."""
+    cfg = current_app.config
+    raw = request.args.get("limit", default or cfg["DEFAULT_LIMIT"])
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise bad_request(f"limit must be an integer, got {str(raw)[:20]!r}") from None
+    if n < 1:
+        raise bad_request("limit must be at least 1")
+    return min(n, cfg["MAX_LIMIT"] if most is None else most)
+
+
+def flag(name: str) -> bool:
+    """A 0/1 or true/false query argument (false when absent)."""
+    raw = request.args.get(name, "0").lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise bad_request(f"{name} must be 0/1 or true/false")
+    return raw in ("1", "true")
+
+
+def request_id() -> str:
+    rid = getattr(g, "request_id", None)
+    if rid is None:
+        rid = g.request_id = uuid.uuid4().hex
+    return rid  # type: ignore[no-any-return]
+
+
+def json_body(required: bool = True) -> dict[str, Any]:
+    """The request's JSON object; ``{}`` for an empty body when not ``required``."""
+    if not required and not request.get_data(cache=True):
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object", "invalid_json")
+    return body
+
+
+MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second datetime can print
+
+
+def parse_ts(raw: Any, where: str) -> float:
+    """Unix seconds from a number or an ISO-8601 string; now when absent."""
+    if raw is None:
+        return time.time()
+    if isinstance(raw, bool):
+        raise bad_request(f"{where}.ts must be ISO-8601 or unix seconds")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw) or not 0 <= raw <= MAX_TS:
+            raise bad_request(f"{where}.ts must be unix seconds between 0 and {MAX_TS:.0f}")
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            raise bad_request(f"{where}.ts {raw[:40]!r} is not ISO-8601") from None
+        if not 0 <= ts <= MAX_TS:
+            raise bad_request(f"{where}.ts {raw[:40]!r} is out of range")
+        return ts
+    raise bad_request(f"{where}.ts must be ISO-8601 or unix seconds")
+
+
+# --- admin -----------------------------------------------------------------------------------
+def require_admin() -> None:
+    """404 when the admin API is off; 401 unless ``Authorization: Bearer <token>`` matches."""
+    token = current_app.config.get("ADMIN_TOKEN")
+    if not token:
+        raise not_found("the admin API is disabled: set FEED_ADMIN_TOKEN to enable it")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    ok = hmac.compare_digest(given.strip().encode(), str(token).encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid 'Authorization: Bearer <token>' is required",
+            {"WWW-Authenticate": 'Bearer realm="feed-admin"'},
+        )
+
+
+# --- versions --------------------------------------------------------------------------------
+def version_table(version: str) -> VersionTable:
+    """The version's post table; 503 when the version is not servable."""
+    t = store().table(version)
+    if t is None:
+        raise unavailable(
+            f"model version {version!r} is not servable: not in the registry, or published by "
+            "a release with another Redis contract (publish it again)"
+        )
+    return t
+
+
+def route_for(user_id: str, pinned: str | None) -> Route | None:
+    """The version that serves ``user_id``, with the user's experiment and arm; None when no
+    version is live and none of the below applies.
+
+    The running experiment (cached in process) assigns the user an arm by a salted hash of the
+    user id; the arm's version serves unless ``pinned`` (a cursor's version) pins the scroll
+    to another servable version (the arm is still reported). Users outside the experiment, and
+    arms whose version has no keys, get the live version with ``experiment`` and ``arm`` None.
+    An empty ``user_id`` is in no experiment.
+    """
+    s = store()
+    exp = s.experiment() if user_id else None
+    arm = exp.arm_for(user_id) if exp is not None else None
+    keep = bool(pinned) and s.table(pinned or "") is not None
+    if arm is not None and not keep and s.table(arm.version) is None:
+        arm = None
+    experiment = exp.name if exp and arm else None
+    arm_name = arm.name if arm else None
+    if pinned and keep:
+        return Route(pinned, experiment, arm_name)
+    if arm is not None:
+        return Route(arm.version, experiment, arm_name)
+    live = s.live_version()
+    return None if live is None else Route(live)
+
+
+def resolve_version(user_id: str, pinned: str | None) -> Route:
+    """:func:`route_for`, or 503 when no version is live."""
+    route = route_for(user_id, pinned)
+    if route is None:
+        raise unavailable("no live model version: run `feed publish ARTIFACT --activate`")
+    return route

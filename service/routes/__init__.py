@@ -1,0 +1,21 @@
+"""The HTTP routes, one blueprint a module. No blueprint module imports another: what they
+share is in :mod:`service.request` (arguments, admin token, version routing) and
+:mod:`service.pages` (the page pipeline and cards)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from service.routes import admin, events, feed, gifts, health, openapi, posts, viewer
+
+#: Every blueprint, in registration order.
+BLUEPRINTS: tuple[Blueprint, ...] = (
+    feed.bp,
+    health.bp,
+    posts.bp,
+    events.bp,
+    gifts.bp,
+    openapi.bp,
+    admin.bp,
+    viewer.bp,
+)

@@ -1,0 +1,158 @@
+"""Events: ``POST /v1/events``. Each accepted event is appended to the durable event log and
+reflected in the user's real-time state in the same pipeline, so the next page sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+
+from feed import contract as c
+from service import observability
+from service.errors import bad_request, unavailable
+from service.request import json_body, parse_ts, request_id, route_for, store
+from service.state import FreshPosts, VersionTable
+
+bp = Blueprint("events", __name__)
+
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {  # required fields besides type and user_id
+    "impression": ("post_id",),
+    "click": ("post_id",),
+    "like": ("post_id",),
+    "unlike": ("post_id",),
+    "purchase": ("product_id",),
+    "follow": ("author_id",),
+    "unfollow": ("author_id",),
+    "hide_post": ("post_id",),
+    "see_fewer_author": ("author_id",),
+}
+ID_FIELDS = ("user_id", "post_id", "product_id", "author_id")
+
+
+def validate_event(ev: Any, i: int) -> dict[str, Any]:
+    where = f"events[{i}]"
+    if not isinstance(ev, dict):
+        raise bad_request(f"{where} must be an object")
+    kind = ev.get("type")
+    if kind not in EVENT_FIELDS:
+        raise bad_request(
+            f"{where}.type {str(kind)[:30]!r} is not one of {', '.join(EVENT_FIELDS)}",
+            "unknown_event_type",
+        )
+    for f in ("user_id", *EVENT_FIELDS[kind]):
+        if ev.get(f) is None:
+            raise bad_request(f"{where}: a {kind} event needs {f}")
+    out: dict[str, Any] = {"type": kind}
+    for f in ID_FIELDS:
+        if f in ev and ev[f] is not None:
+            if not c.valid_id(ev[f]):
+                raise bad_request(f"{where}.{f} is not a valid id")
+            out[f] = ev[f]
+    rid = ev.get("request_id")
+    if rid is not None:
+        if not isinstance(rid, str) or len(rid) > 64:
+            raise bad_request(f"{where}.request_id must be a string of at most 64 characters")
+        out["request_id"] = rid
+    out["ts"] = parse_ts(ev.get("ts"), where)
+    return out
+
+
+@dataclass
+class _Context:
+    """What applying a batch of events needs besides the events: configuration, the serving
+    version's post table, the neighbour lists of liked/unliked posts, the API-created posts."""
+
+    cfg: Mapping[str, Any]
+    table: VersionTable | None
+    neighbours: dict[str, bytes | None]
+    fresh: FreshPosts
+
+
+def _neighbour_members(ctx: _Context, post: str) -> dict[str, float]:
+    """Real-time members (``similar_to:<post>``) of a liked post's top neighbours -> strength."""
+    blob = ctx.neighbours.get(post)
+    if not blob or ctx.table is None:
+        return {}
+    idx, scores, _ = c.decode_candidates(blob)
+    n = ctx.cfg["RT_NEIGHBOURS"]
+    return {
+        c.rt_member(ctx.table.post_ids[i], f"similar_to:{post}"): s
+        for i, s in zip(idx[:n].tolist(), scores[:n].tolist(), strict=True)
+        if 0 <= i < len(ctx.table.post_ids)
+    }
+
+
+def _author_members(ctx: _Context, author: str) -> dict[str, float]:
+    """Real-time members (``followed_author``) of an author's newest posts -> strength: those
+    created through the API first, then the version's, newest first."""
+    n = ctx.cfg["RT_FOLLOW_POSTS"]
+    posts = ctx.fresh.posts_by(author, n)
+    if ctx.table is not None:
+        posts += [ctx.table.post_ids[i] for i in ctx.table.posts_by(author, n)]
+    posts = list(dict.fromkeys(posts))[:n]
+    return {
+        c.rt_member(pid, "followed_author"): 1.0 - 0.5 * r / max(len(posts), 1)
+        for r, pid in enumerate(posts)
+    }
+
+
+def _members(ev: Mapping[str, Any], ctx: _Context) -> dict[str, float]:
+    """The real-time candidates an event adds or removes: a liked or unliked post's
+    neighbours, a followed or unfollowed author's newest posts; none for other events."""
+    if ev["type"] in ("like", "unlike"):
+        return _neighbour_members(ctx, ev["post_id"])
+    if ev["type"] in ("follow", "unfollow"):
+        return _author_members(ctx, ev["author_id"])
+    return {}
+
+
+def _user_version(user_id: str) -> str | None:
+    """The version that serves this user (their experiment arm's, else the live one), so
+    real-time neighbours come from the model the user is being shown."""
+    route = route_for(user_id, None)
+    return None if route is None else route.model_version
+
+
+def _context(events: list[dict[str, Any]], version: str | None) -> _Context:
+    """Read what these events (all served by ``version``) need: neighbour lists of
+    liked/unliked posts (one pipelined read), the version's table and the API-created posts
+    (in-process caches)."""
+    s = store()
+    cfg = current_app.config
+    table = s.table(version) if version else None
+    posts = list(dict.fromkeys(ev["post_id"] for ev in events if ev["type"] in ("like", "unlike")))
+    neighbours: dict[str, bytes | None] = {}
+    if posts and table is not None:
+        neighbours = s.neighbour_lists(table.version, posts)
+    fresh = FreshPosts.build({})
+    if any(ev["type"] in ("follow", "unfollow") for ev in events):
+        fresh = s.global_state()["fresh"]
+    return _Context(cfg, table, neighbours, fresh)
+
+
+@bp.post("/v1/events")
+def post_events() -> Any:
+    """Accept a batch of events: each is appended to the durable event log and applied to the
+    user's real-time state in the same pipeline, so the next page reflects it. 202."""
+    if not store().available():
+        raise unavailable("the event store (Redis) is unavailable; nothing was stored")
+    body = json_body()
+    events = body.get("events")
+    cfg = current_app.config
+    if not isinstance(events, list) or not events:
+        raise bad_request("'events' must be a non-empty list")
+    if len(events) > cfg["MAX_EVENTS_PER_REQUEST"]:
+        raise bad_request(f"at most {cfg['MAX_EVENTS_PER_REQUEST']} events per request")
+    parsed = [validate_event(ev, i) for i, ev in enumerate(events)]
+    version_of = {u: _user_version(u) for u in dict.fromkeys(ev["user_id"] for ev in parsed)}
+    contexts = {
+        v: _context([ev for ev in parsed if version_of[ev["user_id"]] == v], v)
+        for v in dict.fromkeys(version_of.values())
+    }
+    store().record_events(
+        [(ev, _members(ev, contexts[version_of[ev["user_id"]]])) for ev in parsed]
+    )
+    observability.record_events(ev["type"] for ev in parsed)
+    return jsonify({"accepted": len(parsed), "request_id": request_id()}), 202
