@@ -1,7 +1,11 @@
 # The feed service image. Build: docker build -t shopfeed .
-# Run:   docker run -e FEED_REDIS_URL=redis://redis:6379/0 -p 8000:8000 shopfeed
+# Run it behind a buffering proxy, as compose.yaml does (nginx, deploy/nginx/): its gunicorn
+# workers read requests with one thread each, so a client sending a byte a second, reaching this
+# container directly, would hold one (docs/security.md). Don't publish its port to clients.
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# all interfaces of the container (the proxy is another container); gunicorn.conf.py: loopback
+ENV GUNICORN_BIND=0.0.0.0:8000
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

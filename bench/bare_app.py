@@ -71,11 +71,12 @@ def _redis_round_trips(page: dict[str, Any]) -> Any:
     store = Store(from_url(os.environ["FEED_REDIS_URL"]), dict(DEFAULTS))
     post_ids = [it["post_id"] for it in page["items"]]
     route = Route(page["model_version"])
+    table = store.table(page["model_version"])
 
     def touch(user_id: str) -> None:
         now = time.time()
         store.user_state(user_id, page["model_version"], now)
-        store.cards(post_ids, Served(user_id, now, route, "bench"))
+        store.cards(table, post_ids, Served(user_id, now, route, "bench"))
 
     return touch
 

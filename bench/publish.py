@@ -9,9 +9,10 @@ Into one private, empty Redis server, ``--repeat`` times in alternating order:
   same size, nothing else.
 
 Memory: INFO ``used_memory`` before and after, divided by the version's users, for the whole
-version, for the per-user keys alone (``{u:<id>}:*``: candidates plus the seeded follow and
-purchase sets) and for the candidate keys alone; MEMORY USAGE of sampled keys per kind
-cross-checks the split.
+version, for the per-user keys alone (``{u:<id>}:*``: candidates plus the training-time seed of
+follows and purchases) and for the candidate keys alone; MEMORY USAGE of sampled keys per kind
+cross-checks the split. A second version: the used_memory delta of publishing the same artifact
+again under another version id beside the first (every key of a version carries its id).
 
     python -m bench.publish                          # 0.1M likes (~10 s + training)
     python -m bench.publish --artifact /tmp/bench-art/1M/artifacts/V --repeat 3
@@ -101,12 +102,19 @@ def size_of(items: list[tuple[str, str, Any]]) -> int:
 
 
 def kind_of(key: str) -> str:
-    """``{u:42}:cand:v1`` -> 'user cand'; ``{feed:v}:nb:p1`` -> 'version nb'; ``doc:p:1``."""
+    """``{u:42}:cand:v1`` -> 'user cand'; ``{feed:v}:nb:p1`` -> 'version nb'; ``vdoc:v:c:p1`` ->
+    'doc c' (a version's card; ``p`` post, ``pr`` product documents).
+
+    >>> kind_of("{u:42}:seed:v1"), kind_of("{feed:v1}:oos"), kind_of("vdoc:v1:pr:sku-1")
+    ('user seed', 'version oos', 'doc pr')
+    """
     if key.startswith("{u:"):
         return "user " + key.split("}:", 1)[1].split(":")[0]
     if key.startswith("{feed:"):
         return "version " + key.split("}:", 1)[1].split(":")[0]
-    return "doc" if key.startswith("doc:") else "global"
+    if key.startswith("vdoc:"):
+        return "doc " + key.split(":", 3)[2]
+    return "global"
 
 
 def memory_per_user(
@@ -114,7 +122,7 @@ def memory_per_user(
 ) -> list[tuple[str, float]]:
     """used_memory delta per user for subsets of the version, written into an empty server."""
     subsets = {
-        "per-user keys ({u:*}: candidates, follows, bought)": [
+        "per-user keys ({u:*}: candidates and the training-time seed)": [
             x for x in items if x[1].startswith("{u:")
         ],
         "candidate keys only ({u:*}:cand:<v>)": [x for x in items if kind_of(x[1]) == "user cand"],
@@ -126,6 +134,26 @@ def memory_per_user(
         raw_write(r, subset, batch)
         out.append((name, (used_memory(r) - before) / users))
     return out
+
+
+def second_version(r: Any, artifact: Path, work: Path, users: int) -> tuple[str, float]:
+    """used_memory delta per user of publishing the same artifact again as another version id,
+    beside the first (what keeping a second version costs: rollback target, experiment arm)."""
+    import json
+    import shutil
+
+    from feed.publish import publish
+
+    copy = work / "second-version"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["version"] += "-second"  # the checksums cover the other files
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    r.flushall()
+    publish(r, artifact, activate=True)
+    before = used_memory(r)
+    publish(r, copy)
+    return "a second version beside it (INFO used_memory delta)", (used_memory(r) - before) / users
 
 
 def memory_by_kind(r: Any, items: list[tuple[str, str, Any]], users: int) -> list[tuple[Any, ...]]:
@@ -198,6 +226,7 @@ def run(args: argparse.Namespace, work: Path, url: str) -> None:
     raw_write(r, items, BATCH)
     kinds = memory_by_kind(r, items, users)
     subsets = memory_per_user(r, items, users, BATCH)
+    subsets.append(second_version(r, artifact, work, users))
     report(r, artifact, users, cands, items, pub_s, raw_s, version_mem, kinds, subsets)
     print_table(
         "real-time state: one user's seen set (the service writes it; not part of a version)",

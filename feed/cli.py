@@ -156,23 +156,42 @@ def train(
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--activate", is_flag=True, help="Make the version live once verified.")
 @click.option("--force", is_flag=True, help="Publish again a version already published.")
+@click.option(
+    "--wait",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="Wait this long for another publish into the same Redis to end (0: refuse at once).",
+)
 @redis_option
-def publish(artifact: Path, activate: bool, force: bool, redis_url: str | None) -> None:
+def publish(
+    artifact: Path, activate: bool, force: bool, wait: float, redis_url: str | None
+) -> None:
     """Write a model version into Redis, verify it, and optionally switch it live.
+
+    One publish runs at a time per Redis (a lock); a publish that fails says why in one line
+    and removes every key it wrote.
 
     \b
     Example:
       feed publish artifacts/20261124T201500-3f9a1c --activate
     """
+    import redis
+
     from feed.artifacts import ArtifactError
     from feed.publish import PublishError
     from feed.publish import publish as run
+    from feed.versions import VersionError
 
     r, url = _redis(redis_url)
     try:
-        res = run(r, artifact, activate=activate, progress=True, force=force)
-    except (ArtifactError, PublishError) as e:
+        res = run(r, artifact, activate=activate, progress=True, force=force, wait=wait)
+    except (ArtifactError, PublishError, VersionError) as e:
         _fail(f"{e}; the live version was not changed")
+    except redis.RedisError as e:
+        why = " ".join(str(e).split())
+        _fail(f"Redis at {url}: {type(e).__name__}: {why} (`feed versions list` shows the state)")
     click.echo(
         f"published {res.version} to {url} in {res.seconds:.1f}s: "
         + ", ".join(f"{k}={v}" for k, v in res.counts.items())
@@ -246,9 +265,14 @@ def versions_rollback(redis_url: str | None) -> None:
 @redis_option
 def versions_delete(version: str, redis_url: str | None) -> None:
     """Delete every key of VERSION (refused for the live one and those in experiments)."""
-    from feed.versions import VersionError, delete
+    from feed.versions import VersionError, delete, get_meta, version_keys
 
     r, _ = _redis(redis_url)
+    if get_meta(r, version) is None and not version_keys(r, version):
+        _fail(
+            f"unknown version {version!r}: not in the registry and no keys; "
+            "`feed versions list` shows the versions"
+        )
     try:
         n = delete(r, version)
     except VersionError as e:
@@ -669,7 +693,16 @@ def events_export(out_dir: Path, data_dir: Path, force: bool, redis_url: str | N
     default=0.2,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Share of the newest likes and purchases held out.",
+    help="Share of the likes and purchases held out.",
+)
+@click.option(
+    "--split",
+    "split_method",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "global-time", "user-time", "random"]),
+    help="Protocol: one global time cut, each user's newest rows, or a random share per "
+    "user; auto chooses from the data and says why.",
 )
 @click.option(
     "--k", default=20, show_default=True, type=click.IntRange(1), help="List length scored."
@@ -692,21 +725,23 @@ def events_export(out_dir: Path, data_dir: Path, force: bool, redis_url: str | N
 def evaluate_cmd(
     data_dir: Path,
     test_frac: float,
+    split_method: str,
     k: int,
     json_out: Path | None,
     models: str | None,
     seed: int,
     progress: bool,
 ) -> None:
-    """Compare the default model with the baselines on held-out data.
+    """Compare the default model, and the pages it would serve, with the baselines.
 
-    Holds out the newest likes and purchases (a seeded random share per user when the data
-    has no timestamps), fits every model on the rest, and prints one Markdown table row per
-    model: like-Recall@k, like-NDCG@k, purchase-Recall@k, coverage, author diversity, seconds.
+    Holds out likes and purchases (--split), fits every model on the rest, and prints one
+    Markdown table row per model: like-Recall@k, like-NDCG@k, purchase-Recall@k, coverage,
+    author and category diversity, seconds. "default (served)" scores the first page the
+    service would serve each test user from the version `feed train` would publish.
 
     \b
     Example:
-      feed evaluate data/demo --k 20 --json report.json
+      feed evaluate data/demo --k 20 --split auto --json report.json
     """
     from feed.data import DatasetError
     from feed.evaluate import evaluate as run
@@ -714,7 +749,13 @@ def evaluate_cmd(
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     try:
         report = run(
-            data_dir, test_frac=test_frac, k=k, models=names, random_state=seed, progress=progress
+            data_dir,
+            test_frac=test_frac,
+            k=k,
+            models=names,
+            random_state=seed,
+            split_method=split_method,
+            progress=progress,
         )
     except DatasetError as e:
         _fail(f"{data_dir} is not a valid dataset; nothing was evaluated:\n{e}")

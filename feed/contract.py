@@ -7,9 +7,13 @@ is imported, so the web process stays small. Rules:
   Redis Cluster slot and fit in one pipeline;
 * keys of one model version share the hash tag ``{feed:<version>}``; they are written once by
   ``feed publish`` and never overwritten in place (a version is deleted, not edited);
+* a version's documents and cards carry the version but no hash tag (``vdoc:<version>:...``),
+  so they spread over a cluster; a user's training-time seed is per version in the user's slot;
+  publish writes nothing that another version reads;
 * global keys (the live pointer, the version registry, the event log) share ``{feed}``;
-* post and product documents are cached once, across versions, and carry no hash tag so they
-  spread over a cluster.
+* posts created through the API (``POST /v1/posts``) have version-independent documents and
+  cards (``doc:p:<post>``, ``doc:c:<post>``) that no publish writes; a page uses them for posts
+  its version's post table does not list.
 
 Examples
 --------
@@ -31,9 +35,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-#: Bumped when a key's encoding changes: the service serves, and ``feed publish`` skips, only
-#: versions published under this contract (2: five-byte candidates, item cards).
-CONTRACT_VERSION = 2
+#: Bumped when a key's encoding or layout changes: the service serves, and ``feed publish``
+#: skips, only versions published under this contract (2: five-byte candidates, item cards;
+#: 3: documents, cards, seeds and the stock set per version).
+CONTRACT_VERSION = 3
 
 # --- global keys ----------------------------------------------------------------------------
 LIVE_KEY = "{feed}:live"  # string: the live model version id
@@ -41,10 +46,10 @@ VERSIONS_KEY = "{feed}:versions"  # hash: version id -> JSON meta (state, counts
 EVENTS_KEY = "{feed}:events"  # stream: the durable, capped event log
 FRESH_KEY = "{feed}:fresh"  # zset: post id -> created_at, posts created through the API
 FRESH_META_KEY = "{feed}:fresh_meta"  # hash: post id -> JSON {author_id, product_ids, category}
-OUT_OF_STOCK_KEY = "{feed}:oos"  # set: product ids currently out of stock
 EXPERIMENTS_KEY = "{feed}:experiments"  # hash: experiment name -> JSON config
 EXPOSURES_KEY = "{feed}:exposures"  # stream: one entry per served page in an experiment
 HISTORY_KEY = "{feed}:live_history"  # list: previously live versions, newest first
+PUBLISH_LOCK_KEY = "{feed}:publish_lock"  # string with a TTL: the running publish's token
 
 # Version states in the registry. Only "ready" versions can go live.
 STATE_PUBLISHING = "publishing"
@@ -64,22 +69,44 @@ REASONS: tuple[str, ...] = (
 )
 REASON_CODE = {name: i for i, name in enumerate(REASONS)}
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:@\-\u00c0-\uffff]{1,128}$")
+#: The characters of an id, as a regular-expression class: ASCII letters and digits, "_-.:@", and
+#: from U+00C0 on every visible character, which leaves out Unicode's control, format (zero-width
+#: characters, bidi controls such as the right-to-left override U+202E), surrogate, private-use
+#: and separator characters (categories Cc, Cf, Cs, Co, Zs, Zl, Zp), the noncharacters and
+#: U+FFF0-U+FFFF (U+FFFD stands for bytes that were not UTF-8). tests/test_hostile.py checks
+#: the ranges against ``unicodedata``.
+ID_CHARS = (
+    r"A-Za-z0-9_.:@\-"
+    r"\u00c0-\u05ff\u0606-\u061b\u061d-\u06dc\u06de-\u070e\u0710-\u088f\u0892-\u08e1"
+    r"\u08e3-\u167f\u1681-\u180d\u180f-\u1fff\u2010-\u2027\u2030-\u205e\u2070-\u2fff"
+    r"\u3001-\ud7ff\uf900-\ufdcf\ufdf0-\ufefe\uff00-\uffef"
+)
+_ID_RE = re.compile(rf"[{ID_CHARS}]{{1,128}}")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def valid_id(value: object) -> bool:
-    """True when ``value`` is a string usable as a user, post, product or author id.
+    r"""True when ``value`` is a string usable as a user, post, product or author id.
 
-    >>> valid_id("u42"), valid_id("a b"), valid_id("x" * 200), valid_id(7)
-    (True, False, False, False)
+    1-128 characters of :data:`ID_CHARS`, and never a path segment that URL normalisation
+    rewrites (``.``, anything with ``..``).
+
+    >>> valid_id("u42"), valid_id("用户_7"), valid_id("a b"), valid_id("x" * 200), valid_id(7)
+    (True, True, False, False, False)
+    >>> valid_id("u\u200b1"), valid_id("u\u202e1"), valid_id("../u1"), valid_id("u1\n")
+    (False, False, False, False)
     """
-    return isinstance(value, str) and bool(_ID_RE.match(value))
+    return (
+        isinstance(value, str)
+        and _ID_RE.fullmatch(value) is not None
+        and ".." not in value
+        and value != "."
+    )
 
 
 def valid_version(value: object) -> bool:
     """True when ``value`` is a well-formed version id."""
-    return isinstance(value, str) and bool(_VERSION_RE.match(value))
+    return isinstance(value, str) and _VERSION_RE.fullmatch(value) is not None
 
 
 # --- key templates ---------------------------------------------------------------------------
@@ -99,19 +126,41 @@ def neighbours_key(version: str, post_id: str) -> str:
     return version_key(version, f"nb:{post_id}")
 
 
-def post_doc_key(post_id: str) -> str:
-    """Key of a post document (JSON), shared by every version."""
-    return f"doc:p:{post_id}"
+def stock_key(version: str) -> str:
+    """Key of a version's out-of-stock set (product ids)."""
+    return version_key(version, "oos")
 
 
-def product_doc_key(product_id: str) -> str:
-    """Key of a product document (JSON), shared by every version."""
-    return f"doc:pr:{product_id}"
+def doc_key(version: str | None, kind: str, item_id: str) -> str:
+    """Key of a document: ``kind`` ``p`` (post), ``pr`` (product) or ``c`` (card) of a version,
+    or, with ``version`` None, of a post created through the API. No hash tag: documents
+    spread over a cluster; a version id has no ``:``, so the two forms never meet.
+
+    >>> doc_key("v1", "c", "p7"), doc_key(None, "c", "p7")
+    ('vdoc:v1:c:p7', 'doc:c:p7')
+    """
+    return f"doc:{kind}:{item_id}" if version is None else f"vdoc:{version}:{kind}:{item_id}"
 
 
-def card_key(post_id: str) -> str:
-    """Key of a post's card: the feed item as served, without score and reason (JSON)."""
-    return f"doc:c:{post_id}"
+def version_doc_pattern(version: str) -> str:
+    """SCAN pattern of every document and card of ``version``."""
+    return f"vdoc:{version}:*"
+
+
+def post_doc_key(post_id: str, version: str | None = None) -> str:
+    """Key of a post document (JSON) of ``version``, or of an API-created post (None)."""
+    return doc_key(version, "p", post_id)
+
+
+def product_doc_key(product_id: str, version: str) -> str:
+    """Key of a product document (JSON) of ``version``."""
+    return doc_key(version, "pr", product_id)
+
+
+def card_key(post_id: str, version: str | None = None) -> str:
+    """Key of a post's card of ``version`` (or of an API-created post, None): the feed item as
+    served, without score and reason (JSON)."""
+    return doc_key(version, "c", post_id)
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -175,7 +224,7 @@ USER_MUTED = "muted"  # set of author ids the user blocked or asked to see fewer
 USER_FOLLOWS = "follows"  # set of authors followed through events (see USER_SEED)
 USER_UNFOLLOWS = "unfollows"  # set of authors unfollowed since training
 USER_PURCHASES = "bought"  # set of products bought through events (see USER_SEED)
-USER_SEED = "seed"  # string: JSON {"follows": [...], "bought": [...]} of the training data
+USER_SEED = "seed"  # string per version: JSON {"follows": [...], "bought": [...]} at training
 
 
 def decode_seed(raw: bytes | str | None) -> tuple[set[str], set[str]]:
@@ -251,6 +300,21 @@ def text(raw: bytes | str) -> str:
 #: Reason codes live in the top bits of a candidate's post index (see :func:`encode_candidates`).
 _REASON_SHIFT = 29
 _INDEX_MASK = (1 << _REASON_SHIFT) - 1
+
+
+def unit_scores(scores: np.ndarray) -> np.ndarray:
+    """Scores scaled to [0.05, 1] per row (padding -inf becomes 0), as candidate blobs carry
+    them (the service mixes sources on this scale).
+
+    >>> unit_scores(np.array([[3.0, 1.0, -np.inf]])).tolist()
+    [[1.0, 0.05000000074505806, 0.0]]
+    """
+    s = np.where(np.isfinite(scores), scores, np.nan).astype(np.float32)
+    hi = np.nanmax(np.where(np.isnan(s), -np.inf, s), axis=-1, keepdims=True)
+    lo = np.nanmin(np.where(np.isnan(s), np.inf, s), axis=-1, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = np.where(np.isnan(s), 0.0, 0.05 + 0.95 * (s - np.minimum(lo, hi)) / span)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def encode_candidates(
@@ -330,11 +394,13 @@ def encode_post_table(
     categories: Sequence[str],
     product_ids: Sequence[Sequence[str]],
     product_categories: Mapping[str, str] | None = None,
+    page_policy: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The version's post table: what the service needs to filter and rescore in process.
 
     ``product_categories`` (product id -> category, optional) lets the service diversify over
-    the categories of every linked product, not only the first one.
+    the categories of every linked product, not only the first one; ``page_policy`` is the
+    version's page policy (``feed.serving.policy.PagePolicy`` as JSON) chosen at training.
     """
     table: dict[str, Any] = {
         "post_id": list(post_ids),
@@ -345,6 +411,8 @@ def encode_post_table(
     }
     if product_categories:
         table["product_category"] = {k: v for k, v in product_categories.items() if v}
+    if page_policy:
+        table["page_policy"] = dict(page_policy)
     return encode_json(table)
 
 

@@ -30,11 +30,13 @@ from feed.evaluation.metrics import (
     primary_metric,
     score_lists,
 )
+from feed.evaluation.pages import PageBuilder
 from feed.evaluation.splits import Split, held_out, split, training_data
 from feed.features.matrices import TrainingData
 from feed.models.base import CandidateModel, NotFittedError, blocks, mask_rows
 from feed.models.candidates import product_keys, shared_groups, topk_distinct
-from feed.models.default import TrainConfig, make_blend
+from feed.models.default import TrainConfig, make_blend, trending_list
+from feed.models.ranker import LearnedBlend
 from feed.models.sources import (
     EASE,
     Content,
@@ -50,6 +52,10 @@ logger = logging.getLogger(__name__)
 EASE_MAX_POSTS = 20_000
 #: Test users scored per batch (each batch is split further into dense blocks by the models).
 SCORE_BATCH = 512
+#: Fewer test users than this and a table says plainly that it cannot conclude.
+MIN_TEST_USERS = 500
+#: The suffix of the default model's served row (its pages, as the service builds them).
+SERVED = " (served)"
 
 ModelFactory = Callable[[], Any]
 #: Models whose scores come from engagement columns alone: posts with the same column (twins)
@@ -89,6 +95,7 @@ class EvalReport:
             "purchase_recall": f"purchase-Recall@{k}",
             "coverage": "coverage",
             "author_diversity": "author div.",
+            "category_diversity": "category div.",
         }
         heads = ["model"] + [names[m] + (" *" if m == primary else "") for m in METRICS]
         lines = [
@@ -105,25 +112,35 @@ class EvalReport:
     def _notes(self) -> list[str]:
         i = self.info
         c = i["counts"]
-        how = (
-            f"time split at {i['cut_iso']}"
-            if i["split"] == "time"
-            else f"random per-user split (seed {i['random_state']})"
-        )
+        how = {
+            "global-time": f"one global time cut at {i['cut_iso']}",
+            "user-time": "each user's newest likes and purchases held out",
+            "random": f"random per-user split (seed {i['random_state']})",
+        }[i["split"]]
         notes = [
-            f"* primary metric (*): {i['primary_metric']}; {how}, test_frac={i['test_frac']}",
+            f"* primary metric (*): {i['primary_metric']}; split {i['split']}: {how}, "
+            f"test_frac={i['test_frac']} ({i.get('split_reason', '')})",
             f"* {i['n_users']} users in the training part, {i['n_posts']} posts; "
             f"test users: {c['test_users']} "
             f"({c['test_users_with_likes']} with held-out likes, "
             f"{c['test_users_with_purchases']} with held-out purchases); "
             f"{c['cold_users_skipped']} cold test users skipped (no training interaction)",
         ]
-        if i.get("best_baseline"):
-            lo, hi = i.get("lift_ci95", (math.nan, math.nan))
+        for label, lift, ci in (
+            ("default", "lift_vs_best_baseline", "lift_ci95"),
+            (f"default{SERVED}", "served_lift", "served_lift_ci95"),
+        ):
+            if lift in i:
+                lo, hi = i.get(ci, (math.nan, math.nan))
+                notes.append(
+                    f"* {label} vs best baseline ({i['best_baseline']}) on "
+                    f"{i['primary_metric']}: {i[lift]:+.1%} "
+                    f"(95% paired bootstrap over test users: {lo:+.1%} .. {hi:+.1%})"
+                )
+        if not i.get("conclusive", True):
             notes.append(
-                f"* default vs best baseline ({i['best_baseline']}) on "
-                f"{i['primary_metric']}: {i['lift_vs_best_baseline']:+.1%} "
-                f"(95% paired bootstrap over test users: {lo:+.1%} .. {hi:+.1%})"
+                f"* only {c['test_users']} test users (fewer than {MIN_TEST_USERS}): "
+                "too few to conclude; read the intervals, not the point figures"
             )
         notes.append(f"* total {i['total_s']:.0f} s")
         return notes
@@ -145,8 +162,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def default_models(n_posts: int, random_state: int = 0) -> dict[str, ModelFactory]:
-    """The baselines plus ``"default"``, the model ``feed train`` publishes.
+def default_models(
+    n_posts: int, random_state: int = 0, split_method: str = "auto"
+) -> dict[str, ModelFactory]:
+    """The baselines plus ``"default"``, the model ``feed train`` publishes (its validation
+    carved by ``split_method``, the evaluation's protocol).
 
     EASE is left out when there are more than :data:`EASE_MAX_POSTS` posts.
     """
@@ -159,7 +179,9 @@ def default_models(n_posts: int, random_state: int = 0) -> dict[str, ModelFactor
     if n_posts <= EASE_MAX_POSTS:
         models["ease"] = EASE
     models["content"] = Content
-    models["default"] = lambda: make_blend(TrainConfig(random_state=random_state))
+    models["default"] = lambda: make_blend(
+        TrainConfig(random_state=random_state, split=split_method)
+    )
     return models
 
 
@@ -170,9 +192,15 @@ def evaluate(
     models: Mapping[str, ModelFactory] | Iterable[str] | None = None,
     random_state: int = 0,
     *,
+    split_method: str = "auto",
     progress: bool = False,
 ) -> EvalReport:
     """Split, fit every model on the training part, and score the held-out part.
+
+    The default model is scored twice: its own top-``k`` lists, and ``default (served)``: the
+    pages the service would serve from the version ``feed train`` would publish (its
+    candidate lists as published, trending, the filters and the version's page policy;
+    :mod:`feed.evaluation.pages`).
 
     Parameters
     ----------
@@ -185,6 +213,10 @@ def evaluate(
         Default: :func:`default_models` (names select a subset of it).
     random_state : int
         Seed of the random split and of every model.
+    split_method : str
+        ``auto`` (chosen from the data, :func:`feed.evaluation.splits.choose_method`), or
+        ``global-time``, ``user-time``, ``random``. The default model's validation slices
+        are carved the same way.
     progress : bool
         Show a progress bar over models.
 
@@ -192,31 +224,86 @@ def evaluate(
     -------
     EvalReport
     """
+    return _evaluate(dataset, (k,), test_frac, models, random_state, split_method, progress)[k]
+
+
+def _evaluate(
+    dataset: Dataset | str | Path,
+    ks: Sequence[int],
+    test_frac: float,
+    models: Mapping[str, ModelFactory] | Iterable[str] | None,
+    random_state: int,
+    split_method: str,
+    progress: bool,
+) -> dict[int, EvalReport]:
+    """Every model fitted once; its lists cut at each ``k`` (pages built for each ``k``)."""
     started = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else load(dataset)
-    part = split(ds, test_frac, random_state)
+    part = split(ds, test_frac, random_state, split_method)
+    logger.info("split: %s (%s)", part.method, part.reason)
     data = training_data(part)
     truth = held_out(part, data)
-    factories = _select(models, ds, random_state)
+    factories = _select(models, ds, random_state, part.method)
     logger.info("evaluating %d models on %d test users", len(factories), len(truth.users))
     exclude = data.seen()
     twins = twin_groups(data)
-    rows, lists = [], {}
+    top = max(ks)
+    lists: dict[str, dict[int, np.ndarray]] = {}
+    seconds: dict[str, tuple[float, float]] = {}
     for name, factory in _progress(factories.items(), progress):
-        row, lists[name] = _evaluate_one(name, factory, data, part.train, truth, exclude, twins, k)
-        rows.append(row)
-    info = _info(ds, part, data, truth, test_frac, k, random_state, rows)
-    _add_interval(info, truth, data, lists, random_state)
-    info["total_s"] = time.perf_counter() - started
-    return EvalReport(rows, info)
+        t = time.perf_counter()
+        model = factory().fit(data)
+        fit_s = time.perf_counter() - t
+        t = time.perf_counter()
+        items = recommend_top(model, truth.users, top, exclude, twins)
+        lists[name] = {k: items[:, :k] for k in ks}
+        seconds[name] = (fit_s, time.perf_counter() - t)
+        if isinstance(model, LearnedBlend):
+            t = time.perf_counter()
+            lists[f"{name}{SERVED}"] = served_pages(model, data, truth.users, exclude, ks)
+            seconds[f"{name}{SERVED}"] = (fit_s, time.perf_counter() - t)
+    out = {}
+    for k in ks:
+        rows = []
+        for name, by_k in lists.items():
+            metrics = score_lists(by_k[k], truth, data)
+            fit_s, score_s = seconds[name]
+            rows.append({"model": name, **metrics, "fit_s": fit_s, "score_s": score_s})
+            logger.info("%s@%d: %s", name, k, {m: round(metrics[m], 4) for m in METRICS})
+        info = _info(ds, part, data, truth, test_frac, k, random_state, rows)
+        _add_interval(info, truth, data, {n: by_k[k] for n, by_k in lists.items()}, random_state)
+        info["total_s"] = time.perf_counter() - started
+        out[k] = EvalReport(rows, info)
+    return out
+
+
+def served_pages(
+    model: LearnedBlend,
+    data: TrainingData,
+    users: np.ndarray,
+    exclude: sp.csr_matrix,
+    ks: Sequence[int],
+    config: TrainConfig | None = None,
+) -> dict[int, np.ndarray]:
+    """The first page (``k`` items, for each ``k``) the service would serve each of ``users``
+    from the version of ``model``: its ``n_candidates`` best posts as published, its trending
+    list, the service's filters and the model's page policy."""
+    cfg = config or TrainConfig()
+    items, scores, reasons = model.recommend_with_reasons(users, cfg.n_candidates, exclude)
+    builder = PageBuilder.of(data, trending_list(model, data, cfg.n_trending))
+    external = [str(u) for u in data.users.to_external(users)]
+    return {k: builder.pages(external, items, scores, reasons, k, model.page_policy_) for k in ks}
 
 
 def _select(
-    models: Mapping[str, ModelFactory] | Iterable[str] | None, ds: Dataset, random_state: int
+    models: Mapping[str, ModelFactory] | Iterable[str] | None,
+    ds: Dataset,
+    random_state: int,
+    split_method: str = "auto",
 ) -> dict[str, ModelFactory]:
     if isinstance(models, Mapping):
         return dict(models)
-    every = default_models(len(ds.posts), random_state)
+    every = default_models(len(ds.posts), random_state, split_method)
     if models is None:
         return every
     names = list(models)
@@ -224,28 +311,6 @@ def _select(
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(every)}")
     return {n: every[n] for n in names}
-
-
-def _evaluate_one(
-    name: str,
-    factory: ModelFactory,
-    data: TrainingData,
-    train: Dataset,
-    truth: HeldOut,
-    exclude: sp.csr_matrix,
-    twins: Twins,
-    k: int,
-) -> tuple[dict[str, Any], np.ndarray]:
-    t = time.perf_counter()
-    model = factory().fit(data)
-    fit_s = time.perf_counter() - t
-    t = time.perf_counter()
-    items = recommend_top(model, truth.users, k, exclude, twins)
-    score_s = time.perf_counter() - t
-    metrics = score_lists(items, truth, data)
-    row: dict[str, Any] = {"model": name, **metrics, "fit_s": fit_s, "score_s": score_s}
-    logger.info("%s: %s", name, {m: round(metrics[m], 4) for m in METRICS})
-    return row, items
 
 
 def twin_groups(data: TrainingData) -> Twins:
@@ -308,6 +373,7 @@ def _info(
     info: dict[str, Any] = {
         "dataset": str(ds.path) if ds.path else None,
         "split": part.method,
+        "split_reason": part.reason,
         "cut": part.cut,
         "cut_iso": _iso(part.cut),
         "test_frac": test_frac,
@@ -317,14 +383,19 @@ def _info(
         "n_posts": data.n_posts,
         "primary_metric": primary,
         "counts": truth.counts,
+        "conclusive": truth.counts["test_users"] >= MIN_TEST_USERS,
     }
-    base = [r for r in rows if r["model"] != "default" and r[primary] == r[primary]]
-    default = [r for r in rows if r["model"] == "default"]
-    if base and default:
-        best = max(base, key=lambda r: r[primary])
-        info["best_baseline"] = best["model"]
-        lift = default[0][primary] / best[primary] - 1 if best[primary] > 0 else math.nan
-        info["lift_vs_best_baseline"] = lift
+    ours = {"default", f"default{SERVED}"}
+    base = [r for r in rows if r["model"] not in ours and r[primary] == r[primary]]
+    if not base:
+        return info
+    best = max(base, key=lambda r: r[primary])
+    info["best_baseline"] = best["model"]
+    for r in rows:
+        if r["model"] in ours:
+            lift = r[primary] / best[primary] - 1 if best[primary] > 0 else math.nan
+            key = "lift_vs_best_baseline" if r["model"] == "default" else "served_lift"
+            info[key] = lift
     return info
 
 
@@ -335,17 +406,17 @@ def _add_interval(
     lists: dict[str, np.ndarray],
     random_state: int,
 ) -> None:
-    """The bootstrap interval of the default's lift over the best baseline, into ``info``."""
+    """The bootstrap intervals of the default's lifts (model-only and served) over the best
+    baseline, into ``info``."""
     best = info.get("best_baseline")
     if best is None:
         return
     metric = info["primary_metric"]
-    lo, hi = lift_interval(
-        per_user(lists["default"], truth, data, metric),
-        per_user(lists[best], truth, data, metric),
-        random_state,
-    )
-    info["lift_ci95"] = [lo, hi]
+    base = per_user(lists[best], truth, data, metric)
+    for name, key in (("default", "lift_ci95"), (f"default{SERVED}", "served_lift_ci95")):
+        if name in lists:
+            ours = per_user(lists[name], truth, data, metric)
+            info[key] = list(lift_interval(ours, base, random_state))
 
 
 def evaluate_at_k(
@@ -355,22 +426,21 @@ def evaluate_at_k(
     test_frac: float = 0.2,
     models: Any = None,
     random_state: int = 0,
+    split_method: str = "auto",
     progress: bool = False,
 ) -> dict[int, EvalReport]:
-    """:func:`feed.evaluate` at several list lengths ``k`` (same split, same models).
-
-    Each ``k`` fits the models again (the split and seeds are the same, so only the list length
-    differs); on a small dataset that takes seconds.
+    """:func:`feed.evaluate` at several list lengths ``k``: one split, every model fitted once,
+    its lists cut at each ``k`` (served pages are built for each ``k``).
 
     Parameters
     ----------
     dataset : Dataset or path
     ks : sequence of int
         List lengths, e.g. ``(5, 10, 20)``.
-    test_frac, models, random_state
+    test_frac, models, random_state, split_method
         As for :func:`feed.evaluate.evaluate`.
     progress : bool
-        Show a progress bar over ``ks``.
+        Show a progress bar over models.
 
     Returns
     -------
@@ -385,14 +455,10 @@ def evaluate_at_k(
     0  most-popular  10       0.0171
     1  most-popular  20       0.0280
     """
-    ds = dataset if isinstance(dataset, Dataset) else load(dataset)
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive list lengths, got {ks}")
-    out = {}
-    for k in _bar(ks, progress, desc="evaluate", unit="k"):
-        out[k] = evaluate(ds, test_frac=test_frac, k=k, models=models, random_state=random_state)
-    return out
+    return _evaluate(dataset, ks, test_frac, models, random_state, split_method, progress)
 
 
 def metrics_frame(reports: EvalReport | Mapping[int, EvalReport]) -> pd.DataFrame:
@@ -425,14 +491,6 @@ def metrics_frame(reports: EvalReport | Mapping[int, EvalReport]) -> pd.DataFram
         for row in rep.rows
     ]
     return pd.DataFrame(rows)
-
-
-def _bar(items: Sequence[Any], enabled: bool, **kw: Any) -> Iterable[Any]:
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, **kw)
 
 
 def _iso(ts: float) -> str | None:

@@ -1,16 +1,28 @@
 """Publish a model version from disk into Redis, then (optionally) make it live.
 
-The order makes interruption safe: the registry marks the version ``publishing`` first; every
-key is written in pipelined batches; the keys are counted against the manifest; only then is
-the version marked ``ready`` and, with ``activate``, switched live in one ``SET``. A publish
-killed half-way leaves a ``publishing`` version that cannot be activated, is listed as such,
-and is removed by ``feed versions delete`` or overwritten by publishing again.
+Every key a publish writes belongs to the version it publishes (``{u:<user>}:cand:<v>``,
+``{u:<user>}:seed:<v>``, ``{feed:<v>}:*``, ``vdoc:<v>:*``), so no publish, finished or not,
+changes what another version serves. The order makes interruption safe: one publish at a time
+holds the publish lock (:data:`feed.contract.PUBLISH_LOCK_KEY`, renewed while it runs, expiring
+:data:`LOCK_TTL_S` after its holder stops); the registry marks the version ``publishing``;
+every key is written in pipelined batches; the keys are counted against the manifest; only then
+is the version marked ``ready`` and, with ``activate``, switched live in one ``SET``.
+
+A publish that fails (Redis out of memory, a lost connection, a count that does not match)
+removes every key it added and puts the registry entry back as it was, then raises
+:class:`PublishError` with one line saying why. A publish killed outright leaves a
+``publishing`` version that cannot be activated, is listed as such, and is removed by
+``feed versions delete`` or overwritten by publishing again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -18,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 from feed import artifacts
 from feed import contract as c
@@ -27,10 +40,11 @@ from feed.redisclient import is_cluster
 logger = logging.getLogger(__name__)
 
 BATCH = 1000  # commands per pipeline
+LOCK_TTL_S = 30.0  # the publish lock expires this long after its holder stops renewing it
 
 
 class PublishError(RuntimeError):
-    """Publishing failed; the live version was not touched."""
+    """Publishing failed; the live version was not touched (the message is one line)."""
 
 
 @dataclass
@@ -48,23 +62,138 @@ def _batched(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _write(r: Any, pairs: Iterable[tuple[str, bytes]], progress: Any = None) -> list[str]:
-    """Write every (key, value): one MSET per batch (on a cluster, where one command cannot
-    span slots, pipelined SETs); returns the keys written."""
-    keys: list[str] = []
-    cluster = is_cluster(r)
-    for chunk in _batched(pairs, BATCH):
-        if cluster:
-            pipe = r.pipeline(transaction=False)
-            for k, v in chunk:
-                pipe.set(k, v)
-            pipe.execute()
-        else:
-            r.mset(dict(chunk))
-        keys.extend(k for k, _ in chunk)
-        if progress is not None:
-            progress.update(len(chunk))
-    return keys
+class _Lease:
+    """The publish lock (redis-py's :class:`~redis.lock.Lock`: ``SET NX PX`` with a token,
+    released only by its owner), renewed by a thread every third of its TTL while held."""
+
+    def __init__(self, r: Any, version: str, wait: float) -> None:
+        self.r = r
+        self.version = version
+        self.wait = wait
+        self.lock = r.lock(c.PUBLISH_LOCK_KEY, timeout=LOCK_TTL_S, thread_local=False)
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="publish-lock", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        host, pid = socket.gethostname(), os.getpid()
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        token = f"{self.version} by pid {pid} on {host} since {started} ({uuid.uuid4().hex})"
+        try:
+            acquired = self.lock.acquire(
+                blocking=self.wait > 0, blocking_timeout=self.wait or None, token=token
+            )
+        except redis.RedisError as e:
+            raise PublishError(f"{self.version}: {_why(e)}; nothing was written") from e
+        if not acquired:
+            raise PublishError(self._refusal())
+        self._thread.start()
+        return self
+
+    def _refusal(self) -> str:
+        holder = self.r.get(c.PUBLISH_LOCK_KEY)
+        ttl = self.r.pttl(c.PUBLISH_LOCK_KEY)
+        who = c.text(holder).rsplit(" (", 1)[0] if holder else "another publish"
+        waited = f" after waiting {self.wait:g} s" if self.wait > 0 else ""
+        return (
+            f"another publish holds the publish lock{waited}: {who}; nothing was written. "
+            f"Retry when it ends (the lock expires {max(ttl, 0) / 1000:.0f} s after its holder "
+            "stops), or pass --wait SECONDS"
+        )
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LOCK_TTL_S / 3):
+            try:
+                self.lock.reacquire()
+            except redis.exceptions.LockError:
+                self.lost = "the publish lock expired and was taken by another publish"
+                return
+            except redis.RedisError as e:  # a blip: the next renewal may succeed
+                logger.warning("renewing the publish lock failed: %s", e)
+
+    def check(self) -> None:
+        """Raise when the lock is no longer ours (so two publishes never write at once)."""
+        if self.lost:
+            raise PublishError(self.lost)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self.lock.release()
+        except (redis.exceptions.LockError, redis.RedisError) as e:
+            logger.warning("releasing the publish lock failed (it expires by itself): %s", e)
+
+
+class _Writer:
+    """Writes a publish's keys in pipelined batches and remembers the keys it added, so a
+    failed publish removes exactly those (keys that existed before, when a registered version
+    is published again, are left: they held the same names before)."""
+
+    def __init__(self, r: Any, lease: _Lease | None, *, rewrite: bool, bar: Any = None) -> None:
+        self.r = r
+        self.lease = lease
+        self.rewrite = rewrite
+        self.bar = bar
+        self.cluster = is_cluster(r)
+        self.added: list[str] = []
+
+    def _adding(self, keys: list[str]) -> None:
+        """Note ``keys`` as added before writing them (a write that fails half-way is undone
+        too); on a rewrite, only those that do not exist yet."""
+        if self.lease is not None:
+            self.lease.check()
+        if self.rewrite:
+            pipe = self.r.pipeline(transaction=False)
+            for k in keys:
+                pipe.exists(k)
+            keys = [k for k, n in zip(keys, pipe.execute(), strict=True) if not n]
+        self.added.extend(keys)
+
+    def strings(self, pairs: Iterable[tuple[str, bytes]]) -> list[str]:
+        """Write every (key, value): one MSET per batch (on a cluster, where one command cannot
+        span slots, pipelined SETs); returns the keys written."""
+        keys: list[str] = []
+        for chunk in _batched(pairs, BATCH):
+            self._adding([k for k, _ in chunk])
+            if self.cluster:
+                pipe = self.r.pipeline(transaction=False)
+                for k, v in chunk:
+                    pipe.set(k, v)
+                pipe.execute()
+            else:
+                self.r.mset(dict(chunk))
+            keys.extend(k for k, _ in chunk)
+            if self.bar is not None:
+                self.bar.update(len(chunk))
+        return keys
+
+    def members(self, key: str, members: list[str]) -> list[str]:
+        """Write the set ``key`` with exactly ``members`` (nothing when empty); returns the
+        keys written (``[key]`` or ``[]``)."""
+        if not members:
+            if self.rewrite:
+                self.r.delete(key)  # an earlier publish of this version had some
+            return []
+        self._adding([key])
+        self.r.delete(key)  # a rewrite replaces the set, never merges into it
+        for chunk in _batched(members, BATCH):
+            self.r.sadd(key, *chunk)
+        return [key]
+
+    def undo(self) -> int:
+        """Remove every key this publish added; returns how many existed."""
+        removed = 0
+        for chunk in _batched(self.added, BATCH):
+            if self.cluster:
+                pipe = self.r.pipeline(transaction=False)
+                for k in chunk:
+                    pipe.unlink(k)
+                removed += sum(int(x) for x in pipe.execute())
+            else:
+                removed += int(self.r.unlink(*chunk))
+        return removed
 
 
 def _count_existing(r: Any, keys: list[str]) -> int:
@@ -98,9 +227,9 @@ def _neighbour_pairs(art: artifacts.Artifact, post_ids: np.ndarray) -> Iterator[
             yield c.neighbours_key(art.version, str(pid)), blob
 
 
-def _write_seeds(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[str]:
-    """One seed key per user: the authors they follow and the products they bought in the
-    training data (compact JSON; events keep adding to the real-time sets)."""
+def _seed_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
+    """One seed key per user and version: the authors they follow and the products they bought
+    in the training data (compact JSON; events keep adding to the real-time sets)."""
     seeds: dict[str, dict[str, list[str]]] = {}
     f, p = art.arrays("follows"), art.arrays("purchases")
     for field, (users, values) in {
@@ -109,14 +238,11 @@ def _write_seeds(r: Any, art: artifacts.Artifact, progress: Any = None) -> list[
     }.items():
         for uid, value in zip(users.tolist(), values.tolist(), strict=True):
             seeds.setdefault(uid, {"follows": [], "bought": []})[field].append(value)
-    pairs = (
-        (
-            c.user_key(uid, c.USER_SEED),
+    for uid, seed in seeds.items():
+        yield (
+            c.user_key(uid, c.USER_SEED, art.version),
             c.encode_json({k: sorted(set(v)) for k, v in seed.items() if v}),
         )
-        for uid, seed in seeds.items()
-    )
-    return _write(r, pairs, progress)
 
 
 def _seeded_users(art: artifacts.Artifact) -> int:
@@ -137,26 +263,37 @@ def _token_blob(art: artifacts.Artifact) -> bytes:
 
 
 def _doc_pairs(art: artifacts.Artifact) -> Iterator[tuple[str, bytes]]:
-    """Post, product and card documents (cards: what the feed serves of each post)."""
+    """The version's post, product and card documents (cards: what the feed serves of each
+    post)."""
+    v = art.version
     products = {d["product_id"]: d for d in art.documents("products")}
     for d in products.values():
-        yield c.product_doc_key(d["product_id"]), c.encode_json(d)
+        yield c.product_doc_key(d["product_id"], v), c.encode_json(d)
     for d in art.documents("posts"):
-        yield c.post_doc_key(d["post_id"]), c.encode_json(d)
-        yield c.card_key(d["post_id"]), c.encode_json(c.card(d, products))
+        yield c.post_doc_key(d["post_id"], v), c.encode_json(d)
+        yield c.card_key(d["post_id"], v), c.encode_json(c.card(d, products))
 
 
-def _stock(r: Any, art: artifacts.Artifact) -> None:
-    out = [d["product_id"] for d in art.documents("products") if not d.get("in_stock", True)]
-    back = [d["product_id"] for d in art.documents("products") if d.get("in_stock", True)]
-    for chunk in _batched(back, BATCH):
-        r.srem(c.OUT_OF_STOCK_KEY, *chunk)
-    for chunk in _batched(out, BATCH):
-        r.sadd(c.OUT_OF_STOCK_KEY, *chunk)
+def _out_of_stock(art: artifacts.Artifact) -> list[str]:
+    """The version's products that are out of stock (its stock set)."""
+    return [d["product_id"] for d in art.documents("products") if not d.get("in_stock", True)]
+
+
+def _up_to_date(meta: dict[str, Any] | None) -> bool:
+    """True when ``meta`` is a version already published, completely, under this contract."""
+    return bool(
+        meta and meta.get("state") == c.STATE_READY and meta.get("contract") == c.CONTRACT_VERSION
+    )
 
 
 def publish(
-    r: Any, path: str | Path, *, activate: bool = False, progress: bool = False, force: bool = False
+    r: Any,
+    path: str | Path,
+    *,
+    activate: bool = False,
+    progress: bool = False,
+    force: bool = False,
+    wait: float = 0.0,
 ) -> PublishResult:
     """Write a model version into Redis and verify it.
 
@@ -167,52 +304,41 @@ def publish(
     activate : make the version live once verified
     progress : show a progress bar
     force : publish again a version already ``ready`` (otherwise a no-op)
+    wait : seconds to wait for another publish into the same Redis to end (0: refuse at once)
+
+    Raises
+    ------
+    PublishError
+        One line: another publish holds the lock, or writing or verifying failed (Redis out of
+        memory, a lost connection, a count that does not match the manifest); every key this
+        publish added is gone again and the registry entry is as before.
     """
     art = artifacts.read(path, verify=True)
     v = art.version
     if not c.valid_version(v):
         raise PublishError(f"manifest version {v!r} is not a valid version id")
-    meta = reg.get_meta(r, v)
     t0 = time.perf_counter()
     counts = art.manifest["counts"]
-    current = meta and meta.get("contract") == c.CONTRACT_VERSION
-    if meta and meta.get("state") == c.STATE_READY and current and not force:
+    if _up_to_date(reg.get_meta(r, v)) and not force:
         logger.info("version %s is already published", v)
     else:
-        reg.set_meta(
-            r,
-            v,
-            {
-                "state": c.STATE_PUBLISHING,
-                "contract": c.CONTRACT_VERSION,
-                "started_at": time.time(),
-                "created": art.manifest.get("created"),
-                "counts": counts,
-            },
-        )
-        _write_version(r, art, progress)
-        reg.set_meta(
-            r,
-            v,
-            {
-                "state": c.STATE_READY,
-                "contract": c.CONTRACT_VERSION,
-                "published_at": time.time(),
-                "created": art.manifest.get("created"),
-                "counts": counts,
-                "data": art.manifest.get("data", {}),
-                "metrics": art.manifest.get("metrics", {}),
-            },
-        )
+        with _Lease(r, v, wait) as lease:
+            before = r.hget(c.VERSIONS_KEY, v)  # under the lock: no other publish changes it
+            if _up_to_date(c.decode_json(before)) and not force:
+                logger.info("version %s was published meanwhile", v)
+            else:
+                _publish_locked(r, art, before, lease, progress)
     previous = reg.activate(r, v) if activate else None
     return PublishResult(v, counts, time.perf_counter() - t0, activate, previous)
 
 
-def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
-    v = art.version
-    posts = art.arrays("posts")
-    trending = art.arrays("trending")
-    counts = art.manifest["counts"]
+def _publish_locked(
+    r: Any, art: artifacts.Artifact, before: bytes | None, lease: _Lease, progress: bool
+) -> None:
+    """Write and verify the version under the publish lock; on any failure remove what was
+    added, put the registry entry ``before`` back and raise :class:`PublishError`."""
+    v, counts = art.version, art.manifest["counts"]
+    started = time.time()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -222,59 +348,123 @@ def _write_version(r: Any, art: artifacts.Artifact, progress: bool) -> None:
             + counts["neighbour_posts"]
             + 2 * counts["post_docs"]
             + counts["product_docs"]
-            + counts["followers"]
-            + counts["buyers"]
+            + _seeded_users(art)
             + 4
         )
-        bar = tqdm(total=total, desc=f"publish {v}", unit="key")
+        bar = tqdm(total=total, desc=f"publish {v}", unit="key", disable=None)  # off: no tty
+    writer = _Writer(r, lease, rewrite=before is not None, bar=bar)
+    meta = {"contract": c.CONTRACT_VERSION, "created": art.manifest.get("created")}
     try:
-        shared = [
-            (c.version_key(v, "manifest"), c.encode_json(art.manifest)),
-            (
-                c.version_key(v, "posts"),
-                c.encode_post_table(
-                    posts["post_id"].tolist(),
-                    posts["author_id"].tolist(),
-                    posts["created_at"].tolist(),
-                    posts["category"].tolist(),
-                    [p.split("|") if p else [] for p in posts["product_ids"].tolist()],
-                    {d["product_id"]: d.get("category") or "" for d in art.documents("products")},
-                ),
-            ),
-            (
-                c.version_key(v, "trending"),
-                c.encode_candidates(
-                    trending["items"],
-                    trending["scores"],
-                    np.full(len(trending["items"]), c.REASON_CODE["trending"]),
-                ),
-            ),
-            (c.version_key(v, "tokens"), _token_blob(art)),
-        ]
-        groups = {
-            "version": _write(r, shared, bar),
-            "users": _write(r, _candidate_pairs(art), bar),
-            "neighbour_posts": _write(r, _neighbour_pairs(art, posts["post_id"]), bar),
-            "docs": _write(r, _doc_pairs(art), bar),
-            "seeds": _write_seeds(r, art, bar),
-        }
-        _stock(r, art)
+        reg.set_meta(
+            r, v, {**meta, "state": c.STATE_PUBLISHING, "started_at": started, "counts": counts}
+        )
+        _write_version(writer, art)
+        lease.check()
+        reg.set_meta(
+            r,
+            v,
+            {
+                **meta,
+                "state": c.STATE_READY,
+                "started_at": started,
+                "published_at": time.time(),
+                "counts": counts,
+                "data": art.manifest.get("data", {}),
+                "metrics": art.manifest.get("metrics", {}),
+            },
+        )
+    except BaseException as e:
+        undone = _undo(r, writer, v, before)
+        if not isinstance(e, Exception):
+            raise  # KeyboardInterrupt, SystemExit: undone, then on their way
+        raise PublishError(f"{v}: {_why(e)}; {undone}") from e
     finally:
         if bar is not None:
             bar.close()
+
+
+def _why(e: BaseException) -> str:
+    """What went wrong, in one line."""
+    text = " ".join(str(e).split()).rstrip(".")
+    if isinstance(e, PublishError):
+        return text
+    if isinstance(e, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return f"Redis is out of memory (maxmemory reached, nothing to evict): {text}"
+    if isinstance(e, redis.ConnectionError | redis.TimeoutError):
+        return f"lost the connection to Redis ({type(e).__name__}: {text})"
+    return f"{type(e).__name__}: {text}"
+
+
+def _undo(r: Any, writer: _Writer, version: str, before: bytes | None) -> str:
+    """Remove the keys a failed publish added and put its registry entry back; says what
+    happened, in a few words."""
+    try:
+        removed = writer.undo()
+        if before is None:
+            r.hdel(c.VERSIONS_KEY, version)
+        else:
+            r.hset(c.VERSIONS_KEY, version, before)
+    except redis.RedisError as e:
+        return (
+            f"removing what it wrote failed too ({type(e).__name__}: {' '.join(str(e).split())}); "
+            f"`feed versions delete {version}` removes it"
+        )
+    return f"removed the {removed} keys it had written; the registry is as before"
+
+
+def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
+    """Every key of the version, each group counted against the manifest."""
+    v = art.version
+    posts = art.arrays("posts")
+    trending = art.arrays("trending")
+    counts = art.manifest["counts"]
+    shared = [
+        (c.version_key(v, "manifest"), c.encode_json(art.manifest)),
+        (
+            c.version_key(v, "posts"),
+            c.encode_post_table(
+                posts["post_id"].tolist(),
+                posts["author_id"].tolist(),
+                posts["created_at"].tolist(),
+                posts["category"].tolist(),
+                [p.split("|") if p else [] for p in posts["product_ids"].tolist()],
+                {d["product_id"]: d.get("category") or "" for d in art.documents("products")},
+                (art.manifest.get("model") or {}).get("page_policy"),
+            ),
+        ),
+        (
+            c.version_key(v, "trending"),
+            c.encode_candidates(
+                trending["items"],
+                trending["scores"],
+                np.full(len(trending["items"]), c.REASON_CODE["trending"]),
+            ),
+        ),
+        (c.version_key(v, "tokens"), _token_blob(art)),
+    ]
+    out_of_stock = _out_of_stock(art)
+    groups = {
+        "version": w.strings(shared),
+        "users": w.strings(_candidate_pairs(art)),
+        "neighbour_posts": w.strings(_neighbour_pairs(art, posts["post_id"])),
+        "docs": w.strings(_doc_pairs(art)),
+        "seeds": w.strings(_seed_pairs(art)),
+        "stock": w.members(c.stock_key(v), out_of_stock),
+    }
     expected = {
         "version": len(shared),
         "users": counts["users"],
         "neighbour_posts": counts["neighbour_posts"],
         "docs": 2 * counts["post_docs"] + counts["product_docs"],  # a card per post
         "seeds": _seeded_users(art),
+        "stock": 1 if out_of_stock else 0,
     }
     for name, keys in groups.items():
         if len(keys) != expected[name]:
             raise PublishError(
                 f"{v}: wrote {len(keys)} {name} keys, manifest says {expected[name]}"
             )
-        found = _count_existing(r, keys)
+        found = _count_existing(w.r, keys)
         if found != expected[name]:
             raise PublishError(
                 f"{v}: only {found} of {expected[name]} {name} keys are in Redis after writing"

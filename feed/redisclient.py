@@ -167,16 +167,23 @@ def client_and_url(redis: Any) -> tuple[Any, str]:
     return redis, url_of(redis)
 
 
-def read_history(r: Any, user_id: str, n: int) -> dict[str, Any]:
+def read_history(r: Any, user_id: str, n: int, version: str | None = None) -> dict[str, Any]:
     """A user's history as the service knows it, in one pipelined read: likes since training
-    (newest first, with time), products bought and authors followed (the publish seed plus
-    events, minus unfollows); at most ``n`` of each."""
+    (newest first, with time), products bought and authors followed (the seed ``version``
+    published, the live version's when None, plus events, minus unfollows); at most ``n`` of
+    each."""
+    if version is None:
+        live = r.get(c.LIVE_KEY)
+        version = c.text(live) if live is not None else None
     pipe = r.pipeline(transaction=False)
     pipe.zrange(c.user_key(user_id, c.USER_LIKES), 0, n - 1, desc=True, withscores=True)
     for kind in (c.USER_PURCHASES, c.USER_FOLLOWS, c.USER_UNFOLLOWS):
         pipe.smembers(c.user_key(user_id, kind))
-    pipe.get(c.user_key(user_id, c.USER_SEED))
-    likes, bought, follows, unfollows, seed = pipe.execute()
+    if version:
+        pipe.get(c.user_key(user_id, c.USER_SEED, version))
+    replies = pipe.execute()
+    likes, bought, follows, unfollows = replies[:4]
+    seed = replies[4] if version else None
     seed_follows, seed_bought = c.decode_seed(seed)
     bought_all = seed_bought | {c.text(x) for x in bought}
     follows_all = (seed_follows | {c.text(x) for x in follows}) - {c.text(x) for x in unfollows}

@@ -7,7 +7,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,16 @@ from typing import Any
 import numpy as np
 
 from feed import __version__, artifacts
-from feed.contract import CONTRACT_VERSION, iso_time, post_document
+from feed.contract import CONTRACT_VERSION, iso_time, post_document, unit_scores
 from feed.data import Dataset, load
-from feed.features.matrices import EngagementWeights, TrainingData, build, decayed
+from feed.evaluation.splits import choose_method
+from feed.features.matrices import EngagementWeights, TrainingData, build
 from feed.models.base import blocks, parallel_map, topk
-from feed.models.default import TrainConfig, make_blend
+from feed.models.default import TrainConfig, make_blend, trending_list
 from feed.models.ranker import LearnedBlend
 from feed.models.sources import (
     Content,
     ItemItem,
-    Popularity,
-    Trending,
 )
 
 logger = logging.getLogger(__name__)
@@ -244,13 +243,17 @@ def train(
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
     data = build(ds, EngagementWeights())
+    if cfg.split == "auto":  # validation mirrors the protocol the data supports
+        method, why = choose_method(ds, cfg.val_frac)
+        logger.info("validation split: %s (%s)", method, why)
+        cfg = replace(cfg, split=method)
     timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     blend = make_blend(cfg).fit(data)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    content, item, trending = _side_models(blend, data, ds, cfg)
+    content, item = _side_models(blend, data, ds, cfg)
     timings["fit_side_models_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -265,7 +268,7 @@ def train(
     timings["neighbours_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    trend_items, trend_scores = topk(trending.scores_[None, :].copy(), cfg.n_trending)
+    trend_items, trend_scores = trending_list(blend, data, cfg.n_trending)
     tokens = token_index(content, data)
     timings["tokens_s"] = time.perf_counter() - t
 
@@ -292,11 +295,11 @@ def train(
         "candidates": {
             "users": data.users.to_external(active),
             "items": items.astype(np.int32),
-            "scores": _unit(scores),
+            "scores": unit_scores(scores),
             "reasons": reasons.astype(np.uint8),
         },
-        "neighbours": {"items": nb_items.astype(np.int32), "scores": _unit(nb_scores)},
-        "trending": {"items": trend_items[0].astype(np.int32), "scores": _unit(trend_scores)[0]},
+        "neighbours": {"items": nb_items.astype(np.int32), "scores": unit_scores(nb_scores)},
+        "trending": {"items": trend_items.astype(np.int32), "scores": trend_scores},
         "follows": {
             "follower": ds.follows["follower_id"].to_numpy(str),
             "followee": ds.follows["followee_id"].to_numpy(str),
@@ -317,24 +320,13 @@ def _side_models(
     data: TrainingData,
     ds: Dataset,
     cfg: TrainConfig,
-) -> tuple[Content, ItemItem, Popularity]:
-    """Content, co-engagement and trending models for neighbours, tokens and the trending list
-    (the default model's own when it has them)."""
+) -> tuple[Content, ItemItem]:
+    """Content and co-engagement models for neighbours and tokens (the default model's own
+    when it has them)."""
     fitted = blend.sources_
     content = fitted.get("content") or Content(min_df=cfg.content_min_df).fit(data)
     item = fitted.get("itemknn") or ItemItem(K=cfg.item_k).fit(data)
-    trending = fitted.get("trending") or Trending().fit(decayed(data))
-    return content, item, trending  # type: ignore[return-value]
-
-
-def _unit(scores: np.ndarray) -> np.ndarray:
-    """Scores scaled to [0, 1] per row (padding -inf becomes 0)."""
-    s = np.where(np.isfinite(scores), scores, np.nan).astype(np.float32)
-    hi = np.nanmax(np.where(np.isnan(s), -np.inf, s), axis=-1, keepdims=True)
-    lo = np.nanmin(np.where(np.isnan(s), np.inf, s), axis=-1, keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    out = np.where(np.isnan(s), 0.0, 0.05 + 0.95 * (s - np.minimum(lo, hi)) / span)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return content, item  # type: ignore[return-value]
 
 
 def _manifest(

@@ -8,6 +8,7 @@ A version is activatable only in state ``ready`` (every key written and counted)
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -24,6 +25,25 @@ DELETE_BATCH = 500
 
 class VersionError(RuntimeError):
     """A version operation was refused (unknown, incomplete, live, or in use)."""
+
+
+class VersionNotServable(VersionError):
+    """The version was published under another Redis contract: this release cannot serve it."""
+
+
+def not_servable(version: str, meta: dict[str, Any]) -> str | None:
+    """Why this release cannot serve ``version`` (registry entry ``meta``), or None.
+
+    >>> print(not_servable("v1", {"contract": 1}))  # doctest: +ELLIPSIS
+    version 'v1' was published under Redis contract 1; this release serves contract ...
+    """
+    contract = meta.get("contract", 1)
+    if contract == c.CONTRACT_VERSION:
+        return None
+    return (
+        f"version {version!r} was published under Redis contract {contract}; this release "
+        f"serves contract {c.CONTRACT_VERSION}: publish it again (feed publish ARTIFACT)"
+    )
 
 
 def _text(raw: Any) -> str | None:
@@ -103,11 +123,9 @@ def activate(r: Any, version: str) -> str | None:
             f"version {version!r} is {meta.get('state')!r}, not {c.STATE_READY!r}: "
             "its keys are incomplete; publish it again"
         )
-    if meta.get("contract") != c.CONTRACT_VERSION:
-        raise VersionError(
-            f"version {version!r} was published under Redis contract {meta.get('contract', 1)}, "
-            f"this release reads contract {c.CONTRACT_VERSION}: publish it again"
-        )
+    problem = not_servable(version, meta)
+    if problem:
+        raise VersionNotServable(problem)
     missing = missing_keys(r, version)
     if missing:
         raise VersionError(
@@ -155,35 +173,52 @@ def prune_fresh(r: Any) -> int:
 
 
 def rollback(r: Any) -> str:
-    """Re-activate the most recent previously live version that is still ready."""
+    """Re-activate the most recent previously live version that is still ready.
+
+    History entries that are gone or incomplete are dropped on the way. A version this release
+    cannot serve (another Redis contract) is refused with :class:`VersionNotServable`, and
+    then nothing changes: the live version and the history stay as they were.
+    """
     live = live_version(r)
-    while True:
-        prev = _text(r.lpop(c.HISTORY_KEY))
-        if prev is None:
-            raise VersionError("no previous version to roll back to")
+    history = [_text(x) or "" for x in r.lrange(c.HISTORY_KEY, 0, -1)]
+    for i, prev in enumerate(history):
         meta = get_meta(r, prev)
-        if (
-            prev != live
-            and meta
-            and meta.get("state") == c.STATE_READY
-            and not missing_keys(r, prev)
-        ):
-            r.set(c.LIVE_KEY, prev)
-            return prev
+        if prev == live or not meta or meta.get("state") != c.STATE_READY:
+            continue
+        problem = not_servable(prev, meta)
+        if problem:
+            raise VersionNotServable(f"cannot roll back: {problem}")
+        if missing_keys(r, prev):
+            continue
+        r.ltrim(c.HISTORY_KEY, i + 1, -1)
+        r.set(c.LIVE_KEY, prev)
+        return prev
+    if history:
+        r.ltrim(c.HISTORY_KEY, len(history), -1)
+    raise VersionError("no previous version to roll back to")
+
+
+def _version_key_re(version: str) -> re.Pattern[str]:
+    """Every key publish writes for ``version``: a user's candidates and seed, the version's
+    own keys (``{feed:<v>}:*``, its stock set among them), its documents and cards."""
+    v = re.escape(version)
+    pattern = rf"\{{u:[^}}]*\}}:(cand|{c.USER_SEED}):{v}|\{{feed:{v}\}}:.*|vdoc:{v}:.*"
+    return re.compile(pattern, re.DOTALL)
 
 
 def version_keys(r: Any, version: str) -> list[str]:
-    """Every key of a version: per-user candidates and the version's own keys."""
+    """Every key of a version (see :func:`_version_key_re`): one SCAN over each primary for the
+    keys containing the version id, filtered exactly."""
+    wanted = _version_key_re(version)
     keys: list[str] = []
     nodes = r.get_primaries() if is_cluster(r) else [None]
     for node in nodes:
-        for pattern in (f"{{u:*}}:cand:{version}", f"{{feed:{version}}}:*"):
-            it = (
-                r.scan_iter(match=pattern, count=1000, target_nodes=node)
-                if node is not None
-                else r.scan_iter(match=pattern, count=1000)
-            )
-            keys.extend(_text(k) or "" for k in it)
+        it = (
+            r.scan_iter(match=f"*{version}*", count=1000, target_nodes=node)
+            if node is not None
+            else r.scan_iter(match=f"*{version}*", count=1000)
+        )
+        keys.extend(k for k in (_text(x) or "" for x in it) if wanted.fullmatch(k))
     return keys
 
 

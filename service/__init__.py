@@ -60,6 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from feed.redisclient import from_url
     from service import observability
+    from service.request import require_api_key
     from service.routes import BLUEPRINTS
     from service.store import Store
 
@@ -72,6 +73,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["feed_store"] = Store(client, app.config)
     register_errors(app)
     observability.init_app(app)
+    app.before_request(require_api_key)  # after the request id is set
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     return app

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from feed.serving.policy import PagePolicy
+from feed.serving.ranking import RANKING_SETTINGS
+
 SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("REDIS_URL", None, "None: `feed serve` starts a private server; the app itself requires it"),
     ("REDIS_SOCKET_TIMEOUT", 0.25, "seconds, every Redis command (one retry on top)"),
@@ -16,22 +19,42 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("SEEN_MAX", 2_000, "entries kept per user in the seen set"),
     ("RT_MAX", 300, "real-time candidates kept per user"),
     ("RT_NEIGHBOURS", 20, "neighbours of a liked post added to the user's real-time candidates"),
-    ("RT_WEIGHT", 1.2, "real-time candidate scores (relative to precomputed ones in [0, 1])"),
-    ("FOLLOW_WEIGHT", 1.0, "fresh posts of followed authors"),
-    ("TRENDING_CANDIDATES", 100, "trending posts offered to every page as the fallback source"),
-    ("TRENDING_WEIGHT", 0.15, "trending fallback"),
-    ("FRESH_WEIGHT", 0.3, "posts created through the API, not followed"),
     ("FRESH_POSTS", 500, "newest posts created through the API offered to every page"),
-    ("FRESHNESS_WEIGHT", 0.2, "bonus * 0.5 ** (age / half-life)"),
-    ("FRESHNESS_HALF_LIFE_S", 3 * 86_400, "half-life of the freshness bonus, seconds"),
-    ("AUTHOR_MAX_PER_PAGE", 2, "at most this many posts of one author on a page"),
-    ("CATEGORY_DISCOUNT", 0.15, "score *= 1 - this, per earlier item of its category on a page"),
-    ("DIVERSITY_POOL_FACTOR", 5, "a page is picked from the best limit * this (>= 50) candidates"),
+    (
+        "USER_STATE_TTL_S",
+        30 * 86_400,
+        "a user's likes, follows, hidden, muted, bought and real-time keys expire after this "
+        "long without an event of theirs (each event renews them; 0: never)",
+    ),
+    ("FRESH_MAX_POSTS", 100_000, "posts created through the API kept (the oldest go first)"),
+    (
+        "FRESH_MAX_AGE_S",
+        14 * 86_400,
+        "an API post's document, card and metadata are removed this long after it was created "
+        "(a trained version keeps its own copy)",
+    ),
+    (
+        "STATELESS_MAX_PAGES",
+        10,
+        "pages of a scroll that records nothing (an unknown visitor, a preview, Redis full); "
+        "page n ranks n pages again",
+    ),
+    ("POST_TEXT_MAX", 5_000, "characters of a new post's text; longer is a 400"),
+    ("POST_TITLE_MAX", 200, "characters of a new post's title; longer is a 400"),
+    ("POST_TAGS_MAX", 30, "tags of a new post; more is a 400"),
+    ("POST_TAG_MAX", 50, "characters of one tag; longer is a 400"),
+    ("POST_PRODUCTS_MAX", 20, "products a new post links; more is a 400"),
+    *RANKING_SETTINGS,  # how a page mixes its sources (feed.serving.ranking)
+    # the page policy (docs/quality.md): unset, each field is the version's (chosen at training)
+    ("AUTHOR_MAX_PER_PAGE", None, "hard cap per author beyond its catalogue share (0: none)"),
+    ("PAGE_AUTHOR_DECAY", None, "an author's k-th repeat: score *= (1 - floor) * decay**k + floor"),
+    ("PAGE_AUTHOR_FLOOR", None, "the author discount's floor (see PAGE_AUTHOR_DECAY)"),
+    ("PAGE_CATEGORY_DECAY", None, "the same discount per repeated category"),
+    ("PAGE_CATEGORY_FLOOR", None, "the category discount's floor"),
+    ("PAGE_NO_ADJACENT_AUTHOR", None, "true: never one author twice in a row (when avoidable)"),
     ("LIKES_MAX", 1_000, "likes since training kept per user (older ones stop steering the feed)"),
     ("RT_FOLLOW_POSTS", 20, "newest posts of a just-followed author added to real-time candidates"),
-    ("INTEREST_WEIGHT", 0.8, "posts matching the interests= hint (categories or words)"),
     ("INTEREST_MAX_TERMS", 10, "interests= terms used; more are a 400"),
-    ("INTEREST_POSTS_PER_TERM", 100, "matching posts taken per term, best first"),
     ("PAGE_REPLAY_TTL_S", 900, "a cursor retried within this time returns the same page again"),
     ("GIFT_DEFAULT_LIMIT", 10, "gift ideas per request when limit= is absent"),
     ("GIFT_POSTS_PER_PRODUCT", 3, "posts shown with each gift idea"),
@@ -44,7 +67,18 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("MAX_CONTENT_LENGTH", 1_000_000, "bytes; larger bodies get 413"),
     ("CURSOR_SECRET", None, "HMAC key for cursors; random per process when unset"),
     ("CURSOR_TTL_S", 86_400, "a cursor older than this is a 400 (seconds)"),
-    ("ADMIN_TOKEN", None, "bearer token of /v1/admin/*; the admin API is off (404) when unset"),
+    (
+        "ADMIN_TOKEN",
+        None,
+        "bearer token (16+ characters) of /v1/admin/*, previews and viewer examples; "
+        "the admin API is off (404) when unset",
+    ),
+    (
+        "API_KEY",
+        None,
+        "X-API-Key (16+ characters) every route but /healthz, /readyz and the viewer page "
+        "requires (docs/security.md); unset: no key",
+    ),
     ("JSON_LOGS", True, "structured JSON logs on stderr (false: Flask's default logging)"),
     ("LOG_LEVEL", "INFO", "level of the service's loggers"),
 )
@@ -72,6 +106,12 @@ def check(config: dict[str, Any]) -> None:
         if value < 0:
             raise ConfigError(f"FEED_{key}={raw!r} must not be negative")
         config[key] = value
+    try:
+        PagePolicy().overridden(config)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"a FEED_PAGE_* or FEED_AUTHOR_MAX_PER_PAGE setting is invalid: {e}"
+        ) from e
     if not 1 <= config["DEFAULT_LIMIT"] <= config["MAX_LIMIT"]:
         raise ConfigError("FEED_DEFAULT_LIMIT must be between 1 and FEED_MAX_LIMIT")
     if str(config.get("DEBUG", "")).lower() in ("1", "true", "yes", "on"):
@@ -83,6 +123,43 @@ def check(config: dict[str, Any]) -> None:
         raise ConfigError(
             "FEED_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); "
             "`feed serve` starts a private server when it is unset"
+        )
+    check_secrets(config)
+
+
+#: Shortest admin token and API key accepted at start.
+MIN_SECRET_LENGTH = 16
+_NEW_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def check_secrets(config: dict[str, Any]) -> None:
+    """Refuse guessable credentials: ``ADMIN_TOKEN`` and ``API_KEY``, when set, are at least
+    :data:`MIN_SECRET_LENGTH` printable ASCII characters without spaces, and differ.
+
+    >>> check_secrets({"ADMIN_TOKEN": "s3cret"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    service.config.ConfigError: FEED_ADMIN_TOKEN is 6 characters long; it must be at least 16 ...
+    """
+    for key in ("ADMIN_TOKEN", "API_KEY"):
+        value = config.get(key)
+        if value is None or value == "":
+            config[key] = None  # an empty variable is unset, not a key anyone could send
+            continue
+        text = str(value)
+        if not text.isascii() or not text.isprintable() or any(ch.isspace() for ch in text):
+            raise ConfigError(
+                f"FEED_{key} must be printable ASCII without spaces (make one with: {_NEW_SECRET})"
+            )
+        if len(text) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"FEED_{key} is {len(text)} characters long; it must be at least "
+                f"{MIN_SECRET_LENGTH} (make one with: {_NEW_SECRET})"
+            )
+    if config["API_KEY"] is not None and config["API_KEY"] == config["ADMIN_TOKEN"]:
+        raise ConfigError(
+            "FEED_API_KEY and FEED_ADMIN_TOKEN must differ: app back-ends hold the API key, "
+            "only operators the admin token"
         )
 
 

@@ -30,8 +30,21 @@ def _sign(secret: bytes, body: str) -> str:
     return _b64(hmac.digest(secret, body.encode(), hashlib.sha256)[:16])
 
 
-def encode(secret: bytes, user_id: str, version: str, page: int, started: float) -> str:
-    body = _b64(orjson.dumps({"u": user_id, "v": version, "p": page, "t": round(started, 3)}))
+def encode(
+    secret: bytes,
+    user_id: str,
+    version: str,
+    page: int,
+    started: float,
+    stateless_from: int | None = None,
+) -> str:
+    """A cursor to page ``page`` of the scroll; ``stateless_from``: the page from which the
+    scroll records nothing (an unknown visitor, or Redis full), so its pages are cut from one
+    ranking (:mod:`service.pages`)."""
+    fields: dict[str, Any] = {"u": user_id, "v": version, "p": page, "t": round(started, 3)}
+    if stateless_from is not None:
+        fields["s"] = stateless_from
+    body = _b64(orjson.dumps(fields))
     return f"{body}.{_sign(secret, body)}"
 
 

@@ -35,6 +35,12 @@ REQUEST_LATENCY = Histogram(
 )
 REDIS_ERRORS = Counter("feed_redis_errors_total", "Redis errors seen by the service.", ["kind"])
 DEGRADED = Counter("feed_degraded_responses_total", "Responses served without Redis.", ["route"])
+REDIS_FULL = Counter(
+    "feed_redis_full_total",
+    "Writes Redis refused because it is full (maxmemory with noeviction), by what was written: "
+    "events, post, page (a page served without marking it seen).",
+    ["write"],
+)
 CANDIDATE_SOURCES = Counter(
     "feed_served_items_total", "Items served, by reason (source).", ["reason"]
 )

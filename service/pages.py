@@ -2,24 +2,25 @@
 renders posts with.
 
 A :class:`PageRequest` holds what the request asked for; :func:`feed_page` routes it to a
-version, reads the user's state (round trip 1), ranks (:mod:`service.ranking`), reads the page's
-cards while marking it served (round trip 2) and answers with the next cursor. :func:`degraded`
-answers from the in-process copy of trending posts when Redis is unreachable.
+version, reads the user's state (round trip 1), ranks (:mod:`feed.serving.ranking`), reads the
+page's cards while marking it served (round trip 2) and answers with the next cursor.
+:func:`degraded` answers from the in-process copy of trending posts when Redis is unreachable.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from flask import current_app, jsonify, request
 
 from feed import contract as c
+from feed.serving.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
+from feed.serving.state import UserState, VersionTable
 from service import cursor, observability
 from service.errors import bad_request, not_found, unavailable
-from service.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
 from service.request import (
     flag,
     limit_arg,
@@ -29,7 +30,7 @@ from service.request import (
     store,
     version_table,
 )
-from service.state import Route, Served, UserState, VersionTable
+from service.state import Route, Served
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PageRequest:
     page_no: int
     pinned: str | None  # the cursor's version
     raw_cursor: str | None
+    stateless_from: int | None = None  # the cursor's: this scroll records nothing since then
 
 
 def page_request(user_id: str) -> PageRequest:
@@ -54,9 +56,9 @@ def page_request(user_id: str) -> PageRequest:
     interests = interests_arg()
     preview = flag("preview") or "version" in request.args
     now = time.time()
-    started, page_no, pinned, raw_cursor = _cursor_args(user_id, now)
+    started, page_no, pinned, raw_cursor, stateless = _cursor_args(user_id, now)
     return PageRequest(
-        user_id, limit, interests, preview, now, started, page_no, pinned, raw_cursor
+        user_id, limit, interests, preview, now, started, page_no, pinned, raw_cursor, stateless
     )
 
 
@@ -75,14 +77,18 @@ def interests_arg() -> list[str]:
     return terms
 
 
-def _cursor_args(user_id: str, now: float) -> tuple[float, int, str | None, str | None]:
-    """(scroll start, page number, pinned version, raw cursor) of the request."""
+def _cursor_args(user_id: str, now: float) -> tuple[float, int, str | None, str | None, int | None]:
+    """(scroll start, page number, pinned version, raw cursor, stateless since) of the
+    request."""
     raw = request.args.get("cursor")
     if not raw:
-        return now, 0, None, None
+        return now, 0, None, None, None
     cfg = current_app.config
     cur = cursor.decode(cfg["CURSOR_SECRET_BYTES"], raw, user_id, cfg["CURSOR_TTL_S"])
-    return float(cur["t"]), int(cur["p"]), cur["v"], raw
+    page = int(cur["p"])
+    stateless = cur.get("s")
+    stateless = min(max(int(stateless), 0), page) if isinstance(stateless, int) else None
+    return float(cur["t"]), page, cur["v"], raw, stateless
 
 
 # --- cards -----------------------------------------------------------------------------------
@@ -102,28 +108,31 @@ def in_stock(card: dict[str, Any], oos: frozenset[str]) -> dict[str, Any]:
     return card
 
 
-def cards(post_ids: list[str], served: Served | None = None) -> dict[str, bytes]:
-    """Post id -> card in one round trip (which also marks ``served``, see
-    :meth:`~service.store.Store.cards`); posts without a card (published by an older release)
-    get one built from their documents (one more MGET)."""
-    found = store().cards(post_ids, served)
+def cards(
+    table: VersionTable | None, post_ids: list[str], served: Served | None = None
+) -> dict[str, bytes]:
+    """Post id -> card of ``table``'s version (an API-created post's card for posts it does not
+    list) in one round trip (which also marks ``served``, see
+    :meth:`~service.store.Store.cards`); posts without a card (an API post stored by a release
+    before cards) get one built from their documents (one more MGET)."""
+    found = store().cards(table, post_ids, served)
     missing = [p for p in post_ids if p not in found]
     if missing:
-        posts, _ = store().documents(missing, [])
+        posts, _ = store().documents(table, missing, [])
         linked = list(
             dict.fromkeys(p for doc in posts.values() for p in doc.get("product_ids", []))
         )
-        _, products = store().documents([], linked)
+        _, products = store().documents(table, [], linked)
         found.update({p: c.encode_json(c.card(doc, products)) for p, doc in posts.items()})
     return found
 
 
 def hydrate(
-    page: list[Candidate], oos: frozenset[str], served: Served | None = None
+    table: VersionTable, page: list[Candidate], oos: frozenset[str], served: Served | None = None
 ) -> list[tuple[Candidate, Any]]:
-    """Each candidate with its rendered item (posts without a card or document are dropped),
-    marking the page ``served`` in the same round trip."""
-    found = cards([cand.post_id for cand in page], served)
+    """Each candidate with its rendered item from ``table``'s version (posts without a card or
+    document are dropped), marking the page ``served`` in the same round trip."""
+    found = cards(table, [cand.post_id for cand in page], served)
     return [(x, render(x, found[x.post_id], oos)) for x in page if x.post_id in found]
 
 
@@ -147,17 +156,40 @@ def _ranked(
     cfg = current_app.config
     tokens = store().token_index(table.version) if req.interests else None
     offers = gather(state, table, glob, cfg, req.interests, tokens)
-    cands = filtered(req.user_id, offers, state, table, glob, cfg, req.now, pool_size(limit, cfg))
-    return diverse_page(cands, limit, cfg)
+    depth = pool_size(limit, cfg)
+    cands = filtered(req.user_id, offers, state, table, glob, cfg, req.now, depth)
+    return diverse_page(cands, limit, table.policy.overridden(cfg), table.shares, depth)
 
 
-def _preview_page(
-    req: PageRequest, state: UserState, table: VersionTable, glob: dict[str, Any]
+def _cut_page(
+    req: PageRequest, state: UserState, table: VersionTable, glob: dict[str, Any], nth: int
 ) -> list[Candidate]:
-    """Page ``page_no`` of a side-effect-free scroll: nothing is recorded as served, so pages
-    are cut from one ranking instead."""
-    ranked = _ranked(req, state, table, glob, req.limit * (req.page_no + 1))
-    return ranked[req.limit * req.page_no :]
+    """The ``nth`` page (from 0) of a scroll that records nothing as served (a preview, an
+    unknown visitor's, or one Redis is too full to record): the pages before it are ranked
+    again, each as if the ones before had been marked seen, so the scroll gets exactly the
+    pages a recorded one would, at ``nth + 1`` rankings for the ``nth`` page (hence
+    ``STATELESS_MAX_PAGES``)."""
+    seen = set(state.seen)
+    page: list[Candidate] = []
+    for _ in range(nth + 1):
+        page = _ranked(req, replace(state, seen=seen), table, glob, req.limit)
+        seen.update(x.post_id for x in page)
+    return page
+
+
+def _unknown(state: UserState) -> bool:
+    """A visitor the service knows nothing about: no candidates, no real-time state. Their
+    pages write nothing, so anonymous traffic cannot grow Redis."""
+    return len(state.candidates[0]) == 0 and not (
+        state.seen
+        or state.liked
+        or state.realtime
+        or state.hidden
+        or state.muted
+        or state.follows
+        or state.unfollows
+        or state.bought
+    )
 
 
 def _replayed(
@@ -183,13 +215,23 @@ def degraded(req: PageRequest) -> Any:
     return _page_response(req, Route(version), page, degraded=True)
 
 
-def _page_response(req: PageRequest, route: Route, items: list[Any], degraded: bool = False) -> Any:
-    """The feed page's JSON, with the cursor to the next page (none after an empty page)."""
+def _page_response(
+    req: PageRequest,
+    route: Route,
+    items: list[Any],
+    degraded: bool = False,
+    stateless_from: int | None = None,
+) -> Any:
+    """The feed page's JSON, with the cursor to the next page (none after an empty page, nor
+    after the last of ``STATELESS_MAX_PAGES`` pages of a scroll that records nothing)."""
     next_cursor = None
-    if items:
+    unrecorded = req.page_no - stateless_from if stateless_from is not None else -1
+    if req.preview:
+        unrecorded = req.page_no
+    if items and unrecorded + 1 < current_app.config["STATELESS_MAX_PAGES"]:
         secret = current_app.config["CURSOR_SECRET_BYTES"]
         next_cursor = cursor.encode(
-            secret, req.user_id, route.model_version, req.page_no + 1, req.started
+            secret, req.user_id, route.model_version, req.page_no + 1, req.started, stateless_from
         )
     return jsonify(
         {
@@ -223,7 +265,7 @@ def _remember_fallback(table: VersionTable) -> None:
             table.trending[:n].tolist(), table.trending_scores[:n].tolist(), strict=True
         )
     ]
-    s.remember_fallback(table.version, [item for _, item in hydrate(page, frozenset())])
+    s.remember_fallback(table.version, [item for _, item in hydrate(table, page, frozenset())])
 
 
 def feed_page(req: PageRequest) -> Any:
@@ -232,13 +274,18 @@ def feed_page(req: PageRequest) -> Any:
     version = route.model_version
     s = store()
     table = version_table(version)
-    replay_key = (
-        c.page_key(req.user_id, req.raw_cursor) if req.raw_cursor and not req.preview else None
-    )
+    stateless = req.stateless_from
+    replay_key = None
+    if req.raw_cursor and not req.preview and stateless is None:
+        replay_key = c.page_key(req.user_id, req.raw_cursor)
     state = s.user_state(req.user_id, version, req.now, replay_key)
-    glob = s.global_state()
+    glob = s.global_state(version)
+    if stateless is None and not req.preview and _unknown(state):
+        stateless = req.page_no  # nothing is written for an unknown visitor
     if req.preview:
-        page = _preview_page(req, state, table, glob)
+        page = _cut_page(req, state, table, glob, req.page_no)
+    elif stateless is not None:
+        page = _cut_page(req, state, table, glob, req.page_no - stateless)
     elif state.replay is not None:
         page = _replayed(state.replay, table, glob)
     else:
@@ -249,10 +296,14 @@ def feed_page(req: PageRequest) -> Any:
         keep = None
         if replay_key and state.replay is None:
             keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in page])
-        served = Served(req.user_id, req.now, route, rid, keep)
-    items = hydrate(page, glob["oos"], served)
+        served = Served(req.user_id, req.now, route, rid, keep, mark_seen=stateless is None)
+    items = hydrate(table, page, glob["oos"], served)
+    if served is not None and served.refused:  # Redis is full: served, but not recorded
+        observability.REDIS_FULL.labels("page").inc()
+        if stateless is None:
+            stateless = req.page_no  # the rest of the scroll is cut from one ranking
     if not req.preview:
         observability.record_items(cand.reason for cand, _ in items)
         observability.record_exposure(route.experiment, route.arm)
         _remember_fallback(table)
-    return _page_response(req, route, [item for _, item in items])
+    return _page_response(req, route, [item for _, item in items], stateless_from=stateless)

@@ -13,8 +13,9 @@ from typing import Any
 from flask import current_app, g, request
 
 from feed import contract as c
+from feed.serving.state import VersionTable
 from service.errors import ApiError, bad_request, not_found, unavailable
-from service.state import Route, VersionTable
+from service.state import Route
 from service.store import Store
 
 
@@ -31,7 +32,8 @@ def redis() -> Any:
 def check_id(value: str, what: str) -> str:
     if not c.valid_id(value):
         raise bad_request(
-            f"{what} {value[:40]!r} is not a valid id (1-128 letters, digits, '_-.:@' or CJK)",
+            f"{what} {value[:40]!r} is not a valid id (1-128 letters, digits, '_-.:@' or other "
+            "visible characters; no spaces, zero-width or bidi-control characters, no '..')",
             f"invalid_{what}",
         )
     return value
@@ -102,20 +104,66 @@ def parse_ts(raw: Any, where: str) -> float:
 
 
 # --- admin -----------------------------------------------------------------------------------
-def require_admin() -> None:
+def require_admin(why: str = "") -> None:
     """404 when the admin API is off; 401 unless ``Authorization: Bearer <token>`` matches."""
     token = current_app.config.get("ADMIN_TOKEN")
     if not token:
         raise not_found("the admin API is disabled: set FEED_ADMIN_TOKEN to enable it")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    ok = hmac.compare_digest(given.strip().encode(), str(token).encode())
-    if scheme.lower() != "bearer" or not ok:
+    if not _same(_bearer(), str(token)):
         raise ApiError(
             401,
             "unauthorized",
-            "a valid 'Authorization: Bearer <token>' is required",
+            f"{why}a valid 'Authorization: Bearer <admin token>' is required",
             {"WWW-Authenticate": 'Bearer realm="feed-admin"'},
         )
+
+
+def require_admin_if_set(what: str) -> None:
+    """For what shows other users' data to an operator (``preview=1`` feeds, the viewer's
+    example users): the admin token whenever one is configured; open when none is (a
+    development setup)."""
+    if current_app.config.get("ADMIN_TOKEN"):
+        require_admin(f"{what} shows other users' data: ")
+
+
+#: Endpoints that answer without the API key: liveness, readiness, and the viewer's page and
+#: its static files (the same for everyone, no data; what the page then reads needs a key).
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "viewer.viewer", "static"})
+
+
+def require_api_key() -> None:
+    """When ``API_KEY`` (``FEED_API_KEY``) is set, every request but :data:`PUBLIC_ENDPOINTS`
+    carries it as ``X-API-Key`` (or as ``Authorization: Bearer``, for scrapers of
+    ``/metrics``), or the admin token as ``Authorization: Bearer``; otherwise 401. Compared in
+    constant time. ``create_app`` runs it before every request."""
+    key = current_app.config.get("API_KEY")
+    if not key or request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    given, bearer = request.headers.get("X-API-Key"), _bearer()
+    admin = current_app.config.get("ADMIN_TOKEN")
+    if (
+        (given is not None and _same(given, key))
+        or _same(bearer, key)
+        or (admin and _same(bearer, admin))
+    ):
+        return
+    message = (
+        "the X-API-Key header does not match this service's API key"
+        if given is not None or bearer
+        else "this service requires an API key: send it in the X-API-Key header"
+    )
+    raise ApiError(401, "unauthorized", message, {"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
+
+
+def _bearer() -> str:
+    """The token of the request's ``Authorization: Bearer <token>`` header ('' when none)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _same(given: str, secret: str) -> bool:
+    """``given == secret`` in constant time (a non-empty secret; '' never matches)."""
+    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())
 
 
 # --- versions --------------------------------------------------------------------------------

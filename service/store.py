@@ -21,9 +21,23 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from feed import contract as c
-from feed.experiments import Experiment, running
+from feed.experiments import STATUS_RUNNING, Experiment, running
 from feed.redisclient import is_cluster, read_history
-from service.state import FreshPosts, Served, UserState, VersionTable
+from feed.serving.policy import PagePolicy
+from feed.serving.state import FreshPosts, UserState, VersionTable
+from feed.versions import not_servable
+from service import writes
+from service.errors import is_full
+from service.state import Served
+
+
+def _json_object(raw: Any) -> dict[str, Any]:
+    """A registry or experiment entry as a dict (``{}`` when malformed)."""
+    try:
+        value = c.decode_json(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _contract(meta: bytes) -> Any:
@@ -53,20 +67,29 @@ def _with_scores(reply: Any) -> list[tuple[Any, Any]]:
 Command = tuple[Any, ...]
 
 
-def round_trip(r: Any, commands: list[Command]) -> list[Any]:
+def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> list[Any]:
     """The raw replies of ``commands`` (e.g. ``("GET", key)``), sent in one round trip.
 
     On a standalone server: one packed write on a pooled connection, then each reply read as
     it comes (no response callbacks: an ``SMEMBERS`` reply is a list, a ``WITHSCORES`` one
     flat). A connection error or timeout is retried as the client's ``retry`` says, on a fresh
     connection; an error reply raises :class:`redis.ResponseError` once every reply is read.
-    On a cluster: a redis-py pipeline, which splits the commands by node.
+    With ``full_ok``, a write Redis refused because it is full (an ``OOM`` error reply, see
+    :func:`service.errors.is_full`) is returned in its reply's place instead: the reads of the
+    same round trip still count. On a cluster: a redis-py pipeline, which splits the commands
+    by node.
     """
     if isinstance(r, RedisCluster):
         pipe = r.pipeline(transaction=False)
         for cmd in commands:
             pipe.execute_command(*cmd)
-        return list(pipe.execute())
+        if not full_ok:
+            return list(pipe.execute())
+        replies = list(pipe.execute(raise_on_error=False))
+        for reply in replies:
+            if isinstance(reply, Exception) and not is_full(reply):
+                raise reply
+        return replies
     packed = [b"".join([pack_command(cmd) for cmd in commands])]
     pool = r.connection_pool
     conn = pool.get_connection()
@@ -89,57 +112,9 @@ def round_trip(r: Any, commands: list[Command]) -> list[Any]:
     finally:
         pool.release(conn)
     for reply in replies:
-        if isinstance(reply, ResponseError):
+        if isinstance(reply, ResponseError) and not (full_ok and is_full(reply)):
             raise reply
     return replies
-
-
-def _add_realtime(
-    pipe: Any, user: str, members: Mapping[str, float], ts: float, rt_max: int
-) -> None:
-    if members:
-        rt = c.user_key(user, c.USER_RT)
-        pipe.zadd(rt, {m: c.rt_score(ts, s) for m, s in members.items()})
-        pipe.zremrangebyrank(rt, 0, -rt_max - 1)
-
-
-def _apply(
-    pipe: Any, ev: Mapping[str, Any], members: Mapping[str, float], cfg: Mapping[str, Any]
-) -> None:
-    """Queue the real-time state changes of one event on ``pipe``.
-
-    ``like`` adds ``members`` (the post's neighbours) to the real-time candidates and
-    ``unlike`` removes exactly those; ``follow`` adds ``members`` (the author's newest posts)
-    and ``unfollow`` removes them; ``hide_post`` and ``see_fewer_author`` feed the read
-    path's filters.
-    """
-    u, kind, ts = ev["user_id"], ev["type"], ev["ts"]
-    k = c.user_key
-    if kind in ("impression", "click"):
-        pipe.zadd(k(u, c.USER_SEEN), {ev["post_id"]: ts})
-    elif kind == "like":
-        pipe.zadd(k(u, c.USER_LIKES), {ev["post_id"]: ts})
-        pipe.zremrangebyrank(k(u, c.USER_LIKES), 0, -cfg["LIKES_MAX"] - 1)
-        _add_realtime(pipe, u, members, ts, cfg["RT_MAX"])
-    elif kind == "unlike":
-        pipe.zrem(k(u, c.USER_LIKES), ev["post_id"])
-        if members:
-            pipe.zrem(k(u, c.USER_RT), *members)
-    elif kind == "purchase":
-        pipe.sadd(k(u, c.USER_PURCHASES), ev["product_id"])
-    elif kind == "follow":
-        pipe.sadd(k(u, c.USER_FOLLOWS), ev["author_id"])
-        pipe.srem(k(u, c.USER_UNFOLLOWS), ev["author_id"])
-        _add_realtime(pipe, u, members, ts, cfg["RT_MAX"])
-    elif kind == "unfollow":
-        pipe.srem(k(u, c.USER_FOLLOWS), ev["author_id"])
-        pipe.sadd(k(u, c.USER_UNFOLLOWS), ev["author_id"])
-        if members:
-            pipe.zrem(k(u, c.USER_RT), *members)
-    elif kind == "hide_post":
-        pipe.sadd(k(u, c.USER_HIDDEN), ev["post_id"])
-    elif kind == "see_fewer_author":
-        pipe.sadd(k(u, c.USER_MUTED), ev["author_id"])
 
 
 class Store:
@@ -153,8 +128,9 @@ class Store:
         self._tokens: dict[str, dict[str, np.ndarray]] = {}
         self._live: tuple[float, str | None, frozenset[str]] = (0.0, None, frozenset())
         self._experiment: tuple[float, Experiment | None] = (-1e18, None)
-        self._global: tuple[float, dict[str, Any]] = (0.0, {})
+        self._global: dict[str | None, tuple[float, dict[str, Any]]] = {}  # per version
         self._down_until = 0.0  # circuit breaker: skip Redis until then after an error
+        self._full_at = -1e18  # when Redis last refused a write as full (see mark_full)
         self.fallback: tuple[str | None, list[Any]] = (None, [])  # version, rendered items
 
     # -- outages ---------------------------------------------------------------------------
@@ -165,6 +141,37 @@ class Store:
 
     def mark_down(self) -> None:
         self._down_until = time.monotonic() + self.config["REDIS_BREAKER_S"]
+
+    # -- a full Redis ----------------------------------------------------------------------
+    #: After a write refused as full, readiness reports it for this long even when INFO
+    #: shows the memory just under the limit (it hovers there while writes are refused).
+    FULL_MEMORY_S = 10.0
+
+    def mark_full(self) -> None:
+        """Redis refused a write of this process because it is full (not an outage)."""
+        self._full_at = time.monotonic()
+
+    def memory(self) -> dict[str, Any]:
+        """Whether Redis accepts writes, for readiness: ``full`` (True when INFO shows
+        ``used_memory`` past ``maxmemory`` under the ``noeviction`` policy on any primary, or
+        this process had a write refused as full within ``FULL_MEMORY_S``), with INFO's
+        ``used_memory``, ``maxmemory`` and ``maxmemory_policy`` of the fullest primary."""
+        info = self.r.info("memory")
+        nodes = list(info.values()) if is_cluster(self.r) else [info]
+        nodes = [n for n in nodes if isinstance(n, dict)] or [{}]
+
+        def over(n: dict[str, Any]) -> float:
+            used = int(n.get("used_memory", 0)) - int(n.get("mem_not_counted_for_evict", 0))
+            return used / int(n["maxmemory"]) if int(n.get("maxmemory", 0)) else 0.0
+
+        node = max(nodes, key=over)
+        refused = time.monotonic() - self._full_at < self.FULL_MEMORY_S
+        return {
+            "full": refused or (node.get("maxmemory_policy") == "noeviction" and over(node) >= 1.0),
+            "used_memory": int(node.get("used_memory", 0)),
+            "maxmemory": int(node.get("maxmemory", 0)),
+            "maxmemory_policy": str(node.get("maxmemory_policy", "")),
+        }
 
     def remember_fallback(self, version: str, items: list[Any]) -> None:
         """Keep a hydrated trending page of the live version for outages."""
@@ -233,6 +240,7 @@ class Store:
             items,
             scores,
             p.get("product_category") or {},
+            PagePolicy.from_json(p.get("page_policy")),
         )
         with self._lock:
             self._tables[version] = t
@@ -256,32 +264,36 @@ class Store:
         return index
 
     # -- global, briefly cached ----------------------------------------------------------
-    def global_state(self) -> dict[str, Any]:
+    def global_state(self, version: str | None = None) -> dict[str, Any]:
         """``fresh``: the ``FRESH_POSTS`` newest posts created through the API with their
-        metadata (:class:`FreshPosts`, newest first); ``oos``: the out-of-stock product set.
+        metadata (:class:`FreshPosts`, newest first); ``oos``: ``version``'s out-of-stock
+        product set (the live version's when None; :func:`feed.contract.stock_key`).
 
-        Two round trips per ``GLOBAL_CACHE_S`` (the fresh list with the stock set, then the
-        metadata of just those posts): the metadata hash keeps every API-created post until
-        the next training, so it is never read whole.
+        Two round trips per ``GLOBAL_CACHE_S`` and version (the fresh list with the stock set,
+        then the metadata of just those posts): the metadata hash keeps every API-created post
+        until the next training, so it is never read whole.
         """
-        at, g = self._global
+        if version is None:
+            version = self.live_version()
+        at, g = self._global.get(version, (0.0, {}))
         if time.monotonic() - at < self.config["GLOBAL_CACHE_S"] and g:
             return g
         n = self.config["FRESH_POSTS"]
-        fresh, oos = round_trip(
-            self.r,
-            [
-                ("ZRANGE", c.FRESH_KEY, 0, n - 1, "REV", "WITHSCORES"),
-                ("SMEMBERS", c.OUT_OF_STOCK_KEY),
-            ],
-        )
-        fresh = [(c.text(p), float(ts)) for p, ts in _with_scores(fresh)]
+        commands: list[Command] = [("ZRANGE", c.FRESH_KEY, 0, n - 1, "REV", "WITHSCORES")]
+        if version is not None:
+            commands.append(("SMEMBERS", c.stock_key(version)))
+        replies = round_trip(self.r, commands)
+        fresh = [(c.text(p), float(ts)) for p, ts in _with_scores(replies[0])]
+        oos = replies[1] if version is not None else []
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
         # newest first, as the zset read them
         fresh_meta = {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m}
         out_of_stock = frozenset(c.text(x) for x in oos)
         g = {"fresh": FreshPosts.build(fresh_meta, out_of_stock), "oos": out_of_stock}
-        self._global = (time.monotonic(), g)
+        with self._lock:
+            self._global[version] = (time.monotonic(), g)
+            while len(self._global) > 4:  # the few versions in use
+                self._global.pop(next(iter(self._global)))
         return g
 
     def fresh_meta(self, post_id: str) -> dict[str, Any] | None:
@@ -292,7 +304,8 @@ class Store:
 
     def forget_global(self) -> None:
         """Drop the cached global state (after this process changed it)."""
-        self._global = (0.0, {})
+        with self._lock:
+            self._global = {}
 
     # -- one user ------------------------------------------------------------------------
     def user_state(
@@ -319,7 +332,7 @@ class Store:
             c.USER_PURCHASES,
         ):
             commands.append(("SMEMBERS", k(user_id, kind)))
-        commands.append(("GET", k(user_id, c.USER_SEED)))
+        commands.append(("GET", k(user_id, c.USER_SEED, version)))
         if replay_key:
             commands.append(("GET", replay_key))
         res = round_trip(self.r, commands)
@@ -340,13 +353,28 @@ class Store:
         )
 
     # -- documents -----------------------------------------------------------------------
+    @staticmethod
+    def _post_keys(table: VersionTable | None, post_ids: list[str], key: Any) -> list[str]:
+        """``key(post, version)`` of each post: the version's (``table``) for the posts its
+        table lists, the API-created post's (version None) for the others."""
+        if table is None:
+            return [key(p, None) for p in post_ids]
+        listed = table.index
+        return [key(p, table.version if p in listed else None) for p in post_ids]
+
     def documents(
         self,
+        table: VersionTable | None,
         post_ids: list[str],
         product_ids: list[str],
     ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-        """Post and product documents in ONE MGET (split per node on a cluster)."""
-        keys = [c.post_doc_key(p) for p in post_ids] + [c.product_doc_key(p) for p in product_ids]
+        """Post and product documents of ``table``'s version in ONE MGET (split per node on a
+        cluster); posts it does not list are read as API-created posts, and without a table
+        there are no product documents."""
+        keys = self._post_keys(table, post_ids, c.post_doc_key)
+        if table is None:
+            product_ids = []
+        keys += [c.product_doc_key(p, table.version) for p in product_ids if table is not None]
         if not keys:
             return {}, {}
         raw = self.r.mget_nonatomic(keys) if is_cluster(self.r) else self.r.mget(keys)
@@ -356,9 +384,12 @@ class Store:
         }
         return posts, prods
 
-    def cards(self, post_ids: list[str], served: Served | None = None) -> dict[str, bytes]:
+    def cards(
+        self, table: VersionTable | None, post_ids: list[str], served: Served | None = None
+    ) -> dict[str, bytes]:
         """Post id -> its card (raw JSON, see :func:`feed.contract.card`) in ONE round trip,
-        which with ``served`` also marks the page served (the page's only write).
+        which with ``served`` also marks the page served (the page's only write). Cards are
+        ``table``'s version's, or the API-created post's for posts the table does not list.
 
         Served posts go into the user's seen set (trimmed to ``SEEN_WINDOW_S`` and
         ``SEEN_MAX``); a page in an experiment is logged as an exposure; ``served.replay`` keeps
@@ -366,30 +397,38 @@ class Store:
         """
         if not post_ids:
             return {}
-        keys = [c.card_key(p) for p in post_ids]
+        keys = self._post_keys(table, post_ids, c.card_key)
         cluster = is_cluster(self.r)
         # cards spread over a cluster: one GET each, grouped by node; else one MGET
         commands: list[Command] = [("GET", k) for k in keys] if cluster else [("MGET", *keys)]
         if served is not None:
             commands += self._record(post_ids, served)
-        res = round_trip(self.r, commands)
+        res = round_trip(self.r, commands, full_ok=served is not None)
+        if served is not None and any(is_full(x) for x in res if isinstance(x, Exception)):
+            served.refused = True  # Redis is full: the page is served, unrecorded
+            self.mark_full()
         raw = res[: len(keys)] if cluster else res[0]
         return {p: v for p, v in zip(post_ids, raw, strict=True) if v}
 
     def _record(self, post_ids: list[str], served: Served) -> list[Command]:
-        """The writes that mark ``post_ids`` served (see :meth:`cards`)."""
+        """The writes that mark ``post_ids`` served (see :meth:`cards`): the seen set, which
+        expires ``SEEN_WINDOW_S`` after its last write (older entries are never read), unless
+        ``served.mark_seen`` is False (a stateless scroll); the exposure."""
         cfg, now = self.config, served.now
         seen = c.user_key(served.user_id, c.USER_SEEN)
         out: list[Command] = []
         if served.replay is not None and cfg["PAGE_REPLAY_TTL_S"] > 0:
             key, page = served.replay
             out.append(("SET", key, c.encode_json(page), "EX", cfg["PAGE_REPLAY_TTL_S"]))
-        members = [x for p in post_ids for x in (now, p)]
-        out += [
-            ("ZADD", seen, *members),
-            ("ZREMRANGEBYSCORE", seen, "-inf", now - cfg["SEEN_WINDOW_S"]),
-            ("ZREMRANGEBYRANK", seen, 0, -cfg["SEEN_MAX"] - 1),
-        ]
+        if served.mark_seen:
+            members = [x for p in post_ids for x in (now, p)]
+            out += [
+                ("ZADD", seen, *members),
+                ("ZREMRANGEBYSCORE", seen, "-inf", now - cfg["SEEN_WINDOW_S"]),
+                ("ZREMRANGEBYRANK", seen, 0, -cfg["SEEN_MAX"] - 1),
+            ]
+            if cfg["SEEN_WINDOW_S"] > 0:
+                out.append(("EXPIRE", seen, int(cfg["SEEN_WINDOW_S"])))
         route = served.route
         if route.experiment:
             fields = {
@@ -419,61 +458,64 @@ class Store:
         self, events: Sequence[tuple[Mapping[str, Any], Mapping[str, float]]]
     ) -> None:
         """Append each event to the durable event log and apply it to its user's real-time
-        keys (see :func:`_apply`; ``members``: the real-time candidates it adds or removes),
-        all in one pipeline."""
-        pipe = self.r.pipeline(transaction=False)
-        for ev, members in events:
-            fields = {k: str(v) for k, v in ev.items()}
-            pipe.xadd(
-                c.EVENTS_KEY, fields, maxlen=self.config["EVENT_LOG_MAXLEN"], approximate=True
-            )
-            _apply(pipe, ev, members, self.config)
-        pipe.execute()
+        keys, renewing their TTLs (``members``: the real-time candidates it adds or removes):
+        all of the batch or nothing (:func:`service.writes.record_events`)."""
+        try:
+            writes.record_events(self.r, events, self.config, is_cluster(self.r))
+        except Exception as e:
+            if is_full(e):
+                self.mark_full()
+            raise
 
     def add_post(
         self, doc: Mapping[str, Any], products: Mapping[str, Mapping[str, Any]], created: float
     ) -> bool:
-        """Store a post created through the API: its document (False, and nothing written,
-        when the post exists already), its card (``products``: its products' documents), its
-        entry in the fresh posts with its metadata, and a ``post`` event; then forget the
-        cached global state, so this process sees the post at once (others within
-        ``GLOBAL_CACHE_S``)."""
-        pid, author, product_ids = doc["post_id"], doc["author_id"], doc["product_ids"]
-        cats = [(products.get(p) or {}).get("category") or "" for p in product_ids]
-        if not self.r.set(c.post_doc_key(pid), c.encode_json(doc), nx=True):
-            return False
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(c.card_key(pid), c.encode_json(c.card(doc, products)))
-        pipe.hset(
-            c.FRESH_META_KEY,
-            pid,
-            c.encode_json(
-                {
-                    "author_id": author,
-                    "product_ids": product_ids,
-                    "category": cats[0] if cats else "",
-                    "categories": sorted({x for x in cats if x}),
-                    "created_at": created,
-                }
-            ),
-        )
-        pipe.zadd(c.FRESH_KEY, {pid: created})
-        pipe.xadd(
-            c.EVENTS_KEY,
-            {"type": "post", "post_id": pid, "user_id": author, "ts": str(created)},
-            maxlen=self.config["EVENT_LOG_MAXLEN"],
-            approximate=True,
-        )
-        pipe.execute()
+        """Store a post created through the API, all or nothing
+        (:func:`service.writes.add_post`; False, and nothing written, when the post exists
+        already), then prune the API posts past ``FRESH_MAX_AGE_S`` or ``FRESH_MAX_POSTS``
+        and forget the cached global state, so this process sees the post at once (others
+        within ``GLOBAL_CACHE_S``)."""
+        try:
+            if not writes.add_post(self.r, doc, products, created, self.config):
+                return False
+        except Exception as e:
+            if is_full(e):
+                self.mark_full()
+            raise
+        writes.prune_fresh(self.r, time.time(), self.config)
         self.forget_global()
         return True
 
     # -- the other routes' reads -----------------------------------------------------------
-    def ping_live(self) -> str | None:
-        """PING, then the live version id as Redis has it now (not cached): readiness."""
+    def readiness(self) -> tuple[str | None, list[str]]:
+        """PING, then, as Redis has them now (not cached), the live version id and why it or
+        a running experiment arm's version cannot be served (not in the registry, not
+        ``ready``, published under another Redis contract): readiness."""
         self.r.ping()
-        raw = self.r.get(c.LIVE_KEY)
-        return None if raw is None else c.text(raw)
+        pipe = self.r.pipeline(transaction=False)  # one slot ({feed}), also on a cluster
+        pipe.get(c.LIVE_KEY)
+        pipe.hgetall(c.VERSIONS_KEY)
+        pipe.hgetall(c.EXPERIMENTS_KEY)
+        raw_live, metas, experiments = pipe.execute()
+        live = None if raw_live is None else c.text(raw_live)
+        used = {live: "the live version"} if live is not None else {}
+        for name, raw in experiments.items():
+            exp = _json_object(raw)
+            if exp.get("status") == STATUS_RUNNING:
+                for arm in exp.get("arms", []):
+                    role = f"arm {arm.get('name')!r} of experiment {c.text(name)!r}"
+                    used.setdefault(str(arm.get("version")), role)
+        registry = {c.text(v): _json_object(meta) for v, meta in metas.items()}
+        problems = []
+        for version, role in used.items():
+            meta = registry.get(version)
+            if not meta:
+                problems.append(f"{role}, {version!r}, is not in the registry")
+            elif meta.get("state") != c.STATE_READY:
+                problems.append(f"{role}, {version!r}, is {meta.get('state')!r}, not ready")
+            elif why := not_servable(version, meta):
+                problems.append(f"{role}: {why}")
+        return live, problems
 
     def neighbours(self, version: str, post_id: str) -> bytes | None:
         """A post's neighbour list in ``version`` (a candidate blob), or None."""
@@ -495,5 +537,6 @@ class Store:
         return [bool(found) for found in pipe.execute()]
 
     def history(self, user_id: str, n: int) -> dict[str, Any]:
-        """A user's recent likes, purchases and follows (:func:`feed.redisclient.read_history`)."""
-        return read_history(self.r, user_id, n)
+        """A user's recent likes, purchases and follows (:func:`feed.redisclient.read_history`:
+        the live version's seed plus events)."""
+        return read_history(self.r, user_id, n, self.live_version())

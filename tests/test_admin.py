@@ -237,3 +237,85 @@ def test_ab_simulate_cli(runner: CliRunner, tmp_path: Path) -> None:
     assert out["stats"]["failed"] == 0 and out["stats"]["users"] == 120
     assert [a["arm"] for a in out["report"]["arms"]] == ["control", "treatment"]
     assert out["report"]["status"] == "stopped"
+
+
+def test_versions_of_another_contract_are_refused_everywhere(
+    r: Any, admin: Any, client: Any, runner: CliRunner, published: str, weak: str
+) -> None:
+    """Activate, rollback and experiment arms (create and update) refuse a version this release
+    cannot serve (registered under another Redis contract): 409 ``version_not_servable`` naming
+    the contract, and the CLI exits 1 saying so, nothing changed; /readyz is 503 while the live
+    version or a running arm's version is such a version."""
+    from feed import versions as reg
+
+    old = c.CONTRACT_VERSION - 1
+
+    def registered_under(version: str, contract: int) -> None:
+        reg.set_meta(r, version, {**(reg.get_meta(r, version) or {}), "contract": contract})
+
+    def refused(method: str, path: str, **kw: Any) -> str:
+        err = call(admin, method, path, 409, **kw)["error"]
+        assert err["code"] == "version_not_servable", err
+        assert f"contract {old}" in err["message"] and weak in err["message"], err
+        return str(err["message"])
+
+    def cli(*args: str) -> str:
+        res = runner.invoke(main, list(args))
+        assert res.exit_code == 1, res.output
+        return res.output
+
+    assert client.get("/readyz").status_code == 200
+    registered_under(weak, old)
+    refused("POST", f"/versions/{weak}/activate")
+    assert f"contract {old}" in cli("versions", "activate", weak)
+    arms = [
+        {"name": "control", "version": published, "weight": 50},
+        {"name": "treatment", "version": weak, "weight": 50},
+    ]
+    refused("POST", "/experiments", json={"name": "old-arm", "arms": arms})
+    assert f"contract {old}" in cli(
+        "ab",
+        "create",
+        "old-arm",
+        "--arm",
+        f"control={published}:50",
+        "--arm",
+        f"treatment={weak}:50",
+    )
+    assert call(admin, "GET", "/experiments")["experiments"] == []
+    assert reg.live_version(r) == published
+
+    # an arm whose version became unservable: readiness fails; updates are refused
+    registered_under(weak, c.CONTRACT_VERSION)
+    call(admin, "POST", "/experiments", 201, json={"name": "ab", "arms": arms})
+    assert client.get("/readyz").status_code == 200
+    registered_under(weak, old)
+    resp = client.get("/readyz")
+    assert resp.status_code == 503, resp.get_json()
+    assert "treatment" in resp.get_json()["error"]["message"]
+    assert f"contract {old}" in resp.get_json()["error"]["message"]
+    refused(
+        "PATCH",
+        "/experiments/ab",
+        json={"arms": [{"name": "control", "weight": 20}, {"name": "treatment", "weight": 80}]},
+    )
+    assert [a["weight"] for a in call(admin, "GET", "/experiments/ab")["arms"]] == [50, 50]
+    call(admin, "DELETE", "/experiments/ab")
+    assert client.get("/readyz").status_code == 200
+
+    # rolling back to it is refused: the live version and the history stay as they were
+    registered_under(weak, c.CONTRACT_VERSION)
+    call(admin, "POST", f"/versions/{weak}/activate")
+    call(admin, "POST", f"/versions/{published}/activate")
+    registered_under(weak, old)
+    history = r.lrange(c.HISTORY_KEY, 0, -1)
+    assert history[0].decode() == weak
+    refused("POST", "/versions/rollback")
+    assert f"contract {old}" in cli("versions", "rollback")
+    assert reg.live_version(r) == published and r.lrange(c.HISTORY_KEY, 0, -1) == history
+
+    # the live version itself unservable (as an upgrade in place leaves it): not ready
+    registered_under(published, old)
+    resp = client.get("/readyz")
+    assert resp.status_code == 503 and "the live version" in resp.get_json()["error"]["message"]
+    assert client.get("/v1/feed/u1").status_code == 503

@@ -275,3 +275,147 @@ def test_publish_serve_events_versions_on_cluster(
     assert not any(k for k in rc.scan_iter(match="*v-cluster-2*", target_nodes=rc.ALL_NODES))
     assert "v-cluster-2" not in _cli(cluster_runner, "versions", "list").output
     assert _page(client, "u3", limit=5)["model_version"] == live
+
+
+@pytest.mark.slow
+def test_versions_stay_apart_and_a_failed_publish_cleans_up_on_cluster(
+    rc: Any, artifact: Path, cluster_url: str, tmp_path: Path
+) -> None:
+    """On a cluster too: publishing another version (other documents, seeds and stock) changes
+    no live page, a rollback restores them byte for byte, and a publish that runs out of memory
+    on one node removes what it wrote on every node and puts the registry back."""
+    from snapshots import (
+        API_POST,
+        create_api_post,
+        edited_artifact,
+        live_pages,
+        redis_state,
+        service_client,
+        shown_posts,
+    )
+
+    from feed import versions as reg
+    from feed.publish import PublishError, publish
+
+    live = publish(rc, artifact, activate=True).version
+    client = service_client(cluster_url)
+    posts = shown_posts(client)
+    product = client.get(f"/v1/posts/{posts[0]}").get_json()["products"][0]["product_id"]
+    create_api_post(client, product)
+    posts.append(API_POST)
+    before = live_pages(client, posts)
+    state = redis_state(rc, target_nodes=rc.PRIMARIES)
+
+    edited = publish(rc, edited_artifact(artifact, tmp_path, "v-edited")).version
+    assert live_pages(client, posts) == before
+    reg.activate(rc, edited)
+    assert live_pages(client, posts) != before
+    assert reg.rollback(rc) == live
+    assert live_pages(client, posts) == before
+    assert reg.delete(rc, edited) > 0
+    assert redis_state(rc, target_nodes=rc.PRIMARIES) == state
+
+    nodes = [rc.get_redis_connection(n) for n in rc.get_primaries()]
+    try:
+        for node in nodes:  # each node has room for a third of a version at most
+            node.config_set("maxmemory-policy", "noeviction")
+            node.config_set("maxmemory", int(node.info("memory")["used_memory"]) + 200_000)
+        with pytest.raises(PublishError, match="out of memory.*removed the .* keys"):
+            publish(rc, edited_artifact(artifact, tmp_path, "v-too-big"))
+    finally:
+        for node in nodes:
+            node.config_set("maxmemory", 0)
+    assert redis_state(rc, target_nodes=rc.PRIMARIES) == state
+    assert live_pages(client, posts) == before
+
+
+def _fill(node: Any, tag: str) -> None:
+    """Fill a cluster node (keys in the slot of hash tag ``tag``, which it owns) until it
+    refuses writes as full, under ``noeviction``."""
+    node.config_set("maxmemory-policy", "noeviction")
+    node.config_set("maxmemory", int(node.info("memory")["used_memory"]) + 300_000)
+    n = 0
+    for size in (16_384, 1_024, 64):
+        while True:
+            try:
+                node.set(f"{{{tag}}}:filler:{n}", b"x" * size)
+            except redis.exceptions.OutOfMemoryError:
+                break
+            n += 1
+
+
+def _drain(node: Any, tag: str) -> None:
+    node.config_set("maxmemory", 0)
+    filler = list(node.scan_iter(f"{{{tag}}}:filler:*", count=1000))
+    if filler:
+        node.delete(*filler)
+
+
+def _state(rc: Any, user: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in (c.USER_LIKES, c.USER_RT, c.USER_FOLLOWS, c.USER_UNFOLLOWS, c.USER_HIDDEN):
+        key = c.user_key(user, kind)
+        kind_of = rc.type(key).decode()
+        if kind_of == "zset":
+            out[kind] = rc.zrange(key, 0, -1, withscores=True)
+        elif kind_of == "set":
+            out[kind] = sorted(rc.smembers(key))
+    return out
+
+
+@pytest.mark.slow
+def test_a_full_node_refuses_the_whole_event_batch_on_cluster(
+    rc: Any, artifact: Path, cluster_url: str
+) -> None:
+    """A batch spans two users' slots and the ``{feed}`` event log, on three nodes: when the
+    node of a later group is full, the groups already applied on the other nodes are reverted,
+    the answer is 507 and nothing is logged; readiness says Redis is full."""
+    from feed.publish import publish
+
+    publish(rc, artifact, activate=True)
+    client = _app(cluster_url).test_client()
+    log_node = rc.get_node_from_key(c.EVENTS_KEY).name
+    on: dict[str, str] = {}  # node -> a user whose keys it holds
+    for i in range(400):
+        node = rc.get_node_from_key(c.user_key(f"u{i}", c.USER_LIKES)).name
+        if node != log_node:
+            on.setdefault(node, f"u{i}")
+    first, second = on.values()
+    page = [it["post_id"] for it in _page(client, first, limit=4)["items"]]
+    setup = [
+        {"type": t, "user_id": u, **x}
+        for u in (first, second)
+        for t, x in (("like", {"post_id": page[0]}), ("follow", {"author_id": "u7"}))
+    ]
+    assert client.post("/v1/events", json={"events": setup}).status_code == 202
+    batch = {
+        "events": [
+            {"type": t, "user_id": u, **x}
+            for u in (first, second)
+            for t, x in (
+                ("unfollow", {"author_id": "u7"}),
+                ("unlike", {"post_id": page[0]}),
+                ("hide_post", {"post_id": page[1]}),
+            )
+        ]
+    }
+    before = {u: _state(rc, u) for u in (first, second)}
+    logged = rc.xlen(c.EVENTS_KEY)
+    # the second user's node full: the first user's group, applied, is reverted;
+    # then the log's node full: both users' groups are reverted
+    for key, tag in ((c.user_key(second, "x"), f"u:{second}"), (c.EVENTS_KEY, "feed")):
+        node = rc.get_redis_connection(rc.get_node_from_key(key))
+        _fill(node, tag)
+        try:
+            resp = client.post("/v1/events", json=batch)
+            assert resp.status_code == 507, resp.get_json()
+            assert resp.get_json()["error"]["code"] == "store_full"
+            assert {u: _state(rc, u) for u in (first, second)} == before
+            assert rc.xlen(c.EVENTS_KEY) == logged
+            assert client.get("/readyz").get_json()["redis"] == "full"
+            assert _page(client, first, limit=4)["degraded"] is False
+        finally:
+            _drain(node, tag)
+    assert client.post("/v1/events", json=batch).status_code == 202
+    assert rc.xlen(c.EVENTS_KEY) == logged + 6
+    assert not _state(rc, first).get(c.USER_LIKES)

@@ -42,7 +42,7 @@ def report(small: Dataset) -> EvalReport:
 # --- splits --------------------------------------------------------------------------------
 def test_time_split_has_no_leakage(small: Dataset) -> None:
     part = split(small, test_frac=0.2)
-    assert part.method == "time"
+    assert part.method == "global-time" and "past before it" in part.reason
     train, cut = part.train, part.cut
     for table in (train.likes, train.purchases):
         assert (table["ts"] < cut).all()  # train ts < cut
@@ -71,6 +71,45 @@ def test_random_split_without_timestamps(small: Dataset) -> None:
     train_pairs = set(zip(part.train.likes["user_id"], part.train.likes["post_id"], strict=True))
     test_pairs = set(zip(part.test_likes["user_id"], part.test_likes["post_id"], strict=True))
     assert not train_pairs & test_pairs
+
+
+def test_user_time_split_holds_out_each_users_newest(small: Dataset) -> None:
+    part = split(small, test_frac=0.2, method="user-time")
+    assert part.method == "user-time" and math.isnan(part.cut)
+    held = pd.concat([part.test_likes, part.test_purchases])
+    kept = pd.concat([part.train.likes, part.train.purchases])
+    newest_kept = kept.groupby("user_id")["ts"].max()
+    oldest_held = held.groupby("user_id")["ts"].min()
+    both = oldest_held.index.intersection(newest_kept.index)
+    assert len(both) > 0.8 * held["user_id"].nunique()
+    assert (newest_kept[both] <= oldest_held[both]).all()  # every user cut in their own time
+    events = pd.concat([small.likes["user_id"], small.purchases["user_id"]]).value_counts()
+    taken = held["user_id"].value_counts().reindex(events.index, fill_value=0)
+    assert (taken == np.floor(0.2 * events + 0.5).where(events >= 2, 0)).all()
+    cut = oldest_held.to_dict()  # a user's later clicks and follows are not training data
+    for table, who in ((part.train.clicks, "user_id"), (part.train.follows, "follower_id")):
+        later = table["ts"].to_numpy() >= table[who].map(cut).to_numpy(float)
+        assert not later.any()
+
+
+def test_auto_split_follows_the_shape_of_the_data(small: Dataset) -> None:
+    """Users active all along: one global cut. Users active in bursts, each at their own
+    time (a global cut holds out mostly users with no past): each user's own newest rows.
+    No timestamps: random."""
+    assert split(small, 0.2).method == "global-time"
+    users = sorted(set(small.likes["user_id"]))
+    start = {u: 1_000_000.0 * i for i, u in enumerate(users)}  # each user's own burst
+    likes = small.likes.copy()
+    likes["ts"] = likes["user_id"].map(start) + likes.groupby("user_id").cumcount()
+    bursty = Dataset(**{**small.__dict__, "likes": likes, "purchases": small.purchases[:0]})
+    part = split(bursty, 0.2)
+    assert part.method == "user-time" and "bursts" in part.reason
+    untimed = Dataset(**{**small.__dict__, "likes": small.likes.assign(ts=np.nan)})
+    assert split(untimed, 0.2).method == "random"
+    with pytest.raises(ValueError, match="needs a ts"):
+        split(untimed, 0.2, method="user-time")
+    with pytest.raises(ValueError, match="auto or one of"):
+        split(small, 0.2, method="sideways")
 
 
 def test_held_out_targets_are_reachable(small: Dataset) -> None:
@@ -127,7 +166,12 @@ def test_default_model_beats_popularity(report: EvalReport) -> None:
     table = report.table()
     assert "| default |" in table and "cold test users skipped" in table
     plain = json.loads(json.dumps(report.to_dict()))
-    assert [r["model"] for r in plain["rows"]] == ["most-popular", "als", "default"]
+    names = [r["model"] for r in plain["rows"]]
+    assert names == ["most-popular", "als", "default", "default (served)"]
+    served = report.row("default (served)")
+    assert served["like_ndcg"] > popular["like_ndcg"]
+    assert "category_diversity" in served and 0 < served["author_diversity"] <= 1
+    assert "served_lift" in report.info and "served_lift_ci95" in report.info
 
 
 def test_evaluate_cli_writes_json(small: Dataset, tmp_path: Path) -> None:
@@ -140,9 +184,24 @@ def test_evaluate_cli_writes_json(small: Dataset, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     body = json.loads(out.read_text())
     names = [r["model"] for r in body["rows"]]
-    assert names[0] == "most-popular" and names[-1] == "default" and "ease" in names
-    assert body["info"]["k"] == 5 and body["info"]["split"] == "time"
-    assert "like-NDCG@5 *" in res.output
+    assert names[0] == "most-popular" and names[-2:] == ["default", "default (served)"]
+    assert "ease" in names
+    assert body["info"]["k"] == 5 and body["info"]["split"] == "global-time"
+    assert "like-NDCG@5 *" in res.output and "split global-time" in res.output
+    assert "too few to conclude" in res.output  # 150 users: fewer than 500 test users
+    res = CliRunner().invoke(main, ["evaluate", str(small.path), "--split", "sideways"])
+    assert res.exit_code == 2 and "sideways" in res.output
+
+
+def test_evaluate_at_k_fits_once_and_cuts_the_lists(small: Dataset) -> None:
+    from feed.evaluate import evaluate_at_k
+
+    reports = evaluate_at_k(small, (3, 6), models=["als", "default"], split_method="random")
+    fits = {k: {r["model"]: r["fit_s"] for r in rep.rows} for k, rep in reports.items()}
+    assert fits[3] == fits[6]  # one fit per model, whatever k
+    assert reports[3].info["split"] == reports[6].info["split"] == "random"
+    for name in ("als", "default", "default (served)"):
+        assert reports[6].row(name)["like_recall"] >= reports[3].row(name)["like_recall"]
 
 
 def test_evaluate_cli_rejects_unknown_models(small: Dataset) -> None:

@@ -70,7 +70,7 @@ def test_admin_version_override_needs_the_token(redis_url: str, published: str) 
     off = create_app({"REDIS_URL": redis_url, "TESTING": True}).test_client()
     assert off.get(f"/v1/feed/u1?version={published}").status_code == 404
     on = create_app(
-        {"REDIS_URL": redis_url, "TESTING": True, "ADMIN_TOKEN": "s3cret"}
+        {"REDIS_URL": redis_url, "TESTING": True, "ADMIN_TOKEN": "s3cret-0123456789"}
     ).test_client()
     assert on.get(f"/v1/feed/u1?version={published}").status_code == 401
     assert (
@@ -79,7 +79,9 @@ def test_admin_version_override_needs_the_token(redis_url: str, published: str) 
         ).status_code
         == 401
     )
-    ok = on.get(f"/v1/feed/u1?version={published}", headers={"Authorization": "Bearer s3cret"})
+    ok = on.get(
+        f"/v1/feed/u1?version={published}", headers={"Authorization": "Bearer s3cret-0123456789"}
+    )
     assert ok.status_code == 200 and ok.get_json()["model_version"] == published
 
 

@@ -17,7 +17,7 @@ import pytest
 from feed import artifacts
 from feed import contract as c
 from feed import versions as reg
-from feed.publish import publish
+from feed.publish import PublishError, publish
 
 
 def test_artifact_has_no_pickle_and_verifies(artifact: Path) -> None:
@@ -146,22 +146,27 @@ def _rename_version(path: Path, version: str) -> None:
 def test_interrupted_publish_never_damages_the_live_version(
     r: Any, redis_url: str, artifact: Path, tmp_path: Path
 ) -> None:
-    """Kill a publisher mid-way (SIGKILL): live keeps serving; the partial version is marked,
-    cannot be activated, can be deleted; publishing again succeeds."""
+    """Kill a publisher mid-way (SIGKILL): live keeps serving the same pages; the partial
+    version is marked, cannot be activated, can be deleted (Redis is then as before it);
+    publishing again succeeds once the dead publisher's lock expires."""
+    from snapshots import edited_artifact, live_pages, redis_state, service_client, shown_posts
+
     live = publish(r, artifact, activate=True).version
-    big = tmp_path / "big"
-    shutil.copytree(artifact, big)
-    _rename_version(big, "partial-v")
+    client = service_client(redis_url)
+    posts = shown_posts(client)
+    pages, state = live_pages(client, posts), redis_state(r)
+    big = edited_artifact(artifact, tmp_path, "partial-v")  # other documents, seeds, stock
     script = (
         "import sys, feed.publish as p\n"
         "p.BATCH = 5\n"  # many small pipelines, so there is time to kill it half-way
+        "p.LOCK_TTL_S = 2.0\n"  # its lock outlives it by 2 s, not 30
         "from feed.redisclient import from_url\n"
         f"p.publish(from_url({redis_url!r}), {str(big)!r}, activate=True)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if any(True for _ in r.scan_iter(match="{u:*}:cand:partial-v", count=1000)):
+    while time.monotonic() < deadline:  # killed once it is writing documents
+        if any(True for _ in r.scan_iter(match="vdoc:partial-v:c:*", count=1000)):
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -169,10 +174,16 @@ def test_interrupted_publish_never_damages_the_live_version(
     meta = reg.get_meta(r, "partial-v")
     assert meta is not None and meta["state"] == c.STATE_PUBLISHING
     assert reg.live_version(r) == live
+    assert live_pages(client, posts) == pages
     with pytest.raises(reg.VersionError):
         reg.activate(r, "partial-v")
     listed = {m["version"]: m for m in reg.list_versions(r)}
     assert listed["partial-v"]["state"] == c.STATE_PUBLISHING
     assert reg.delete(r, "partial-v") > 0
-    res = publish(r, big, activate=True)
+    after = redis_state(r)
+    after.pop(c.PUBLISH_LOCK_KEY, None)  # the dead publisher's, until it expires
+    assert after == state
+    with pytest.raises(PublishError, match=r"publish lock.*partial-v by pid \d+"):
+        publish(r, big)  # the dead publisher's lock has not expired yet
+    res = publish(r, big, activate=True, wait=60)  # ... and does, 2 s after it stopped
     assert reg.live_version(r) == res.version == "partial-v"

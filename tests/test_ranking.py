@@ -9,33 +9,50 @@ from typing import Any
 
 import pytest
 
-from service.ranking import Candidate, Pool, diverse_page, pool_size
+from feed.serving.policy import PagePolicy, Shares
+from feed.serving.ranking import Candidate, Pool, diverse_page, pool_size
 
 
-def reference_page(cands: list[Candidate], limit: int, cfg: dict[str, Any]) -> list[Candidate]:
+def reference_page(
+    cands: list[Candidate], limit: int, policy: PagePolicy, shares: Shares, depth: int
+) -> list[Candidate]:
     """The rule as written: each pick scans the whole pool (best first) for the best adjusted
     score among candidates keeping the author rules, else among all; the first wins ties."""
-    pool = sorted(cands, key=lambda x: (x.score, x.post_id), reverse=True)
-    pool = pool[: pool_size(limit, cfg)]
-    factor = 1.0 - min(max(cfg["CATEGORY_DISCOUNT"], 0.0), 1.0)
+    pool = sorted(cands, key=lambda x: (x.score, x.post_id), reverse=True)[:depth]
     per_author: dict[str, int] = {}
     per_cat: dict[str, int] = {}
     page: list[Candidate] = []
 
+    def over(counts: dict[str, int], share: dict[str, float], key: str) -> int:
+        allowance = int(share.get(key, 0.0) * limit + 1e-9)
+        return max(counts.get(key, 0) - allowance, 0)
+
     def adjusted(c: Candidate) -> float:
-        if not c.categories or c.score <= 0:
+        if c.score <= 0:
             return c.score
-        return c.score * factor ** max(per_cat.get(k, 0) for k in c.categories)
+        k = over(per_author, dict(shares.authors), c.author_id)
+        score = c.score * ((1 - policy.author_floor) * policy.author_decay**k + policy.author_floor)
+        if k == 0:
+            score = c.score
+        if c.categories:
+            kc = max(over(per_cat, dict(shares.categories), cat) for cat in c.categories)
+            if kc:
+                f = policy.category_floor
+                score *= (1 - f) * policy.category_decay**kc + f
+        return score
+
+    def keeps_rules(c: Candidate, prev: str | None) -> bool:
+        if policy.no_adjacent_author and c.author_id == prev:
+            return False
+        cap = policy.author_cap
+        return not cap or over(per_author, dict(shares.authors), c.author_id) < cap
 
     while pool and len(page) < limit:
         prev = page[-1].author_id if page else None
         best = None
         for strict in (True, False):
             for i, c in enumerate(pool):
-                ok = c.author_id != prev and per_author.get(c.author_id, 0) < max(
-                    cfg["AUTHOR_MAX_PER_PAGE"], 1
-                )
-                if strict and not ok:
+                if strict and not keeps_rules(c, prev):
                     continue
                 if best is None or adjusted(c) > best[1]:
                     best = (i, adjusted(c))
@@ -65,22 +82,52 @@ def random_pool(rng: random.Random, n: int) -> list[Candidate]:
 def test_lazy_greedy_picks_what_a_full_scan_picks(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(150):
-        cfg = {
-            "AUTHOR_MAX_PER_PAGE": rng.choice([1, 2, 3]),
-            "CATEGORY_DISCOUNT": rng.choice([0.0, 0.15, 0.5, 1.0]),
-            "DIVERSITY_POOL_FACTOR": rng.choice([1, 5]),
-        }
+        policy = PagePolicy(
+            author_decay=rng.choice([1.0, 0.8, 0.5, 0.0]),
+            author_floor=rng.choice([0.0, 0.25, 1.0]),
+            category_decay=rng.choice([1.0, 0.85, 0.5, 0.0]),
+            category_floor=rng.choice([0.0, 0.5]),
+            author_cap=rng.choice([0, 1, 2, 3]),
+            no_adjacent_author=rng.random() < 0.5,
+        )
+        authors = {f"a{i}": rng.choice([0.0, 0.0, 0.1, 0.34]) for i in range(13)}
+        shares = Shares(authors, {c: rng.choice([0.0, 0.2, 0.5]) for c in "abcdef"})
         limit = rng.choice([5, 10, 20])
+        depth = pool_size(limit, {"DIVERSITY_POOL_FACTOR": rng.choice([1, 5])})
         n = rng.randint(0, 150)
-        fast = diverse_page(Pool.of(random_pool(random.Random(seed * 1000 + n), n)), limit, cfg)
-        slow = reference_page(random_pool(random.Random(seed * 1000 + n), n), limit, cfg)
+        pool = Pool.of(random_pool(random.Random(seed * 1000 + n), n))
+        fast = diverse_page(pool, limit, policy, shares, depth)
+        slow = reference_page(
+            random_pool(random.Random(seed * 1000 + n), n), limit, policy, shares, depth
+        )
         assert [(c.post_id, c.score) for c in fast] == [(c.post_id, c.score) for c in slow]
+
+
+def test_policy_discounts_softly_and_respects_the_catalogue_shape() -> None:
+    """A large author (a third of the posts) keeps its share of a page before any discount; a
+    small one is discounted from its second post, softly: a much better post still wins."""
+    big = [Candidate(f"b{i}", 1.0 - i / 100, "x", "big", "", None, []) for i in range(10)]
+    small = [Candidate(f"s{i}", 0.9 - i / 100, "x", "small", "", None, []) for i in range(3)]
+    others = [Candidate(f"o{i}", 0.3, "x", f"o{i}", "", None, []) for i in range(10)]
+    policy = PagePolicy(author_decay=0.5, author_floor=0.1, no_adjacent_author=False)
+    shares = Shares({"big": 1 / 3}, {})
+    page = diverse_page(Pool.of(big + small + others), 9, policy, shares)
+    authors = [c.author_id for c in page]
+    assert authors.count("big") >= 3  # its allowance: floor(9 / 3)
+    assert authors[:3] == ["big"] * 3
+    assert "small" in authors and authors.count("small") <= 2
+    flat = diverse_page(Pool.of(big + small + others), 9, policy)  # no shares: no allowance
+    assert [c.author_id for c in flat].count("big") < authors.count("big")
+    none = PagePolicy(1.0, 1.0, 1.0, 1.0, 0, False)  # no variety: the model's order
+    assert [c.post_id for c in diverse_page(Pool.of(big + small + others), 9, none)] == [
+        c.post_id for c in sorted(big + small + others, key=lambda c: -c.score)[:9]
+    ]
 
 
 def _user(**sets: set[str]) -> Any:
     import numpy as np
 
-    from service.state import UserState
+    from feed.serving.state import UserState
 
     empty = np.zeros(0)
     fields = ("seen", "liked", "hidden", "muted", "follows", "unfollows", "bought")
@@ -97,9 +144,9 @@ def test_fresh_posts_are_filtered_and_scored_as_arrays() -> None:
     FRESH_WEIGHT, each plus the freshness bonus; a post the version knows is its post."""
     import numpy as np
 
+    from feed.serving.ranking import filtered, gather
+    from feed.serving.state import FreshPosts, VersionTable
     from service.config import DEFAULTS
-    from service.ranking import filtered, gather
-    from service.state import FreshPosts, VersionTable
 
     now = 1_800_000_000.0
     table = VersionTable(

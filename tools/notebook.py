@@ -190,16 +190,26 @@ def pages(
     return out
 
 
-def _docs(r: Any, post_ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Post documents and the documents of the products they link, in two MGETs."""
-    posts = (
-        dict(zip(post_ids, r.mget([c.post_doc_key(p) for p in post_ids]), strict=True))
-        if post_ids
-        else {}
-    )
-    posts = {p: c.decode_json(raw) or {} for p, raw in posts.items()}
+def _docs(
+    r: Any, post_ids: Sequence[str], version: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Post documents (``version``'s, else the API-created post's) and the documents of the
+    products they link (``version``'s), in two MGETs."""
+    n = len(post_ids)
+    keys = [c.post_doc_key(p, version) for p in post_ids] if version else []
+    keys += [c.post_doc_key(p) for p in post_ids]
+    found = r.mget(keys) if n else []
+    own = found[:n] if version else [None] * n
+    posts = {
+        p: c.decode_json(mine or api) or {}
+        for p, mine, api in zip(post_ids, own, found[len(found) - n :], strict=True)
+    }
     product_ids = sorted({x for d in posts.values() for x in d.get("product_ids") or []})
-    raw = r.mget([c.product_doc_key(p) for p in product_ids]) if product_ids else []
+    raw = (
+        r.mget([c.product_doc_key(p, version) for p in product_ids])
+        if product_ids and version
+        else [None] * len(product_ids)
+    )
     products = {
         p: c.decode_json(x) or {"product_id": p} for p, x in zip(product_ids, raw, strict=True)
     }
@@ -227,11 +237,11 @@ def _dataset_history(ds: Dataset, user_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def _redis_history(r: Any, user_id: str, n: int) -> list[dict[str, Any]]:
-    """What Redis knows: likes since training (timed), purchases and follows (seeded at publish,
-    then updated by events)."""
+def _redis_history(r: Any, user_id: str, n: int, version: str | None) -> list[dict[str, Any]]:
+    """What Redis knows: likes since training (timed), purchases and follows (seeded by
+    ``version``'s publish, then updated by events)."""
 
-    h = read_history(r, user_id, n)
+    h = read_history(r, user_id, n, version)
     return [
         *({"kind": "like", "ts": like["ts"], "post_id": like["post_id"]} for like in h["likes"]),
         *({"kind": "purchase", "product_id": p} for p in h["purchases"]),
@@ -242,11 +252,13 @@ def _redis_history(r: Any, user_id: str, n: int) -> list[dict[str, Any]]:
 _HISTORY_KEY = {"like": "post_id", "purchase": "product_id", "follow": "author_id"}
 
 
-def _history_rows(r: Any, user_id: str, ds: Dataset | None, n: int) -> list[dict[str, Any]]:
+def _history_rows(
+    r: Any, user_id: str, ds: Dataset | None, n: int, version: str | None
+) -> list[dict[str, Any]]:
     """The dataset's history, then what only Redis knows; newest first, untimed rows last."""
     rows = [] if ds is None else [{**x, "source": "dataset"} for x in _dataset_history(ds, user_id)]
     known = {(x["kind"], x[_HISTORY_KEY[x["kind"]]]) for x in rows}
-    for x in _redis_history(r, user_id, n):
+    for x in _redis_history(r, user_id, n, version):
         if (x["kind"], x[_HISTORY_KEY[x["kind"]]]) not in known:
             rows.append({**x, "source": "redis"})
     rows.sort(key=_newest_first)
@@ -258,10 +270,10 @@ def _newest_first(row: dict[str, Any]) -> float:
     return -float(ts) if ts is not None and ts == ts else math.inf  # untimed rows last
 
 
-def _history_frame(r: Any, rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _history_frame(r: Any, rows: list[dict[str, Any]], version: str | None) -> pd.DataFrame:
     import pandas as pd
 
-    posts, products = _docs(r, sorted({x["post_id"] for x in rows if x.get("post_id")}))
+    posts, products = _docs(r, sorted({x["post_id"] for x in rows if x.get("post_id")}), version)
     for x in rows:
         doc = posts.get(x.get("post_id") or "", {})
         x["author_id"] = x.get("author_id") or doc.get("author_id")
@@ -323,13 +335,14 @@ def inspect_user(
     r, _ = client_and_url(redis)
     ds = dataset if dataset is None or isinstance(dataset, Dataset) else load(dataset)
     body = _preview(service_client(r), user_id, version, limit)
+    served_by = body.get("model_version")
     return UserView(
         user_id=user_id,
-        version=body.get("model_version"),
+        version=served_by,
         live=live_version(r),
         experiment=body.get("experiment"),
         arm=body.get("arm"),
-        history=_history_frame(r, _history_rows(r, user_id, ds, history)),
+        history=_history_frame(r, _history_rows(r, user_id, ds, history, served_by), served_by),
         page=_page_frame(body),
         response=body,
     )

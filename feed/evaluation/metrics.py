@@ -3,7 +3,8 @@
 * ``like_recall`` and ``like_ndcg``: held-out likes found in the top-k posts;
 * ``purchase_recall``: held-out bought products linked by at least one top-k post;
 * ``coverage``: distinct posts in all top-k lists over the number of posts;
-* ``author_diversity``: distinct authors over list length, per user.
+* ``author_diversity`` and ``category_diversity``: distinct authors (categories) over list
+  length, per user.
 
 Examples
 --------
@@ -25,7 +26,14 @@ import scipy.sparse as sp
 if TYPE_CHECKING:
     from feed.features.matrices import TrainingData
 
-METRICS = ("like_recall", "like_ndcg", "purchase_recall", "coverage", "author_diversity")
+METRICS = (
+    "like_recall",
+    "like_ndcg",
+    "purchase_recall",
+    "coverage",
+    "author_diversity",
+    "category_diversity",
+)
 BOOTSTRAP_SAMPLES = 1000  # resamples of test users for the interval of the default's lift
 
 
@@ -124,6 +132,22 @@ def author_diversity(items: np.ndarray, post_author: np.ndarray) -> float:
     return float(np.mean(out)) if out else math.nan
 
 
+def category_diversity(items: np.ndarray, post_category: np.ndarray) -> float:
+    """Mean over users of distinct categories in the top-k / items in the top-k (a post counts
+    with its first product's category; posts without one count as their own).
+
+    >>> category_diversity(np.array([[0, 1, 2, -1]]), np.array(["a", "a", ""]))
+    0.6666666666666666
+    """
+    out = []
+    for row in items:
+        row = row[row >= 0]
+        if len(row):
+            cats = [post_category[i] or f"#{i}" for i in row.tolist()]
+            out.append(len(set(cats)) / len(row))
+    return float(np.mean(out)) if out else math.nan
+
+
 def score_lists(items: np.ndarray, truth: HeldOut, data: TrainingData) -> dict[str, float]:
     """Every metric of one model's top-k lists (rows aligned with ``truth.users``)."""
     return {
@@ -132,6 +156,7 @@ def score_lists(items: np.ndarray, truth: HeldOut, data: TrainingData) -> dict[s
         "purchase_recall": _mean(purchase_recall_at_k(items, truth.purchases, data.post_products)),
         "coverage": coverage(items, data.n_posts),
         "author_diversity": author_diversity(items, data.post_author),
+        "category_diversity": category_diversity(items, data.post_category),
     }
 
 

@@ -1,10 +1,18 @@
 """Splits of a dataset into a training part and held-out likes and purchases, and the held-out
 truth in the training data's indices.
 
-A split never leaks: every model is fitted on the training part only. :func:`split` holds out
-the newest likes and purchases (a global cut at the ``1 - test_frac`` quantile of their
-timestamps; a seeded per-user random split when the data has no timestamps). :func:`as_of`
-rebuilds the dataset as it was at a past moment.
+A split never leaks: every model is fitted on the training part only. Three protocols
+(:data:`METHODS`):
+
+* ``global-time``: one cut at the ``1 - test_frac`` quantile of like and purchase timestamps
+  (:func:`time_split`): the future of everyone, as a deployment meets it;
+* ``user-time``: each user's last ``test_frac`` of timed likes and purchases
+  (:func:`user_time_split`): for data whose users are active in bursts at different times,
+  where one global cut leaves most held-out users without a past to learn from;
+* ``random``: a seeded random share of each user's likes and purchases (:func:`random_split`).
+
+:func:`split` with ``method="auto"`` picks one from the data (:func:`choose_method`) and says
+why. :func:`as_of` rebuilds the dataset as it was at a past moment.
 """
 
 from __future__ import annotations
@@ -23,23 +31,33 @@ from feed.features.matrices import EngagementWeights, TrainingData, build
 # --- splits --------------------------------------------------------------------------------
 
 
+METHODS = ("global-time", "user-time", "random")
+#: ``auto`` cuts globally when at least this share of the users with held-out rows also have
+#: rows before the cut; below it, users are active in bursts: each is cut in their own time.
+WARM_SHARE = 0.5
+
+
 @dataclass
 class Split:
     """A dataset cut into a training part and held-out likes and purchases.
 
-    ``cut`` is the time of the cut in unix seconds (NaN for a random split): every training
-    like and purchase has ``ts < cut`` and every held-out one ``ts >= cut``.
+    ``cut`` is the time of a global cut in unix seconds (NaN otherwise): every training like
+    and purchase has ``ts < cut`` and every held-out one ``ts >= cut``. ``reason`` says why
+    this protocol (when it was chosen from the data).
     """
 
     train: Dataset
     test_likes: pd.DataFrame
     test_purchases: pd.DataFrame
-    method: str  # "time" or "random"
+    method: str  # one of METHODS
     cut: float = math.nan
+    reason: str = ""
 
 
-def split(ds: Dataset, test_frac: float = 0.2, random_state: int = 0) -> Split:
-    """Hold out the newest ``test_frac`` of likes and purchases (or a random share per user).
+def split(
+    ds: Dataset, test_frac: float = 0.2, random_state: int = 0, method: str = "auto"
+) -> Split:
+    """Hold out ``test_frac`` of the likes and purchases by one of :data:`METHODS`.
 
     Parameters
     ----------
@@ -47,7 +65,9 @@ def split(ds: Dataset, test_frac: float = 0.2, random_state: int = 0) -> Split:
     test_frac : float
         Share of like and purchase rows held out, in (0, 1).
     random_state : int
-        Seed of the random split (used only when some like or purchase has no ``ts``).
+        Seed of the random split.
+    method : str
+        ``auto`` (:func:`choose_method`), or one of :data:`METHODS`.
 
     Returns
     -------
@@ -55,9 +75,49 @@ def split(ds: Dataset, test_frac: float = 0.2, random_state: int = 0) -> Split:
     """
     if not 0.0 < test_frac < 1.0:
         raise ValueError(f"test_frac must be in (0, 1), got {test_frac}")
-    if ds.has_timestamps:
-        return time_split(ds, test_frac)
-    return random_split(ds, test_frac, random_state)
+    reason = f"{method} as asked"
+    if method == "auto":
+        method, reason = choose_method(ds, test_frac)
+    if method not in METHODS:
+        raise ValueError(f"split method must be auto or one of {', '.join(METHODS)}: {method!r}")
+    if method != "random" and not ds.has_timestamps:
+        raise ValueError(f"a {method} split needs a ts on every like and purchase")
+    if method == "global-time":
+        part = time_split(ds, test_frac)
+    elif method == "user-time":
+        part = user_time_split(ds, test_frac)
+    else:
+        part = random_split(ds, test_frac, random_state)
+    return replace(part, reason=reason)
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """:func:`split` with a fixed ``method``, as a model's parameter: what the learned ranker
+    carves its validation slices with (so validation mirrors the evaluation protocol)."""
+
+    method: str = "auto"
+
+    def __call__(self, ds: Dataset, test_frac: float, random_state: int) -> Split:
+        return split(ds, test_frac, random_state, self.method)
+
+
+def choose_method(ds: Dataset, test_frac: float = 0.2) -> tuple[str, str]:
+    """The protocol the data supports, and why: ``random`` without timestamps; else
+    ``global-time`` when at least :data:`WARM_SHARE` of the users a global cut holds out
+    have rows before it, else ``user-time`` (users active in bursts)."""
+    if not ds.has_timestamps:
+        return "random", "some like or purchase has no ts"
+    part = time_split(ds, test_frac)
+    held = set(part.test_likes["user_id"]) | set(part.test_purchases["user_id"])
+    before = set(part.train.likes["user_id"]) | set(part.train.purchases["user_id"])
+    warm = len(held & before) / max(len(held), 1)
+    if warm >= WARM_SHARE:
+        return "global-time", f"{warm:.0%} of the users after a global cut have a past before it"
+    return "user-time", (
+        f"only {warm:.0%} of the users after a global cut have a past before it: "
+        "users are active in bursts, so each user is cut in their own time"
+    )
 
 
 def time_split(ds: Dataset, test_frac: float) -> Split:
@@ -83,7 +143,48 @@ def time_split(ds: Dataset, test_frac: float) -> Split:
     test_likes = ds.likes[ds.likes["ts"].to_numpy() >= cut]
     test_purchases = ds.purchases[ds.purchases["ts"].to_numpy() >= cut]
     return Split(
-        train, test_likes.reset_index(drop=True), test_purchases.reset_index(drop=True), "time", cut
+        train,
+        test_likes.reset_index(drop=True),
+        test_purchases.reset_index(drop=True),
+        "global-time",
+        cut,
+    )
+
+
+def user_time_split(ds: Dataset, test_frac: float) -> Split:
+    """Hold out each user's newest ``round(test_frac * n)`` likes and purchases (users with
+    n >= 2; ties in time by file order).
+
+    A user's clicks, impressions and follows at or after their first held-out row leave the
+    training part too (rows without a timestamp stay). Posts all stay.
+    """
+    users = pd.concat([ds.likes["user_id"], ds.purchases["user_id"]], ignore_index=True)
+    ts = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
+    frame = pd.DataFrame({"user": users.to_numpy(object), "ts": ts, "row": np.arange(len(ts))})
+    frame = frame.sort_values(["user", "ts", "row"], kind="stable")
+    grouped = frame.groupby("user", sort=False)
+    from_end = grouped.cumcount(ascending=False).to_numpy()
+    size = grouped["ts"].transform("size").to_numpy()
+    held_sorted = (size >= 2) & (from_end < np.floor(test_frac * size + 0.5))
+    held = np.zeros(len(ts), dtype=bool)
+    held[frame["row"].to_numpy()] = held_sorted
+    if not held.any():
+        raise ValueError("cannot split by user time: no user has two timed likes or purchases")
+    cuts = frame[held_sorted].groupby("user", sort=False)["ts"].min()
+    n_likes = len(ds.likes)
+    train = _subset(
+        ds,
+        likes=ds.likes[~held[:n_likes]],
+        purchases=ds.purchases[~held[n_likes:]],
+        clicks=_before_user(ds.clicks, cuts, "user_id"),
+        impressions=_before_user(ds.impressions, cuts, "user_id"),
+        follows=_before_user(ds.follows, cuts, "follower_id"),
+    )
+    return Split(
+        train,
+        ds.likes[held[:n_likes]].reset_index(drop=True),
+        ds.purchases[held[n_likes:]].reset_index(drop=True),
+        "user-time",
     )
 
 
@@ -123,13 +224,23 @@ def training_data(part: Split) -> TrainingData:
     a real training run).
     """
     data = build(part.train, EngagementWeights())
-    return replace(data, now=part.cut) if part.method == "time" else data
+    return replace(data, now=part.cut) if part.method == "global-time" else data
 
 
 def _before(table: pd.DataFrame, cut: float) -> pd.DataFrame:
     """Rows strictly before ``cut``, plus rows without a timestamp."""
     ts = table["ts"].to_numpy(float)
     return table[np.isnan(ts) | (ts < cut)]
+
+
+def _before_user(table: pd.DataFrame, cuts: pd.Series, column: str) -> pd.DataFrame:
+    """Rows before their user's cut (``cuts``: user -> time), rows of users without a cut,
+    and rows without a timestamp."""
+    if not len(table):
+        return table
+    cut = table[column].map(cuts).to_numpy(float)
+    ts = table["ts"].to_numpy(float)
+    return table[np.isnan(cut) | np.isnan(ts) | (ts < cut)]
 
 
 def _without_pairs(table: pd.DataFrame, pairs: set[tuple[str, str]]) -> pd.DataFrame:

@@ -56,6 +56,11 @@ class ExperimentConflict(ExperimentError):
     """The request conflicts with the stored state (name taken, another one running, stopped)."""
 
 
+class ArmNotServable(ExperimentConflict):
+    """An arm's version was published under another Redis contract: this release cannot serve
+    it (the message names the contract)."""
+
+
 # --- arms and weights ------------------------------------------------------------------------
 def parse_arm(spec: str) -> dict[str, Any]:
     """Parse ``NAME=VERSION:WEIGHT`` (or ``NAME:WEIGHT``, keeping the version, for updates).

@@ -24,6 +24,7 @@ from feed import contract as c
 from feed.experiments.assign import (
     STATUS_RUNNING,
     STATUS_STOPPED,
+    ArmNotServable,
     Experiment,
     ExperimentConflict,
     ExperimentError,
@@ -43,6 +44,9 @@ def _check_versions(r: Any, arms: Sequence[dict[str, Any]]) -> None:
         meta = reg.get_meta(r, arm["version"])
         if meta is None:
             raise ExperimentError(f"arm {arm['name']!r}: unknown version {arm['version']!r}")
+        problem = reg.not_servable(arm["version"], meta)
+        if problem:
+            raise ArmNotServable(f"arm {arm['name']!r}: {problem}")
         if meta.get("state") != c.STATE_READY or reg.missing_keys(r, arm["version"]):
             raise ExperimentError(
                 f"arm {arm['name']!r}: version {arm['version']!r} has incomplete keys "

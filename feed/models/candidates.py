@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from feed.contract import REASON_CODE
-from feed.features.matrices import TrainingData
+from feed.features.matrices import SECONDS_PER_DAY, TrainingData
 from feed.models.base import CandidateModel, mask_rows, topk
 from feed.models.sources import Content, Fresh, Popularity, post_age_days
 
@@ -42,7 +42,13 @@ BASE_FEATURES = (
     "user_engaged_log",
     "user_bought_log",
     "user_follows_log",
+    # relative to the user's own activity, not to the data's "now" (users active in bursts)
+    "user_idle_log",
+    "post_popularity_in_user_period",
+    "post_age_at_user_log",
 )
+#: Time periods (quantiles of event times) for "popularity in the user's period".
+PERIODS = 16
 
 
 def is_global(model: CandidateModel) -> bool:
@@ -120,6 +126,9 @@ class FeatureContext:
             "user_bought_log": np.log1p(np.diff(bought.indptr)),
             "user_follows_log": np.log1p(np.diff(self.follows.indptr)),
         }
+        self.periods = UserPeriods(data)
+        self.user["user_idle_log"] = self.periods.idle_log
+        self.created = data.post_created
 
     def best_per_product(self, block: np.ndarray) -> None:
         """In place: of the posts linking the same (first) product, keep only the best scored
@@ -150,9 +159,68 @@ class FeatureContext:
         )
         cols += [
             np.broadcast_to(self.user[name][users][:, None], items.shape)
-            for name in BASE_FEATURES[10:]
+            for name in BASE_FEATURES[10:14]
         ]
+        cols.append(self.periods.popularity(users, safe))
+        last = self.periods.last[users][:, None]
+        with np.errstate(invalid="ignore"):
+            age = (last - self.created[safe]) / SECONDS_PER_DAY
+        cols.append(np.sign(age) * np.log1p(np.abs(age)))  # NaN when either time is unknown
         return cols
+
+
+class UserPeriods:
+    """Each user's last activity, and each post's popularity in each period of time (the
+    :data:`PERIODS` quantiles of like, purchase and click times), so that a user whose activity
+    ended long before the data's "now" sees what was popular when they were active.
+
+    Without timestamps every feature here is 0 (idle) or NaN (unknown).
+    """
+
+    def __init__(self, data: TrainingData) -> None:
+        n_users, n_posts = data.n_users, data.n_posts
+        self.last = np.full(n_users, np.nan)
+        self.idle_log = np.zeros(n_users)
+        self.by_period = np.zeros((n_posts, 1), dtype=np.float32)
+        self.user_period = np.zeros(n_users, dtype=np.int64)
+        ds = data.source
+        if ds is None:
+            return
+        tables = [t for t in (ds.likes, ds.purchases, ds.clicks) if len(t)]
+        if not tables:
+            return
+        users = np.concatenate([data.users.to_internal(t["user_id"], strict=False) for t in tables])
+        ts = np.concatenate([t["ts"].to_numpy(float) for t in tables])
+        posts = np.concatenate(
+            [
+                data.posts.to_internal(t["post_id"], strict=False)
+                if "post_id" in t
+                else np.full(len(t), -1)
+                for t in tables
+            ]
+        )
+        ok = (users >= 0) & np.isfinite(ts)
+        if not ok.any():
+            return
+        users, ts, posts = users[ok], ts[ok], posts[ok]
+        np.fmax.at(self.last, users, ts)
+        now = data.now if data.now == data.now else float(ts.max())
+        known = np.isfinite(self.last)
+        self.idle_log[known] = np.log1p(np.maximum(now - self.last[known], 0) / SECONDS_PER_DAY)
+        edges = np.unique(np.quantile(ts, np.linspace(0, 1, PERIODS + 1)[1:-1]))
+        period = np.searchsorted(edges, ts, side="right")
+        n_periods = len(edges) + 1
+        on_post = posts >= 0
+        counts = np.zeros((n_posts, n_periods), dtype=np.float32)
+        np.add.at(counts, (posts[on_post], period[on_post]), 1.0)
+        self.by_period = counts / np.maximum(counts.max(axis=0, keepdims=True), 1.0)
+        self.user_period = np.searchsorted(edges, np.where(known, self.last, -np.inf), side="right")
+
+    def popularity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Each candidate's popularity (0..1, of the period's most popular) in its user's period
+        of last activity."""
+        period = np.broadcast_to(self.user_period[users][:, None], items.shape)
+        return self.by_period[items, period]
 
 
 def shared_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

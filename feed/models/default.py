@@ -7,6 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from feed.contract import unit_scores
+from feed.evaluation.splits import Splitter
+from feed.features.matrices import TrainingData, decayed
+from feed.models.base import topk
 from feed.models.ranker import RERANK_DEPTH, LearnedBlend
 from feed.models.sources import (
     EASE,
@@ -69,6 +75,9 @@ class TrainConfig:
     #: Candidates per user a tree ranker re-scores, the best by the linear ranker
     #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
     rerank_depth: int = RERANK_DEPTH
+    #: The validation protocol (``feed.evaluation.splits.METHODS``, or ``auto``: chosen from the
+    #: data as ``feed evaluate`` chooses it; ``feed train`` records the one it used).
+    split: str = "auto"
     val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
     val_windows: int = 6  # validation slices at most, each older than the previous ...
     min_val_users: int = 300  # ... until this many validation users are collected
@@ -109,5 +118,15 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         val_frac=config.val_frac,
         max_windows=config.val_windows,
         min_val_users=config.min_val_users,
+        splitter=Splitter(config.split),
         random_state=config.random_state,
     )
+
+
+def trending_list(blend: LearnedBlend, data: TrainingData, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The version's trending list: the ``n`` best posts of the default model's trending
+    source (a trending model fitted on time-decayed engagement when it has none), as post
+    indices and scores scaled to [0, 1] (:func:`feed.contract.unit_scores`)."""
+    trending: Any = blend.sources_.get("trending") or Trending().fit(decayed(data))
+    items, scores = topk(trending.scores_[None, :].copy(), n)
+    return items[0], unit_scores(scores)[0]

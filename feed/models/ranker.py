@@ -40,8 +40,9 @@ import scipy.sparse as sp
 
 from feed.contract import REASON_CODE
 from feed.data import Dataset
-from feed.evaluation.metrics import hits, ndcg_at_k, purchase_recall_at_k
-from feed.evaluation.splits import Split, held_out, split, training_data
+from feed.evaluation.metrics import author_diversity, hits, ndcg_at_k, purchase_recall_at_k
+from feed.evaluation.pages import POLICY_USERS, PageBuilder, PolicyChoice, Truth, choose_policy
+from feed.evaluation.splits import Split, Splitter, held_out, training_data
 from feed.features.matrices import TrainingData, decayed
 from feed.models.base import CandidateModel, NotFittedError, parallel_map, single_threaded
 from feed.models.candidates import (
@@ -53,13 +54,15 @@ from feed.models.candidates import (
     select_top,
 )
 from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_columns
+from feed.serving.policy import PagePolicy
+from feed.serving.ranking import RANKING_DEFAULTS, pool_size
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-#: Carves a validation slice off a dataset: ``(dataset, val_frac, random_state) -> Split``.
-Splitter = Callable[[Dataset, float, int], Split]
 
+#: The default validation protocol: the one the data supports (``feed.evaluation.splits``).
+AUTO_SPLIT = Splitter("auto")
 #: Rankers tried on the validation slice: gradient boosting of a few sizes, and a linear model.
 RANKER_GRID: tuple[dict[str, Any], ...] = (
     {
@@ -113,6 +116,9 @@ class RankerChoice:
     prefilter: LinearScores | None = None
     prefilter_params: dict[str, Any] = field(default_factory=dict)
     depth: int = RERANK_DEPTH
+    #: The chosen option's scores of the validation candidates (out of fold for a ranker):
+    #: what the page policy is chosen on. Not kept in the manifest.
+    val_scores: np.ndarray | None = field(default=None, repr=False)
 
 
 class LearnedBlend:
@@ -146,8 +152,8 @@ class LearnedBlend:
         Names of the sources fitted on time-decayed engagement.
     splitter : callable, optional
         ``splitter(dataset, val_frac, random_state) -> Split`` carves a validation slice off a
-        dataset; :func:`feed.evaluation.splits.split` by default (the newest likes and
-        purchases, or a seeded random share per user without timestamps).
+        dataset: :class:`~feed.evaluation.splits.Splitter` of the evaluation's (the data's)
+        protocol, so validation mirrors how the model is judged.
     random_state : int
     """
 
@@ -165,7 +171,7 @@ class LearnedBlend:
         max_train_rows: int = 60_000,
         rerank_depth: int = RERANK_DEPTH,
         decayed: tuple[str, ...] = ("trending",),
-        splitter: Splitter = split,
+        splitter: Callable[[Dataset, float, int], Split] = AUTO_SPLIT,
         random_state: int = 0,
     ) -> None:
         self.sources = dict(sources)
@@ -195,6 +201,7 @@ class LearnedBlend:
         self.timings_: dict[str, float] = {}
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
+        self.pool_: _Pool | None = None
         final = Stage("final", data)
         if len(self.names_) == 1:
             self.choice_ = RankerChoice(f"source:{self.names_[0]}")
@@ -203,10 +210,16 @@ class LearnedBlend:
         else:
             metric = "like_ndcg" if data.likes.nnz else "purchase_recall"
             self.choice_, self.sources_ = self._learn(dataset, metric, final)
+        t = time.perf_counter()
+        self.policy_choice_ = self._choose_policy(data)
+        self.page_policy_ = self.policy_choice_.policy if self.policy_choice_ else PagePolicy()
+        self.pool_ = None  # the validation tables are not needed any more
+        self._add_time("validation:page_policy", time.perf_counter() - t)
         logger.info(
-            "default model: %s (one post per product: %s)",
+            "default model: %s (one post per product: %s), page policy %s",
             self.choice_.kind,
             self.choice_.one_per_product,
+            self.page_policy_,
         )
         self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
         self.keys_ = product_keys(data)
@@ -283,8 +296,9 @@ class LearnedBlend:
         if not tables:
             return RankerChoice("fusion", metric=metric), sources
         t = time.perf_counter()
+        self.pool_ = _Pool(tables, metric)
         choice = choose(
-            _Pool(tables, metric),
+            self.pool_,
             self.names_,
             self.k,
             self.max_train_rows,
@@ -293,6 +307,47 @@ class LearnedBlend:
         )
         self._add_time("validation:choose", time.perf_counter() - t)
         return choice, sources
+
+    def _choose_policy(self, data: TrainingData) -> PolicyChoice | None:
+        """The page policy (:mod:`feed.serving.policy`) of best served validation metric
+        within the cost bound, judged on the newest slice's users (at most
+        :data:`~feed.evaluation.pages.POLICY_USERS`) with the chosen option's out-of-fold
+        scores, as the service would build their pages (no trending: a validation user's
+        list is long enough). The pages must be as author-diverse as the lists of the best
+        single source. None without validation."""
+        pool, choice = self.pool_, self.choice_
+        if pool is None or choice.val_scores is None:
+            return None
+        s = pool.slices[0]
+        n = min(len(s.users), POLICY_USERS)
+        rows = np.sort(np.random.default_rng(self.random_state).permutation(len(s.users))[:n])
+        width = s.items.shape[1]
+        depth = pool_size(self.k, RANKING_DEFAULTS)
+        keys = s.keys if choice.one_per_product else None
+        items, scores, _ = select_top(s.items[rows], choice.val_scores[rows, :width], depth, keys)
+        sources = {n: i for i, n in enumerate(self.names_)}
+        single = [
+            (v, name.split(":", 1)[1])
+            for name, v in choice.validation.items()
+            if name.startswith("source:") and not name.endswith("+1pp")
+        ]
+        best_source = max(single)[1] if single else None
+        reference = 0.0
+        if best_source is not None:
+            ranks = -s.ranks[sources[best_source]][rows].astype(np.float32)
+            ranks = np.where(s.items[rows] >= 0, ranks, -np.inf)
+            top = select_top(s.items[rows], ranks, self.k, None)[0]
+            reference = author_diversity(top, data.post_author)
+        truth = Truth(s.likes[rows], s.purchases[rows], s.post_products, pool.metric)
+        return choose_policy(
+            PageBuilder.of(data),
+            [str(u) for u in s.users[rows]],
+            (items, scores, np.zeros(items.shape, np.uint8)),
+            truth,
+            self.k,
+            reference,
+            now=s.now,
+        )
 
     def _add_time(self, key: str, seconds: float) -> None:
         """Add ``seconds`` to ``timings_[key + "_s"]``."""
@@ -381,7 +436,12 @@ class LearnedBlend:
                 "random_state",
             )
         }
-        params["splitter"] = f"{self.splitter.__module__}.{self.splitter.__qualname__}"
+        sp_ = self.splitter
+        params["splitter"] = (
+            sp_.method
+            if isinstance(sp_, Splitter)
+            else f"{getattr(sp_, '__module__', '')}.{getattr(sp_, '__qualname__', repr(sp_))}"
+        )
         params["sources"] = {
             n: {"class": type(m).__name__, **m.get_params()} for n, m in self.sources.items()
         }
@@ -403,6 +463,8 @@ class LearnedBlend:
                 n: m.epochs_ for n, m in self.sources_.items() if isinstance(m, MatrixFactorization)
             },
             "validation": {k: round(v, 5) for k, v in c.validation.items()},
+            "page_policy": self.page_policy_.to_json(),
+            "page_policy_choice": self.policy_choice_.summary() if self.policy_choice_ else None,
             "timings": {k: round(v, 3) for k, v in self.timings_.items()},
         }
 
@@ -457,6 +519,7 @@ class _Slice:
     post_products: sp.csr_matrix
     keys: np.ndarray  # product key per post
     depth: int
+    now: float  # the slice's cut: "now" for its pages
 
     @classmethod
     def collect(
@@ -500,6 +563,7 @@ class _Slice:
             data.post_products,
             product_keys(data),
             builder.n_per_source,
+            float(data.now),
         )
 
 
@@ -567,8 +631,9 @@ def choose(
     fixed = {"fusion": fusion_scores(pool.ranks, pool.slices[0].depth)}
     fixed |= {f"source:{n}": -pool.ranks[i].astype(np.float32) for i, n in enumerate(names)}
     options: dict[tuple[str, bool], float] = {}
+    arrays: dict[str, np.ndarray] = {}
     for name, scores in fixed.items():
-        scores = np.where(pool.items >= 0, scores, -np.inf)
+        scores = arrays[name] = np.where(pool.items >= 0, scores, -np.inf)
         for dedupe in (False, True):
             options[(name, dedupe)] = pool.score(scores, k, dedupe)
     jobs = [(params, f) for params in RANKER_GRID for f in (0, 1)]
@@ -588,6 +653,7 @@ def choose(
         if pre is not None and _is_tree(RANKER_GRID[i]):
             report[f"ranker:{i}:all"] = pool.score(oof, k, False)
             oof = np.where(best_in_rows(oofs[pre], depth), oof, -np.inf)
+        arrays[f"ranker:{i}"] = oof
         for dedupe in (False, True):
             options[(f"ranker:{i}", dedupe)] = pool.score(oof, k, dedupe)
     (best, dedupe), value = max(options.items(), key=lambda kv: kv[1])
@@ -603,6 +669,7 @@ def choose(
         one_per_product=dedupe,
         metric=pool.metric,
         validation={f"{n}{'+1pp' if d else ''}": v for (n, d), v in options.items()} | report,
+        val_scores=arrays[best],
     )
     if best.startswith("ranker:"):
         choice.params = dict(RANKER_GRID[int(best.split(":")[1])])

@@ -48,9 +48,19 @@ def _arms(body: dict[str, Any]) -> list[Any]:
 def _experiment_error(e: ex.ExperimentError) -> ApiError:
     if isinstance(e, ex.UnknownExperiment):
         return not_found(str(e))
+    if isinstance(e, ex.ArmNotServable):
+        return ApiError(409, "version_not_servable", str(e))
     if isinstance(e, ex.ExperimentConflict):
         return ApiError(409, "conflict", str(e))
     return bad_request(str(e), "invalid_experiment")
+
+
+def _version_error(e: reg.VersionError, code: str) -> ApiError:
+    """409: ``version_not_servable`` for a version of another Redis contract (the message names
+    it), else ``code``."""
+    if isinstance(e, reg.VersionNotServable):
+        return ApiError(409, "version_not_servable", str(e))
+    return ApiError(409, code, str(e))
 
 
 def _known_version(version: str) -> dict[str, Any]:
@@ -73,7 +83,7 @@ def activate(version: str) -> Any:
     try:
         previous = reg.activate(redis(), version)
     except reg.VersionError as e:
-        raise ApiError(409, "version_not_ready", str(e)) from e
+        raise _version_error(e, "version_not_ready") from e
     return jsonify({"live": version, "previous": previous})
 
 
@@ -82,7 +92,7 @@ def rollback() -> Any:
     try:
         live = reg.rollback(redis())
     except reg.VersionError as e:
-        raise ApiError(409, "no_previous_version", str(e)) from e
+        raise _version_error(e, "no_previous_version") from e
     return jsonify({"live": live})
 
 
@@ -169,7 +179,7 @@ def promote_experiment(name: str) -> Any:
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
     except reg.VersionError as e:
-        raise ApiError(409, "version_not_ready", str(e)) from e
+        raise _version_error(e, "version_not_ready") from e
 
 
 @bp.get("/users/<user_id>/history")

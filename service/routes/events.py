@@ -10,10 +10,10 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from feed import contract as c
+from feed.serving.state import FreshPosts, VersionTable
 from service import observability
 from service.errors import bad_request, unavailable
 from service.request import json_body, parse_ts, request_id, route_for, store
-from service.state import FreshPosts, VersionTable
 
 bp = Blueprint("events", __name__)
 
@@ -29,6 +29,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {  # required fields besides type and
     "see_fewer_author": ("author_id",),
 }
 ID_FIELDS = ("user_id", "post_id", "product_id", "author_id")
+_JSON_TYPES = {dict: "an object", list: "a list", bool: "true or false", int: "a number"}
+_JSON_TYPES[float] = "a number"
 
 
 def validate_event(ev: Any, i: int) -> dict[str, Any]:
@@ -36,6 +38,12 @@ def validate_event(ev: Any, i: int) -> dict[str, Any]:
     if not isinstance(ev, dict):
         raise bad_request(f"{where} must be an object")
     kind = ev.get("type")
+    if not isinstance(kind, str):  # an object or a list cannot even be looked up (unhashable)
+        raise bad_request(
+            f"{where}.type must be a string, one of {', '.join(EVENT_FIELDS)}; "
+            f"got {_JSON_TYPES.get(type(kind), 'null')}",
+            "unknown_event_type",
+        )
     if kind not in EVENT_FIELDS:
         raise bad_request(
             f"{where}.type {str(kind)[:30]!r} is not one of {', '.join(EVENT_FIELDS)}",

@@ -8,8 +8,9 @@ import redis
 from flask import Blueprint
 
 from service import observability
+from service.errors import is_full
 from service.pages import degraded, feed_page, page_request
-from service.request import check_id, store
+from service.request import check_id, require_admin_if_set, store
 
 bp = Blueprint("api", __name__)
 
@@ -32,6 +33,8 @@ def get_feed(user_id: str) -> Any:
     """
     check_id(user_id, "user_id")
     req = page_request(user_id)
+    if req.preview:  # any user's feed, looked at without being them
+        require_admin_if_set("preview=1")
     s = store()
     if not s.available():
         return degraded(req)
@@ -40,5 +43,6 @@ def get_feed(user_id: str) -> Any:
     except redis.RedisError as e:
         kind = "timeout" if isinstance(e, redis.TimeoutError) else type(e).__name__
         observability.REDIS_ERRORS.labels(kind).inc()
-        s.mark_down()
+        if not is_full(e):  # a full Redis still answers: no breaker for the next requests
+            s.mark_down()
         return degraded(req)

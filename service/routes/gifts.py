@@ -13,6 +13,11 @@ An unknown friend (no candidates, likes or follows) is not an error: the answer 
 gift ideas from trending posts and ``"basis": "trending"`` (otherwise ``"tastes"``). A missing
 or invalid ``for`` is a 400 naming it.
 
+The caller is not the friend, so reasons speak of tastes only (:func:`taste_reason`):
+``category:<category>``, ``similar_to_liked`` or ``trending``, never a post the friend liked or
+an author they follow; posts the friend liked count in the ranking but are shown after the
+product's other posts, unmarked (docs/security.md).
+
 Reads: one pipelined read of the friend's keys and one MGET of product and post documents.
 """
 
@@ -26,10 +31,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from feed.serving.ranking import gather, post_meta
+from feed.serving.state import UserState, VersionTable
 from service.errors import bad_request
-from service.ranking import gather, post_meta
 from service.request import check_id, limit_arg, request_id, resolve_version, store, version_table
-from service.state import UserState, VersionTable
 
 bp = Blueprint("gifts", __name__)
 
@@ -41,7 +46,7 @@ class Gift:
     product_id: str
     score: float = 0.0
     category: str = ""
-    posts: list[tuple[float, str, str]] = field(default_factory=list)  # (score, post, reason)
+    posts: list[tuple[float, str, str]] = field(default_factory=list)  # (order, post, reason)
 
     @property
     def reason(self) -> str:
@@ -63,12 +68,36 @@ def taste_posts(
     state: UserState, table: VersionTable, glob: Mapping[str, Any], cfg: Mapping[str, Any]
 ) -> dict[str, tuple[float, str]]:
     """The friend's candidate posts -> (score, reason), plus posts liked since training
-    (``GIFT_LIKED_WEIGHT``, reason ``liked:<post_id>``)."""
+    (``GIFT_LIKED_WEIGHT``, reason ``liked``)."""
     best = gather(state, table, glob, cfg).as_dict(table)
     for pid in state.liked:
         if cfg["GIFT_LIKED_WEIGHT"] > best.get(pid, (float("-inf"), ""))[0]:
-            best[pid] = (cfg["GIFT_LIKED_WEIGHT"], f"liked:{pid}")
+            best[pid] = (cfg["GIFT_LIKED_WEIGHT"], "liked")
     return best
+
+
+#: Sources that come from what the friend engaged with: shown as "similar to posts they like".
+_FROM_LIKES = frozenset(
+    {"liked", "similar_to", "co_engagement", "collaborative", "purchased_together"}
+)
+
+
+def taste_reason(reason: str, category: str) -> str:
+    """What a gift idea may say about why a post of the friend's brought it: ``trending``,
+    ``similar_to_liked`` (similar to posts they like) or ``category:<category>`` (they like
+    the category); never which post they liked (``similar_to:<post>``) or whom they follow.
+
+    >>> taste_reason("similar_to:p1", "beauty"), taste_reason("followed_author", "beauty")
+    ('similar_to_liked', 'category:beauty')
+    >>> taste_reason("trending", "beauty"), taste_reason("content", "")
+    ('trending', 'similar_to_liked')
+    """
+    kind = reason.partition(":")[0]
+    if kind == "trending":
+        return "trending"
+    if kind in _FROM_LIKES or not category:
+        return "similar_to_liked"
+    return f"category:{category}"
 
 
 def gift_ideas(
@@ -81,7 +110,9 @@ def gift_ideas(
 ) -> list[Gift]:
     """Rank products by the summed scores of the posts linking them (see the module doc).
 
-    A post's score is shared among its linked products as ``score / sqrt(n_products)``.
+    A post's score is shared among its linked products as ``score / sqrt(n_products)``. Each
+    gift keeps its posts as (display order, post, :func:`taste_reason`): a post the friend
+    liked is ordered after every other post.
     """
     gifts: dict[str, Gift] = {}
     blocked = state.bought | glob["oos"]
@@ -95,7 +126,8 @@ def gift_ideas(
                 continue
             gift = gifts.setdefault(prod, Gift(prod, category=table.product_category.get(prod, "")))
             gift.score += share
-            gift.posts.append((score, pid, reason))
+            order = -1.0 if reason == "liked" else score
+            gift.posts.append((order, pid, taste_reason(reason, gift.category)))
     return _diverse(gifts.values(), limit, cfg)
 
 
@@ -116,11 +148,11 @@ def _diverse(gifts: Any, limit: int, cfg: Mapping[str, Any]) -> list[Gift]:
     return out
 
 
-def _render(gifts: list[Gift]) -> list[dict[str, Any]]:
+def _render(gifts: list[Gift], table: VersionTable) -> list[dict[str, Any]]:
     """Gift ideas with their product and post documents (one MGET); products whose document
     is gone are dropped."""
     post_ids = list(dict.fromkeys(pid for g in gifts for _, pid, _ in g.posts))
-    posts, products = store().documents(post_ids, [g.product_id for g in gifts])
+    posts, products = store().documents(table, post_ids, [g.product_id for g in gifts])
     out = []
     for g in gifts:
         doc = products.get(g.product_id)
@@ -164,7 +196,7 @@ def gifts(user_id: str) -> Any:
     table = version_table(version)
     s = store()
     state = s.user_state(friend, version, time.time())
-    glob = s.global_state()
+    glob = s.global_state(version)
     ideas = gift_ideas(taste_posts(state, table, glob, cfg), state, table, glob, cfg, limit)
     return jsonify(
         {
@@ -173,6 +205,6 @@ def gifts(user_id: str) -> Any:
             "model_version": version,
             "basis": "tastes" if has_tastes(state) else "trending",
             "request_id": request_id(),
-            "items": _render(ideas),
+            "items": _render(ideas, table),
         }
     )

@@ -11,9 +11,15 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from feed.contract import ID_CHARS
+
 bp = Blueprint("openapi", __name__)
 
-ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@\-\u00c0-\uffff]{1,128}$"}
+ID = {
+    "type": "string",
+    "pattern": f"^[{ID_CHARS}]{{1,128}}$",
+    "description": "no '..', spaces, zero-width or bidi-control characters",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -198,7 +204,8 @@ PATHS: dict[str, Any] = {
                 _query(
                     "preview",
                     {"type": "string", "enum": ["0", "1", "true", "false"]},
-                    "1: change nothing (no served set, no exposure); for viewers.",
+                    "1: change nothing (no served set, no exposure); for viewers. Needs the "
+                    "admin token when the server has one (it shows any user's feed).",
                 ),
                 _query(
                     "version",
@@ -209,7 +216,10 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("FeedPage")),
                 "400": _error("Bad parameter or cursor."),
-                "401": _error("version= without a valid admin token."),
+                "401": _error(
+                    "version=, or preview=1 on a server with an admin token, without a valid "
+                    "admin token."
+                ),
                 "404": _error("version= names no published version."),
                 "503": _error("Redis unreachable and no degraded page possible."),
             },
@@ -334,6 +344,7 @@ PATHS: dict[str, Any] = {
                     }
                 ),
                 "400": _error("Bad parameter."),
+                "401": _error("The server has an admin token and the request does not carry it."),
                 "503": _error("No live version."),
             },
         }
@@ -342,7 +353,8 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "The feed viewer: a user's feed as the app shows it, history, and a second "
             "version side by side (docs/viewer.md). Reads the API from the browser; "
-            "the page itself holds no user data and no token.",
+            "the page itself holds no user data and no token (no API key needed).",
+            "security": [],
             "responses": {
                 "200": {
                     "description": "OK",
@@ -351,16 +363,26 @@ PATHS: dict[str, Any] = {
             },
         }
     },
-    "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": _json({"type": "object"})}}},
+    "/healthz": {
+        "get": {
+            "summary": "Liveness (no API key needed).",
+            "security": [],
+            "responses": {"200": _json({"type": "object"})},
+        }
+    },
     "/readyz": {
         "get": {
-            "summary": "Readiness: Redis reachable and a live version.",
+            "summary": "Readiness: Redis reachable, a live version, and the live version and "
+            "every running experiment arm's version servable by this release (no API key "
+            "needed).",
+            "security": [],
             "responses": {"200": _json({"type": "object"}), "503": _error("Not ready.")},
         }
     },
     "/metrics": {
         "get": {
-            "summary": "Prometheus metrics (text format).",
+            "summary": "Prometheus metrics (text format). With FEED_API_KEY set, the key is "
+            "needed here too: X-API-Key, or 'Authorization: Bearer <key>' for scrapers.",
             "responses": {
                 "200": {
                     "description": "OK",
@@ -402,7 +424,10 @@ def _admin(
             "400": _error("Bad input."),
             "401": _error("Missing or wrong bearer token."),
             "404": _error("Unknown, or the admin API is off (no FEED_ADMIN_TOKEN)."),
-            "409": _error("Refused in the current state."),
+            "409": _error(
+                "Refused in the current state; `version_not_servable` names a version's "
+                "Redis contract when this release cannot serve it."
+            ),
         },
     }
     if body is not None:
@@ -522,9 +547,11 @@ def spec() -> dict[str, Any]:
             "title": "shopfeed",
             "version": __version__,
             "description": "A content-guided shopping feed: ranked posts that link "
-            "products, served from Redis.",
+            "products, served from Redis. When the server has an API key (FEED_API_KEY), every "
+            "route but /healthz, /readyz and /viewer answers 401 without it (X-API-Key).",
         },
         "paths": PATHS,
+        "security": [{"apiKeyAuth": []}, {}],
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
@@ -532,7 +559,13 @@ def spec() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "FEED_ADMIN_TOKEN; admin routes are off without it",
-                }
+                },
+                "apiKeyAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "FEED_API_KEY, when the server has one (docs/security.md)",
+                },
             },
         },
     }

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from feed import contract as c
+from feed.serving.ranking import Candidate, fields, post_meta
+from feed.serving.state import FreshPosts, VersionTable
 from service.errors import bad_request, not_found
 from service.pages import cards, hydrate, in_stock
-from service.ranking import Candidate, fields, post_meta
 from service.request import (
     check_id,
     json_body,
@@ -22,18 +24,28 @@ from service.request import (
     store,
     version_table,
 )
-from service.state import FreshPosts, VersionTable
 
 bp = Blueprint("posts", __name__)
 
 
+def _live_table() -> VersionTable | None:
+    """The live version's post table; None when no servable version is live (then only posts
+    created through the API are known)."""
+    live = store().live_version()
+    return store().table(live) if live else None
+
+
 @bp.get("/v1/posts/<post_id>")
 def get_post(post_id: str) -> Any:
+    """The post's card as the live version serves it (an API-created post's own card when the
+    live version does not list it), with stock as of the live version's stock set."""
     check_id(post_id, "post_id")
-    raw = cards([post_id]).get(post_id)
+    table = _live_table()
+    raw = cards(table, [post_id]).get(post_id)
     if raw is None:
         raise not_found(f"unknown post {post_id!r}")
-    return jsonify(in_stock(orjson.loads(raw), store().global_state()["oos"]))
+    oos = store().global_state(table.version if table else None)["oos"]
+    return jsonify(in_stock(orjson.loads(raw), oos))
 
 
 def _neighbour_indices(
@@ -52,7 +64,7 @@ def _neighbour_indices(
         # an API post past the newest few
         meta = post_meta(post_id, table, FreshPosts.build({post_id: older}))
     if meta is None:
-        posts, _ = store().documents([post_id], [])
+        posts, _ = store().documents(table, [post_id], [])
         return None if post_id not in posts else ([], [])
     found = list(
         dict.fromkeys(i for cat in meta.categories for i in table.posts_in_category(cat.lower()))
@@ -68,7 +80,7 @@ def similar(post_id: str) -> Any:
     limit = limit_arg(10)
     version = resolve_version("", None).model_version
     table = version_table(version)
-    glob = store().global_state()
+    glob = store().global_state(version)
     found = _neighbour_indices(table, post_id, glob)
     if found is None:
         raise not_found(f"unknown post {post_id!r}")
@@ -82,13 +94,57 @@ def similar(post_id: str) -> Any:
         page.append(Candidate(table.post_ids[j], float(sc), reason, *fields(table, j)))
         if len(page) == limit:
             break
-    items = [item for _, item in hydrate(page, oos)]
+    items = [item for _, item in hydrate(table, page, oos)]
     return jsonify({"post_id": post_id, "model_version": version, "items": items})
 
 
 def _text_field(body: Mapping[str, Any], name: str) -> str:
     value = body.get(name)
     return value if isinstance(value, str) else ""
+
+
+def _post_content(body: Mapping[str, Any]) -> tuple[str, str, list[str], list[str]]:
+    """(text, title, tags, product ids) of a new post, within the ``POST_*`` limits; a 400
+    naming the field and its limit otherwise."""
+    cfg = current_app.config
+    out: dict[str, Any] = {}
+    for name, most, setting in (
+        ("text", cfg["POST_TEXT_MAX"], "POST_TEXT_MAX"),
+        ("title", cfg["POST_TITLE_MAX"], "POST_TITLE_MAX"),
+    ):
+        value = body.get(name, "")
+        if not isinstance(value, str):
+            raise bad_request(f"{name} must be a string", f"invalid_{name}")
+        if len(value) > most:
+            raise bad_request(
+                f"{name} has {len(value)} characters; at most {most} are allowed (FEED_{setting})",
+                "post_too_large",
+            )
+        out[name] = value
+    for name, most, setting in (
+        ("tags", cfg["POST_TAGS_MAX"], "POST_TAGS_MAX"),
+        ("product_ids", cfg["POST_PRODUCTS_MAX"], "POST_PRODUCTS_MAX"),
+    ):
+        value = body.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise bad_request(f"{name} must be a list of strings", f"invalid_{name}")
+        if len(value) > most:
+            raise bad_request(
+                f"{name} has {len(value)} entries; at most {most} are allowed (FEED_{setting})",
+                "post_too_large",
+            )
+        out[name] = value
+    longest = cfg["POST_TAG_MAX"]
+    for i, tag in enumerate(out["tags"]):
+        if len(tag) > longest:
+            raise bad_request(
+                f"tags[{i}] has {len(tag)} characters; at most {longest} are allowed "
+                "(FEED_POST_TAG_MAX)",
+                "post_too_large",
+            )
+    for p in out["product_ids"]:
+        check_id(p, "product_id")
+    return out["text"], out["title"], out["tags"], out["product_ids"]
 
 
 @bp.post("/v1/posts")
@@ -99,21 +155,21 @@ def create_post() -> Any:
     body = json_body()
     pid = check_id(_text_field(body, "post_id"), "post_id")
     author = check_id(_text_field(body, "author_id"), "author_id")
-    text = body.get("text", "")
-    title = body.get("title", "")
-    if not isinstance(text, str) or not isinstance(title, str) or len(text) > 20_000:
-        raise bad_request("text and title must be strings (text at most 20000 characters)")
-    products = body.get("product_ids", [])
-    tags = body.get("tags", [])
-    for name, lst in (("product_ids", products), ("tags", tags)):
-        if not isinstance(lst, list) or len(lst) > 50 or not all(isinstance(x, str) for x in lst):
-            raise bad_request(f"{name} must be a list of at most 50 strings")
-    for p in products:
-        check_id(p, "product_id")
+    text, title, tags, products = _post_content(body)
     created = parse_ts(body.get("created_at"), "post")
+    max_age = current_app.config["FRESH_MAX_AGE_S"]
+    if max_age > 0 and created < time.time() - max_age:
+        raise bad_request(
+            f"created_at is more than FEED_FRESH_MAX_AGE_S={max_age:g} seconds ago: posts that "
+            "old belong in the training data",
+            "post_too_old",
+        )
     doc = c.post_document(pid, author, created, text, title, tags, products)
     s = store()
-    _, prods = s.documents([], products)
+    table = _live_table()
+    if table is not None and pid in table.index:  # published: the version has its card
+        raise bad_request(f"post {pid!r} already exists", "duplicate_post")
+    _, prods = s.documents(table, [], products)  # its card embeds the live version's products
     if not s.add_post(doc, prods, created):
         raise bad_request(f"post {pid!r} already exists", "duplicate_post")
     return jsonify({"post_id": pid}), 201

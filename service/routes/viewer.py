@@ -10,6 +10,11 @@ from the browser:
   for the version and arm selectors and the history panel (admin token);
 - ``GET /v1/viewer/examples`` (below) for a few example users of the live version.
 
+When the server has an admin token (``FEED_ADMIN_TOKEN``), previews and examples need it too:
+they show other users' feeds; the page then asks for the token before it shows anything. With
+``FEED_API_KEY`` set, the page and its static files still load without the key (they hold no
+data) and the admin token opens the rest.
+
 The admin token is typed into the page and kept in the tab's ``sessionStorage``; the server
 never renders it, never sets a cookie, and the page reflects nothing from the query string
 (``?user=`` and ``&compare=`` are read by the script). The page is served with a strict
@@ -23,7 +28,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template
 
-from service.request import limit_arg, resolve_version, store, version_table
+from service.request import (
+    limit_arg,
+    require_admin_if_set,
+    resolve_version,
+    store,
+    version_table,
+)
 
 bp = Blueprint("viewer", __name__)
 
@@ -54,7 +65,8 @@ def example_users(version: str, n: int) -> list[str]:
     """Up to ``n`` users with precomputed candidates in ``version``: the authors of its trending
     posts, most trending first, kept when their candidate key exists (one pipelined EXISTS per
     author, at most ``EXAMPLES_POOL``). Author ids are public already (every feed item names
-    its author), so the route reveals nothing new."""
+    its author); that one is also a user with a feed is not, hence the admin token (when one is
+    configured) on the route."""
     table = version_table(version)
     order = [table.authors[i] for i in table.trending.tolist()] + table.authors
     pool = list(dict.fromkeys(a for a in order if a))[:EXAMPLES_POOL]
@@ -66,7 +78,9 @@ def example_users(version: str, n: int) -> list[str]:
 
 @bp.get("/v1/viewer/examples")
 def examples() -> Any:
-    """A few example users of the live version, for the viewer's user picker."""
+    """A few example users of the live version, for the viewer's user picker (the admin
+    token when one is configured: they are ids of users with a feed)."""
+    require_admin_if_set("/v1/viewer/examples")
     n = limit_arg(EXAMPLES_DEFAULT, EXAMPLES_MAX)
     version = resolve_version("", None).model_version
     return jsonify({"model_version": version, "users": example_users(version, n)})

@@ -2,7 +2,8 @@
 //
 // Reads only the HTTP API. Every feed request carries preview=1 (no served set, no exposure).
 // The admin token lives in this tab's sessionStorage and travels only as an Authorization
-// header on the calls that need it. Every string from the API is put in the page with
+// header on this page's API calls (a server with an admin token requires it for previews of
+// other users' feeds and for the example users too). Every string from the API is put in the page with
 // textContent (post text is user-generated): this file never assigns HTML.
 (function () {
   "use strict";
@@ -10,6 +11,8 @@
   var TOKEN_KEY = "shopfeed.viewer.adminToken";
   var PAGE_SIZE = 20;
   var LIKES_WITH_TEXT = 5; // liked posts whose title is fetched for the history panel
+  var NEEDS_TOKEN = "This server shows feeds and example users only with the admin token " +
+                    "(Admin token, above).";
   var REASONS = {
     collaborative: "people with similar taste engaged with it",
     content: "close in content to posts this user engaged with",
@@ -63,19 +66,19 @@
     this.message = message;
   }
 
-  // GET a JSON document; admin=true adds the bearer token (and fails without one).
+  // GET a JSON document, with the bearer token when one is set; admin=true: fails without one.
   function api(path, admin) {
     var headers = { Accept: "application/json" };
-    if (admin) {
-      if (!state.token) return Promise.reject(new ApiError(401, "the admin token is not set"));
-      headers.Authorization = "Bearer " + state.token;
-    }
+    if (admin && !state.token) return Promise.reject(new ApiError(401, "the admin token is not set"));
+    if (state.token) headers.Authorization = "Bearer " + state.token;
     return fetch(path, { headers: headers, credentials: "omit", cache: "no-store" })
       .then(function (resp) {
         return resp.json().catch(function () { return {}; }).then(function (body) {
           if (resp.ok) return body;
           var msg = body && body.error ? body.error.message : resp.statusText;
-          if (admin && resp.status === 401) forgetToken("the admin token was rejected");
+          if (resp.status === 401 && headers.Authorization) {
+            forgetToken("the admin token was rejected");
+          }
           throw new ApiError(resp.status, msg);
         });
       });
@@ -212,7 +215,7 @@
       self.show(page);
     }, function (err) {
       if (seq !== self.seq) return;
-      self.status.textContent = errorText(err);
+      self.status.textContent = err.status === 401 && !state.token ? NEEDS_TOKEN : errorText(err);
       self.more.disabled = false;
     });
   };
@@ -403,9 +406,9 @@
   }
 
   function loadExamples() {
+    var box = $("#examples");
+    var list = $("#example-users");
     api("/v1/viewer/examples", false).then(function (res) {
-      var box = $("#examples");
-      var list = $("#example-users");
       clear(box);
       clear(list);
       if (!res.users.length) return;
@@ -416,7 +419,12 @@
         box.appendChild(b);
         list.appendChild(el("option", { value: u }));
       });
-    }, function () { /* no live version yet: no examples */ });
+    }, function (err) {
+      clear(box);
+      clear(list);
+      // no live version yet: no examples; a server with an admin token: after the token
+      if (err.status === 401 && !state.token) box.appendChild(el("span", { text: NEEDS_TOKEN }));
+    });
   }
 
   function tokenMessage(text) { $("#token-message").textContent = text; }
@@ -435,6 +443,7 @@
   // Re-read versions/experiments, then reload everything that depends on the token.
   function refreshAdmin(wantedA, wantedB) {
     renderTokenState();
+    loadExamples();
     return loadAdmin().then(function () {
       fillSelectors(wantedA, wantedB);
       renderTokenState();
@@ -480,7 +489,6 @@
       fillSelectors(wanted.base, wanted.compare);
       showUser(wanted.user, false);
     });
-    loadExamples();
     var wanted = fromUrl();
     state.user = wanted.user.trim();
     state.pending = { base: wanted.base, compare: wanted.compare };

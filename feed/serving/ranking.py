@@ -11,7 +11,7 @@ A request's candidates come from five sources, each offering posts with a score 
   (``followed_author``); entries whose cause was undone (unlike, unfollow) are skipped;
 * :func:`fresh`: the newest posts created through ``POST /v1/posts`` (``followed_author`` when
   the user follows the author, else ``fresh``), as arrays over
-  :class:`~service.state.FreshPosts`;
+  :class:`~feed.serving.state.FreshPosts`;
 * :func:`interest_matches`: posts matching the ``interests=`` hint (``interest:<term>``);
 * :func:`trending`: the version's trending list, the fallback for everyone.
 
@@ -32,7 +32,24 @@ from typing import Any
 import numpy as np
 
 from feed.contract import REASON_CODE, REASONS
-from service.state import FreshPosts, UserState, VersionTable
+from feed.serving.policy import NO_SHARES, PagePolicy, Shares
+from feed.serving.state import FreshPosts, UserState, VersionTable
+
+#: The weights a page mixes its sources with, and how deep it looks (name, default, meaning): the
+#: service's settings of the same names (``FEED_<NAME>``, docs/configuration.md) override them.
+RANKING_SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    ("RT_WEIGHT", 1.2, "real-time candidate scores (relative to precomputed ones in [0, 1])"),
+    ("FOLLOW_WEIGHT", 1.0, "fresh posts of followed authors"),
+    ("TRENDING_CANDIDATES", 100, "trending posts offered to every page as the fallback source"),
+    ("TRENDING_WEIGHT", 0.15, "trending fallback"),
+    ("FRESH_WEIGHT", 0.3, "posts created through the API, not followed"),
+    ("FRESHNESS_WEIGHT", 0.2, "bonus * 0.5 ** (age / half-life)"),
+    ("FRESHNESS_HALF_LIFE_S", 3 * 86_400, "half-life of the freshness bonus, seconds"),
+    ("DIVERSITY_POOL_FACTOR", 5, "a page is picked from the best limit * this (>= 50) candidates"),
+    ("INTEREST_WEIGHT", 0.8, "posts matching the interests= hint (categories or words)"),
+    ("INTEREST_POSTS_PER_TERM", 100, "matching posts taken per term, best first"),
+)
+RANKING_DEFAULTS: dict[str, Any] = {name: default for name, default, _ in RANKING_SETTINGS}
 
 Offer = tuple[str, float, str]  # (post id, score, reason)
 
@@ -463,34 +480,60 @@ def pool_size(limit: int, cfg: Mapping[str, Any]) -> int:
     return max(limit * max(cfg["DIVERSITY_POOL_FACTOR"], 1), 50)
 
 
-def diverse_page(pool: Pool, limit: int, cfg: Mapping[str, Any]) -> list[Candidate]:
-    """A greedy page from ``pool`` (best first, as :func:`filtered` returns it).
+def diverse_page(
+    pool: Pool,
+    limit: int,
+    policy: PagePolicy,
+    shares: Shares = NO_SHARES,
+    depth: int | None = None,
+) -> list[Candidate]:
+    """A greedy page from the best ``depth`` rows of ``pool`` (best first, as :func:`filtered`
+    returns it), under ``policy`` (:mod:`feed.serving.policy`).
 
-    Each pick is the candidate of best adjusted score, never the same author twice in a row and
-    at most ``AUTHOR_MAX_PER_PAGE`` per author (relaxed only when nothing else is left). The
-    adjusted score is the score times ``1 - CATEGORY_DISCOUNT`` per earlier item on the page
-    sharing the post's most repeated category (over every linked product; relative, so sources
-    of different score scales keep their order among themselves; negative scores are left as
-    they are). Ties go to the earlier candidate, so the same inputs always give the same page.
+    Each pick is the candidate of best adjusted score: its score times the policy's author
+    factor for the author's repeats on the page beyond its allowance, times the category
+    factor for the most repeated of its categories (over every linked product) beyond that
+    category's allowance; negative scores are left as they are. With ``author_cap`` no author
+    gets more than its allowance plus the cap, and with ``no_adjacent_author`` never two slots
+    in a row; both rules are relaxed only when nothing else is left. Ties go to the earlier
+    candidate, so the same inputs always give the same page.
 
     Adjusted scores only fall as the page fills, so a max-heap of possibly stale scores gives
     each pick after a few recomputations ("lazy greedy") instead of a scan of the pool.
     """
-    factor = 1.0 - min(max(cfg["CATEGORY_DISCOUNT"], 0.0), 1.0)
-    discount = [factor**r for r in range(limit + 1)]  # by repeats so far
-    cap = max(cfg["AUTHOR_MAX_PER_PAGE"], 1)
+    author_factor = [policy.author_factor(k) for k in range(limit + 1)]
+    category_factor = [policy.category_factor(k) for k in range(limit + 1)]
     per_author: dict[str, int] = {}
     per_cat: dict[str, int] = {}
+    allowed: tuple[dict[str, int], dict[str, int]] = ({}, {})  # authors', categories'
+
+    def allowance(kind: int, key: str) -> int:
+        n = allowed[kind].get(key)
+        if n is None:
+            share = (shares.authors, shares.categories)[kind].get(key, 0.0)
+            n = allowed[kind][key] = policy.allowance(share, limit)
+        return n
+
+    def repeats(author: str) -> int:
+        return per_author.get(author, 0) - allowance(0, author)
 
     def adjusted(cand: Candidate) -> float:
-        cats = cand.categories
-        if not cats or cand.score <= 0:
+        if cand.score <= 0:
             return cand.score
-        if len(cats) == 1:
-            return cand.score * discount[per_cat.get(cats[0], 0)]
-        return cand.score * discount[max(per_cat.get(cat, 0) for cat in cats)]
+        score = cand.score * author_factor[max(repeats(cand.author_id), 0)]
+        cats = cand.categories
+        if cats:
+            k = max(per_cat.get(cat, 0) - allowance(1, cat) for cat in cats)
+            score *= category_factor[max(k, 0)]
+        return score
 
-    heap = [(-row[0], i) for i, row in enumerate(pool.rows[: pool_size(limit, cfg)])]
+    def breaks_rule(author: str, prev: str | None) -> bool:
+        if policy.no_adjacent_author and author == prev:
+            return True
+        return policy.author_cap > 0 and repeats(author) >= policy.author_cap
+
+    rows = pool.rows if depth is None else pool.rows[:depth]
+    heap = [(-row[0], i) for i, row in enumerate(rows)]
     heapq.heapify(heap)
     page: list[Candidate] = []
     prev = None
@@ -503,7 +546,7 @@ def diverse_page(pool: Pool, limit: int, cfg: Mapping[str, Any]) -> list[Candida
             score = adjusted(cand)
             if score < -key:  # stale: back in, at its current score
                 heapq.heappush(heap, (-score, i))
-            elif cand.author_id == prev or per_author.get(cand.author_id, 0) >= cap:
+            elif breaks_rule(cand.author_id, prev):
                 aside.append((key, i))
             else:
                 chosen = (key, i)

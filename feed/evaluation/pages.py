@@ -1,0 +1,296 @@
+"""Pages as the service would serve them, built offline: for ``feed evaluate`` (served figures
+next to model-only ones) and for choosing a version's page policy on validation.
+
+The page assembly is the service's own (:mod:`feed.serving.ranking`: gather the sources,
+filter, pick a diverse page under the policy) over a :class:`~feed.serving.state.VersionTable`
+built from training data, and user states holding what a just-published version knows of each
+user: the candidate list exactly as published (scores scaled per row and quantised to a byte,
+as the candidate blob carries them), nothing seen, liked or hidden since. No real-time events,
+no posts created since training: the page a user gets on first opening the app after a
+publish.
+
+Examples
+--------
+>>> items = np.array([[4, 2, -1]])
+>>> q_items, q_scores, _ = published(items, np.array([[2.0, 1.0, -np.inf]]), np.zeros((1, 3)))
+>>> q_items.tolist(), [round(float(x), 3) for x in q_scores[0]]
+([[4, 2, -1]], [1.0, 0.051, 0.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from feed import contract as c
+from feed.evaluation.metrics import (
+    author_diversity,
+    category_diversity,
+    ndcg_at_k,
+    purchase_recall_at_k,
+)
+from feed.features.matrices import TrainingData
+from feed.serving.policy import GRID, PagePolicy
+from feed.serving.ranking import (
+    RANKING_DEFAULTS,
+    Pool,
+    diverse_page,
+    filtered,
+    gather,
+    pool_size,
+)
+from feed.serving.state import FreshPosts, UserState, VersionTable
+
+#: Relevance a page policy may cost at most on validation: served >= this x model-only.
+MAX_COST = 0.98
+#: Pages must beat the reference's author diversity by this factor on validation (slack for
+#: the test users, who are not the validation users).
+DIVERSITY_MARGIN = 1.03
+#: Validation users a policy is judged on at most (a page costs about a millisecond to build).
+POLICY_USERS = 400
+
+
+def published(
+    items: np.ndarray, scores: np.ndarray, reasons: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate lists as a published version serves them: scores scaled to [0.05, 1] per row
+    (:func:`feed.contract.unit_scores`) and quantised to a byte (the candidate blob's)."""
+    unit = _quantised(c.unit_scores(scores))
+    return items, np.where(items >= 0, unit, 0.0), np.where(items >= 0, reasons, 0)
+
+
+def _quantised(scores: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1] as a candidate blob stores them (a byte each)."""
+    return np.rint(np.clip(scores, 0.0, 1.0) * 255) / 255.0
+
+
+def version_table(
+    data: TrainingData,
+    trending: tuple[np.ndarray, np.ndarray] | None = None,
+    policy: PagePolicy | None = None,
+    version: str = "offline",
+) -> VersionTable:
+    """The post table a version trained on ``data`` publishes (``trending``: its trending
+    list's post indices and scores in [0, 1], quantised here as the trending blob is)."""
+    pp = data.post_products.tocsr()
+    product_ids = data.products.external
+    linked = [
+        [str(product_ids[j]) for j in pp.indices[pp.indptr[i] : pp.indptr[i + 1]]]
+        for i in range(data.n_posts)
+    ]
+    created = [None if t != t else float(t) for t in data.post_created.tolist()]
+    cats = data.product_categories
+    t_items, t_scores = trending if trending is not None else (np.zeros(0, np.int64), np.zeros(0))
+    return VersionTable(
+        version,
+        [str(p) for p in data.posts.external],
+        [str(a) for a in data.users.to_external(data.post_author)],
+        created,
+        [str(x) for x in data.post_category],
+        linked,
+        np.asarray(t_items, dtype=np.int64),
+        _quantised(np.asarray(t_scores, dtype=np.float64)),
+        {str(p): str(cat) for p, cat in zip(product_ids, cats, strict=False) if cat},
+        policy or PagePolicy(),
+    )
+
+
+def out_of_stock(data: TrainingData) -> frozenset[str]:
+    """Products marked out of stock in the training data's products table."""
+    ds = data.source
+    if ds is None or not len(ds.products):
+        return frozenset()
+    sold = ds.products[~ds.products["in_stock"].astype(bool)]
+    return frozenset(str(p) for p in sold["product_id"])
+
+
+@dataclass
+class PageBuilder:
+    """Builds served pages of a version's users (see the module doc).
+
+    ``cfg`` holds the ranking settings (:data:`~feed.serving.ranking.RANKING_DEFAULTS`, what
+    the service uses unless configured otherwise); ``now`` is the moment of serving (the
+    training data's "now" by default: the freshness bonus as right after a publish).
+    """
+
+    data: TrainingData
+    table: VersionTable
+    now: float
+    oos: frozenset[str] = frozenset()
+    cfg: Mapping[str, Any] = field(default_factory=lambda: dict(RANKING_DEFAULTS))
+
+    @classmethod
+    def of(
+        cls,
+        data: TrainingData,
+        trending: tuple[np.ndarray, np.ndarray] | None = None,
+        now: float | None = None,
+    ) -> PageBuilder:
+        when = data.now if now is None else now
+        table = version_table(data, trending)
+        return cls(data, table, float(when) if when == when else 0.0, out_of_stock(data))
+
+    def pools(
+        self,
+        users: Sequence[str],
+        items: np.ndarray,
+        scores: np.ndarray,
+        reasons: np.ndarray,
+        limit: int,
+        now: float | None = None,
+    ) -> Iterator[Pool]:
+        """Each user's (external ids) filtered candidate pool: the best ``pool_size(limit)``
+        offers, as the service would rank them at ``now`` (default: the builder's)."""
+        glob = {"fresh": FreshPosts.build({}), "oos": self.oos}
+        depth = pool_size(limit, self.cfg)
+        when = self.now if now is None else now
+        q_items, q_scores, q_reasons = published(items, scores, reasons)
+        for uid, row_i, row_s, row_r in zip(users, q_items, q_scores, q_reasons, strict=True):
+            ok = row_i >= 0
+            state = UserState(
+                candidates=(row_i[ok], row_s[ok], row_r[ok].astype(np.uint8)),
+                seen=set(),
+                liked=set(),
+                realtime=[],
+                hidden=set(),
+                muted=set(),
+                follows=set(),
+                unfollows=set(),
+                bought=set(),
+            )
+            offers = gather(state, self.table, glob, self.cfg)
+            yield filtered(str(uid), offers, state, self.table, glob, self.cfg, when, depth)
+
+    def page(self, pool: Pool, limit: int, policy: PagePolicy) -> np.ndarray:
+        """The page's post indices (-1 padded to ``limit``); ``pool`` is left as it was."""
+        fresh = Pool(pool.rows, pool.table, pool.reasons, pool.fresh)  # candidates built anew
+        picked = diverse_page(fresh, limit, policy, self.table.shares)
+        out = np.full(limit, -1, dtype=np.int64)
+        idx = [self.table.index.get(cand.post_id, -1) for cand in picked]
+        out[: len(idx)] = idx
+        return out
+
+    def pages(
+        self,
+        users: Sequence[str],
+        items: np.ndarray,
+        scores: np.ndarray,
+        reasons: np.ndarray,
+        limit: int,
+        policy: PagePolicy,
+    ) -> np.ndarray:
+        """Served pages (users x ``limit`` post indices, -1 padded) under ``policy``."""
+        rows = [
+            self.page(p, limit, policy) for p in self.pools(users, items, scores, reasons, limit)
+        ]
+        return np.stack(rows) if rows else np.zeros((0, limit), dtype=np.int64)
+
+
+def diversity(pages: np.ndarray, data: TrainingData) -> tuple[float, float]:
+    """(author diversity, category diversity) of lists of post indices."""
+    return (
+        author_diversity(pages, data.post_author),
+        category_diversity(pages, data.post_category),
+    )
+
+
+@dataclass
+class Truth:
+    """What users did after a cut, to score their lists: ``likes`` (users x posts) and
+    ``purchases`` (users x products, linked by ``post_products``), by ``metric``
+    (``like_ndcg`` or ``purchase_recall``)."""
+
+    likes: sp.csr_matrix
+    purchases: sp.csr_matrix
+    post_products: sp.csr_matrix
+    metric: str
+
+    def score(self, lists: np.ndarray) -> float:
+        """The mean per-user metric of ``lists`` (users x k post indices, -1 padded)."""
+        if self.metric == "like_ndcg":
+            values = ndcg_at_k(lists, self.likes)
+        else:
+            values = purchase_recall_at_k(lists, self.purchases, self.post_products)
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if len(values) else 0.0
+
+
+@dataclass
+class PolicyChoice:
+    """The page policy chosen on validation, with every option's figures."""
+
+    policy: PagePolicy
+    model_only: float  # the validation metric of the model's own top-k lists
+    reference_diversity: float  # author diversity the pages must reach
+    options: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        chosen = next(o for o in self.options if o["policy"] == self.policy.to_json())
+        return {
+            "policy": self.policy.to_json(),
+            "model_only": round(self.model_only, 5),
+            "served": round(chosen["served"], 5),
+            "author_diversity": round(chosen["author_diversity"], 4),
+            "reference_diversity": round(self.reference_diversity, 4),
+            "max_cost": MAX_COST,
+        }
+
+
+def choose_policy(
+    builder: PageBuilder,
+    users: Sequence[str],
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray],
+    truth: Truth,
+    k: int,
+    reference_diversity: float,
+    now: float | None = None,
+    grid: Sequence[PagePolicy] = GRID,
+) -> PolicyChoice:
+    """The page policy of best served validation metric among those whose pages cost at most
+    ``1 - MAX_COST`` of the model-only lists' metric and are at least as author-diverse as
+    the best single source's lists (``reference_diversity``, with a :data:`DIVERSITY_MARGIN`);
+    when none within the cost is that diverse, the most diverse within the cost; when none is
+    within the cost, the best served. The winner is tried once more with
+    ``no_adjacent_author``.
+
+    Relevance decides, and variety is bought only as far as the reference asks: the outside
+    comparison a feed faces is relevance against the best classic lists, with at least
+    their variety.
+
+    ``lists``: each user's ranked candidates (items, scores, reason codes); ``truth``: what
+    ``users`` did after the cut, and the metric.
+    """
+    items, scores, reasons = lists
+    model_only = truth.score(items[:, :k])
+    pools = list(builder.pools(users, items, scores, reasons, k, now))
+
+    def option(policy: PagePolicy) -> dict[str, Any]:
+        pages = np.stack([builder.page(p, k, policy) for p in pools])
+        return {
+            "policy": policy.to_json(),
+            "served": truth.score(pages),
+            "author_diversity": author_diversity(pages, builder.data.post_author),
+        }
+
+    options = [option(policy) for policy in grid]
+    best = _pick(options, model_only, reference_diversity)
+    adjacent = option(replace(PagePolicy.from_json(best["policy"]), no_adjacent_author=True))
+    options.append(adjacent)
+    best = _pick([best, adjacent], model_only, reference_diversity)
+    chosen = PagePolicy.from_json(best["policy"])
+    return PolicyChoice(chosen, model_only, reference_diversity, options)
+
+
+def _pick(options: list[dict[str, Any]], model_only: float, reference: float) -> dict[str, Any]:
+    """See :func:`choose_policy`."""
+    cheap = [o for o in options if o["served"] >= MAX_COST * model_only]
+    if not cheap:
+        return max(options, key=lambda o: (o["served"], o["author_diversity"]))
+    diverse = [o for o in cheap if o["author_diversity"] >= reference * DIVERSITY_MARGIN]
+    if not diverse:
+        return max(cheap, key=lambda o: (o["author_diversity"], o["served"]))
+    return max(diverse, key=lambda o: (o["served"], o["author_diversity"]))

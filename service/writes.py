@@ -1,0 +1,343 @@
+"""The service's writes that must be all or nothing: an event batch and a new post.
+
+An event batch is a list of commands: one ``XADD`` per event on the event log (``{feed}``) and
+each user's real-time changes on that user's keys (``{u:<user>}``, one cluster slot), with
+their TTLs renewed. :func:`transact` applies such groups of commands so that a failure leaves
+nothing applied:
+
+- on one Redis server every group goes into ONE ``MULTI``/``EXEC`` transaction. A full Redis
+  (``maxmemory`` with ``noeviction``) refuses the whole transaction while it is queued
+  (``EXECABORT``), and a connection lost before ``EXEC`` discards it, so nothing is applied.
+  (Redis does not roll back a command that fails while ``EXEC`` runs; only a key of the wrong
+  type makes one fail, and the service writes none);
+- on a Redis Cluster a transaction cannot cross slots, so each group is one transaction on its
+  own slot, the users' groups first and the event log last. Each transaction also reads the
+  prior state of every member it changes (``ZSCORE``, ``SISMEMBER``, the ranks a trim drops),
+  and when a later group fails every group already applied is reverted from those reads, in
+  reverse order, before the error is answered. The log, written last, is never half written.
+
+A new post's writes (:func:`add_post`) only add keys, fields and members, so they are undone by
+deleting what was added: deletions are never refused for memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from feed import contract as c
+
+logger = logging.getLogger(__name__)
+
+Command = tuple[Any, ...]
+
+#: The real-time keys an event can write, renewed (``EXPIRE``) by every event of their user:
+#: the seen set for ``SEEN_WINDOW_S`` (older entries are never read), the rest for
+#: ``USER_STATE_TTL_S``.
+PREFERENCE_KEYS = (
+    c.USER_LIKES,
+    c.USER_RT,
+    c.USER_HIDDEN,
+    c.USER_MUTED,
+    c.USER_FOLLOWS,
+    c.USER_UNFOLLOWS,
+    c.USER_PURCHASES,
+)
+
+
+# --- events ----------------------------------------------------------------------------------
+def _realtime(user: str, members: Mapping[str, float], ts: float, rt_max: int) -> list[Command]:
+    if not members:
+        return []
+    rt = c.user_key(user, c.USER_RT)
+    pairs = [x for m, s in members.items() for x in (c.rt_score(ts, s), m)]
+    return [("ZADD", rt, *pairs), ("ZREMRANGEBYRANK", rt, 0, -rt_max - 1)]
+
+
+def event_writes(
+    ev: Mapping[str, Any], members: Mapping[str, float], cfg: Mapping[str, Any]
+) -> list[Command]:
+    """The real-time state changes of one event, as commands on its user's keys.
+
+    ``like`` adds ``members`` (the post's neighbours) to the real-time candidates and
+    ``unlike`` removes exactly those; ``follow`` adds ``members`` (the author's newest posts)
+    and ``unfollow`` removes them; ``hide_post`` and ``see_fewer_author`` feed the read
+    path's filters.
+
+    >>> event_writes({"user_id": "u1", "type": "hide_post", "post_id": "p1", "ts": 1.0}, {}, {})
+    [('SADD', '{u:u1}:hidden', 'p1')]
+    """
+    u, kind, ts = ev["user_id"], ev["type"], ev["ts"]
+
+    def k(kind: str) -> str:
+        return c.user_key(u, kind)
+
+    if kind in ("impression", "click"):
+        return [("ZADD", k(c.USER_SEEN), ts, ev["post_id"])]
+    if kind == "like":
+        return [
+            ("ZADD", k(c.USER_LIKES), ts, ev["post_id"]),
+            ("ZREMRANGEBYRANK", k(c.USER_LIKES), 0, -cfg["LIKES_MAX"] - 1),
+            *_realtime(u, members, ts, cfg["RT_MAX"]),
+        ]
+    if kind == "unlike":
+        out: list[Command] = [("ZREM", k(c.USER_LIKES), ev["post_id"])]
+        return out + ([("ZREM", k(c.USER_RT), *members)] if members else [])
+    if kind == "purchase":
+        return [("SADD", k(c.USER_PURCHASES), ev["product_id"])]
+    if kind == "follow":
+        return [
+            ("SADD", k(c.USER_FOLLOWS), ev["author_id"]),
+            ("SREM", k(c.USER_UNFOLLOWS), ev["author_id"]),
+            *_realtime(u, members, ts, cfg["RT_MAX"]),
+        ]
+    if kind == "unfollow":
+        out = [
+            ("SREM", k(c.USER_FOLLOWS), ev["author_id"]),
+            ("SADD", k(c.USER_UNFOLLOWS), ev["author_id"]),
+        ]
+        return out + ([("ZREM", k(c.USER_RT), *members)] if members else [])
+    if kind == "hide_post":
+        return [("SADD", k(c.USER_HIDDEN), ev["post_id"])]
+    if kind == "see_fewer_author":
+        return [("SADD", k(c.USER_MUTED), ev["author_id"])]
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+def renewals(user: str, cfg: Mapping[str, Any]) -> list[Command]:
+    """``EXPIRE`` of every real-time key of ``user``: the user was active (a TTL of 0 keeps
+    keys forever). Keys that do not exist are left alone by Redis.
+
+    >>> renewals("u1", {"SEEN_WINDOW_S": 60, "USER_STATE_TTL_S": 0})
+    [('EXPIRE', '{u:u1}:seen', 60)]
+    """
+    out: list[Command] = []
+    if cfg["SEEN_WINDOW_S"] > 0:
+        out.append(("EXPIRE", c.user_key(user, c.USER_SEEN), int(cfg["SEEN_WINDOW_S"])))
+    ttl = int(cfg["USER_STATE_TTL_S"])
+    if ttl > 0:
+        out += [("EXPIRE", c.user_key(user, kind), ttl) for kind in PREFERENCE_KEYS]
+    return out
+
+
+def event_batch(
+    events: Sequence[tuple[Mapping[str, Any], Mapping[str, float]]],
+    cfg: Mapping[str, Any],
+) -> tuple[list[Command], dict[str, list[Command]]]:
+    """(the event log's ``XADD`` commands, user -> that user's writes and renewals) of a
+    batch; ``members`` of each event are the real-time candidates it adds or removes."""
+    log: list[Command] = []
+    users: dict[str, list[Command]] = {}
+    for ev, members in events:
+        fields = [x for k, v in ev.items() for x in (k, str(v))]
+        log.append(("XADD", c.EVENTS_KEY, "MAXLEN", "~", cfg["EVENT_LOG_MAXLEN"], "*", *fields))
+        users.setdefault(ev["user_id"], []).extend(event_writes(ev, members, cfg))
+    for user, cmds in users.items():
+        cmds.extend(renewals(user, cfg))
+    return log, users
+
+
+# --- all or nothing ----------------------------------------------------------------------------
+def _before(cmd: Command) -> list[Command]:
+    """The reads that capture what ``cmd`` is about to change (nothing for ``EXPIRE``: a
+    renewed TTL is not undone)."""
+    op, key, *args = cmd
+    if op == "ZADD":
+        return [("ZSCORE", key, m) for m in args[1::2]]
+    if op == "ZREM":
+        return [("ZSCORE", key, m) for m in args]
+    if op in ("SADD", "SREM"):
+        return [("SISMEMBER", key, m) for m in args]
+    if op == "ZREMRANGEBYRANK":
+        return [("ZRANGE", key, args[0], args[1], "WITHSCORES")]
+    return []
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """(member, score) pairs of a ``ZRANGE ... WITHSCORES`` reply, flat or paired."""
+    if reply and isinstance(reply[0], (list, tuple)):
+        return [(m, s) for m, s in reply]
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _inverse(cmd: Command, before: list[Any], reply: Any) -> list[Command]:
+    """The commands that revert ``cmd``, given what :func:`_before` read and its reply."""
+    op, key, *args = cmd
+    if op in ("ZADD", "ZREM"):
+        members = args[1::2] if op == "ZADD" else args
+        return [
+            ("ZREM", key, m) if old is None else ("ZADD", key, old, m)
+            for m, old in zip(members, before, strict=True)
+        ]
+    if op == "SADD":
+        return [("SREM", key, m) for m, was in zip(args, before, strict=True) if not was]
+    if op == "SREM":
+        return [("SADD", key, m) for m, was in zip(args, before, strict=True) if was]
+    if op == "ZREMRANGEBYRANK":
+        return [("ZADD", key, score, m) for m, score in _pairs(before[0])]
+    if op == "XADD":
+        return [("XDEL", key, reply)]
+    return []
+
+
+def _apply(r: Any, group: list[Command]) -> list[Command]:
+    """Run ``group`` as one transaction (one slot on a cluster), each write preceded by the
+    reads of :func:`_before`; the commands that revert it (in the order to run them). Raises
+    what Redis answered when the transaction failed, after reverting what it did apply."""
+    pipe = r.pipeline(transaction=True)
+    plan: list[tuple[Command, int]] = []
+    for cmd in group:
+        reads = _before(cmd)
+        for read in reads:
+            pipe.execute_command(*read)
+        pipe.execute_command(*cmd)
+        plan.append((cmd, len(reads)))
+    replies = pipe.execute(raise_on_error=False)  # a refused transaction (EXECABORT) raises
+    undo: list[Command] = []
+    failed: BaseException | None = None
+    i = 0
+    for cmd, n_reads in plan:
+        before, reply = list(replies[i : i + n_reads]), replies[i + n_reads]
+        i += n_reads + 1
+        if isinstance(reply, BaseException):  # a runtime error: the rest of EXEC still ran
+            failed = failed or reply
+            continue
+        undo[:0] = _inverse(cmd, before, reply)
+    if failed is not None:
+        revert(r, [undo])
+        raise failed
+    return undo
+
+
+def revert(r: Any, undos: list[list[Command]]) -> None:
+    """Run each group's revert commands as one transaction, last group first. A failure here
+    (a second fault) is logged with what could not be reverted."""
+    for undo in reversed(undos):
+        if not undo:
+            continue
+        try:
+            pipe = r.pipeline(transaction=True)
+            for cmd in undo:
+                pipe.execute_command(*cmd)
+            pipe.execute()
+        except Exception as e:  # noqa: BLE001 - the first error is what the caller answers
+            logger.error("could not revert a failed write (%s): %r", e, undo[:50])
+
+
+def transact(r: Any, groups: list[list[Command]], cluster: bool) -> None:
+    """Apply ``groups`` (each on one slot) all or nothing (see the module's docstring): one
+    transaction on a single server; on a cluster one per group in order, reverting the groups
+    already applied when one fails."""
+    groups = [g for g in groups if g]
+    if not cluster:  # no reads: a full Redis refuses the whole transaction as it is queued
+        pipe = r.pipeline(transaction=True)
+        for cmd in (cmd for g in groups for cmd in g):
+            pipe.execute_command(*cmd)
+        pipe.execute()
+        return
+    done: list[list[Command]] = []
+    try:
+        for group in groups:
+            done.append(_apply(r, group))
+    except BaseException:
+        revert(r, done)
+        raise
+
+
+def record_events(
+    r: Any,
+    events: Sequence[tuple[Mapping[str, Any], Mapping[str, float]]],
+    cfg: Mapping[str, Any],
+    cluster: bool,
+) -> None:
+    """Append each event to the event log and apply it to its user's real-time keys, renewing
+    their TTLs: all of the batch or none of it (:func:`transact`; the log last)."""
+    log, users = event_batch(events, cfg)
+    transact(r, [*users.values(), log], cluster)
+
+
+# --- new posts ---------------------------------------------------------------------------------
+def add_post(
+    r: Any,
+    doc: Mapping[str, Any],
+    products: Mapping[str, Mapping[str, Any]],
+    created: float,
+    cfg: Mapping[str, Any],
+) -> bool:
+    """Store a post created through the API: its document (False, and nothing written, when
+    the post exists already), its card (``products``: its products' documents), its entry in
+    the fresh posts with its metadata, and a ``post`` event. The document and the card expire
+    after ``FRESH_MAX_AGE_S``. When a write fails, everything written is deleted again and the
+    error raised."""
+    pid, author, product_ids = doc["post_id"], doc["author_id"], doc["product_ids"]
+    cats = [(products.get(p) or {}).get("category") or "" for p in product_ids]
+    ttl = int(cfg["FRESH_MAX_AGE_S"])
+    expiry = ("EX", ttl) if ttl > 0 else ()
+    doc_key, card_key = c.post_doc_key(pid), c.card_key(pid)
+    if not r.execute_command("SET", doc_key, c.encode_json(doc), "NX", *expiry):
+        return False
+    meta = {
+        "author_id": author,
+        "product_ids": product_ids,
+        "category": cats[0] if cats else "",
+        "categories": sorted({x for x in cats if x}),
+        "created_at": created,
+    }
+    event = ["type", "post", "post_id", pid, "user_id", author, "ts", str(created)]
+    pipe = r.pipeline(transaction=False)
+    pipe.execute_command("SET", card_key, c.encode_json(c.card(doc, products)), *expiry)
+    pipe.execute_command("HSET", c.FRESH_META_KEY, pid, c.encode_json(meta))
+    pipe.execute_command("ZADD", c.FRESH_KEY, created, pid)
+    pipe.execute_command("XADD", c.EVENTS_KEY, "MAXLEN", "~", cfg["EVENT_LOG_MAXLEN"], "*", *event)
+    replies = pipe.execute(raise_on_error=False)
+    errors = [x for x in replies if isinstance(x, BaseException)]
+    if errors:
+        undo: list[Command] = [
+            ("DEL", doc_key),
+            ("DEL", card_key),
+            ("HDEL", c.FRESH_META_KEY, pid),
+            ("ZREM", c.FRESH_KEY, pid),
+        ]
+        if not isinstance(replies[-1], BaseException):
+            undo.append(("XDEL", c.EVENTS_KEY, replies[-1]))
+        _delete(r, undo)
+        raise errors[0]
+    return True
+
+
+def _delete(r: Any, commands: list[Command]) -> None:
+    """Run deletions one by one (they may cross slots), logging any that fail."""
+    for cmd in commands:
+        try:
+            r.execute_command(*cmd)
+        except Exception as e:  # noqa: BLE001 - the caller raises the first error
+            logger.error("could not delete %r after a failed write: %s", cmd, e)
+
+
+def prune_fresh(r: Any, now: float, cfg: Mapping[str, Any], batch: int = 1_000) -> int:
+    """Remove the posts created through the API that are older than ``FRESH_MAX_AGE_S`` or
+    beyond the newest ``FRESH_MAX_POSTS`` (at most ``batch`` a call): their fresh entry,
+    metadata, document and card (a trained version keeps its own copies). The number removed.
+    """
+    max_age, max_posts = cfg["FRESH_MAX_AGE_S"], int(cfg["FRESH_MAX_POSTS"])
+    pipe = r.pipeline(transaction=False)
+    pipe.zcard(c.FRESH_KEY)
+    if max_age > 0:
+        pipe.zrangebyscore(c.FRESH_KEY, "-inf", f"({now - max_age}", start=0, num=batch)
+    replies = pipe.execute()
+    victims = {c.text(p) for p in (replies[1] if max_age > 0 else [])}
+    over = int(replies[0]) - max_posts
+    if max_posts > 0 and over > 0:
+        victims |= {c.text(p) for p in r.zrange(c.FRESH_KEY, 0, min(over, batch) - 1)}
+    if not victims:
+        return 0
+    posts = sorted(victims)
+    pipe = r.pipeline(transaction=False)
+    pipe.zrem(c.FRESH_KEY, *posts)
+    pipe.hdel(c.FRESH_META_KEY, *posts)
+    for p in posts:  # one DEL per key: documents spread over a cluster
+        pipe.delete(c.post_doc_key(p))
+        pipe.delete(c.card_key(p))
+    pipe.execute()
+    return len(posts)

@@ -1,0 +1,160 @@
+"""What any client can make Redis hold is bounded: unknown visitors' pages write nothing,
+per-user real-time keys expire unless the user is active, new posts have size limits, and the
+posts created through the API are pruned by age and count."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from feed import contract as c
+from service import writes
+
+USER_KINDS = (c.USER_SEEN, *writes.PREFERENCE_KEYS)
+
+
+def _app(redis_url: str, **config: Any) -> Any:
+    from service import create_app
+
+    return create_app(
+        {
+            "REDIS_URL": redis_url,
+            "TESTING": True,
+            "VERSION_CACHE_S": 0.0,
+            "GLOBAL_CACHE_S": 0.0,
+            "CURSOR_SECRET": "bounded",
+            **config,
+        }
+    )
+
+
+def _page(client: Any, user: str, **params: Any) -> dict[str, Any]:
+    resp = client.get(f"/v1/feed/{user}", query_string=params)
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()  # type: ignore[no-any-return]
+
+
+def _ids(body: dict[str, Any]) -> list[str]:
+    return [it["post_id"] for it in body["items"]]
+
+
+def test_unknown_visitors_get_pages_and_scroll_without_a_single_key(client: Any, r: Any) -> None:
+    keys = r.dbsize()
+    for i in range(30):
+        assert len(_page(client, f"visitor-{i}", limit=10)["items"]) == 10
+    scroll = [_page(client, "visitor-0", limit=10)]
+    for _ in range(3):
+        scroll.append(_page(client, "visitor-0", limit=10, cursor=scroll[-1]["next_cursor"]))
+    served = [pid for body in scroll for pid in _ids(body)]
+    assert len(served) == len(set(served)) == 40  # pages cut from one ranking: no repeat
+    assert r.dbsize() == keys
+    assert not list(r.scan_iter("{u:visitor-*"))
+
+
+def test_a_known_users_seen_set_expires_with_the_window(client: Any, r: Any, app: Any) -> None:
+    first = _page(client, "u11", limit=10)
+    _page(client, "u11", limit=10, cursor=first["next_cursor"])
+    seen = c.user_key("u11", c.USER_SEEN)
+    assert r.zcard(seen) == 20
+    assert 0 < r.ttl(seen) <= app.config["SEEN_WINDOW_S"]
+
+
+def test_events_renew_every_real_time_key_of_their_user(client: Any, r: Any) -> None:
+    post = _ids(_page(client, "u12", limit=3))[0]
+    resp = client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {"type": "like", "user_id": "u12", "post_id": post},
+                {"type": "follow", "user_id": "u12", "author_id": "u3"},
+                {"type": "unfollow", "user_id": "u12", "author_id": "u4"},
+                {"type": "hide_post", "user_id": "u12", "post_id": "p1"},
+                {"type": "see_fewer_author", "user_id": "u12", "author_id": "u5"},
+                {"type": "purchase", "user_id": "u12", "product_id": "sku-1"},
+                {"type": "impression", "user_id": "u12", "post_id": "p2"},
+            ]
+        },
+    )
+    assert resp.status_code == 202
+    ttl = client.application.config["USER_STATE_TTL_S"]
+    for kind in USER_KINDS:
+        key = c.user_key("u12", kind)
+        most = client.application.config["SEEN_WINDOW_S"] if kind == c.USER_SEEN else ttl
+        assert 0 < r.ttl(key) <= most, kind
+    # a shorter TTL set later is renewed by the user's next event
+    r.expire(c.user_key("u12", c.USER_HIDDEN), 5)
+    client.post(
+        "/v1/events", json={"events": [{"type": "click", "user_id": "u12", "post_id": "p3"}]}
+    )
+    assert r.ttl(c.user_key("u12", c.USER_HIDDEN)) > 5
+
+
+def test_a_ttl_of_zero_keeps_preferences(redis_url: str, published: str, r: Any) -> None:
+    client = _app(redis_url, USER_STATE_TTL_S=0).test_client()
+    resp = client.post(
+        "/v1/events", json={"events": [{"type": "hide_post", "user_id": "u13", "post_id": "p1"}]}
+    )
+    assert resp.status_code == 202
+    assert r.ttl(c.user_key("u13", c.USER_HIDDEN)) == -1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "limit"),
+    [
+        ("text", "字" * 5_001, "FEED_POST_TEXT_MAX"),
+        ("title", "t" * 201, "FEED_POST_TITLE_MAX"),
+        ("tags", ["t"] * 31, "FEED_POST_TAGS_MAX"),
+        ("tags", ["t" * 51], "FEED_POST_TAG_MAX"),
+        ("product_ids", [f"sku-{i}" for i in range(21)], "FEED_POST_PRODUCTS_MAX"),
+    ],
+)
+def test_oversized_posts_are_400_naming_the_limit(
+    client: Any, r: Any, field: str, value: Any, limit: str
+) -> None:
+    keys = r.dbsize()
+    resp = client.post("/v1/posts", json={"post_id": "p-big", "author_id": "u1", field: value})
+    assert resp.status_code == 400
+    err = resp.get_json()["error"]
+    assert err["code"] == "post_too_large" and limit in err["message"], err
+    assert r.dbsize() == keys
+
+
+def test_a_post_older_than_the_fresh_window_is_400(client: Any, r: Any) -> None:
+    old = time.time() - client.application.config["FRESH_MAX_AGE_S"] - 60
+    resp = client.post("/v1/posts", json={"post_id": "p-old", "author_id": "u1", "created_at": old})
+    assert resp.status_code == 400 and "FEED_FRESH_MAX_AGE_S" in resp.get_json()["error"]["message"]
+    assert not r.exists(c.post_doc_key("p-old"))
+
+
+def test_api_posts_expire_and_are_pruned_by_count_and_age(
+    redis_url: str, published: str, r: Any
+) -> None:
+    client = _app(redis_url, FRESH_MAX_POSTS=3).test_client()
+    now = time.time()
+    for i in range(5):
+        resp = client.post(
+            "/v1/posts",
+            json={"post_id": f"p-api-{i}", "author_id": "u2", "created_at": now - 100 + i},
+        )
+        assert resp.status_code == 201, resp.get_json()
+    kept = [f"p-api-{i}" for i in (2, 3, 4)]
+    assert sorted(x.decode() for x in r.zrange(c.FRESH_KEY, 0, -1)) == kept
+    assert sorted(x.decode() for x in r.hkeys(c.FRESH_META_KEY)) == kept
+    for i in range(5):
+        doc, card = c.post_doc_key(f"p-api-{i}"), c.card_key(f"p-api-{i}")
+        if f"p-api-{i}" in kept:
+            max_age = client.application.config["FRESH_MAX_AGE_S"]
+            assert 0 < r.ttl(doc) <= max_age and 0 < r.ttl(card) <= max_age
+        else:
+            assert not r.exists(doc) and not r.exists(card)
+    assert client.get("/v1/posts/p-api-0").status_code == 404
+
+    # by age: a one-minute window prunes every post older than that on the next write
+    short = _app(redis_url, FRESH_MAX_AGE_S=60).test_client()
+    resp = short.post("/v1/posts", json={"post_id": "p-api-new", "author_id": "u2"})
+    assert resp.status_code == 201
+    assert [x.decode() for x in r.zrange(c.FRESH_KEY, 0, -1)] == ["p-api-new"]
+    assert not r.exists(c.post_doc_key("p-api-4"))
+    assert r.hkeys(c.FRESH_META_KEY) == [b"p-api-new"]
