@@ -313,11 +313,14 @@ def _rows(name: str, res: dict[str, Any]) -> list[tuple[Any, ...]]:
         rows.append(("new posts by status", _by_status(s, "post"), ""))
         rows.append(("feed pages 200 after the first 507", s.get("feed_200_while_full", 0), ""))
         full = [x for x in samples if x["redis"] == "full"]
+        first = full[0]["t"] if full else float("inf")
+        ok_after = sum(x["redis"] == "ok" for x in samples if x["t"] > first)
         rows.append(
             (
                 "/readyz while Redis was full",
                 ", ".join(sorted({str(x["readyz"]) for x in full})) or "never full",
-                f"{len(full)} of {len(samples)} samples said redis: full",
+                f"{len(full)} of {len(samples)} samples said redis: full, the first at "
+                f"{first:.1f} s; {ok_after} said ok after that",
             )
         )
         rows.append(("events accepted after memory was added", res.get("after_memory_added"), ""))

@@ -97,8 +97,8 @@ class _Lease:
         waited = f" after waiting {self.wait:g} s" if self.wait > 0 else ""
         return (
             f"another publish holds the publish lock{waited}: {who}; nothing was written. "
-            f"Retry when it ends (the lock expires {max(ttl, 0) / 1000:.0f} s after its holder "
-            "stops), or pass --wait SECONDS"
+            f"Retry when it ends (if it died, its lock expires in {max(ttl, 0) / 1000:.0f} s), "
+            "or pass --wait SECONDS"
         )
 
     def _renew(self) -> None:
@@ -106,7 +106,9 @@ class _Lease:
             try:
                 self.lock.reacquire()
             except redis.exceptions.LockError:
-                self.lost = "the publish lock expired and was taken by another publish"
+                self.lost = (
+                    f"the publish lock expired (this publish stalled for over {LOCK_TTL_S:g} s)"
+                )
                 return
             except redis.RedisError as e:  # a blip: the next renewal may succeed
                 logger.warning("renewing the publish lock failed: %s", e)
@@ -131,7 +133,7 @@ class _Writer:
     failed publish removes exactly those (keys that existed before, when a registered version
     is published again, are left: they held the same names before)."""
 
-    def __init__(self, r: Any, lease: _Lease | None, *, rewrite: bool, bar: Any = None) -> None:
+    def __init__(self, r: Any, lease: _Lease, *, rewrite: bool, bar: Any = None) -> None:
         self.r = r
         self.lease = lease
         self.rewrite = rewrite
@@ -142,8 +144,7 @@ class _Writer:
     def _adding(self, keys: list[str]) -> None:
         """Note ``keys`` as added before writing them (a write that fails half-way is undone
         too); on a rewrite, only those that do not exist yet."""
-        if self.lease is not None:
-            self.lease.check()
+        self.lease.check()
         if self.rewrite:
             pipe = self.r.pipeline(transaction=False)
             for k in keys:

@@ -157,8 +157,10 @@ def _ranked(
     tokens = store().token_index(table.version) if req.interests else None
     offers = gather(state, table, glob, cfg, req.interests, tokens)
     depth = pool_size(limit, cfg)
-    cands = filtered(req.user_id, offers, state, table, glob, cfg, req.now, depth)
-    return diverse_page(cands, limit, table.policy.overridden(cfg), table.shares, depth)
+    policy = table.policy.overridden(cfg)
+    cands = filtered(req.user_id, offers, state, table, glob, cfg, req.now, depth, policy)
+    wanted = frozenset(term.strip().lower() for term in req.interests)
+    return diverse_page(cands, limit, policy, table.shares, depth, wanted)
 
 
 def _cut_page(
@@ -301,7 +303,7 @@ def feed_page(req: PageRequest) -> Any:
     if served is not None and served.refused:  # Redis is full: served, but not recorded
         observability.REDIS_FULL.labels("page").inc()
         if stateless is None:
-            stateless = req.page_no  # the rest of the scroll is cut from one ranking
+            stateless = req.page_no  # the rest of the scroll records nothing
     if not req.preview:
         observability.record_items(cand.reason for cand, _ in items)
         observability.record_exposure(route.experiment, route.arm)

@@ -10,6 +10,7 @@ spends three times the client CPU on the same work (command stack, response call
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from hiredis import pack_command
 from redis.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from feed import contract as c
 from feed.experiments import STATUS_RUNNING, Experiment, running
@@ -29,6 +30,8 @@ from feed.versions import not_servable
 from service import writes
 from service.errors import is_full
 from service.state import Served
+
+logger = logging.getLogger(__name__)
 
 
 def _json_object(raw: Any) -> dict[str, Any]:
@@ -482,7 +485,10 @@ class Store:
             if is_full(e):
                 self.mark_full()
             raise
-        writes.prune_fresh(self.r, time.time(), self.config)
+        try:  # the post is stored: a failed prune only waits for the next post
+            writes.prune_fresh(self.r, time.time(), self.config)
+        except RedisError as e:
+            logger.warning("pruning the API posts failed: %s", e)
         self.forget_global()
         return True
 

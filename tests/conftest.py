@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import free_port
+from helpers import feed_app, free_port
 
 from feed import redisserver
 from feed.redisclient import from_url
@@ -62,17 +62,7 @@ def published(r: Any, artifact: Path) -> str:
 
 @pytest.fixture
 def app(redis_url: str, published: str) -> Any:
-    from service import create_app
-
-    return create_app(
-        {
-            "REDIS_URL": redis_url,
-            "TESTING": True,
-            "VERSION_CACHE_S": 0.0,
-            "GLOBAL_CACHE_S": 0.0,
-            "CURSOR_SECRET": "test-secret",
-        }
-    )
+    return feed_app(redis_url)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import feed_app, feed_page, post_ids
 
 from feed import contract as c
 from service import writes
@@ -15,54 +16,29 @@ from service import writes
 USER_KINDS = (c.USER_SEEN, *writes.PREFERENCE_KEYS)
 
 
-def _app(redis_url: str, **config: Any) -> Any:
-    from service import create_app
-
-    return create_app(
-        {
-            "REDIS_URL": redis_url,
-            "TESTING": True,
-            "VERSION_CACHE_S": 0.0,
-            "GLOBAL_CACHE_S": 0.0,
-            "CURSOR_SECRET": "bounded",
-            **config,
-        }
-    )
-
-
-def _page(client: Any, user: str, **params: Any) -> dict[str, Any]:
-    resp = client.get(f"/v1/feed/{user}", query_string=params)
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()  # type: ignore[no-any-return]
-
-
-def _ids(body: dict[str, Any]) -> list[str]:
-    return [it["post_id"] for it in body["items"]]
-
-
 def test_unknown_visitors_get_pages_and_scroll_without_a_single_key(client: Any, r: Any) -> None:
     keys = r.dbsize()
     for i in range(30):
-        assert len(_page(client, f"visitor-{i}", limit=10)["items"]) == 10
-    scroll = [_page(client, "visitor-0", limit=10)]
+        assert len(feed_page(client, f"visitor-{i}", limit=10)["items"]) == 10
+    scroll = [feed_page(client, "visitor-0", limit=10)]
     for _ in range(3):
-        scroll.append(_page(client, "visitor-0", limit=10, cursor=scroll[-1]["next_cursor"]))
-    served = [pid for body in scroll for pid in _ids(body)]
+        scroll.append(feed_page(client, "visitor-0", limit=10, cursor=scroll[-1]["next_cursor"]))
+    served = [pid for body in scroll for pid in post_ids(body)]
     assert len(served) == len(set(served)) == 40  # pages cut from one ranking: no repeat
     assert r.dbsize() == keys
     assert not list(r.scan_iter("{u:visitor-*"))
 
 
 def test_a_known_users_seen_set_expires_with_the_window(client: Any, r: Any, app: Any) -> None:
-    first = _page(client, "u11", limit=10)
-    _page(client, "u11", limit=10, cursor=first["next_cursor"])
+    first = feed_page(client, "u11", limit=10)
+    feed_page(client, "u11", limit=10, cursor=first["next_cursor"])
     seen = c.user_key("u11", c.USER_SEEN)
     assert r.zcard(seen) == 20
     assert 0 < r.ttl(seen) <= app.config["SEEN_WINDOW_S"]
 
 
 def test_events_renew_every_real_time_key_of_their_user(client: Any, r: Any) -> None:
-    post = _ids(_page(client, "u12", limit=3))[0]
+    post = post_ids(feed_page(client, "u12", limit=3))[0]
     resp = client.post(
         "/v1/events",
         json={
@@ -92,7 +68,7 @@ def test_events_renew_every_real_time_key_of_their_user(client: Any, r: Any) -> 
 
 
 def test_a_ttl_of_zero_keeps_preferences(redis_url: str, published: str, r: Any) -> None:
-    client = _app(redis_url, USER_STATE_TTL_S=0).test_client()
+    client = feed_app(redis_url, USER_STATE_TTL_S=0).test_client()
     resp = client.post(
         "/v1/events", json={"events": [{"type": "hide_post", "user_id": "u13", "post_id": "p1"}]}
     )
@@ -131,7 +107,7 @@ def test_a_post_older_than_the_fresh_window_is_400(client: Any, r: Any) -> None:
 def test_api_posts_expire_and_are_pruned_by_count_and_age(
     redis_url: str, published: str, r: Any
 ) -> None:
-    client = _app(redis_url, FRESH_MAX_POSTS=3).test_client()
+    client = feed_app(redis_url, FRESH_MAX_POSTS=3).test_client()
     now = time.time()
     for i in range(5):
         resp = client.post(
@@ -152,7 +128,7 @@ def test_api_posts_expire_and_are_pruned_by_count_and_age(
     assert client.get("/v1/posts/p-api-0").status_code == 404
 
     # by age: a one-minute window prunes every post older than that on the next write
-    short = _app(redis_url, FRESH_MAX_AGE_S=60).test_client()
+    short = feed_app(redis_url, FRESH_MAX_AGE_S=60).test_client()
     resp = short.post("/v1/posts", json={"post_id": "p-api-new", "author_id": "u2"})
     assert resp.status_code == 201
     assert [x.decode() for x in r.zrange(c.FRESH_KEY, 0, -1)] == ["p-api-new"]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
+from helpers import drain, feed_app, feed_page, fill, user_state
 
 from feed import contract as c
 from feed import redisserver
@@ -168,26 +169,6 @@ def cluster_runner(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunn
     return CliRunner()
 
 
-def _app(cluster_url: str) -> Any:
-    from service import create_app
-
-    return create_app(
-        {
-            "REDIS_URL": cluster_url,
-            "TESTING": True,
-            "VERSION_CACHE_S": 0.0,
-            "GLOBAL_CACHE_S": 0.0,
-            "CURSOR_SECRET": "test-secret",
-        }
-    )
-
-
-def _page(client: Any, user: str, **params: Any) -> dict[str, Any]:
-    resp = client.get(f"/v1/feed/{user}", query_string=params)
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()  # type: ignore[no-any-return]
-
-
 def _cli(runner: CliRunner, *args: str) -> Any:
     res = runner.invoke(main, list(args), catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -226,12 +207,12 @@ def test_publish_serve_events_versions_on_cluster(
     assert f"live: {live}" in res.output
     assert rc.get(c.LIVE_KEY).decode() == live
 
-    client = _app(cluster_url).test_client()
+    client = feed_app(cluster_url).test_client()
     assert client.get("/readyz").status_code == 200
-    first = _page(client, "u1", limit=10)
+    first = feed_page(client, "u1", limit=10)
     assert first["model_version"] == live and len(first["items"]) == 10
     assert all(it["products"] is not None for it in first["items"])
-    second = _page(client, "u1", limit=10, cursor=first["next_cursor"])
+    second = feed_page(client, "u1", limit=10, cursor=first["next_cursor"])
     ids = [it["post_id"] for it in first["items"] + second["items"]]
     assert len(set(ids)) == len(ids)  # the seen set works across pages
 
@@ -248,7 +229,7 @@ def test_publish_serve_events_versions_on_cluster(
     )
     assert resp.status_code == 202, resp.get_json()
     assert rc.xlen(c.EVENTS_KEY) == 2
-    items = _page(client, "u2", limit=30)["items"]
+    items = feed_page(client, "u2", limit=30)["items"]
     served = {it["post_id"] for it in items}
     assert liked not in served and hidden not in served
     assert any(it["reason"] == f"similar_to:{liked}" for it in items), [
@@ -266,7 +247,7 @@ def test_publish_serve_events_versions_on_cluster(
     listing = _cli(cluster_runner, "versions", "list").output
     assert live in listing and "v-cluster-2" in listing
     _cli(cluster_runner, "versions", "activate", "v-cluster-2")
-    assert _page(client, "u3", limit=5)["model_version"] == "v-cluster-2"
+    assert feed_page(client, "u3", limit=5)["model_version"] == "v-cluster-2"
     _cli(cluster_runner, "versions", "rollback")
     assert rc.get(c.LIVE_KEY).decode() == live
     res = _cli(cluster_runner, "versions", "delete", "v-cluster-2")
@@ -274,7 +255,7 @@ def test_publish_serve_events_versions_on_cluster(
     assert n_deleted > 0
     assert not any(k for k in rc.scan_iter(match="*v-cluster-2*", target_nodes=rc.ALL_NODES))
     assert "v-cluster-2" not in _cli(cluster_runner, "versions", "list").output
-    assert _page(client, "u3", limit=5)["model_version"] == live
+    assert feed_page(client, "u3", limit=5)["model_version"] == live
 
 
 @pytest.mark.slow
@@ -329,40 +310,6 @@ def test_versions_stay_apart_and_a_failed_publish_cleans_up_on_cluster(
     assert live_pages(client, posts) == before
 
 
-def _fill(node: Any, tag: str) -> None:
-    """Fill a cluster node (keys in the slot of hash tag ``tag``, which it owns) until it
-    refuses writes as full, under ``noeviction``."""
-    node.config_set("maxmemory-policy", "noeviction")
-    node.config_set("maxmemory", int(node.info("memory")["used_memory"]) + 300_000)
-    n = 0
-    for size in (16_384, 1_024, 64):
-        while True:
-            try:
-                node.set(f"{{{tag}}}:filler:{n}", b"x" * size)
-            except redis.exceptions.OutOfMemoryError:
-                break
-            n += 1
-
-
-def _drain(node: Any, tag: str) -> None:
-    node.config_set("maxmemory", 0)
-    filler = list(node.scan_iter(f"{{{tag}}}:filler:*", count=1000))
-    if filler:
-        node.delete(*filler)
-
-
-def _state(rc: Any, user: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kind in (c.USER_LIKES, c.USER_RT, c.USER_FOLLOWS, c.USER_UNFOLLOWS, c.USER_HIDDEN):
-        key = c.user_key(user, kind)
-        kind_of = rc.type(key).decode()
-        if kind_of == "zset":
-            out[kind] = rc.zrange(key, 0, -1, withscores=True)
-        elif kind_of == "set":
-            out[kind] = sorted(rc.smembers(key))
-    return out
-
-
 @pytest.mark.slow
 def test_a_full_node_refuses_the_whole_event_batch_on_cluster(
     rc: Any, artifact: Path, cluster_url: str
@@ -373,7 +320,7 @@ def test_a_full_node_refuses_the_whole_event_batch_on_cluster(
     from feed.publish import publish
 
     publish(rc, artifact, activate=True)
-    client = _app(cluster_url).test_client()
+    client = feed_app(cluster_url).test_client()
     log_node = rc.get_node_from_key(c.EVENTS_KEY).name
     on: dict[str, str] = {}  # node -> a user whose keys it holds
     for i in range(400):
@@ -381,7 +328,7 @@ def test_a_full_node_refuses_the_whole_event_batch_on_cluster(
         if node != log_node:
             on.setdefault(node, f"u{i}")
     first, second = on.values()
-    page = [it["post_id"] for it in _page(client, first, limit=4)["items"]]
+    page = [it["post_id"] for it in feed_page(client, first, limit=4)["items"]]
     setup = [
         {"type": t, "user_id": u, **x}
         for u in (first, second)
@@ -399,23 +346,25 @@ def test_a_full_node_refuses_the_whole_event_batch_on_cluster(
             )
         ]
     }
-    before = {u: _state(rc, u) for u in (first, second)}
+    before = {u: user_state(rc, u) for u in (first, second)}
     logged = rc.xlen(c.EVENTS_KEY)
     # the second user's node full: the first user's group, applied, is reverted;
     # then the log's node full: both users' groups are reverted
     for key, tag in ((c.user_key(second, "x"), f"u:{second}"), (c.EVENTS_KEY, "feed")):
         node = rc.get_redis_connection(rc.get_node_from_key(key))
-        _fill(node, tag)
+        node.config_set("maxmemory-policy", "noeviction")
+        node.config_set("maxmemory", int(node.info("memory")["used_memory"]) + 300_000)
+        fill(node, tag)
         try:
             resp = client.post("/v1/events", json=batch)
             assert resp.status_code == 507, resp.get_json()
             assert resp.get_json()["error"]["code"] == "store_full"
-            assert {u: _state(rc, u) for u in (first, second)} == before
+            assert {u: user_state(rc, u) for u in (first, second)} == before
             assert rc.xlen(c.EVENTS_KEY) == logged
             assert client.get("/readyz").get_json()["redis"] == "full"
-            assert _page(client, first, limit=4)["degraded"] is False
+            assert feed_page(client, "visitor", limit=4)["degraded"] is False  # writes nothing
         finally:
-            _drain(node, tag)
+            drain(node, tag, 0)
     assert client.post("/v1/events", json=batch).status_code == 202
     assert rc.xlen(c.EVENTS_KEY) == logged + 6
-    assert not _state(rc, first).get(c.USER_LIKES)
+    assert not user_state(rc, first).get(c.USER_LIKES)

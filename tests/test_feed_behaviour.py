@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from helpers import feed_page, post_ids
 
 from feed import contract as c
 
@@ -24,14 +25,7 @@ ALLOWED_REASON = re.compile(
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def feed(client: Any, user: str, **params: Any) -> dict[str, Any]:
-    resp = client.get(f"/v1/feed/{user}", query_string=params)
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()  # type: ignore[no-any-return]
-
-
-def ids(body: dict[str, Any]) -> list[str]:
-    return [it["post_id"] for it in body["items"]]
+feed, ids = feed_page, post_ids
 
 
 def send(client: Any, *events: dict[str, Any]) -> None:
@@ -131,9 +125,10 @@ def test_hidden_post_and_see_fewer_author_never_return(client: Any, r: Any) -> N
 
 @pytest.fixture
 def capped(redis_url: str, published: str) -> Any:
-    """The app with the page policy pinned by configuration (overriding the version's): at most
-    two posts per author beyond its catalogue share, no soft author discount, never one author
-    twice in a row."""
+    """The app with the page policy pinned by configuration (overriding the version's, which
+    training chooses): at most two posts per author beyond its catalogue share, no soft author
+    discount, never one author twice in a row, 15% off per repeated category, the default
+    freshness bonus."""
     from service import create_app
 
     return create_app(
@@ -146,6 +141,9 @@ def capped(redis_url: str, published: str) -> Any:
             "AUTHOR_MAX_PER_PAGE": "2",
             "PAGE_AUTHOR_DECAY": "1",
             "PAGE_NO_ADJACENT_AUTHOR": "true",
+            "PAGE_CATEGORY_DECAY": "0.85",
+            "PAGE_CATEGORY_FLOOR": "0",
+            "FRESHNESS_WEIGHT": "0.2",
         }
     )
 
@@ -282,11 +280,14 @@ def test_unknown_user_gets_trending_and_can_scroll(client: Any, r: Any, publishe
 def test_interests_seed_a_new_users_page(
     client: Any, dataset_dir: Path, hint: str, topic: str
 ) -> None:
+    """The hint fills a new user's page with its matches (categories, and words of the text:
+    a few posts of other topics mention the word), under the version's page policy (which
+    spreads a page over authors, so a prolific author of the topic does not fill it)."""
     t = truth(dataset_dir)
     body = feed(client, f"newbie-{topic}", limit=10, interests=hint)
     on_topic = sum(t["topics"][t["post_topic"][pid]] == topic for pid in ids(body))
-    assert on_topic >= 8, [(it["post_id"], it["reason"]) for it in body["items"]]
-    assert all(it["reason"].startswith("interest:") for it in body["items"][:5])
+    assert on_topic >= 7, [(it["post_id"], it["reason"]) for it in body["items"]]
+    assert all(it["reason"].startswith("interest:") for it in body["items"])
 
 
 def test_bad_interests_is_a_400(client: Any) -> None:

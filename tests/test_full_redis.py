@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import free_port
+from helpers import (
+    drain,
+    events,
+    feed_app,
+    feed_page,
+    fill,
+    free_port,
+    post_ids,
+    user_state,
+)
 
 from feed import contract as c
 from feed import redisserver
@@ -55,24 +64,14 @@ class FullRedis:
         """``maxmemory`` = what is stored now + ``headroom`` (the published version fits)."""
         self.r.config_set("maxmemory", int(self.r.info("memory")["used_memory"]) + headroom)
 
-    def fill(self) -> int:
-        """Write filler keys until Redis refuses one as full; the number written."""
-        n = 0
-        for size in (16_384, 1_024, 64):  # a large write is refused while smaller ones fit
-            while True:
-                try:
-                    self.r.set(f"filler:{n}", b"x" * size)
-                except redis.exceptions.OutOfMemoryError:
-                    break
-                n += 1
+    def fill(self) -> None:
+        self.limit_was = int(self.r.config_get("maxmemory")["maxmemory"])
+        fill(self.r, "t")
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             self.r.sadd("probe", "x")  # full: even the smallest write is refused
-        return n
 
     def drain(self) -> None:
-        filler = list(self.r.scan_iter("filler:*", count=1000))
-        if filler:
-            self.r.delete(*filler)
+        drain(self.r, "t", self.limit_was)
 
     def stop(self) -> None:
         self.r.close()
@@ -88,70 +87,30 @@ def full(tmp_path: Path, artifact: Path) -> Iterator[FullRedis]:
     server.stop()
 
 
-def _app(url: str, **config: Any) -> Any:
-    from service import create_app
-
-    return create_app(
-        {
-            "REDIS_URL": url,
-            "TESTING": True,
-            "VERSION_CACHE_S": 0.0,
-            "GLOBAL_CACHE_S": 0.0,
-            "CURSOR_SECRET": "full-redis",
-            **config,
-        }
-    )
-
-
-def _page(client: Any, user: str, **params: Any) -> dict[str, Any]:
-    resp = client.get(f"/v1/feed/{user}", query_string=params)
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()  # type: ignore[no-any-return]
-
-
-def _ids(body: dict[str, Any]) -> list[str]:
-    return [it["post_id"] for it in body["items"]]
-
-
 def _metric(client: Any, write: str) -> float:
     text = client.get("/metrics").get_data(as_text=True)
     found = re.search(rf'^feed_redis_full_total{{write="{write}"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
-def _user_state(r: Any, user: str) -> dict[str, Any]:
-    """Every real-time key of ``user`` with its content."""
-    out: dict[str, Any] = {}
-    for kind in (c.USER_SEEN, *writes.PREFERENCE_KEYS):
-        key = c.user_key(user, kind)
-        kind_of = r.type(key).decode()
-        if kind_of == "zset":
-            out[kind] = r.zrange(key, 0, -1, withscores=True)
-        elif kind_of == "set":
-            out[kind] = sorted(r.smembers(key))
-    return out
-
-
 def test_a_full_redis_serves_pages_and_refuses_writes_with_507(full: FullRedis) -> None:
-    client = _app(full.url).test_client()
-    assert _page(client, "u1", limit=10)["degraded"] is False  # warm: the fallback copy
+    client = feed_app(full.url).test_client()
+    assert feed_page(client, "u1", limit=10)["degraded"] is False  # warm: the fallback copy
     logged = full.r.xlen(c.EVENTS_KEY)
     before = {w: _metric(client, w) for w in ("events", "post", "page")}
     full.fill()
     keys = full.r.dbsize()
 
     # reads keep serving normal pages; the scroll never repeats though nothing is recorded
-    pages = [_page(client, "u2", limit=10)]
+    pages = [feed_page(client, "u2", limit=10)]
     for _ in range(2):
-        pages.append(_page(client, "u2", limit=10, cursor=pages[-1]["next_cursor"]))
-    served = [pid for body in pages for pid in _ids(body)]
+        pages.append(feed_page(client, "u2", limit=10, cursor=pages[-1]["next_cursor"]))
+    served = [pid for body in pages for pid in post_ids(body)]
     assert all(body["degraded"] is False for body in pages)
     assert len(served) == len(set(served)) == 30
 
     # writes: 507 store_full, with a message and Retry-After; nothing stored
-    resp = client.post(
-        "/v1/events", json={"events": [{"type": "like", "user_id": "u2", "post_id": served[0]}]}
-    )
+    resp = client.post("/v1/events", json=events("u2", ("like", "post_id", served[0])))
     assert resp.status_code == 507, resp.get_json()
     err = resp.get_json()["error"]
     assert err["code"] == "store_full" and "full" in err["message"]
@@ -173,9 +132,7 @@ def test_a_full_redis_serves_pages_and_refuses_writes_with_507(full: FullRedis) 
     # memory freed: writes are accepted again, readiness says ok
     full.drain()
     client.application.extensions["feed_store"].FULL_MEMORY_S = 0.0
-    resp = client.post(
-        "/v1/events", json={"events": [{"type": "like", "user_id": "u2", "post_id": served[0]}]}
-    )
+    resp = client.post("/v1/events", json=events("u2", ("like", "post_id", served[0])))
     assert resp.status_code == 202
     assert client.get("/readyz").get_json()["redis"] == "ok"
 
@@ -183,33 +140,18 @@ def test_a_full_redis_serves_pages_and_refuses_writes_with_507(full: FullRedis) 
 def test_a_refused_unfollow_and_unlike_batch_changes_nothing(full: FullRedis) -> None:
     """The probe's reproduction: the removals of an unfollow + unlike batch used to apply
     before the batch answered 503, and nothing was logged."""
-    client = _app(full.url).test_client()
-    body = _page(client, "u5", limit=5)
-    page, author_id = _ids(body), body["items"][1]["author_id"]
-    ok = client.post(
-        "/v1/events",
-        json={
-            "events": [
-                {"type": "follow", "user_id": "u5", "author_id": author_id},
-                {"type": "like", "user_id": "u5", "post_id": page[0]},
-            ]
-        },
-    )
-    assert ok.status_code == 202
-    state, logged = _user_state(full.r, "u5"), full.r.xlen(c.EVENTS_KEY)
+    client = feed_app(full.url).test_client()
+    body = feed_page(client, "u5", limit=5)
+    page, author_id = post_ids(body), body["items"][1]["author_id"]
+    setup = events("u5", ("follow", "author_id", author_id), ("like", "post_id", page[0]))
+    assert client.post("/v1/events", json=setup).status_code == 202
+    state, logged = user_state(full.r, "u5"), full.r.xlen(c.EVENTS_KEY)
     assert state[c.USER_LIKES] and state[c.USER_FOLLOWS] and state[c.USER_RT]
     full.fill()
-    resp = client.post(
-        "/v1/events",
-        json={
-            "events": [
-                {"type": "unfollow", "user_id": "u5", "author_id": author_id},
-                {"type": "unlike", "user_id": "u5", "post_id": page[0]},
-            ]
-        },
-    )
+    batch = events("u5", ("unfollow", "author_id", author_id), ("unlike", "post_id", page[0]))
+    resp = client.post("/v1/events", json=batch)
     assert resp.status_code == 507 and resp.get_json()["error"]["code"] == "store_full"
-    assert _user_state(full.r, "u5") == state
+    assert user_state(full.r, "u5") == state
     assert full.r.xlen(c.EVENTS_KEY) == logged
 
 
@@ -248,14 +190,14 @@ def test_a_batch_across_slots_is_reverted_when_a_later_slot_fails(r: Any, failin
     group fails, the groups already applied are reverted exactly, and the log has nothing."""
     users = ["ua", "ub"]
     _seed(r, users)
-    before = {u: _user_state(r, u) for u in users}
+    before = {u: user_state(r, u) for u in users}
     if failing == "log":
         r.set(c.EVENTS_KEY, "not a stream")  # XADD fails inside the log's transaction
     else:
         r.set(c.user_key("ub", c.USER_UNFOLLOWS), "not a set")  # fails inside ub's group
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         writes.transact(r, _batch(r, users), cluster=True)
-    assert {u: _user_state(r, u) for u in users} == before
+    assert {u: user_state(r, u) for u in users} == before
     if failing == "log":
         assert r.type(c.EVENTS_KEY) == b"string"
     else:
@@ -264,7 +206,7 @@ def test_a_batch_across_slots_is_reverted_when_a_later_slot_fails(r: Any, failin
     r.delete(c.EVENTS_KEY, c.user_key("ub", c.USER_UNFOLLOWS))  # healthy again: applied whole
     writes.transact(r, _batch(r, users), cluster=True)
     for u in users:
-        state = _user_state(r, u)
+        state = user_state(r, u)
         assert [m for m, _ in state[c.USER_LIKES]] == [b"p2", b"p9"]
         assert state[c.USER_FOLLOWS] == [b"a2"] and state[c.USER_UNFOLLOWS] == [b"a1"]
         assert 0 < r.ttl(c.user_key(u, c.USER_LIKES)) <= 3_600

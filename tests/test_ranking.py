@@ -173,11 +173,13 @@ def test_fresh_posts_are_filtered_and_scored_as_arrays() -> None:
     glob = {"fresh": posts, "oos": frozenset({"s5"})}
     cfg = dict(DEFAULTS)
     state = _user(seen={"f1"}, muted={"w2"}, follows={"w0"})  # w2 wrote f2 and f5
-    pool = filtered("w1", gather(state, table, glob, cfg), state, table, glob, cfg, now, 50)
+    policy = PagePolicy()
+    offers = gather(state, table, glob, cfg)
+    pool = filtered("w1", offers, state, table, glob, cfg, now, 50, policy)
     got = {pool[k].post_id: pool[k] for k in range(len(pool))}
     # f1 seen, f2 and f5 muted (f5 also sold out), f4 the user's own: never offered
     assert {"f0", "f3", "f-known"} <= set(got) and not {"f1", "f2", "f4", "f5"} & set(got)
-    bonus = cfg["FRESHNESS_WEIGHT"] * 0.5 ** (60 * 3 / cfg["FRESHNESS_HALF_LIFE_S"])
+    bonus = policy.freshness_weight * 0.5 ** (60 * 3 / cfg["FRESHNESS_HALF_LIFE_S"])
     assert got["f3"].reason == "followed_author"
     assert got["f3"].score == pytest.approx(cfg["FOLLOW_WEIGHT"] + bonus)
     assert got["f3"].categories == ("beauty",) and got["f3"].product_ids == ["s3"]
@@ -186,3 +188,16 @@ def test_fresh_posts_are_filtered_and_scored_as_arrays() -> None:
     sources = {pid: source for _, pid, source in pool.rows}
     assert sources["f-known"][0] == table.index["f-known"]  # the version's post, not a copy
     assert sources["f0"][0] < 0  # a fresh post
+
+
+def test_categories_the_user_asked_for_are_not_discounted() -> None:
+    """An interests= hint names what the user wants: its categories keep their scores."""
+    coffee = [
+        Candidate(f"c{i}", 1.0 - i / 100, "x", f"a{i}", "", None, [], ("Coffee",)) for i in range(5)
+    ]
+    other = [Candidate(f"o{i}", 0.5, "x", f"b{i}", "", None, [], (f"k{i}",)) for i in range(5)]
+    policy = PagePolicy(1.0, 1.0, category_decay=0.0, category_floor=0.0, no_adjacent_author=False)
+    mixed = diverse_page(Pool.of(coffee + other), 5, policy)
+    assert sum(c.post_id.startswith("c") for c in mixed) == 1  # one coffee post, then others
+    asked = diverse_page(Pool.of(coffee + other), 5, policy, wanted=frozenset({"coffee"}))
+    assert [c.post_id for c in asked] == [f"c{i}" for i in range(5)]

@@ -5,6 +5,7 @@ the version's page policy, chosen at training, is the one the service applies.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def test_offline_pages_are_the_pages_the_service_serves(
     data = build(load(dataset_dir))
     policy = PagePolicy.from_json(art.manifest["model"]["page_policy"])
     builder = PageBuilder.of(data, (trend["items"], trend["scores"]), now=0.0)
-    builder.cfg = dict(builder.cfg, FRESHNESS_WEIGHT=0)
+    policy = replace(policy, freshness_weight=0.0)  # as the app's FRESHNESS_WEIGHT says
     builder.table.policy = policy
     users = [str(u) for u in cands["users"][:25]]
     rows = slice(0, 25)

@@ -34,7 +34,7 @@ from feed.evaluation.metrics import (
     purchase_recall_at_k,
 )
 from feed.features.matrices import TrainingData
-from feed.serving.policy import GRID, PagePolicy
+from feed.serving.policy import FRESHNESS_GRID, GRID, PagePolicy
 from feed.serving.ranking import (
     RANKING_DEFAULTS,
     Pool,
@@ -47,9 +47,8 @@ from feed.serving.state import FreshPosts, UserState, VersionTable
 
 #: Relevance a page policy may cost at most on validation: served >= this x model-only.
 MAX_COST = 0.98
-#: Pages must beat the reference's author diversity by this factor on validation (slack for
-#: the test users, who are not the validation users).
-DIVERSITY_MARGIN = 1.03
+#: Pages must beat the reference's author diversity by this factor on validation.
+DIVERSITY_MARGIN = 1.0
 #: Validation users a policy is judged on at most (a page costs about a millisecond to build).
 POLICY_USERS = 400
 
@@ -141,10 +140,12 @@ class PageBuilder:
         scores: np.ndarray,
         reasons: np.ndarray,
         limit: int,
+        policy: PagePolicy,
         now: float | None = None,
     ) -> Iterator[Pool]:
         """Each user's (external ids) filtered candidate pool: the best ``pool_size(limit)``
-        offers, as the service would rank them at ``now`` (default: the builder's)."""
+        offers, with ``policy``'s freshness bonus as the service would rank them at ``now``
+        (default: the builder's)."""
         glob = {"fresh": FreshPosts.build({}), "oos": self.oos}
         depth = pool_size(limit, self.cfg)
         when = self.now if now is None else now
@@ -163,7 +164,7 @@ class PageBuilder:
                 bought=set(),
             )
             offers = gather(state, self.table, glob, self.cfg)
-            yield filtered(str(uid), offers, state, self.table, glob, self.cfg, when, depth)
+            yield filtered(str(uid), offers, state, self.table, glob, self.cfg, when, depth, policy)
 
     def page(self, pool: Pool, limit: int, policy: PagePolicy) -> np.ndarray:
         """The page's post indices (-1 padded to ``limit``); ``pool`` is left as it was."""
@@ -184,9 +185,8 @@ class PageBuilder:
         policy: PagePolicy,
     ) -> np.ndarray:
         """Served pages (users x ``limit`` post indices, -1 padded) under ``policy``."""
-        rows = [
-            self.page(p, limit, policy) for p in self.pools(users, items, scores, reasons, limit)
-        ]
+        pools = self.pools(users, items, scores, reasons, limit, policy)
+        rows = [self.page(p, limit, policy) for p in pools]
         return np.stack(rows) if rows else np.zeros((0, limit), dtype=np.int64)
 
 
@@ -252,10 +252,11 @@ def choose_policy(
 ) -> PolicyChoice:
     """The page policy of best served validation metric among those whose pages cost at most
     ``1 - MAX_COST`` of the model-only lists' metric and are at least as author-diverse as
-    the best single source's lists (``reference_diversity``, with a :data:`DIVERSITY_MARGIN`);
+    the reference lists (``reference_diversity``: EASE's, with a :data:`DIVERSITY_MARGIN`);
     when none within the cost is that diverse, the most diverse within the cost; when none is
-    within the cost, the best served. The winner is tried once more with
-    ``no_adjacent_author``.
+    within the cost, the best served. The freshness weight is chosen first (among
+    :data:`~feed.serving.policy.FRESHNESS_GRID`, on pages without variety rules); the winner
+    is tried once more with ``no_adjacent_author``.
 
     Relevance decides, and variety is bought only as far as the reference asks: the outside
     comparison a feed faces is relevance against the best classic lists, with at least
@@ -266,9 +267,8 @@ def choose_policy(
     """
     items, scores, reasons = lists
     model_only = truth.score(items[:, :k])
-    pools = list(builder.pools(users, items, scores, reasons, k, now))
 
-    def option(policy: PagePolicy) -> dict[str, Any]:
+    def option(policy: PagePolicy, pools: list[Pool]) -> dict[str, Any]:
         pages = np.stack([builder.page(p, k, policy) for p in pools])
         return {
             "policy": policy.to_json(),
@@ -276,9 +276,17 @@ def choose_policy(
             "author_diversity": author_diversity(pages, builder.data.post_author),
         }
 
-    options = [option(policy) for policy in grid]
+    plain = PagePolicy(1.0, 1.0, 1.0, 1.0, 0, False)
+    by_weight = {}
+    for weight in FRESHNESS_GRID:  # first the freshness bonus, on pages without variety rules
+        policy = replace(plain, freshness_weight=weight)
+        pools = list(builder.pools(users, items, scores, reasons, k, policy, now))
+        by_weight[weight] = (option(policy, pools)["served"], pools)
+    weight = max(FRESHNESS_GRID, key=lambda w: (by_weight[w][0], -w))
+    pools = by_weight[weight][1]
+    options = [option(replace(p, freshness_weight=weight), pools) for p in grid]
     best = _pick(options, model_only, reference_diversity)
-    adjacent = option(replace(PagePolicy.from_json(best["policy"]), no_adjacent_author=True))
+    adjacent = option(replace(PagePolicy.from_json(best["policy"]), no_adjacent_author=True), pools)
     options.append(adjacent)
     best = _pick([best, adjacent], model_only, reference_diversity)
     chosen = PagePolicy.from_json(best["policy"])

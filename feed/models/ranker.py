@@ -38,13 +38,13 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import scipy.sparse as sp
 
-from feed.contract import REASON_CODE
+from feed.contract import REASON_CODE, unit_scores
 from feed.data import Dataset
 from feed.evaluation.metrics import author_diversity, hits, ndcg_at_k, purchase_recall_at_k
 from feed.evaluation.pages import POLICY_USERS, PageBuilder, PolicyChoice, Truth, choose_policy
 from feed.evaluation.splits import Split, Splitter, held_out, training_data
 from feed.features.matrices import TrainingData, decayed
-from feed.models.base import CandidateModel, NotFittedError, parallel_map, single_threaded
+from feed.models.base import CandidateModel, NotFittedError, parallel_map, single_threaded, topk
 from feed.models.candidates import (
     CandidateBlock,
     CandidateBuilder,
@@ -84,6 +84,10 @@ RANKER_GRID: tuple[dict[str, Any], ...] = (
     {"model": "logistic", "C": 1.0},
     {"model": "logistic", "C": 0.1},
 )
+#: Posts in a version's trending list (``TrainConfig.n_trending``'s default).
+TRENDING_LIST = 500
+#: The source whose lists' author diversity the served pages must reach (when it is one).
+REFERENCE_SOURCE = "ease"
 #: Candidates per user a tree ranker re-scores, the best by the linear ranker (at least the list
 #: length asked for). On the 1M-like generated data, re-scoring the best 400 of about 770 gave
 #: the same validation NDCG@20 as re-scoring all of them, and published lists sharing 99.6% of
@@ -202,6 +206,7 @@ class LearnedBlend:
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
         self.pool_: _Pool | None = None
+        self.val_trending_: tuple[np.ndarray, np.ndarray] | None = None
         final = Stage("final", data)
         if len(self.names_) == 1:
             self.choice_ = RankerChoice(f"source:{self.names_[0]}")
@@ -287,6 +292,8 @@ class LearnedBlend:
             if sources is None:
                 sources = fitted.pop()
             if fitted:
+                if not tables:  # the newest slice's trending list, for its served pages
+                    self.val_trending_ = _trending(fitted[0].get("trending"))
                 tables.append(self._slice(fitted[0], sub, truth, metric))
             if sum(len(t.items) for t in tables) >= self.min_val_users:
                 break
@@ -312,9 +319,9 @@ class LearnedBlend:
         """The page policy (:mod:`feed.serving.policy`) of best served validation metric
         within the cost bound, judged on the newest slice's users (at most
         :data:`~feed.evaluation.pages.POLICY_USERS`) with the chosen option's out-of-fold
-        scores, as the service would build their pages (no trending: a validation user's
-        list is long enough). The pages must be as author-diverse as the lists of the best
-        single source. None without validation."""
+        scores, as the service would build their pages (with the slice's own trending list).
+        The pages must be as author-diverse as EASE's lists (the strongest classic
+        baseline), or the best single source's without EASE. None without validation."""
         pool, choice = self.pool_, self.choice_
         if pool is None or choice.val_scores is None:
             return None
@@ -326,21 +333,23 @@ class LearnedBlend:
         keys = s.keys if choice.one_per_product else None
         items, scores, _ = select_top(s.items[rows], choice.val_scores[rows, :width], depth, keys)
         sources = {n: i for i, n in enumerate(self.names_)}
-        single = [
-            (v, name.split(":", 1)[1])
-            for name, v in choice.validation.items()
-            if name.startswith("source:") and not name.endswith("+1pp")
-        ]
-        best_source = max(single)[1] if single else None
+        reference_source = REFERENCE_SOURCE if REFERENCE_SOURCE in sources else None
+        if reference_source is None:  # the best single source on validation instead
+            single = [
+                (v, name.split(":", 1)[1])
+                for name, v in choice.validation.items()
+                if name.startswith("source:") and not name.endswith("+1pp")
+            ]
+            reference_source = max(single)[1] if single else None
         reference = 0.0
-        if best_source is not None:
-            ranks = -s.ranks[sources[best_source]][rows].astype(np.float32)
+        if reference_source is not None:
+            ranks = -s.ranks[sources[reference_source]][rows].astype(np.float32)
             ranks = np.where(s.items[rows] >= 0, ranks, -np.inf)
             top = select_top(s.items[rows], ranks, self.k, None)[0]
             reference = author_diversity(top, data.post_author)
         truth = Truth(s.likes[rows], s.purchases[rows], s.post_products, pool.metric)
         return choose_policy(
-            PageBuilder.of(data),
+            PageBuilder.of(data, self.val_trending_),
             [str(u) for u in s.users[rows]],
             (items, scores, np.zeros(items.shape, np.uint8)),
             truth,
@@ -482,6 +491,16 @@ class _Lazy(Generic[T]):
             if not self._value:
                 self._value.append(self._make())
             return self._value[0]
+
+
+def _trending(model: CandidateModel | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fitted trending source's list as a version publishes it (post indices, scores in
+    [0, 1]); None without one."""
+    if model is None:
+        return None
+    trend = np.asarray(model.scores_, dtype=np.float32)  # type: ignore[attr-defined]
+    items, scores = topk(trend[None, :].copy(), TRENDING_LIST)
+    return items[0], unit_scores(scores)[0]
 
 
 def fit_cost(model: CandidateModel) -> int:

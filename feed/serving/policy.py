@@ -13,7 +13,9 @@ gets none. ``author_cap`` (0: none) is a hard cap per author on top of its allow
 ``no_adjacent_author`` keeps one author from taking two slots in a row; both are relaxed only
 when nothing else is left.
 
-``feed train`` chooses the policy on its validation slices (:func:`choose` in
+The policy also holds the weight of the freshness bonus new posts get (0 when recency does not
+predict what users engage with, as on data split at random). ``feed train`` chooses the
+policy on its validation slices (:func:`choose` in
 :mod:`feed.evaluation.pages`) and stores it with the version; the service uses the version's
 policy unless configuration overrides a field (:meth:`PagePolicy.overridden`).
 
@@ -44,12 +46,17 @@ class PagePolicy:
     category_floor: float = 0.5
     author_cap: int = 0
     no_adjacent_author: bool = True
+    #: The freshness bonus: ``weight * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)`` on each score.
+    freshness_weight: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("author_decay", "author_floor", "category_decay", "category_floor"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
                 raise ValueError(f"page policy {name} must be between 0 and 1, got {value!r}")
+        w = self.freshness_weight
+        if not (isinstance(w, int | float) and 0.0 <= w <= 10.0):
+            raise ValueError(f"page policy freshness_weight must be between 0 and 10, got {w!r}")
         if not isinstance(self.author_cap, int) or self.author_cap < 0:
             raise ValueError(f"page policy author_cap must be an integer >= 0: {self.author_cap!r}")
 
@@ -91,7 +98,7 @@ class PagePolicy:
 
         >>> PagePolicy().overridden({"PAGE_AUTHOR_DECAY": "1", "AUTHOR_MAX_PER_PAGE": 3})
         PagePolicy(author_decay=1.0, author_floor=0.25, category_decay=0.85, category_floor=0.5, \
-author_cap=3, no_adjacent_author=True)
+author_cap=3, no_adjacent_author=True, freshness_weight=0.2)
         """
         changes: dict[str, Any] = {}
         for name, key in OVERRIDES.items():
@@ -126,10 +133,12 @@ OVERRIDES: dict[str, str] = {
     "category_floor": "PAGE_CATEGORY_FLOOR",
     "author_cap": "AUTHOR_MAX_PER_PAGE",
     "no_adjacent_author": "PAGE_NO_ADJACENT_AUTHOR",
+    "freshness_weight": "FRESHNESS_WEIGHT",
 }
 
 #: The policies ``feed train`` compares on validation, from no variety at all to a lot (the
-#: chosen one is then tried with ``no_adjacent_author`` too).
+#: chosen one is then tried with ``no_adjacent_author`` too), after the freshness weight is
+#: chosen among :data:`FRESHNESS_GRID`.
 GRID: tuple[PagePolicy, ...] = tuple(
     PagePolicy(ad, af, cd, cf, 0, False)
     for ad, af in (
@@ -143,5 +152,6 @@ GRID: tuple[PagePolicy, ...] = tuple(
     )
     for cd, cf in ((1.0, 1.0), (0.9, 0.7), (0.85, 0.5), (0.7, 0.3))
 )
+FRESHNESS_GRID = (0.0, 0.1, 0.2)
 #: A version published before page policies (or trained without validation) serves this.
 DEFAULT = PagePolicy()

@@ -43,7 +43,7 @@ RANKING_SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("TRENDING_CANDIDATES", 100, "trending posts offered to every page as the fallback source"),
     ("TRENDING_WEIGHT", 0.15, "trending fallback"),
     ("FRESH_WEIGHT", 0.3, "posts created through the API, not followed"),
-    ("FRESHNESS_WEIGHT", 0.2, "bonus * 0.5 ** (age / half-life)"),
+    ("FRESHNESS_WEIGHT", None, "bonus * 0.5 ** (age / half-life); unset: the version's policy"),
     ("FRESHNESS_HALF_LIFE_S", 3 * 86_400, "half-life of the freshness bonus, seconds"),
     ("DIVERSITY_POOL_FACTOR", 5, "a page is picked from the best limit * this (>= 50) candidates"),
     ("INTEREST_WEIGHT", 0.8, "posts matching the interests= hint (categories or words)"),
@@ -441,17 +441,19 @@ def filtered(
     cfg: Mapping[str, Any],
     now: float,
     keep: int,
+    policy: PagePolicy,
 ) -> Pool:
     """The best ``keep`` candidates the user may see, with the freshness bonus, best first
     (ties by post id, highest first, so the same inputs always give the same list).
 
     Dropped: posts seen or served within ``SEEN_WINDOW_S``, liked or hidden; the user's own
     posts; posts of muted authors (blocked or "see fewer"); posts whose every linked product is
-    out of stock. The bonus is ``FRESHNESS_WEIGHT * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)``.
+    out of stock. The bonus is ``policy.freshness_weight * 0.5 ** (age /
+    FRESHNESS_HALF_LIFE_S)``.
     """
     excluded = state.seen | state.liked | state.hidden
     blocked = state.muted | {user_id}
-    bonus = (cfg["FRESHNESS_WEIGHT"], max(cfg["FRESHNESS_HALF_LIFE_S"], 1), now)
+    bonus = (policy.freshness_weight, max(cfg["FRESHNESS_HALF_LIFE_S"], 1), now)
     fresh = offers.fresh
     parts: list[tuple[VersionTable | FreshPosts, np.ndarray, _Arrays]] = [
         (table, table.sold_out(glob["oos"]), (offers.idx, offers.score, offers.why))
@@ -486,6 +488,7 @@ def diverse_page(
     policy: PagePolicy,
     shares: Shares = NO_SHARES,
     depth: int | None = None,
+    wanted: frozenset[str] = frozenset(),
 ) -> list[Candidate]:
     """A greedy page from the best ``depth`` rows of ``pool`` (best first, as :func:`filtered`
     returns it), under ``policy`` (:mod:`feed.serving.policy`).
@@ -495,8 +498,9 @@ def diverse_page(
     factor for the most repeated of its categories (over every linked product) beyond that
     category's allowance; negative scores are left as they are. With ``author_cap`` no author
     gets more than its allowance plus the cap, and with ``no_adjacent_author`` never two slots
-    in a row; both rules are relaxed only when nothing else is left. Ties go to the earlier
-    candidate, so the same inputs always give the same page.
+    in a row; both rules are relaxed only when nothing else is left. Categories the user asked
+    for (``wanted``, lowercase: the ``interests=`` hint) are never discounted. Ties go to the
+    earlier candidate, so the same inputs always give the same page.
 
     Adjusted scores only fall as the page fills, so a max-heap of possibly stale scores gives
     each pick after a few recomputations ("lazy greedy") instead of a scan of the pool.
@@ -522,6 +526,8 @@ def diverse_page(
             return cand.score
         score = cand.score * author_factor[max(repeats(cand.author_id), 0)]
         cats = cand.categories
+        if wanted and cats:
+            cats = tuple(cat for cat in cats if cat.lower() not in wanted)
         if cats:
             k = max(per_cat.get(cat, 0) - allowance(1, cat) for cat in cats)
             score *= category_factor[max(k, 0)]

@@ -179,10 +179,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "post_id": ID,
             "author_id": ID,
-            "text": {"type": "string", "maxLength": 20000},
-            "title": {"type": "string"},
-            "product_ids": {"type": "array", "items": ID, "maxItems": 50},
-            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+            "text": {"type": "string", "maxLength": 5000},
+            "title": {"type": "string", "maxLength": 200},
+            "product_ids": {"type": "array", "items": ID, "maxItems": 20},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 50},
+                "maxItems": 30,
+            },
             "created_at": {"oneOf": [{"type": "string"}, {"type": "number"}]},
         },
     },
@@ -259,8 +263,9 @@ PATHS: dict[str, Any] = {
                 "201": _json(
                     {"type": "object", "properties": {"post_id": {"type": "string"}}}, "Created"
                 ),
-                "400": _error("Invalid post."),
+                "400": _error("Invalid post, or over a size limit (FEED_POST_*), named."),
                 "413": _error("Body too large."),
+                "507": _error("Redis is full (store_full): nothing stored; retry later."),
             },
         }
     },
@@ -301,6 +306,10 @@ PATHS: dict[str, Any] = {
                 "400": _error("Invalid event."),
                 "413": _error("Body too large."),
                 "503": _error("Not stored; retry after Retry-After seconds."),
+                "507": _error(
+                    "Redis is full (store_full): none of the batch stored; retry after "
+                    "Retry-After seconds."
+                ),
             },
         }
     },
@@ -376,7 +385,25 @@ PATHS: dict[str, Any] = {
             "every running experiment arm's version servable by this release (no API key "
             "needed).",
             "security": [],
-            "responses": {"200": _json({"type": "object"}), "503": _error("Not ready.")},
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "status": {"type": "string"},
+                            "model_version": {"type": "string"},
+                            "redis": {
+                                "type": "string",
+                                "enum": ["ok", "full"],
+                                "description": "full: Redis refuses writes (maxmemory): pages "
+                                "are served, events and new posts get 507",
+                            },
+                            "message": {"type": "string"},
+                        },
+                    }
+                ),
+                "503": _error("Not ready."),
+            },
         }
     },
     "/metrics": {

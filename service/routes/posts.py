@@ -108,43 +108,34 @@ def _post_content(body: Mapping[str, Any]) -> tuple[str, str, list[str], list[st
     naming the field and its limit otherwise."""
     cfg = current_app.config
     out: dict[str, Any] = {}
-    for name, most, setting in (
-        ("text", cfg["POST_TEXT_MAX"], "POST_TEXT_MAX"),
-        ("title", cfg["POST_TITLE_MAX"], "POST_TITLE_MAX"),
+    for name, kind, setting in (
+        ("text", str, "POST_TEXT_MAX"),
+        ("title", str, "POST_TITLE_MAX"),
+        ("tags", list, "POST_TAGS_MAX"),
+        ("product_ids", list, "POST_PRODUCTS_MAX"),
     ):
-        value = body.get(name, "")
-        if not isinstance(value, str):
+        value = body.get(name, kind())
+        if kind is str and not isinstance(value, str):
             raise bad_request(f"{name} must be a string", f"invalid_{name}")
-        if len(value) > most:
-            raise bad_request(
-                f"{name} has {len(value)} characters; at most {most} are allowed (FEED_{setting})",
-                "post_too_large",
-            )
-        out[name] = value
-    for name, most, setting in (
-        ("tags", cfg["POST_TAGS_MAX"], "POST_TAGS_MAX"),
-        ("product_ids", cfg["POST_PRODUCTS_MAX"], "POST_PRODUCTS_MAX"),
-    ):
-        value = body.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        if kind is list and not (
+            isinstance(value, list) and all(isinstance(x, str) for x in value)
+        ):
             raise bad_request(f"{name} must be a list of strings", f"invalid_{name}")
-        if len(value) > most:
-            raise bad_request(
-                f"{name} has {len(value)} entries; at most {most} are allowed (FEED_{setting})",
-                "post_too_large",
-            )
+        _within(name, value, cfg[setting], setting, "characters" if kind is str else "entries")
         out[name] = value
-    longest = cfg["POST_TAG_MAX"]
     for i, tag in enumerate(out["tags"]):
-        if len(tag) > longest:
-            raise bad_request(
-                f"tags[{i}] has {len(tag)} characters; at most {longest} are allowed "
-                "(FEED_POST_TAG_MAX)",
-                "post_too_large",
-            )
+        _within(f"tags[{i}]", tag, cfg["POST_TAG_MAX"], "POST_TAG_MAX", "characters")
     for p in out["product_ids"]:
         check_id(p, "product_id")
     return out["text"], out["title"], out["tags"], out["product_ids"]
+
+
+def _within(name: str, value: str | list[str], most: int, setting: str, unit: str) -> None:
+    if len(value) > most:
+        raise bad_request(
+            f"{name} has {len(value)} {unit}; at most {most} are allowed (FEED_{setting})",
+            "post_too_large",
+        )
 
 
 @bp.post("/v1/posts")
