@@ -159,9 +159,12 @@ class Store:
         ``used_memory`` past ``maxmemory`` under the ``noeviction`` policy on any primary, or
         this process had a write refused as full within ``FULL_MEMORY_S``), with INFO's
         ``used_memory``, ``maxmemory`` and ``maxmemory_policy`` of the fullest primary."""
-        info = self.r.info("memory")
-        nodes = list(info.values()) if is_cluster(self.r) else [info]
-        nodes = [n for n in nodes if isinstance(n, dict)] or [{}]
+        if is_cluster(self.r):  # {node: INFO} of every primary (one primary: its INFO)
+            info = self.r.info("memory", target_nodes=self.r.PRIMARIES)
+        else:
+            info = self.r.info("memory")
+        found = list(info.values())
+        nodes = found if found and all(isinstance(n, dict) for n in found) else [info]
 
         def over(n: dict[str, Any]) -> float:
             used = int(n.get("used_memory", 0)) - int(n.get("mem_not_counted_for_evict", 0))

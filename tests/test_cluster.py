@@ -356,6 +356,7 @@ def test_a_full_node_refuses_the_whole_event_batch_on_cluster(
         node.config_set("maxmemory", int(node.info("memory")["used_memory"]) + 300_000)
         fill(node, tag)
         try:
+            assert client.get("/readyz").get_json()["redis"] == "full"  # INFO, before a write
             resp = client.post("/v1/events", json=batch)
             assert resp.status_code == 507, resp.get_json()
             assert resp.get_json()["error"]["code"] == "store_full"

@@ -47,6 +47,8 @@ from feed.serving.state import FreshPosts, UserState, VersionTable
 
 #: Relevance a page policy may cost at most on validation: served >= this x model-only.
 MAX_COST = 0.98
+#: The freshness weight moves from the service's usual one only for this relative gain.
+FRESHNESS_GAIN = 0.01
 #: Pages must beat the reference's author diversity by this factor on validation.
 DIVERSITY_MARGIN = 1.0
 #: Validation users a policy is judged on at most (a page costs about a millisecond to build).
@@ -250,17 +252,17 @@ def choose_policy(
     now: float | None = None,
     grid: Sequence[PagePolicy] = GRID,
 ) -> PolicyChoice:
-    """The page policy of best served validation metric among those whose pages cost at most
-    ``1 - MAX_COST`` of the model-only lists' metric and are at least as author-diverse as
-    the reference lists (``reference_diversity``: EASE's, with a :data:`DIVERSITY_MARGIN`);
-    when none within the cost is that diverse, the most diverse within the cost; when none is
-    within the cost, the best served. The freshness weight is chosen first (among
-    :data:`~feed.serving.policy.FRESHNESS_GRID`, on pages without variety rules); the winner
-    is tried once more with ``no_adjacent_author``.
+    """The mildest page policy that makes pages at least as author-diverse as the reference
+    lists (``reference_diversity``: EASE's, times :data:`DIVERSITY_MARGIN`) within the cost
+    bound (served metric at least :data:`MAX_COST` x the model-only lists'); when none within
+    the cost is that diverse, the most diverse within the cost; when none is within the cost,
+    the best served. Relevance decides, and variety is bought only as far as the reference
+    asks (the mildest policy is also the least exposed to noise in a small validation).
 
-    Relevance decides, and variety is bought only as far as the reference asks: the outside
-    comparison a feed faces is relevance against the best classic lists, with at least
-    their variety.
+    The freshness weight is chosen first, on pages without variety rules, among
+    :data:`~feed.serving.policy.FRESHNESS_GRID`: the service's usual weight unless another
+    serves :data:`FRESHNESS_GAIN` better. The winner is tried once more with
+    ``no_adjacent_author``.
 
     ``lists``: each user's ranked candidates (items, scores, reason codes); ``truth``: what
     ``users`` did after the cut, and the metric.
@@ -282,7 +284,10 @@ def choose_policy(
         policy = replace(plain, freshness_weight=weight)
         pools = list(builder.pools(users, items, scores, reasons, k, policy, now))
         by_weight[weight] = (option(policy, pools)["served"], pools)
-    weight = max(FRESHNESS_GRID, key=lambda w: (by_weight[w][0], -w))
+    best_w = max(FRESHNESS_GRID, key=lambda w: (by_weight[w][0], -w))
+    usual = PagePolicy().freshness_weight  # kept unless another weight is clearly better
+    clearly = by_weight[best_w][0] > (1.0 + FRESHNESS_GAIN) * by_weight[usual][0]
+    weight = best_w if clearly else usual
     pools = by_weight[weight][1]
     options = [option(replace(p, freshness_weight=weight), pools) for p in grid]
     best = _pick(options, model_only, reference_diversity)
@@ -301,4 +306,4 @@ def _pick(options: list[dict[str, Any]], model_only: float, reference: float) ->
     diverse = [o for o in cheap if o["author_diversity"] >= reference * DIVERSITY_MARGIN]
     if not diverse:
         return max(cheap, key=lambda o: (o["author_diversity"], o["served"]))
-    return max(diverse, key=lambda o: (o["served"], o["author_diversity"]))
+    return min(diverse, key=lambda o: (o["author_diversity"], -o["served"]))
