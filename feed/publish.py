@@ -327,6 +327,12 @@ def publish(
             before = r.hget(c.VERSIONS_KEY, v)  # under the lock: no other publish changes it
             if _up_to_date(c.decode_json(before)) and not force:
                 logger.info("version %s was published meanwhile", v)
+            elif _up_to_date(c.decode_json(before)) and v in reg.in_use(r):
+                raise PublishError(
+                    f"version {v} is in use (live, the rollback target or an experiment arm): "
+                    "publishing it again would change what it serves while it serves; "
+                    "activate another version first, or train a new version"
+                )
             else:
                 _publish_locked(r, art, before, lease, progress)
     previous = reg.activate(r, v) if activate else None

@@ -46,6 +46,20 @@ def not_servable(version: str, meta: dict[str, Any]) -> str | None:
     )
 
 
+def serving_problem(version: str, meta: dict[str, Any] | None) -> str | None:
+    """Why ``version`` (registry entry ``meta``) cannot serve pages now, or None: the one
+    rule the service's routing, its readiness and the registry's switches share.
+
+    >>> serving_problem("v1", None), serving_problem("v1", {"state": "publishing"})
+    ("'v1' is not in the registry", "'v1' is 'publishing', not ready")
+    """
+    if not meta:
+        return f"{version!r} is not in the registry"
+    if meta.get("state") != c.STATE_READY:
+        return f"{version!r} is {meta.get('state')!r}, not ready"
+    return not_servable(version, meta)
+
+
 def _text(raw: Any) -> str | None:
     return None if raw is None else c.text(raw)
 
@@ -144,6 +158,13 @@ def activate(r: Any, version: str) -> str | None:
     return previous
 
 
+def in_use(r: Any) -> set[str]:
+    """The versions in use: the live one, the one a rollback returns to, and every running
+    experiment's arms."""
+    used = {live_version(r), _text(r.lindex(c.HISTORY_KEY, 0)), *versions_in_experiments(r)}
+    return {u for u in used if u}
+
+
 def prune_fresh(r: Any) -> int:
     """Forget the posts created through the API that the versions in use all know; returns
     how many were forgotten.
@@ -154,9 +175,8 @@ def prune_fresh(r: Any) -> int:
     experiment's arms; a post leaves the fresh posts once each of their post tables lists it.
     The posts' documents and cards stay (pages need them). Called by :func:`activate`.
     """
-    used = {live_version(r), _text(r.lindex(c.HISTORY_KEY, 0)), *versions_in_experiments(r)}
     known: set[str] | None = None
-    for version in sorted(v for v in used if v):
+    for version in sorted(in_use(r)):
         table = c.decode_json(r.get(c.version_key(version, "posts")))
         ids = set(table["post_id"]) if isinstance(table, dict) else set()
         known = ids if known is None else known & ids

@@ -58,6 +58,13 @@ def decode(secret: bytes, cursor: str, user_id: str, ttl_s: float) -> dict[str, 
         data = orjson.loads(_unb64(body))
         if not isinstance(data, dict) or not isinstance(data.get("v"), str):
             raise ValueError("bad fields")
+        page, stateless, started = data.get("p"), data.get("s"), data.get("t")
+        if not (isinstance(page, int) and not isinstance(page, bool) and page >= 0):
+            raise ValueError("bad page")
+        if stateless is not None and not (isinstance(stateless, int) and 0 <= stateless):
+            raise ValueError("bad stateless page")
+        if not isinstance(started, int | float) or isinstance(started, bool):
+            raise ValueError("bad start")
     except (ValueError, TypeError, UnicodeDecodeError) as e:  # orjson.JSONDecodeError too
         raise bad_request(
             "invalid cursor: use next_cursor exactly as returned", "invalid_cursor"

@@ -170,7 +170,13 @@ def _cut_page(
     unknown visitor's, or one Redis is too full to record): the pages before it are ranked
     again, each as if the ones before had been marked seen, so the scroll gets exactly the
     pages a recorded one would, at ``nth + 1`` rankings for the ``nth`` page (hence
-    ``STATELESS_MAX_PAGES``)."""
+    ``STATELESS_MAX_PAGES``; a cursor past them is a 400, so no request ranks more)."""
+    if nth + 1 > current_app.config["STATELESS_MAX_PAGES"]:
+        raise bad_request(
+            "this scroll records nothing and ends after FEED_STATELESS_MAX_PAGES pages: "
+            "start again without a cursor",
+            "invalid_cursor",
+        )
     seen = set(state.seen)
     page: list[Candidate] = []
     for _ in range(nth + 1):

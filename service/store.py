@@ -26,7 +26,7 @@ from feed.experiments import STATUS_RUNNING, Experiment, running
 from feed.redisclient import is_cluster, read_history
 from feed.serving.policy import PagePolicy
 from feed.serving.state import FreshPosts, UserState, VersionTable
-from feed.versions import not_servable
+from feed.versions import serving_problem
 from service import writes
 from service.errors import is_full
 from service.state import Served
@@ -41,13 +41,6 @@ def _json_object(raw: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _contract(meta: bytes) -> Any:
-    try:
-        return (c.decode_json(meta) or {}).get("contract")
-    except ValueError:
-        return None
 
 
 def _realtime(member: Any, score: Any) -> tuple[str, float, str]:
@@ -185,9 +178,9 @@ class Store:
 
     # -- versions ------------------------------------------------------------------------
     def _registry(self) -> tuple[str | None, frozenset[str]]:
-        """The live version and every servable version (registered under this release's Redis
-        contract): one round trip (one cluster slot) per ``VERSION_CACHE_S``, re-read at once
-        while no version is live."""
+        """The live version and every servable version (``ready``, under this release's Redis
+        contract: :func:`feed.versions.serving_problem`): one round trip (one cluster slot)
+        per ``VERSION_CACHE_S``, re-read at once while no version is live."""
         at, live, known = self._live
         if time.monotonic() - at < self.config["VERSION_CACHE_S"] and live is not None:
             return live, known
@@ -197,7 +190,9 @@ class Store:
         raw, metas = pipe.execute()
         live = c.text(raw) if raw is not None else None
         known = frozenset(
-            c.text(v) for v, meta in metas.items() if _contract(meta) == c.CONTRACT_VERSION
+            c.text(v)
+            for v, meta in metas.items()
+            if serving_problem(c.text(v), _json_object(meta)) is None
         )
         self._live = (time.monotonic(), live, known)
         return live, known
@@ -517,12 +512,7 @@ class Store:
         registry = {c.text(v): _json_object(meta) for v, meta in metas.items()}
         problems = []
         for version, role in used.items():
-            meta = registry.get(version)
-            if not meta:
-                problems.append(f"{role}, {version!r}, is not in the registry")
-            elif meta.get("state") != c.STATE_READY:
-                problems.append(f"{role}, {version!r}, is {meta.get('state')!r}, not ready")
-            elif why := not_servable(version, meta):
+            if why := serving_problem(version, registry.get(version)):
                 problems.append(f"{role}: {why}")
         return live, problems
 

@@ -74,7 +74,10 @@ def event_writes(
         return c.user_key(u, kind)
 
     if kind in ("impression", "click"):
-        return [("ZADD", k(c.USER_SEEN), ts, ev["post_id"])]
+        return [
+            ("ZADD", k(c.USER_SEEN), ts, ev["post_id"]),
+            ("ZREMRANGEBYRANK", k(c.USER_SEEN), 0, -cfg["SEEN_MAX"] - 1),
+        ]
     if kind == "like":
         return [
             ("ZADD", k(c.USER_LIKES), ts, ev["post_id"]),

@@ -134,3 +134,45 @@ def test_api_posts_expire_and_are_pruned_by_count_and_age(
     assert [x.decode() for x in r.zrange(c.FRESH_KEY, 0, -1)] == ["p-api-new"]
     assert not r.exists(c.post_doc_key("p-api-4"))
     assert r.hkeys(c.FRESH_META_KEY) == [b"p-api-new"]
+
+
+def test_a_post_dated_in_the_future_is_400(client: Any, r: Any) -> None:
+    """A future created_at would keep a post at the top of every fresh list past its expiry."""
+    later = time.time() + 50 * 365 * 86_400
+    resp = client.post(
+        "/v1/posts", json={"post_id": "p-later", "author_id": "u1", "created_at": later}
+    )
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "post_in_future"
+    assert not r.exists(c.post_doc_key("p-later"))
+    soon = time.time() + 60  # a client clock a minute ahead is fine
+    ok = client.post("/v1/posts", json={"post_id": "p-soon", "author_id": "u1", "created_at": soon})
+    assert ok.status_code == 201
+
+
+def test_impressions_keep_the_seen_set_bounded(redis_url: str, published: str, r: Any) -> None:
+    app = feed_app(redis_url, SEEN_MAX=50)
+    client = app.test_client()
+    now = time.time()
+    events = [
+        {"type": "impression", "user_id": "u-imp", "post_id": f"x{i}", "ts": now - i}
+        for i in range(200)
+    ]
+    assert client.post("/v1/events", json={"events": events}).status_code == 202
+    seen = c.user_key("u-imp", c.USER_SEEN)
+    assert r.zcard(seen) == 50
+    assert r.zscore(seen, "x0") is not None and r.zscore(seen, "x199") is None  # newest kept
+
+
+def test_a_cursor_past_the_end_of_an_unrecorded_scroll_is_400(app: Any, published: str) -> None:
+    """Page n of a scroll that records nothing ranks n + 1 pages: a cursor (even a correctly
+    signed one) past FEED_STATELESS_MAX_PAGES is refused instead of ranking thousands."""
+    from service import cursor
+
+    secret = app.config["CURSOR_SECRET_BYTES"]
+    most = app.config["STATELESS_MAX_PAGES"]
+    client = app.test_client()
+    far = cursor.encode(secret, "nobody-yet", published, most + 5000, time.time(), 0)
+    resp = client.get("/v1/feed/nobody-yet", query_string={"cursor": far})
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_cursor"
+    last = cursor.encode(secret, "nobody-yet", published, most - 1, time.time(), 0)
+    assert client.get("/v1/feed/nobody-yet", query_string={"cursor": last}).status_code == 200

@@ -187,3 +187,40 @@ def test_interrupted_publish_never_damages_the_live_version(
         publish(r, big)  # the dead publisher's lock has not expired yet
     res = publish(r, big, activate=True, wait=60)  # ... and does, 2 s after it stopped
     assert reg.live_version(r) == res.version == "partial-v"
+
+
+def test_a_version_in_use_is_not_published_again_over_itself(
+    r: Any, artifact: Path, published: str, client: Any
+) -> None:
+    """`--force` on the live version would mark it `publishing` and rewrite its keys while it
+    serves: refused in one line, nothing changed."""
+    user = "u1"
+    before = client.get(f"/v1/feed/{user}?preview=1&limit=10").get_json()["items"]
+    stock = r.smembers(c.version_key(published, "oos"))
+    with pytest.raises(PublishError, match="is in use"):
+        publish(r, artifact, force=True)
+    assert reg.get_meta(r, published)["state"] == c.STATE_READY
+    assert r.smembers(c.version_key(published, "oos")) == stock
+    assert client.get(f"/v1/feed/{user}?preview=1&limit=10").get_json()["items"] == before
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_version_being_published_is_served_by_no_route(
+    r: Any, published: str, redis_url: str
+) -> None:
+    """Routing, pinned cursors and admin previews use the registry's one rule: only `ready`
+    versions of this contract serve (`feed.versions.serving_problem`)."""
+    from helpers import feed_app
+
+    app = feed_app(redis_url, ADMIN_TOKEN="an-admin-token-of-32-characters!")
+    client = app.test_client()
+    auth = {"Authorization": "Bearer an-admin-token-of-32-characters!"}
+    ok = client.get(f"/v1/feed/u1?preview=1&version={published}", headers=auth)
+    assert ok.status_code == 200
+    meta = reg.get_meta(r, published)
+    reg.set_meta(r, published, {**meta, "state": c.STATE_PUBLISHING})
+    resp = client.get(f"/v1/feed/u1?preview=1&version={published}", headers=auth)
+    assert resp.status_code == 404
+    assert client.get("/readyz").status_code == 503
+    reg.set_meta(r, published, meta)
+    assert client.get("/readyz").status_code == 200

@@ -253,11 +253,12 @@ def choose_policy(
     grid: Sequence[PagePolicy] = GRID,
 ) -> PolicyChoice:
     """The mildest page policy that makes pages at least as author-diverse as the reference
-    lists (``reference_diversity``: EASE's, times :data:`DIVERSITY_MARGIN`) within the cost
-    bound (served metric at least :data:`MAX_COST` x the model-only lists'); when none within
-    the cost is that diverse, the most diverse within the cost; when none is within the cost,
-    the best served. Relevance decides, and variety is bought only as far as the reference
-    asks (the mildest policy is also the least exposed to noise in a small validation).
+    lists (``reference_diversity``: the best classic baseline's, times
+    :data:`DIVERSITY_MARGIN`) within the cost bound (served metric at least :data:`MAX_COST`
+    x the model-only lists'); when none within the cost is that diverse, the most diverse
+    within the cost; when none is within the cost, the best served. Relevance decides, and
+    variety is bought only as far as the reference asks (the mildest policy is also the least
+    exposed to noise in a small validation).
 
     The freshness weight is chosen first, on pages without variety rules, among
     :data:`~feed.serving.policy.FRESHNESS_GRID`: the service's usual weight unless another

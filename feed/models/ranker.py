@@ -86,8 +86,9 @@ RANKER_GRID: tuple[dict[str, Any], ...] = (
 )
 #: Posts in a version's trending list (``TrainConfig.n_trending``'s default).
 TRENDING_LIST = 500
-#: The source whose lists' author diversity the served pages must reach (when it is one).
-REFERENCE_SOURCE = "ease"
+#: Sources that are also `feed evaluate`'s classic baselines: the served pages must be as
+#: author-diverse as the lists of the best of them on validation (the strongest baseline).
+REFERENCE_SOURCES = ("ease", "als", "bpr", "itemknn", "popularity", "content")
 #: Candidates per user a tree ranker re-scores, the best by the linear ranker (at least the list
 #: length asked for). On the 1M-like generated data, re-scoring the best 400 of about 770 gave
 #: the same validation NDCG@20 as re-scoring all of them, and published lists sharing 99.6% of
@@ -320,8 +321,8 @@ class LearnedBlend:
         within the cost bound, judged on the newest slice's users (at most
         :data:`~feed.evaluation.pages.POLICY_USERS`) with the chosen option's out-of-fold
         scores, as the service would build their pages (with the slice's own trending list).
-        The pages must be as author-diverse as EASE's lists (the strongest classic
-        baseline), or the best single source's without EASE. None without validation."""
+        The pages must be as author-diverse as the lists of the best classic baseline among
+        the sources (:data:`REFERENCE_SOURCES`) on validation. None without validation."""
         pool, choice = self.pool_, self.choice_
         if pool is None or choice.val_scores is None:
             return None
@@ -333,14 +334,12 @@ class LearnedBlend:
         keys = s.keys if choice.one_per_product else None
         items, scores, _ = select_top(s.items[rows], choice.val_scores[rows, :width], depth, keys)
         sources = {n: i for i, n in enumerate(self.names_)}
-        reference_source = REFERENCE_SOURCE if REFERENCE_SOURCE in sources else None
-        if reference_source is None:  # the best single source on validation instead
-            single = [
-                (v, name.split(":", 1)[1])
-                for name, v in choice.validation.items()
-                if name.startswith("source:") and not name.endswith("+1pp")
-            ]
-            reference_source = max(single)[1] if single else None
+        baselines = [
+            (v, name.split(":", 1)[1])
+            for name, v in choice.validation.items()
+            if name.split(":", 1)[-1] in REFERENCE_SOURCES and name.startswith("source:")
+        ]
+        reference_source = max(baselines)[1] if baselines else None
         reference = 0.0
         if reference_source is not None:
             ranks = -s.ranks[sources[reference_source]][rows].astype(np.float32)

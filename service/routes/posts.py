@@ -138,6 +138,11 @@ def _within(name: str, value: str | list[str], most: int, setting: str, unit: st
         )
 
 
+#: How far ahead of the server's clock a post's created_at may be (client clocks drift); a
+#: post dated later would stay at the top of fresh lists and outlive its own expiry.
+FUTURE_SKEW_S = 300
+
+
 @bp.post("/v1/posts")
 def create_post() -> Any:
     """Store a post created since training: its document, and its entry in the fresh posts
@@ -154,6 +159,12 @@ def create_post() -> Any:
             f"created_at is more than FEED_FRESH_MAX_AGE_S={max_age:g} seconds ago: posts that "
             "old belong in the training data",
             "post_too_old",
+        )
+    if created > time.time() + FUTURE_SKEW_S:
+        raise bad_request(
+            f"created_at is in the future (more than {FUTURE_SKEW_S} seconds ahead of the "
+            "server's clock): a post is created when it is sent",
+            "post_in_future",
         )
     doc = c.post_document(pid, author, created, text, title, tags, products)
     s = store()
