@@ -252,13 +252,14 @@ def choose_policy(
     now: float | None = None,
     grid: Sequence[PagePolicy] = GRID,
 ) -> PolicyChoice:
-    """The mildest page policy that makes pages at least as author-diverse as the reference
-    lists (``reference_diversity``: the best classic baseline's, times
+    """The first page policy, in the grid's order of intervention (author discounts before
+    category discounts, mild before strong), whose pages are at least as author-diverse as the
+    reference lists (``reference_diversity``: the best classic baseline's, times
     :data:`DIVERSITY_MARGIN`) within the cost bound (served metric at least :data:`MAX_COST`
     x the model-only lists'); when none within the cost is that diverse, the most diverse
     within the cost; when none is within the cost, the best served. Relevance decides, and
-    variety is bought only as far as the reference asks (the mildest policy is also the least
-    exposed to noise in a small validation).
+    variety is bought only as far as the reference asks (the least intervention is also the
+    least exposed to noise in a small validation).
 
     The freshness weight is chosen first, on pages without variety rules, among
     :data:`~feed.serving.policy.FRESHNESS_GRID`: the service's usual weight unless another
@@ -307,4 +308,4 @@ def _pick(options: list[dict[str, Any]], model_only: float, reference: float) ->
     diverse = [o for o in cheap if o["author_diversity"] >= reference * DIVERSITY_MARGIN]
     if not diverse:
         return max(cheap, key=lambda o: (o["author_diversity"], o["served"]))
-    return min(diverse, key=lambda o: (o["author_diversity"], -o["served"]))
+    return diverse[0]  # the first in the grid's order: the least intervention that does it

@@ -318,8 +318,8 @@ class LearnedBlend:
 
     def _choose_policy(self, data: TrainingData) -> PolicyChoice | None:
         """The page policy (:mod:`feed.serving.policy`,
-        :func:`~feed.evaluation.pages.choose_policy`: the mildest that reaches the reference
-        diversity within the cost bound), judged on the newest slice's users (at most
+        :func:`~feed.evaluation.pages.choose_policy`: the least intervention that reaches the
+        reference diversity within the cost bound), judged on the newest slice's users (at most
         :data:`~feed.evaluation.pages.POLICY_USERS`) with the chosen option's out-of-fold
         scores, as the service would build their pages (with the slice's own trending list).
         The pages must be as author-diverse as the lists of the best classic baseline among

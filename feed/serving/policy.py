@@ -136,9 +136,10 @@ OVERRIDES: dict[str, str] = {
     "freshness_weight": "FRESHNESS_WEIGHT",
 }
 
-#: The policies ``feed train`` compares on validation, from no variety at all to a lot (the
-#: chosen one is then tried with ``no_adjacent_author`` too), after the freshness weight is
-#: chosen among :data:`FRESHNESS_GRID`.
+#: The policies ``feed train`` compares on validation, in order of intervention: author
+#: discounts of growing strength first, then the same with growing category discounts (the
+#: first that does the job is chosen, and then tried with ``no_adjacent_author`` too), after
+#: the freshness weight is chosen among :data:`FRESHNESS_GRID`.
 GRID: tuple[PagePolicy, ...] = tuple(
     PagePolicy(ad, af, cd, cf, 0, False)
     for ad, af in (
