@@ -48,19 +48,7 @@ def _realtime(member: Any, score: Any) -> tuple[str, float, str]:
     return post, c.rt_strength(float(score)), reason
 
 
-def _with_scores(reply: Any) -> list[tuple[Any, Any]]:
-    """(member, score) pairs of a ``WITHSCORES`` reply: flat under RESP2, pairs under RESP3
-    or after redis-py's response callback.
-
-    >>> _with_scores([b"a", b"1", b"b", b"2"]), _with_scores([[b"a", 1.0]])
-    ([(b'a', b'1'), (b'b', b'2')], [(b'a', 1.0)])
-    """
-    if reply and isinstance(reply[0], (list, tuple)):
-        return [(m, sc) for m, sc in reply]
-    return list(zip(reply[::2], reply[1::2], strict=True))
-
-
-Command = tuple[Any, ...]
+Command = writes.Command
 
 
 def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> list[Any]:
@@ -284,7 +272,7 @@ class Store:
         if version is not None:
             commands.append(("SMEMBERS", c.stock_key(version)))
         replies = round_trip(self.r, commands)
-        fresh = [(c.text(p), float(ts)) for p, ts in _with_scores(replies[0])]
+        fresh = [(c.text(p), float(ts)) for p, ts in writes.with_scores(replies[0])]
         oos = replies[1] if version is not None else []
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
         # newest first, as the zset read them
@@ -344,7 +332,7 @@ class Store:
             candidates=c.decode_candidates(cand),
             seen={c.text(x) for x in seen},
             liked={c.text(x) for x in liked},
-            realtime=[_realtime(m, sc) for m, sc in _with_scores(rt)],
+            realtime=[_realtime(m, sc) for m, sc in writes.with_scores(rt)],
             hidden={c.text(x) for x in hidden},
             muted={c.text(x) for x in muted},
             follows=seed_follows | {c.text(x) for x in follows},

@@ -157,10 +157,15 @@ def _before(cmd: Command) -> list[Command]:
     return []
 
 
-def _pairs(reply: Any) -> list[tuple[Any, Any]]:
-    """(member, score) pairs of a ``ZRANGE ... WITHSCORES`` reply, flat or paired."""
+def with_scores(reply: Any) -> list[tuple[Any, Any]]:
+    """(member, score) pairs of a ``WITHSCORES`` reply: flat under RESP2, pairs under RESP3
+    or after redis-py's response callback.
+
+    >>> with_scores([b"a", b"1", b"b", b"2"]), with_scores([[b"a", 1.0]])
+    ([(b'a', b'1'), (b'b', b'2')], [(b'a', 1.0)])
+    """
     if reply and isinstance(reply[0], (list, tuple)):
-        return [(m, s) for m, s in reply]
+        return [(m, sc) for m, sc in reply]
     return list(zip(reply[::2], reply[1::2], strict=True))
 
 
@@ -178,7 +183,7 @@ def _inverse(cmd: Command, before: list[Any], reply: Any) -> list[Command]:
     if op == "SREM":
         return [("SADD", key, m) for m, was in zip(args, before, strict=True) if was]
     if op == "ZREMRANGEBYRANK":
-        return [("ZADD", key, score, m) for m, score in _pairs(before[0])]
+        return [("ZADD", key, score, m) for m, score in with_scores(before[0])]
     if op == "XADD":
         return [("XDEL", key, reply)]
     return []

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from service.store import _with_scores, round_trip
+from service.store import round_trip
+from service.writes import with_scores
 
 
 def _seed(r: Any) -> None:
@@ -38,7 +39,7 @@ def test_replies_match_redis_py(r: Any) -> None:
     assert raw[0] == cooked[0] == b"\x00\x01\x02\xff"
     assert raw[1] == cooked[1] == [b"p2"]
     # scores are bytes under RESP2 and doubles under RESP3: compare them as floats
-    pairs = [[(m, float(s)) for m, s in _with_scores(x)] for x in (raw[2], cooked[2])]
+    pairs = [[(m, float(s)) for m, s in with_scores(x)] for x in (raw[2], cooked[2])]
     assert pairs[0] == pairs[1] == [(b"p2", 20.25), (b"p1", 10.5)]
     assert set(raw[3]) == set(cooked[3]) == {b"p3", b"p4"}
     assert raw[4] is None and raw[5] == [b"\x00\x01\x02\xff", None]
