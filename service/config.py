@@ -17,6 +17,11 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("MAX_LIMIT", 100, "largest limit= honoured (larger values are capped)"),
     ("SEEN_WINDOW_S", 3 * 86_400, "served/seen posts are not served again within this window"),
     ("SEEN_MAX", 2_000, "entries kept per user in the seen set"),
+    (
+        "USER_SET_MAX",
+        5_000,
+        "members of a user's hidden, muted, follows, unfollows and bought sets",
+    ),
     ("RT_MAX", 300, "real-time candidates kept per user"),
     ("RT_NEIGHBOURS", 20, "neighbours of a liked post added to the user's real-time candidates"),
     ("FRESH_POSTS", 500, "newest posts created through the API offered to every page"),

@@ -263,6 +263,30 @@ def record_events(
     their TTLs: all of the batch or none of it (:func:`transact`; the log last)."""
     log, users = event_batch(events, cfg)
     transact(r, [*users.values(), log], cluster)
+    trim_sets(r, list(users.values()), int(cfg["USER_SET_MAX"]))
+
+
+def trim_sets(r: Any, groups: list[list[Command]], most: int) -> None:
+    """Keep every set the batch added to at ``most`` members (``USER_SET_MAX``): one
+    ``SCARD`` round trip, and ``SPOP`` of the surplus (random members: a set keeps no order)
+    when one grew past it. After the batch, not in it: a batch is at most
+    ``MAX_EVENTS_PER_REQUEST`` events, so no set ever holds more than ``most`` plus that. A
+    failure here is logged; the batch itself stands."""
+    keys = sorted({cmd[1] for group in groups for cmd in group if cmd[0] == "SADD"})
+    if not keys or most <= 0:
+        return
+    try:
+        pipe = r.pipeline(transaction=False)
+        for key in keys:
+            pipe.scard(key)
+        over = [(k, n - most) for k, n in zip(keys, pipe.execute(), strict=True) if n > most]
+        if over:
+            pipe = r.pipeline(transaction=False)
+            for key, surplus in over:
+                pipe.spop(key, surplus)
+            pipe.execute()
+    except Exception as e:  # noqa: BLE001 - the batch is stored; the next one trims again
+        logger.warning("could not trim a user's sets to %d members: %r", most, e)
 
 
 # --- new posts ---------------------------------------------------------------------------------

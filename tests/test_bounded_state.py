@@ -176,3 +176,14 @@ def test_a_cursor_past_the_end_of_an_unrecorded_scroll_is_400(app: Any, publishe
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_cursor"
     last = cursor.encode(secret, "nobody-yet", published, most - 1, time.time(), 0)
     assert client.get("/v1/feed/nobody-yet", query_string={"cursor": last}).status_code == 200
+
+
+def test_events_keep_a_users_sets_bounded(redis_url: str, published: str, r: Any) -> None:
+    """Hides, mutes, follows and purchases cannot grow a user's sets past USER_SET_MAX."""
+    client = feed_app(redis_url, USER_SET_MAX=10).test_client()
+    hides = [{"type": "hide_post", "user_id": "u-many", "post_id": f"h{i}"} for i in range(30)]
+    buys = [{"type": "purchase", "user_id": "u-many", "product_id": f"s{i}"} for i in range(25)]
+    assert client.post("/v1/events", json={"events": hides + buys}).status_code == 202
+    assert r.scard(c.user_key("u-many", c.USER_HIDDEN)) == 10
+    assert r.scard(c.user_key("u-many", c.USER_PURCHASES)) == 10
+    assert r.xlen(c.EVENTS_KEY) >= 55  # every event is still in the log
