@@ -69,7 +69,7 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("GLOBAL_CACHE_S", 2.0, "fresh posts and out-of-stock set"),
     ("EVENT_LOG_MAXLEN", 1_000_000, "approximate cap of the event stream"),
     ("MAX_EVENTS_PER_REQUEST", 500, "events in one POST /v1/events; more is a 400"),
-    ("MAX_CONTENT_LENGTH", 1_000_000, "bytes; larger bodies get 413"),
+    ("MAX_CONTENT_LENGTH", 1_048_576, "bytes (1 MiB, nginx's 1m); larger bodies get 413"),
     ("CURSOR_SECRET", None, "HMAC key for cursors; random per process when unset"),
     ("CURSOR_TTL_S", 86_400, "a cursor older than this is a 400 (seconds)"),
     (
