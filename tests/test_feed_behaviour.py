@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import feed_page, post_ids
+from helpers import feed_app, feed_page, post_ids
 
 from feed import contract as c
 
@@ -129,22 +129,14 @@ def capped(redis_url: str, published: str) -> Any:
     training chooses): at most two posts per author beyond its catalogue share, no soft author
     discount, never one author twice in a row, 15% off per repeated category, the default
     freshness bonus."""
-    from service import create_app
-
-    return create_app(
-        {
-            "REDIS_URL": redis_url,
-            "TESTING": True,
-            "VERSION_CACHE_S": 0.0,
-            "GLOBAL_CACHE_S": 0.0,
-            "CURSOR_SECRET": "test-secret",
-            "AUTHOR_MAX_PER_PAGE": "2",
-            "PAGE_AUTHOR_DECAY": "1",
-            "PAGE_NO_ADJACENT_AUTHOR": "true",
-            "PAGE_CATEGORY_DECAY": "0.85",
-            "PAGE_CATEGORY_FLOOR": "0",
-            "FRESHNESS_WEIGHT": "0.2",
-        }
+    return feed_app(
+        redis_url,
+        AUTHOR_MAX_PER_PAGE="2",
+        PAGE_AUTHOR_DECAY="1",
+        PAGE_NO_ADJACENT_AUTHOR="true",
+        PAGE_CATEGORY_DECAY="0.85",
+        PAGE_CATEGORY_FLOOR="0",
+        FRESHNESS_WEIGHT="0.2",
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import feed_app
 
 from feed.artifacts import read
 from feed.data import load
@@ -43,11 +44,7 @@ def test_offline_pages_are_the_pages_the_service_serves(
     """The evaluation's PageBuilder, fed the published version's candidate lists and trending
     list, builds exactly the page GET /v1/feed/<user> answers (no freshness bonus, so the
     moment of the request does not matter)."""
-    from service import create_app
-
-    app = create_app(
-        {"REDIS_URL": redis_url, "TESTING": True, "VERSION_CACHE_S": 0.0, "FRESHNESS_WEIGHT": 0}
-    )
+    app = feed_app(redis_url, FRESHNESS_WEIGHT=0)
     client = app.test_client()
     art = read(artifact, verify=False)
     cands, trend = art.arrays("candidates"), art.arrays("trending")

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from helpers import feed_app
 
 from feed import contract as c
 
@@ -41,18 +42,7 @@ WAIT_MS = 15_000
 
 
 def make_app(redis_url: str) -> Any:
-    from service import create_app
-
-    return create_app(
-        {
-            "REDIS_URL": redis_url,
-            "TESTING": True,
-            "VERSION_CACHE_S": 0.0,
-            "GLOBAL_CACHE_S": 0.0,
-            "CURSOR_SECRET": "test-secret",
-            "ADMIN_TOKEN": TOKEN,
-        }
-    )
+    return feed_app(redis_url, ADMIN_TOKEN=TOKEN)
 
 
 @pytest.fixture(scope="session")
