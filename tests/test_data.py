@@ -162,6 +162,7 @@ def test_summary(tmp_path: Path) -> None:
     assert ds.summary() == {
         **{"posts": 3, "products": 0, "likes": 2, "purchases": 2},
         **{"follows": 0, "clicks": 0, "impressions": 0},
+        **{"shares": 0, "groups": 0, "group_members": 0, "hides": 0},
         **{"n_users": 3, "n_posts": 3, "n_products": 3, "n_authors": 2},
     }
 
@@ -450,3 +451,41 @@ def test_mutated_csv_only_raises_dataset_error(
         i = position % (len(text) + 1)
         text = text[:i] + insert + text[i + delete :]
     load_or_dataset_error(make(tmp_path, **{table: text}))
+
+
+def test_social_tables(tmp_path: Path) -> None:
+    """shares, groups, group_members and hides load typed, with their own rules checked."""
+    root = make(tmp_path)
+    (root / "shares.csv").write_text(
+        "user_id,post_id,receiver_id,channel\nu1,p1,u2,chat\nu2,p2,,\n"
+    )
+    (root / "groups.csv").write_text(
+        "group_id,product_id,initiator_id,status,size,price\ng1,x1,u1,succeeded,3,9.9\ng2,x1,u2,,,\n"
+    )
+    (root / "group_members.csv").write_text("group_id,user_id\ng1,u2\ng1,u3\n")
+    (root / "hides.csv").write_text("user_id,post_id,author_id\nu1,p1,\nu2,,a1\n")
+    ds = load(root)
+    assert ds.shares["receiver_id"].tolist() == ["u2", ""]
+    assert ds.groups["size"].tolist() == [3.0, 2.0]  # 2 by default
+    assert ds.groups["status"].tolist() == ["succeeded", ""]
+    assert ds.group_members["group_id"].tolist() == ["g1", "g1"]
+    assert ds.hides["author_id"].tolist() == ["", "a1"]
+
+
+def test_social_tables_errors(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    (root / "groups.csv").write_text(
+        "group_id,product_id,initiator_id,status,size\ng1,x1,u1,opne,1\ng1,x1,u2,open,2.5\n"
+    )
+    (root / "hides.csv").write_text("user_id,post_id,author_id\nu1,,\n")
+    (root / "shares.csv").write_text("user_id,post_id\nu1,nosuch\n")
+    (root / "group_members.csv").write_text("group_id,user_id\ng9,u3\n")
+    _, problems = validate(root)
+    text = "\n".join(map(str, problems))
+    assert "groups.csv:3: column 'group_id': duplicate group_id 'g1'" in text
+    assert "groups.csv:2: column 'status': bad status 'opne'" in text
+    assert "groups.csv:2: column 'size': bad size 1" in text
+    assert "groups.csv:3: column 'size': bad size 2.5" in text
+    assert "hides.csv:2: column 'post_id': a hide needs a post_id or an author_id" in text
+    assert "shares.csv:2: column 'post_id': unknown post 'nosuch'" in text
+    assert "warning: group_members.csv:2: column 'group_id': 1 row(s) name a group" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # Columns of every table after loading (optional columns are always present, filled with defaults).
@@ -16,13 +17,19 @@ SCHEMA: dict[str, dict[str, str]] = {
     "posts": {"post_id": "str", "author_id": "str", "created_at": "ts", "text": "str",
               "product_ids": "list", "title": "str", "tags": "list"},
     "products": {"product_id": "str", "title": "str", "category": "str", "brand": "str",
-                 "price": "float", "in_stock": "bool"},
+                 "price": "float", "in_stock": "bool", "merchant_id": "str"},
     "likes": {"user_id": "str", "post_id": "str", "ts": "ts", "weight": "float"},
     "purchases": {"user_id": "str", "product_id": "str", "ts": "ts", "post_id": "str",
                   "quantity": "float"},
     "follows": {"follower_id": "str", "followee_id": "str", "ts": "ts"},
     "clicks": {"user_id": "str", "post_id": "str", "ts": "ts"},
     "impressions": {"user_id": "str", "post_id": "str", "ts": "ts"},
+    "shares": {"user_id": "str", "post_id": "str", "receiver_id": "str", "ts": "ts",
+               "channel": "str"},
+    "groups": {"group_id": "str", "product_id": "str", "initiator_id": "str", "created_at": "ts",
+               "status": "str", "size": "float", "expires_at": "ts", "price": "float"},
+    "group_members": {"group_id": "str", "user_id": "str", "ts": "ts"},
+    "hides": {"user_id": "str", "post_id": "str", "author_id": "str", "ts": "ts"},
 }
 # fmt: on
 
@@ -35,15 +42,38 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "follows": ("follower_id", "followee_id"),
     "clicks": ("user_id", "post_id"),
     "impressions": ("user_id", "post_id"),
+    "shares": ("user_id", "post_id"),
+    "groups": ("group_id", "product_id", "initiator_id"),
+    "group_members": ("group_id", "user_id"),
+    "hides": ("user_id",),  # and one of post_id, author_id per row (checked by validate)
 }
 REQUIRED_FILES = ("posts",)
 INTERACTIONS = ("likes", "purchases")  # at least one of them must have rows
-POST_REFERENCES = ("likes", "clicks", "impressions", "purchases")  # tables with a post_id
-FLOAT_DEFAULTS = {("likes", "weight"): 1.0, ("purchases", "quantity"): 1.0}
-NON_NEGATIVE = frozenset({("likes", "weight"), ("purchases", "quantity")})
+# tables with a post_id (empty allowed in purchases and hides) and a user_id
+POST_REFERENCES = ("likes", "clicks", "impressions", "purchases", "shares", "hides")
+FLOAT_DEFAULTS = {("likes", "weight"): 1.0, ("purchases", "quantity"): 1.0, ("groups", "size"): 2}
+NON_NEGATIVE = frozenset({("likes", "weight"), ("purchases", "quantity"), ("groups", "price")})
+GROUP_STATUSES = ("open", "succeeded", "failed")  # groups.status; empty means unknown
 TRUE = ("true", "1", "yes")
 FALSE = ("false", "0", "no")
 _MAX_IN_MESSAGE = 50  # problems listed in str(DatasetError)
+
+
+def empty_table(table: str, n: int = 0) -> pd.DataFrame:
+    """``n`` rows of ``table`` with every column at its default (an absent optional column or
+    file): "" for strings, () for lists, True for booleans, the column's default or NaN."""
+    cols: dict[str, pd.Series] = {}
+    for col, kind in SCHEMA[table].items():
+        if kind == "str":
+            cols[col] = pd.Series([""] * n, dtype=str)
+        elif kind == "list":
+            cols[col] = pd.Series([()] * n, dtype=object)
+        elif kind == "bool":
+            cols[col] = pd.Series(np.ones(n, dtype=bool))
+        else:
+            default = FLOAT_DEFAULTS.get((table, col), np.nan)
+            cols[col] = pd.Series(np.full(n, default, dtype=float))
+    return pd.DataFrame(cols)
 
 
 @dataclass(frozen=True)
@@ -92,6 +122,12 @@ class Dataset:
     follows: pd.DataFrame
     clicks: pd.DataFrame
     impressions: pd.DataFrame
+    # optional tables of the social-shopping format: empty (every column) when absent, so code
+    # written before them, and datasets without them, need nothing
+    shares: pd.DataFrame = field(default_factory=lambda: empty_table("shares"))
+    groups: pd.DataFrame = field(default_factory=lambda: empty_table("groups"))
+    group_members: pd.DataFrame = field(default_factory=lambda: empty_table("group_members"))
+    hides: pd.DataFrame = field(default_factory=lambda: empty_table("hides"))
     path: Path | None = None
     problems: list[Problem] = field(default_factory=list)  # warnings kept after a successful load
     counts: dict[str, int] = field(default_factory=dict)  # rows per file read

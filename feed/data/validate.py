@@ -24,6 +24,7 @@ import pyarrow as pa
 from feed.data.format import (
     FALSE,
     FLOAT_DEFAULTS,
+    GROUP_STATUSES,
     INTERACTIONS,
     NON_NEGATIVE,
     POST_REFERENCES,
@@ -34,6 +35,7 @@ from feed.data.format import (
     Dataset,
     DatasetError,
     Problem,
+    empty_table,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def validate(path: str | Path) -> tuple[Dataset | None, list[Problem]]:
     logger.info("validated %s in %.2fs: %s", root, time.perf_counter() - started, counts)
     if any(p.severity == "error" for p in problems):
         return None, problems
-    frames = {n: tables[n].df if n in tables else _empty(n) for n in SCHEMA}
+    frames = {n: tables[n].df if n in tables else empty_table(n) for n in SCHEMA}
     return Dataset(**frames, path=root, problems=problems, counts=counts), problems
 
 
@@ -383,7 +385,7 @@ def _convert(table: str, t: _Table, report: _Report) -> _Table:
     for col, kind in SCHEMA[table].items():
         default = FLOAT_DEFAULTS.get((table, col), np.nan)
         if col not in raw.columns:
-            out[col] = _default_column(kind, default, len(raw))
+            out[col] = empty_table(table, len(raw))[col]
         else:
             non_negative = (table, col) in NON_NEGATIVE
             out[col] = _convert_column(raw[col], kind, default, non_negative, t, report)
@@ -408,11 +410,6 @@ def _convert_column(
         negative = np.flatnonzero(values < 0)
         report.rows(t, name, negative, lambda p: f"must not be negative: {_show(cells.iat[p])}")
     return pd.Series(values, index=cells.index)
-
-
-def _empty(table: str) -> pd.DataFrame:
-    """A table with no rows and every SCHEMA column, for an absent optional file."""
-    return _convert(table, _Table("", pd.DataFrame()), _Report()).df
 
 
 def _parse(text: pd.Series, kind: str, default: float) -> tuple[np.ndarray, np.ndarray]:
@@ -440,29 +437,23 @@ def _parse_iso(text: pd.Series, seconds: np.ndarray, empty: np.ndarray) -> None:
         seconds[iso] = _seconds(dt)
 
 
-def _default_column(kind: str, default: float, n: int) -> pd.Series:
-    """The column an absent optional column becomes."""
-    if kind == "str":
-        return pd.Series([""] * n, dtype=str)
-    if kind == "list":
-        return pd.Series([()] * n, dtype=object)
-    if kind == "bool":
-        return pd.Series(np.ones(n, dtype=bool))
-    return pd.Series(np.full(n, default, dtype=float))
-
-
 # --- checks across tables ------------------------------------------------------------------
 
 
 def _check_across(root: Path, tables: dict[str, _Table], failed: set[str], report: _Report) -> None:
     """Duplicate keys, references to unknown posts/products, and the interactions rule."""
-    for name, key in (("posts", "post_id"), ("products", "product_id")):
+    for name, key in (("posts", "post_id"), ("products", "product_id"), ("groups", "group_id")):
         if name in tables:
             _check_unique(tables[name], key, report)
+    _check_social(tables, report)
     for name in POST_REFERENCES:
         if name in tables and "posts" in tables:
             _check_known(tables[name], tables["posts"], report)
-    for name, col in (("posts", "product_ids"), ("purchases", "product_id")):
+    for name, col in (
+        ("posts", "product_ids"),
+        ("purchases", "product_id"),
+        ("groups", "product_id"),
+    ):
         if name in tables and "products" in tables:
             _warn_unknown_products(tables[name], col, tables["products"], report)
     if failed.isdisjoint(INTERACTIONS) and not any(
@@ -470,6 +461,47 @@ def _check_across(root: Path, tables: dict[str, _Table], failed: set[str], repor
     ):
         msg = "no interactions: likes and purchases are both missing or empty"
         report.add(str(root), None, None, msg)
+
+
+def _check_social(tables: dict[str, _Table], report: _Report) -> None:
+    """Rules of the social-shopping tables: a hide names a post or an author; a group's status
+    is one of :data:`GROUP_STATUSES` and its size a whole number of at least 2; members belong
+    to a known group (warned, like unknown products)."""
+    if "hides" in tables:
+        h = tables["hides"]
+        neither = (h.df["post_id"].str.strip() == "") & (h.df["author_id"].str.strip() == "")
+        report.rows(
+            h,
+            "post_id",
+            np.flatnonzero(neither.to_numpy(bool)),
+            lambda _: "a hide needs a post_id or an author_id",
+        )
+    if "groups" in tables:
+        g = tables["groups"]
+        status = g.df["status"].str.strip()
+        bad = ~status.isin(("", *GROUP_STATUSES)).to_numpy(bool)
+        allowed = ", ".join(GROUP_STATUSES)
+        report.rows(
+            g,
+            "status",
+            np.flatnonzero(bad),
+            lambda p: f"bad status {_show(status.iat[p])}: one of {allowed}, or empty",
+        )
+        size = g.df["size"].to_numpy(float)
+        bad = np.isfinite(size) & ((size < 2) | (size != np.round(size)))
+        report.rows(
+            g,
+            "size",
+            np.flatnonzero(bad),
+            lambda p: f"bad size {size[p]:g}: a whole number of members, at least 2",
+        )
+    if "group_members" in tables and "groups" in tables:
+        m = tables["group_members"]
+        unknown = ~_isin(m.df["group_id"], tables["groups"].df["group_id"])
+        if unknown.any():
+            first = int(np.flatnonzero(unknown)[0])
+            message = f"{int(unknown.sum())} row(s) name a group not in {tables['groups'].name}"
+            report.add(m.name, m.line(first), "group_id", message, "warning")
 
 
 def _check_unique(t: _Table, key: str, report: _Report) -> None:
