@@ -54,6 +54,7 @@ PUBLISH_LOCK_KEY = "{feed}:publish_lock"  # string with a TTL: the running publi
 # Version states in the registry. Only "ready" versions can go live.
 STATE_PUBLISHING = "publishing"
 STATE_READY = "ready"
+STATE_DELETING = "deleting"  # `feed versions delete` is removing its keys
 
 # Why an item is in the feed. The code is stored per candidate (3 bits: at most 8 reasons);
 # the name is what clients see.

@@ -146,16 +146,42 @@ def activate(r: Any, version: str) -> str | None:
             f"version {version!r} has incomplete keys (missing {missing}); "
             "publish it again with --force"
         )
-    previous = _text(r.set(c.LIVE_KEY, version, get=True))
-    if previous and previous != version:
-        r.lpush(c.HISTORY_KEY, previous)
-        r.ltrim(c.HISTORY_KEY, 0, HISTORY_LEN - 1)
-    set_meta(r, version, {**meta, "activated_at": time.time()})
+    previous = _switch(r, version)
     try:
         prune_fresh(r)
     except redis.RedisError as e:  # the switch is done; the fresh posts wait for the next one
         logger.warning("activated %s, but pruning the fresh posts failed: %s", version, e)
     return previous
+
+
+def _switch(r: Any, version: str, *, keep_history: int | None = None) -> str | None:
+    """Make ``version`` live in one transaction with the registry: it must still be ``ready``
+    as EXEC runs (``WATCH`` on the registry and the live pointer, so a concurrent
+    :func:`delete` or publish makes it retry and look again). The previous live version goes
+    on the history list, unless ``keep_history`` is given: then the history is cut to its
+    entries from that index on (a rollback consumes entries instead). Returns the previous
+    live version."""
+
+    def run(pipe: Any) -> str | None:
+        meta = get_meta(pipe, version)
+        problem = serving_problem(version, meta)
+        if problem:
+            raise VersionError(f"cannot switch to version {problem}")
+        previous = _text(pipe.get(c.LIVE_KEY))
+        pipe.multi()
+        pipe.set(c.LIVE_KEY, version)
+        if keep_history is not None:
+            pipe.ltrim(c.HISTORY_KEY, keep_history, -1)
+        elif previous and previous != version:
+            pipe.lpush(c.HISTORY_KEY, previous)
+            pipe.ltrim(c.HISTORY_KEY, 0, HISTORY_LEN - 1)
+        if keep_history is None:  # an activation is stamped; a rollback restores as it was
+            stamped = {**(meta or {}), "activated_at": time.time()}
+            pipe.hset(c.VERSIONS_KEY, version, c.encode_json(stamped))
+        return previous
+
+    watched = (c.LIVE_KEY, c.VERSIONS_KEY, c.HISTORY_KEY)  # one slot ({feed}): a cluster too
+    return r.transaction(run, *watched, value_from_callable=True)  # type: ignore[no-any-return]
 
 
 def in_use(r: Any) -> set[str]:
@@ -165,15 +191,31 @@ def in_use(r: Any) -> set[str]:
     return {u for u in used if u}
 
 
+def forget_fresh(r: Any, posts: list[str]) -> None:
+    """Remove ``posts`` from the posts created through the API: their fresh entry and metadata
+    (one slot) and their own document and card (a version that lists a post has its own
+    copies under its id). The one removal rule of both pruners: :func:`prune_fresh` at
+    activation, and the service's bound on age and count when a post is created."""
+    for i in range(0, len(posts), DELETE_BATCH):
+        batch = posts[i : i + DELETE_BATCH]
+        pipe = r.pipeline(transaction=False)
+        pipe.zrem(c.FRESH_KEY, *batch)
+        pipe.hdel(c.FRESH_META_KEY, *batch)
+        for p in batch:  # one DEL per key: documents spread over a cluster
+            pipe.delete(c.post_doc_key(p))
+            pipe.delete(c.card_key(p))
+        pipe.execute()
+
+
 def prune_fresh(r: Any) -> int:
-    """Forget the posts created through the API that the versions in use all know; returns
+    """Forget the posts created through the API that the versions in use all list; returns
     how many were forgotten.
 
     The fresh posts (``FRESH_KEY`` and ``FRESH_META_KEY``) carry posts created since training
-    into feeds until a version includes them; nothing else removes them. The versions in use
-    are the live one, the one before it (what a rollback returns to) and every running
-    experiment's arms; a post leaves the fresh posts once each of their post tables lists it.
-    The posts' documents and cards stay (pages need them). Called by :func:`activate`.
+    into feeds until a version includes them. The versions in use are the live one, the one
+    before it (what a rollback returns to) and every running experiment's arms; a post leaves
+    the fresh posts (:func:`forget_fresh`) once each of their post tables lists it, since each
+    then serves its own copy of the post. Called by :func:`activate`.
     """
     known: set[str] | None = None
     for version in sorted(in_use(r)):
@@ -183,12 +225,7 @@ def prune_fresh(r: Any) -> int:
     if not known:
         return 0
     gone = [p for p in (_text(m) for m, _ in r.zscan_iter(c.FRESH_KEY, count=1000)) if p in known]
-    for i in range(0, len(gone), DELETE_BATCH):
-        batch = gone[i : i + DELETE_BATCH]
-        pipe = r.pipeline(transaction=False)  # one hash slot ({feed}): also on a cluster
-        pipe.zrem(c.FRESH_KEY, *batch)
-        pipe.hdel(c.FRESH_META_KEY, *batch)
-        pipe.execute()
+    forget_fresh(r, [p for p in gone if p])
     return len(gone)
 
 
@@ -210,8 +247,7 @@ def rollback(r: Any) -> str:
             raise VersionNotServable(f"cannot roll back: {problem}")
         if missing_keys(r, prev):
             continue
-        r.ltrim(c.HISTORY_KEY, i + 1, -1)
-        r.set(c.LIVE_KEY, prev)
+        _switch(r, prev, keep_history=i + 1)
         return prev
     if history:
         r.ltrim(c.HISTORY_KEY, len(history), -1)
@@ -245,14 +281,26 @@ def version_keys(r: Any, version: str) -> list[str]:
 def delete(r: Any, version: str, *, force: bool = False) -> int:
     """Delete every key of ``version`` and its registry entry; returns keys removed.
 
-    Refuses the live version and versions used by a running experiment.
+    Refuses the live version and versions used by a running experiment. The version is first
+    marked ``deleting`` in one transaction with those checks (``WATCH`` on the live pointer,
+    the experiments and the registry), so an activation, a rollback or an experiment arm that
+    races with the delete either happens first (and the delete is refused) or sees the mark
+    (and is refused); its keys go only after that.
     """
-    if not force:
-        if version == live_version(r):
-            raise VersionError(f"version {version!r} is live; activate another one first")
-        users = versions_in_experiments(r).get(version)
-        if users:
-            raise VersionError(f"version {version!r} is used by running experiment(s) {users}")
+
+    def mark(pipe: Any) -> None:
+        meta = get_meta(pipe, version)
+        if not force:
+            if version == _text(pipe.get(c.LIVE_KEY)):
+                raise VersionError(f"version {version!r} is live; activate another one first")
+            users = versions_in_experiments(pipe).get(version)
+            if users:
+                raise VersionError(f"version {version!r} is used by running experiment(s) {users}")
+        pipe.multi()
+        if meta is not None:
+            pipe.hset(c.VERSIONS_KEY, version, c.encode_json({**meta, "state": c.STATE_DELETING}))
+
+    r.transaction(mark, c.LIVE_KEY, c.EXPERIMENTS_KEY, c.VERSIONS_KEY)
     keys = version_keys(r, version)
     removed = 0
     for i in range(0, len(keys), DELETE_BATCH):

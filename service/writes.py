@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from feed import contract as c
+from feed import versions
 
 logger = logging.getLogger(__name__)
 
@@ -349,8 +350,8 @@ def _delete(r: Any, commands: list[Command]) -> None:
 
 def prune_fresh(r: Any, now: float, cfg: Mapping[str, Any], batch: int = 1_000) -> int:
     """Remove the posts created through the API that are older than ``FRESH_MAX_AGE_S`` or
-    beyond the newest ``FRESH_MAX_POSTS`` (at most ``batch`` a call): their fresh entry,
-    metadata, document and card (a trained version keeps its own copies). The number removed.
+    beyond the newest ``FRESH_MAX_POSTS`` (at most ``batch`` a call), as
+    :func:`feed.versions.forget_fresh` removes them. The number removed.
     """
     max_age, max_posts = cfg["FRESH_MAX_AGE_S"], int(cfg["FRESH_MAX_POSTS"])
     pipe = r.pipeline(transaction=False)
@@ -365,11 +366,5 @@ def prune_fresh(r: Any, now: float, cfg: Mapping[str, Any], batch: int = 1_000) 
     if not victims:
         return 0
     posts = sorted(victims)
-    pipe = r.pipeline(transaction=False)
-    pipe.zrem(c.FRESH_KEY, *posts)
-    pipe.hdel(c.FRESH_META_KEY, *posts)
-    for p in posts:  # one DEL per key: documents spread over a cluster
-        pipe.delete(c.post_doc_key(p))
-        pipe.delete(c.card_key(p))
-    pipe.execute()
+    versions.forget_fresh(r, posts)  # the one removal rule, also the activation's
     return len(posts)

@@ -103,7 +103,8 @@ def test_activation_forgets_fresh_posts_the_versions_in_use_know(
     r: Any, artifact: Path, tmp_path: Path
 ) -> None:
     """A post created through the API leaves the fresh posts once the live version and the one
-    a rollback returns to both list it; its document stays."""
+    a rollback returns to both list it, and its own document with it (each version serves its
+    own copy)."""
     v1 = publish(r, artifact, activate=True).version
     posts = c.decode_json(r.get(c.version_key(v1, "posts")))
     known, newer = posts["post_id"][:2]
@@ -123,7 +124,8 @@ def test_activation_forgets_fresh_posts_the_versions_in_use_know(
     left = [m.decode() for m in r.zrange(c.FRESH_KEY, 0, -1)]
     assert left == [newer, "p-since"]
     assert sorted(k.decode() for k in r.hkeys(c.FRESH_META_KEY)) == sorted(left)
-    assert r.exists(c.post_doc_key(known))
+    assert not r.exists(c.post_doc_key(known)) and r.exists(c.post_doc_key(newer))
+    assert r.exists(c.post_doc_key(known, v1)) and r.exists(c.post_doc_key(known, "v2-fresh"))
     assert reg.prune_fresh(r) == 0  # nothing more to forget
 
 
@@ -224,3 +226,60 @@ def test_a_version_being_published_is_served_by_no_route(
     assert client.get("/readyz").status_code == 503
     reg.set_meta(r, published, meta)
     assert client.get("/readyz").status_code == 200
+
+
+def test_delete_and_activate_racing_never_leave_a_live_version_without_keys(
+    r: Any, redis_url: str, artifact: Path, tmp_path: Path
+) -> None:
+    """`versions delete v2` and `versions activate v2` at the same moment, from two threads on
+    their own connections, many times: exactly one of them wins each round, and the live
+    version always has every key it needs."""
+    import threading
+
+    from feed.redisclient import from_url
+
+    v1 = publish(r, artifact, activate=True).version
+    copy = tmp_path / "v2"
+    shutil.copytree(artifact, copy)
+    _rename_version(copy, "v2-race")
+    wins = {"activate": 0, "delete": 0}
+
+    def run(name: str, op: Any, barrier: Any, outcome: dict[str, Any]) -> None:
+        own = from_url(redis_url)
+        barrier.wait()
+        try:
+            op(own)
+            outcome[name] = None
+        except reg.VersionError as err:
+            outcome[name] = err
+
+    for _ in range(6):
+        publish(r, copy)
+        barrier = threading.Barrier(2)
+        outcome: dict[str, BaseException | None] = {}
+        threads = [
+            threading.Thread(
+                target=run,
+                args=("activate", lambda x: reg.activate(x, "v2-race"), barrier, outcome),
+            ),
+            threading.Thread(
+                target=run, args=("delete", lambda x: reg.delete(x, "v2-race"), barrier, outcome)
+            ),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        won = [n for n, e in outcome.items() if e is None]
+        assert len(won) == 1, outcome
+        wins[won[0]] += 1
+        live = reg.live_version(r)
+        assert live is not None and reg.missing_keys(r, live) == []
+        assert reg.serving_problem(live, reg.get_meta(r, live)) is None
+        if won == ["activate"]:
+            assert live == "v2-race"
+            reg.activate(r, v1)
+            reg.delete(r, "v2-race")
+        else:
+            assert live == v1 and reg.get_meta(r, "v2-race") is None
+    assert sum(wins.values()) == 6

@@ -70,7 +70,10 @@ def _write(r: Any, name: str, change: Any) -> dict[str, Any]:
         pipe.hset(c.EXPERIMENTS_KEY, name, c.encode_json(cfg))
         return cfg  # type: ignore[no-any-return]
 
-    return r.transaction(run, c.EXPERIMENTS_KEY, value_from_callable=True)  # type: ignore[no-any-return]
+    # VERSIONS_KEY is watched too: a version that `versions delete` marks while the arms are
+    # checked makes EXEC fail, and the retry's check refuses it
+    watched = (c.EXPERIMENTS_KEY, c.VERSIONS_KEY)
+    return r.transaction(run, *watched, value_from_callable=True)  # type: ignore[no-any-return]
 
 
 def create(
@@ -86,9 +89,9 @@ def create(
     salt : hash salt; defaults to the name
     """
     cfg = new_config(name, arms, salt=salt)
-    _check_versions(r, cfg["arms"])
 
     def change(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        _check_versions(r, cfg["arms"])
         if name in configs:
             raise ExperimentConflict(f"experiment {name!r} already exists")
         running = [n for n, x in configs.items() if x.get("status") == STATUS_RUNNING]
