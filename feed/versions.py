@@ -1,8 +1,10 @@
 """The model-version registry in Redis: list, activate, roll back, delete.
 
 The registry is one hash (``{feed}:versions``: version -> JSON meta) and the live pointer is
-one string (``{feed}:live``), so switching the live version is a single atomic ``SET``.
-A version is activatable only in state ``ready`` (every key written and counted).
+one string (``{feed}:live``), both in one hash slot: switching the live version is one
+transaction that checks, under ``WATCH``, that the version is still ``ready`` (every key
+written and counted) as the pointer moves. ``delete`` first marks a version ``deleting`` under
+the same kind of ``WATCH``, so no switch can race with the removal of its keys.
 """
 
 from __future__ import annotations
