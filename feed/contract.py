@@ -44,12 +44,26 @@ CONTRACT_VERSION = 3
 LIVE_KEY = "{feed}:live"  # string: the live model version id
 VERSIONS_KEY = "{feed}:versions"  # hash: version id -> JSON meta (state, counts, timestamps)
 EVENTS_KEY = "{feed}:events"  # stream: the durable, capped event log
+#: counter: entries ever appended to the event log (``INCRBY`` in the transaction of their
+#: ``XADD``s), so the unexported backlog is a subtraction (``feed_events_unexported``).
+EVENTS_SEQ_KEY = "{feed}:events_seq"
+#: hash: the export checkpoint, ``id`` (the last stream id exported), ``seq`` (the log's
+#: counter at that entry), ``at``, ``out``. The log's trim never drops an entry after ``id``
+#: below the hard cap (``service.writes.trim_log``); ``feed events export`` advances it.
+EVENTS_EXPORTED_KEY = "{feed}:events_exported"
+#: counter: unexported entries the hard cap (``FEED_EVENT_LOG_HARD_MAX``) dropped, ever.
+EVENTS_LOST_KEY = "{feed}:events_lost"
 FRESH_KEY = "{feed}:fresh"  # zset: post id -> created_at, posts created through the API
 FRESH_META_KEY = "{feed}:fresh_meta"  # hash: post id -> JSON {author_id, product_ids, category}
 EXPERIMENTS_KEY = "{feed}:experiments"  # hash: experiment name -> JSON config
 EXPOSURES_KEY = "{feed}:exposures"  # stream: one entry per served page in an experiment
 HISTORY_KEY = "{feed}:live_history"  # list: previously live versions, newest first
 PUBLISH_LOCK_KEY = "{feed}:publish_lock"  # string with a TTL: the running publish's token
+# Moderation and the live catalogue: version-independent, never written or cleared by a
+# publish (service/routes/posts.py, service/routes/products.py; docs/architecture.md).
+MODERATION_KEY = "{feed}:moderation"  # hash: post id -> JSON {hidden, deleted, edited, ts, by}
+CATALOGUE_KEY = "{feed}:catalogue"  # hash: product id -> JSON product record set through the API
+OVERLAY_GEN_KEY = "{feed}:overlay_gen"  # counter: +1 with every moderation or catalogue write
 
 # Version states in the registry. Only "ready" versions can go live.
 STATE_PUBLISHING = "publishing"
@@ -143,6 +157,16 @@ def doc_key(version: str | None, kind: str, item_id: str) -> str:
     return f"doc:{kind}:{item_id}" if version is None else f"vdoc:{version}:{kind}:{item_id}"
 
 
+def override_keys(post_id: str) -> tuple[str, str]:
+    """Keys of a trained post's edited document and card (``PATCH /v1/posts``): version
+    independent, so every version serves the edit and no publish undoes it.
+
+    >>> override_keys("p7")
+    ('doc:ep:p7', 'doc:ec:p7')
+    """
+    return doc_key(None, "ep", post_id), doc_key(None, "ec", post_id)
+
+
 def version_doc_pattern(version: str) -> str:
     """SCAN pattern of every document and card of ``version``."""
     return f"vdoc:{version}:*"
@@ -226,6 +250,27 @@ USER_FOLLOWS = "follows"  # set of authors followed through events (see USER_SEE
 USER_UNFOLLOWS = "unfollows"  # set of authors unfollowed since training
 USER_PURCHASES = "bought"  # set of products bought through events (see USER_SEED)
 USER_SEED = "seed"  # string per version: JSON {"follows": [...], "bought": [...]} at training
+USER_GROUPS = "groups"  # zset (TTL): group id -> expires_at, groups the user started or joined
+USER_GROUPS_OPEN = "gopen"  # zset (TTL): group id -> expires_at, the user's own open groups
+USER_DEALS = "deals"  # string per version: encode_deals, the products to launch a group for
+USER_TIES = "ties"  # string per version: encode_ties, the user's strongest social ties
+USER_GROUP_FEED = "gfeed"  # zset (capped, TTL): group id -> expires_at, ties' open groups
+GROUP_POPULAR = "gpop"  # version key: encode_deals of the popular deals (cold users)
+
+# Group-buys (拼購, service/groups.py): one group's keys share the hash tag {grp:<group_id>}, so
+# the join script reads and writes them on one cluster slot.
+GROUP_STATE = "state"  # hash: group_id, product_id, initiator_id, size, created_at, expires_at,
+#                        status (open | succeeded), price
+GROUP_MEMBERS = "members"  # zset: user id -> join time (unix s), the initiator first
+
+
+def group_key(group_id: str, kind: str) -> str:
+    """Key of one group's state or members.
+
+    >>> group_key("g1", GROUP_MEMBERS)
+    '{grp:g1}:members'
+    """
+    return f"{{grp:{group_id}}}:{kind}"
 
 
 def decode_seed(raw: bytes | str | None) -> tuple[set[str], set[str]]:
@@ -240,6 +285,50 @@ def decode_seed(raw: bytes | str | None) -> tuple[set[str], set[str]]:
     """
     d = decode_json(raw) or {}
     return set(d.get("follows", [])), set(d.get("bought", []))
+
+
+def encode_deals(
+    products: Sequence[str],
+    scores: Sequence[float],
+    reasons: Sequence[str],
+    friends: Sequence[Sequence[str]] | None = None,
+) -> bytes:
+    """A user's deals (products to launch a group-buy for), best first, as compact JSON.
+
+    >>> decode_deals(encode_deals(["sku-1"], [0.5], ["friends_bought"], [["u2"]]))
+    [{'product_id': 'sku-1', 'score': 0.5, 'reason': 'friends_bought', 'friends': ['u2']}]
+    """
+    f = [list(x) for x in friends] if friends is not None else [[] for _ in products]
+    return encode_json(
+        {"p": list(products), "s": [round(float(x), 5) for x in scores], "r": list(reasons),
+         "f": f}
+    )  # fmt: skip
+
+
+def decode_deals(raw: bytes | str | None) -> list[dict[str, Any]]:
+    """Inverse of :func:`encode_deals` (empty when absent)."""
+    d = decode_json(raw)
+    if not d:
+        return []
+    return [
+        {"product_id": p, "score": s, "reason": r, "friends": f}
+        for p, s, r, f in zip(d["p"], d["s"], d["r"], d["f"], strict=True)
+    ]
+
+
+def encode_ties(users: Sequence[str], weights: Sequence[float]) -> bytes:
+    """A user's strongest social ties, strongest first, as compact JSON.
+
+    >>> decode_ties(encode_ties(["u2", "u3"], [0.8, 0.5]))
+    {'u2': 0.8, 'u3': 0.5}
+    """
+    return encode_json({"u": list(users), "w": [round(float(x), 4) for x in weights]})
+
+
+def decode_ties(raw: bytes | str | None) -> dict[str, float]:
+    """Inverse of :func:`encode_ties`: tie -> weight, strongest first (empty when absent)."""
+    d = decode_json(raw)
+    return dict(zip(d["u"], d["w"], strict=True)) if d else {}
 
 
 USER_PAGE = "page"  # string per cursor: the page a cursor led to (short TTL; retries replay it)

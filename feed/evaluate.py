@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +32,32 @@ from feed.evaluation.metrics import (
     score_lists,
 )
 from feed.evaluation.pages import PageBuilder
-from feed.evaluation.splits import Split, held_out, split, training_data
+from feed.evaluation.splits import Split, Splitter, held_out, split, training_data
 from feed.features.matrices import TrainingData
-from feed.models.base import CandidateModel, NotFittedError, blocks, mask_rows
-from feed.models.candidates import product_keys, shared_groups, topk_distinct
 from feed.models.default import TrainConfig, make_blend, trending_list
 from feed.models.ranker import LearnedBlend
-from feed.models.sources import (
-    EASE,
-    Content,
-    ItemItem,
-    MatrixFactorization,
-    Popularity,
-    twin_columns,
+from feed.models.sources import EASE, Content, ItemItem, MatrixFactorization, Popularity
+from feed.models.tuning import (
+    GRIDS,
+    Tuned,
+    Twins,
+    Validation,
+    recommend_top,
+    tune,
+    twin_groups,
+    validation_slice,
 )
 
 logger = logging.getLogger(__name__)
 
 #: EASE needs a dense posts x posts matrix: it is a baseline only up to this many posts.
 EASE_MAX_POSTS = 20_000
-#: Test users scored per batch (each batch is split further into dense blocks by the models).
-SCORE_BATCH = 512
 #: Fewer test users than this and a table says plainly that it cannot conclude.
 MIN_TEST_USERS = 500
 #: The suffix of the default model's served row (its pages, as the service builds them).
 SERVED = " (served)"
 
 ModelFactory = Callable[[], Any]
-#: Models whose scores come from engagement columns alone: posts with the same column (twins)
-#: score alike, and a list shows one post of each twin group.
-TWIN_BLIND = (Popularity, MatrixFactorization, ItemItem, EASE)
-#: A key per post and the groups of posts sharing one (:func:`twin_groups`).
-Twins = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
 
 # --- the comparison ------------------------------------------------------------------------
@@ -126,6 +121,7 @@ class EvalReport:
             f"{c['test_users_with_purchases']} with held-out purchases); "
             f"{c['cold_users_skipped']} cold test users skipped (no training interaction)",
         ]
+        notes.append(self._tuning_note())
         for label, lift, ci in (
             ("default", "lift_vs_best_baseline", "lift_ci95"),
             (f"default{SERVED}", "served_lift", "served_lift_ci95"),
@@ -144,6 +140,22 @@ class EvalReport:
             )
         notes.append(f"* total {i['total_s']:.0f} s")
         return notes
+
+    def _tuning_note(self) -> str:
+        i = self.info
+        tuning, where = i.get("tuning") or {}, i.get("tuning_slice") or {}
+        if not tuning:
+            return "* baselines untuned (each at the default model's parameters)"
+        chosen = "; ".join(
+            f"{name} " + ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            for name, t in tuning.items()
+        )
+        return (
+            f"* baselines tuned: each grid point fitted on a validation slice carved from the "
+            f"training part ({where.get('split')}, val_frac={where.get('val_frac')}, "
+            f"{where.get('users')} validation users, {where.get('metric')}), never on the "
+            f"test part; chosen: {chosen}"
+        )
 
 
 def _fmt(value: float) -> str:
@@ -185,6 +197,19 @@ def default_models(
     return models
 
 
+def baseline_grids(
+    random_state: int = 0,
+) -> dict[str, tuple[Callable[[dict[str, Any]], Any], tuple[dict[str, Any], ...]]]:
+    """The tuned baselines: name -> (a model for one grid point, the grid,
+    :data:`feed.models.tuning.GRIDS`)."""
+    return {
+        "als": (lambda p: MatrixFactorization("als", random_state=random_state, **p), GRIDS["als"]),
+        "bpr": (lambda p: MatrixFactorization("bpr", random_state=random_state, **p), GRIDS["bpr"]),
+        "itemknn": (lambda p: ItemItem(**p), GRIDS["itemknn"]),
+        "ease": (lambda p: EASE(**p), GRIDS["ease"]),
+    }
+
+
 def evaluate(
     dataset: Dataset | str | Path,
     test_frac: float = 0.2,
@@ -194,6 +219,7 @@ def evaluate(
     *,
     split_method: str = "auto",
     progress: bool = False,
+    tune_baselines: bool = True,
 ) -> EvalReport:
     """Split, fit every model on the training part, and score the held-out part.
 
@@ -219,12 +245,19 @@ def evaluate(
         are carved the same way.
     progress : bool
         Show a progress bar over models.
+    tune_baselines : bool
+        Choose each classic baseline's hyper-parameters (:func:`baseline_grids`) on a
+        validation slice carved from the training part as the default model carves its own
+        (:func:`feed.models.tuning.validation_slice`); the choices are in ``info["tuning"]``.
+        Only for models named from :func:`default_models`.
 
     Returns
     -------
     EvalReport
     """
-    return _evaluate(dataset, (k,), test_frac, models, random_state, split_method, progress)[k]
+    return _evaluate(
+        dataset, (k,), test_frac, models, random_state, split_method, progress, tune_baselines
+    )[k]
 
 
 def _evaluate(
@@ -235,8 +268,10 @@ def _evaluate(
     random_state: int,
     split_method: str,
     progress: bool,
+    tune_baselines: bool = True,
 ) -> dict[int, EvalReport]:
-    """Every model fitted once; its lists cut at each ``k`` (pages built for each ``k``)."""
+    """Every model fitted once (each tuned baseline at its validation-chosen grid point); its
+    lists cut at each ``k`` (pages built for each ``k``)."""
     started = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else load(dataset)
     part = split(ds, test_frac, random_state, split_method)
@@ -250,8 +285,24 @@ def _evaluate(
     top = max(ks)
     lists: dict[str, dict[int, np.ndarray]] = {}
     seconds: dict[str, tuple[float, float]] = {}
+    grids = (
+        baseline_grids(random_state) if tune_baselines and not isinstance(models, Mapping) else {}
+    )
+    slice_: list[tuple[Validation | None, Twins | None]] = []
+    tuned: dict[str, Tuned] = {}
     for name, factory in _progress(factories.items(), progress):
         t = time.perf_counter()
+        if name in grids:
+            if not slice_:  # carved once, shared by every tuned baseline
+                val = validation_slice(
+                    part.train, Splitter(part.method), TrainConfig().val_frac, random_state
+                )
+                slice_.append((val, twin_groups(val.data) if val is not None else None))
+            val, val_twins = slice_[0]
+            if val is not None:
+                make, grid = grids[name]
+                tuned[name] = tune(make, grid, val, top, val_twins)
+                factory = partial(make, tuned[name].params)
         model = factory().fit(data)
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
@@ -271,6 +322,16 @@ def _evaluate(
             rows.append({"model": name, **metrics, "fit_s": fit_s, "score_s": score_s})
             logger.info("%s@%d: %s", name, k, {m: round(metrics[m], 4) for m in METRICS})
         info = _info(ds, part, data, truth, test_frac, k, random_state, rows)
+        info["baselines_tuned"] = bool(tuned)
+        info["tuning"] = {n: t.summary() for n, t in tuned.items()}
+        if slice_ and slice_[0][0] is not None:
+            v = slice_[0][0]
+            info["tuning_slice"] = {
+                "split": v.part.method,
+                "val_frac": TrainConfig().val_frac,
+                "users": len(v.truth.users),
+                "metric": v.metric,
+            }
         _add_interval(info, truth, data, {n: by_k[k] for n, by_k in lists.items()}, random_state)
         info["total_s"] = time.perf_counter() - started
         out[k] = EvalReport(rows, info)
@@ -311,52 +372,6 @@ def _select(
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; known: {sorted(every)}")
     return {n: every[n] for n in names}
-
-
-def twin_groups(data: TrainingData) -> Twins:
-    """A key per post shared by the posts that link the same (first) product and have the
-    same engagement column, and :func:`~feed.models.candidates.shared_groups` of the keys.
-
-    Models fitted on engagement cannot tell such posts apart (purchase-only data spreads a
-    purchase over every post of the product); :func:`recommend_top` lists one of each group.
-    """
-    _, twin = twin_columns(data.engagement)
-    pairs = np.stack([product_keys(data), twin], axis=1)
-    _, combined = np.unique(pairs, axis=0, return_inverse=True)
-    keys = combined.ravel().astype(np.int64)
-    return keys, shared_groups(keys)
-
-
-def recommend_top(
-    model: Any, users: np.ndarray, k: int, exclude: sp.csr_matrix, twins: Twins | None = None
-) -> np.ndarray:
-    """Top-``k`` post indices (-1 padded) of a fitted model for ``users``, in batches.
-
-    For :data:`TWIN_BLIND` models and given ``twins`` (:func:`twin_groups`), each twin group
-    contributes at most one post (the first not excluded).
-    """
-    if not hasattr(model, "n_posts_"):
-        raise NotFittedError(f"{type(model).__name__} is not fitted")
-    if twins is not None and len(twins[1][0]) and isinstance(model, TWIN_BLIND):
-        return _top_distinct(model, np.asarray(users, dtype=np.int64), k, exclude, twins)
-    parts = [
-        model.recommend(users[lo : lo + SCORE_BATCH], k, exclude)[0]
-        for lo in range(0, len(users), SCORE_BATCH)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
-
-
-def _top_distinct(
-    model: CandidateModel, users: np.ndarray, k: int, exclude: sp.csr_matrix, twins: Twins
-) -> np.ndarray:
-    out = np.full((len(users), k), -1, dtype=np.int64)
-    for lo, hi in blocks(len(users), model.n_posts_):
-        block = model.score_users(users[lo:hi]).astype(np.float32, copy=True)
-        if model.sparse_scores:
-            block[block <= 0] = -np.inf
-        mask_rows(block, exclude[users[lo:hi]])
-        out[lo:hi] = topk_distinct(block, twins[0], twins[1], k)
-    return out
 
 
 def _info(
@@ -428,6 +443,7 @@ def evaluate_at_k(
     random_state: int = 0,
     split_method: str = "auto",
     progress: bool = False,
+    tune_baselines: bool = True,
 ) -> dict[int, EvalReport]:
     """:func:`feed.evaluate` at several list lengths ``k``: one split, every model fitted once,
     its lists cut at each ``k`` (served pages are built for each ``k``).
@@ -437,7 +453,7 @@ def evaluate_at_k(
     dataset : Dataset or path
     ks : sequence of int
         List lengths, e.g. ``(5, 10, 20)``.
-    test_frac, models, random_state, split_method
+    test_frac, models, random_state, split_method, tune_baselines
         As for :func:`feed.evaluate.evaluate`.
     progress : bool
         Show a progress bar over models.
@@ -458,7 +474,9 @@ def evaluate_at_k(
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive list lengths, got {ks}")
-    return _evaluate(dataset, ks, test_frac, models, random_state, split_method, progress)
+    return _evaluate(
+        dataset, ks, test_frac, models, random_state, split_method, progress, tune_baselines
+    )
 
 
 def metrics_frame(reports: EvalReport | Mapping[int, EvalReport]) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Publish a model version from disk into Redis, then (optionally) make it live.
 
 Every key a publish writes belongs to the version it publishes (``{u:<user>}:cand:<v>``,
-``{u:<user>}:seed:<v>``, ``{feed:<v>}:*``, ``vdoc:<v>:*``), so no publish, finished or not,
+``{u:<user>}:seed:<v>``, ``{u:<user>}:deals:<v>``, ``{u:<user>}:ties:<v>``, ``{feed:<v>}:*``,
+``vdoc:<v>:*``), so no publish, finished or not,
 changes what another version serves. The order makes interruption safe: one publish at a time
 holds the publish lock (:data:`feed.contract.PUBLISH_LOCK_KEY`, renewed while it runs, expiring
 :data:`LOCK_TTL_S` after its holder stops); the registry marks the version ``publishing``;
@@ -252,6 +253,65 @@ def _seeded_users(art: artifacts.Artifact) -> int:
     return len(set(f["follower"].tolist()) | set(p["user"].tolist()))
 
 
+Pairs = Iterator[tuple[str, bytes]]
+
+
+def _has_groups(art: artifacts.Artifact) -> bool:
+    """True when the version has group-buying lists (``groups.npz``: trained since issue 20)."""
+    return "groups.npz" in art.manifest.get("files", {})
+
+
+def _group_pairs(art: artifacts.Artifact) -> tuple[Pairs, Pairs]:
+    """The version's group-buying keys: each user's deals and each user's ties (empty for a
+    version trained before they existed)."""
+    if not _has_groups(art):
+        return iter(()), iter(())
+    g = art.arrays("groups")
+    users, products = g["user_ids"], g["product_ids"]
+    names = g["deal_reason_names"]
+    v = art.version
+
+    def deals() -> Iterator[tuple[str, bytes]]:
+        for u, items, scores, reasons, friends in zip(
+            g["deal_users"], g["deal_items"], g["deal_scores"], g["deal_reasons"],
+            g["deal_friends"], strict=True,
+        ):  # fmt: skip
+            ok = items >= 0
+            yield (
+                c.user_key(str(users[u]), c.USER_DEALS, v),
+                c.encode_deals(
+                    products[items[ok]].tolist(),
+                    scores[ok].tolist(),
+                    names[reasons[ok]].tolist(),
+                    [users[f[f >= 0]].tolist() for f in friends[ok]],
+                ),
+            )
+
+    def ties() -> Iterator[tuple[str, bytes]]:
+        for u, items, weights in zip(g["tie_users"], g["tie_items"], g["tie_weights"], strict=True):
+            ok = items >= 0
+            yield (
+                c.user_key(str(users[u]), c.USER_TIES, v),
+                c.encode_ties(users[items[ok]].tolist(), weights[ok].tolist()),
+            )
+
+    return deals(), ties()
+
+
+def _popular_deals(art: artifacts.Artifact) -> list[tuple[str, bytes]]:
+    """The version's popular deals (cold users), when the artifact has them."""
+    if not _has_groups(art):
+        return []
+    g = art.arrays("groups")
+    items = g["popular_items"]
+    blob = c.encode_deals(
+        g["product_ids"][items].tolist(),
+        g["popular_scores"].tolist(),
+        ["popular_groups"] * len(items),
+    )
+    return [(c.version_key(art.version, c.GROUP_POPULAR), blob)]
+
+
 def _token_blob(art: artifacts.Artifact) -> bytes:
     """The version's token -> posts index (``interests=`` hint), verified against the manifest."""
     t = art.arrays("tokens")
@@ -356,7 +416,9 @@ def _publish_locked(
             + 2 * counts["post_docs"]
             + counts["product_docs"]
             + _seeded_users(art)
-            + 4
+            + counts.get("deal_users", 0)
+            + counts.get("tie_users", 0)
+            + 5
         )
         bar = tqdm(total=total, desc=f"publish {v}", unit="key", disable=None)  # off: no tty
     writer = _Writer(r, lease, rewrite=before is not None, bar=bar)
@@ -380,6 +442,9 @@ def _publish_locked(
                 "metrics": art.manifest.get("metrics", {}),
             },
         )
+        if bar is not None:  # the total was an estimate: a finished publish ends at 100%
+            bar.total = bar.n
+            bar.refresh()
     except BaseException as e:
         undone = _undo(r, writer, v, before)
         if not isinstance(e, Exception):
@@ -448,7 +513,9 @@ def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
             ),
         ),
         (c.version_key(v, "tokens"), _token_blob(art)),
+        *_popular_deals(art),
     ]
+    deal_pairs, tie_pairs = _group_pairs(art)
     out_of_stock = _out_of_stock(art)
     groups = {
         "version": w.strings(shared),
@@ -456,6 +523,8 @@ def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
         "neighbour_posts": w.strings(_neighbour_pairs(art, posts["post_id"])),
         "docs": w.strings(_doc_pairs(art)),
         "seeds": w.strings(_seed_pairs(art)),
+        "deals": w.strings(deal_pairs),
+        "ties": w.strings(tie_pairs),
         "stock": w.members(c.stock_key(v), out_of_stock),
     }
     expected = {
@@ -464,6 +533,8 @@ def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
         "neighbour_posts": counts["neighbour_posts"],
         "docs": 2 * counts["post_docs"] + counts["product_docs"],  # a card per post
         "seeds": _seeded_users(art),
+        "deals": counts.get("deal_users", 0) if _has_groups(art) else 0,
+        "ties": counts.get("tie_users", 0) if _has_groups(art) else 0,
         "stock": 1 if out_of_stock else 0,
     }
     for name, keys in groups.items():

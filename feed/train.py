@@ -6,7 +6,7 @@ import hashlib
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from feed.evaluation.splits import choose_method
 from feed.features.matrices import EngagementWeights, TrainingData, build
 from feed.models.base import blocks, parallel_map, topk
 from feed.models.default import TrainConfig, make_blend, trending_list
+from feed.models.groups import DEAL_REASONS, GroupRecs
 from feed.models.ranker import LearnedBlend
 from feed.models.sources import (
     Content,
@@ -217,6 +218,7 @@ def train(
     *,
     progress: bool = False,
     version: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Path:
     """Train every model on a dataset and write a model version.
 
@@ -231,14 +233,20 @@ def train(
         Show progress bars (the CLI turns this on).
     version : str, optional
         The version id; by default a timestamp and a hash.
+    on_stage : callable, optional
+        Called with the name of each stage as it starts: ``features``, ``fitting sources``
+        (the sources and the ranker chosen on validation slices), ``candidates``,
+        ``neighbours``, ``writing`` (``feed demo`` prints them).
 
     Returns
     -------
     Path of the written version directory.
     """
     cfg = config or TrainConfig()
+    stage = on_stage or (lambda name: None)
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    stage("features")
     ds = dataset if isinstance(dataset, Dataset) else load(dataset)
     timings["load_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -250,6 +258,7 @@ def train(
     timings["features_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage("fitting sources")
     blend = make_blend(cfg).fit(data)
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -257,11 +266,13 @@ def train(
     timings["fit_side_models_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage("candidates")
     active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
     items, scores, reasons = _user_candidates(blend, data, active, cfg.n_candidates, progress)
     timings["candidates_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage("neighbours")
     nb_items, nb_scores = _neighbours(
         data, content, item, cfg.n_neighbours, cfg.max_content_neighbour_posts
     )
@@ -273,16 +284,25 @@ def train(
     timings["tokens_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage("group deals")
+    group_recs, group_arrays = group_lists(data)
+    timings["group_deals_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stage("writing")
     data_fp = fingerprint(ds)
     vid = version or new_version_id(data_fp, cfg)
     docs = {"posts": list(post_documents(ds)), "products": list(product_documents(ds))}
     timings["documents_s"] = time.perf_counter() - t
     manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
     manifest["model"] = blend.summary()
+    manifest["group_model"] = group_recs.summary()
     manifest["counts"].update(
         post_docs=len(docs["posts"]),
         product_docs=len(docs["products"]),
         tokens=len(tokens["token"]),
+        deal_users=len(group_arrays["deal_users"]),
+        tie_users=len(group_arrays["tie_users"]),
     )
     arrays = {
         "posts": {
@@ -309,10 +329,42 @@ def train(
             "product": ds.purchases["product_id"].to_numpy(str),
         },
         "tokens": tokens,
+        "groups": group_arrays,
     }
     out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs)
     logger.info("wrote model version %s to %s", vid, out)
     return out
+
+
+def group_lists(data: TrainingData) -> tuple[GroupRecs, dict[str, np.ndarray]]:
+    """The group-buying lists of every user (:class:`feed.models.groups.GroupRecs`): deals
+    (products, scores, reason codes into ``deal_reason_names``, friends as user indices) of
+    users with any signal, ties (user indices and weights) of users with any tie, and the
+    popular deals of cold users; ``user_ids`` and ``product_ids`` name the indices."""
+    recs = GroupRecs().fit(data)
+    signal = (
+        np.diff(recs.x_.indptr) + np.diff(recs.taste_.indptr) + np.diff(recs.ties_.indptr)
+    ) > 0
+    users = np.flatnonzero(signal)
+    items, scores, reasons = recs.deals(users)
+    friends = recs.deal_friends(users, items)
+    has_ties = np.flatnonzero(recs.tie_items_[:, 0] >= 0)
+    arrays = {
+        "user_ids": data.users.external.astype(str),
+        "product_ids": data.products.external.astype(str),
+        "deal_reason_names": np.array(DEAL_REASONS, dtype=str),
+        "deal_users": users.astype(np.int32),
+        "deal_items": items.astype(np.int32),
+        "deal_scores": scores.astype(np.float32),
+        "deal_reasons": reasons.astype(np.uint8),
+        "deal_friends": friends.astype(np.int32),
+        "tie_users": has_ties.astype(np.int32),
+        "tie_items": recs.tie_items_[has_ties].astype(np.int32),
+        "tie_weights": recs.tie_weights_[has_ties].astype(np.float32),
+        "popular_items": recs.popular_.astype(np.int32),
+        "popular_scores": recs.popular_scores_.astype(np.float32),
+    }
+    return recs, arrays
 
 
 def _side_models(

@@ -257,10 +257,11 @@ def rollback(r: Any) -> str:
 
 
 def _version_key_re(version: str) -> re.Pattern[str]:
-    """Every key publish writes for ``version``: a user's candidates and seed, the version's
-    own keys (``{feed:<v>}:*``, its stock set among them), its documents and cards."""
+    """Every key publish writes for ``version``: a user's candidates, seed, deals and ties,
+    the version's own keys (``{feed:<v>}:*``, its stock set among them), its documents and cards."""
     v = re.escape(version)
-    pattern = rf"\{{u:[^}}]*\}}:(cand|{c.USER_SEED}):{v}|\{{feed:{v}\}}:.*|vdoc:{v}:.*"
+    kinds = "|".join(("cand", c.USER_SEED, c.USER_DEALS, c.USER_TIES))
+    pattern = rf"\{{u:[^}}]*\}}:({kinds}):{v}|\{{feed:{v}\}}:.*|vdoc:{v}:.*"
     return re.compile(pattern, re.DOTALL)
 
 

@@ -48,6 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     The Redis client is created lazily per process, so the app is safe to create before a
     gunicorn fork.
     """
+    config_mod.check_environment(os.environ)  # unknown FEED_* names: a warning; bad booleans
     app = Flask(__name__)
     app.config.from_mapping(config_mod.DEFAULTS)
     app.config.from_prefixed_env("FEED", loads=str)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from feed.serving.policy import PagePolicy
@@ -49,6 +52,19 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("POST_TAGS_MAX", 30, "tags of a new post; more is a 400"),
     ("POST_TAG_MAX", 50, "characters of one tag; longer is a 400"),
     ("POST_PRODUCTS_MAX", 20, "products a new post links; more is a 400"),
+    (
+        "MODERATION_MAX",
+        100_000,
+        "posts hidden, deleted or edited through PATCH/DELETE /v1/posts kept (version-"
+        "independent, never expiring); a new one past it is a 507 moderation_full",
+    ),
+    (
+        "API_PRODUCTS_MAX",
+        10_000,
+        "products in the live catalogue (PUT/POST /v1/products, every process reads it whole "
+        "after each change); a new one past it is a 507 catalogue_full",
+    ),
+    ("PRODUCTS_PER_REQUEST", 1_000, "products in one POST /v1/products; more is a 400"),
     *RANKING_SETTINGS,  # how a page mixes its sources (feed.serving.ranking)
     # the page policy (docs/quality.md): unset, each field is the version's (chosen at training)
     ("AUTHOR_MAX_PER_PAGE", None, "hard cap per author beyond its catalogue share (0: none)"),
@@ -65,9 +81,37 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("GIFT_POSTS_PER_PRODUCT", 3, "posts shown with each gift idea"),
     ("GIFT_MAX_PER_CATEGORY", 3, "at most this many gift ideas of one category"),
     ("GIFT_LIKED_WEIGHT", 1.5, "a post the friend liked since training (vs candidate scores <= 1)"),
+    ("GROUP_SIZE_MAX", 50, "members a group-buy may need (the initiator included); more is a 400"),
+    ("GROUP_TTL_DEFAULT_S", 86_400, "a group-buy's time to fill up when ttl_s is absent"),
+    ("GROUP_TTL_MAX_S", 7 * 86_400, "longest ttl_s of a group-buy; longer is a 400"),
+    (
+        "GROUP_KEEP_S",
+        7 * 86_400,
+        "a group-buy's state is kept this long after its expires_at, then its keys expire "
+        "(its id may then be used again)",
+    ),
+    ("GROUP_OPEN_MAX", 20, "open group-buys one initiator may have; one more is a 409"),
+    ("USER_GROUPS_MAX", 100, "groups kept in a user's index of groups started or joined"),
+    (
+        "GROUP_FEED_MAX",
+        200,
+        "friends' open group-buys kept per user for GET /v1/users/<id>/groups (fan-out on "
+        "start to the initiator's published ties; newest kept)",
+    ),
     ("VERSION_CACHE_S", 1.0, "how long the live version / experiments are cached in process"),
     ("GLOBAL_CACHE_S", 2.0, "fresh posts and out-of-stock set"),
-    ("EVENT_LOG_MAXLEN", 1_000_000, "approximate cap of the event stream"),
+    (
+        "EVENT_LOG_MAXLEN",
+        1_000_000,
+        "entries the event stream keeps: beyond it the exported ones are trimmed, never an "
+        "entry `feed events export` has not exported (below FEED_EVENT_LOG_HARD_MAX)",
+    ),
+    (
+        "EVENT_LOG_HARD_MAX",
+        5_000_000,
+        "hard cap of the event stream (memory): beyond it the oldest entries go even when not "
+        "exported, counted in feed_events_lost_unexported_total and logged as an error (0: none)",
+    ),
     ("MAX_EVENTS_PER_REQUEST", 500, "events in one POST /v1/events; more is a 400"),
     ("MAX_CONTENT_LENGTH", 1_048_576, "bytes (1 MiB, nginx's 1m); larger bodies get 413"),
     ("CURSOR_SECRET", None, "HMAC key for cursors; random per process when unset"),
@@ -89,16 +133,76 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
 )
 DEFAULTS: dict[str, Any] = {name: default for name, default, _ in SETTINGS}
 
+logger = logging.getLogger(__name__)
+
 
 class ConfigError(ValueError):
     """Invalid configuration: the message names the variable."""
 
 
+#: ``FEED_*`` names read outside :data:`SETTINGS` (refused, or the tests' and tools' own).
+OTHER_ENV = (
+    "FEED_DEBUG",
+    "FEED_TEST_REDIS_URL",
+    "FEED_NGINX",
+    "FEED_CHROMIUM",
+    "FEED_VIEWER_SCREENSHOT",
+)
+#: Settings that are booleans (``PAGE_NO_ADJACENT_AUTHOR`` may also be unset).
+BOOLEANS = ("JSON_LOGS", "PAGE_NO_ADJACENT_AUTHOR")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+_warned: set[str] = set()
+
+
+def parse_bool(key: str, raw: Any) -> bool:
+    """A boolean setting's value; anything but the accepted words is a :class:`ConfigError`.
+
+    >>> parse_bool("JSON_LOGS", "Off")
+    False
+    >>> parse_bool("JSON_LOGS", "flase")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    service.config.ConfigError: FEED_JSON_LOGS='flase' is not a boolean: use one of 1, true, ...
+    """
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ConfigError(
+        f"FEED_{key}={raw!r} is not a boolean: use one of {', '.join(TRUE_WORDS)} "
+        f"(true) or {', '.join(FALSE_WORDS)} (false)"
+    )
+
+
+def check_environment(environ: Mapping[str, str]) -> list[str]:
+    """Refuse a boolean ``FEED_*`` variable that is not one; warn (once per process and
+    name) about ``FEED_*`` names no setting reads, with the closest known name. Returns the
+    unknown names. ``create_app`` and gunicorn's master (``gunicorn.conf.py``) call it.
+    """
+    for key in BOOLEANS:
+        if f"FEED_{key}" in environ:
+            parse_bool(key, environ[f"FEED_{key}"])
+    known = [f"FEED_{name}" for name, _, _ in SETTINGS] + list(OTHER_ENV)
+    unknown = sorted(k for k in environ if k.startswith("FEED_") and k not in known)
+    for name in unknown:
+        if name not in _warned:
+            _warned.add(name)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("unknown environment variable %s is ignored%s", name, hint)
+    return unknown
+
+
 def check(config: dict[str, Any]) -> None:
     """Coerce numeric settings (environment values arrive as strings) and validate them."""
     for key, default, _ in SETTINGS:
-        if isinstance(default, bool):
-            config[key] = str(config.get(key)).lower() in ("1", "true", "yes", "on")
+        if key in BOOLEANS:
+            if default is not None or config.get(key) is not None:
+                config[key] = parse_bool(key, config.get(key) or False)
             continue
         if not isinstance(default, int | float):
             continue
@@ -117,6 +221,8 @@ def check(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"a FEED_PAGE_* or FEED_AUTHOR_MAX_PER_PAGE setting is invalid: {e}"
         ) from e
+    if 0 < config["EVENT_LOG_HARD_MAX"] < config["EVENT_LOG_MAXLEN"]:
+        raise ConfigError("FEED_EVENT_LOG_HARD_MAX must be 0 (none) or >= FEED_EVENT_LOG_MAXLEN")
     if not 1 <= config["DEFAULT_LIMIT"] <= config["MAX_LIMIT"]:
         raise ConfigError("FEED_DEFAULT_LIMIT must be between 1 and FEED_MAX_LIMIT")
     if str(config.get("DEBUG", "")).lower() in ("1", "true", "yes", "on"):

@@ -48,6 +48,11 @@ EXPOSURES = Counter(
     "feed_exposures_total", "Pages served in an experiment, by arm.", ["experiment", "arm"]
 )
 EVENTS = Counter("feed_events_accepted_total", "Events accepted, by type.", ["type"])
+EVENTS_REJECTED = Counter(
+    "feed_events_rejected_total",
+    "Events of a batch rejected (not stored), by error code.",
+    ["code"],
+)
 
 _RID_RE = re.compile(r"^[A-Za-z0-9_.\-]{8,64}$")
 access_log = logging.getLogger("feed.access")
@@ -109,6 +114,56 @@ def record_events(types: Iterable[str]) -> None:
         EVENTS.labels(t).inc()
 
 
+def record_rejected(codes: Iterable[str]) -> None:
+    for code, n in collections.Counter(codes).items():
+        EVENTS_REJECTED.labels(code).inc(n)
+
+
+class _EventLogCollector:
+    """The event log's export state, read from Redis at scrape time (one round trip, the same
+    for every process): ``feed_events_unexported`` (entries logged after the export
+    checkpoint; every entry before the first export) and ``feed_events_lost_unexported_total``
+    (unexported entries the hard cap trimmed). Nothing when Redis is unreachable."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def describe(self) -> list[Any]:
+        return []  # collected at scrape time only (no read when registered)
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from feed import contract as c
+
+        if self.store is None or not self.store.available():
+            return []
+        try:
+            pipe = self.store.r.pipeline(transaction=False)
+            pipe.get(c.EVENTS_SEQ_KEY)
+            pipe.hget(c.EVENTS_EXPORTED_KEY, "seq")
+            pipe.hget(c.EVENTS_EXPORTED_KEY, "id")
+            pipe.xlen(c.EVENTS_KEY)
+            pipe.get(c.EVENTS_LOST_KEY)
+            seq, cp_seq, cp_id, length, lost = pipe.execute()
+        except Exception:  # noqa: BLE001 - a scrape never fails for Redis
+            return []
+        backlog = int(length) if cp_id is None else max(int(seq or 0) - int(cp_seq or 0), 0)
+        return [
+            GaugeMetricFamily(
+                "feed_events_unexported",
+                "Event-log entries not yet exported (`feed events export`); the log's cap "
+                "never trims them below FEED_EVENT_LOG_HARD_MAX.",
+                value=backlog,
+            ),
+            CounterMetricFamily(
+                "feed_events_lost_unexported",
+                "Event-log entries trimmed by FEED_EVENT_LOG_HARD_MAX before any export.",
+                value=int(lost or 0),
+            ),
+        ]
+
+
 def _registry() -> CollectorRegistry | None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None  # the default registry of this process
@@ -158,4 +213,8 @@ def init_app(app: Flask) -> None:
     def metrics() -> Response:
         registry = _registry()
         body = generate_latest(registry) if registry is not None else generate_latest()
-        return Response(body, mimetype=CONTENT_TYPE_LATEST)
+        log = CollectorRegistry()  # the event log's export state, read from Redis now
+        log.register(_EventLogCollector(app.extensions.get("feed_store")))
+        body += generate_latest(log)
+        # content_type, not mimetype: CONTENT_TYPE_LATEST has its charset already
+        return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ page's cards while marking it served (round trip 2) and answers with the next cu
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,33 +93,60 @@ def _cursor_args(user_id: str, now: float) -> tuple[float, int, str | None, str 
 
 
 # --- cards -----------------------------------------------------------------------------------
-def render(cand: Candidate, card: bytes, oos: frozenset[str]) -> orjson.Fragment:
+def render(
+    cand: Candidate,
+    card: bytes,
+    oos: frozenset[str],
+    catalogue: Mapping[str, Mapping[str, Any]] | None = None,
+    edited: frozenset[str] = frozenset(),
+) -> orjson.Fragment:
     """A feed item's JSON: the post's card with its score and reason, spliced as bytes; the
-    card is decoded only to mark products that are out of stock now."""
-    if oos and any(p in oos for p in cand.product_ids):
-        card = orjson.dumps(in_stock(orjson.loads(card), oos))
+    card is decoded only to mark products that are out of stock now or changed in the live
+    catalogue (``catalogue``), or when the post was edited (its products may have changed)."""
+    products = cand.product_ids
+    if (
+        (oos and any(p in oos for p in products))
+        or (catalogue and any(p in catalogue for p in products))
+        or cand.post_id in edited
+    ):
+        card = orjson.dumps(in_stock(orjson.loads(card), oos, catalogue))
     tail = orjson.dumps({"score": round(float(cand.score), 4), "reason": cand.reason})
     return orjson.Fragment(card[:-1] + b"," + tail[1:])
 
 
-def in_stock(card: dict[str, Any], oos: frozenset[str]) -> dict[str, Any]:
-    """The card with each product's ``in_stock`` as of ``oos``."""
+#: What the live catalogue (``PUT /v1/products``) changes in a card's products.
+CATALOGUE_FIELDS = ("title", "category", "price", "merchant_id")
+
+
+def in_stock(
+    card: dict[str, Any],
+    oos: frozenset[str],
+    catalogue: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The card with each product's ``in_stock`` as of ``oos``, and its title, category, price
+    and merchant as the live catalogue has them."""
     for p in card["products"]:
+        record = catalogue.get(p["product_id"]) if catalogue else None
+        if record:
+            p.update({k: record[k] for k in CATALOGUE_FIELDS if k in record})
         p["in_stock"] = p["product_id"] not in oos
     return card
 
 
 def cards(
-    table: VersionTable | None, post_ids: list[str], served: Served | None = None
+    table: VersionTable | None,
+    post_ids: list[str],
+    served: Served | None = None,
+    edited: frozenset[str] = frozenset(),
 ) -> dict[str, bytes]:
     """Post id -> card of ``table``'s version (an API-created post's card for posts it does not
     list) in one round trip (which also marks ``served``, see
     :meth:`~service.store.Store.cards`); posts without a card (an API post stored by a release
     before cards) get one built from their documents (one more MGET)."""
-    found = store().cards(table, post_ids, served)
+    found = store().cards(table, post_ids, served, edited)
     missing = [p for p in post_ids if p not in found]
     if missing:
-        posts, _ = store().documents(table, missing, [])
+        posts, _ = store().documents(table, missing, [], edited)
         linked = list(
             dict.fromkeys(p for doc in posts.values() for p in doc.get("product_ids", []))
         )
@@ -128,12 +156,24 @@ def cards(
 
 
 def hydrate(
-    table: VersionTable, page: list[Candidate], oos: frozenset[str], served: Served | None = None
+    table: VersionTable,
+    page: list[Candidate],
+    oos: frozenset[str],
+    served: Served | None = None,
+    glob: Mapping[str, Any] | None = None,
 ) -> list[tuple[Candidate, Any]]:
     """Each candidate with its rendered item from ``table``'s version (posts without a card or
-    document are dropped), marking the page ``served`` in the same round trip."""
-    found = cards(table, [cand.post_id for cand in page], served)
-    return [(x, render(x, found[x.post_id], oos)) for x in page if x.post_id in found]
+    document are dropped), marking the page ``served`` in the same round trip. With ``glob``
+    (the global state): taken-down posts are dropped (a replayed page may list one), edited
+    posts served as edited, products as the live catalogue has them."""
+    glob = glob or {}
+    gone, edited = glob.get("takedown", frozenset()), glob.get("edited", frozenset())
+    catalogue = glob.get("catalogue")
+    page = [x for x in page if x.post_id not in gone] if gone else page
+    found = cards(table, [cand.post_id for cand in page], served, edited)
+    return [
+        (x, render(x, found[x.post_id], oos, catalogue, edited)) for x in page if x.post_id in found
+    ]
 
 
 # --- one page --------------------------------------------------------------------------------
@@ -287,7 +327,7 @@ def feed_page(req: PageRequest) -> Any:
     if req.raw_cursor and not req.preview and stateless is None:
         replay_key = c.page_key(req.user_id, req.raw_cursor)
     state = s.user_state(req.user_id, version, req.now, replay_key)
-    glob = s.global_state(version)
+    glob = s.global_state(version, state.overlay_generation)
     if stateless is None and not req.preview and _unknown(state):
         stateless = req.page_no  # nothing is written for an unknown visitor
     if req.preview:
@@ -305,7 +345,7 @@ def feed_page(req: PageRequest) -> Any:
         if replay_key and state.replay is None:
             keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in page])
         served = Served(req.user_id, req.now, route, rid, keep, mark_seen=stateless is None)
-    items = hydrate(table, page, glob["oos"], served)
+    items = hydrate(table, page, glob["oos"], served, glob)
     if served is not None and served.refused:  # Redis is full: served, but not recorded
         observability.REDIS_FULL.labels("page").inc()
         if stateless is None:

@@ -126,6 +126,35 @@ def require_admin_if_set(what: str) -> None:
         require_admin(f"{what} shows other users' data: ")
 
 
+def is_admin() -> bool:
+    """True when the request carries the configured admin token."""
+    admin = current_app.config.get("ADMIN_TOKEN")
+    return bool(admin) and _same(_bearer(), str(admin))
+
+
+def require_writer(what: str, admin_only: bool) -> str:
+    """Who may change shared content (moderation, the catalogue; docs/security.md): ``"admin"``
+    for the admin token; ``"api"`` for the API key (checked before every request), except
+    when ``admin_only`` and an admin token is configured (then 403). 401 without either; 403
+    when neither is configured (nobody could be told apart from anybody)."""
+    admin, key = current_app.config.get("ADMIN_TOKEN"), current_app.config.get("API_KEY")
+    if admin and _same(_bearer(), str(admin)):
+        return "admin"
+    if admin and admin_only:
+        if key and (request.headers.get("X-API-Key") or _bearer()):
+            raise ApiError(403, "forbidden", f"{what} needs the admin token, not the API key")
+        require_admin(f"{what}: ")
+    if key:  # require_api_key let the request in: it carries the key
+        return "api"
+    if admin:
+        require_admin(f"{what}: ")
+    raise ApiError(
+        403,
+        "forbidden",
+        f"{what} is disabled: set FEED_ADMIN_TOKEN (or FEED_API_KEY) so callers can be told apart",
+    )
+
+
 #: Endpoints that answer without the API key: liveness, readiness, and the viewer's page and
 #: its static files (the same for everyone, no data; what the page then reads needs a key).
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "viewer.viewer", "static"})

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,45 @@ def _realtime(member: Any, score: Any) -> tuple[str, float, str]:
 
 
 Command = writes.Command
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Moderation and the live catalogue, as of one value of the overlay counter
+    (:data:`feed.contract.OVERLAY_GEN_KEY`): version-independent, read whole when the counter
+    moves, so every process sees a change on its next request."""
+
+    generation: int = -1
+    takedown: frozenset[str] = frozenset()  # hidden or deleted posts
+    deleted: frozenset[str] = frozenset()
+    hidden: frozenset[str] = frozenset()
+    edited: frozenset[str] = frozenset()  # trained posts with an override document and card
+    products: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # the catalogue
+    sold_out: frozenset[str] = frozenset()  # catalogue products with in_stock false
+    restocked: frozenset[str] = frozenset()  # ... with in_stock true
+
+    @classmethod
+    def parse(cls, generation: int, moderation: Any, catalogue: Any) -> Overlay:
+        """From the raw ``HGETALL`` replies (flat lists or dicts) of both hashes."""
+
+        def pairs(reply: Any) -> list[tuple[str, dict[str, Any]]]:
+            items = reply.items() if isinstance(reply, dict) else writes.with_scores(reply)
+            return [(c.text(k), _json_object(v)) for k, v in items]
+
+        mod = pairs(moderation)
+        products = dict(pairs(catalogue))
+        deleted = frozenset(p for p, e in mod if e.get("deleted"))
+        hidden = frozenset(p for p, e in mod if e.get("hidden"))
+        return cls(
+            generation,
+            deleted | hidden,
+            deleted,
+            hidden,
+            frozenset(p for p, e in mod if e.get("edited")) - deleted,
+            products,
+            frozenset(p for p, d in products.items() if d.get("in_stock") is False),
+            frozenset(p for p, d in products.items() if d.get("in_stock") is True),
+        )
 
 
 def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> list[Any]:
@@ -113,6 +153,7 @@ class Store:
         self._live: tuple[float, str | None, frozenset[str]] = (0.0, None, frozenset())
         self._experiment: tuple[float, Experiment | None] = (-1e18, None)
         self._global: dict[str | None, tuple[float, dict[str, Any]]] = {}  # per version
+        self._overlay = Overlay()
         self._down_until = 0.0  # circuit breaker: skip Redis until then after an error
         self._full_at = -1e18  # when Redis last refused a write as full (see mark_full)
         self.fallback: tuple[str | None, list[Any]] = (None, [])  # version, rendered items
@@ -253,10 +294,42 @@ class Store:
         return index
 
     # -- global, briefly cached ----------------------------------------------------------
-    def global_state(self, version: str | None = None) -> dict[str, Any]:
+    def overlay_generation(self) -> int:
+        """The overlay counter now (one ``GET``), for routes that read no user keys."""
+        return int(self.r.get(c.OVERLAY_GEN_KEY) or 0)
+
+    def overlay(self, generation: int | None = None) -> Overlay:
+        """Moderation and the catalogue (:class:`Overlay`) as of ``generation`` (the counter a
+        caller read with its own keys, or :meth:`overlay_generation`; None: as this process
+        last read it, no round trip): cached until the counter moves, then both hashes are read
+        again in one round trip."""
+        cached = self._overlay
+        if generation is None and cached.generation >= 0:
+            return cached
+        if cached.generation == generation:
+            return cached
+        gen, moderation, catalogue = round_trip(
+            self.r,
+            [
+                ("GET", c.OVERLAY_GEN_KEY),
+                ("HGETALL", c.MODERATION_KEY),
+                ("HGETALL", c.CATALOGUE_KEY),
+            ],
+        )
+        ov = Overlay.parse(int(gen or 0), moderation, catalogue)
+        with self._lock:
+            self._overlay = ov
+        return ov
+
+    def global_state(
+        self, version: str | None = None, generation: int | None = None
+    ) -> dict[str, Any]:
         """``fresh``: the ``FRESH_POSTS`` newest posts created through the API with their
-        metadata (:class:`FreshPosts`, newest first); ``oos``: ``version``'s out-of-stock
-        product set (the live version's when None; :func:`feed.contract.stock_key`).
+        metadata (:class:`FreshPosts`, newest first, none taken down); ``oos``: ``version``'s
+        out-of-stock product set (the live version's when None; :func:`feed.contract.stock_key`)
+        with the catalogue's stock on top; ``takedown``, ``edited``, ``catalogue``: the
+        :class:`Overlay` as of ``generation`` (:meth:`overlay`), whose every change refreshes
+        this at once.
 
         Two round trips per ``GLOBAL_CACHE_S`` and version (the fresh list with the stock set,
         then the metadata of just those posts): the metadata hash keeps every API-created post
@@ -264,8 +337,10 @@ class Store:
         """
         if version is None:
             version = self.live_version()
+        ov = self.overlay(generation)
         at, g = self._global.get(version, (0.0, {}))
-        if time.monotonic() - at < self.config["GLOBAL_CACHE_S"] and g:
+        fresh_enough = time.monotonic() - at < self.config["GLOBAL_CACHE_S"]
+        if fresh_enough and g and g["overlay"] is ov:
             return g
         n = self.config["FRESH_POSTS"]
         commands: list[Command] = [("ZRANGE", c.FRESH_KEY, 0, n - 1, "REV", "WITHSCORES")]
@@ -276,9 +351,20 @@ class Store:
         oos = replies[1] if version is not None else []
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
         # newest first, as the zset read them
-        fresh_meta = {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m}
-        out_of_stock = frozenset(c.text(x) for x in oos)
-        g = {"fresh": FreshPosts.build(fresh_meta, out_of_stock), "oos": out_of_stock}
+        fresh_meta = {
+            p: c.decode_json(m)
+            for (p, _), m in zip(fresh, metas, strict=True)
+            if m and p not in ov.takedown
+        }
+        out_of_stock = (frozenset(c.text(x) for x in oos) - ov.restocked) | ov.sold_out
+        g = {
+            "fresh": FreshPosts.build(fresh_meta, out_of_stock),
+            "oos": out_of_stock,
+            "takedown": ov.takedown,
+            "edited": ov.edited,
+            "catalogue": ov.products,
+            "overlay": ov,
+        }
         with self._lock:
             self._global[version] = (time.monotonic(), g)
             while len(self._global) > 4:  # the few versions in use
@@ -300,7 +386,8 @@ class Store:
     def user_state(
         self, user_id: str, version: str, now: float, replay_key: str | None = None
     ) -> UserState:
-        """Everything about one user in ONE pipelined round trip (one cluster slot).
+        """Everything about one user in ONE pipelined round trip (the user's cluster slot, and
+        the overlay counter's: :meth:`overlay`).
 
         ``replay_key`` (:func:`feed.contract.page_key` of the request's cursor) also reads the
         page that cursor already led to, so a retried cursor gets the same page.
@@ -322,11 +409,12 @@ class Store:
         ):
             commands.append(("SMEMBERS", k(user_id, kind)))
         commands.append(("GET", k(user_id, c.USER_SEED, version)))
+        commands.append(("GET", c.OVERLAY_GEN_KEY))  # moderation/catalogue changed? (overlay)
         if replay_key:
             commands.append(("GET", replay_key))
         res = round_trip(self.r, commands)
-        cand, seen, liked, rt, hidden, muted, follows, unfollows, bought, seed = res[:10]
-        replay = c.decode_json(res[10]) if replay_key else None
+        cand, seen, liked, rt, hidden, muted, follows, unfollows, bought, seed, gen = res[:11]
+        replay = c.decode_json(res[11]) if replay_key else None
         seed_follows, seed_bought = c.decode_seed(seed)
         return UserState(
             candidates=c.decode_candidates(cand),
@@ -339,28 +427,41 @@ class Store:
             unfollows={c.text(x) for x in unfollows},
             bought=seed_bought | {c.text(x) for x in bought},
             replay=[(str(p), float(sc), str(why)) for p, sc, why in replay] if replay else None,
+            overlay_generation=int(gen or 0),
         )
 
     # -- documents -----------------------------------------------------------------------
     @staticmethod
-    def _post_keys(table: VersionTable | None, post_ids: list[str], key: Any) -> list[str]:
+    def _post_keys(
+        table: VersionTable | None,
+        post_ids: list[str],
+        key: Any,
+        edited: frozenset[str] = frozenset(),
+    ) -> list[str]:
         """``key(post, version)`` of each post: the version's (``table``) for the posts its
-        table lists, the API-created post's (version None) for the others."""
-        if table is None:
-            return [key(p, None) for p in post_ids]
-        listed = table.index
-        return [key(p, table.version if p in listed else None) for p in post_ids]
+        table lists, the API-created post's (version None) for the others; for ``edited``
+        posts (trained posts changed by ``PATCH /v1/posts``) their override
+        (:func:`feed.contract.override_keys`)."""
+        kind = 1 if key is c.card_key else 0
+        listed = table.index if table is not None else {}
+        return [
+            c.override_keys(p)[kind]
+            if p in edited
+            else key(p, table.version if table is not None and p in listed else None)
+            for p in post_ids
+        ]
 
     def documents(
         self,
         table: VersionTable | None,
         post_ids: list[str],
         product_ids: list[str],
+        edited: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         """Post and product documents of ``table``'s version in ONE MGET (split per node on a
-        cluster); posts it does not list are read as API-created posts, and without a table
-        there are no product documents."""
-        keys = self._post_keys(table, post_ids, c.post_doc_key)
+        cluster); posts it does not list are read as API-created posts (``edited`` ones as
+        their override), and without a table there are no product documents."""
+        keys = self._post_keys(table, post_ids, c.post_doc_key, edited)
         if table is None:
             product_ids = []
         keys += [c.product_doc_key(p, table.version) for p in product_ids if table is not None]
@@ -374,7 +475,11 @@ class Store:
         return posts, prods
 
     def cards(
-        self, table: VersionTable | None, post_ids: list[str], served: Served | None = None
+        self,
+        table: VersionTable | None,
+        post_ids: list[str],
+        served: Served | None = None,
+        edited: frozenset[str] = frozenset(),
     ) -> dict[str, bytes]:
         """Post id -> its card (raw JSON, see :func:`feed.contract.card`) in ONE round trip,
         which with ``served`` also marks the page served (the page's only write). Cards are
@@ -386,7 +491,7 @@ class Store:
         """
         if not post_ids:
             return {}
-        keys = self._post_keys(table, post_ids, c.card_key)
+        keys = self._post_keys(table, post_ids, c.card_key, edited)
         cluster = is_cluster(self.r)
         # cards spread over a cluster: one GET each, grouped by node; else one MGET
         commands: list[Command] = [("GET", k) for k in keys] if cluster else [("MGET", *keys)]
@@ -451,6 +556,16 @@ class Store:
         all of the batch or nothing (:func:`service.writes.record_events`)."""
         try:
             writes.record_events(self.r, events, self.config, is_cluster(self.r))
+        except Exception as e:
+            if is_full(e):
+                self.mark_full()
+            raise
+
+    def overlay_write(self, prepare: writes.Prepare) -> None:
+        """A moderation or catalogue change, all or nothing, seen by every process on its next
+        request (:func:`service.writes.overlay_write`)."""
+        try:
+            writes.overlay_write(self.r, is_cluster(self.r), prepare)
         except Exception as e:
             if is_full(e):
                 self.mark_full()

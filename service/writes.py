@@ -23,8 +23,10 @@ deleting what was added: deletions are never refused for memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from redis.exceptions import WatchError
 
 from feed import contract as c
 from feed import versions
@@ -106,7 +108,34 @@ def event_writes(
         return [("SADD", k(c.USER_HIDDEN), ev["post_id"])]
     if kind == "see_fewer_author":
         return [("SADD", k(c.USER_MUTED), ev["author_id"])]
+    if kind == "favorite":  # a strong like: the same real-time state as a like
+        return event_writes({**ev, "type": "like"}, members, cfg)
+    if kind == "unfavorite":
+        return event_writes({**ev, "type": "unlike"}, members, cfg)
+    if kind in ("add_to_cart", "share"):  # the post was opened: a click (share_writes: receiver)
+        if not ev.get("post_id"):
+            return []
+        return event_writes({**ev, "type": "click"}, members, cfg)
     raise ValueError(f"unknown event type {kind!r}")
+
+
+def share_writes(ev: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[Command]:
+    """A ``share`` with a ``receiver_id`` (not the sharer) puts the post into the receiver's
+    real-time candidates, reason ``shared_by:<sharer>`` at full strength, on the receiver's
+    keys (their slot): the zset stays at ``RT_MAX`` and expires ``USER_STATE_TTL_S`` after the
+    last write, as every real-time key does.
+
+    >>> share_writes({"type": "share", "user_id": "a", "post_id": "p", "receiver_id": "b",
+    ...               "ts": 5.0}, {"RT_MAX": 9, "USER_STATE_TTL_S": 0})
+    [('ZADD', '{u:b}:rt', 5.999, 'p|shared_by:a'), ('ZREMRANGEBYRANK', '{u:b}:rt', 0, -10)]
+    """
+    receiver = ev.get("receiver_id")
+    if ev["type"] != "share" or not receiver or receiver == ev["user_id"]:
+        return []
+    member = {c.rt_member(ev["post_id"], f"shared_by:{ev['user_id']}"): 1.0}
+    out = _realtime(receiver, member, ev["ts"], cfg["RT_MAX"])
+    ttl = int(cfg["USER_STATE_TTL_S"])
+    return out + ([("EXPIRE", c.user_key(receiver, c.USER_RT), ttl)] if ttl > 0 else [])
 
 
 def renewals(user: str, cfg: Mapping[str, Any]) -> list[Command]:
@@ -133,13 +162,133 @@ def event_batch(
     batch; ``members`` of each event are the real-time candidates it adds or removes."""
     log: list[Command] = []
     users: dict[str, list[Command]] = {}
+    receivers: dict[str, list[Command]] = {}
     for ev, members in events:
-        fields = [x for k, v in ev.items() for x in (k, str(v))]
-        log.append(("XADD", c.EVENTS_KEY, "MAXLEN", "~", cfg["EVENT_LOG_MAXLEN"], "*", *fields))
+        log.append(log_append(ev))
         users.setdefault(ev["user_id"], []).extend(event_writes(ev, members, cfg))
+        if shared := share_writes(ev, cfg):
+            receivers.setdefault(ev["receiver_id"], []).extend(shared)
     for user, cmds in users.items():
         cmds.extend(renewals(user, cfg))
-    return log, users
+    for user, cmds in receivers.items():  # a receiver's writes join their own slot's group
+        users.setdefault(user, []).extend(cmds)
+    return counted(log), users
+
+
+# --- the event log -------------------------------------------------------------------------------
+def log_append(fields: Mapping[str, Any]) -> Command:
+    """The ``XADD`` of one event-log entry (``fields`` as strings). No ``MAXLEN``: the log is
+    trimmed by :func:`trim_log`, which never drops an entry not yet exported below the hard
+    cap. Every group of ``XADD``s goes with its :func:`counted` ``INCRBY``.
+
+    >>> log_append({"type": "like", "ts": 1.5})
+    ('XADD', '{feed}:events', '*', 'type', 'like', 'ts', '1.5')
+    """
+    return ("XADD", c.EVENTS_KEY, "*", *[x for k, v in fields.items() for x in (k, str(v))])
+
+
+def counted(group: list[Command]) -> list[Command]:
+    """``group`` plus the ``INCRBY`` of :data:`feed.contract.EVENTS_SEQ_KEY` by its event-log
+    ``XADD``s, to run in the same transaction, so the export's snapshot of (last id, counter)
+    is consistent and the backlog is a subtraction.
+
+    >>> counted([log_append({"type": "x"})])[-1]
+    ('INCRBY', '{feed}:events_seq', 1)
+    """
+    n = sum(1 for cmd in group if cmd[0] == "XADD" and cmd[1] == c.EVENTS_KEY)
+    return [*group, ("INCRBY", c.EVENTS_SEQ_KEY, n)] if n else list(group)
+
+
+# Trim the log (KEYS: log, checkpoint hash, lost counter; ARGV: maxlen, hard cap, step):
+# 1. beyond maxlen, drop the oldest entries up to the export checkpoint (exported ones) only;
+# 2. beyond the hard cap, drop the oldest entries whatever they are, counting the unexported
+#    ones among them. At most ``step`` entries a call each (the next write trims on).
+# Returns {exported entries trimmed, unexported entries lost}. One script: atomic, one slot.
+_TRIM_LOG = """
+local function after(id)
+  local ms, sq = string.match(id, '^(%d+)-(%d+)$')
+  return ms .. '-' .. string.format('%.0f', tonumber(sq) + 1)
+end
+local function newer(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  return am > bm or (am == bm and tonumber(as) > tonumber(bs))
+end
+local maxlen, hard, step = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = redis.call('XLEN', KEYS[1])
+if n <= maxlen then return {0, 0} end
+local cp = redis.call('HGET', KEYS[2], 'id')
+local trimmed, lost = 0, 0
+if cp then
+  local rows = redis.call('XRANGE', KEYS[1], '-', cp, 'COUNT', math.min(n - maxlen, step))
+  if #rows > 0 then
+    trimmed = redis.call('XTRIM', KEYS[1], 'MINID', after(rows[#rows][1]))
+    n = n - trimmed
+  end
+end
+if hard > 0 and n > hard then
+  local rows = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(n - hard, step))
+  for _, row in ipairs(rows) do
+    if not cp or newer(row[1], cp) then lost = lost + 1 end
+  end
+  if #rows > 0 then
+    redis.call('XTRIM', KEYS[1], 'MINID', after(rows[#rows][1]))
+  end
+  if lost > 0 then redis.call('INCRBY', KEYS[3], lost) end
+end
+return {trimmed, lost}
+"""
+
+#: Entries :func:`trim_log` removes at most per call and rule (the script blocks Redis while
+#: it runs; a write adds at most ``MAX_EVENTS_PER_REQUEST`` entries, so the log keeps up).
+TRIM_STEP = 10_000
+
+
+def trim_command(cfg: Mapping[str, Any]) -> Command:
+    """The ``EVAL`` of :func:`trim_log`'s script, to run after a group of ``XADD``s in their
+    transaction; its reply is [exported entries trimmed, unexported entries lost]."""
+    return (
+        "EVAL",
+        _TRIM_LOG,
+        3,
+        c.EVENTS_KEY,
+        c.EVENTS_EXPORTED_KEY,
+        c.EVENTS_LOST_KEY,
+        int(cfg["EVENT_LOG_MAXLEN"]),
+        int(cfg.get("EVENT_LOG_HARD_MAX", 0)),
+        TRIM_STEP,
+    )
+
+
+def _report_lost(reply: Any, cfg: Mapping[str, Any]) -> int:
+    """Log (as an error) the unexported entries a trim's ``reply`` says it dropped."""
+    lost = int(reply[1]) if isinstance(reply, list | tuple) and len(reply) == 2 else 0
+    if lost:
+        logger.error(
+            "EVENTS LOST: the event log passed FEED_EVENT_LOG_HARD_MAX=%s entries and %d "
+            "events not yet exported were trimmed; run `feed events export` more often or "
+            "raise the cap",
+            cfg.get("EVENT_LOG_HARD_MAX"),
+            lost,
+        )
+    return lost
+
+
+def trim_log(r: Any, cfg: Mapping[str, Any]) -> int:
+    """Keep the event log at ``EVENT_LOG_MAXLEN`` entries by dropping exported ones (those up
+    to the export checkpoint, :data:`feed.contract.EVENTS_EXPORTED_KEY`), never an entry not
+    yet exported, until the log passes ``EVENT_LOG_HARD_MAX`` (0: no hard cap): then the oldest
+    go anyway, to protect memory, and the unexported ones among them are counted
+    (:data:`feed.contract.EVENTS_LOST_KEY`, ``feed_events_lost_unexported_total``) and logged
+    as an error. Called after every write to the log; a failure is logged (the next write
+    trims again). The number of unexported entries lost."""
+    try:
+        reply = r.execute_command(*trim_command(cfg))
+    except Exception as e:  # noqa: BLE001 - the write itself stands
+        logger.warning("could not trim the event log: %r", e)
+        return 0
+    return _report_lost(reply, cfg)
 
 
 # --- all or nothing ----------------------------------------------------------------------------
@@ -187,13 +336,16 @@ def _inverse(cmd: Command, before: list[Any], reply: Any) -> list[Command]:
         return [("ZADD", key, score, m) for m, score in with_scores(before[0])]
     if op == "XADD":
         return [("XDEL", key, reply)]
+    if op == "INCRBY":
+        return [("DECRBY", key, args[0])]
     return []
 
 
-def _apply(r: Any, group: list[Command]) -> list[Command]:
+def _apply(r: Any, group: list[Command], out: list[Any] | None = None) -> list[Command]:
     """Run ``group`` as one transaction (one slot on a cluster), each write preceded by the
-    reads of :func:`_before`; the commands that revert it (in the order to run them). Raises
-    what Redis answered when the transaction failed, after reverting what it did apply."""
+    reads of :func:`_before`; the commands that revert it (in the order to run them), and each
+    command's reply appended to ``out``. Raises what Redis answered when the transaction
+    failed, after reverting what it did apply."""
     pipe = r.pipeline(transaction=True)
     plan: list[tuple[Command, int]] = []
     for cmd in group:
@@ -209,6 +361,8 @@ def _apply(r: Any, group: list[Command]) -> list[Command]:
     for cmd, n_reads in plan:
         before, reply = list(replies[i : i + n_reads]), replies[i + n_reads]
         i += n_reads + 1
+        if out is not None:
+            out.append(reply)
         if isinstance(reply, BaseException):  # a runtime error: the rest of EXEC still ran
             failed = failed or reply
             continue
@@ -234,24 +388,25 @@ def revert(r: Any, undos: list[list[Command]]) -> None:
             logger.error("could not revert a failed write (%s): %r", e, undo[:50])
 
 
-def transact(r: Any, groups: list[list[Command]], cluster: bool) -> None:
+def transact(r: Any, groups: list[list[Command]], cluster: bool) -> list[Any]:
     """Apply ``groups`` (each on one slot) all or nothing (see the module's docstring): one
     transaction on a single server; on a cluster one per group in order, reverting the groups
-    already applied when one fails."""
+    already applied when one fails. The replies of every command, in order."""
     groups = [g for g in groups if g]
     if not cluster:  # no reads: a full Redis refuses the whole transaction as it is queued
         pipe = r.pipeline(transaction=True)
         for cmd in (cmd for g in groups for cmd in g):
             pipe.execute_command(*cmd)
-        pipe.execute()
-        return
+        return list(pipe.execute())
     done: list[list[Command]] = []
+    replies: list[Any] = []
     try:
         for group in groups:
-            done.append(_apply(r, group))
+            done.append(_apply(r, group, replies))
     except BaseException:
         revert(r, done)
         raise
+    return replies
 
 
 def record_events(
@@ -263,8 +418,10 @@ def record_events(
     """Append each event to the event log and apply it to its user's real-time keys, renewing
     their TTLs: all of the batch or none of it (:func:`transact`; the log last)."""
     log, users = event_batch(events, cfg)
-    transact(r, [*users.values(), log], cluster)
+    # the log's trim runs in the log's own transaction (one slot): no extra round trip
+    replies = transact(r, [*users.values(), [*log, trim_command(cfg)]], cluster)
     trim_sets(r, list(users.values()), int(cfg["USER_SET_MAX"]))
+    _report_lost(replies[-1], cfg)
 
 
 def trim_sets(r: Any, groups: list[list[Command]], most: int) -> None:
@@ -317,12 +474,13 @@ def add_post(
         "categories": sorted({x for x in cats if x}),
         "created_at": created,
     }
-    event = ["type", "post", "post_id", pid, "user_id", author, "ts", str(created)]
+    event = {"type": "post", "post_id": pid, "user_id": author, "ts": created}
     pipe = r.pipeline(transaction=False)
     pipe.execute_command("SET", card_key, c.encode_json(c.card(doc, products)), *expiry)
     pipe.execute_command("HSET", c.FRESH_META_KEY, pid, c.encode_json(meta))
     pipe.execute_command("ZADD", c.FRESH_KEY, created, pid)
-    pipe.execute_command("XADD", c.EVENTS_KEY, "MAXLEN", "~", cfg["EVENT_LOG_MAXLEN"], "*", *event)
+    for cmd in counted([log_append(event)]):  # XADD, INCRBY: both on {feed}
+        pipe.execute_command(*cmd)
     replies = pipe.execute(raise_on_error=False)
     errors = [x for x in replies if isinstance(x, BaseException)]
     if errors:
@@ -332,10 +490,13 @@ def add_post(
             ("HDEL", c.FRESH_META_KEY, pid),
             ("ZREM", c.FRESH_KEY, pid),
         ]
+        if not isinstance(replies[-2], BaseException):
+            undo.append(("XDEL", c.EVENTS_KEY, replies[-2]))
         if not isinstance(replies[-1], BaseException):
-            undo.append(("XDEL", c.EVENTS_KEY, replies[-1]))
+            undo.append(("DECRBY", c.EVENTS_SEQ_KEY, 1))
         _delete(r, undo)
         raise errors[0]
+    trim_log(r, cfg)
     return True
 
 
@@ -368,3 +529,69 @@ def prune_fresh(r: Any, now: float, cfg: Mapping[str, Any], batch: int = 1_000) 
     posts = sorted(victims)
     versions.forget_fresh(r, posts)  # the one removal rule, also the activation's
     return len(posts)
+
+
+# --- moderation and the live catalogue -----------------------------------------------------------
+#: Attempts of an overlay write whose watched hashes another writer changed meanwhile.
+OVERLAY_RETRIES = 50
+
+#: ``prepare(read)`` of :func:`overlay_write`: given ``read`` (runs one command now, under the
+#: watch), the document commands and the ``{feed}`` commands of the change.
+Prepare = Callable[[Callable[..., Any]], tuple[list[Command], list[Command]]]
+
+
+def overlay_write(r: Any, cluster: bool, prepare: Prepare) -> None:
+    """Apply a moderation or catalogue change all or nothing, with the overlay counter
+    (:data:`feed.contract.OVERLAY_GEN_KEY`) bumped in the same transaction, so every process
+    sees it on its next request.
+
+    ``prepare`` reads what it needs (the moderation and catalogue hashes are ``WATCH``ed, so
+    its caps and merges hold when the transaction runs; it is called again when another writer
+    changed them) and returns (document commands, ``{feed}`` commands). On one server
+    everything is one ``MULTI``/``EXEC``. On a cluster the documents (spread over slots) are
+    written first and put back as they were (value and TTL) when the ``{feed}`` transaction
+    fails."""
+    for _ in range(OVERLAY_RETRIES):
+        with r.pipeline(transaction=True) as pipe:
+            pipe.watch(c.MODERATION_KEY, c.CATALOGUE_KEY)
+            docs, own = prepare(pipe.execute_command)
+            own = [*counted(own), ("INCR", c.OVERLAY_GEN_KEY)]
+            saved = _snapshot(r, docs) if cluster and docs else []
+            try:
+                for cmd in docs if cluster else []:  # one slot each: no transaction spans them
+                    r.execute_command(*cmd)
+                pipe.multi()
+                for cmd in own if cluster else [*docs, *own]:
+                    pipe.execute_command(*cmd)
+                pipe.execute()
+                return
+            except WatchError:
+                _put_back(r, saved)
+                continue
+            except BaseException:
+                _put_back(r, saved)
+                raise
+    raise WatchError(f"the overlay changed {OVERLAY_RETRIES} times while this write was prepared")
+
+
+def _snapshot(r: Any, docs: list[Command]) -> list[tuple[str, Any, int]]:
+    """(key, value, PTTL) of every key ``docs`` write, before they do."""
+    keys = list(dict.fromkeys(str(cmd[1]) for cmd in docs))
+    return [(k, r.get(k), int(r.pttl(k))) for k in keys]
+
+
+def _put_back(r: Any, saved: list[tuple[str, Any, int]]) -> None:
+    """Undo :func:`_snapshot`'s keys' writes (a failure is logged: the caller raises)."""
+    undo: list[Command] = []
+    for key, value, pttl in saved:
+        if value is None:
+            undo.append(("DEL", key))
+        else:
+            undo.append(("SET", key, value, *(("PX", pttl) if pttl > 0 else ())))
+    _delete(r, undo)
+
+
+def overlay_event(kind: str, fields: Mapping[str, Any], cfg: Mapping[str, Any]) -> Command:
+    """The ``XADD`` of a moderation (``post_update``, ``post_delete``) or catalogue
+    (``product_upsert``) event: ``type`` then ``fields`` at top level, as strings."""
+    return log_append({"type": kind, **fields})  # overlay_write counts it and trims the log

@@ -82,21 +82,29 @@ def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 @contextmanager
 def gunicorn(
-    redis_url: str, work: Path, port: int, workers: int, secret: str | None = SECRET
+    redis_url: str,
+    work: Path,
+    port: int,
+    workers: int | None,
+    secret: str | None = SECRET,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``gunicorn -c gunicorn.conf.py 'service:create_app()'`` on 127.0.0.1:``port``, answering
-    /healthz; stopped (SIGTERM, then SIGKILL) on exit."""
+    /healthz; stopped (SIGTERM, then SIGKILL) on exit. ``workers`` None: GUNICORN_WORKERS
+    unset; ``extra``: more environment on top. The log is ``work/gunicorn-<port>.log``."""
     metrics = work / f"metrics-{port}"
     metrics.mkdir()
     env = {
         "FEED_REDIS_URL": redis_url,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": str(workers),
         "GUNICORN_LOG_LEVEL": "warning",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
     }
+    if workers is not None:
+        env["GUNICORN_WORKERS"] = str(workers)
     if secret:
         env["FEED_CURSOR_SECRET"] = secret
+    env.update(extra or {})
     log = work / f"gunicorn-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -316,3 +324,243 @@ def test_several_workers_refuse_to_start_without_a_cursor_secret(
     assert "export FEED_CURSOR_SECRET=" in run.stderr
     with pytest.raises(OSError):  # it never listened
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+# --- compose, the images and gunicorn's settings ----------------------------------------------
+def _compose() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def _secret_ref(value: str, name: str) -> bool:
+    """``value`` is ``${NAME:?message}``: compose refuses to start without NAME."""
+    return re.fullmatch(r"\$\{" + name + r":\?[^}]+\}", value) is not None
+
+
+def test_compose_redis_is_private_with_a_password_and_secrets_come_from_the_environment() -> None:
+    services = _compose()["services"]
+    redis = services["redis"]
+    assert "ports" not in redis, "Redis must be reachable on the compose network only"
+    assert _secret_ref(redis["environment"]["REDIS_PASSWORD"], "REDIS_PASSWORD")
+    assert '--requirepass "$$REDIS_PASSWORD"' in " ".join(redis["command"])
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    feed = services["feed"]
+    assert feed["build"] == {"context": ".", "target": "service"}
+    env = feed["environment"]
+    assert _secret_ref(env["FEED_CURSOR_SECRET"], "FEED_CURSOR_SECRET")
+    assert _secret_ref(env["FEED_ADMIN_TOKEN"], "FEED_ADMIN_TOKEN")
+    for name in ("feed", "trainer"):
+        url = services[name]["environment"]["FEED_REDIS_URL"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url), url
+    trainer = services["trainer"]
+    assert trainer["profiles"] == ["train"] and trainer["build"]["target"] == "trainer"
+    script = " ".join(trainer["command"])
+    assert "feed train /data --out /artifacts" in script and "feed publish" in script
+    assert "--activate" in script
+    # no literal secret anywhere: every secret-looking value is a ${VAR:?...} reference
+    for svc in services.values():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"SECRET|TOKEN|PASSWORD|API_KEY", key):
+                assert _secret_ref(str(value), key), (key, value)
+
+
+def _stages() -> dict[str, str]:
+    """The Dockerfile's stages: name -> its lines (``FROM x AS name`` starts one)."""
+    stages: dict[str, str] = {}
+    name = None
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        m = re.match(r"FROM \S+ AS (\S+)", line)
+        if m:
+            name = m.group(1)
+            stages[name] = ""
+        elif name is not None:
+            stages[name] += line + "\n"
+    return stages
+
+
+TRAINING_STACK = {"implicit", "scikit-learn", "pandas", "pyarrow", "jieba", "threadpoolctl"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]  # type: ignore[no-any-return]
+
+
+def test_the_service_image_installs_the_service_extra_only() -> None:
+    stages = _stages()
+    assert {"base", "trainer", "service"} <= set(stages)
+    assert list(stages)[-1] == "service"  # `docker build .` builds the service
+    service = stages["service"]
+    assert "build-essential" not in service + stages["base"]
+    assert "['service']" in service and "pip install --no-deps ." in service
+    assert not re.search(r"pip install (?!--no-deps)(?!-r)\S*\.", service), service
+    assert "gunicorn" in service and "pip install ." in stages["trainer"]
+    project = _pyproject()
+    extra = project["optional-dependencies"]["service"]
+    assert not {_name(r) for r in extra} & TRAINING_STACK
+    pins = {_name(r): r for r in project["dependencies"]}
+    for requirement in extra:  # the same pins as the package's own dependencies
+        assert pins.get(_name(requirement), "").split("#")[0].strip() == requirement
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` install (without extras' optional ones)."""
+    import importlib.metadata as md
+
+    todo, seen = [_name(r) for r in requirements], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [_name(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_the_service_needs_no_more_than_the_service_extra(redis_url: str, published: str) -> None:
+    """Every distribution the service process loads while it answers its routes is in the
+    `service` extra's closure (the image would miss it otherwise)."""
+    script = """
+import sys, importlib.metadata as md
+from service import create_app
+token = "t" * 20
+app = create_app({"REDIS_URL": sys.argv[1], "ADMIN_TOKEN": token})
+c = app.test_client()
+auth = {"Authorization": "Bearer " + token}
+for path in ("/v1/feed/u1", "/v1/posts/p1/similar", "/docs", "/openapi.json", "/metrics",
+             "/viewer", "/healthz", "/readyz", "/v1/admin/versions", "/v1/admin/experiments",
+             "/v1/users/u1/gifts?for=u2"):
+    assert c.get(path, headers=auth).status_code < 500, path
+top = {m.split(".")[0] for m in list(sys.modules)}
+dists = md.packages_distributions()
+print("\\n".join(sorted({d for t in top for d in dists.get(t, [])})))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, redis_url],
+        cwd=ROOT,
+        env=_env({}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = {_name(d) for d in out.stdout.split()} - {"shopfeed", "setuptools", "pip"}
+    allowed = _closure(_pyproject()["optional-dependencies"]["service"])
+    assert loaded <= allowed, f"the service imports {sorted(loaded - allowed)}: add to `service`"
+    assert not loaded & TRAINING_STACK
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_gunicorn_honours_web_concurrency_and_logs_json(
+    redis_url: str, published: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    extra = {
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_LOG_LEVEL": "info",
+        "FEED_JSN_LOGS": "1",  # misspelt: one warning, from the master, with the right name
+    }
+    with gunicorn(redis_url, tmp_path, port, workers=None, extra=extra):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND_S)
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200
+        assert resp.getheader("Content-Type") == "text/plain; version=1.0.0; charset=utf-8"
+        assert _get(port, "/v1/feed/u1?limit=3")[0] == 200
+        time.sleep(0.3)
+    lines = _json_lines((tmp_path / f"gunicorn-{port}.log").read_text())  # every line JSON
+    messages = [x["message"] for x in lines]
+    assert sum(m.startswith("Booting worker") for m in messages) == 2, messages
+    assert any(x["logger"] == "gunicorn.error" for x in lines)
+    warned = [m for m in messages if "FEED_JSN_LOGS" in m]
+    assert warned == [
+        "unknown environment variable FEED_JSN_LOGS is ignored; did you mean FEED_JSON_LOGS?"
+    ]
+    # each request logged once: the service's access log, not gunicorn's too
+    assert sum("/v1/feed/u1" in m for m in messages) == 1, messages
+
+    # GUNICORN_WORKERS wins over WEB_CONCURRENCY; FEED_JSON_LOGS=false: gunicorn's plain lines
+    port = free_port()
+    extra = {"WEB_CONCURRENCY": "3", "GUNICORN_LOG_LEVEL": "info", "FEED_JSON_LOGS": "false"}
+    with gunicorn(redis_url, tmp_path, port, workers=1, extra=extra):
+        pass
+    text = (tmp_path / f"gunicorn-{port}.log").read_text()
+    assert text.count("Booting worker") == 1, text
+    assert "[INFO] Booting worker" in text and '"logger":"gunicorn.error"' not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FEED_JSON_LOGS": "flase"}, "Error: FEED_JSON_LOGS='flase' is not a boolean"),
+        ({"GUNICORN_THREADS": "four"}, "GUNICORN_THREADS='four' must be a positive integer"),
+    ],
+)
+def test_gunicorn_refuses_bad_settings_at_start(
+    redis_url: str, tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    port = free_port()
+    run = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"],
+        cwd=ROOT,
+        env=_env(
+            {
+                "FEED_REDIS_URL": redis_url,
+                "GUNICORN_BIND": f"127.0.0.1:{port}",
+                "GUNICORN_WORKERS": "1",
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+                **env,
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert message in run.stderr, run.stderr[-2000:]
+    if "FEED_JSON_LOGS" in env:
+        assert "0, false, no, off" in run.stderr
+
+
+def test_start_up_warns_once_on_unknown_feed_names_and_refuses_bad_booleans(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service import create_app
+    from service.config import ConfigError
+
+    monkeypatch.setenv("FEED_REDIS_ULR", "redis://typo:6379/0")
+    with caplog.at_level("WARNING", logger="service.config"):
+        create_app({"REDIS_URL": redis_url, "TESTING": True})
+        create_app({"REDIS_URL": redis_url, "TESTING": True})
+    warned = [r.getMessage() for r in caplog.records if "FEED_REDIS_ULR" in r.getMessage()]
+    assert warned == [
+        "unknown environment variable FEED_REDIS_ULR is ignored; did you mean FEED_REDIS_URL?"
+    ]
+    monkeypatch.setenv("FEED_JSON_LOGS", "flase")
+    accepted = "use one of 1, true, yes, on (true) or 0, false, no, off (false)"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"FEED_JSON_LOGS='flase' is not a boolean: {accepted}")
+    ):
+        create_app({"REDIS_URL": redis_url, "TESTING": True})
+    monkeypatch.setenv("FEED_JSON_LOGS", "Off")
+    monkeypatch.setenv("FEED_PAGE_NO_ADJACENT_AUTHOR", "maybe")
+    with pytest.raises(ConfigError, match="FEED_PAGE_NO_ADJACENT_AUTHOR='maybe' is not a boolean"):
+        create_app({"REDIS_URL": redis_url, "TESTING": True})
+    monkeypatch.setenv("FEED_PAGE_NO_ADJACENT_AUTHOR", "yes")
+    app = create_app({"REDIS_URL": redis_url, "TESTING": True})
+    assert app.config["JSON_LOGS"] is False and app.config["PAGE_NO_ADJACENT_AUTHOR"] is True

@@ -79,7 +79,10 @@ def test_export_merges_events_and_retrains(
     assert new_post["product_ids"] == ("sku-1",) and new_post["text"].startswith("手沖")
 
     again = runner.invoke(main, ["events", "export", str(out), "--data", str(dataset_dir)])
-    assert again.exit_code == 1 and "already holds a dataset" in again.output
+    assert again.exit_code == 0, again.output
+    assert "0 events after" in again.output  # exactly once: the second export adds nothing
+    assert len(load(out).likes) == len(merged.likes)
+    assert len(load(out).hides) == len(merged.hides) == 1  # the hide_post, in hides.csv
 
     # the loop closes: a version trained on the export knows the new post, likes and follow
     art = read(
@@ -115,5 +118,9 @@ def test_like_unlike_like_replays_in_log_order(dataset_dir: Path) -> None:
     pairs = list(zip(tables["likes"]["user_id"], tables["likes"]["post_id"], strict=True))
     assert pairs.count(("x", "p1")) == 1
     assert added["likes"] == 1 and added["follows"] == 0
-    assert skipped == {"not_exported": 1}
+    assert skipped == {}
+    hides = tables["hides"]
+    assert list(zip(hides["user_id"], hides["post_id"], hides["author_id"], strict=True)) == [
+        ("x", "", "u2")
+    ]
     assert np.isclose(tables["likes"]["ts"].iloc[-1], 1.8e9 + 3)

@@ -295,7 +295,10 @@ def test_similar_posts_share_the_planted_topic(client: Any, dataset_dir: Path) -
         for it in body["items"]:
             total += 1
             same += t["post_topic"][it["post_id"]] == t["post_topic"][post]
-    assert total >= 40 and same / total > 0.7, same / total
+    # 12 planted topics: chance is about 0.08. Friends join each other's group buys whatever
+    # the product's topic (planted so, as on real platforms), and those purchases are
+    # co-engagement across topics: the share was above 0.7 before the data had groups, 0.64 after
+    assert total >= 40 and same / total > 0.6, same / total
 
 
 # --- round trips ---------------------------------------------------------------------------------

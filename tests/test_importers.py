@@ -14,7 +14,13 @@ from click.testing import CliRunner
 
 from feed.cli import main
 from feed.data import load
-from feed.data.importers import ImportError_, import_ciao, import_movielens
+from feed.data.importers import (
+    ImportError_,
+    import_ciao,
+    import_interactions,
+    import_movielens,
+    import_recbole,
+)
 
 LATEST = {
     "movies.csv": (
@@ -153,3 +159,126 @@ def test_ciao_mat_files(tmp_path: Path) -> None:
     assert len(ds.purchases) == 6 and ds.has_timestamps
     with pytest.raises(ImportError_, match="trustnetwork.mat"):
         import_ciao(tmp_path / "out", tmp_path / "x")
+
+
+# --- RecBole atomic files and generic interaction CSVs ---------------------------------------
+RECBOLE = {
+    "shop.inter": (
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "1\t10\t5\t1700000300\n"
+        "1\t10\t4\t1700000100\n"  # the same pair again, earlier: one like, at its first time
+        "2\t10\t2\t1700000200\n"  # rated below --min-rating
+        "2\t11\t4.5\t1700000400\n"
+        "3\t12\t4\t1700000500\n"
+    ),
+    "shop.item": (
+        "item_id:token\ttitle:token_seq\tcategories:token_seq\tprice:float\n"
+        "10\tRed Lipstick\tBeauty Makeup\t9.9\n"
+        "11\tTrail Shoes\tSports\t59\n"
+        "12\tMystery Box\t\t1\n"
+        "13\tNever Bought\tHome\t5\n"
+    ),
+}
+
+
+def _validate_cli(out: Path) -> None:
+    res = CliRunner().invoke(main, ["validate", str(out)])
+    assert res.exit_code == 0 and "0 error(s)" in res.output, res.output
+
+
+def test_recbole_atomic_files_through_the_cli(tmp_path: Path) -> None:
+    src = write(tmp_path / "src", RECBOLE)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["import", "recbole", str(src), str(out), "--min-rating", "4"])
+    assert res.exit_code == 0, res.output
+    assert "likes.csv" in res.output and str(out) in res.output
+    _validate_cli(out)
+    ds = load(out)
+    posts = ds.posts.set_index("post_id")
+    # every item of .item is a post linking one product, authored by its first category
+    assert list(posts.index) == ["10", "11", "12", "13"]
+    assert posts.loc["10", "author_id"] == "categories:Beauty"
+    assert posts.loc["12", "author_id"] == "item:12"  # no category: the item itself
+    assert posts.loc["10", "product_ids"] == ("10",)
+    assert posts.loc["10", "text"] == "Red Lipstick Beauty"
+    assert posts.loc["10", "created_at"] == 1700000100.0  # its first interaction
+    assert np.isnan(posts.loc["13", "created_at"])  # never interacted with
+    products = ds.products.set_index("product_id")
+    assert (
+        products.loc["11", "title"] == "Trail Shoes" and products.loc["11", "category"] == "Sports"
+    )
+    likes = sorted(zip(ds.likes["user_id"], ds.likes["post_id"], ds.likes["ts"], strict=True))
+    assert likes == [
+        ("1", "10", 1700000100.0),
+        ("2", "11", 1700000400.0),
+        ("3", "12", 1700000500.0),
+    ]
+
+
+def test_recbole_without_item_file_and_the_errors(tmp_path: Path) -> None:
+    src = write(tmp_path / "src", {"a.inter": "user_id:token\titem_id:token\n1\t7\n2\t7\n"})
+    counts = import_recbole(src / "a.inter", tmp_path / "out")
+    assert counts == {"posts": 1, "products": 1, "likes": 2}
+    ds = load(tmp_path / "out")
+    assert ds.posts["author_id"].tolist() == ["item:7"] and not ds.has_timestamps
+    _validate_cli(tmp_path / "out")
+    (src / "b.inter").write_text("user_id:token\titem_id:token\n1\t8\n")
+    with pytest.raises(ImportError_, match="2 .inter files .*--dataset"):
+        import_recbole(src, tmp_path / "x")
+    assert import_recbole(src, tmp_path / "y", dataset="b")["likes"] == 1
+    (src / "c.inter").write_text("uid:token\titem_id:token\n1\t8\n")
+    res = CliRunner().invoke(main, ["import", "recbole", str(src / "c.inter"), str(tmp_path / "z")])
+    assert res.exit_code == 1 and "no 'user_id' column (found: uid, item_id)" in res.output
+    with pytest.raises(ImportError_, match="no category column 'genre'"):
+        write(
+            tmp_path / "d",
+            {
+                "d.inter": "user_id:token\titem_id:token\n1\t8\n",
+                "d.item": "item_id:token\ttitle:token\n8\tx\n",
+            },
+        )
+        import_recbole(tmp_path / "d", tmp_path / "dd", category_field="genre")
+
+
+def test_interactions_csv_with_named_columns(tmp_path: Path) -> None:
+    src = tmp_path / "events.csv"
+    src.write_text(
+        "uid;sku;when;cat;name\n"
+        "a;s1;2024-05-01T10:00:00Z;shoes;Runner\n"
+        "b;s1;1714600000;shoes;Runner\n"
+        "a;s2;2024-05-03;;Cap\n"
+        "a;s1;2024-06-01;shoes;Runner\n"
+    )
+    out = tmp_path / "out"
+    args = ["import", "interactions", str(src), str(out), "--sep", ";", "--user-col", "uid"]
+    args += ["--item-col", "sku", "--time-col", "when", "--category-col", "cat"]
+    res = CliRunner().invoke(main, [*args, "--title-col", "name"])
+    assert res.exit_code == 0, res.output
+    _validate_cli(out)
+    ds = load(out)
+    posts = ds.posts.set_index("post_id")
+    assert posts.loc["s1", "author_id"] == "cat:shoes" and posts.loc["s2", "author_id"] == "item:s2"
+    assert posts.loc["s1", "title"] == "Runner"
+    assert posts.loc["s1", "created_at"] == pd.Timestamp("2024-05-01T10:00:00Z").timestamp()
+    assert len(ds.likes) == 3  # (a, s1) once, at its first time
+    first = ds.likes[(ds.likes["user_id"] == "a") & (ds.likes["post_id"] == "s1")]["ts"]
+    assert first.tolist() == [pd.Timestamp("2024-05-01T10:00:00Z").timestamp()]
+
+
+def test_interactions_csv_defaults_and_errors(tmp_path: Path) -> None:
+    src = tmp_path / "plain.csv"
+    src.write_text("user,item\nu1,i1\nu2,i1\nu2,i2\n")  # no timestamp column: no times
+    assert import_interactions(src, tmp_path / "out") == {"posts": 2, "products": 2, "likes": 3}
+    _validate_cli(tmp_path / "out")
+    res = CliRunner().invoke(
+        main, ["import", "interactions", str(src), str(tmp_path / "x"), "--item-col", "sku"]
+    )
+    assert res.exit_code == 1 and "no column 'sku' (--item-col; found: user, item)" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,timestamp\nu1,i1,yesterday\n")
+    with pytest.raises(ImportError_, match="row 1: bad timestamp 'yesterday'"):
+        import_interactions(bad, tmp_path / "y")
+    res = CliRunner().invoke(
+        main, ["import", "interactions", str(src), str(tmp_path / "z"), "--min-rating", "3"]
+    )
+    assert res.exit_code == 2 and "--min-rating needs --rating-col" in res.output

@@ -452,3 +452,21 @@ def test_default_model_carves_validation_with_its_splitter(
     assert items.shape == scores.shape == (3, 5)
     no_source = replace(data, source=None)
     assert make_blend(cfg).fit(no_source).summary()["kind"] == "fusion"  # nothing to learn on
+
+
+def test_default_model_fits_data_without_any_time(block: tuple[Dataset, TrainingData]) -> None:
+    """No timestamp anywhere (posts' created_at included): every age feature is empty, which
+    scikit-learn's tree binning cannot take as it is; the default model still fits and ranks."""
+    ds, _ = block
+    untimed = replace(
+        ds,
+        posts=ds.posts.assign(created_at=np.nan),
+        **{
+            t: getattr(ds, t).assign(ts=np.nan) for t in ("likes", "purchases", "clicks", "follows")
+        },
+    )
+    data = build(untimed)
+    cfg = TrainConfig(factors=8, iterations=10, n_per_source=20, val_windows=2, random_state=3)
+    model = make_blend(cfg).fit(data)
+    items, _ = model.recommend(np.arange(data.n_users), 10, data.seen())
+    assert (items >= 0).sum(axis=1).min() > 0

@@ -20,13 +20,108 @@ def _flask_to_openapi(rule: str) -> str:
 
 def test_spec_is_valid_openapi_and_covers_every_route(app: Any) -> None:
     doc = app.test_client().get("/openapi.json").get_json()
-    validate_spec(doc)
+    validate_spec(doc)  # openapi-spec-validator: OpenAPI 3.1 (and its JSON Schema dialect)
+    assert doc["openapi"].startswith("3.1")
     documented = {(path, m.upper()) for path, ops in doc["paths"].items() for m in ops}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (_flask_to_openapi(rule.rule), method) in documented, rule.rule
+
+
+#: Routes that take no JSON body (their arguments are in the path or the query).
+NO_BODY = {
+    ("POST", "/v1/admin/versions/{version}/activate"),
+    ("POST", "/v1/admin/versions/rollback"),
+}
+
+
+def test_every_body_and_every_success_has_a_schema(app: Any) -> None:
+    """Every POST/PUT/PATCH declares its request schema (a model of service/schemas.py), and
+    every 2xx and error response its body's schema."""
+    from service import schemas
+    from service.routes import openapi
+
+    doc = app.test_client().get("/openapi.json").get_json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if method in ("post", "put", "patch") and (method.upper(), path) not in NO_BODY:
+                schema = op["requestBody"]["content"]["application/json"]["schema"]
+                assert schema["$ref"].startswith("#/components/schemas/"), (method, path)
+            for status, resp in op["responses"].items():
+                assert "content" in resp, (method, path, status)
+                if status.startswith("4") or status.startswith("5"):
+                    assert resp["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/Error"
+                    }
+    # one contract per route: on the view (@api) or in openapi.ENDPOINTS, never both
+    with app.app_context():
+        for rule in app.url_map.iter_rules():
+            on_view = schemas.contract_of(app.view_functions[rule.endpoint]) is not None
+            assert rule.endpoint == "static" or on_view != (rule.endpoint in openapi.ENDPOINTS), (
+                rule.endpoint
+            )
+
+
+def test_spec_limits_are_the_apps_settings(redis_url: str, published: str) -> None:
+    from helpers import feed_app
+
+    doc = feed_app(redis_url, POST_TEXT_MAX=77, GROUP_SIZE_MAX=9).test_client()
+    doc = doc.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    assert schemas["NewPost"]["properties"]["text"]["maxLength"] == 77
+    assert "FEED_POST_TEXT_MAX" in schemas["NewPost"]["properties"]["text"]["description"]
+    assert schemas["NewGroup"]["properties"]["size"]["maximum"] == 9
+
+
+def test_events_body_is_a_discriminated_union_of_every_event_type(client: Any) -> None:
+    """The documented event types are the ones POST /v1/events accepts, each with its own
+    required fields, discriminated on `type`."""
+    from service.routes.events import EVENT_FIELDS
+
+    doc = client.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    events = schemas["EventBatch"]["properties"]["events"]
+    union = events["items"]
+    assert union["discriminator"]["propertyName"] == "type"
+    mapping = union["discriminator"]["mapping"]
+    assert set(mapping) == set(EVENT_FIELDS)
+    for kind, ref in mapping.items():
+        event = schemas[ref.rsplit("/", 1)[-1]]
+        assert set(event["required"]) == {"type", "user_id", *EVENT_FIELDS[kind]}, kind
+    op = doc["paths"]["/v1/events"]["post"]
+    assert {"202", "207", "400"} <= set(op["responses"])
+    assert op["responses"]["207"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EventResults"
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "code", "words"),
+    [
+        ("/v1/posts", "post", {"post_id": "p-new", "author_id": "a b"}, "invalid_author_id",
+         ["author_id", "not a valid id"]),
+        ("/v1/posts", "post", {"post_id": "p-new", "author_id": "u1", "colour": 1},
+         "unknown_field", ["colour", "allowed are", "post_id"]),
+        ("/v1/posts", "post", {"post_id": "p-new", "author_id": "u1", "tags": ["t"] * 31},
+         "post_too_large", ["tags", "31 entries", "at most 30", "FEED_POST_TAGS_MAX"]),
+        ("/v1/posts", "post", {"author_id": "u1"}, "invalid_post_id", ["post_id is required"]),
+        ("/v1/groups", "post", {"initiator_id": "u1", "product_id": "x", "size": "3"},
+         "invalid_size", ["size", "valid integer", "'3'"]),
+        ("/v1/groups", "post", {"initiator_id": "u1", "product_id": "x", "price": -1},
+         "invalid_price", ["price", "greater than or equal to 0"]),
+    ],
+)  # fmt: skip
+def test_validation_errors_come_from_the_models(
+    client: Any, path: str, method: str, body: Any, code: str, words: list[str]
+) -> None:
+    resp = getattr(client, method)(path, json=body)
+    assert resp.status_code == 400, resp.get_json()
+    error = resp.get_json()["error"]
+    assert error["code"] == code, error
+    for word in words:
+        assert word in error["message"], (word, error)
 
 
 def _validate(doc: dict[str, Any], schema_name: str, body: Any) -> None:
@@ -41,11 +136,31 @@ def test_responses_match_the_spec(client: Any) -> None:
     _validate(doc, "Post", client.get("/v1/posts/p1").get_json())
     _validate(doc, "Similar", client.get("/v1/posts/p1/similar").get_json())
     _validate(doc, "Error", client.get("/v1/posts/nope").get_json())
+    _validate(doc, "Health", client.get("/healthz").get_json())
+    _validate(doc, "Ready", client.get("/readyz").get_json())
+    _validate(doc, "Gifts", client.get("/v1/users/u1/gifts?for=u2").get_json())
+    _validate(doc, "ViewerExamples", client.get("/v1/viewer/examples").get_json())
+    results = client.post(
+        "/v1/events", json=[{"type": "click", "user_id": "u1", "post_id": "p1"}, {"type": "x"}]
+    )
+    assert results.status_code == 207
+    _validate(doc, "EventResults", results.get_json())
 
 
-def test_docs_page_lists_routes(client: Any) -> None:
+def test_docs_page_is_swagger_ui_from_local_files(client: Any) -> None:
+    import re
+
     page = client.get("/docs").get_data(as_text=True)
-    assert "GET /v1/feed/{user_id}" in page and "POST /v1/events" in page
+    assert "SwaggerUIBundle" in page and "/openapi.json" in page
+    assert "validatorUrl: null" in page  # else the UI sends the document to a public validator
+    assert "://" not in page  # no absolute URL at all: every file is this server's
+    urls = re.findall(r"(?:src|href)='([^']+)'", page)
+    assert urls and all(u.startswith("/") for u in urls), urls  # no CDN, no other host
+    for u in urls:
+        if u.startswith("/docs/assets/"):
+            resp = client.get(u)
+            assert resp.status_code == 200 and len(resp.data) > 500, u
+    assert client.get("/docs/assets/index.html").status_code == 404  # only the files it loads
 
 
 def test_metrics_parse_and_move(client: Any) -> None:
@@ -113,3 +228,43 @@ def _fuzz(op: Any) -> None:
         )
 
     run()
+
+
+def _event_samples() -> list[Any]:
+    from service.routes.events import EVENT_FIELDS
+
+    out: list[Any] = [[], "click", None, {"type": None, "user_id": "u1"}, {"type": 3},
+                      {"type": "teleport", "user_id": "u1", "post_id": "p1"}]  # fmt: skip
+    ids = {"post_id": "p1", "product_id": "s1", "author_id": "a1"}
+    for kind, required in EVENT_FIELDS.items():
+        ok = {"type": kind, "user_id": "u1", **{f: ids[f] for f in required}}
+        out += [ok, {**ok, "ts": 1_700_000_000}, {**ok, "ts": "2026-01-02T03:04:05Z"}]
+        out += [{**ok, "ts": "yesterday"}, {**ok, "ts": -5}, {**ok, "ts": True}]
+        out += [{**ok, "request_id": "r" * 64}, {**ok, "request_id": "r" * 65}]
+        out += [{**ok, "user_id": "a b"}, {**ok, "user_id": 7}, {**ok, "surface": "home"}]
+        for f in required:
+            out += [{k: v for k, v in ok.items() if k != f}, {**ok, f: "x..y"}, {**ok, f: None}]
+    share = {"type": "share", "user_id": "u1", "post_id": "p1"}
+    out += [{**share, "receiver_id": "u2", "channel": "moments"}, {**share, "channel": "c" * 33},
+            {**share, "receiver_id": "a b"}]  # fmt: skip
+    return out
+
+
+def test_event_models_accept_exactly_what_the_events_route_accepts(app: Any) -> None:
+    """Until POST /v1/events validates with the models (service.schemas.parse_event), the
+    documented models and the route's checks agree on every sample, and both name the index."""
+    from service.errors import ApiError
+    from service.routes.events import validate_event
+    from service.schemas import parse_event
+
+    with app.app_context():
+        for sample in _event_samples():
+            verdicts = []
+            for check in (validate_event, parse_event):
+                try:
+                    check(sample, 4)
+                    verdicts.append("ok")
+                except ApiError as e:
+                    assert e.status == 400 and "events[4]" in e.message, (sample, e.message)
+                    verdicts.append("400")
+            assert verdicts[0] == verdicts[1], (sample, verdicts)

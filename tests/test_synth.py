@@ -24,11 +24,17 @@ CONFIG = SynthConfig(n_users=400, n_posts=500, n_topics=12, likes_per_user=15.0,
 # Columns this generator writes, in DATA_FORMAT.md's order (optional ones included).
 HEADERS = {
     "posts": ["post_id", "author_id", "created_at", "text", "product_ids", "title", "tags"],
-    "products": ["product_id", "title", "category", "brand", "price", "in_stock"],
+    "products": ["product_id", "title", "category", "brand", "price", "in_stock", "merchant_id"],
     "likes": ["user_id", "post_id", "ts"],
     "purchases": ["user_id", "product_id", "ts", "post_id", "quantity"],
     "follows": ["follower_id", "followee_id", "ts"],
     "clicks": ["user_id", "post_id", "ts"],
+    "shares": ["user_id", "post_id", "receiver_id", "ts", "channel"],
+    "groups": [
+        *("group_id", "product_id", "initiator_id", "created_at", "status", "size"),
+        *("expires_at", "price"),
+    ],
+    "group_members": ["group_id", "user_id", "ts"],
 }
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 TS_COLUMNS = {"posts": "created_at", "likes": "ts", "purchases": "ts", "follows": "ts"}

@@ -377,6 +377,7 @@ def quickstart(
     progress: bool = False,
     config: TrainConfig | None = None,
     on_step: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Quickstart:
     """Generate a dataset, train, publish and activate: ``feed demo`` without the server.
 
@@ -393,6 +394,8 @@ def quickstart(
     config : TrainConfig, optional
     on_step : callable, optional
         Called with a line describing each step as it starts.
+    on_stage : callable, optional
+        Called with each training stage as it starts (:func:`feed.train.train`'s ``on_stage``).
 
     Returns
     -------
@@ -413,7 +416,7 @@ def quickstart(
     say(f"generating {users} users and {posts} posts into {data_dir}")
     generate(data_dir, SynthConfig(n_users=users, n_posts=posts, seed=seed))
     say("training")
-    path = train(data_dir, work / "artifacts", config, progress=progress)
+    path = train(data_dir, work / "artifacts", config, progress=progress, on_stage=on_stage)
     url = redis_url(redis)
     say(f"publishing {path.name} into {url}")
     res = publish(connect(url), path, activate=True, progress=progress)

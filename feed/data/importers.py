@@ -312,3 +312,344 @@ def _ciao_products(product: np.ndarray, category: np.ndarray) -> pd.DataFrame:
     best = best.drop_duplicates("product").set_index("product")["category"]
     order = pd.unique(product)
     return pd.DataFrame({"product_id": order, "title": order, "category": best.loc[order].values})
+
+
+# --- generic interactions: RecBole atomic files and user,item[,timestamp] CSVs ---------------
+#
+# Both become the same dataset (see ``docs/data-format.md``, "Importing interactions"):
+#
+# * ``posts.csv``: one post per item: post_id = the item id, product_ids = the item id (one
+#   product per post), author_id ``<category column>:<its first value>`` when a category column
+#   is given (so that author diversity means category diversity, as for MovieLens), else
+#   ``item:<item id>`` (each item its own author; the prefix keeps authors apart from users,
+#   whose ids may look the same); created_at the item's first interaction (empty without
+#   timestamps); text = the title and the category values; tags = the category values.
+# * ``products.csv``: product_id = the item id, title (the item id without a title column),
+#   category = the first category value.
+# * ``likes.csv``: one like per (user, item), its first time; with a rating column only the
+#   rows rated at least ``min_rating``.
+
+#: RecBole's default field names (``USER_ID_FIELD``, ``ITEM_ID_FIELD``, ``RATING_FIELD``,
+#: ``TIME_FIELD``).
+RECBOLE_FIELDS = {"user": "user_id", "item": "item_id", "rating": "rating", "time": "timestamp"}
+#: ``.item`` columns tried as the title, then as the category, when none is named.
+RECBOLE_TITLE_FIELDS = ("title", "movie_title", "name", "item_name")
+RECBOLE_CATEGORY_FIELDS = ("categories", "genre", "class", "category", "cate_id")
+
+
+def import_recbole(
+    src: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    min_rating: float | None = None,
+    title_field: str | None = None,
+    category_field: str | None = None,
+) -> dict[str, int]:
+    """Convert RecBole atomic files (``<name>.inter`` [+ ``<name>.item``]) into a dataset.
+
+    The ``.inter`` file is tab-separated with typed headers (``user_id:token item_id:token
+    rating:float timestamp:float``; rating and timestamp optional). The ``.item`` file, when
+    present, gives each item a title (``title_field``, else the first of
+    :data:`RECBOLE_TITLE_FIELDS` present) and a category (``category_field``, else the first of
+    :data:`RECBOLE_CATEGORY_FIELDS` present; ``token_seq`` values are space-separated, the
+    first one counts). The mapping is :func:`import_interactions`'s.
+
+    Parameters
+    ----------
+    src : path
+        A ``.inter`` file, or a directory holding one (``dataset`` names it when several).
+    out : path
+        The dataset directory to write.
+    dataset : str, optional
+        The atomic files' base name (``ml-100k`` for ``ml-100k.inter``).
+    min_rating : float, optional
+        Keep only interactions rated at least this (default: every interaction is a like).
+    title_field, category_field : str, optional
+        ``.item`` columns (names without the ``:type`` suffix).
+
+    Returns
+    -------
+    dict of str to int
+        Rows written per file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> src, out = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp()) / "ds"
+    >>> _ = (src / "toy.inter").write_text(
+    ...     "user_id:token\\titem_id:token\\trating:float\\ttimestamp:float\\n"
+    ...     "u1\\ti9\\t5\\t964982703\\nu2\\ti9\\t2\\t964982800\\n")
+    >>> import_recbole(src, out, min_rating=4)
+    {'posts': 1, 'products': 1, 'likes': 1}
+    """
+    inter_path = _recbole_file(Path(src), dataset)
+    inter = _recbole_read(inter_path)
+    names = dict(RECBOLE_FIELDS)
+    for role in ("user", "item"):
+        if names[role] not in inter.columns:
+            raise ImportError_(
+                f"{inter_path}: no {names[role]!r} column (found: {', '.join(inter.columns)})"
+            )
+    items = None
+    item_path = inter_path.with_suffix(".item")
+    if item_path.is_file():
+        raw = _recbole_read(item_path)
+        if names["item"] not in raw.columns:
+            raise ImportError_(f"{item_path}: no {names['item']!r} column")
+        title = _pick(raw, title_field, RECBOLE_TITLE_FIELDS, item_path, "title")
+        category = _pick(raw, category_field, RECBOLE_CATEGORY_FIELDS, item_path, "category")
+        items = pd.DataFrame({"item": raw[names["item"]].str.strip()})
+        items["title"] = raw[title].str.strip() if title else ""
+        items["category"] = raw[category].map(_first_token) if category else ""
+        items["category_name"] = category or ""
+    elif title_field or category_field:
+        raise ImportError_(f"{item_path}: not found (--title-field/--category-field need it)")
+    return _write_interactions(
+        inter,
+        out,
+        user=names["user"],
+        item=names["item"],
+        time=names["time"] if names["time"] in inter.columns else None,
+        rating=names["rating"] if names["rating"] in inter.columns else None,
+        min_rating=min_rating,
+        items=items,
+        source=inter_path,
+    )
+
+
+def _recbole_file(src: Path, dataset: str | None) -> Path:
+    if src.is_file():
+        return src
+    if not src.is_dir():
+        raise ImportError_(f"{src}: no such file or directory")
+    if dataset:
+        path = src / f"{dataset}.inter"
+        if not path.is_file():
+            raise ImportError_(f"{path}: file not found")
+        return path
+    found = sorted(src.glob("*.inter"))
+    if len(found) != 1:
+        raise ImportError_(
+            f"{src}: {'no' if not found else len(found)} .inter files"
+            + (f" ({', '.join(p.name for p in found)}); name one with --dataset" if found else "")
+        )
+    return found[0]
+
+
+def _recbole_read(path: Path) -> pd.DataFrame:
+    """An atomic file as strings, columns named without their ``:type`` suffix."""
+    frame = pd.read_csv(
+        path, sep="\t", dtype=str, keep_default_na=False, quoting=3, encoding="utf-8"
+    )
+    frame.columns = [str(c).split(":", 1)[0].strip() for c in frame.columns]
+    return frame
+
+
+def _pick(
+    frame: pd.DataFrame, named: str | None, defaults: tuple[str, ...], path: Path, what: str
+) -> str | None:
+    if named:
+        if named not in frame.columns:
+            raise ImportError_(
+                f"{path}: no {what} column {named!r} (found: {', '.join(frame.columns)})"
+            )
+        return named
+    return next((c for c in defaults if c in frame.columns), None)
+
+
+def _first_token(value: str) -> str:
+    parts = str(value).replace(",", " ").split()
+    return parts[0] if parts else ""
+
+
+def import_interactions(
+    src: str | Path,
+    out: str | Path,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str | None = "timestamp",
+    rating_col: str | None = None,
+    min_rating: float | None = None,
+    category_col: str | None = None,
+    title_col: str | None = None,
+    sep: str = ",",
+) -> dict[str, int]:
+    """Convert a CSV of interactions (``user,item[,timestamp]``) into a dataset.
+
+    Each item becomes a post linking one product (the mapping above this function);
+    ``category_col`` and ``title_col``, when given, are columns of the same file (an item's
+    first row counts). Timestamps are unix seconds or ISO-8601; ``time_col`` absent from the
+    file means no times (a ``time_col`` of None too).
+
+    Parameters
+    ----------
+    src : path
+        The CSV file (header row).
+    out : path
+        The dataset directory to write.
+    user_col, item_col, time_col, rating_col, category_col, title_col : str
+        Column names.
+    min_rating : float, optional
+        With ``rating_col``: keep rows rated at least this.
+    sep : str
+        The field separator.
+
+    Returns
+    -------
+    dict of str to int
+        Rows written per file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> src = Path(tempfile.mkdtemp()) / "events.csv"
+    >>> _ = src.write_text("user,item,timestamp\\nu1,i1,2024-05-01\\nu2,i1,1714600000\\n")
+    >>> import_interactions(src, src.parent / "ds")
+    {'posts': 1, 'products': 1, 'likes': 2}
+    """
+    path = Path(src)
+    if not path.is_file():
+        raise ImportError_(f"{path}: file not found")
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for flag, col in (
+        ("--user-col", user_col),
+        ("--item-col", item_col),
+        ("--rating-col", rating_col),
+        ("--category-col", category_col),
+        ("--title-col", title_col),
+    ):
+        if col and col not in frame.columns:
+            raise ImportError_(
+                f"{path}: no column {col!r} ({flag}; found: {', '.join(frame.columns)})"
+            )
+    items = None
+    if category_col or title_col:
+        first = frame.drop_duplicates(item_col)
+        items = pd.DataFrame({"item": first[item_col].str.strip()})
+        items["title"] = first[title_col].str.strip() if title_col else ""
+        items["category"] = first[category_col].str.strip() if category_col else ""
+        items["category_name"] = category_col or ""
+    return _write_interactions(
+        frame,
+        out,
+        user=user_col,
+        item=item_col,
+        time=time_col if time_col and time_col in frame.columns else None,
+        rating=rating_col,
+        min_rating=min_rating,
+        items=items,
+        source=path,
+    )
+
+
+def _times(values: pd.Series, path: Path, col: str) -> pd.Series:
+    """Unix seconds (float, NaN when empty) from unix seconds or ISO-8601 strings."""
+    text = values.str.strip()
+    numeric = pd.to_numeric(text, errors="coerce")
+    iso = text[numeric.isna() & (text != "")]
+    if len(iso):
+        parsed = pd.to_datetime(iso, utc=True, errors="coerce", format="ISO8601")
+        bad = parsed[parsed.isna()]
+        if len(bad):
+            row = int(bad.index[0])
+            raise ImportError_(f"{path}: row {row + 1}: bad {col} {values.iat[row]!r}")
+        epoch = pd.Timestamp(0, tz="UTC")  # any resolution pandas parsed them at
+        numeric.loc[parsed.index] = (parsed - epoch) / pd.Timedelta(seconds=1)
+    return numeric.astype(float)
+
+
+def _seconds(ts: pd.Series) -> pd.Series:
+    """Unix seconds as integers when they all are (NaN stays empty), else floats."""
+    values = ts.reset_index(drop=True)
+    known = values.dropna()
+    if len(known) and (known == known.round()).all():
+        return values.round().astype("Int64")
+    return values
+
+
+def _write_interactions(
+    frame: pd.DataFrame,
+    out: str | Path,
+    *,
+    user: str,
+    item: str,
+    time: str | None,
+    rating: str | None,
+    min_rating: float | None,
+    items: pd.DataFrame | None,
+    source: Path,
+) -> dict[str, int]:
+    inter = pd.DataFrame(
+        {"user_id": frame[user].str.strip(), "item": frame[item].str.strip()}, index=frame.index
+    )
+    empty = np.flatnonzero(((inter["user_id"] == "") | (inter["item"] == "")).to_numpy())
+    if len(empty):
+        raise ImportError_(f"{source}: row {empty[0] + 1}: empty user or item id")
+    inter["ts"] = _times(frame[time], source, time) if time else np.nan
+    if rating and min_rating is not None:
+        values = pd.to_numeric(frame[rating], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise ImportError_(
+                f"{source}: row {bad[0] + 1}: bad {rating} {frame[rating].iat[bad[0]]!r}"
+            )
+        inter = inter[(values >= min_rating).to_numpy()]
+    # one like per (user, item): its first time (rows without a time keep file order)
+    likes = inter.sort_values("ts", kind="stable").drop_duplicates(["user_id", "item"])
+    likes = likes.sort_index()
+    order = pd.unique(
+        pd.concat([items["item"], inter["item"]]) if items is not None else inter["item"]
+    )
+    meta = (
+        items.drop_duplicates("item").set_index("item")
+        if items is not None
+        else pd.DataFrame(columns=["title", "category", "category_name"])
+    )
+    meta = meta.reindex(order).fillna("")
+    first_ts = inter.groupby("item")["ts"].min().reindex(order)
+    kind = meta["category_name"].astype(str)
+    category = meta["category"].astype(str)
+    title = meta["title"].astype(str)
+    author = np.where(
+        category != "", kind + ":" + category, "item:" + pd.Series(order, index=order)
+    )
+    text = [" ".join(x for x in (t, c) if x) for t, c in zip(title, category, strict=True)]
+    frames = {
+        "posts": pd.DataFrame(
+            {
+                "post_id": order,
+                "author_id": author,
+                "created_at": _seconds(first_ts),
+                "text": text,
+                "product_ids": order,
+                "title": title.to_numpy(),
+                "tags": category.to_numpy(),
+            }
+        ),
+        "products": pd.DataFrame(
+            {
+                "product_id": order,
+                "title": np.where(title != "", title, order),
+                "category": category.to_numpy(),
+            }
+        ),
+        "likes": pd.DataFrame(
+            {
+                "user_id": likes["user_id"].to_numpy(),
+                "post_id": likes["item"].to_numpy(),
+                "ts": _seconds(likes["ts"]),
+            }
+        ),
+    }
+    if frames["likes"]["ts"].isna().all():
+        frames["likes"] = frames["likes"].drop(columns="ts")
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, table in frames.items():
+        table.to_csv(target / f"{name}.csv", index=False, lineterminator="\n")
+    counts = {name: len(table) for name, table in frames.items()}
+    logger.info("imported %s into %s: %s", source, target, counts)
+    return counts

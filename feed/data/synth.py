@@ -1,14 +1,23 @@
 """Synthetic shopping-circle datasets with planted structure.
 
 :func:`generate` writes a dataset directory in the format of ``shared/DATA_FORMAT.md``
-(posts, products, likes, purchases, follows, clicks) plus ``synth_truth.json``, the planted
-ground truth that the loader ignores. Users have sparse interests over topics (beauty, coffee,
+(posts, products, likes, purchases, follows, clicks, and the social-shopping tables: shares,
+groups, group_members, products' merchants) plus ``synth_truth.json``, the planted ground truth
+that the loader ignores. Users have sparse interests over topics (beauty, coffee,
 sneakers, ...), authors write mostly in one topic in mixed Chinese/English, and likes come from a
 mixture of topic affinity, followed authors and global popularity, so a good collaborative or
 content model beats popularity measurably while popularity stays a reasonable baseline.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)`` and vectorised: the same seed
-gives byte-identical files, and a million likes take a few seconds.
+gives byte-identical files, and a million likes take a few seconds. The social-shopping tables
+(:func:`_social`) come from a second generator of the same seed, drawn after everything else, so
+they leave the other tables exactly as they were before those tables existed.
+
+The social-shopping structure: users belong to circles of friends (a planted friendship graph,
+independent of follows); users share posts they like, mostly to friends; initiators launch
+group-buys (拼購) on products they buy, and friends join each other's groups; a product's
+"group appeal" (lognormal) sets how often its groups fill up. Products belong to a few dozen
+merchants of skewed sizes.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +50,23 @@ OVERSAMPLE = 1.6  # like candidates drawn per wanted like (the spare ones become
 CLICK_ONLY = 0.3  # clicks without a like, per like
 LINKS_P = (0.15, 0.50, 0.25, 0.10)  # probability that a post links 0, 1, 2, 3 products
 ATTRIBUTED_SHARE = 0.8  # share of purchases made through a liked post
+# --- social shopping (drawn from the second generator: _social)
+CIRCLE_SIZE = 12  # mean users per circle of friends (family, classmates, colleagues)
+FRIEND_IN_CIRCLE = 0.85  # share of friendships within the user's circle
+SHARE_TO_FRIEND = 0.75  # share of shares sent to a friend (the rest go to a public channel)
+FRIEND_CHANNELS = ("chat", "qq")  # channels of a share to a friend, the first one most often
+PUBLIC_CHANNELS = ("moments", "weibo")  # channels of a share with no receiver
+SHARE_DELAY_S = 30 * MINUTE_S  # mean time from a like to sharing the post
+GROUP_SIZES = (2, 3, 4, 5)  # members a group needs, the initiator included ...
+GROUP_SIZE_P = (0.55, 0.25, 0.12, 0.08)  # ... and how often each size is launched
+GROUP_EASE = (1.0, 0.85, 0.7, 0.6)  # a size's factor on the chance a group fills up
+GROUP_TTL_S = (DAY_S, 2 * DAY_S)  # a group's time to fill up, the first one most often
+GROUP_DISCOUNT = (0.6, 0.9)  # the group price is this share of the product price (uniform)
+GROUP_APPEAL_SIGMA = 1.2  # lognormal spread of the per-product group appeal
+FRIEND_JOIN = 0.8  # share of group members who are the initiator's friends
+MERCHANTS_MAX = 40  # merchants of the default dataset; fewer for few products
+PRODUCTS_PER_MERCHANT = 25  # on average, below MERCHANTS_MAX merchants
+MERCHANT_ON_TOPIC = 0.8  # share of a product's merchants that sell mainly in its topic
 
 # One topic per header line "name | 中文名 | product noun | 名詞 | typical price", then its
 # vocabulary (Traditional and Simplified Chinese, English) on indented lines.
@@ -100,6 +126,8 @@ class SynthConfig:
     ``n_products`` defaults to ``max(50, n_posts // 3)``; ``likes_per_user`` and
     ``follows_per_user`` are means (per-user activity is heavy-tailed); ``purchase_rate`` is
     purchases per like; likes, purchases and follows fall in ``weeks`` weeks from ``start``.
+    ``friends_per_user`` is the mean degree of the planted friendship graph, ``share_rate``
+    shares per like and ``group_rate`` group-buys launched per purchase (0 writes no groups).
     """
 
     n_users: int = 2000
@@ -109,6 +137,9 @@ class SynthConfig:
     likes_per_user: float = 20.0
     purchase_rate: float = 0.15
     follows_per_user: float = 5.0
+    friends_per_user: float = 6.0
+    share_rate: float = 0.1
+    group_rate: float = 0.5
     weeks: int = 8
     start: str = "2026-09-01T00:00:00Z"
     seed: int = 0
@@ -426,6 +457,141 @@ def _purchases(
     return all_user[ok], all_prod[ok], all_ts[ok], all_post[ok], quantity[ok]
 
 
+class _Friends:
+    """Draw one friend of each requested user from friendship pairs (either end); -1 for a
+    user with no friend."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, n_users: int) -> None:
+        self.edges = _Sampler(np.concatenate([a, b]), np.ones(2 * len(a)), n_users)
+        self.other = np.concatenate([b, a])
+
+    def sample(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
+        edge = self.edges.sample(rng, users)
+        if len(self.other) == 0:
+            return edge
+        return np.where(edge >= 0, self.other[np.maximum(edge, 0)], -1)
+
+
+def _merchants(rng: np.random.Generator, prod: dict, topic_weight: np.ndarray) -> dict:
+    """Merchants (shops) with a main topic and a skewed size; each product's merchant, mostly
+    one selling in the product's topic."""
+    n_products, n_topics = len(prod["topic"]), len(topic_weight)
+    n = int(np.clip(n_products // PRODUCTS_PER_MERCHANT, 1, MERCHANTS_MAX))
+    topic = _categorical(rng, topic_weight, n)
+    size = rng.lognormal(0.0, 1.2, n)
+    on_topic = _Sampler(topic, size, n_topics).sample(rng, prod["topic"])
+    anyone = _categorical(rng, size, n_products)
+    merchant = np.where((on_topic >= 0) & (rng.random(n_products) < MERCHANT_ON_TOPIC), on_topic,
+                        anyone)  # fmt: skip
+    return {"merchant": merchant, "topic": topic, "ids": _ids("shop-", n)}
+
+
+def _friendships(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The planted friendship graph as pairs (a < b): mostly within circles of friends."""
+    n = cfg.n_users
+    circle = rng.integers(0, max(1, n // CIRCLE_SIZE), n)
+    want = rng.poisson(cfg.friends_per_user / 2, n)  # each pair is a friend of both
+    a = np.repeat(np.arange(n), want)
+    inside = _Sampler(circle, np.ones(n), int(circle.max()) + 1).sample(rng, circle[a])
+    b = np.where(rng.random(len(a)) < FRIEND_IN_CIRCLE, inside, rng.integers(0, n, len(a)))
+    ok = (b >= 0) & (b != a)
+    key = np.unique(np.minimum(a, b)[ok].astype(np.int64) * n + np.maximum(a, b)[ok])
+    return key // n, key % n
+
+
+def _shares(
+    rng: np.random.Generator, cfg: SynthConfig, friends: _Friends, likes: tuple, end: int
+) -> tuple[np.ndarray, ...]:
+    """Shares (user, post, receiver or -1, ts, channel index) of liked posts, mostly to a
+    friend; channel indices point into FRIEND_CHANNELS + PUBLIC_CHANNELS."""
+    user, post, ts = likes
+    pick = np.flatnonzero(rng.random(len(user)) < min(1.0, cfg.share_rate))
+    user, post = user[pick], post[pick]
+    delay = np.ceil(rng.exponential(SHARE_DELAY_S / MINUTE_S, len(pick))) * MINUTE_S
+    when = ts[pick] + delay.astype(np.int64)
+    receiver = friends.sample(rng, user)
+    receiver = np.where(rng.random(len(pick)) < SHARE_TO_FRIEND, receiver, -1)
+    n_friendly = len(FRIEND_CHANNELS)
+    channel = np.where(
+        receiver >= 0,
+        (rng.random(len(pick)) < 0.3).astype(np.int64),  # chat mostly, qq sometimes
+        n_friendly + rng.integers(0, len(PUBLIC_CHANNELS), len(pick)),
+    )
+    ok = when < end
+    return user[ok], post[ok], receiver[ok], when[ok], channel[ok]
+
+
+def _groups(
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    users: dict,
+    prod: dict,
+    friends: _Friends,
+    purchases: tuple,
+    t0: int,
+) -> dict:
+    """Group-buys launched on purchases (initiator, product), their members and status.
+
+    A group fills up with probability ``appeal / (appeal + 1)`` of its product times its
+    size's ease; members are mostly the initiator's friends. A full group succeeded, one
+    still running at the end of the window is open, the rest failed.
+    """
+    end = t0 + cfg.weeks * WEEK_S
+    p_user, p_prod, p_ts = purchases[0], purchases[1], purchases[2]
+    n = int(round(min(cfg.group_rate, 1.0) * len(p_user)))
+    rows = np.sort(rng.choice(len(p_user), n, replace=False)) if n else np.zeros(0, np.int64)
+    initiator, product = p_user[rows], p_prod[rows]
+    lead = rng.integers(0, 6 * 60, n) * MINUTE_S  # launched up to 6 h before buying
+    created = np.maximum(p_ts[rows] - lead, t0)
+    size_ix = _categorical(rng, np.array(GROUP_SIZE_P), n)
+    size = np.array(GROUP_SIZES)[size_ix]
+    expires = created + np.array(GROUP_TTL_S)[(rng.random(n) < 0.2).astype(np.int64)]
+    appeal = prod["appeal"][product]
+    fills = rng.random(n) < appeal / (appeal + 1.0) * np.array(GROUP_EASE)[size_ix]
+    want = np.where(fills, size - 1, np.floor(rng.random(n) * (size - 1)).astype(np.int64))
+    # candidate members: twice what is wanted, friends first, strangers (by activity) else
+    group = np.repeat(np.arange(n), 2 * want + 1)
+    friend = friends.sample(rng, initiator[group])
+    stranger = _categorical(rng, users["activity"], len(group))
+    member = np.where((friend >= 0) & (rng.random(len(group)) < FRIEND_JOIN), friend, stranger)
+    ok = member != initiator[group]
+    group, member = group[ok], member[ok]
+    idx, rank = _dedupe_truncate(rng, group, member, cfg.n_users)
+    idx = idx[rank < want[group[idx]]]
+    group, member = group[idx], member[idx]
+    joined = np.bincount(group, minlength=n)
+    span = np.minimum(expires, end)[group] - created[group]
+    m_ts = created[group] + (rng.random(len(group)) * span // MINUTE_S).astype(np.int64) * MINUTE_S
+    full = joined == size - 1
+    status = np.where(full, 0, np.where(expires > end, 2, 1))  # succeeded, failed, open
+    keep = m_ts < end
+    price = prod["frame"]["price"].to_numpy()[product] * rng.uniform(*GROUP_DISCOUNT, n)
+    return {
+        "initiator": initiator, "product": product, "created": created, "expires": expires,
+        "size": size, "status": status, "price": np.round(price, 2),
+        "members": (group[keep], member[keep], m_ts[keep]),
+    }  # fmt: skip
+
+
+def _social(cfg: SynthConfig, users: dict, parts: dict, topic_weight: np.ndarray, t0: int) -> dict:
+    """The social-shopping parts (merchants, friendships, shares, groups), from a generator
+    of its own (seeded by ``(seed, 1)``) so that the other tables do not change."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    prod = parts["products"]
+    merchants = _merchants(rng, prod, topic_weight)
+    prod["frame"]["merchant_id"] = merchants["ids"][merchants["merchant"]]
+    prod["appeal"] = rng.lognormal(0.0, GROUP_APPEAL_SIGMA, len(prod["topic"]))
+    a, b = _friendships(rng, cfg)
+    friends = _Friends(a, b, cfg.n_users)
+    end = t0 + cfg.weeks * WEEK_S
+    return {
+        "merchants": merchants,
+        "friendships": (a, b),
+        "shares": _shares(rng, cfg, friends, parts["likes"], end),
+        "groups": _groups(rng, cfg, users, prod, friends, parts["purchases"], t0),
+    }
+
+
 def _frames(cfg: SynthConfig, topics: list[Topic], parts: dict) -> dict[str, pd.DataFrame]:
     """The dataset tables, rows in time order, ids as strings."""
     uid, pid = _ids("u", cfg.n_users), _ids("p", cfg.n_posts)
@@ -459,6 +625,35 @@ def _frames(cfg: SynthConfig, topics: list[Topic], parts: dict) -> dict[str, pd.
                           "ts": _iso(follows[2])}, follows[2], follows[0], follows[1]),
         "clicks": table({"user_id": uid[clicks[0]], "post_id": pid[clicks[1]],
                          "ts": _iso(clicks[2])}, clicks[2], clicks[0], clicks[1]),
+        **_social_frames(uid, pid, sku, parts["social"], table),
+    }  # fmt: skip
+
+
+def _social_frames(
+    uid: np.ndarray, pid: np.ndarray, sku: np.ndarray, social: dict, table: Any
+) -> dict[str, pd.DataFrame]:
+    """shares, groups and group_members; group ids ``g<i>`` in launch order."""
+    sh, g = social["shares"], social["groups"]
+    channels = np.array(FRIEND_CHANNELS + PUBLIC_CHANNELS, dtype=object)
+    uid_or_empty = np.append(uid, "")  # index -1 is "no receiver"
+    order = np.lexsort((g["initiator"], g["created"]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    gid = _ids("g", len(order))
+    statuses = np.array(["succeeded", "failed", "open"], dtype=object)
+    grp, member, m_ts = g["members"]
+    return {
+        "shares": table({"user_id": uid[sh[0]], "post_id": pid[sh[1]],
+                         "receiver_id": uid_or_empty[sh[2]], "ts": _iso(sh[3]),
+                         "channel": channels[sh[4]]}, sh[3], sh[0], sh[1]),
+        "groups": pd.DataFrame({
+            "group_id": gid, "product_id": sku[g["product"][order]],
+            "initiator_id": uid[g["initiator"][order]], "created_at": _iso(g["created"][order]),
+            "status": statuses[g["status"][order]], "size": g["size"][order],
+            "expires_at": _iso(g["expires"][order]), "price": g["price"][order],
+        }),
+        "group_members": table({"group_id": gid[rank[grp]], "user_id": uid[member],
+                                "ts": _iso(m_ts)}, m_ts, rank[grp], member),
     }  # fmt: skip
 
 
@@ -476,7 +671,9 @@ def _write(out: Path, name: str, frame: pd.DataFrame, fmt: str) -> None:
         stale.unlink()
 
 
-def _truth(cfg: SynthConfig, topics: list[Topic], users: dict, posts: dict) -> dict:
+def _truth(
+    cfg: SynthConfig, topics: list[Topic], users: dict, posts: dict, social: dict, products: dict
+) -> dict:
     """The planted structure, for tests and notebooks (the loader ignores it)."""
     top2 = np.argsort(-users["interest"], axis=1, kind="stable")[:, :2]
     return {
@@ -488,6 +685,20 @@ def _truth(cfg: SynthConfig, topics: list[Topic], users: dict, posts: dict) -> d
             for a, t in zip(users["authors"].tolist(), users["author_topic"].tolist(), strict=True)
         },
         "config": {**dataclasses.asdict(cfg), "n_products": cfg.product_count},
+        **_social_truth(social, products),
+    }
+
+
+def _social_truth(social: dict, products: dict) -> dict:
+    """The planted social-shopping structure: friendships, group appeal, merchants' topics."""
+    a, b = social["friendships"]
+    sku = products["frame"]["product_id"].tolist()
+    m = social["merchants"]
+    return {
+        "friendships": [[f"u{x}", f"u{y}"] for x, y in zip(a.tolist(), b.tolist(), strict=True)],
+        "group_appeal": dict(zip(sku, np.round(products["appeal"], 4).tolist(), strict=True)),
+        "merchant_topic": dict(zip(m["ids"].tolist(), m["topic"].tolist(), strict=True)),
+        "friend_join_share": FRIEND_JOIN,
     }
 
 
@@ -498,7 +709,10 @@ def _check(cfg: SynthConfig, fmt: str) -> int:
     for name in ("n_users", "n_posts", "product_count", "n_topics", "weeks"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"SynthConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("likes_per_user", "purchase_rate", "follows_per_user"):
+    for name in (
+        "likes_per_user", "purchase_rate", "follows_per_user", "friends_per_user", "share_rate",
+        "group_rate",
+    ):  # fmt: skip
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"SynthConfig.{name} must be >= 0, got {getattr(cfg, name)}")
     try:
@@ -535,8 +749,8 @@ def generate(
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as out:
     ...     counts = generate(out, SynthConfig(n_users=50, n_posts=40, seed=1))
-    >>> counts["posts.csv"], sorted(counts)
-    (40, ['clicks.csv', 'follows.csv', 'likes.csv', 'posts.csv', 'products.csv', 'purchases.csv'])
+    >>> counts["posts.csv"], len(counts), counts["groups.csv"] > 0
+    (40, 9, True)
     """
     cfg = config if config is not None else SynthConfig()
     t0 = _check(cfg, fmt)
@@ -557,13 +771,14 @@ def generate(
     parts["purchases"] = _purchases(
         rng, cfg, users, parts["products"], parts["links"], parts["likes"], t0
     )
+    parts["social"] = _social(cfg, users, parts, topic_weight, t0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, frame in _frames(cfg, topics, parts).items():
         _write(out, name, frame, fmt)
         counts[f"{name}.{fmt}"] = len(frame)
-    truth = _truth(cfg, topics, users, parts["posts"])
+    truth = _truth(cfg, topics, users, parts["posts"], parts["social"], parts["products"])
     (out / "synth_truth.json").write_text(json.dumps(truth, ensure_ascii=False), encoding="utf-8")
     logger.info("wrote synthetic dataset to %s: %s", out, counts)
     return counts

@@ -65,8 +65,10 @@ def published(
 
 
 def _quantised(scores: np.ndarray) -> np.ndarray:
-    """Scores in [0, 1] as a candidate blob stores them (a byte each)."""
-    return np.rint(np.clip(scores, 0.0, 1.0) * 255) / 255.0
+    """Scores in [0, 1] as a candidate blob stores them (a byte each), in float64 as
+    :func:`feed.contract.decode_candidates` reads them back: ties between discounted scores
+    must break as they do in the service."""
+    return np.rint(np.clip(scores, 0.0, 1.0).astype(np.float64) * 255) / 255.0
 
 
 def version_table(

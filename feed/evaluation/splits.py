@@ -123,8 +123,9 @@ def choose_method(ds: Dataset, test_frac: float = 0.2) -> tuple[str, str]:
 def time_split(ds: Dataset, test_frac: float) -> Split:
     """A global cut at the ``1 - test_frac`` quantile of like and purchase timestamps.
 
-    Clicks, impressions and follows at or after the cut leave the training part too (rows
-    without a timestamp stay). Posts all stay: a post created after the cut is a candidate.
+    Clicks, impressions, follows, shares, groups (by ``created_at``) and group members at or
+    after the cut leave the training part too (rows without a timestamp stay). Posts all stay:
+    a post created after the cut is a candidate.
     """
     stamps = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
     cut = float(np.quantile(stamps, 1.0 - test_frac))
@@ -139,6 +140,9 @@ def time_split(ds: Dataset, test_frac: float) -> Split:
         clicks=_before(ds.clicks, cut),
         impressions=_before(ds.impressions, cut),
         follows=_before(ds.follows, cut),
+        shares=_before(ds.shares, cut),
+        groups=_before(ds.groups.assign(ts=ds.groups["created_at"]), cut).drop(columns="ts"),
+        group_members=_before(ds.group_members, cut),
     )
     test_likes = ds.likes[ds.likes["ts"].to_numpy() >= cut]
     test_purchases = ds.purchases[ds.purchases["ts"].to_numpy() >= cut]
@@ -227,6 +231,21 @@ def training_data(part: Split) -> TrainingData:
     return replace(data, now=part.cut) if part.method == "global-time" else data
 
 
+def _groups_without(
+    g: pd.DataFrame, m: pd.DataFrame, purchases: pd.DataFrame, kept: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """``groups`` and ``group_members`` without the memberships that are purchases in
+    ``purchases`` but not in ``kept`` (user and product)."""
+    pairs = purchases["user_id"] + "\x00" + purchases["product_id"]
+    held = set(pairs) - set(kept["user_id"] + "\x00" + kept["product_id"])
+    if not held:
+        return {"groups": g, "group_members": m}
+    groups = g[~(g["initiator_id"] + "\x00" + g["product_id"]).isin(held).to_numpy()]
+    product = m["group_id"].map(dict(zip(g["group_id"], g["product_id"], strict=True)))
+    members = m[~(m["user_id"] + "\x00" + product.fillna("")).isin(held).to_numpy()]
+    return {"groups": groups, "group_members": members}
+
+
 def _before(table: pd.DataFrame, cut: float) -> pd.DataFrame:
     """Rows strictly before ``cut``, plus rows without a timestamp."""
     ts = table["ts"].to_numpy(float)
@@ -251,7 +270,14 @@ def _without_pairs(table: pd.DataFrame, pairs: set[tuple[str, str]]) -> pd.DataF
 
 
 def _subset(ds: Dataset, **tables: pd.DataFrame) -> Dataset:
-    """A copy of ``ds`` with some tables replaced (re-indexed) and counts recomputed."""
+    """A copy of ``ds`` with some tables replaced (re-indexed) and counts recomputed. Group
+    memberships that are purchases the training part no longer has (held out) leave too, so
+    a held-out purchase never comes back as a group purchase: the groups whose initiator's
+    purchase it is, and the member rows of the others."""
+    if "purchases" in tables and len(ds.groups):
+        groups = tables.get("groups", ds.groups)
+        members = tables.get("group_members", ds.group_members)
+        tables.update(_groups_without(groups, members, ds.purchases, tables["purchases"]))
     fresh = {name: t.reset_index(drop=True) for name, t in tables.items()}
     out = replace(ds, **fresh, path=None, problems=[])
     out.counts = {name: len(getattr(out, name)) for name in ds.counts}

@@ -47,6 +47,17 @@ BASE_FEATURES = (
     "post_popularity_in_user_period",
     "post_age_at_user_log",
 )
+#: Features of the sources' agreement on a candidate, after :data:`BASE_FEATURES`: how many
+#: sources list it, its best rank among them (log), its reciprocal-rank fusion score, and the
+#: same count and fusion over the personal sources only (not popularity or trending). They
+#: carry signal without timestamps (random splits, untimed data).
+AGREEMENT_FEATURES = (
+    "sources_listing",
+    "best_rank_log",
+    "fusion",
+    "personal_listing",
+    "personal_fusion",
+)
 #: Time periods (quantiles of event times) for "popularity in the user's period".
 PERIODS = 16
 
@@ -63,7 +74,7 @@ def feature_names(sources: Mapping[str, CandidateModel]) -> list[str]:
         names += [f"{name}:score", f"{name}:rank"]
         if not is_global(model):
             names.append(f"{name}:relative")
-    return names + list(BASE_FEATURES)
+    return names + list(BASE_FEATURES) + list(AGREEMENT_FEATURES)
 
 
 @dataclass
@@ -366,6 +377,7 @@ class CandidateBuilder:
         self.codes = np.array([REASON_CODE[m.reason] for m in self.sources.values()], np.uint8)
         self._global: dict[str, np.ndarray] = {}  # deduplicated scores of global sources
         self.shared_content = shared_content(self.sources)
+        self.personal = np.array([not is_global(m) for m in self.sources.values()], dtype=bool)
 
     def batches(self, users: np.ndarray, n_posts: int) -> Iterator[np.ndarray]:
         """Slices of ``users`` small enough to merge at once."""
@@ -405,6 +417,7 @@ class CandidateBuilder:
                     rel = np.where(best > 0, score / best, 0.0)
                 cols.append(rel)
         cols += self.context.features(users, items)
+        cols += agreement(ranks, self.personal, self.n_per_source)
         features = np.stack([np.asarray(c, dtype=np.float32) for c in cols], axis=-1)
         features[items < 0] = np.nan
         reasons = self.codes[np.argmin(ranks, axis=0)]
@@ -445,6 +458,25 @@ class CandidateBuilder:
         if block is None:
             return None, topk(top_block, self.n_per_source)[0]
         return block, self.context.top_per_product(top_block, self.n_per_source)
+
+
+def agreement(ranks: np.ndarray, personal: np.ndarray, depth: int) -> list[np.ndarray]:
+    """The :data:`AGREEMENT_FEATURES` of (sources x users x C) ``ranks`` (``depth``: absent);
+    ``personal`` marks the sources that are not the same for every user.
+
+    >>> cols = agreement(np.array([[[0, 3]], [[2, 1]]]), np.array([True, False]), 3)
+    >>> [np.round(c.astype(float), 3).tolist() for c in cols]
+    [[[2.0, 1.0]], [[0.0, 0.693]], [[0.091, 0.045]], [[1.0, 0.0]], [[0.048, 0.0]]]
+    """
+    listed = ranks < depth
+    best = np.where(listed, ranks, depth).min(axis=0)
+    return [
+        listed.sum(axis=0).astype(np.float32),
+        np.log1p(best).astype(np.float32),
+        fusion_scores(ranks, depth),
+        listed[personal].sum(axis=0).astype(np.float32),
+        fusion_scores(ranks[personal], depth) if personal.any() else np.zeros(ranks.shape[1:]),
+    ]
 
 
 def shared_content(sources: Mapping[str, CandidateModel]) -> dict[str, str]:

@@ -25,6 +25,7 @@ from feed.models.sources import (
     Social,
     Trending,
 )
+from feed.models.tuning import SOURCE_GRIDS
 
 #: The candidate sources of the default model, in feature order.
 SOURCES = (
@@ -78,6 +79,11 @@ class TrainConfig:
     #: The validation protocol (``feed.evaluation.splits.METHODS``, or ``auto``: chosen from the
     #: data as ``feed evaluate`` chooses it; ``feed train`` records the one it used).
     split: str = "auto"
+    #: Sources whose hyper-parameters are chosen on the first validation slice, each over its
+    #: grid of :data:`feed.models.tuning.SOURCE_GRIDS` (points of the grids ``feed evaluate``
+    #: tunes the baselines of the same name on); the values above are then the starting point,
+    #: and the manifest's ``model.tuned`` holds the chosen ones. Empty: no tuning.
+    tune: tuple[str, ...] = ("ease", "als", "itemknn")
     val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
     val_windows: int = 6  # validation slices at most, each older than the previous ...
     min_val_users: int = 300  # ... until this many validation users are collected
@@ -119,6 +125,7 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         max_windows=config.val_windows,
         min_val_users=config.min_val_users,
         splitter=Splitter(config.split),
+        tune={n: SOURCE_GRIDS[n] for n in config.tune if n in sources},
         random_state=config.random_state,
     )
 

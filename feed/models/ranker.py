@@ -30,6 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,7 +41,13 @@ import scipy.sparse as sp
 
 from feed.contract import REASON_CODE, unit_scores
 from feed.data import Dataset
-from feed.evaluation.metrics import author_diversity, hits, ndcg_at_k, purchase_recall_at_k
+from feed.evaluation.metrics import (
+    author_diversity,
+    hits,
+    ndcg_at_k,
+    primary_metric,
+    purchase_recall_at_k,
+)
 from feed.evaluation.pages import POLICY_USERS, PageBuilder, PolicyChoice, Truth, choose_policy
 from feed.evaluation.splits import Split, Splitter, held_out, training_data
 from feed.features.matrices import TrainingData, decayed
@@ -54,6 +61,7 @@ from feed.models.candidates import (
     select_top,
 )
 from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_columns
+from feed.models.tuning import TUNE_USERS, Tuned, Validation, sample_users, tune, twin_groups
 from feed.serving.policy import PagePolicy
 from feed.serving.ranking import RANKING_DEFAULTS, pool_size
 
@@ -121,6 +129,9 @@ class RankerChoice:
     prefilter: LinearScores | None = None
     prefilter_params: dict[str, Any] = field(default_factory=dict)
     depth: int = RERANK_DEPTH
+    #: Two-stage ranking only: order the ``depth`` candidates by the mean of the tree ranker's
+    #: and the linear ranker's log-odds rather than by the trees alone ("ranker:<i>+linear").
+    ensemble: bool = False
     #: The chosen option's scores of the validation candidates (out of fold for a ranker):
     #: what the page policy is chosen on. Not kept in the manifest.
     val_scores: np.ndarray | None = field(default=None, repr=False)
@@ -159,6 +170,12 @@ class LearnedBlend:
         ``splitter(dataset, val_frac, random_state) -> Split`` carves a validation slice off a
         dataset: :class:`~feed.evaluation.splits.Splitter` of the evaluation's (the data's)
         protocol, so validation mirrors how the model is judged.
+    tune : mapping of name -> grid, optional
+        Sources whose hyper-parameters are chosen on the first validation slice
+        (:func:`feed.models.tuning.tune`, by the slice's metric of the source's own lists, as
+        ``feed evaluate`` tunes its baselines); each grid point overrides some of the
+        prototype's parameters. The chosen values are in :meth:`summary` (``tuned``) and
+        every later fit of the source (the other slices, the final fit) uses them.
     random_state : int
     """
 
@@ -177,9 +194,11 @@ class LearnedBlend:
         rerank_depth: int = RERANK_DEPTH,
         decayed: tuple[str, ...] = ("trending",),
         splitter: Callable[[Dataset, float, int], Split] = AUTO_SPLIT,
+        tune: Mapping[str, tuple[dict[str, Any], ...]] | None = None,
         random_state: int = 0,
     ) -> None:
         self.sources = dict(sources)
+        self.tune = dict(tune or {})
         self.decayed = tuple(decayed)
         self.splitter = splitter
         self.n_per_source = n_per_source
@@ -204,6 +223,7 @@ class LearnedBlend:
         """
         dataset = data.source
         self.timings_: dict[str, float] = {}
+        self.tuned_: dict[str, Tuned] = {}
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
         self.pool_: _Pool | None = None
@@ -242,13 +262,30 @@ class LearnedBlend:
             names.append(name)
         return names
 
-    def fit_sources(self, stages: list[Stage]) -> list[dict[str, CandidateModel]]:
-        """Fresh copies of the applicable sources fitted for each stage, in ``names_`` order.
+    def prototype(self, name: str) -> CandidateModel:
+        """An unfitted copy of source ``name`` with its tuned parameters (when tuned)."""
+        model = self.sources[name]
+        tuned = getattr(self, "tuned_", {}).get(name)
+        if tuned is None:
+            return clone(model)
+        return type(model)(**{**model.get_params(), **tuned.params})
+
+    def fit_sources(
+        self,
+        stages: list[Stage],
+        given: Mapping[tuple[int, str], CandidateModel] | None = None,
+        skip: set[str] | frozenset[str] = frozenset(),
+    ) -> list[dict[str, CandidateModel]]:
+        """Fresh copies of the applicable sources (:meth:`prototype`) fitted for each stage,
+        in ``names_`` order (but the ``skip``ped ones); ``given`` holds fits already made
+        (stage index, name).
 
         The fits are independent, so they run on a pool of threads (the slowest sources
         first, :func:`fit_cost`); each fit's seconds go to ``timings_["<stage>:<source>_s"]``.
         """
-        jobs = [(i, name) for i in range(len(stages)) for name in self.names_]
+        given = dict(given or {})
+        names = [n for n in self.names_ if n not in skip]
+        jobs = [(i, name) for i in range(len(stages)) for name in names if (i, name) not in given]
         jobs.sort(key=lambda job: -fit_cost(self.sources[job[1]]))
         decayed_data = [_Lazy(partial(decayed, s.data)) for s in stages]
 
@@ -257,7 +294,7 @@ class LearnedBlend:
             i, name = job
             t = time.perf_counter()
             data = decayed_data[i].get() if name in self.decayed else stages[i].data
-            model = clone(self.sources[name]).fit(data)
+            model = self.prototype(name).fit(data)
             logger.info("fitted %s (%s) in %.1fs", name, stages[i].name, time.perf_counter() - t)
             return model, time.perf_counter() - t
 
@@ -265,10 +302,12 @@ class LearnedBlend:
         fitted: list[dict[str, tuple[CandidateModel, float]]] = [{} for _ in stages]
         for (i, name), result in zip(jobs, done, strict=True):
             fitted[i][name] = result
+        for (i, name), model in given.items():
+            fitted[i][name] = (model, 0.0)
         for stage, results in zip(stages, fitted, strict=True):
-            for name in self.names_:
+            for name in names:
                 self._add_time(f"{stage.name}:{name}", results[name][1])
-        return [{name: f[name][0] for name in self.names_} for f in fitted]
+        return [{name: f[name][0] for name in names} for f in fitted]
 
     def _learn(
         self, dataset: Dataset, metric: str, final: Stage
@@ -289,7 +328,11 @@ class LearnedBlend:
             truth = held_out(part, sub)
             self._add_time("validation:data", time.perf_counter() - t)
             stages = [Stage("validation", sub)] if len(truth.users) else []
-            fitted = self.fit_sources(stages + ([final] if sources is None else []))
+            todo = stages + ([final] if sources is None else [])
+            if sources is None and stages and self.tuned_names():
+                fitted = self._fit_tuning(part, sub, truth, todo)
+            else:
+                fitted = self.fit_sources(todo)
             if sources is None:
                 sources = fitted.pop()
             if fitted:
@@ -315,6 +358,51 @@ class LearnedBlend:
         )
         self._add_time("validation:choose", time.perf_counter() - t)
         return choice, sources
+
+    def tuned_names(self) -> list[str]:
+        """The applicable sources whose parameters are chosen on validation."""
+        return [n for n in self.names_ if n in self.tune and n not in self.decayed]
+
+    def _fit_tuning(
+        self, part: Split, sub: TrainingData, truth: Any, stages: list[Stage]
+    ) -> list[dict[str, CandidateModel]]:
+        """The first slice's fits with tuning: the sources that are not tuned are fitted for
+        every stage while the tuned ones are tuned on the slice (side by side, on threads);
+        then the tuned ones are fitted, at their chosen points, for the other stages."""
+        names = set(self.tuned_names())
+        with ThreadPoolExecutor(1) as pool:
+            tuning = pool.submit(self._tune_sources, part, sub, truth)
+            rest = self.fit_sources(stages, skip=names)
+            tuned = tuning.result()
+        given = {(0, n): m for n, m in tuned.items()}
+        done = self.fit_sources(stages, given, skip=set(self.names_) - names)
+        return [{n: (d | r)[n] for n in self.names_} for d, r in zip(done, rest, strict=True)]
+
+    def _tune_sources(
+        self, part: Split, sub: TrainingData, truth: Any
+    ) -> dict[str, CandidateModel]:
+        """Choose the parameters of the sources in ``tune`` on this (the first) validation
+        slice (at most :data:`~feed.models.tuning.TUNE_USERS` of its users); return each
+        tuned source fitted at its chosen point on ``sub``, the slice's own fit."""
+        t = time.perf_counter()
+        names = self.tuned_names()
+        if not names:
+            return {}
+        truth = sample_users(truth, TUNE_USERS, self.random_state)
+        val = Validation(sub, truth, primary_metric(truth), part)
+        twins = twin_groups(sub)
+        out = {}
+        for name in names:
+            base = self.sources[name]
+
+            def make(point: dict[str, Any], base: CandidateModel = base) -> CandidateModel:
+                return type(base)(**{**base.get_params(), **point})
+
+            self.tuned_[name] = tuned = tune(make, self.tune[name], val, self.k, twins)
+            if tuned.model is not None:
+                out[name] = tuned.model
+        self._add_time("validation:tune", time.perf_counter() - t)
+        return out
 
     def _choose_policy(self, data: TrainingData) -> PolicyChoice | None:
         """The page policy (:mod:`feed.serving.policy`,
@@ -442,6 +530,7 @@ class LearnedBlend:
                 "max_train_rows",
                 "rerank_depth",
                 "decayed",
+                "tune",
                 "random_state",
             )
         }
@@ -463,7 +552,9 @@ class LearnedBlend:
             "kind": c.kind,
             "params": c.params,
             "rerank": (
-                {"by": c.prefilter_params, "depth": c.depth} if c.prefilter is not None else None
+                {"by": c.prefilter_params, "depth": c.depth, "ensemble": c.ensemble}
+                if c.prefilter is not None
+                else None
             ),
             "one_per_product": c.one_per_product,
             "metric": c.metric,
@@ -472,6 +563,7 @@ class LearnedBlend:
                 n: m.epochs_ for n, m in self.sources_.items() if isinstance(m, MatrixFactorization)
             },
             "validation": {k: round(v, 5) for k, v in c.validation.items()},
+            "tuned": {n: t.summary() for n, t in getattr(self, "tuned_", {}).items()},
             "page_policy": self.page_policy_.to_json(),
             "page_policy_choice": self.policy_choice_.summary() if self.policy_choice_ else None,
             "timings": {k: round(v, 3) for k, v in self.timings_.items()},
@@ -671,7 +763,13 @@ def choose(
     for i, oof in oofs.items():
         if pre is not None and _is_tree(RANKER_GRID[i]):
             report[f"ranker:{i}:all"] = pool.score(oof, k, False)
-            oof = np.where(best_in_rows(oofs[pre], depth), oof, -np.inf)
+            kept = best_in_rows(oofs[pre], depth)
+            oof = np.where(kept, oof, -np.inf)
+            # the trees and the linear ranker together: the mean of their log-odds
+            both = np.where(kept, 0.5 * (log_odds(oof) + log_odds(oofs[pre])), -np.inf)
+            arrays[f"ranker:{i}+linear"] = both
+            for dedupe in (False, True):
+                options[(f"ranker:{i}+linear", dedupe)] = pool.score(both, k, dedupe)
         arrays[f"ranker:{i}"] = oof
         for dedupe in (False, True):
             options[(f"ranker:{i}", dedupe)] = pool.score(oof, k, dedupe)
@@ -691,7 +789,9 @@ def choose(
         val_scores=arrays[best],
     )
     if best.startswith("ranker:"):
-        choice.params = dict(RANKER_GRID[int(best.split(":")[1])])
+        index, _, extra = best.split(":")[1].partition("+")
+        choice.params = dict(RANKER_GRID[int(index)])
+        choice.ensemble = extra == "linear"
         stages = [choice.params]
         if pre is not None and _is_tree(choice.params):
             choice.prefilter_params, choice.depth = dict(RANKER_GRID[pre]), depth
@@ -727,6 +827,17 @@ class LinearScores:
         """Scores of (users x C x F) ``features`` (users x C); padding (item -1) -inf."""
         x = np.where(np.isnan(features), self.fill, features)
         return np.where(items >= 0, x @ self.weights + self.bias, -np.inf)
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` of probabilities (clipped away from 0 and 1; -inf stays -inf).
+
+    >>> log_odds(np.array([0.5, -np.inf])).tolist()
+    [0.0, -inf]
+    """
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(p), np.log(q / (1 - q)), -np.inf).astype(np.float32)
 
 
 def _is_tree(params: dict[str, Any]) -> bool:
@@ -772,6 +883,11 @@ def _fit_ranker(
         rng = np.random.default_rng(random_state)
         keep = np.concatenate([np.flatnonzero(y), rng.choice(negatives, room, replace=False)])
         x, y = x[np.sort(keep)], y[np.sort(keep)]
+    # a feature with no value at all (e.g. every age on data without timestamps) crashes the
+    # trees' binning; as a constant it is simply never split on, here or when predicting
+    empty = np.isnan(x).all(axis=0)
+    if empty.any():
+        x = np.where(empty, 0.0, x).astype(x.dtype, copy=False)
     model = make_ranker(params, random_state)
     with single_threaded():  # OpenMP oversubscribes busy hosts
         return model.fit(x, y)
@@ -844,6 +960,10 @@ def score_block(
         if choice.prefilter is not None:
             first = choice.prefilter(block.features, items)
             items = np.where(best_in_rows(first, max(choice.depth, n)), items, -1)
+            if choice.ensemble:  # the linear score is a log-odds already
+                trees = _predict(choice.estimator, block.features, items, threads=1)
+                both = 0.5 * (log_odds(trees) + first.astype(np.float32))
+                return np.where(items >= 0, both, -np.inf).astype(np.float32)
         return _predict(choice.estimator, block.features, items, threads=1)
     if choice.kind.startswith("source:"):
         scores = -block.ranks[names.index(choice.kind.split(":", 1)[1])].astype(np.float32)

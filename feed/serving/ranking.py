@@ -448,15 +448,19 @@ def filtered(
 
     Dropped: posts seen or served within ``SEEN_WINDOW_S``, liked or hidden; the user's own
     posts; posts of muted authors (blocked or "see fewer"); posts whose every linked product is
-    out of stock. The bonus is ``policy.freshness_weight * 0.5 ** (age /
-    FRESHNESS_HALF_LIFE_S)``.
+    out of stock; posts taken down by moderation (``glob["takedown"]``, when given). The bonus
+    is ``policy.freshness_weight * 0.5 ** (age / FRESHNESS_HALF_LIFE_S)``.
     """
     excluded = state.seen | state.liked | state.hidden
     blocked = state.muted | {user_id}
     bonus = (policy.freshness_weight, max(cfg["FRESHNESS_HALF_LIFE_S"], 1), now)
     fresh = offers.fresh
     parts: list[tuple[VersionTable | FreshPosts, np.ndarray, _Arrays]] = [
-        (table, table.sold_out(glob["oos"]), (offers.idx, offers.score, offers.why))
+        (
+            table,
+            table.unservable(glob["oos"], glob.get("takedown", frozenset())),
+            (offers.idx, offers.score, offers.why),
+        )
     ]
     if len(offers.fresh_idx):
         parts.append(

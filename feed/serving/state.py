@@ -34,6 +34,9 @@ class VersionTable:
     _by_author: dict[str, list[int]] | None = field(default=None, repr=False)
     _by_category: dict[str, list[int]] | None = field(default=None, repr=False)
     _sold_out: tuple[frozenset[str], np.ndarray] | None = field(default=None, repr=False)
+    _unservable: tuple[frozenset[str], frozenset[str], np.ndarray] | None = field(
+        default=None, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.index = {p: i for i, p in enumerate(self.post_ids)}
@@ -97,6 +100,19 @@ class VersionTable:
             for i in self._posts_of_product.get(p, ()):
                 mask[i] = all(q in oos for q in self.product_ids[i])
         self._sold_out = (oos, mask)
+        return mask
+
+    def unservable(self, oos: frozenset[str], gone: frozenset[str]) -> np.ndarray:
+        """:meth:`sold_out` of ``oos`` plus the posts in ``gone`` (taken down by moderation);
+        recomputed only when either set changes."""
+        if not gone:
+            return self.sold_out(oos)
+        cached = self._unservable
+        if cached is not None and cached[0] is oos and cached[1] is gone:
+            return cached[2]
+        mask = self.sold_out(oos).copy()
+        mask[[self.index[p] for p in gone if p in self.index]] = True
+        self._unservable = (oos, gone, mask)
         return mask
 
     @cached_property
@@ -218,3 +234,4 @@ class UserState:
     unfollows: set[str]
     bought: set[str]
     replay: list[tuple[str, float, str]] | None = None  # the page a retried cursor led to
+    overlay_generation: int | None = None  # the moderation/catalogue counter, read with it

@@ -6,15 +6,28 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from service.routes import admin, events, feed, gifts, health, openapi, posts, viewer
+from service.routes import (
+    admin,
+    events,
+    feed,
+    gifts,
+    groups,
+    health,
+    openapi,
+    posts,
+    products,
+    viewer,
+)
 
 #: Every blueprint, in registration order.
 BLUEPRINTS: tuple[Blueprint, ...] = (
     feed.bp,
     health.bp,
     posts.bp,
+    products.bp,
     events.bp,
     gifts.bp,
+    groups.bp,
     openapi.bp,
     admin.bp,
     viewer.bp,

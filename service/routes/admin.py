@@ -32,17 +32,25 @@ from flask import Blueprint, jsonify
 from feed import experiments as ex
 from feed import versions as reg
 from service.errors import ApiError, bad_request, not_found
-from service.request import check_id, json_body, limit_arg, redis, require_admin, store
+from service.request import check_id, limit_arg, redis, require_admin, store
+from service.schemas import Document, ExperimentArms, NewExperiment, Promote, api, body
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 bp.before_request(require_admin)
 
 
-def _arms(body: dict[str, Any]) -> list[Any]:
-    arms = body.get("arms")
-    if not isinstance(arms, list):
-        raise bad_request("'arms' must be a list of {name, version, weight}", "invalid_experiment")
-    return arms
+def _arms(arms: Any) -> list[dict[str, Any]]:
+    """Validated arms (:class:`service.schemas.Arm`) as :mod:`feed.experiments` takes them."""
+    return [arm.model_dump(exclude_none=True) for arm in arms]
+
+
+_ADMIN_ERRORS = {
+    401: "Missing or wrong bearer token.",
+    404: "Unknown, or the admin API is off (no FEED_ADMIN_TOKEN).",
+    409: "Refused in the current state; `version_not_servable` names a version's Redis "
+    "contract when this release cannot serve it.",
+}
+_ADMIN: dict[str, Any] = {"security": [{"bearerAuth": []}], "tags": ("admin",)}
 
 
 def _experiment_error(e: ex.ExperimentError) -> ApiError:
@@ -113,13 +121,12 @@ def list_experiments() -> Any:
 
 
 @bp.post("/experiments")
+@api("Create an experiment.", body=NewExperiment, ok={201: Document}, errors=_ADMIN_ERRORS,
+     **_ADMIN)  # fmt: skip
 def create_experiment() -> Any:
-    body = json_body()
-    name, salt = body.get("name"), body.get("salt")
-    if not isinstance(name, str):
-        raise bad_request("'name' must be a string", "invalid_experiment")
+    new: NewExperiment = body()
     try:
-        cfg = ex.create(redis(), name, _arms(body), salt=salt)
+        cfg = ex.create(redis(), new.name, _arms(new.arms), salt=new.salt)
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
     return jsonify(cfg), 201
@@ -134,8 +141,15 @@ def show_experiment(name: str) -> Any:
 
 
 @bp.patch("/experiments/<name>")
+@api(
+    "Change arms and weights (users move only as the weights require).",
+    body=ExperimentArms,
+    ok={200: Document},
+    errors=_ADMIN_ERRORS,
+    **_ADMIN,
+)
 def update_experiment(name: str) -> Any:
-    arms = _arms(json_body())
+    arms = _arms(body().arms)
     try:
         return jsonify(ex.update(redis(), name, arms))
     except ex.ExperimentError as e:
@@ -159,23 +173,23 @@ def experiment_report(name: str) -> Any:
 
 
 @bp.post("/experiments/<name>/promote")
+@api(
+    "Make the winning arm's version live, then stop the experiment: the arm whose lift on "
+    "`metric` is positive with p < `alpha` (else control), or `arm`. Refused on a sample-ratio "
+    "mismatch unless `arm` is given; 409 when the version cannot be activated (the experiment "
+    "keeps running).",
+    body=Promote,
+    body_required=False,
+    ok={200: Document},
+    errors=_ADMIN_ERRORS,
+    **_ADMIN,
+)
 def promote_experiment(name: str) -> Any:
     """Make the winning arm's version live, then stop the experiment
     (:func:`feed.experiments.promote`; body ``{metric?, alpha?, arm?}``, all optional)."""
-    body = json_body(required=False)
-    metric, alpha, arm = (
-        body.get("metric", "clicks_per_user"),
-        body.get("alpha", 0.05),
-        body.get("arm"),
-    )
-    if not isinstance(metric, str):
-        raise bad_request("'metric' must be a string", "invalid_experiment")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
-        raise bad_request("'alpha' must be a number between 0 and 1", "invalid_experiment")
-    if arm is not None and not isinstance(arm, str):
-        raise bad_request("'arm' must be a string", "invalid_experiment")
+    p: Promote = body()
     try:
-        return jsonify(ex.promote(redis(), name, metric=metric, alpha=float(alpha), arm=arm))
+        return jsonify(ex.promote(redis(), name, metric=p.metric, alpha=p.alpha, arm=p.arm))
     except ex.ExperimentError as e:
         raise _experiment_error(e) from e
     except reg.VersionError as e:

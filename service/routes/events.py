@@ -1,5 +1,13 @@
-"""Events: ``POST /v1/events``. Each accepted event is appended to the durable event log and
-reflected in the user's real-time state in the same pipeline, so the next page sees it."""
+"""Events: ``POST /v1/events``. Each valid event is appended to the durable event log and
+reflected in the user's real-time state in the same transaction, so the next page sees it.
+
+Results are per event: the valid events of a batch are stored together (all of them or, when
+Redis fails, none), the invalid ones are named by index with the error they would have got
+alone. 202 when every event was stored, 207 when some were rejected (the others stored), 400
+when every event was rejected or the body itself is malformed (nothing stored). A client
+retries only the rejected indices it can fix; resending the whole batch would store the valid
+events twice.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from feed import contract as c
 from feed.serving.state import FreshPosts, VersionTable
 from service import observability
-from service.errors import bad_request, unavailable
-from service.request import json_body, parse_ts, request_id, route_for, store
+from service.errors import ApiError, bad_request, unavailable
+from service.request import parse_ts, request_id, route_for, store
 
 bp = Blueprint("events", __name__)
 
@@ -27,8 +35,15 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {  # required fields besides type and
     "unfollow": ("author_id",),
     "hide_post": ("post_id",),
     "see_fewer_author": ("author_id",),
+    "add_to_cart": ("product_id",),  # post_id optional: the post the product was added from
+    "favorite": ("post_id",),  # 收藏: a strong like
+    "unfavorite": ("post_id",),
+    "share": ("post_id",),  # receiver_id (a user) and channel optional
 }
-ID_FIELDS = ("user_id", "post_id", "product_id", "author_id")
+ID_FIELDS = ("user_id", "post_id", "product_id", "author_id", "receiver_id")
+#: Events whose post's neighbours become (or stop being) real-time candidates.
+_LIKE_LIKE = ("like", "unlike", "favorite", "unfavorite")
+CHANNEL_MAX = 32  # characters of a share's channel
 _JSON_TYPES = {dict: "an object", list: "a list", bool: "true or false", int: "a number"}
 _JSON_TYPES[float] = "a number"
 
@@ -58,6 +73,14 @@ def validate_event(ev: Any, i: int) -> dict[str, Any]:
             if not c.valid_id(ev[f]):
                 raise bad_request(f"{where}.{f} is not a valid id")
             out[f] = ev[f]
+    channel = ev.get("channel")
+    if kind == "share" and channel is not None:
+        if not (c.valid_id(channel) and len(channel) <= CHANNEL_MAX):
+            raise bad_request(
+                f"{where}.channel must be an id-like string of at most {CHANNEL_MAX} characters "
+                "(e.g. chat, moments, qq)"
+            )
+        out["channel"] = channel
     rid = ev.get("request_id")
     if rid is not None:
         if not isinstance(rid, str) or len(rid) > 64:
@@ -109,7 +132,7 @@ def _author_members(ctx: _Context, author: str) -> dict[str, float]:
 def _members(ev: Mapping[str, Any], ctx: _Context) -> dict[str, float]:
     """The real-time candidates an event adds or removes: a liked or unliked post's
     neighbours, a followed or unfollowed author's newest posts; none for other events."""
-    if ev["type"] in ("like", "unlike"):
+    if ev["type"] in _LIKE_LIKE:
         return _neighbour_members(ctx, ev["post_id"])
     if ev["type"] in ("follow", "unfollow"):
         return _author_members(ctx, ev["author_id"])
@@ -130,7 +153,7 @@ def _context(events: list[dict[str, Any]], version: str | None) -> _Context:
     s = store()
     cfg = current_app.config
     table = s.table(version) if version else None
-    posts = list(dict.fromkeys(ev["post_id"] for ev in events if ev["type"] in ("like", "unlike")))
+    posts = list(dict.fromkeys(ev["post_id"] for ev in events if ev["type"] in _LIKE_LIKE))
     neighbours: dict[str, bytes | None] = {}
     if posts and table is not None:
         neighbours = s.neighbour_lists(table.version, posts)
@@ -140,20 +163,48 @@ def _context(events: list[dict[str, Any]], version: str | None) -> _Context:
     return _Context(cfg, table, neighbours, fresh)
 
 
-@bp.post("/v1/events")
-def post_events() -> Any:
-    """Accept a batch of events: each is appended to the durable event log and applied to the
-    user's real-time state in the same pipeline, so the next page reflects it. 202."""
-    if not store().available():
-        raise unavailable("the event store (Redis) is unavailable; nothing was stored")
-    body = json_body()
-    events = body.get("events")
-    cfg = current_app.config
-    if not isinstance(events, list) or not events:
-        raise bad_request("'events' must be a non-empty list")
+def _events(cfg: Mapping[str, Any]) -> list[Any]:
+    """The batch: a JSON list, or an object's ``events`` list; 400 (nothing stored) when the
+    body is neither, empty or over ``MAX_EVENTS_PER_REQUEST``."""
+    body = request.get_json(silent=True)
+    if isinstance(body, dict):
+        events = body.get("events")
+        if not isinstance(events, list) or not events:
+            raise bad_request("'events' must be a non-empty list")
+    elif isinstance(body, list):
+        events = body
+        if not events:
+            raise bad_request("the body must be a non-empty list of events")
+    else:
+        raise bad_request(
+            'the body must be a JSON object {"events": [...]} or a list of events',
+            "invalid_json",
+        )
     if len(events) > cfg["MAX_EVENTS_PER_REQUEST"]:
         raise bad_request(f"at most {cfg['MAX_EVENTS_PER_REQUEST']} events per request")
-    parsed = [validate_event(ev, i) for i, ev in enumerate(events)]
+    return events
+
+
+@bp.post("/v1/events")
+def post_events() -> Any:
+    """Accept a batch of events: the valid ones are appended to the durable event log and
+    applied to their users' real-time state in one transaction, so the next page reflects
+    them; the invalid ones are named (see the module's docstring). 202, 207 or 400."""
+    if not store().available():
+        raise unavailable("the event store (Redis) is unavailable; nothing was stored")
+    cfg = current_app.config
+    events = _events(cfg)
+    parsed: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for i, ev in enumerate(events):
+        try:
+            parsed.append(validate_event(ev, i))
+        except ApiError as e:
+            results.append({"index": i, "error": {"code": e.code, "message": e.message}})
+    observability.record_rejected(r["error"]["code"] for r in results)
+    counts = {"accepted": len(parsed), "rejected": len(results), "results": results}
+    if not parsed:  # nothing valid: the first error is the batch's, as before
+        return jsonify({"error": results[0]["error"], **counts, "request_id": request_id()}), 400
     version_of = {u: _user_version(u) for u in dict.fromkeys(ev["user_id"] for ev in parsed)}
     contexts = {
         v: _context([ev for ev in parsed if version_of[ev["user_id"]] == v], v)
@@ -163,4 +214,4 @@ def post_events() -> Any:
         [(ev, _members(ev, contexts[version_of[ev["user_id"]]])) for ev in parsed]
     )
     observability.record_events(ev["type"] for ev in parsed)
-    return jsonify({"accepted": len(parsed), "request_id": request_id()}), 202
+    return jsonify({**counts, "request_id": request_id()}), 207 if results else 202

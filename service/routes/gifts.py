@@ -116,9 +116,10 @@ def gift_ideas(
     """
     gifts: dict[str, Gift] = {}
     blocked = state.bought | glob["oos"]
+    gone = glob.get("takedown", frozenset())  # moderation
     for pid, (score, reason) in posts.items():
         meta = post_meta(pid, table, glob["fresh"])
-        if meta is None or pid in state.hidden or meta.author_id in state.muted:
+        if meta is None or pid in state.hidden or pid in gone or meta.author_id in state.muted:
             continue
         share = score / max(len(meta.product_ids), 1) ** 0.5
         for prod in meta.product_ids:
@@ -148,14 +149,21 @@ def _diverse(gifts: Any, limit: int, cfg: Mapping[str, Any]) -> list[Gift]:
     return out
 
 
-def _render(gifts: list[Gift], table: VersionTable) -> list[dict[str, Any]]:
-    """Gift ideas with their product and post documents (one MGET); products whose document
-    is gone are dropped."""
+def _render(
+    gifts: list[Gift], table: VersionTable, glob: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Gift ideas with their product and post documents (one MGET; edited posts as edited,
+    products as the live catalogue has them); products without a document are dropped."""
     post_ids = list(dict.fromkeys(pid for g in gifts for _, pid, _ in g.posts))
-    posts, products = store().documents(table, post_ids, [g.product_id for g in gifts])
+    edited = glob.get("edited", frozenset())
+    posts, products = store().documents(table, post_ids, [g.product_id for g in gifts], edited)
+    catalogue = glob.get("catalogue") or {}
     out = []
     for g in gifts:
         doc = products.get(g.product_id)
+        if g.product_id in catalogue:
+            doc = {**(doc or {"product_id": g.product_id}), **catalogue[g.product_id]}
+            doc.pop("updated_at", None)
         if doc is None:
             continue
         shown = [
@@ -196,7 +204,7 @@ def gifts(user_id: str) -> Any:
     table = version_table(version)
     s = store()
     state = s.user_state(friend, version, time.time())
-    glob = s.global_state(version)
+    glob = s.global_state(version, state.overlay_generation)
     ideas = gift_ideas(taste_posts(state, table, glob, cfg), state, table, glob, cfg, limit)
     return jsonify(
         {
@@ -205,6 +213,6 @@ def gifts(user_id: str) -> Any:
             "model_version": version,
             "basis": "tastes" if has_tastes(state) else "trending",
             "request_id": request_id(),
-            "items": _render(ideas, table),
+            "items": _render(ideas, table, glob),
         }
     )

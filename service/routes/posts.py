@@ -1,5 +1,12 @@
-"""Posts: ``GET /v1/posts/<post_id>``, ``GET /v1/posts/<post_id>/similar`` and
-``POST /v1/posts``."""
+"""Posts: ``GET /v1/posts/<post_id>``, ``GET /v1/posts/<post_id>/similar``, ``POST /v1/posts``,
+and moderation: ``PATCH`` and ``DELETE /v1/posts/<post_id>``.
+
+Moderation is version-independent (``{feed}:moderation``, never touched by a publish): a hidden
+or deleted post leaves every page, similar list and gift list of every version on each
+process's next request (the overlay counter is read with the user's keys, see
+:meth:`service.store.Store.overlay`). An edit rewrites an API-created post's document and card;
+a trained post gets an override document and card (:func:`feed.contract.override_keys`) that
+every version's pages prefer. Each action appends a ``post_update`` or ``post_delete`` event."""
 
 from __future__ import annotations
 
@@ -13,17 +20,20 @@ from flask import Blueprint, current_app, jsonify
 from feed import contract as c
 from feed.serving.ranking import Candidate, fields, post_meta
 from feed.serving.state import FreshPosts, VersionTable
-from service.errors import bad_request, not_found
+from service.errors import ApiError, bad_request, not_found
 from service.pages import cards, hydrate, in_stock
 from service.request import (
     check_id,
-    json_body,
+    is_admin,
     limit_arg,
     parse_ts,
+    require_writer,
     resolve_version,
     store,
     version_table,
 )
+from service.schemas import NewPost, PostCreated, PostPatch, PostPatched, api, body
+from service.writes import overlay_event
 
 bp = Blueprint("posts", __name__)
 
@@ -41,11 +51,22 @@ def get_post(post_id: str) -> Any:
     live version does not list it), with stock as of the live version's stock set."""
     check_id(post_id, "post_id")
     table = _live_table()
-    raw = cards(table, [post_id]).get(post_id)
+    glob = store().global_state(table.version if table else None, store().overlay_generation())
+    hidden = _check_visible(post_id, glob)
+    raw = cards(table, [post_id], edited=glob["edited"]).get(post_id)
     if raw is None:
         raise not_found(f"unknown post {post_id!r}")
-    oos = store().global_state(table.version if table else None)["oos"]
-    return jsonify(in_stock(orjson.loads(raw), oos))
+    card = in_stock(orjson.loads(raw), glob["oos"], glob["catalogue"])
+    return jsonify({**card, "hidden": True} if hidden else card)
+
+
+def _check_visible(post_id: str, glob: Mapping[str, Any]) -> bool:
+    """404 for a deleted post, and for a hidden one unless the caller is an admin; True when
+    the post is hidden (an admin is looking)."""
+    ov = glob["overlay"]
+    if post_id in ov.deleted or (post_id in ov.hidden and not is_admin()):
+        raise not_found(f"unknown post {post_id!r}")
+    return post_id in ov.hidden
 
 
 def _neighbour_indices(
@@ -80,62 +101,25 @@ def similar(post_id: str) -> Any:
     limit = limit_arg(10)
     version = resolve_version("", None).model_version
     table = version_table(version)
-    glob = store().global_state(version)
+    glob = store().global_state(version, store().overlay_generation())
+    _check_visible(post_id, glob)
     found = _neighbour_indices(table, post_id, glob)
     if found is None:
         raise not_found(f"unknown post {post_id!r}")
-    oos = glob["oos"]
+    oos, gone = glob["oos"], glob["takedown"]
     page = []
     for j, sc in zip(*found, strict=True):
         products = table.product_ids[j]
         if table.post_ids[j] == post_id or (products and all(p in oos for p in products)):
             continue
+        if table.post_ids[j] in gone:
+            continue
         reason = f"similar_to:{post_id}"
         page.append(Candidate(table.post_ids[j], float(sc), reason, *fields(table, j)))
         if len(page) == limit:
             break
-    items = [item for _, item in hydrate(table, page, oos)]
+    items = [item for _, item in hydrate(table, page, oos, glob=glob)]
     return jsonify({"post_id": post_id, "model_version": version, "items": items})
-
-
-def _text_field(body: Mapping[str, Any], name: str) -> str:
-    value = body.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def _post_content(body: Mapping[str, Any]) -> tuple[str, str, list[str], list[str]]:
-    """(text, title, tags, product ids) of a new post, within the ``POST_*`` limits; a 400
-    naming the field and its limit otherwise."""
-    cfg = current_app.config
-    out: dict[str, Any] = {}
-    for name, kind, setting in (
-        ("text", str, "POST_TEXT_MAX"),
-        ("title", str, "POST_TITLE_MAX"),
-        ("tags", list, "POST_TAGS_MAX"),
-        ("product_ids", list, "POST_PRODUCTS_MAX"),
-    ):
-        value = body.get(name, kind())
-        if kind is str and not isinstance(value, str):
-            raise bad_request(f"{name} must be a string", f"invalid_{name}")
-        if kind is list and not (
-            isinstance(value, list) and all(isinstance(x, str) for x in value)
-        ):
-            raise bad_request(f"{name} must be a list of strings", f"invalid_{name}")
-        _within(name, value, cfg[setting], setting, "characters" if kind is str else "entries")
-        out[name] = value
-    for i, tag in enumerate(out["tags"]):
-        _within(f"tags[{i}]", tag, cfg["POST_TAG_MAX"], "POST_TAG_MAX", "characters")
-    for p in out["product_ids"]:
-        check_id(p, "product_id")
-    return out["text"], out["title"], out["tags"], out["product_ids"]
-
-
-def _within(name: str, value: str | list[str], most: int, setting: str, unit: str) -> None:
-    if len(value) > most:
-        raise bad_request(
-            f"{name} has {len(value)} {unit}; at most {most} are allowed (FEED_{setting})",
-            "post_too_large",
-        )
 
 
 #: How far ahead of the server's clock a post's created_at may be (client clocks drift); a
@@ -144,15 +128,26 @@ FUTURE_SKEW_S = 300
 
 
 @bp.post("/v1/posts")
+@api(
+    "Create a post; it reaches followers and fresh lists before the next training.",
+    body=NewPost,
+    ok={201: PostCreated},
+    errors={
+        400: "Invalid post (the message names the field and its limit, FEED_POST_*), a "
+        "duplicate (duplicate_post), too old or in the future.",
+        413: "Body too large.",
+        507: "Redis is full (store_full): nothing stored; retry later.",
+    },
+    tags=("posts",),
+)
 def create_post() -> Any:
     """Store a post created since training: its document, and its entry in the fresh posts
     (with author, products and their categories), so it enters followers' feeds and the fresh
     lists at once. 201; 400 for an invalid or duplicate post."""
-    body = json_body()
-    pid = check_id(_text_field(body, "post_id"), "post_id")
-    author = check_id(_text_field(body, "author_id"), "author_id")
-    text, title, tags, products = _post_content(body)
-    created = parse_ts(body.get("created_at"), "post")
+    post: NewPost = body()
+    pid, author = post.post_id, post.author_id
+    text, title, tags, products = post.text, post.title, post.tags, post.product_ids
+    created = parse_ts(post.created_at, "post")
     max_age = current_app.config["FRESH_MAX_AGE_S"]
     if max_age > 0 and created < time.time() - max_age:
         raise bad_request(
@@ -171,7 +166,188 @@ def create_post() -> Any:
     table = _live_table()
     if table is not None and pid in table.index:  # published: the version has its card
         raise bad_request(f"post {pid!r} already exists", "duplicate_post")
-    _, prods = s.documents(table, [], products)  # its card embeds the live version's products
+    glob = s.global_state(table.version if table else None, s.overlay_generation())
+    if pid in glob["overlay"].deleted:  # a deleted post's id is never reused
+        raise bad_request(f"post {pid!r} already existed and was deleted", "duplicate_post")
+    prods = _products(table, products, glob["catalogue"])  # the live version's and catalogue's
     if not s.add_post(doc, prods, created):
         raise bad_request(f"post {pid!r} already exists", "duplicate_post")
     return jsonify({"post_id": pid}), 201
+
+
+def _products(
+    table: VersionTable | None, product_ids: list[str], catalogue: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Product documents a new card embeds: the live version's, with the live catalogue's
+    records on top (products added through ``PUT /v1/products`` since training)."""
+    _, prods = store().documents(table, [], product_ids)
+    for p in product_ids:
+        if p in catalogue:
+            prods[p] = {**prods.get(p, {"product_id": p}), **catalogue[p]}
+    return prods
+
+
+# --- moderation ------------------------------------------------------------------------------
+#: What ``PATCH /v1/posts/<post_id>`` changes.
+EDITABLE = ("text", "title", "tags", "product_ids")
+
+
+def post_changes(patch: PostPatch) -> tuple[dict[str, Any], bool | None]:
+    """(content changes, ``hidden`` or None) of a ``PATCH`` body (checked by
+    :class:`service.schemas.PostPatch`, as ``POST /v1/posts`` checks its fields); a 400 when
+    it changes nothing."""
+    given = patch.model_dump(exclude_unset=True)
+    if not given:
+        raise bad_request(
+            "the body changes nothing: give text, title, tags, product_ids or hidden",
+            "empty_patch",
+        )
+    hidden = given.pop("hidden", None)
+    return given, hidden
+
+
+def _moderation_entry(raw: Any) -> dict[str, Any]:
+    entry = c.decode_json(raw) if raw else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def _cap_check(read: Any, entry: Mapping[str, Any]) -> None:
+    """507 when a new moderation entry would pass ``FEED_MODERATION_MAX``."""
+    most = current_app.config["MODERATION_MAX"]
+    if not entry and int(read("HLEN", c.MODERATION_KEY)) >= most:
+        raise ApiError(
+            507,
+            "moderation_full",
+            f"{most} posts are moderated already (FEED_MODERATION_MAX): raise it, or unhide "
+            "posts that no longer need it; nothing was changed",
+        )
+
+
+def _current_post(post_id: str) -> tuple[VersionTable | None, dict[str, Any], bool]:
+    """(live table, the post's document as served now, whether it was created through the
+    API); 404 for a post nobody knows or one deleted."""
+    table = _live_table()
+    glob = store().global_state(table.version if table else None, store().overlay_generation())
+    ov = glob["overlay"]
+    posts, _ = store().documents(table, [post_id], [], ov.edited)
+    if post_id not in posts or post_id in ov.deleted:
+        raise not_found(f"unknown post {post_id!r}")
+    api = post_id not in ov.edited and (table is None or post_id not in table.index)
+    return table, posts[post_id], api
+
+
+@bp.patch("/v1/posts/<post_id>")
+@api(
+    "Moderate a post: edit text, title, tags, products, or hide/unhide it; every feed, similar "
+    "and gift list follows on its next request. Logs a post_update event.",
+    description="Admin token; the API key only when no admin token is configured "
+    "(docs/security.md).",
+    body=PostPatch,
+    ok={200: PostPatched},
+    errors={
+        400: "Invalid body (the message names the field), or an empty one (empty_patch).",
+        401: "No valid credential.",
+        403: "API key where the admin token is required, or none configured.",
+        404: "Unknown or deleted post.",
+        507: "FEED_MODERATION_MAX posts are moderated (moderation_full).",
+    },
+    security=[{"bearerAuth": []}, {"apiKeyAuth": []}],
+    tags=("posts",),
+)
+def update_post(post_id: str) -> Any:
+    """Edit a post (text, title, tags, product_ids) and/or hide or unhide it (``hidden``):
+    every page of every version follows on its next request. Admin token (or the API key when
+    no admin token is configured: docs/security.md). 200; 400 naming the field; 404."""
+    by = require_writer("moderation", admin_only=True)
+    check_id(post_id, "post_id")
+    changes, hidden = post_changes(body())
+    table, current, api = _current_post(post_id)
+    doc = {**current, **changes}
+    card = b""
+    if changes:
+        catalogue = store().global_state(
+            table.version if table else None, store().overlay_generation()
+        )["catalogue"]
+        card = c.encode_json(c.card(doc, _products(table, doc["product_ids"], catalogue)))
+    now = time.time()
+    state: dict[str, Any] = {}
+
+    def prepare(read: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        entry = _moderation_entry(read("HGET", c.MODERATION_KEY, post_id))
+        if entry.get("deleted"):
+            raise not_found(f"unknown post {post_id!r}")
+        new = {k: v for k, v in entry.items() if k in ("hidden", "edited")}
+        if hidden is not None:
+            new["hidden"] = hidden
+        docs: list[tuple[Any, ...]] = []
+        own: list[tuple[Any, ...]] = []
+        if changes and api:  # its own document and card, which expire with it
+            docs += [
+                ("SET", c.post_doc_key(post_id), c.encode_json(doc), "KEEPTTL"),
+                ("SET", c.card_key(post_id), card, "KEEPTTL"),
+            ]
+            meta = _moderation_entry(read("HGET", c.FRESH_META_KEY, post_id))
+            if "product_ids" in changes and meta:
+                prods = c.decode_json(card)["products"]
+                cats = [p.get("category") or "" for p in prods]
+                meta.update(
+                    product_ids=doc["product_ids"],
+                    category=cats[0] if cats else "",
+                    categories=sorted({x for x in cats if x}),
+                )
+                own.append(("HSET", c.FRESH_META_KEY, post_id, c.encode_json(meta)))
+        elif changes:  # a trained post: an override every version prefers
+            doc_key, card_key = c.override_keys(post_id)
+            docs += [("SET", doc_key, c.encode_json(doc)), ("SET", card_key, card)]
+            new["edited"] = True
+        new = {k: v for k, v in new.items() if v}
+        if new:
+            _cap_check(read, entry)
+            own.append(("HSET", c.MODERATION_KEY, post_id, c.encode_json({**new, "ts": now})))
+        elif entry:
+            own.append(("HDEL", c.MODERATION_KEY, post_id))
+        state["hidden"] = bool(new.get("hidden"))
+        fields = {"post_id": post_id, "ts": now, "by": by, "hidden": int(state["hidden"])}
+        fields["changed"] = "|".join([*changes, *(["hidden"] if hidden is not None else [])])
+        for name, value in changes.items():
+            fields[name] = "|".join(value) if isinstance(value, list) else value
+        own.append(writes_event("post_update", fields))
+        return docs, own
+
+    store().overlay_write(prepare)
+    return jsonify({"post_id": post_id, "hidden": state["hidden"], "changed": list(changes)})
+
+
+@bp.delete("/v1/posts/<post_id>")
+def delete_post(post_id: str) -> Any:
+    """Delete a post for good: gone from every page of every version on their next request,
+    and after every later training and publish (the takedown is version-independent); its
+    page is a 404. Same credentials as ``PATCH``. 200; 404 when unknown or already deleted."""
+    by = require_writer("moderation", admin_only=True)
+    check_id(post_id, "post_id")
+    _, _, api = _current_post(post_id)
+    now = time.time()
+
+    def prepare(read: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        entry = _moderation_entry(read("HGET", c.MODERATION_KEY, post_id))
+        if entry.get("deleted"):
+            raise not_found(f"unknown post {post_id!r}")
+        _cap_check(read, entry)
+        docs: list[tuple[Any, ...]]
+        own: list[tuple[Any, ...]]
+        if api:
+            docs = [("DEL", c.post_doc_key(post_id)), ("DEL", c.card_key(post_id))]
+            own = [("ZREM", c.FRESH_KEY, post_id), ("HDEL", c.FRESH_META_KEY, post_id)]
+        else:
+            docs, own = [("DEL", k) for k in c.override_keys(post_id)], []
+        own.append(("HSET", c.MODERATION_KEY, post_id, c.encode_json({"deleted": True, "ts": now})))
+        own.append(writes_event("post_delete", {"post_id": post_id, "ts": now, "by": by}))
+        return docs, own
+
+    store().overlay_write(prepare)
+    return jsonify({"post_id": post_id, "deleted": True})
+
+
+def writes_event(kind: str, fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The event-log ``XADD`` of a moderation action."""
+    return overlay_event(kind, fields, current_app.config)

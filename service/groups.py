@@ -1,0 +1,456 @@
+"""Group-buys (拼購): exact group state in Redis under any load.
+
+A group's state is two keys under one hash tag, ``{grp:<group_id>}:state`` (a hash) and
+``{grp:<group_id>}:members`` (a zset: user -> join time, the initiator first), so each script
+below runs on one Redis Cluster slot. Every change of a group is ONE Lua script (registered once
+per client with redis-py's ``register_script``, sent as ``EVALSHA``): Redis runs a script
+atomically, so whatever the interleaving of concurrent joins a group never takes more members
+than its size, a member never joins twice (a second join changes nothing), and a group past its
+``expires_at`` takes nobody. Time is Redis's own clock (``TIME`` inside the scripts), the same
+for every service process; a group's keys expire ``GROUP_KEEP_S`` after its ``expires_at``.
+
+Besides its own keys a group touches, after its script, keys of other slots: the initiator's
+open groups (``{u:<user>}:gopen``, capped at ``GROUP_OPEN_MAX``; reserved by a script before the
+group is created, released when it fills up), each member's index of groups
+(``{u:<user>}:groups``, newest ``USER_GROUPS_MAX``, with a TTL) and the event log
+(``group_start``, ``group_join``). Those writes go through :func:`service.writes.transact` (all
+or nothing among themselves); the group's script has then already committed, so a failure there
+answers an error while the group stands, and a retried join answers 200 (already a member)
+without a second log entry.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from feed import contract as c
+from feed.redisclient import is_cluster
+from feed.serving.groups import affinities, tie_score
+from service.writes import Command, counted, log_append, transact, trim_log
+
+# Create a group (KEYS: state hash, members zset; ARGV: group id, product id, initiator id,
+# size, ttl_s, keep_s, price or ''). Returns {'created', now, expires_at} or, when a group of that
+# id exists, {'exists', its initiator id}.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'exists', redis.call('HGET', KEYS[1], 'initiator_id') or ''}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local expires = now + tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'group_id', ARGV[1], 'product_id', ARGV[2], 'initiator_id', ARGV[3],
+  'size', ARGV[4], 'created_at', string.format('%.6f', now),
+  'expires_at', string.format('%.6f', expires), 'status', 'open', 'price', ARGV[7])
+redis.call('ZADD', KEYS[2], string.format('%.6f', now), ARGV[3])
+local keep = math.ceil(tonumber(ARGV[5]) + tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[1], keep)
+redis.call('EXPIRE', KEYS[2], keep)
+return {'created', string.format('%.6f', now), string.format('%.6f', expires)}
+"""
+
+# Join a group (KEYS: state hash, members zset; ARGV: user id). Returns {outcome, now, the state
+# hash as a flat list, the members with their join times as a flat list}; outcome is
+# 'joined', 'succeeded' (this join filled it), 'member' (already in: nothing changed),
+# 'unknown', 'full', 'closed' or 'expired' (nothing changed).
+_JOIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stamp = string.format('%.6f', now)
+local st = redis.call('HMGET', KEYS[1], 'size', 'expires_at', 'status')
+local outcome
+if not st[1] then
+  return {'unknown', stamp, {}, {}}
+elseif redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  outcome = 'member'
+elseif st[3] == 'succeeded' then
+  outcome = 'full'
+elseif st[3] ~= 'open' then
+  outcome = 'closed'
+elseif now >= tonumber(st[2]) then
+  outcome = 'expired'
+else
+  local n = redis.call('ZCARD', KEYS[2])
+  if n >= tonumber(st[1]) then
+    outcome = 'full'
+  else
+    redis.call('ZADD', KEYS[2], stamp, ARGV[1])
+    outcome = 'joined'
+    if n + 1 >= tonumber(st[1]) then
+      redis.call('HSET', KEYS[1], 'status', 'succeeded', 'succeeded_at', stamp)
+      outcome = 'succeeded'
+    end
+  end
+end
+return {outcome, stamp, redis.call('HGETALL', KEYS[1]),
+        redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')}
+"""
+
+# Read a group (KEYS: state hash, members zset): {now, state, members}, like _JOIN's reply.
+_READ = """
+local t = redis.call('TIME')
+return {string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000),
+        redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')}
+"""
+
+# Reserve one of the initiator's open-group slots (KEYS: {u:<user>}:gopen; ARGV: group id,
+# now, most, expires_at, ttl_s). Expired entries are dropped first. Returns 1 when reserved (or
+# already there), 0 when the user has ``most`` open groups.
+_RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) * 1000 then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group's state as the API shows it."""
+
+    group_id: str
+    product_id: str
+    initiator_id: str
+    size: int
+    members: list[str]  # in join order, the initiator first
+    status: str  # open, succeeded, or failed (expired short)
+    created_at: float
+    expires_at: float
+    price: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group_id": self.group_id,
+            "product_id": self.product_id,
+            "initiator_id": self.initiator_id,
+            "size": self.size,
+            "members": self.members,
+            "spots_left": max(self.size - len(self.members), 0) if self.status == "open" else 0,
+            "status": self.status,
+            "created_at": c.iso_time(self.created_at),
+            "expires_at": c.iso_time(self.expires_at),
+            "price": self.price,
+        }
+
+
+def _group(now: float, state: Any, members: Any) -> Group | None:
+    """The :class:`Group` of a script's reply (None when the group has no state)."""
+    flat = [c.text(x) for x in state]
+    h = dict(zip(flat[::2], flat[1::2], strict=True))
+    if not h:
+        return None
+    ids = [c.text(m) for m in members[::2]]
+    expires = float(h["expires_at"])
+    status = h["status"]
+    if status == "open" and now >= expires:
+        status = "failed"
+    return Group(
+        group_id=h["group_id"],
+        product_id=h["product_id"],
+        initiator_id=h["initiator_id"],
+        size=int(h["size"]),
+        members=ids,
+        status=status,
+        created_at=float(h["created_at"]),
+        expires_at=expires,
+        price=float(h["price"]) if h.get("price") else None,
+    )
+
+
+class GroupError(Exception):
+    """A join or create the group's state refuses: ``code`` is the API's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Groups:
+    """The group scripts of one Redis client (registered once) and the writes around them."""
+
+    def __init__(self, r: Any, config: Mapping[str, Any]) -> None:
+        self.r = r
+        self.config = config
+        self.cluster = is_cluster(r)
+        self._create = r.register_script(_CREATE)
+        self._join = r.register_script(_JOIN)
+        self._read = r.register_script(_READ)
+        self._reserve = r.register_script(_RESERVE)
+
+    @staticmethod
+    def _keys(group_id: str) -> list[str]:
+        return [c.group_key(group_id, c.GROUP_STATE), c.group_key(group_id, c.GROUP_MEMBERS)]
+
+    def _kept_s(self, ttl_s: float) -> int:
+        """Seconds a user's group keys live: the group's time to expiry and its keeping."""
+        return math.ceil(ttl_s + float(self.config["GROUP_KEEP_S"]))
+
+    def get(self, group_id: str) -> Group | None:
+        """The group's state (None when unknown or its keys have expired)."""
+        now, state, members = self._read(keys=self._keys(group_id))
+        return _group(float(c.text(now)), state, members)
+
+    def create(
+        self,
+        group_id: str,
+        product_id: str,
+        initiator_id: str,
+        size: int,
+        ttl_s: float,
+        price: float | None,
+    ) -> Group:
+        """Start a group; :class:`GroupError` ``group_exists`` when the id is taken,
+        ``too_many_open_groups`` when the initiator has ``GROUP_OPEN_MAX`` open groups."""
+        cfg = self.config
+        open_key = c.user_key(initiator_id, c.USER_GROUPS_OPEN)
+        kept = self._kept_s(ttl_s)
+        most = int(cfg["GROUP_OPEN_MAX"])
+        now = time.time()
+        if not self._reserve(keys=[open_key], args=[group_id, now, most, now + ttl_s, kept]):
+            raise GroupError(
+                "too_many_open_groups",
+                f"initiator {initiator_id!r} has {most} open groups (FEED_GROUP_OPEN_MAX): "
+                "wait until one fills up or expires",
+            )
+        try:
+            reply = self._create(
+                keys=self._keys(group_id),
+                args=[
+                    group_id,
+                    product_id,
+                    initiator_id,
+                    size,
+                    ttl_s,
+                    int(cfg["GROUP_KEEP_S"]),
+                    "" if price is None else repr(float(price)),
+                ],
+            )
+        except Exception:
+            self._release(open_key, group_id)
+            raise
+        if c.text(reply[0]) == "exists":
+            if c.text(reply[1]) != initiator_id:  # the reservation was this request's own
+                self._release(open_key, group_id)
+            raise GroupError("group_exists", f"group {group_id!r} exists")
+        created, expires = float(c.text(reply[1])), float(c.text(reply[2]))
+        event = {
+            "type": "group_start",
+            "user_id": initiator_id,
+            "group_id": group_id,
+            "product_id": product_id,
+            "size": size,
+            "expires_at": expires,
+            "ts": created,
+        }
+        self._after(initiator_id, group_id, expires, event, [])
+        return Group(
+            group_id, product_id, initiator_id, size, [initiator_id], "open", created, expires,
+            price,
+        )  # fmt: skip
+
+    def join(self, group_id: str, user_id: str) -> tuple[Group, bool]:
+        """Join a group: (its state, whether this call changed it). :class:`GroupError`
+        ``group_full`` / ``group_closed`` / ``group_expired``, or ``not_found``."""
+        outcome, now, state, members = self._join(keys=self._keys(group_id), args=[user_id])
+        outcome = c.text(outcome)
+        group = _group(float(c.text(now)), state, members)
+        if outcome == "unknown" or group is None:
+            raise GroupError("not_found", f"no group {group_id!r} (unknown, or expired long ago)")
+        if outcome in ("full", "closed", "expired"):
+            raise GroupError(f"group_{outcome}", _REFUSED[outcome].format(group_id=group_id))
+        if outcome == "member":
+            return group, False
+        event = {
+            "type": "group_join",
+            "user_id": user_id,
+            "group_id": group_id,
+            "product_id": group.product_id,
+            "ts": float(c.text(now)),
+        }
+        extra: list[list[Command]] = []
+        if outcome == "succeeded":  # no longer open: free the initiator's slot
+            open_key = c.user_key(group.initiator_id, c.USER_GROUPS_OPEN)
+            extra.append([("ZREM", open_key, group_id)])
+        self._after(user_id, group_id, group.expires_at, event, extra)
+        return group, True
+
+    def _after(
+        self,
+        user_id: str,
+        group_id: str,
+        expires: float,
+        event: Mapping[str, Any],
+        extra: list[list[Command]],
+    ) -> None:
+        """The user's index of groups and the event log, all or nothing among themselves. The
+        index lives as long as the longest group can (``GROUP_TTL_MAX_S + GROUP_KEEP_S``)
+        after its last write, so no write shortens the life of an older entry."""
+        index = c.user_key(user_id, c.USER_GROUPS)
+        most = int(self.config["USER_GROUPS_MAX"])
+        user = [
+            ("ZADD", index, expires, group_id),
+            ("ZREMRANGEBYRANK", index, 0, -most - 1),
+            ("EXPIRE", index, self._kept_s(float(self.config["GROUP_TTL_MAX_S"]))),
+        ]
+        transact(self.r, [user, *extra, counted([log_append(event)])], self.cluster)
+        trim_log(self.r, self.config)
+
+    def _release(self, open_key: str, group_id: str) -> None:
+        try:
+            self.r.zrem(open_key, group_id)
+        except Exception:  # noqa: BLE001 - the slot frees itself when its expiry passes
+            pass
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A recommendation: what, its score and why."""
+
+    item: Any
+    score: float
+    reason: str
+
+
+class GroupRecs:
+    """The group-buying reads of one Redis client: deals to launch, friends' open groups to
+    join, friends to invite, and the fan-out that makes the second one cheap.
+
+    Fan-out on write: when a group starts, ``"<group id> <tie weight>"`` (a space is no id
+    character) goes into ``{u:<tie>}:gfeed`` (a zset scored by expires_at, newest
+    ``GROUP_FEED_MAX``, expiring with the longest group) of each of the initiator's published
+    ties (``{u:<initiator>}:ties:<live version>``). Reading a user's joinable groups is then
+    one pipelined read of the user's keys (the zset, their deals, their ties) and one
+    pipelined read of the groups' states.
+    """
+
+    def __init__(self, r: Any, config: Mapping[str, Any]) -> None:
+        self.r = r
+        self.config = config
+
+    def _pipe(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Replies of ``commands`` in one round trip (split per node on a cluster)."""
+        pipe = self.r.pipeline(transaction=False)
+        for cmd in commands:
+            pipe.execute_command(*cmd)
+        return list(pipe.execute(raise_on_error=True))
+
+    def fan_out(self, group: Group, version: str | None) -> int:
+        """Put a new group into the group feed of each of its initiator's ties; how many."""
+        if version is None:
+            return 0
+        ties = c.decode_ties(self.r.get(c.user_key(group.initiator_id, c.USER_TIES, version)))
+        if not ties:
+            return 0
+        most = int(self.config["GROUP_FEED_MAX"])
+        keep = math.ceil(float(self.config["GROUP_TTL_MAX_S"]))
+        now = time.time()
+        cmds: list[tuple[Any, ...]] = []
+        for tie, weight in ties.items():
+            key = c.user_key(tie, c.USER_GROUP_FEED)
+            cmds += [
+                ("ZADD", key, group.expires_at, f"{group.group_id} {weight:g}"),
+                ("ZREMRANGEBYSCORE", key, "-inf", now),
+                ("ZREMRANGEBYRANK", key, 0, -most - 1),
+                ("EXPIRE", key, keep),
+            ]
+        self._pipe(cmds)
+        return len(ties)
+
+    def deals(self, user_id: str, version: str) -> tuple[list[dict[str, Any]], bool]:
+        """The user's deals (decoded, best first) and whether they are the version's popular
+        ones (a user without deals of their own): one round trip."""
+        own, popular = self._pipe(
+            [
+                ("GET", c.user_key(user_id, c.USER_DEALS, version)),
+                ("GET", c.version_key(version, c.GROUP_POPULAR)),
+            ]
+        )
+        if own:
+            return c.decode_deals(own), False
+        return c.decode_deals(popular), True
+
+    def joinable(self, user_id: str, version: str, limit: int) -> list[Scored]:
+        """Friends' open groups the user may join, best first (two round trips: the user's
+        keys, then the groups' states). Score: :func:`feed.serving.groups.tie_score` of the
+        user's tie to the initiator and their affinity for the product."""
+        now = time.time()
+        most = int(self.config["GROUP_FEED_MAX"])
+        ids, deals, ties = self._pipe(
+            [
+                ("ZRANGEBYSCORE", c.user_key(user_id, c.USER_GROUP_FEED), now, "+inf",
+                 "LIMIT", 0, most),
+                ("GET", c.user_key(user_id, c.USER_DEALS, version)),
+                ("GET", c.user_key(user_id, c.USER_TIES, version)),
+            ]
+        )  # fmt: skip
+        if not ids:
+            return []
+        cmds: list[tuple[Any, ...]] = []
+        fanned: dict[str, float] = {}  # group -> the initiator's tie to the user at its start
+        for member in ids:
+            gid, _, weight = c.text(member).partition(" ")
+            fanned[gid] = float(weight or 0.0)
+        for gid in fanned:
+            state, members = Groups._keys(gid)
+            cmds += [("HGETALL", state), ("ZRANGE", members, 0, -1, "WITHSCORES")]
+        replies = self._pipe(cmds)
+        aff = affinities(c.decode_deals(deals))
+        tie = c.decode_ties(ties)
+        out = []
+        for i in range(len(fanned)):
+            state, members = replies[2 * i], replies[2 * i + 1]
+            flat: list[Any] = []
+            for k, v in state.items() if isinstance(state, dict) else []:
+                flat += [k, v]
+            if isinstance(state, list):
+                flat = state
+            members_flat: list[Any] = []
+            for m in members:
+                members_flat += list(m) if isinstance(m, tuple | list) else [m]
+            group = _group(now, flat, members_flat)
+            if group is None or group.status != "open" or user_id in group.members:
+                continue
+            if len(group.members) >= group.size:
+                continue
+            a = aff.get(group.product_id, 0.0)
+            strength = max(tie.get(group.initiator_id, 0.0), fanned[group.group_id])
+            score = tie_score(strength, a)
+            why = f"friend_started:{group.initiator_id}"
+            out.append(Scored(group, score, why if a <= 0 else f"{why}|wants_product"))
+        out.sort(key=lambda s: (-s.score, s.item.expires_at, s.item.group_id))
+        return out[:limit]
+
+    def invitees(self, group: Group, version: str | None, limit: int) -> list[Scored]:
+        """The initiator's ties ranked by tie strength and their affinity for the group's
+        product, members excluded (two round trips: the ties, then their deals)."""
+        if version is None:
+            return []
+        ties = c.decode_ties(self.r.get(c.user_key(group.initiator_id, c.USER_TIES, version)))
+        ties = {u: w for u, w in ties.items() if u not in group.members}
+        if not ties:
+            return []
+        users = list(ties)
+        blobs = self._pipe([("GET", c.user_key(u, c.USER_DEALS, version)) for u in users])
+        out = []
+        for u, blob in zip(users, blobs, strict=True):
+            a = affinities(c.decode_deals(blob)).get(group.product_id, 0.0)
+            out.append(
+                Scored(u, tie_score(ties[u], a), "friend_wants_product" if a > 0 else "friend")
+            )
+        out.sort(key=lambda s: (-s.score, s.item))
+        return out[:limit]
+
+
+_REFUSED = {
+    "full": "group {group_id!r} is full: it has all the members it needs",
+    "closed": "group {group_id!r} is closed and takes no members",
+    "expired": "group {group_id!r} has expired: it takes no more members",
+}

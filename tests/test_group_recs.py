@@ -1,0 +1,225 @@
+"""Group-buying recommendations: deals and ties from training to Redis, and the three
+endpoints (deals, joinable groups, invitees) on a version trained on generated data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from helpers import feed_app
+from test_feed_behaviour import CountingConnection, round_trips
+
+from feed import artifacts
+from feed import contract as c
+
+
+def _friends(dataset_dir: Path) -> dict[str, set[str]]:
+    truth = json.loads((dataset_dir / "synth_truth.json").read_text())
+    out: dict[str, set[str]] = {}
+    for a, b in truth["friendships"]:
+        out.setdefault(a, set()).add(b)
+        out.setdefault(b, set()).add(a)
+    return out
+
+
+def _groups(art: Path) -> dict[str, np.ndarray]:
+    return artifacts.read(art).arrays("groups")
+
+
+def _ties(art: Path) -> dict[str, dict[str, float]]:
+    g = _groups(art)
+    users = g["user_ids"]
+    out = {}
+    for u, items, w in zip(g["tie_users"], g["tie_items"], g["tie_weights"], strict=True):
+        ok = items >= 0
+        out[str(users[u])] = dict(zip(users[items[ok]].tolist(), w[ok].tolist(), strict=True))
+    return out
+
+
+def test_deals_and_ties_round_trip_from_artifact_to_redis(
+    r: Any, artifact: Path, published: str
+) -> None:
+    g = _groups(artifact)
+    manifest = artifacts.read(artifact).manifest
+    assert manifest["counts"]["deal_users"] == len(g["deal_users"]) > 0
+    assert manifest["group_model"]["learned"] is True
+    users, products, names = g["user_ids"], g["product_ids"], g["deal_reason_names"]
+    for row in (0, len(g["deal_users"]) // 2, len(g["deal_users"]) - 1):
+        uid = str(users[g["deal_users"][row]])
+        deals = c.decode_deals(r.get(c.user_key(uid, c.USER_DEALS, published)))
+        ok = g["deal_items"][row] >= 0
+        assert [d["product_id"] for d in deals] == products[g["deal_items"][row][ok]].tolist()
+        assert [d["reason"] for d in deals] == names[g["deal_reasons"][row][ok]].tolist()
+        scores = [d["score"] for d in deals]
+        assert scores == sorted(scores, reverse=True)
+        assert np.allclose(scores, g["deal_scores"][row][ok], atol=1e-4)
+    ties = _ties(artifact)
+    uid = next(iter(ties))
+    assert c.decode_ties(r.get(c.user_key(uid, c.USER_TIES, published))) == pytest.approx(
+        ties[uid], abs=1e-4
+    )
+    meta = json.loads(r.hget(c.VERSIONS_KEY, published))
+    assert meta["state"] == c.STATE_READY
+    n_deals = sum(1 for _ in r.scan_iter(match=f"{{u:*}}:{c.USER_DEALS}:{published}", count=1000))
+    n_ties = sum(1 for _ in r.scan_iter(match=f"{{u:*}}:{c.USER_TIES}:{published}", count=1000))
+    assert (n_deals, n_ties) == (len(g["deal_users"]), len(g["tie_users"]))
+    assert r.exists(c.version_key(published, c.GROUP_POPULAR))
+
+
+def test_version_delete_removes_deals_and_ties(r: Any, artifact: Path, published: str) -> None:
+    from feed import versions
+
+    assert versions._version_key_re(published).fullmatch(c.user_key("u1", c.USER_DEALS, published))
+    assert versions._version_key_re(published).fullmatch(c.user_key("u1", c.USER_TIES, published))
+
+
+def test_deals_endpoint(client: Any, artifact: Path, dataset_dir: Path) -> None:
+    g = _groups(artifact)
+    uid = str(g["user_ids"][g["deal_users"][0]])
+    body = client.get(f"/v1/users/{uid}/deals?limit=7").get_json()
+    items = body["items"]
+    assert len(items) == 7 and body["basis"] == "user"
+    assert {"product_id", "score", "reason", "posts", "friends"} <= set(items[0])
+    assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+    posts = {
+        row["post_id"]: row["product_ids"].split("|") for row in _csv(dataset_dir / "posts.csv")
+    }
+    for it in items:
+        assert all(it["product_id"] in posts[p] for p in it["posts"])
+    ties = _ties(artifact).get(uid, {})
+    assert all(f in ties for it in items for f in it["friends"])
+    cold = client.get("/v1/users/nobody-at-all/deals?limit=3").get_json()
+    assert cold["basis"] == "popular" and len(cold["items"]) == 3
+    assert {i["reason"] for i in cold["items"]} == {"popular_groups"}
+    bad = client.get(f"/v1/users/{uid}/deals?limit=0")
+    assert bad.status_code == 400 and "limit" in bad.get_json()["error"]["message"]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _product(client: Any, uid: str) -> str:
+    return str(client.get(f"/v1/users/{uid}/deals?limit=1").get_json()["items"][0]["product_id"])
+
+
+def _start(client: Any, initiator: str, product: str, group_id: str, size: int = 3) -> None:
+    resp = client.post(
+        "/v1/groups",
+        json={"initiator_id": initiator, "product_id": product, "size": size, "group_id": group_id},
+    )
+    assert resp.status_code == 201, resp.get_json()
+
+
+def test_invitees_rank_true_friends_above_chance(
+    client: Any, artifact: Path, dataset_dir: Path
+) -> None:
+    friends = _friends(dataset_dir)
+    ties = _ties(artifact)
+    starters = [u for u in ties if len(ties[u]) >= 5][:15]
+    assert len(starters) >= 10
+    hits = shown = 0
+    for i, uid in enumerate(starters):
+        _start(client, uid, _product(client, uid), f"inv-{i}")
+        items = client.get(f"/v1/groups/inv-{i}/invitees?limit=5").get_json()["items"]
+        assert uid not in {it["user_id"] for it in items}
+        assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
+        shown += len(items)
+        hits += sum(it["user_id"] in friends.get(uid, set()) for it in items)
+    n_users = len(_groups(artifact)["user_ids"])
+    chance = np.mean([len(friends.get(u, ())) for u in starters]) / n_users
+    assert shown and hits / shown > 10 * chance, (hits, shown, chance)
+    joined = client.post("/v1/groups/inv-0/join", json={"user_id": items_of(client, "inv-0")})
+    assert joined.status_code == 200
+    after = client.get("/v1/groups/inv-0/invitees?limit=50").get_json()["items"]
+    assert not set(joined.get_json()["members"]) & {it["user_id"] for it in after}
+    assert client.get("/v1/groups/nope/invitees").status_code == 404
+
+
+def items_of(client: Any, group_id: str) -> str:
+    return str(
+        client.get(f"/v1/groups/{group_id}/invitees?limit=1").get_json()["items"][0]["user_id"]
+    )
+
+
+def test_friends_open_groups_reach_their_ties(client: Any, artifact: Path) -> None:
+    ties = _ties(artifact)
+    uid = next(u for u in ties if len(ties[u]) >= 3)
+    tie = next(iter(ties[uid]))
+    product = _product(client, uid)
+    _start(client, uid, product, "fan-1", size=3)
+    body = client.get(f"/v1/users/{tie}/groups?limit=10").get_json()
+    mine = [it for it in body["items"] if it["group_id"] == "fan-1"]
+    assert mine, body
+    it = mine[0]
+    assert it["initiator_id"] == uid and it["product_id"] == product and it["size"] == 3
+    assert it["members"] == [uid] and it["reason"].startswith(f"friend_started:{uid}")
+    assert it["score"] > 0 and it["expires_at"]
+    stranger = next(u for u in _groups(artifact)["user_ids"].tolist() if u not in ties[uid])
+    assert "fan-1" not in {
+        x["group_id"] for x in client.get(f"/v1/users/{stranger}/groups").get_json()["items"]
+    }
+    assert client.post("/v1/groups/fan-1/join", json={"user_id": tie}).status_code == 200
+    # a member is not offered the group again
+    assert "fan-1" not in {
+        x["group_id"] for x in client.get(f"/v1/users/{tie}/groups").get_json()["items"]
+    }
+    # a full group is offered to nobody
+    other = next((t for t in ties[uid] if t != tie), None)
+    if other is not None:
+        before = client.get(f"/v1/users/{other}/groups").get_json()["items"]
+        assert "fan-1" in {x["group_id"] for x in before}
+        third = "someone-else"
+        assert client.post("/v1/groups/fan-1/join", json={"user_id": third}).status_code == 200
+        after = client.get(f"/v1/users/{other}/groups").get_json()["items"]
+        assert "fan-1" not in {x["group_id"] for x in after}
+
+
+def test_group_feed_is_capped_and_expires(r: Any, client: Any, artifact: Path) -> None:
+    ties = _ties(artifact)
+    uid = next(u for u in ties if len(ties[u]) >= 1)
+    tie = next(iter(ties[uid]))
+    _start(client, uid, _product(client, uid), "cap-1")
+    key = c.user_key(tie, c.USER_GROUP_FEED)
+    assert 0 < r.ttl(key) <= 7 * 86_400
+    assert r.zcard(key) <= 200
+
+
+@pytest.fixture
+def counted(redis_url: str, published: str) -> Iterator[Any]:
+    """A client of an app with production-like caches whose Redis traffic is recorded."""
+    app = feed_app(redis_url, VERSION_CACHE_S=60.0, GLOBAL_CACHE_S=60.0)
+    pool = redis.ConnectionPool.from_url(
+        redis_url, connection_class=CountingConnection, socket_timeout=5.0
+    )
+    client = redis.Redis(connection_pool=pool)
+    app.extensions["feed_redis"] = app.extensions["feed_store"].r = client
+    yield app.test_client()
+    client.close()
+
+
+def test_joinable_groups_cost_at_most_one_round_trip_over_a_feed_page(
+    counted: Any, artifact: Path
+) -> None:
+    ties = _ties(artifact)
+    uid = next(u for u in ties if len(ties[u]) >= 2)
+    tie = next(iter(ties[uid]))
+    for i in range(3):
+        _start(counted, uid, _product(counted, uid), f"rt-{i}")
+    counted.get(f"/v1/feed/{tie}?limit=10")  # warm the caches (version, table)
+    counted.get(f"/v1/users/{tie}/groups")
+    page_reads, page_writes, _ = round_trips(lambda: counted.get(f"/v1/feed/{tie}?limit=10"))
+    reads, writes, resp = round_trips(lambda: counted.get(f"/v1/users/{tie}/groups?limit=10"))
+    assert resp.status_code == 200 and len(resp.get_json()["items"]) >= 3
+    assert writes == 0 and reads + writes <= page_reads + page_writes + 1
+    assert reads == 2, CountingConnection.sent
+    reads, writes, _ = round_trips(lambda: counted.get(f"/v1/users/{tie}/deals"))
+    assert (reads, writes) == (1, 0), CountingConnection.sent
