@@ -219,9 +219,12 @@ local maxlen, hard, step = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3
 local n = redis.call('XLEN', KEYS[1])
 if n <= maxlen then return {0, 0} end
 local cp = redis.call('HGET', KEYS[2], 'id')
+local keep = cp  -- trim up to the export checkpoint, and the merchants' fold's once it runs
+local folded = redis.call('HGET', KEYS[4], 'id')
+if keep and folded and newer(keep, folded) then keep = folded end
 local trimmed, lost = 0, 0
-if cp then
-  local rows = redis.call('XRANGE', KEYS[1], '-', cp, 'COUNT', math.min(n - maxlen, step))
+if keep then
+  local rows = redis.call('XRANGE', KEYS[1], '-', keep, 'COUNT', math.min(n - maxlen, step))
   if #rows > 0 then
     trimmed = redis.call('XTRIM', KEYS[1], 'MINID', after(rows[#rows][1]))
     n = n - trimmed
@@ -251,10 +254,11 @@ def trim_command(cfg: Mapping[str, Any]) -> Command:
     return (
         "EVAL",
         _TRIM_LOG,
-        3,
+        4,
         c.EVENTS_KEY,
         c.EVENTS_EXPORTED_KEY,
         c.EVENTS_LOST_KEY,
+        c.MERCHANT_AGG_CHECKPOINT_KEY,
         int(cfg["EVENT_LOG_MAXLEN"]),
         int(cfg.get("EVENT_LOG_HARD_MAX", 0)),
         TRIM_STEP,
@@ -277,8 +281,10 @@ def _report_lost(reply: Any, cfg: Mapping[str, Any]) -> int:
 
 def trim_log(r: Any, cfg: Mapping[str, Any]) -> int:
     """Keep the event log at ``EVENT_LOG_MAXLEN`` entries by dropping exported ones (those up
-    to the export checkpoint, :data:`feed.contract.EVENTS_EXPORTED_KEY`), never an entry not
-    yet exported, until the log passes ``EVENT_LOG_HARD_MAX`` (0: no hard cap): then the oldest
+    to the export checkpoint, :data:`feed.contract.EVENTS_EXPORTED_KEY`, and, once the
+    merchants' attribution fold has run, up to its checkpoint too,
+    :data:`feed.contract.MERCHANT_AGG_CHECKPOINT_KEY`), never an entry not yet exported, until
+    the log passes ``EVENT_LOG_HARD_MAX`` (0: no hard cap): then the oldest
     go anyway, to protect memory, and the unexported ones among them are counted
     (:data:`feed.contract.EVENTS_LOST_KEY`, ``feed_events_lost_unexported_total``) and logged
     as an error. Called after every write to the log; a failure is logged (the next write

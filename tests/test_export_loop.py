@@ -124,6 +124,26 @@ def test_the_cap_trims_only_exported_events(
     assert len(load(out).clicks) == len(load(dataset_dir).clicks) + 65
 
 
+def test_the_cap_waits_for_the_merchants_fold_too(
+    redis_url: str, published: str, r: Any, dataset_dir: Path, tmp_path: Path
+) -> None:
+    """Once the merchants' attribution fold has run, the cap trims only entries both it and the
+    export have read: an export ahead of the fold trims nothing the fold has not folded."""
+    app = feed_app(redis_url, EVENT_LOG_MAXLEN=20, EVENT_LOG_HARD_MAX=1_000)
+    client = app.test_client()
+    for i in range(3):
+        _send(client, *_clicks(f"fold{i}", *(f"p{j}" for j in range(1, 11))))
+    ids = [c.text(i) for i, _ in r.xrange(c.EVENTS_KEY)]
+    r.hset(c.MERCHANT_AGG_CHECKPOINT_KEY, "id", ids[9])  # the fold has read 10 of 30
+    export(r, dataset_dir, tmp_path / "next")  # the export has read all 30
+    _send(client, *_clicks("fold-late", "p1"))
+    kept = [c.text(i) for i, _ in r.xrange(c.EVENTS_KEY)]
+    assert kept[0] == ids[10] and len(kept) == 21  # only the folded ten went
+    r.hset(c.MERCHANT_AGG_CHECKPOINT_KEY, "id", kept[-1])  # the fold caught up
+    _send(client, *_clicks("fold-later", "p2"))
+    assert r.xlen(c.EVENTS_KEY) == 20
+
+
 def test_the_hard_cap_counts_and_logs_what_it_loses(
     redis_url: str, published: str, r: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
