@@ -1304,5 +1304,143 @@ def import_interactions_cmd(
     )
 
 
+@main.group()
+def merchants() -> None:
+    """Merchant accounts (tokens for /v1/merchants/<id>/...) and the attribution aggregates.
+
+    \b
+    Example:
+      feed merchants create shop-3      # the token is the last line
+      feed merchants aggregate          # fold new events (run it from cron)
+    """
+
+
+def _merchant_id(merchant_id: str) -> str:
+    from feed import contract
+
+    if not contract.valid_id(merchant_id):
+        raise click.BadParameter(
+            f"{merchant_id[:40]!r} is not a valid id", param_hint="MERCHANT_ID"
+        )
+    return merchant_id
+
+
+@merchants.command("create")
+@click.argument("merchant_id")
+@redis_option
+def merchants_create(merchant_id: str, redis_url: str | None) -> None:
+    """Create a merchant account and print its token (the last line; shown once, stored
+    hashed).
+
+    \b
+    Example:
+      TOKEN=$(feed merchants create shop-3 | tail -1)
+    """
+    from service import merchants as accounts
+
+    r, _ = _redis(redis_url)
+    try:
+        token = accounts.create(r, _merchant_id(merchant_id))
+    except accounts.MerchantError as e:
+        _fail(str(e))
+    click.echo(f"merchant {merchant_id}: token (shown once, send as 'Authorization: Bearer'):")
+    click.echo(token)
+
+
+@merchants.command("rotate")
+@click.argument("merchant_id")
+@redis_option
+def merchants_rotate(merchant_id: str, redis_url: str | None) -> None:
+    """A new token for a merchant (the last line); the old one stops working at once.
+
+    \b
+    Example:
+      feed merchants rotate shop-3
+    """
+    from service import merchants as accounts
+
+    r, _ = _redis(redis_url)
+    try:
+        token = accounts.rotate(r, _merchant_id(merchant_id))
+    except accounts.MerchantError as e:
+        _fail(str(e))
+    click.echo(f"merchant {merchant_id}: new token (the old one no longer works):")
+    click.echo(token)
+
+
+@merchants.command("revoke")
+@click.argument("merchant_id")
+@redis_option
+def merchants_revoke(merchant_id: str, redis_url: str | None) -> None:
+    """Revoke a merchant's token (its aggregates stay; `create` issues a new one).
+
+    \b
+    Example:
+      feed merchants revoke shop-3
+    """
+    from service import merchants as accounts
+
+    r, _ = _redis(redis_url)
+    try:
+        accounts.revoke(r, _merchant_id(merchant_id))
+    except accounts.MerchantError as e:
+        _fail(str(e))
+    click.echo(f"merchant {merchant_id}: token revoked")
+
+
+@merchants.command("list")
+@redis_option
+@click.option("--json", "as_json", is_flag=True)
+def merchants_list(redis_url: str | None, as_json: bool) -> None:
+    """Every merchant account (never a token).
+
+    \b
+    Example:
+      feed merchants list --json
+    """
+    from service import merchants as accounts
+
+    r, _ = _redis(redis_url)
+    rows = accounts.accounts(r)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for a in rows:
+        state = "active" if a["active"] else f"revoked {a['revoked_at']}"
+        click.echo(f"{a['merchant_id']}\t{state}\tcreated {a['created_at']}")
+
+
+@merchants.command("aggregate")
+@redis_option
+@click.option("--replay", is_flag=True, help="Wipe the aggregates and fold the log from its start.")
+@click.option("--max-entries", type=click.IntRange(1), default=None, help="Stop after N entries.")
+def merchants_aggregate(redis_url: str | None, replay: bool, max_entries: int | None) -> None:
+    """Fold the events logged since the last fold into the per-merchant, per-day attribution
+    aggregates (feed/merchants.py); the service also folds before each report. Run it from cron
+    (at least daily) so reports stay cheap.
+
+    \b
+    Example:
+      feed merchants aggregate
+      feed merchants aggregate --replay   # rebuild from the whole log
+    """
+    from feed import merchants as fm
+    from feed import versions as reg
+
+    r, _ = _redis(redis_url)
+    if replay:
+        click.echo(f"wiped {fm.wipe(r)} aggregate keys")
+    live = reg.live_version(r)
+    res = fm.fold(r, fm.Catalogue(r, live), max_entries=max_entries)
+    click.echo(f"folded {res.entries} events; checkpoint {res.checkpoint}")
+    if res.gap:
+        click.secho(
+            "warning: the event log was trimmed past the checkpoint: some events were never "
+            "folded (run the fold more often than the log's trim)",
+            fg="yellow",
+            err=True,
+        )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

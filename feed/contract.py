@@ -64,6 +64,39 @@ PUBLISH_LOCK_KEY = "{feed}:publish_lock"  # string with a TTL: the running publi
 MODERATION_KEY = "{feed}:moderation"  # hash: post id -> JSON {hidden, deleted, edited, ts, by}
 CATALOGUE_KEY = "{feed}:catalogue"  # hash: product id -> JSON product record set through the API
 OVERLAY_GEN_KEY = "{feed}:overlay_gen"  # counter: +1 with every moderation or catalogue write
+# Merchants (service/merchants.py, feed/merchants.py; docs/merchants.md).
+MERCHANTS_KEY = "{feed}:merchants"  # hash: merchant id -> JSON {token_sha256, created, ...}
+MERCHANT_TOKENS_KEY = "{feed}:merchant_tokens"  # hash: sha256 of a token -> merchant id
+#: prefix of the attribution aggregates and state (``feed.merchants``): per merchant and day
+#: ``<prefix>d:<merchant>:<day>``, state ``<prefix><kind>:<day>``, all in the ``{feed}`` slot
+MERCHANT_AGG_PREFIX = "{feed}:magg:"
+MERCHANT_AGG_CHECKPOINT_KEY = "{feed}:magg:cp"  # hash: id (last stream id folded), at
+MERCHANT_AGG_LOCK_KEY = "{feed}:magg_lock"  # string (TTL): the running fold's lock
+# Audiences and sponsored campaigns (service/campaigns.py), all in the ``{feed}`` slot (the
+# reservation script and the report's fold touch several of them at once).
+CAMPAIGNS_KEY = "{feed}:campaigns"  # hash: campaign id -> JSON config (merchant, posts, flight..)
+#: counter: +1 with every campaign created or stopped; read with a user's keys on every page, so
+#: each process reloads its running-campaign list only when it moves
+CAMPAIGNS_GEN_KEY = "{feed}:campaigns_gen"
+
+
+def audience_key(audience_id: str, kind: str) -> str:
+    """An audience's ``meta`` (JSON string) and ``users`` (zset user -> score); with a TTL."""
+    return f"{{feed}}:aud:{audience_id}:{kind}"
+
+
+def audiences_key(merchant_id: str) -> str:
+    """A merchant's audiences (zset audience id -> created_at), capped."""
+    return f"{{feed}}:auds:{merchant_id}"
+
+
+def campaign_key(campaign_id: str, kind: str) -> str:
+    """A campaign's counters: ``n`` (impressions delivered), ``u`` (hash user -> impressions),
+    ``aud`` (its audience's users, copied at creation), ``reach`` (users whose pages it could
+    have entered, both groups: the report's population of an ``all`` campaign), ``buy`` (hash
+    user -> purchases of its products in the flight), ``cp`` (the report fold's checkpoint)."""
+    return f"{{feed}}:cmp:{campaign_id}:{kind}"
+
 
 # Version states in the registry. Only "ready" versions can go live.
 STATE_PUBLISHING = "publishing"
@@ -256,6 +289,7 @@ USER_DEALS = "deals"  # string per version: encode_deals, the products to launch
 USER_TIES = "ties"  # string per version: encode_ties, the user's strongest social ties
 USER_GROUP_FEED = "gfeed"  # zset (capped, TTL): group id -> expires_at, ties' open groups
 GROUP_POPULAR = "gpop"  # version key: encode_deals of the popular deals (cold users)
+GROUP_PAIR = "gpair"  # version key: JSON {"invite": {...}, "join": {...}} pair-model weights
 
 # Group-buys (拼購, service/groups.py): one group's keys share the hash tag {grp:<group_id>}, so
 # the join script reads and writes them on one cluster slot.

@@ -301,7 +301,7 @@ def _evaluate(
             val, val_twins = slice_[0]
             if val is not None:
                 make, grid = grids[name]
-                tuned[name] = tune(make, grid, val, top, val_twins)
+                tuned[name] = tune(make, grid, val, top, val_twins, rule="best")
                 factory = partial(make, tuned[name].params)
         model = factory().fit(data)
         fit_s = time.perf_counter() - t

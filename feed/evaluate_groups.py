@@ -35,7 +35,7 @@ from feed.data import Dataset, load
 from feed.evaluation.metrics import lift_interval, ndcg_at_k, recall_at_k
 from feed.features.matrices import TrainingData, build
 from feed.models.groups import GroupRecs, group_rows, row_topk, split_groups
-from feed.serving.groups import tie_scores
+from feed.serving.groups import pair_scores
 
 TASKS = ("deals", "invitees", "join")
 TARGET_LIFT = 1.05  # the issue's bar: the model's metric over the best baseline's
@@ -133,16 +133,6 @@ def _sample(rng: np.random.Generator, n: int, most: int) -> np.ndarray:
     return np.sort(rng.choice(n, most, replace=False)) if n > most else np.arange(n)
 
 
-def _affinity(model: GroupRecs, users: np.ndarray) -> dict[int, dict[int, float]]:
-    """User -> product -> deal probability (the user's published deals)."""
-    users = np.unique(users[users >= 0])
-    items, probs, _ = model.deals(users)
-    return {
-        int(u): {int(p): float(s) for p, s in zip(it, pr, strict=True) if p >= 0}
-        for u, it, pr in zip(users, items, probs, strict=True)
-    }
-
-
 def _deals(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any, most: int,
            seed: int) -> TaskReport:  # fmt: skip
     u = data.users.to_internal(held["user_id"], strict=False)
@@ -185,14 +175,17 @@ def _invitees(model: GroupRecs, data: TrainingData, train: Dataset, held: Any, k
         (np.ones(ok.sum(), np.float32), (mr[ok], mu[ok])), (len(gids), data.n_users)
     )
     truth.data[:] = 1.0
-    # the model: the initiator's published ties, by tie strength x affinity for the product
-    ties, weights = model.tie_items_[init], model.tie_weights_[init]
-    aff = _affinity(model, ties.ravel())
-    a = np.array(
-        [[aff.get(int(t), {}).get(int(p), 0.0) for t in row_t] for row_t, p in
-         zip(ties, prod, strict=True)]
-    ).reshape(ties.shape)  # fmt: skip
-    s = np.where(ties >= 0, tie_scores(weights, a), -np.inf)
+    # the model: the initiator's published ties, scored by the pair model (published tie
+    # probabilities and the candidates' affinity for the product, as the service scores them)
+    ties, weights = model.tie_items_[init], model.tie_probs_[init]
+    params = model.pair_params() if model.pair_learned_ else None
+    valid = ties >= 0
+    t_flat = np.where(valid, ties, 0).ravel()
+    p_flat = np.repeat(prod, ties.shape[1])
+    affm = model.affinity_matrix(np.unique(ties[valid]))
+    a = np.asarray(affm[t_flat, p_flat]).ravel().reshape(ties.shape)
+    cat = model.category_share(affm, t_flat, p_flat).reshape(ties.shape)
+    s = np.where(valid, pair_scores(weights, a, params, cat), -np.inf)
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     model_items = np.where(np.take_along_axis(s, order, 1) > -np.inf,
                            np.take_along_axis(ties, order, 1), -1)  # fmt: skip
@@ -250,7 +243,13 @@ def _join(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any,
     for gi, p in enumerate(g_prod.tolist()):
         by_prod.setdefault(p, []).append(gi)
     reach = sp.csr_matrix(model.ties_.T)  # column initiator -> row user: the fan-out
-    aff = _affinity(model, users)
+    ok_t = model.tie_items_ >= 0
+    fanned = sp.csr_matrix(
+        (model.tie_probs_[ok_t],
+         (model.tie_items_[ok_t], np.nonzero(ok_t)[0])), shape=reach.shape
+    )  # fmt: skip  # the published tie probabilities, as the fan-out carries them
+    params = model.join_params() if model.pair_learned_ else None
+    affm = model.affinity_matrix(users)
     popular = np.argsort(-model.popularity_[g_prod], kind="stable")[:k]
     cf = sp.csr_matrix(model.x_[users] @ model.sim_)
     out = {n: np.full((len(users), k), -1, np.int64) for n in
@@ -258,14 +257,20 @@ def _join(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any,
     for i, u in enumerate(users.tolist()):
         lo, hi = reach.indptr[u], reach.indptr[u + 1]
         cand, w = [], []
+        prob = dict(zip(fanned.indices[fanned.indptr[u] : fanned.indptr[u + 1]].tolist(),
+                        fanned.data[fanned.indptr[u] : fanned.indptr[u + 1]].tolist(),
+                        strict=True))  # fmt: skip
+        pw = []
         for init, weight in zip(reach.indices[lo:hi], reach.data[lo:hi], strict=True):
             for gi in by_init.get(int(init), ()):
                 cand.append(gi)
                 w.append(weight)
+                pw.append(prob.get(int(init), 0.0))
         if cand:
             ca, wa = np.array(cand), np.array(w)
-            a = np.array([aff.get(u, {}).get(int(g_prod[g]), 0.0) for g in ca])
-            s = tie_scores(wa, a)
+            a = np.asarray(affm[np.full(len(ca), u), g_prod[ca]]).ravel()
+            cs = model.category_share(affm, np.full(len(ca), u), g_prod[ca])
+            s = pair_scores(np.array(pw), a, params, cs)
             top = ca[np.lexsort((ca, -s))][:k]
             out["model"][i, : len(top)] = top
             top = ca[np.lexsort((ca, -wa))][:k]

@@ -309,7 +309,11 @@ def _popular_deals(art: artifacts.Artifact) -> list[tuple[str, bytes]]:
         g["popular_scores"].tolist(),
         ["popular_groups"] * len(items),
     )
-    return [(c.version_key(art.version, c.GROUP_POPULAR), blob)]
+    out = [(c.version_key(art.version, c.GROUP_POPULAR), blob)]
+    serve = (art.manifest.get("group_model") or {}).get("serve_params")
+    if serve:  # the pair model's weights (feed.serving.groups.pair_score); absent: older rule
+        out.append((c.version_key(art.version, c.GROUP_PAIR), c.encode_json(serve)))
+    return out
 
 
 def _token_blob(art: artifacts.Artifact) -> bytes:

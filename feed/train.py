@@ -166,6 +166,7 @@ def product_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
         pr["brand"],
         pr["price"],
         pr["in_stock"],
+        pr["merchant_id"],
         strict=True,
     ):
         known.add(row[0])
@@ -176,6 +177,7 @@ def product_documents(ds: Dataset) -> Iterator[dict[str, Any]]:
             "brand": row[3],
             "price": None if row[4] != row[4] else float(row[4]),
             "in_stock": bool(row[5]),
+            **({"merchant_id": row[6]} if row[6] else {}),
         }
     for ids in ds.posts["product_ids"]:
         for pid in ids:
@@ -360,7 +362,7 @@ def group_lists(data: TrainingData) -> tuple[GroupRecs, dict[str, np.ndarray]]:
         "deal_friends": friends.astype(np.int32),
         "tie_users": has_ties.astype(np.int32),
         "tie_items": recs.tie_items_[has_ties].astype(np.int32),
-        "tie_weights": recs.tie_weights_[has_ties].astype(np.float32),
+        "tie_weights": recs.tie_probs_[has_ties].astype(np.float32),  # the pair model's tie part
         "popular_items": recs.popular_.astype(np.int32),
         "popular_scores": recs.popular_scores_.astype(np.float32),
     }

@@ -29,7 +29,7 @@ from typing import Any
 
 from feed import contract as c
 from feed.redisclient import is_cluster
-from feed.serving.groups import affinities, tie_score
+from feed.serving.groups import affinities, category_shares, decode_serve_params, pair_score
 from service.writes import Command, counted, log_append, transact, trim_log
 
 # Create a group (KEYS: state hash, members zset; ARGV: group id, product id, initiator id,
@@ -89,6 +89,33 @@ return {outcome, stamp, redis.call('HGETALL', KEYS[1]),
         redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')}
 """
 
+# Cancel a group (KEYS: state hash, members zset; ARGV: user id). Returns {outcome, now, state,
+# members} like _JOIN; outcome is 'cancelled', 'already' (cancelled before: nothing changed),
+# 'unknown', 'not_initiator', 'full' (it succeeded) or 'expired' (nothing changed).
+_CANCEL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stamp = string.format('%.6f', now)
+local st = redis.call('HMGET', KEYS[1], 'initiator_id', 'status', 'expires_at')
+local outcome
+if not st[1] then
+  return {'unknown', stamp, {}, {}}
+elseif st[1] ~= ARGV[1] then
+  outcome = 'not_initiator'
+elseif st[2] == 'cancelled' then
+  outcome = 'already'
+elseif st[2] ~= 'open' then
+  outcome = 'full'
+elseif now >= tonumber(st[3]) then
+  outcome = 'expired'
+else
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', stamp)
+  outcome = 'cancelled'
+end
+return {outcome, stamp, redis.call('HGETALL', KEYS[1]),
+        redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')}
+"""
+
 # Read a group (KEYS: state hash, members zset): {now, state, members}, like _JOIN's reply.
 _READ = """
 local t = redis.call('TIME')
@@ -120,7 +147,7 @@ class Group:
     initiator_id: str
     size: int
     members: list[str]  # in join order, the initiator first
-    status: str  # open, succeeded, or failed (expired short)
+    status: str  # open, succeeded, failed (expired short) or cancelled (by its initiator)
     created_at: float
     expires_at: float
     price: float | None
@@ -184,6 +211,7 @@ class Groups:
         self._join = r.register_script(_JOIN)
         self._read = r.register_script(_READ)
         self._reserve = r.register_script(_RESERVE)
+        self._cancel = r.register_script(_CANCEL)
 
     @staticmethod
     def _keys(group_id: str) -> list[str]:
@@ -282,6 +310,35 @@ class Groups:
         self._after(user_id, group_id, group.expires_at, event, extra)
         return group, True
 
+    def cancel(self, group_id: str, user_id: str) -> tuple[Group, bool]:
+        """Cancel an open group, by its initiator only: its status becomes ``cancelled`` and it
+        takes nobody (joins get ``group_closed``); (its state, whether this call changed it).
+        :class:`GroupError` ``not_initiator``, ``group_full`` (it succeeded),
+        ``group_expired`` or ``not_found``."""
+        outcome, now, state, members = self._cancel(keys=self._keys(group_id), args=[user_id])
+        outcome = c.text(outcome)
+        group = _group(float(c.text(now)), state, members)
+        if outcome == "unknown" or group is None:
+            raise GroupError("not_found", f"no group {group_id!r} (unknown, or expired long ago)")
+        if outcome == "not_initiator":
+            raise GroupError(
+                "not_initiator", f"only the initiator of group {group_id!r} can cancel it"
+            )
+        if outcome in ("full", "expired"):
+            raise GroupError(f"group_{outcome}", _UNCANCELLABLE[outcome].format(group_id=group_id))
+        if outcome == "already":
+            return group, False
+        event = {
+            "type": "group_cancel",
+            "user_id": user_id,
+            "group_id": group_id,
+            "product_id": group.product_id,
+            "ts": float(c.text(now)),
+        }
+        open_key = c.user_key(user_id, c.USER_GROUPS_OPEN)
+        self._after(user_id, group_id, group.expires_at, event, [[("ZREM", open_key, group_id)]])
+        return group, True
+
     def _after(
         self,
         user_id: str,
@@ -334,6 +391,7 @@ class GroupRecs:
     def __init__(self, r: Any, config: Mapping[str, Any]) -> None:
         self.r = r
         self.config = config
+        self._params: dict[str, dict[str, dict[str, float]]] = {}
 
     def _pipe(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Replies of ``commands`` in one round trip (split per node on a cluster)."""
@@ -341,6 +399,16 @@ class GroupRecs:
         for cmd in commands:
             pipe.execute_command(*cmd)
         return list(pipe.execute(raise_on_error=True))
+
+    def params(self, version: str) -> dict[str, dict[str, float]]:
+        """The version's pair-model weights (``{feed:<v>}:gpair``; empty for a version
+        without them), read once per version and process: a version's keys never change."""
+        if version not in self._params:
+            while len(self._params) >= 8:  # a few versions at most (live, arms, rollback)
+                self._params.pop(next(iter(self._params)))
+            raw = self.r.get(c.version_key(version, c.GROUP_PAIR))
+            self._params[version] = decode_serve_params(raw)
+        return self._params[version]
 
     def fan_out(self, group: Group, version: str | None) -> int:
         """Put a new group into the group feed of each of its initiator's ties; how many."""
@@ -377,12 +445,21 @@ class GroupRecs:
             return c.decode_deals(own), False
         return c.decode_deals(popular), True
 
-    def joinable(self, user_id: str, version: str, limit: int) -> list[Scored]:
+    def joinable(
+        self,
+        user_id: str,
+        version: str,
+        limit: int,
+        category: Mapping[str, str] | None = None,
+    ) -> list[Scored]:
         """Friends' open groups the user may join, best first (two round trips: the user's
-        keys, then the groups' states). Score: :func:`feed.serving.groups.tie_score` of the
-        user's tie to the initiator and their affinity for the product."""
+        keys, then the groups' states; the version's pair weights are cached). Score:
+        :func:`feed.serving.groups.pair_score` of the initiator's published tie to the user
+        (carried by the fan-out) and the user's affinity for the product and its category
+        (``category``: product -> category)."""
         now = time.time()
         most = int(self.config["GROUP_FEED_MAX"])
+        params = self.params(version).get("join")
         ids, deals, ties = self._pipe(
             [
                 ("ZRANGEBYSCORE", c.user_key(user_id, c.USER_GROUP_FEED), now, "+inf",
@@ -402,7 +479,9 @@ class GroupRecs:
             state, members = Groups._keys(gid)
             cmds += [("HGETALL", state), ("ZRANGE", members, 0, -1, "WITHSCORES")]
         replies = self._pipe(cmds)
-        aff = affinities(c.decode_deals(deals))
+        decoded = c.decode_deals(deals)
+        aff = affinities(decoded)
+        shares = category_shares(decoded, category or {})
         tie = c.decode_ties(ties)
         out = []
         for i in range(len(fanned)):
@@ -421,34 +500,57 @@ class GroupRecs:
             if len(group.members) >= group.size:
                 continue
             a = aff.get(group.product_id, 0.0)
-            strength = max(tie.get(group.initiator_id, 0.0), fanned[group.group_id])
-            score = tie_score(strength, a)
+            if params:  # the initiator's published tie to the user, as fanned out
+                strength = fanned[group.group_id] or tie.get(group.initiator_id, 0.0)
+            else:
+                strength = max(tie.get(group.initiator_id, 0.0), fanned[group.group_id])
+            cat = shares.get((category or {}).get(group.product_id, ""), 0.0)
+            score = pair_score(strength, a, params, cat)
             why = f"friend_started:{group.initiator_id}"
             out.append(Scored(group, score, why if a <= 0 else f"{why}|wants_product"))
         out.sort(key=lambda s: (-s.score, s.item.expires_at, s.item.group_id))
         return out[:limit]
 
-    def invitees(self, group: Group, version: str | None, limit: int) -> list[Scored]:
-        """The initiator's ties ranked by tie strength and their affinity for the group's
-        product, members excluded (two round trips: the ties, then their deals)."""
+    def invitees(
+        self,
+        group: Group,
+        version: str | None,
+        limit: int,
+        category: Mapping[str, str] | None = None,
+    ) -> list[Scored]:
+        """The initiator's ties ranked by the pair model (:func:`feed.serving.groups.pair_score`
+        of the published tie and their affinity for the group's product and its category),
+        members excluded (two round trips: the ties, then their deals)."""
         if version is None:
             return []
-        ties = c.decode_ties(self.r.get(c.user_key(group.initiator_id, c.USER_TIES, version)))
-        ties = {u: w for u, w in ties.items() if u not in group.members}
+        params = self.params(version).get("invite")
+        raw_ties = self.r.get(c.user_key(group.initiator_id, c.USER_TIES, version))
+        ties = {u: w for u, w in c.decode_ties(raw_ties).items() if u not in group.members}
         if not ties:
             return []
         users = list(ties)
         blobs = self._pipe([("GET", c.user_key(u, c.USER_DEALS, version)) for u in users])
+        cat_of = (category or {}).get(group.product_id, "")
         out = []
         for u, blob in zip(users, blobs, strict=True):
-            a = affinities(c.decode_deals(blob)).get(group.product_id, 0.0)
+            decoded = c.decode_deals(blob)
+            a = affinities(decoded).get(group.product_id, 0.0)
+            cat = category_shares(decoded, category or {}).get(cat_of, 0.0) if cat_of else 0.0
             out.append(
-                Scored(u, tie_score(ties[u], a), "friend_wants_product" if a > 0 else "friend")
+                Scored(
+                    u,
+                    pair_score(ties[u], a, params, cat),
+                    "friend_wants_product" if a > 0 else "friend",
+                )
             )
         out.sort(key=lambda s: (-s.score, s.item))
         return out[:limit]
 
 
+_UNCANCELLABLE = {
+    "full": "group {group_id!r} has succeeded: it can no longer be cancelled",
+    "expired": "group {group_id!r} has expired: there is nothing to cancel",
+}
 _REFUSED = {
     "full": "group {group_id!r} is full: it has all the members it needs",
     "closed": "group {group_id!r} is closed and takes no members",

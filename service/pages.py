@@ -9,6 +9,7 @@ page's cards while marking it served (round trip 2) and answers with the next cu
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -16,11 +17,13 @@ from typing import Any
 
 import orjson
 from flask import current_app, jsonify, request
+from redis.exceptions import RedisError
 
 from feed import contract as c
 from feed.serving.ranking import Candidate, diverse_page, filtered, gather, pool_size, post_meta
 from feed.serving.state import UserState, VersionTable
 from service import cursor, observability
+from service.campaigns import Slot, Sponsor, place
 from service.errors import bad_request, not_found, unavailable
 from service.request import (
     flag,
@@ -99,6 +102,7 @@ def render(
     oos: frozenset[str],
     catalogue: Mapping[str, Mapping[str, Any]] | None = None,
     edited: frozenset[str] = frozenset(),
+    extra: Mapping[str, Any] | None = None,
 ) -> orjson.Fragment:
     """A feed item's JSON: the post's card with its score and reason, spliced as bytes; the
     card is decoded only to mark products that are out of stock now or changed in the live
@@ -110,7 +114,9 @@ def render(
         or cand.post_id in edited
     ):
         card = orjson.dumps(in_stock(orjson.loads(card), oos, catalogue))
-    tail = orjson.dumps({"score": round(float(cand.score), 4), "reason": cand.reason})
+    tail = orjson.dumps(
+        {"score": round(float(cand.score), 4), "reason": cand.reason, **(extra or {})}
+    )
     return orjson.Fragment(card[:-1] + b"," + tail[1:])
 
 
@@ -161,18 +167,22 @@ def hydrate(
     oos: frozenset[str],
     served: Served | None = None,
     glob: Mapping[str, Any] | None = None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[tuple[Candidate, Any]]:
     """Each candidate with its rendered item from ``table``'s version (posts without a card or
     document are dropped), marking the page ``served`` in the same round trip. With ``glob``
     (the global state): taken-down posts are dropped (a replayed page may list one), edited
-    posts served as edited, products as the live catalogue has them."""
+    posts served as edited, products as the live catalogue has them. ``extras``: more fields
+    of some items (a sponsored post's ``sponsored``, ``merchant_id``, ``campaign_id``)."""
     glob = glob or {}
     gone, edited = glob.get("takedown", frozenset()), glob.get("edited", frozenset())
     catalogue = glob.get("catalogue")
     page = [x for x in page if x.post_id not in gone] if gone else page
     found = cards(table, [cand.post_id for cand in page], served, edited)
     return [
-        (x, render(x, found[x.post_id], oos, catalogue, edited)) for x in page if x.post_id in found
+        (x, render(x, found[x.post_id], oos, catalogue, edited, (extras or {}).get(x.post_id)))
+        for x in page
+        if x.post_id in found
     ]
 
 
@@ -316,6 +326,68 @@ def _remember_fallback(table: VersionTable) -> None:
     s.remember_fallback(table.version, [item for _, item in hydrate(table, page, frozenset())])
 
 
+# --- sponsored posts (service/campaigns.py) --------------------------------------------------
+_SPONSOR_LOCK = threading.Lock()
+
+
+def sponsor() -> Sponsor:
+    """The process's running-campaign cache (made on first use, over the store's client)."""
+    ext = current_app.extensions
+    found = ext.get("feed_sponsor")
+    if found is None:
+        with _SPONSOR_LOCK:
+            found = ext.get("feed_sponsor")
+            if found is None:
+                found = ext["feed_sponsor"] = Sponsor(store().r)
+    return found  # type: ignore[no-any-return]
+
+
+def _sponsored(
+    req: PageRequest,
+    state: UserState,
+    table: VersionTable,
+    glob: dict[str, Any],
+    page: list[Candidate],
+    recorded: bool,
+) -> tuple[list[Candidate], dict[str, dict[str, Any]], list[Any]]:
+    """(the page with the sponsored posts of running campaigns at their slots, their extra
+    fields, the campaigns' reach writes for round trip 2). Nothing without a running campaign
+    (the campaigns counter came with the user's keys); with one, at most ONE round trip (the
+    reservation script). A preview, a replayed page or a scroll that records nothing gets
+    none (a replayed page keeps its sponsored posts, flagged again)."""
+    sp = sponsor()
+    running = sp.running(state.campaign_generation, req.now)
+    if not running:
+        return page, {}, []
+    if req.preview or not recorded or state.replay is not None:
+        flags = sp.flags({x.post_id for x in page if x.reason == "sponsored"}, running)
+        return page, flags, []
+    gone = glob.get("takedown", frozenset())
+
+    def servable(p: str) -> bool:
+        return p not in gone and post_meta(p, table, glob["fresh"]) is not None
+
+    posts = [x.post_id for x in page]
+    wanted, reach = sp.plan(
+        req.user_id, running, posts, state.hidden, state.muted, state.seen, servable
+    )
+    try:
+        slots = sp.reserve(req.user_id, wanted)
+    except RedisError:  # the organic page is served all the same
+        observability.DEGRADED.labels("sponsored").inc()
+        slots = []
+    if not slots:
+        return page, {}, reach
+
+    def make(slot: Slot) -> Candidate:
+        meta = post_meta(slot.post_id, table, glob["fresh"])
+        assert meta is not None  # servable() checked it
+        return meta.candidate(slot.post_id, 0.0, "sponsored")
+
+    extras = {s.post_id: s.campaign.flags() for s in slots}
+    return place(page, slots, make), extras, reach
+
+
 def feed_page(req: PageRequest) -> Any:
     """The page's JSON in two Redis round trips (see :func:`service.routes.feed.get_feed`)."""
     route = _route(req)
@@ -338,6 +410,7 @@ def feed_page(req: PageRequest) -> Any:
         page = _replayed(state.replay, table, glob)
     else:
         page = _ranked(req, state, table, glob, req.limit)
+    page, extras, reach = _sponsored(req, state, table, glob, page, stateless is None)
     rid = request_id()
     served = None
     if not req.preview:
@@ -345,7 +418,8 @@ def feed_page(req: PageRequest) -> Any:
         if replay_key and state.replay is None:
             keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in page])
         served = Served(req.user_id, req.now, route, rid, keep, mark_seen=stateless is None)
-    items = hydrate(table, page, glob["oos"], served, glob)
+        served.extra = reach
+    items = hydrate(table, page, glob["oos"], served, glob, extras)
     if served is not None and served.refused:  # Redis is full: served, but not recorded
         observability.REDIS_FULL.labels("page").inc()
         if stateless is None:

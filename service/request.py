@@ -15,6 +15,7 @@ from flask import current_app, g, request
 from feed import contract as c
 from feed.serving.state import VersionTable
 from service.errors import ApiError, bad_request, not_found, unavailable
+from service.merchants import token_merchant
 from service.state import Route
 from service.store import Store
 
@@ -118,6 +119,27 @@ def require_admin(why: str = "") -> None:
         )
 
 
+def require_merchant(merchant_id: str) -> str:
+    """The merchant check of every ``/v1/merchants/<merchant_id>/...`` route: 400 for an
+    invalid id; 401 without ``Authorization: Bearer <merchant token>`` or with a token that
+    opens no merchant (revoked, rotated, never issued); 404 when the token is another
+    merchant's (the same answer as for a merchant that does not exist, so ids do not leak).
+    Reads Redis on every call (no cache): a rotation or revocation holds on the next request
+    in every worker. Returns the merchant id. (``service/merchants.py``)"""
+    check_id(merchant_id, "merchant_id")
+    owner, opens = token_merchant(redis(), _bearer(), merchant_id)
+    if owner is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a valid 'Authorization: Bearer <merchant token>' is required",
+            {"WWW-Authenticate": 'Bearer realm="feed-merchant"'},
+        )
+    if owner != merchant_id or not opens:
+        raise not_found(f"no merchant {merchant_id!r}")
+    return merchant_id
+
+
 def require_admin_if_set(what: str) -> None:
     """For what shows other users' data to an operator (``preview=1`` feeds, the viewer's
     example users): the admin token whenever one is configured; open when none is (a
@@ -157,7 +179,9 @@ def require_writer(what: str, admin_only: bool) -> str:
 
 #: Endpoints that answer without the API key: liveness, readiness, and the viewer's page and
 #: its static files (the same for everyone, no data; what the page then reads needs a key).
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "viewer.viewer", "static"})
+PUBLIC_ENDPOINTS = frozenset(
+    {"health.healthz", "health.readyz", "viewer.viewer", "merchants.merchant_page", "static"}
+)
 
 
 def require_api_key() -> None:

@@ -487,8 +487,8 @@ class Post(Out):
 class FeedItem(Post):
     score: float
     reason: str = Field(
-        description="collaborative, content, followed_author, trending, co_engagement, fresh, "
-        "purchased_together, interest, similar_to:<post_id>"
+        description="collaborative, content, followed_author, friend (a tie not followed), "
+        "trending, co_engagement, fresh, purchased_together, interest, similar_to:<post_id>"
     )
 
 
@@ -807,6 +807,10 @@ class JoinGroup(Model):
     user_id: Id
 
 
+class CancelGroup(Model):
+    user_id: Id = Field(description="The group's initiator: only they can cancel it.")
+
+
 class Group(Out):
     group_id: str
     product_id: str
@@ -814,7 +818,7 @@ class Group(Out):
     size: int
     members: list[str] = Field(description="In join order, the initiator first.")
     spots_left: int
-    status: Literal["open", "succeeded", "failed"]
+    status: Literal["open", "succeeded", "failed", "cancelled"]
     created_at: str
     expires_at: str
     price: float | None

@@ -4,7 +4,8 @@ page is ranked from are :mod:`feed.serving.state`'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,5 @@ class Served:
     replay: tuple[str, list[tuple[str, float, str]]] | None = None  # (page key, page)
     mark_seen: bool = True  # False: a stateless scroll, the seen set is left alone
     refused: bool = False  # set when Redis was full and refused the page's writes
+    #: more writes of the page's round trip (a running campaign's reach: service.campaigns)
+    extra: list[tuple[Any, ...]] = field(default_factory=list)

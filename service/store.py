@@ -410,11 +410,14 @@ class Store:
             commands.append(("SMEMBERS", k(user_id, kind)))
         commands.append(("GET", k(user_id, c.USER_SEED, version)))
         commands.append(("GET", c.OVERLAY_GEN_KEY))  # moderation/catalogue changed? (overlay)
+        commands.append(("GET", k(user_id, c.USER_TIES, version)))  # reason "friend"
         if replay_key:
             commands.append(("GET", replay_key))
+        commands.append(("GET", c.CAMPAIGNS_GEN_KEY))  # campaigns changed? (service.campaigns)
         res = round_trip(self.r, commands)
         cand, seen, liked, rt, hidden, muted, follows, unfollows, bought, seed, gen = res[:11]
-        replay = c.decode_json(res[11]) if replay_key else None
+        ties = frozenset(c.decode_ties(res[11]))
+        replay = c.decode_json(res[12]) if replay_key else None
         seed_follows, seed_bought = c.decode_seed(seed)
         return UserState(
             candidates=c.decode_candidates(cand),
@@ -428,6 +431,8 @@ class Store:
             bought=seed_bought | {c.text(x) for x in bought},
             replay=[(str(p), float(sc), str(why)) for p, sc, why in replay] if replay else None,
             overlay_generation=int(gen or 0),
+            ties=ties,
+            campaign_generation=int(res[-1] or 0),
         )
 
     # -- documents -----------------------------------------------------------------------
@@ -545,6 +550,7 @@ class Store:
                     *[x for kv in fields.items() for x in kv],
                 )
             )
+        out += served.extra
         return out
 
     # -- writes ----------------------------------------------------------------------------

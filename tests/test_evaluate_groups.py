@@ -35,6 +35,11 @@ def test_every_task_reports_every_baseline(dataset_dir: Path) -> None:
     join = report.tasks["join"].metrics
     assert join["model"]["ndcg"] > 2 * join["popular"]["ndcg"]
     assert report.blend["learned"] is True
+    # the pair model (invitees, join) is learned on a validation slice and recorded
+    assert report.blend["pair_learned"] is True
+    assert set(report.blend["serve_params"]) == {"invite", "join"}
+    assert report.blend["pair_validation"]["positives"] >= 10
+    assert inv["model"]["ndcg"] > 0.9 * inv["ties_first"]["ndcg"]  # ~1.1x on 2000 users
 
 
 def test_cli_prints_the_table_and_writes_json(

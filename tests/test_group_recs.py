@@ -223,3 +223,58 @@ def test_joinable_groups_cost_at_most_one_round_trip_over_a_feed_page(
     assert reads == 2, CountingConnection.sent
     reads, writes, _ = round_trips(lambda: counted.get(f"/v1/users/{tie}/deals"))
     assert (reads, writes) == (1, 0), CountingConnection.sent
+
+
+def test_pair_model_is_learned_published_and_scores_invitees(
+    r: Any, client: Any, artifact: Path, published: str
+) -> None:
+    """The invitee/join scores come from the pair model learned on a validation slice of the
+    groups: recorded in the manifest, published once per version, and what the service ranks
+    invitees by (published tie part x the invitee's affinity for the product and category)."""
+    from feed.serving.groups import affinities, category_shares, decode_serve_params, pair_score
+
+    model = artifacts.read(artifact).manifest["group_model"]
+    assert model["pair_learned"] is True and model["pair_validation"]["positives"] >= 10
+    assert set(model["pair_weights"]) >= {"strength", "joined_theirs", "affinity", "category"}
+    params = decode_serve_params(r.get(c.version_key(published, c.GROUP_PAIR)))
+    assert set(params) == {"invite", "join"}
+    assert params["invite"]["affinity"] == pytest.approx(model["pair_weights"]["affinity"], 1e-4)
+    ties = _ties(artifact)
+    assert all(0.0 < w < 1.0 for t in ties.values() for w in t.values())  # probabilities
+    uid = next(u for u in ties if len(ties[u]) >= 5)
+    product = _product(client, uid)
+    _start(client, uid, product, "pair-1")
+    items = client.get("/v1/groups/pair-1/invitees?limit=50").get_json()["items"]
+    assert {it["user_id"] for it in items} == set(ties[uid])
+    category = client.application.extensions["feed_store"].table(published).product_category
+    published_ties = c.decode_ties(r.get(c.user_key(uid, c.USER_TIES, published)))
+    for it in items:
+        deals = c.decode_deals(r.get(c.user_key(it["user_id"], c.USER_DEALS, published)))
+        a = affinities(deals).get(product, 0.0)
+        cat = category_shares(deals, category).get(category.get(product, ""), 0.0)
+        expected = pair_score(published_ties[it["user_id"]], a, params["invite"], cat)
+        assert it["score"] == pytest.approx(expected, abs=1e-4)
+        assert it["reason"] == ("friend_wants_product" if a > 0 else "friend")
+
+
+def test_feed_says_friend_for_a_tie_the_user_does_not_follow(
+    client: Any, artifact: Path, dataset_dir: Path
+) -> None:
+    """A social candidate whose author is one of the user's ties (groups, shares) but not
+    followed is labelled ``friend``, never ``followed_author``."""
+    follows: dict[str, set[str]] = {}
+    for row in _csv(dataset_dir / "follows.csv"):
+        follows.setdefault(row["follower_id"], set()).add(row["followee_id"])
+    ties = _ties(artifact)
+    seen = {"friend": 0, "followed_author": 0}
+    for uid in list(ties)[:40]:
+        page = client.get(f"/v1/feed/{uid}?limit=50&preview=1").get_json()
+        for it in page["items"]:
+            if it["reason"] == "friend":
+                seen["friend"] += 1
+                assert it["author_id"] in ties[uid]
+                assert it["author_id"] not in follows.get(uid, set())
+            elif it["reason"] == "followed_author":
+                seen["followed_author"] += 1
+                assert it["author_id"] not in set(ties[uid]) - follows.get(uid, set())
+    assert seen["friend"] > 0, seen

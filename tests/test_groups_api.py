@@ -81,6 +81,45 @@ def test_joining_twice_and_the_initiator_change_nothing(client: Any, r: Any) -> 
     assert r.xlen(c.EVENTS_KEY) == n_events  # no second group_join logged
 
 
+def cancel(client: Any, group_id: str, user: str) -> Any:
+    return client.post(f"/v1/groups/{group_id}/cancel", json={"user_id": user})
+
+
+def test_the_initiator_cancels_and_the_group_is_closed(client: Any, r: Any) -> None:
+    create(client, group_id="gc", size=3)
+    assert join(client, "gc", "u2").status_code == 200
+    assert r.zscore(c.user_key("u1", c.USER_GROUPS_OPEN), "gc") is not None
+    other = cancel(client, "gc", "u2")  # a member, not the initiator
+    assert other.status_code == 403 and error_code(other) == "not_initiator"
+    assert client.get("/v1/groups/gc").get_json()["status"] == "open"
+    n_events = r.xlen(c.EVENTS_KEY)
+    done = cancel(client, "gc", "u1")
+    assert done.status_code == 200
+    body = done.get_json()
+    assert body["status"] == "cancelled" and body["members"] == ["u1", "u2"]
+    assert body["spots_left"] == 0
+    assert r.zscore(c.user_key("u1", c.USER_GROUPS_OPEN), "gc") is None  # the slot is free
+    last = r.xrevrange(c.EVENTS_KEY, count=1)[0][1]
+    assert last[b"type"] == b"group_cancel" and last[b"group_id"] == b"gc"
+    late = join(client, "gc", "u3")
+    assert late.status_code == 409 and error_code(late) == "group_closed"
+    again = cancel(client, "gc", "u1")  # idempotent: nothing changes, nothing logged
+    assert again.status_code == 200 and again.get_json() == body
+    assert r.xlen(c.EVENTS_KEY) == n_events + 1
+    assert client.get("/v1/groups/gc").get_json() == body
+
+
+def test_a_succeeded_or_unknown_group_cannot_be_cancelled(client: Any) -> None:
+    create(client, group_id="gs", size=2)
+    assert join(client, "gs", "u2").get_json()["status"] == "succeeded"
+    resp = cancel(client, "gs", "u1")
+    assert resp.status_code == 409 and error_code(resp) == "group_full"
+    assert client.get("/v1/groups/gs").get_json()["status"] == "succeeded"
+    assert cancel(client, "nope", "u1").status_code == 404
+    bad = client.post("/v1/groups/gs/cancel", json={})
+    assert bad.status_code == 400 and "user_id" in bad.get_json()["error"]["message"]
+
+
 def test_expired_group_takes_nobody(client: Any) -> None:
     create(client, group_id="short", size=2, ttl_s=1)
     time.sleep(1.2)

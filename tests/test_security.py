@@ -23,6 +23,8 @@ ADMIN = "operator-token-0123456789"
 KEY = {"X-API-Key": API_KEY}
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
 
+PUBLIC = ("health.healthz", "health.readyz", "viewer.viewer", "merchants.merchant_page", "static")
+
 
 def make_client(redis_url: str, **config: Any) -> Any:
     return create_app(
@@ -40,7 +42,7 @@ def test_with_an_api_key_nothing_but_health_and_the_viewer_page_answers_without_
     redis_url: str, published: str
 ) -> None:
     client = make_client(redis_url, API_KEY=API_KEY, ADMIN_TOKEN=ADMIN)
-    public = {"/healthz", "/readyz", "/viewer", "/static/viewer.js"}
+    public = {"/healthz", "/readyz", "/viewer", "/static/viewer.js", "/merchant"}
     for path in public:
         resp = client.get(path)
         assert resp.status_code == 200, path
@@ -49,7 +51,7 @@ def test_with_an_api_key_nothing_but_health_and_the_viewer_page_answers_without_
         (concrete(rule.rule), method)
         for rule in client.application.url_map.iter_rules()
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"})
-        if rule.endpoint not in ("health.healthz", "health.readyz", "viewer.viewer", "static")
+        if rule.endpoint not in PUBLIC
     ]
     assert len(routes) >= 20 and ("/metrics", "GET") in routes
     for path, method in [*routes, ("/no/such/route", "GET")]:

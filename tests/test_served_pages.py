@@ -15,9 +15,9 @@ from helpers import feed_app
 
 from feed.artifacts import read
 from feed.data import load
-from feed.evaluation.pages import PageBuilder
+from feed.evaluation.pages import MAX_COST, SEARCH_STEPS, PageBuilder, search_policy
 from feed.features.matrices import build
-from feed.serving.policy import GRID, PagePolicy
+from feed.serving.policy import STRONGEST_AUTHOR, PagePolicy, along, searched
 
 
 def test_manifest_records_the_page_policy_and_the_service_applies_it(
@@ -27,10 +27,7 @@ def test_manifest_records_the_page_policy_and_the_service_applies_it(
     model = manifest["model"]
     policy = PagePolicy.from_json(model["page_policy"])
     assert model["page_policy_choice"]["policy"] == model["page_policy"]
-    assert policy in {
-        *GRID,
-        *(PagePolicy(**{**p.to_json(), "no_adjacent_author": True}) for p in GRID),
-    }
+    assert searched(policy)  # on a path of the search, between no discount and the strongest
     assert manifest["params"]["split"] in ("global-time", "user-time", "random")  # resolved
     with app.app_context():
         table = app.extensions["feed_store"].table(published)
@@ -71,3 +68,66 @@ def test_offline_pages_are_the_pages_the_service_serves(
         assert served == offline, user
         compared += len(served)
     assert compared >= 25 * limit * 0.9  # most users fill the page
+
+
+def _judge(strength_of: dict[str, float], served: Any, diverse: Any) -> Any:
+    """A judge of policies along :data:`~feed.serving.policy.PATHS`: its served metric and
+    author diversity as functions of the strength (read back from the author or category
+    decay, scaled per path)."""
+
+    def judge(policy: PagePolicy) -> dict[str, Any]:
+        a = (1.0 - policy.author_decay) / (1.0 - STRONGEST_AUTHOR[0])
+        c = (1.0 - policy.category_decay) / (1.0 - 0.7)
+        path, s = ("author", a) if a > 0 else ("category", c)
+        if a > 0 and c > 0:
+            path = "both"
+        s *= strength_of[path]
+        return {"policy": policy.to_json(), "served": served(s), "author_diversity": diverse(s)}
+
+    return judge
+
+
+def test_policy_search_finds_the_lightest_policy_that_reaches_the_target() -> None:
+    # diversity grows with the strength, relevance falls with it; "both" is twice as strong
+    judge = _judge(
+        {"author": 1.0, "category": 0.5, "both": 2.0},
+        lambda s: 1.0 - 0.01 * s,
+        lambda s: 0.3 + 0.1 * s,
+    )
+    best, options = search_policy(judge, 1.0, 0.33, 0.2)
+    assert best["author_diversity"] >= 0.33 and best["served"] >= MAX_COST
+    # the lightest: a step weaker along the same path misses the target
+    weaker = judge(along(best["path"], best["strength"] - 2.0**-SEARCH_STEPS, 0.2))
+    assert weaker["author_diversity"] < 0.33
+    # and no policy tried that reaches the target serves better
+    reaching = [o for o in options if o["author_diversity"] >= 0.33]
+    assert best["served"] == max(o["served"] for o in reaching)
+    assert PagePolicy.from_json(best["policy"]).freshness_weight == 0.2
+    # bisection: a handful of tries per path, not a grid
+    assert len(options) <= 1 + 3 * (1 + SEARCH_STEPS)
+    # already diverse enough without a discount: no discount
+    plain, tried = search_policy(judge, 1.0, 0.25, 0.0)
+    assert plain["strength"] == 0.0 and len(tried) == 1
+    assert PagePolicy.from_json(plain["policy"]) == PagePolicy(1.0, 1.0, 1.0, 1.0, 0, False, 0.0)
+
+
+def test_policy_search_respects_the_cost_bound() -> None:
+    # reaching the target costs 5% of the relevance: more than MAX_COST allows
+    judge = _judge(
+        {"author": 1.0, "category": 1.0, "both": 1.0},
+        lambda s: 1.0 - 0.1 * s,
+        lambda s: 0.3 + 0.1 * s,
+    )
+    best, options = search_policy(judge, 1.0, 0.35, 0.2)
+    assert best["served"] >= MAX_COST  # the most diverse policy within the cost instead
+    cheap = [o for o in options if o["served"] >= MAX_COST]
+    assert best["author_diversity"] == max(o["author_diversity"] for o in cheap)
+    assert best["author_diversity"] < 0.35
+    # nothing within the cost at all (the plain page already costs): the best served
+    costly = _judge(
+        {"author": 1.0, "category": 1.0, "both": 1.0},
+        lambda s: 0.9 - 0.1 * s,
+        lambda s: 0.3 + 0.1 * s,
+    )
+    best, options = search_policy(costly, 1.0, 0.35, 0.2)
+    assert best["served"] == max(o["served"] for o in options) and best["strength"] == 0.0

@@ -17,7 +17,16 @@ from feed.models.candidates import CandidateBlock
 from feed.models.default import TrainConfig, make_blend
 from feed.models.ranker import LinearScores, RankerChoice, log_odds, make_ranker, score_block
 from feed.models.sources import EASE, ItemItem
-from feed.models.tuning import GRIDS, SOURCE_GRIDS, score_model, tune, twin_groups, validation_slice
+from feed.models.tuning import (
+    GRIDS,
+    SOURCE_GRIDS,
+    noise_choice,
+    score_model,
+    tune,
+    twin_groups,
+    user_scores,
+    validation_slice,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +106,77 @@ def test_default_model_tunes_its_sources_on_validation(small: Dataset) -> None:
     blend.fit(data)
     tuned = blend.summary()["tuned"]
     assert set(tuned) == {"ease", "als"}
-    assert tuned["ease"]["params"] in list(SOURCE_GRIDS["ease"])
-    best = max(tuned["ease"]["validation"], key=lambda v: v["score"])
-    assert best["l2"] == tuned["ease"]["params"]["l2"]
+    ease = tuned["ease"]
+    assert ease["rule"] == "noise"
+    # the configured point is tried first, then the grid's
+    tried = [{"l2": v["l2"]} for v in ease["validation"]]
+    assert tried == [{"l2": TrainConfig().ease_l2}, *SOURCE_GRIDS["ease"]]
+    assert ease["params"] in tried
+    scores = {v["l2"]: v["score"] for v in ease["validation"]}
+    if ease["params"]["l2"] != TrainConfig().ease_l2:  # moved only for a clear gain
+        gain = ease["gain_over_default"]
+        assert gain["mean"] > gain["se"] and scores[ease["params"]["l2"]] == max(scores.values())
     # the final fits use the chosen values
-    assert blend.sources_["ease"].get_params()["l2"] == tuned["ease"]["params"]["l2"]
+    assert blend.sources_["ease"].get_params()["l2"] == ease["params"]["l2"]
     assert blend.sources_["als"].get_params()["factors"] == tuned["als"]["params"]["factors"]
     off = make_blend(TrainConfig(split="random", tune=())).fit(data)
     assert (
         off.summary()["tuned"] == {}
         and off.sources_["ease"].get_params()["l2"] == TrainConfig().ease_l2
     )
+
+
+def test_noise_rule_keeps_the_default_unless_a_point_wins_by_more_than_the_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 1.0, 400)
+    noise = rng.normal(0.0, 0.2, 400)
+    noise -= noise.mean()
+    noisy = base + noise + 0.5 * noise.std(ddof=1) / np.sqrt(400)  # higher by half a SE
+    gain = noisy - base
+    assert gain.mean() > 0 and gain.mean() < gain.std(ddof=1) / np.sqrt(len(gain))
+    assert noise_choice([base, noisy])[0] == 0  # best on the mean, but within the noise
+    clear = base + 0.02 + rng.normal(0.0, 0.01, 400)
+    best, (mean, se) = noise_choice([base, noisy, clear])
+    assert best == 2 and mean > se > 0
+    assert noise_choice([clear, base])[0] == 0  # the default is the best: kept
+    worse = base - 0.05
+    assert noise_choice([base, worse])[0] == 0
+    # NaN users (the metric does not apply) are left out of the gain
+    with_nan = np.append(clear, np.nan)
+    assert noise_choice([np.append(base, 0.5), with_nan])[0] == 1
+
+
+def test_tune_rules_over_several_slices(small: Dataset) -> None:
+    """Over several slices the scores pool every slice's users; ``best`` takes the highest
+    mean (the baselines' rule), ``noise`` the first point unless the best wins clearly; the
+    chosen point is fitted on every slice."""
+    part = split(small, 0.2, 0, "random")
+    first = validation_slice(part.train, Splitter("random"), 0.2, 0)
+    assert first is not None
+    second = validation_slice(first.part.train, Splitter("random"), 0.2, 0)
+    assert second is not None
+    vals = [first, second]
+    twins = [twin_groups(v.data) for v in vals]
+    grid = [{"l2": 2000.0}, {"l2": 50.0}, {"l2": 300.0}]
+    best = tune(lambda p: EASE(l2=p["l2"]), grid, vals, 10, twins, rule="best")
+    per_point = [
+        np.concatenate(
+            [
+                user_scores(EASE(l2=p["l2"]).fit(v.data), v, 10, t)
+                for v, t in zip(vals, twins, strict=True)
+            ]
+        )
+        for p in grid
+    ]
+    means = [float(np.nanmean(v)) for v in per_point]
+    assert [s for _, s in best.scores] == pytest.approx(means)
+    assert best.params == grid[int(np.argmax(means))] and best.rule == "best"
+    assert len(best.fits) == 2 and all(m.l2 == best.params["l2"] for m in best.fits)
+    noise = tune(lambda p: EASE(l2=p["l2"]), grid, vals, 10, twins, rule="noise")
+    assert noise.params == grid[noise_choice(per_point)[0]]
+    assert noise.summary()["rule"] == "noise" and "gain_over_default" in noise.summary()
+    with pytest.raises(ValueError, match="rule"):
+        tune(lambda p: EASE(l2=p["l2"]), grid, vals, 10, twins, rule="median")
 
 
 def test_tree_and_linear_ranker_together_score_the_mean_log_odds() -> None:

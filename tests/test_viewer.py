@@ -344,3 +344,37 @@ def test_browser_renders_hostile_post_text_inert(
     assert card.locator("img, script, b").count() == 0
     card.locator(".title").hover()
     assert page.evaluate("typeof window.__pwned") == "undefined" and not dialogs
+
+
+@pytest.mark.slow
+def test_browser_group_panel_shows_a_friends_open_group_and_deals(
+    page: Any, server: str, r: Any, published: str
+) -> None:
+    """The group-buying panel lists the user's friends' open groups (product, spots left,
+    who started it) and the deals suggested to them, each with its reason."""
+    initiator, user = "", ""
+    for key in r.scan_iter(match=f"*:{c.USER_TIES}:{published}", count=500):
+        ties = c.decode_ties(r.get(key))
+        if ties:
+            initiator = c.text(key).split("}")[0].split(":", 1)[1]
+            user = next(iter(ties))
+            break
+    assert initiator and user, "the published version has ties"
+    prefix = c.product_doc_key("", published)
+    product = c.text(next(r.scan_iter(match=f"{prefix}*", count=500)))[len(prefix) :]
+    group = post_json(f"{server}/v1/groups", {"initiator_id": initiator, "product_id": product,
+                                              "size": 3, "group_id": "g-viewer"})  # fmt: skip
+    assert group["status"] == "open"
+    page.goto(f"{server}/viewer")
+    page.evaluate(f"sessionStorage.setItem('shopfeed.viewer.adminToken', {json.dumps(TOKEN)})")
+    page.goto(f"{server}/viewer?user={user}")
+    page.locator("#groups-body h3").nth(1).wait_for(timeout=WAIT_MS)
+    panel = page.locator("#groups-body .h-section")
+    groups, deals = panel.nth(0), panel.nth(1)
+    assert groups.locator("h3").text_content() == "Open groups to join"
+    assert groups.locator(".g-product").first.text_content() == product
+    assert "2 of 3 spots left" in groups.locator(".g-spots").first.text_content()
+    assert f"started by friend {initiator}" in groups.locator(".why").first.text_content()
+    assert deals.locator("h3").text_content().startswith("Deals to launch")
+    assert deals.locator(".d-product").count() > 0
+    assert deals.locator(".why").first.text_content().strip()

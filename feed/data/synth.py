@@ -15,9 +15,9 @@ they leave the other tables exactly as they were before those tables existed.
 
 The social-shopping structure: users belong to circles of friends (a planted friendship graph,
 independent of follows); users share posts they like, mostly to friends; initiators launch
-group-buys (拼購) on products they buy, and friends join each other's groups; a product's
-"group appeal" (lognormal) sets how often its groups fill up. Products belong to a few dozen
-merchants of skewed sizes.
+group-buys (拼購) on products they buy, and friends join each other's groups, the friends
+keener on the product's topic more often; a product's "group appeal" (lognormal) sets how often
+its groups fill up. Products belong to a few dozen merchants of skewed sizes.
 """
 
 from __future__ import annotations
@@ -533,7 +533,8 @@ def _groups(
     """Group-buys launched on purchases (initiator, product), their members and status.
 
     A group fills up with probability ``appeal / (appeal + 1)`` of its product times its
-    size's ease; members are mostly the initiator's friends. A full group succeeded, one
+    size's ease; members are mostly the initiator's friends, each the more interested in the
+    product's topic of two friends drawn (strangers by activity). A full group succeeded, one
     still running at the end of the window is open, the rest failed.
     """
     end = t0 + cfg.weeks * WEEK_S
@@ -551,7 +552,12 @@ def _groups(
     want = np.where(fills, size - 1, np.floor(rng.random(n) * (size - 1)).astype(np.int64))
     # candidate members: twice what is wanted, friends first, strangers (by activity) else
     group = np.repeat(np.arange(n), 2 * want + 1)
-    friend = friends.sample(rng, initiator[group])
+    # of two friends drawn, the one more interested in the product's topic: friends join
+    # groups for products they want too, not for the initiator alone
+    topic = prod["topic"][product[group]]
+    pair = [friends.sample(rng, initiator[group]) for _ in range(2)]
+    keen = [np.where(f >= 0, users["interest"][np.maximum(f, 0), topic], -1.0) for f in pair]
+    friend = np.where(keen[1] > keen[0], pair[1], pair[0])
     stranger = _categorical(rng, users["activity"], len(group))
     member = np.where((friend >= 0) & (rng.random(len(group)) < FRIEND_JOIN), friend, stranger)
     ok = member != initiator[group]

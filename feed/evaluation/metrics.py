@@ -124,12 +124,23 @@ def coverage(items: np.ndarray, n_items: int) -> float:
 
 def author_diversity(items: np.ndarray, post_author: np.ndarray) -> float:
     """Mean over users of distinct authors in the top-k / items in the top-k."""
-    out = []
-    for row in items:
+    out = author_diversity_per_user(items, post_author)
+    out = out[np.isfinite(out)]
+    return float(np.mean(out)) if len(out) else math.nan
+
+
+def author_diversity_per_user(items: np.ndarray, post_author: np.ndarray) -> np.ndarray:
+    """Per user (row), distinct authors in the list / items in it (NaN for an empty list).
+
+    >>> author_diversity_per_user(np.array([[0, 1, 2], [-1, -1, -1]]), np.array([5, 5, 6]))
+    array([0.66666667,        nan])
+    """
+    out = np.full(len(items), np.nan)
+    for i, row in enumerate(items):
         row = row[row >= 0]
         if len(row):
-            out.append(len(np.unique(post_author[row])) / len(row))
-    return float(np.mean(out)) if out else math.nan
+            out[i] = len(np.unique(post_author[row])) / len(row)
+    return out
 
 
 def category_diversity(items: np.ndarray, post_category: np.ndarray) -> float:

@@ -19,7 +19,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,12 +30,13 @@ import scipy.sparse as sp
 from feed import contract as c
 from feed.evaluation.metrics import (
     author_diversity,
+    author_diversity_per_user,
     category_diversity,
     ndcg_at_k,
     purchase_recall_at_k,
 )
 from feed.features.matrices import TrainingData
-from feed.serving.policy import FRESHNESS_GRID, GRID, PagePolicy
+from feed.serving.policy import FRESHNESS_GRID, PATHS, PagePolicy, along
 from feed.serving.ranking import (
     RANKING_DEFAULTS,
     Pool,
@@ -49,8 +51,11 @@ from feed.serving.state import FreshPosts, UserState, VersionTable
 MAX_COST = 0.98
 #: The freshness weight moves from the service's usual one only for this relative gain.
 FRESHNESS_GAIN = 0.01
-#: Pages must beat the reference's author diversity by this factor on validation.
-DIVERSITY_MARGIN = 1.0
+#: Pages must beat the reference's mean author diversity on validation by this many standard
+#: errors of the per-user difference (the noise of a few hundred validation users).
+DIVERSITY_SE = 1.0
+#: Halvings of the bisection on a path's strength (:func:`search_policy`): 1/64 resolution.
+SEARCH_STEPS = 6
 #: Validation users a policy is judged on at most (a page costs about a millisecond to build).
 POLICY_USERS = 400
 
@@ -229,8 +234,9 @@ class PolicyChoice:
 
     policy: PagePolicy
     model_only: float  # the validation metric of the model's own top-k lists
-    reference_diversity: float  # author diversity the pages must reach
+    reference_diversity: float  # the reference lists' author diversity
     options: list[dict[str, Any]]
+    target: float = math.nan  # author diversity the pages must reach (reference + margin)
 
     def summary(self) -> dict[str, Any]:
         chosen = next(o for o in self.options if o["policy"] == self.policy.to_json())
@@ -240,8 +246,73 @@ class PolicyChoice:
             "served": round(chosen["served"], 5),
             "author_diversity": round(chosen["author_diversity"], 4),
             "reference_diversity": round(self.reference_diversity, 4),
+            "target_diversity": round(self.target, 4),
             "max_cost": MAX_COST,
+            "options_tried": len(self.options),
         }
+
+
+#: An option: a policy's figures on validation (``policy`` as JSON, ``served``,
+#: ``author_diversity``; the search adds ``path`` and ``strength``).
+Option = dict[str, Any]
+
+
+def search_policy(
+    judge: Callable[[PagePolicy], Option],
+    model_only: float,
+    target: float,
+    freshness_weight: float = PagePolicy().freshness_weight,
+    paths: Sequence[str] = tuple(PATHS),
+    steps: int = SEARCH_STEPS,
+) -> tuple[Option, list[Option]]:
+    """The lightest intervention whose pages reach ``target`` author diversity within the
+    cost bound, and every option judged.
+
+    No discount at all when that already reaches the target. Otherwise, along each path of
+    :data:`~feed.serving.policy.PATHS` whose strongest policy reaches the target, a bisection
+    on the strength (``steps`` halvings) finds the weakest policy that still does; of these
+    (one per path), the one serving best among those within :data:`MAX_COST` x
+    ``model_only`` wins. When none reaches the target within the cost: the most diverse option
+    within the cost; when none is within the cost: the best served. ``judge(policy)`` gives
+    a policy's option (its pages' served metric and author diversity on validation).
+    """
+    options: list[Option] = []
+
+    def run(path: str, strength: float) -> Option:
+        option = {**judge(along(path, strength, freshness_weight)), "path": path}
+        option["strength"] = round(strength, 6)
+        options.append(option)
+        return option
+
+    def meets(o: Option) -> bool:
+        return bool(o["author_diversity"] >= target)
+
+    def cheap(o: Option) -> bool:
+        return bool(o["served"] >= MAX_COST * model_only)
+
+    plain = run(paths[0], 0.0) if paths else judge(along("author", 0.0, freshness_weight))
+    if meets(plain) and cheap(plain):
+        return plain, options
+    lightest = []
+    for path in paths:
+        hi = run(path, 1.0)
+        if not meets(hi):
+            continue
+        lo_s, hi_s = 0.0, 1.0
+        for _ in range(steps):
+            mid = run(path, (lo_s + hi_s) / 2)
+            if meets(mid):
+                hi, hi_s = mid, (lo_s + hi_s) / 2
+            else:
+                lo_s = (lo_s + hi_s) / 2
+        lightest.append(hi)
+    within = [o for o in lightest if cheap(o)]
+    if within:
+        return max(within, key=lambda o: (o["served"], -o["strength"])), options
+    affordable = [o for o in options if cheap(o)]
+    if affordable:
+        return max(affordable, key=lambda o: (o["author_diversity"], o["served"])), options
+    return max(options, key=lambda o: (o["served"], o["author_diversity"])), options
 
 
 def choose_policy(
@@ -250,36 +321,43 @@ def choose_policy(
     lists: tuple[np.ndarray, np.ndarray, np.ndarray],
     truth: Truth,
     k: int,
-    reference_diversity: float,
+    reference: float | np.ndarray,
     now: float | None = None,
-    grid: Sequence[PagePolicy] = GRID,
+    paths: Sequence[str] = tuple(PATHS),
 ) -> PolicyChoice:
-    """The first page policy, in the grid's order of intervention (author discounts before
-    category discounts, mild before strong), whose pages are at least as author-diverse as the
-    reference lists (``reference_diversity``: the best classic baseline's, times
-    :data:`DIVERSITY_MARGIN`) within the cost bound (served metric at least :data:`MAX_COST`
-    x the model-only lists'); when none within the cost is that diverse, the most diverse
-    within the cost; when none is within the cost, the best served. Relevance decides, and
-    variety is bought only as far as the reference asks (the least intervention is also the
-    least exposed to noise in a small validation).
+    """The lightest page policy whose pages are at least as author-diverse as the reference
+    lists within the cost bound (served metric at least :data:`MAX_COST` x the model-only
+    lists'): :func:`search_policy`. Relevance decides, and variety is bought only as far as
+    the reference asks (the least intervention is also the least exposed to noise in a small
+    validation).
+
+    ``reference``: the reference lists' (the best classic baseline's) author diversity, per
+    user (rows as ``users``) or as a mean. Per user, the target is their mean plus
+    :data:`DIVERSITY_SE` standard errors of the per-user difference between the pages' (with
+    no discount) and the reference's diversity: the pages must beat the reference by more
+    than the validation's noise, so that they still do on other users.
 
     The freshness weight is chosen first, on pages without variety rules, among
     :data:`~feed.serving.policy.FRESHNESS_GRID`: the service's usual weight unless another
     serves :data:`FRESHNESS_GAIN` better. The winner is tried once more with
-    ``no_adjacent_author``.
+    ``no_adjacent_author``, kept only when the winner misses the target and it does not.
 
     ``lists``: each user's ranked candidates (items, scores, reason codes); ``truth``: what
     ``users`` did after the cut, and the metric.
     """
     items, scores, reasons = lists
     model_only = truth.score(items[:, :k])
+    authors = builder.data.post_author
 
-    def option(policy: PagePolicy, pools: list[Pool]) -> dict[str, Any]:
-        pages = np.stack([builder.page(p, k, policy) for p in pools])
+    def pages_of(policy: PagePolicy, pools: list[Pool]) -> np.ndarray:
+        return np.stack([builder.page(p, k, policy) for p in pools])
+
+    def option(policy: PagePolicy, pools: list[Pool]) -> Option:
+        pages = pages_of(policy, pools)
         return {
             "policy": policy.to_json(),
             "served": truth.score(pages),
-            "author_diversity": author_diversity(pages, builder.data.post_author),
+            "author_diversity": author_diversity(pages, authors),
         }
 
     plain = PagePolicy(1.0, 1.0, 1.0, 1.0, 0, False)
@@ -293,21 +371,26 @@ def choose_policy(
     clearly = by_weight[best_w][0] > (1.0 + FRESHNESS_GAIN) * by_weight[usual][0]
     weight = best_w if clearly else usual
     pools = by_weight[weight][1]
-    options = [option(replace(p, freshness_weight=weight), pools) for p in grid]
-    best = _pick(options, model_only, reference_diversity)
+    per_user = np.asarray(reference, dtype=np.float64)
+    if per_user.ndim:
+        ref = float(np.nanmean(per_user)) if len(per_user) else math.nan
+        mine = author_diversity_per_user(
+            pages_of(replace(plain, freshness_weight=weight), pools), authors
+        )
+        diff = (mine - per_user)[np.isfinite(mine) & np.isfinite(per_user)]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        target = ref + DIVERSITY_SE * se
+    else:
+        ref = target = float(reference)
+    ref = ref if ref == ref else 0.0
+    target = target if target == target else 0.0
+    best, options = search_policy(
+        lambda p: option(p, pools), model_only, target, weight, paths, SEARCH_STEPS
+    )
     adjacent = option(replace(PagePolicy.from_json(best["policy"]), no_adjacent_author=True), pools)
     options.append(adjacent)
-    best = _pick([best, adjacent], model_only, reference_diversity)
+    if best["author_diversity"] < target and adjacent["author_diversity"] >= target:
+        if adjacent["served"] >= MAX_COST * model_only:
+            best = adjacent
     chosen = PagePolicy.from_json(best["policy"])
-    return PolicyChoice(chosen, model_only, reference_diversity, options)
-
-
-def _pick(options: list[dict[str, Any]], model_only: float, reference: float) -> dict[str, Any]:
-    """See :func:`choose_policy`."""
-    cheap = [o for o in options if o["served"] >= MAX_COST * model_only]
-    if not cheap:
-        return max(options, key=lambda o: (o["served"], o["author_diversity"]))
-    diverse = [o for o in cheap if o["author_diversity"] >= reference * DIVERSITY_MARGIN]
-    if not diverse:
-        return max(cheap, key=lambda o: (o["author_diversity"], o["served"]))
-    return diverse[0]  # the first in the grid's order: the least intervention that does it
+    return PolicyChoice(chosen, model_only, ref, options, target)

@@ -121,6 +121,7 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         sources,
         n_per_source=config.n_per_source,
         rerank_depth=config.rerank_depth,
+        n_published=config.n_candidates,
         val_frac=config.val_frac,
         max_windows=config.val_windows,
         min_val_users=config.min_val_users,

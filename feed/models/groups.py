@@ -56,6 +56,23 @@ DEAL_REASONS = (
 POPULAR_CANDIDATES = 50  # products with the most groups: candidates of every user
 FRIENDS_PER_DEAL = 3  # ties shown per deal ("friends": who bought it or joined its groups)
 BLOCK_USERS = 8192  # users per block of sparse scoring
+#: Features of an (initiator, candidate, product) pair, for inviting and joining (see
+#: :meth:`GroupRecs.pair_features`): the first five are known per tie when the version is
+#: published, the last two come from the candidate's deals at request time.
+PAIR_FEATURES = (
+    "strength",  # log1p of the social graph's weight (follows, co-membership, shares)
+    "co_groups",  # log1p of the groups the two shared as initiator and member
+    "joined_theirs",  # log1p of the initiator's groups the candidate joined
+    "they_joined",  # log1p of the candidate's groups the initiator joined
+    "activity",  # log1p of the groups the candidate joined (anyone's)
+    "affinity",  # the candidate's deal probability for the product (0 outside their deals)
+    "wants",  # 1 when the product is among the candidate's deals
+    "category",  # share of the candidate's deal probabilities on the product's category
+)
+TIE_FEATURES = PAIR_FEATURES[:5]
+#: The pair model before it is learned: the tie's strength and the candidate's taste.
+DEFAULT_PAIR = {f: 0.0 for f in PAIR_FEATURES} | {"strength": 1.0, "affinity": 2.0}
+MAX_VAL_GROUPS = 20_000  # validation groups the pair model is learned on (a seeded sample)
 #: The blend before it is learned (too few groups to learn from): a prior, not a tuned value.
 DEFAULT_WEIGHTS = {
     "cf": 2.0,
@@ -184,7 +201,8 @@ class GroupRecs:
     def fit(self, data: TrainingData) -> GroupRecs:
         ds = data.source
         self.weights_, self.intercept_ = dict(DEFAULT_WEIGHTS), 0.0
-        self.learned_ = False
+        self.pair_weights_, self.pair_intercept_ = dict(DEFAULT_PAIR), 0.0
+        self.learned_ = self.pair_learned_ = False
         if ds is not None and self.val_frac > 0 and len(ds.groups) >= 50:
             self._learn(ds)
         self._fit_parts(data)
@@ -203,8 +221,12 @@ class GroupRecs:
         taste = sp.csr_matrix(data.engagement @ data.post_products, dtype=np.float32)
         self.taste_ = taste
         self.sim_ = knn_similarity(x, self.K, "bm25") if x.nnz else sp.csr_matrix((x.shape[1],) * 2)
-        cols, vals = row_topk(self._tie_graph(data), self.n_ties)
+        graph = self._tie_graph(data)
+        self.graph_ = graph
+        cols, vals = row_topk(graph, self.n_ties)
         self.tie_items_, self.tie_weights_ = cols, vals
+        self.joins_ = self._joins(data)
+        self.activity_ = np.log1p(np.asarray(self.joins_.sum(axis=0)).ravel()).astype(np.float32)
         ok = cols >= 0
         rows = np.broadcast_to(np.arange(len(cols))[:, None], cols.shape)
         self.ties_ = sp.csr_matrix(
@@ -231,6 +253,60 @@ class GroupRecs:
         self.popular_scores_ = _sigmoid(
             product_part[self.popular_] + getattr(self, "intercept_", 0.0)
         )
+        self.tie_probs_ = self.tie_probabilities(cols)
+
+    @staticmethod
+    def _joins(data: TrainingData) -> sp.csr_matrix:
+        """users x users: how many of the row's groups (as initiator) the column joined."""
+        n = data.n_users
+        ds = data.source
+        if ds is None or not len(ds.groups):
+            return sp.csr_matrix((n, n), dtype=np.float32)
+        rows = group_rows(ds)
+        rows = rows[~rows["initiator"].to_numpy()]
+        a = data.users.to_internal(rows["initiator_id"], strict=False)
+        b = data.users.to_internal(rows["user_id"], strict=False)
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        m = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (a[ok], b[ok])), shape=(n, n))
+        m.sum_duplicates()
+        return m
+
+    def tie_features(self, init: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """:data:`TIE_FEATURES` of (initiator, candidate) index pairs, one row per pair."""
+        init, cand = np.asarray(init, np.int64), np.asarray(cand, np.int64)
+        if not len(init):
+            return np.zeros((0, len(TIE_FEATURES)), np.float32)
+        j = self.joins_
+        joined = np.asarray(j[init, cand]).ravel()
+        back = np.asarray(j[cand, init]).ravel()
+        return np.column_stack(
+            [
+                np.log1p(np.asarray(self.graph_[init, cand]).ravel()),
+                np.log1p(joined + back),
+                np.log1p(joined),
+                np.log1p(back),
+                self.activity_[cand],
+            ]
+        ).astype(np.float32)
+
+    def tie_probabilities(self, ties: np.ndarray) -> np.ndarray:
+        """The pair model's tie part, as a probability, of every user's ties (``ties``: rows
+        of user indices, -1 padded): what the version publishes as tie weights."""
+        ok = ties >= 0
+        init = np.broadcast_to(np.arange(len(ties))[:, None], ties.shape)[ok]
+        f = self.tie_features(init, ties[ok])
+        weights = getattr(self, "pair_weights_", DEFAULT_PAIR)
+        w = np.array([weights[k] for k in TIE_FEATURES], np.float32)
+        out = np.zeros(ties.shape, np.float32)
+        out[ok] = _sigmoid(f @ w + getattr(self, "pair_intercept_", 0.0))
+        return out
+
+    def pair_params(self) -> dict[str, float]:
+        """What the service needs to score a pair from a published tie weight and the
+        candidate's deal probability (:func:`feed.serving.groups.pair_score`)."""
+        w = self.pair_weights_
+        return {"tie": 1.0, "affinity": w["affinity"], "wants": w["wants"],
+                "category": w["category"]}  # fmt: skip
 
     @staticmethod
     def _tie_graph(data: TrainingData) -> sp.csr_matrix:
@@ -294,6 +370,104 @@ class GroupRecs:
             "held_memberships": int(len(u)),
         }
         logger.info("group blend learned: %s", self.weights_)
+        self._learn_pairs(inner, data, part.held)
+
+    def _learn_pairs(self, inner: GroupRecs, data: TrainingData, held: pd.DataFrame) -> None:
+        """Fit the pair model (:data:`PAIR_FEATURES`) on the validation groups: each group's
+        initiator's ties are the candidates, its members the positives."""
+        from sklearn.linear_model import LogisticRegression
+
+        starters = held[held["initiator"].to_numpy()]
+        gids = starters["group_id"].to_numpy()
+        rng = np.random.default_rng(self.random_state + 1)
+        if len(gids) > MAX_VAL_GROUPS:
+            gids = gids[np.sort(rng.choice(len(gids), MAX_VAL_GROUPS, replace=False))]
+        starters = starters.set_index("group_id").loc[gids]
+        init = data.users.to_internal(starters["user_id"], strict=False)
+        prod = data.products.to_internal(starters["product_id"], strict=False)
+        ok = (init >= 0) & (prod >= 0)
+        gids, init, prod = gids[ok], init[ok], prod[ok]
+        ties = inner.tie_items_[init]
+        has = ties >= 0
+        g_row = np.broadcast_to(np.arange(len(gids))[:, None], ties.shape)[has]
+        cand = ties[has]
+        if len(cand) < 20:
+            return
+        members = held[~held["initiator"].to_numpy()]
+        row = {g: i for i, g in enumerate(gids)}
+        m = members[members["group_id"].isin(row).to_numpy()]
+        mu = data.users.to_internal(m["user_id"], strict=False)
+        mr = m["group_id"].map(row).to_numpy()
+        n_u = np.int64(data.n_users)
+        truth = set((mr[mu >= 0].astype(np.int64) * n_u + mu[mu >= 0]).tolist())
+        y = np.fromiter(((r * n_u + v) in truth for r, v in zip(g_row.tolist(), cand.tolist(),
+                         strict=True)), bool, len(cand))  # fmt: skip
+        if y.sum() < 10 or y.all():
+            return
+        inner.weights_, inner.intercept_ = self.weights_, self.intercept_  # the learned blend
+        aff = inner.affinity_matrix(np.unique(cand))
+        a = np.asarray(aff[cand, prod[g_row]]).ravel()
+        cat = inner.category_share(aff, cand, prod[g_row])
+        feats = np.column_stack([inner.tie_features(init[g_row], cand), a, a > 0, cat])
+        mean, scale = feats.mean(axis=0), feats.std(axis=0) + 1e-6
+        model = LogisticRegression(C=1.0, max_iter=300)
+        model.fit((feats - mean) / scale, y)
+        coef = model.coef_[0] / scale
+        self.pair_weights_ = {f: float(w) for f, w in zip(PAIR_FEATURES, coef, strict=True)}
+        self.pair_intercept_ = float(model.intercept_[0] - (coef * mean).sum())
+        self.pair_learned_ = True
+        self._learn_join(feats, y, cand)
+        self.pair_validation_ = {
+            "groups": len(gids),
+            "candidates": int(len(y)),
+            "positives": int(y.sum()),
+            "held_joins": int(len(m)),
+        }
+        logger.info("group pair model learned: %s", self.pair_weights_)
+
+    def _learn_join(self, feats: np.ndarray, y: np.ndarray, user: np.ndarray) -> None:
+        """Recalibrate the pair model for joining: a user picks among the open groups of
+        their ties, so ``(tie logit, affinity, wants, category)`` are weighed against each
+        other within the user (:func:`_conditional_logit`) on the validation pairs."""
+        w = np.array([self.pair_weights_[k] for k in TIE_FEATURES])
+        x = np.column_stack([feats[:, : len(TIE_FEATURES)] @ w + self.pair_intercept_,
+                             feats[:, len(TIE_FEATURES) :]])  # fmt: skip
+        coef = _conditional_logit(x, y, user)
+        if coef is not None:
+            self.join_params_ = dict(zip(("tie", "affinity", "wants", "category"),
+                                         coef.tolist(), strict=True))  # fmt: skip
+
+    def join_params(self) -> dict[str, float]:
+        """:meth:`pair_params` for joining (the recalibration of :meth:`_learn_join`)."""
+        return dict(getattr(self, "join_params_", None) or self.pair_params())
+
+    def category_share(self, aff: sp.csr_matrix, users: np.ndarray, products: np.ndarray
+                       ) -> np.ndarray:  # fmt: skip
+        """Per (user, product): the share of the user's deal probabilities (rows of ``aff``)
+        on the product's category (0 for a product without one)."""
+        cats = np.asarray(self.data_.product_categories, dtype=str)
+        if not len(cats):
+            return np.zeros(len(users), np.float32)
+        names, code = np.unique(cats, return_inverse=True)
+        onehot = sp.csr_matrix(
+            (np.ones(len(code), np.float32), (np.arange(len(code)), code)),
+            shape=(len(code), len(names)),
+        )
+        mass = sp.csr_matrix(aff @ onehot)
+        total = np.asarray(aff.sum(axis=1)).ravel()
+        share = np.asarray(mass[users, code[products]]).ravel() / np.maximum(total[users], 1e-9)
+        return np.where(cats[products] != "", share, 0.0).astype(np.float32)
+
+    def affinity_matrix(self, users: np.ndarray) -> sp.csr_matrix:
+        """users x products (all users' rows; only ``users`` filled): each user's deal
+        probabilities, the affinity the service reads from their deals."""
+        users = np.asarray(users, np.int64)
+        items, probs, _ = self.deals(users)
+        ok = items >= 0
+        rows = np.broadcast_to(users[:, None], items.shape)[ok]
+        return sp.csr_matrix(
+            (probs[ok], (rows, items[ok])), shape=(self.x_.shape[0], self.x_.shape[1])
+        )
 
     # --- scoring ---------------------------------------------------------------------------
     def features(self, users: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -412,9 +586,39 @@ class GroupRecs:
             "intercept": round(self.intercept_, 4),
             "learned": self.learned_,
             "validation": getattr(self, "validation_", None),
+            "pair_weights": {k: round(v, 4) for k, v in self.pair_weights_.items()},
+            "pair_intercept": round(self.pair_intercept_, 4),
+            "pair_learned": self.pair_learned_,
+            "join_params": {k: round(v, 4) for k, v in self.join_params().items()},
+            # what the service scores pairs with (published as the version's ``gpair`` key)
+            "serve_params": {"invite": self.pair_params(), "join": self.join_params()}
+            if self.pair_learned_
+            else None,
+            "pair_validation": getattr(self, "pair_validation_", None),
             "n_deals": self.n_deals,
             "n_ties": self.n_ties,
         }
+
+
+def _conditional_logit(x: np.ndarray, y: np.ndarray, unit: np.ndarray) -> np.ndarray | None:
+    """Weights of ``x`` that rank the positives ``y`` first within each ``unit`` (a user, a
+    group): a logistic regression without intercept on features centred per unit, over the
+    units with a positive and a negative; None when there are too few."""
+    from sklearn.linear_model import LogisticRegression
+
+    _, inv, n = np.unique(unit, return_inverse=True, return_counts=True)
+    pos = np.bincount(inv, weights=y.astype(float))
+    keep = (pos[inv] > 0) & (pos[inv] < n[inv])
+    if keep.sum() < 20 or y[keep].sum() < 10:
+        return None
+    x, yk, inv = x[keep], y[keep], inv[keep]
+    counts = np.maximum(np.bincount(inv), 1)
+    mean = np.stack([np.bincount(inv, weights=x[:, j]) for j in range(x.shape[1])], 1)
+    xc = x - (mean / counts[:, None])[inv]
+    scale = xc.std(axis=0) + 1e-6
+    model = LogisticRegression(C=1.0, max_iter=300, fit_intercept=False)
+    model.fit(xc / scale, yk)
+    return np.asarray(model.coef_[0] / scale, dtype=np.float64)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from feed.contract import REASON_CODE, unit_scores
 from feed.data import Dataset
 from feed.evaluation.metrics import (
-    author_diversity,
+    author_diversity_per_user,
     hits,
     ndcg_at_k,
     primary_metric,
@@ -164,6 +164,11 @@ class LearnedBlend:
     rerank_depth : int
         Candidates per user a tree ranker re-scores: the best by the best linear ranker (at
         least the list length asked for).
+    n_published : int
+        Candidates per user the version publishes (``TrainConfig.n_candidates``): the page
+        policy is chosen on validation lists of this depth, scaled as published (a list's
+        scores are scaled to [0.05, 1] over the whole list, so its depth changes how close
+        the top scores are, and so how far a discount reorders them).
     decayed : tuple of str
         Names of the sources fitted on time-decayed engagement.
     splitter : callable, optional
@@ -192,6 +197,7 @@ class LearnedBlend:
         max_val_users: int = 1000,
         max_train_rows: int = 60_000,
         rerank_depth: int = RERANK_DEPTH,
+        n_published: int = 200,
         decayed: tuple[str, ...] = ("trending",),
         splitter: Callable[[Dataset, float, int], Split] = AUTO_SPLIT,
         tune: Mapping[str, tuple[dict[str, Any], ...]] | None = None,
@@ -209,6 +215,7 @@ class LearnedBlend:
         self.max_val_users = max_val_users
         self.max_train_rows = max_train_rows
         self.rerank_depth = rerank_depth
+        self.n_published = n_published
         self.random_state = random_state
 
     # --- fitting ---------------------------------------------------------------------------
@@ -312,38 +319,31 @@ class LearnedBlend:
     def _learn(
         self, dataset: Dataset, metric: str, final: Stage
     ) -> tuple[RankerChoice, dict[str, CandidateModel]]:
-        """Collect validation slices (newest first) and choose the ranker on them; fit the
-        sources for ``final`` alongside the first slice's."""
+        """Carve the validation slices (newest first), fit the sources for each (the tuned
+        ones tuned over all of them first) and choose the ranker on them; the sources for
+        ``final`` are fitted alongside the first slice's."""
+        windows = self._windows(dataset)
         tables: list[_Slice] = []
-        sources: dict[str, CandidateModel] | None = None
-        rest = dataset
-        for _ in range(self.max_windows):
-            t = time.perf_counter()
-            try:
-                part = self.splitter(rest, self.val_frac, self.random_state)
-            except ValueError as e:
-                logger.info("no further validation slice: %s", e)
-                break
-            sub = training_data(part)
-            truth = held_out(part, sub)
-            self._add_time("validation:data", time.perf_counter() - t)
-            stages = [Stage("validation", sub)] if len(truth.users) else []
-            todo = stages + ([final] if sources is None else [])
-            if sources is None and stages and self.tuned_names():
-                fitted = self._fit_tuning(part, sub, truth, todo)
+        tuned: dict[str, list[CandidateModel]] = {}
+        if windows and self.tuned_names():
+            first, tuned = self._fit_tuning(windows, [Stage("validation", windows[0][1]), final])
+            sources = first.pop()
+        else:
+            first = None
+            sources = self.fit_sources([final])[0] if not windows else {}
+        for w, (_, sub, truth) in enumerate(windows):
+            if first is not None and w == 0:
+                fitted = first[0]
             else:
-                fitted = self.fit_sources(todo)
-            if sources is None:
-                sources = fitted.pop()
-            if fitted:
-                if not tables:  # the newest slice's trending list, for its served pages
-                    self.val_trending_ = _trending(fitted[0].get("trending"))
-                tables.append(self._slice(fitted[0], sub, truth, metric))
-            if sum(len(t.items) for t in tables) >= self.min_val_users:
-                break
-            rest = part.train
-        if sources is None:
-            sources = self.fit_sources([final])[0]
+                given = {(0, n): fits[w] for n, fits in tuned.items()}
+                todo = [Stage("validation", sub)] + ([final] if not sources else [])
+                done = self.fit_sources(todo, given)
+                if not sources:
+                    sources = done.pop()
+                fitted = done[0]
+            if not tables:  # the newest slice's trending list, for its served pages
+                self.val_trending_ = _trending(fitted.get("trending"))
+            tables.append(self._slice(fitted, sub, truth, metric))
         if not tables:
             return RankerChoice("fusion", metric=metric), sources
         t = time.perf_counter()
@@ -359,38 +359,70 @@ class LearnedBlend:
         self._add_time("validation:choose", time.perf_counter() - t)
         return choice, sources
 
+    def _windows(self, dataset: Dataset) -> list[tuple[Split, TrainingData, Any]]:
+        """The validation slices, newest first: (split, the data before it, its held-out
+        rows), each carved from what is left before the previous one, until
+        ``min_val_users`` validation users are collected (at most ``max_val_users`` a slice)
+        or ``max_windows``; slices without a warm user are skipped."""
+        out = []
+        users = 0
+        rest = dataset
+        for _ in range(self.max_windows):
+            t = time.perf_counter()
+            try:
+                part = self.splitter(rest, self.val_frac, self.random_state)
+            except ValueError as e:
+                logger.info("no further validation slice: %s", e)
+                break
+            sub = training_data(part)
+            truth = held_out(part, sub)
+            self._add_time("validation:data", time.perf_counter() - t)
+            if len(truth.users):
+                out.append((part, sub, truth))
+                users += min(len(truth.users), self.max_val_users)
+            if users >= self.min_val_users:
+                break
+            rest = part.train
+        return out
+
     def tuned_names(self) -> list[str]:
         """The applicable sources whose parameters are chosen on validation."""
         return [n for n in self.names_ if n in self.tune and n not in self.decayed]
 
     def _fit_tuning(
-        self, part: Split, sub: TrainingData, truth: Any, stages: list[Stage]
-    ) -> list[dict[str, CandidateModel]]:
-        """The first slice's fits with tuning: the sources that are not tuned are fitted for
-        every stage while the tuned ones are tuned on the slice (side by side, on threads);
-        then the tuned ones are fitted, at their chosen points, for the other stages."""
+        self, windows: list[tuple[Split, TrainingData, Any]], stages: list[Stage]
+    ) -> tuple[list[dict[str, CandidateModel]], dict[str, list[CandidateModel]]]:
+        """The first slice's and the final fits with tuning: the sources that are not tuned
+        are fitted for ``stages`` while the tuned ones are tuned over every slice (side by
+        side, on threads); then the tuned ones are fitted, at their chosen points, for the
+        final stage. Returns the fits of ``stages`` and each tuned source's fit per slice."""
         names = set(self.tuned_names())
         with ThreadPoolExecutor(1) as pool:
-            tuning = pool.submit(self._tune_sources, part, sub, truth)
+            tuning = pool.submit(self._tune_sources, windows)
             rest = self.fit_sources(stages, skip=names)
             tuned = tuning.result()
-        given = {(0, n): m for n, m in tuned.items()}
+        given = {(0, n): fits[0] for n, fits in tuned.items()}
         done = self.fit_sources(stages, given, skip=set(self.names_) - names)
-        return [{n: (d | r)[n] for n in self.names_} for d, r in zip(done, rest, strict=True)]
+        fits = [{n: (d | r)[n] for n in self.names_} for d, r in zip(done, rest, strict=True)]
+        return fits, tuned
 
     def _tune_sources(
-        self, part: Split, sub: TrainingData, truth: Any
-    ) -> dict[str, CandidateModel]:
-        """Choose the parameters of the sources in ``tune`` on this (the first) validation
-        slice (at most :data:`~feed.models.tuning.TUNE_USERS` of its users); return each
-        tuned source fitted at its chosen point on ``sub``, the slice's own fit."""
+        self, windows: list[tuple[Split, TrainingData, Any]]
+    ) -> dict[str, list[CandidateModel]]:
+        """Choose the parameters of the sources in ``tune`` over every validation slice (at
+        most :data:`~feed.models.tuning.TUNE_USERS` users of each) by the ``noise`` rule: the
+        source's configured point unless a point of its grid beats it on the mean by more
+        than one standard error of the per-user gain. Returns each tuned source fitted at its
+        chosen point for each slice."""
         t = time.perf_counter()
         names = self.tuned_names()
         if not names:
             return {}
-        truth = sample_users(truth, TUNE_USERS, self.random_state)
-        val = Validation(sub, truth, primary_metric(truth), part)
-        twins = twin_groups(sub)
+        vals, twins = [], []
+        for part, sub, truth in windows:
+            truth = sample_users(truth, TUNE_USERS, self.random_state)
+            vals.append(Validation(sub, truth, primary_metric(truth), part))
+            twins.append(twin_groups(sub))
         out = {}
         for name in names:
             base = self.sources[name]
@@ -398,9 +430,13 @@ class LearnedBlend:
             def make(point: dict[str, Any], base: CandidateModel = base) -> CandidateModel:
                 return type(base)(**{**base.get_params(), **point})
 
-            self.tuned_[name] = tuned = tune(make, self.tune[name], val, self.k, twins)
-            if tuned.model is not None:
-                out[name] = tuned.model
+            grid = self.tune[name]
+            params = base.get_params()
+            default = {key: params[key] for key in grid[0] if key in params}
+            points = (default, *(p for p in grid if p != default))
+            self.tuned_[name] = tuned = tune(make, points, vals, self.k, twins, rule="noise")
+            if tuned.fits:
+                out[name] = tuned.fits
         self._add_time("validation:tune", time.perf_counter() - t)
         return out
 
@@ -419,7 +455,7 @@ class LearnedBlend:
         n = min(len(s.users), POLICY_USERS)
         rows = np.sort(np.random.default_rng(self.random_state).permutation(len(s.users))[:n])
         width = s.items.shape[1]
-        depth = pool_size(self.k, RANKING_DEFAULTS)
+        depth = max(self.n_published, pool_size(self.k, RANKING_DEFAULTS))
         keys = s.keys if choice.one_per_product else None
         items, scores, _ = select_top(s.items[rows], choice.val_scores[rows, :width], depth, keys)
         sources = {n: i for i, n in enumerate(self.names_)}
@@ -429,12 +465,12 @@ class LearnedBlend:
             if name.split(":", 1)[-1] in REFERENCE_SOURCES and name.startswith("source:")
         ]
         reference_source = max(baselines)[1] if baselines else None
-        reference = 0.0
+        reference: float | np.ndarray = 0.0
         if reference_source is not None:
             ranks = -s.ranks[sources[reference_source]][rows].astype(np.float32)
             ranks = np.where(s.items[rows] >= 0, ranks, -np.inf)
             top = select_top(s.items[rows], ranks, self.k, None)[0]
-            reference = author_diversity(top, data.post_author)
+            reference = author_diversity_per_user(top, data.post_author)
         truth = Truth(s.likes[rows], s.purchases[rows], s.post_products, pool.metric)
         return choose_policy(
             PageBuilder.of(data, self.val_trending_),
@@ -529,6 +565,7 @@ class LearnedBlend:
                 "max_val_users",
                 "max_train_rows",
                 "rerank_depth",
+                "n_published",
                 "decayed",
                 "tune",
                 "random_state",

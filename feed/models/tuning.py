@@ -7,8 +7,13 @@ of the likes and purchases, the same seed): the models are fitted on what is lef
 the slice's held-out rows by the primary metric of their own top-``k`` lists. Nothing here sees
 a test part: callers hand in the training part only.
 
-:func:`tune` fits every point of a grid (on a pool of threads) and keeps the best; ties go to
-the earlier point. :data:`GRIDS` holds the grids, a few points each.
+:func:`tune` fits every point of a grid (on a pool of threads) and chooses by one of two rules:
+``best`` (the highest mean validation score; ties go to the earlier point), how ``feed
+evaluate`` tunes its baselines, as an outside checker would; ``noise`` (the default point
+unless another beats it on the mean by more than one standard error of the per-user gain), how
+the default model tunes its sources, over every validation slice its ranker uses: a point that
+wins one window by noise must not replace a default that generalises. :data:`GRIDS` holds the
+grids, a few points each.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -66,9 +71,10 @@ GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
     ),
 }
 #: The default model's tuned sources (``TrainConfig.tune``): the same kinds of grid, fewer
-#: points (``feed train`` fits each point once more on its first validation slice). Under
-#: ``feed evaluate`` the points the baseline of the same name was scored on are not fitted
-#: again (:func:`tune` remembers them).
+#: points, fitted on every validation slice the ranker uses; the source's configured point is
+#: tried first and kept unless another beats it by more than the noise (the ``noise`` rule).
+#: Under ``feed evaluate`` the points the baseline of the same name was scored on (the same
+#: first slice) are not fitted again (:func:`tune` remembers them).
 SOURCE_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
     "ease": tuple({"l2": v} for v in (125.0, 300.0, 800.0)),
     "als": GRIDS["als"][:3],
@@ -188,10 +194,10 @@ def sample_users(truth: HeldOut, max_users: int, random_state: int) -> HeldOut:
 # --- tuning --------------------------------------------------------------------------------
 
 
-#: Validation scores already computed in this process: (slice, model, k) -> score; and the
+#: Validation scores already computed in this process: (slice, model, k) -> per-user scores; and the
 #: last chosen fits (``feed evaluate`` tunes a baseline and then the default model tunes the
 #: source of the same name on the same slice: the second tuning fits nothing).
-_SCORES: dict[tuple[str, str, int], float] = {}
+_SCORES: dict[tuple[str, str, int], np.ndarray] = {}
 _MODELS: dict[tuple[str, str, int], CandidateModel] = {}
 _CACHE_LOCK = threading.Lock()
 MAX_CACHED_SCORES = 256
@@ -229,89 +235,168 @@ def _remember(store: dict[Any, Any], key: Any, value: Any, cap: int) -> None:
 
 @dataclass
 class Tuned:
-    """The chosen grid point, every point's validation score, and the model fitted at the
-    chosen point on the validation slice's data (reusable as that slice's fit)."""
+    """The chosen grid point, every point's validation score (the mean over the slices'
+    users), and the models fitted at the chosen point on each validation slice's data
+    (reusable as that slice's fit; ``model`` is the first slice's)."""
 
     params: dict[str, Any]
     scores: list[tuple[dict[str, Any], float]]
     metric: str
     model: CandidateModel | None = field(default=None, repr=False)
     seconds: float = 0.0
+    rule: str = "best"
+    fits: list[CandidateModel] = field(default_factory=list, repr=False)
+    #: Under the ``noise`` rule: the best point's mean gain over the first point (the default)
+    #: and the standard error of that gain over users.
+    gain: tuple[float, float] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Plain data for manifests and reports."""
-        return {
+        out = {
             "params": dict(self.params),
             "metric": self.metric,
+            "rule": self.rule,
             "validation": [{**p, "score": round(s, 5)} for p, s in self.scores],
             "seconds": round(self.seconds, 2),
         }
+        if self.gain is not None:
+            out["gain_over_default"] = {
+                "mean": round(self.gain[0], 6),
+                "se": round(self.gain[1], 6),
+            }
+        return out
+
+
+#: How :func:`tune` chooses: ``best``, the highest mean validation score (as an outside
+#: checker tunes a baseline); ``noise``, the first point (the default) unless the best point
+#: beats it on the mean by more than :data:`NOISE_SE` standard errors of the per-user gain.
+RULES = ("best", "noise")
+NOISE_SE = 1.0
+
+
+def user_scores(model: CandidateModel, val: Validation, k: int, twins: Twins | None) -> np.ndarray:
+    """Each validation user's metric (:attr:`Validation.metric`; NaN where it does not apply)
+    of ``model``'s top-``k`` lists."""
+    items = recommend_top(model, val.truth.users, k, val.exclude, twins)
+    return np.asarray(per_user(items, val.truth, val.data, val.metric), dtype=np.float64)
 
 
 def score_model(model: CandidateModel, val: Validation, k: int, twins: Twins | None) -> float:
     """Mean validation metric (:attr:`Validation.metric`) of ``model``'s top-``k`` lists."""
-    items = recommend_top(model, val.truth.users, k, val.exclude, twins)
-    values = per_user(items, val.truth, val.data, val.metric)
+    return _nanmean(user_scores(model, val, k, twins))
+
+
+def _nanmean(values: np.ndarray) -> float:
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else 0.0
+
+
+def noise_choice(per_point: Sequence[np.ndarray]) -> tuple[int, tuple[float, float]]:
+    """The ``noise`` rule (:data:`RULES`) over per-user scores (one array per grid point, the
+    same users in the same order; the first point is the default): the best point by the
+    mean, if its mean per-user gain over the default exceeds :data:`NOISE_SE` standard errors
+    of that gain, else 0; and the best point's (mean gain, standard error).
+
+    >>> noise_choice([np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.2, 0.3, 0.4, 0.5])])[0]
+    1
+    >>> noise_choice([np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.3, 0.1, 0.4, 0.3])])[0]
+    0
+    """
+    means = [_nanmean(v) for v in per_point]
+    best = int(np.argmax(means))
+    gain = per_point[best] - per_point[0]
+    gain = gain[np.isfinite(gain)]
+    if best == 0 or len(gain) < 2:
+        return 0, (0.0, 0.0)
+    mean, se = float(gain.mean()), float(gain.std(ddof=1) / np.sqrt(len(gain)))
+    return (best if mean > NOISE_SE * se else 0), (mean, se)
 
 
 def tune(
     make: Callable[[dict[str, Any]], CandidateModel],
     grid: Sequence[dict[str, Any]],
-    val: Validation,
+    val: Validation | Sequence[Validation],
     k: int = 20,
-    twins: Twins | None = None,
+    twins: Twins | None | Sequence[Twins | None] = None,
+    rule: str = "best",
 ) -> Tuned:
-    """Fit ``make(point)`` for every point of ``grid`` on ``val.data``, score each on the
-    slice, and keep the best (the earlier point on ties).
+    """Fit ``make(point)`` for every point of ``grid`` on each validation slice's data, score
+    each on the slice's users, and choose by ``rule`` (:data:`RULES`): ``best``, the highest
+    mean score over the slices' users (the earlier point on ties); ``noise``, the first point
+    unless another beats it by more than the noise (:func:`noise_choice`).
 
     A point already scored on the same slice in this process (same data and truth,
     :func:`fingerprint`; same model parameters; same ``k``) is not fitted again; the chosen
     fit of the last few tunings is kept for the same reason. Fits are deterministic, so this
-    changes only the time.
+    changes only the time. Points with the same parameters are fitted once.
 
     Parameters
     ----------
     make : callable
         An unfitted model for one grid point.
     grid : sequence of dict
-        At least one point.
-    val : Validation
-        From :func:`validation_slice` of a training part.
+        At least one point (under ``noise``, the first is the default).
+    val : Validation or sequence of Validation
+        From :func:`validation_slice` of a training part, or several slices (the default
+        model's validation windows): the scores pool their users.
     k : int
         List length judged.
     twins : Twins, optional
-        :func:`twin_groups` of ``val.data`` (one post per twin group in a list).
+        :func:`twin_groups` of each slice's data (one post per twin group in a list).
     """
     if not grid:
         raise ValueError("tune needs at least one grid point")
+    if rule not in RULES:
+        raise ValueError(f"tune rule must be one of {RULES}, got {rule!r}")
+    vals = [val] if isinstance(val, Validation) else list(val)
+    if not vals:
+        raise ValueError("tune needs at least one validation slice")
+    twin_list: list[Twins | None] = (
+        list(twins) if isinstance(twins, list) else [cast(Twins | None, twins)] * len(vals)
+    )
     started = time.perf_counter()
-    where = fingerprint(val)
-    keys = [(where, _model_key(make(dict(p))), k) for p in grid]
+    names = [_model_key(make(dict(p))) for p in grid]
+    first = {name: names.index(name) for name in names}  # the same parameters: one fit
+    jobs = [(w, i) for w in range(len(vals)) for i in range(len(grid)) if first[names[i]] == i]
+    keys = {(w, i): (fingerprint(vals[w]), names[i], k) for w, i in jobs}
 
-    def run(i: int) -> tuple[CandidateModel | None, float]:
-        if keys[i] in _SCORES:  # scored before on this very slice: no fit
-            return _MODELS.get(keys[i]), _SCORES[keys[i]]
-        model = make(dict(grid[i])).fit(val.data)
-        return model, score_model(model, val, k, twins)
+    def run(job: tuple[int, int]) -> tuple[CandidateModel | None, np.ndarray]:
+        w, i = job
+        if keys[job] in _SCORES:  # scored before on this very slice: no fit
+            return _MODELS.get(keys[job]), _SCORES[keys[job]]
+        model = make(dict(grid[i])).fit(vals[w].data)
+        return model, user_scores(model, vals[w], k, twin_list[w])
 
-    done = parallel_map(run, range(len(grid)))
-    scores = [(dict(p), s) for p, (_, s) in zip(grid, done, strict=True)]
-    best = int(np.argmax([s for _, s in scores]))
-    model = done[best][0]
-    if model is None:  # scored before, but its fit was not kept
-        model = make(dict(grid[best])).fit(val.data)
-    for key, (_, score) in zip(keys, done, strict=True):
-        _remember(_SCORES, key, score, MAX_CACHED_SCORES)
-    _remember(_MODELS, keys[best], model, MAX_CACHED_MODELS)
-    out = Tuned(dict(grid[best]), scores, val.metric, model)
+    done = dict(zip(jobs, parallel_map(run, jobs), strict=True))
+    per_point = [
+        np.concatenate([done[(w, first[names[i]])][1] for w in range(len(vals))])
+        for i in range(len(grid))
+    ]
+    scores = [(dict(p), _nanmean(v)) for p, v in zip(grid, per_point, strict=True)]
+    gain = None
+    if rule == "best":
+        best = int(np.argmax([s for _, s in scores]))
+    else:
+        best, gain = noise_choice(per_point)
+    best = first[names[best]]
+    fits = []
+    for w in range(len(vals)):
+        model = done[(w, best)][0]
+        if model is None:  # scored before, but its fit was not kept
+            model = make(dict(grid[best])).fit(vals[w].data)
+        fits.append(model)
+        _remember(_MODELS, keys[(w, best)], model, MAX_CACHED_MODELS)
+    for job, (_, values) in done.items():
+        _remember(_SCORES, keys[job], values, MAX_CACHED_SCORES)
+    out = Tuned(dict(grid[best]), scores, vals[0].metric, fits[0], rule=rule, fits=fits, gain=gain)
     out.seconds = time.perf_counter() - started
     logger.info(
-        "tuned %s: %s (%s %.4f; %d points, %.1fs)",
+        "tuned %s (%s rule, %d slice(s)): %s (%s %.4f; %d points, %.1fs)",
         type(out.model).__name__,
+        rule,
+        len(vals),
         out.params,
-        val.metric,
+        out.metric,
         scores[best][1],
         len(grid),
         out.seconds,

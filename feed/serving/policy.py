@@ -15,9 +15,10 @@ when nothing else is left.
 
 The policy also holds the weight of the freshness bonus new posts get (0 when recency does not
 predict what users engage with, as on data split at random). ``feed train`` chooses the
-policy on its validation slices (:func:`choose` in
-:mod:`feed.evaluation.pages`) and stores it with the version; the service uses the version's
-policy unless configuration overrides a field (:meth:`PagePolicy.overridden`).
+policy on its validation slices (:func:`~feed.evaluation.pages.choose_policy`: the lightest
+discount along :data:`PATHS` that does the job, found by bisection on its strength) and
+stores it with the version; the service uses the version's policy unless configuration
+overrides a field (:meth:`PagePolicy.overridden`).
 
 Examples
 --------
@@ -136,23 +137,61 @@ OVERRIDES: dict[str, str] = {
     "freshness_weight": "FRESHNESS_WEIGHT",
 }
 
-#: The policies ``feed train`` compares on validation, in order of intervention: author
-#: discounts of growing strength first, then the same with growing category discounts (the
-#: first that does the job is chosen, and then tried with ``no_adjacent_author`` too), after
-#: the freshness weight is chosen among :data:`FRESHNESS_GRID`.
-GRID: tuple[PagePolicy, ...] = tuple(
-    PagePolicy(ad, af, cd, cf, 0, False)
-    for ad, af in (
-        (1.0, 1.0),
-        (0.9, 0.7),
-        (0.8, 0.5),
-        (0.7, 0.5),
-        (0.6, 0.4),
-        (0.5, 0.25),
-        (0.3, 0.1),
+#: The strongest discounts ``feed train`` searches up to, as (decay, floor): an author's
+#: fourth repeat past its allowance keeps about 0.1 of its score, a category's about 0.4.
+STRONGEST_AUTHOR = (0.3, 0.1)
+STRONGEST_CATEGORY = (0.7, 0.3)
+#: The directions of intervention ``feed train`` searches (:func:`along`): how much of the
+#: author discount and of the category discount grows with the strength.
+PATHS: dict[str, tuple[float, float]] = {
+    "author": (1.0, 0.0),
+    "category": (0.0, 1.0),
+    "both": (1.0, 1.0),
+}
+
+
+def along(path: str, strength: float, freshness_weight: float = 0.2) -> PagePolicy:
+    """The policy of ``strength`` (0: no discount, 1: the strongest) along ``path`` of
+    :data:`PATHS`: each discounted field moves linearly from 1 towards its strongest value
+    (rounded to 4 decimals), no cap, no adjacency rule.
+
+    >>> along("author", 0.5)
+    PagePolicy(author_decay=0.65, author_floor=0.55, category_decay=1.0, category_floor=1.0, \
+author_cap=0, no_adjacent_author=False, freshness_weight=0.2)
+    >>> along("both", 0.0) == along("category", 0.0)
+    True
+    """
+    s = min(max(float(strength), 0.0), 1.0)
+    wa, wc = PATHS[path]
+
+    def towards(end: float, weight: float) -> float:
+        return round(1.0 - s * weight * (1.0 - end), 4)
+
+    return PagePolicy(
+        towards(STRONGEST_AUTHOR[0], wa),
+        towards(STRONGEST_AUTHOR[1], wa),
+        towards(STRONGEST_CATEGORY[0], wc),
+        towards(STRONGEST_CATEGORY[1], wc),
+        0,
+        False,
+        freshness_weight,
     )
-    for cd, cf in ((1.0, 1.0), (0.9, 0.7), (0.85, 0.5), (0.7, 0.3))
-)
+
+
+def searched(policy: PagePolicy) -> bool:
+    """Whether ``policy`` is one ``feed train``'s search can choose: on a path of
+    :data:`PATHS` (discounts between none and the strongest), no cap, with or without the
+    adjacency rule, a freshness weight of :data:`FRESHNESS_GRID`."""
+    return (
+        STRONGEST_AUTHOR[0] <= policy.author_decay <= 1.0
+        and STRONGEST_AUTHOR[1] <= policy.author_floor <= 1.0
+        and STRONGEST_CATEGORY[0] <= policy.category_decay <= 1.0
+        and STRONGEST_CATEGORY[1] <= policy.category_floor <= 1.0
+        and policy.author_cap == 0
+        and policy.freshness_weight in FRESHNESS_GRID
+    )
+
+
 FRESHNESS_GRID = (0.0, 0.1, 0.2)
 #: A version published before page policies (or trained without validation) serves this.
 DEFAULT = PagePolicy()

@@ -55,6 +55,11 @@ Offer = tuple[str, float, str]  # (post id, score, reason)
 
 _CJK_RUN = re.compile(r"^[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+$")
 _FOLLOWED = REASON_CODE["followed_author"]
+#: The reasons a page can give: the candidate codes' (:data:`feed.contract.REASONS`) and
+#: ``friend``, a social candidate whose author the user does not follow but is among their
+#: published ties (group co-members, shares): relabelled at serving, so no contract change.
+SERVING_REASONS = (*REASONS, "friend")
+_FRIEND = len(REASONS)
 
 
 @dataclass
@@ -162,7 +167,7 @@ class _Collector:
 
     def __init__(self, table: VersionTable, fresh: FreshPosts) -> None:
         self.table, self.fresh = table, fresh
-        self.reasons: dict[str, int] = {r: i for i, r in enumerate(REASONS)}
+        self.reasons: dict[str, int] = {r: i for i, r in enumerate(SERVING_REASONS)}
         self.arrays: tuple[list[_Arrays], list[_Arrays]] = ([], [])  # version's, fresh
         self.rows: tuple[list[tuple[int, float, int]], ...] = ([], [])
 
@@ -211,8 +216,9 @@ def _best_per_post(arrays: list[_Arrays]) -> _Arrays:
 
 
 def precomputed(state: UserState, table: VersionTable) -> _Arrays:
-    """The version's ranked candidates (indices, scores, reason codes); social ones of
-    authors unfollowed since are skipped."""
+    """The version's ranked candidates (indices, scores, reason codes into
+    :data:`SERVING_REASONS`); social ones of authors unfollowed since are skipped, social
+    ones of ties the user does not follow say ``friend``."""
     idx, scores, reasons = state.candidates
     ok = (idx >= 0) & (idx < len(table.post_ids))
     if state.unfollows:
@@ -220,6 +226,11 @@ def precomputed(state: UserState, table: VersionTable) -> _Arrays:
         codes = table.author_codes[np.where(ok, idx, 0)]
         ok &= ~((reasons == _FOLLOWED) & np.isin(codes, gone))
     why = np.where(reasons < len(REASONS), reasons, 0)  # unknown codes: "collaborative"
+    friends = [table.author_index[a] for a in state.ties - following(state)
+               if a in table.author_index]  # fmt: skip
+    if friends:  # a tie's post, not a followed author's: say so
+        codes = table.author_codes[np.where(ok, idx, 0)]
+        why = np.where((why == _FOLLOWED) & np.isin(codes, friends), _FRIEND, why)
     return idx[ok], scores[ok], why[ok]
 
 

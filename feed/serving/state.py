@@ -235,3 +235,5 @@ class UserState:
     bought: set[str]
     replay: list[tuple[str, float, str]] | None = None  # the page a retried cursor led to
     overlay_generation: int | None = None  # the moderation/catalogue counter, read with it
+    ties: frozenset[str] = frozenset()  # the version's published social ties (groups, shares)
+    campaign_generation: int | None = None  # the campaigns counter, read with it (None: unread)

@@ -13,6 +13,7 @@ from service.routes import (
     gifts,
     groups,
     health,
+    merchants,
     openapi,
     posts,
     products,
@@ -30,5 +31,6 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     groups.bp,
     openapi.bp,
     admin.bp,
+    merchants.bp,
     viewer.bp,
 )

@@ -1,4 +1,6 @@
-"""Group-buys (拼購): ``POST /v1/groups``, ``POST /v1/groups/<id>/join``, ``GET /v1/groups/<id>``;
+"""Group-buys (拼購): ``POST /v1/groups``, ``POST /v1/groups/<id>/join``,
+``POST /v1/groups/<id>/cancel`` (the initiator closes an open group: ``group_closed`` is then
+what a join gets), ``GET /v1/groups/<id>``;
 and the group-buying recommendations: ``GET /v1/users/<id>/deals`` (products to launch a group
 for), ``GET /v1/users/<id>/groups`` (friends' open groups to join) and
 ``GET /v1/groups/<id>/invitees`` (whom the initiator should invite), read from the version's
@@ -30,7 +32,7 @@ from service.request import (
     store,
     version_table,
 )
-from service.schemas import Group, JoinGroup, NewGroup, api, body
+from service.schemas import CancelGroup, Group, JoinGroup, NewGroup, api, body
 
 bp = Blueprint("groups", __name__)
 logger = logging.getLogger(__name__)
@@ -72,6 +74,12 @@ def _product_posts(table: VersionTable) -> dict[str, list[str]]:
     return cache[table.version]  # type: ignore[no-any-return]
 
 
+def _categories(version: str | None) -> dict[str, str]:
+    """Product -> category of the version (empty when none is servable)."""
+    table = store().table(version) if version else None
+    return table.product_category if table is not None else {}
+
+
 def _available() -> None:
     if not store().available():
         raise unavailable("the group store (Redis) is unavailable; nothing was changed")
@@ -99,6 +107,8 @@ def _known_product(product_id: str) -> bool:
 def _refused(e: GroupError) -> ApiError:
     if e.code == "not_found":
         return not_found(e.message)
+    if e.code == "not_initiator":
+        return ApiError(403, e.code, e.message)
     return ApiError(409, e.code, e.message)
 
 
@@ -174,6 +184,34 @@ def join_group(group_id: str) -> Any:
     return jsonify(group.to_json())
 
 
+@bp.post("/v1/groups/<group_id>/cancel")
+@api(
+    "Cancel an open group-buy, by its initiator: status becomes cancelled, joins get 409 "
+    "group_closed, the initiator's open-group slot is freed. Cancelling again is 200 and "
+    "changes nothing. Logs a group_cancel event.",
+    body=CancelGroup,
+    ok={200: Group},
+    errors={
+        403: "not_initiator: only the initiator can cancel the group.",
+        404: "Unknown group.",
+        409: "group_full (it succeeded) or group_expired: nothing changed.",
+        503: "Redis unavailable; nothing changed.",
+    },
+    tags=("groups",),
+)
+def cancel_group(group_id: str) -> Any:
+    """Cancel a group (its initiator only): 200 with its state, ``cancelled``; 403
+    ``not_initiator``; 409 ``group_full`` or ``group_expired``; 404 for an unknown group."""
+    _available()
+    check_id(group_id, "group_id")
+    user_id = body().user_id
+    try:
+        group, _ = groups().cancel(group_id, user_id)
+    except GroupError as e:
+        raise _refused(e) from None
+    return jsonify(group.to_json())
+
+
 @bp.get("/v1/groups/<group_id>")
 def get_group(group_id: str) -> Any:
     """A group's state; 404 when unknown (or its state has expired)."""
@@ -213,7 +251,8 @@ def user_groups(user_id: str) -> Any:
     limit = limit_arg(20, RECS_MAX)
     version = resolve_version(user_id, None).model_version
     items = []
-    for s in recs().joinable(user_id, version, limit):
+    category = version_table(version).product_category
+    for s in recs().joinable(user_id, version, limit, category):
         g = s.item
         items.append(
             {
@@ -234,8 +273,9 @@ def user_groups(user_id: str) -> Any:
 
 @bp.get("/v1/groups/<group_id>/invitees")
 def group_invitees(group_id: str) -> Any:
-    """Whom the initiator should invite: their ties ranked by tie strength and affinity for
-    the group's product, current members excluded; 404 for an unknown group."""
+    """Whom the initiator should invite: their ties ranked by the version's pair model (the
+    published tie part, their affinity for the group's product and its category), current
+    members excluded; 404 for an unknown group."""
     _available()
     check_id(group_id, "group_id")
     limit = limit_arg(20, RECS_MAX)
@@ -245,6 +285,6 @@ def group_invitees(group_id: str) -> Any:
     version = store().live_version()
     items = [
         {"user_id": s.item, "score": round(s.score, 4), "reason": s.reason}
-        for s in recs().invitees(group, version, limit)
+        for s in recs().invitees(group, version, limit, _categories(version))
     ]
     return jsonify({"items": items, "model_version": version})

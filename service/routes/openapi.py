@@ -146,8 +146,8 @@ ENDPOINTS: dict[str, Operation] = {
         tags=("groups",),
     ),
     "groups.group_invitees": Operation(
-        "Whom the initiator should invite: ties ranked by tie strength and affinity for the "
-        "group's product, current members excluded.",
+        "Whom the initiator should invite: their ties ranked by the version's pair model (tie "
+        "features, affinity for the group's product and its category), members excluded.",
         query=(LIMIT,),
         ok={200: s.Invitees},
         errors={400: "Bad parameter.", 404: "Unknown group.", 503: "Redis unavailable."},

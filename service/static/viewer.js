@@ -22,6 +22,16 @@
     fresh: "a new post",
     purchased_together: "links products bought with this user's purchases",
     interest: "matches the user's stated interests",
+    friend: "from a friend (shared group-buys or shares) this user does not follow",
+  };
+  var GROUPS_SHOWN = 5; // open groups and deals listed in the group-buying panel
+  var DEAL_REASONS = {
+    similar_to_bought: "similar to what this user bought",
+    liked_posts: "linked by posts this user liked",
+    friends_bought: "friends bought it or joined its groups",
+    bought_before: "this user bought it before",
+    popular_groups: "many groups start on it",
+    groups_succeed: "its groups fill up",
   };
 
   var state = {
@@ -381,6 +391,53 @@
     }, function () { /* a deleted post keeps its bare id */ });
   }
 
+  // --- group-buying panel: open groups to join, deals to launch ---------------------------------
+  function groupReason(reason) {
+    var parts = String(reason || "").split("|");
+    var out = [];
+    parts.forEach(function (p) {
+      if (p.indexOf("friend_started:") === 0) out.push("started by friend " + p.slice(15));
+      else if (p === "wants_product") out.push("a product this user wants");
+      else if (p) out.push(p);
+    });
+    return out.join(", ");
+  }
+
+  function loadGroups() {
+    var body = $("#groups-body");
+    clear(body);
+    if (!state.user) return body.appendChild(el("p", { className: "muted", text: "Pick a user." }));
+    var user = state.user;
+    var base = "/v1/users/" + encodeURIComponent(user);
+    body.appendChild(el("p", { className: "muted", text: "Loading…" }));
+    Promise.all([api(base + "/groups?limit=" + GROUPS_SHOWN, false),
+                 api(base + "/deals?limit=" + GROUPS_SHOWN, false)]).then(function (res) {
+      if (user !== state.user) return;
+      clear(body);
+      body.appendChild(historyList("Open groups to join", res[0].items, function (g) {
+        var left = g.spots_left !== undefined ? g.spots_left : g.size - g.members.length;
+        return [el("span", { className: "g-product", text: g.product_id }),
+                el("span", { className: "g-spots",
+                             text: " " + left + " of " + g.size + " spots left, until " +
+                                   shortTime(g.expires_at) }),
+                el("span", { className: "why", text: " " + groupReason(g.reason) })];
+      }));
+      var basis = res[1].basis === "popular" ? " (popular: no signal for this user)" : "";
+      body.appendChild(historyList("Deals to launch" + basis, res[1].items, function (d) {
+        return [el("span", { className: "d-product", text: d.product_id }),
+                el("span", { className: "d-score", text: " " + Number(d.score).toFixed(3) }),
+                el("span", { className: "why", text: " " + (DEAL_REASONS[d.reason] || d.reason) }),
+                el("span", { className: "d-friends",
+                             text: d.friends && d.friends.length ? " · friends: " +
+                                   d.friends.join(", ") : "" })];
+      }));
+    }, function (err) {
+      if (user !== state.user) return;
+      clear(body);
+      body.appendChild(el("p", { className: "status", text: errorText(err) }));
+    });
+  }
+
   // --- user, examples, address bar ------------------------------------------------------------
   function syncUrl(push) {
     var q = new URLSearchParams();
@@ -403,6 +460,7 @@
     colA.load(true);
     colB.load(true);
     loadHistory();
+    loadGroups();
   }
 
   function loadExamples() {

@@ -1,0 +1,788 @@
+"""Audiences and sponsored campaigns in Redis (docs/merchants.md, "Audiences and campaigns").
+
+**Audiences.** :func:`build_audience` ranks the users of the live version for a merchant's
+target (its products, a category of its products, or one of its posts): every user's
+precomputed candidate list (``{u:<user>}:cand:<v>``, SCAN in batches, at most
+:data:`AUDIENCE_SCAN_MAX` users) is scored against the target posts (the posts linking the
+target products, or the liked post, plus their item neighbours ``nb:<post>`` at half weight),
+by rank (``1 / log2(rank + 2)``), plus 1 for a user who bought a target product (the version's
+seed and the purchases since). Stored as a zset with its meta, expiring after
+:data:`AUDIENCE_TTL_S`, at most :data:`AUDIENCES_PER_MERCHANT` per merchant (the oldest goes).
+
+**Campaigns.** A config in :data:`feed.contract.CAMPAIGNS_KEY`; the audience's users copied at
+creation (the audience may expire, the campaign keeps its population); every change bumps
+:data:`feed.contract.CAMPAIGNS_GEN_KEY`, which the page's first round trip reads, so a process
+reloads its running-campaign list (:class:`Sponsor`) only when it moves: an organic page costs
+nothing more. A page of an audience user outside the holdout (``bucket(salt, user)``, as
+experiments assign arms) gets at most :data:`PAGE_MAX` sponsored posts at the campaign's slots,
+reserved by ONE Lua script per page (:data:`RESERVE`): Redis's clock, the flight, the stop flag,
+the budget, the pacing (``budget * elapsed / flight + burst``) and ``max_per_user``, checked and
+counted atomically, so concurrent pages never over-deliver.
+
+**Report.** :func:`report` folds the event log's purchases of the boosted products during the
+flight into per-user counts (incrementally: a checkpoint under ``WATCH``, exactly once), then
+compares purchases per user between the exposed group (audience users outside the holdout) and
+the holdout: intent to treat, so the comparison is between two random halves of one population,
+whatever the delivery. An ``all`` campaign's population is the users whose pages it could have
+entered during the flight (``reach``, written with the page's own round trip).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from redis.exceptions import WatchError
+
+from feed import contract as c
+from feed import merchants as fm
+from feed.experiments import N_BUCKETS, bucket
+
+AUDIENCE_MAX = 100_000  # users an audience keeps
+AUDIENCE_SCAN_MAX = 500_000  # users scored for one audience (estimated_size extrapolates)
+AUDIENCE_TTL_S = 30 * 86_400
+AUDIENCES_PER_MERCHANT = 20
+AUDIENCE_SHOWN = 50  # users in the answer (the CSV has them all)
+TARGET_POSTS_MAX = 500  # target posts whose neighbours are read
+CAMPAIGNS_PER_MERCHANT = 50  # campaigns not yet ended, per merchant
+CAMPAIGN_POSTS_MAX = 20
+BUDGET_MAX = 10_000_000
+MAX_PER_USER_MAX = 1_000
+FLIGHT_MAX_S = 90 * 86_400
+RETENTION_S = 90 * 86_400  # counters and report data outlive the flight this long
+PAGE_MAX = 2  # sponsored posts on one page, over every campaign
+BURST_SHARE = 0.02  # pacing allows this share of the budget ahead of schedule (at least 1)
+FOLD_BATCH = 5_000
+
+
+class CampaignError(Exception):
+    """Refused: ``code`` (``not_found``: 404; ``too_many_*``: 409; else 400), ``message``."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(8)}"
+
+
+# --- what a merchant owns ----------------------------------------------------------------------
+@dataclass
+class Owned:
+    """The live version's view of one merchant's catalogue (``feed.merchants.Catalogue``)."""
+
+    r: Any
+    merchant_id: str
+    version: str | None
+    table: Any  # feed.serving.state.VersionTable | None
+    cat: fm.Catalogue = field(init=False)
+
+    def __post_init__(self) -> None:
+        lookup = None
+        if self.table is not None:
+            t = self.table
+
+            def lookup(p: str) -> tuple[str, list[str]] | None:
+                i = t.index.get(p)
+                return None if i is None else (t.authors[i], list(t.product_ids[i]))
+
+        self.cat = fm.Catalogue(self.r, self.version, lookup)
+
+    def products(self, product_ids: Iterable[str]) -> set[str]:
+        """Those of ``product_ids`` that are this merchant's."""
+        ids = list(dict.fromkeys(product_ids))
+        self.cat.load([], ids)
+        return {p for p in ids if (self.cat.product(p) or ("", None))[0] == self.merchant_id}
+
+    def post(self, post_id: str) -> tuple[str, list[str]] | None:
+        """(author, the merchant's products it links) of a post linking any; else None."""
+        self.cat.load([post_id], [])
+        hit = self.cat.post(post_id)
+        if hit is None:
+            return None
+        mine = self.products(hit[1])
+        return (hit[0], sorted(mine)) if mine else None
+
+
+# --- audiences ---------------------------------------------------------------------------------
+def _target_weights(
+    r: Any, owned: Owned, spec: Mapping[str, Any]
+) -> tuple[np.ndarray, set[str], dict[str, Any]]:
+    """(weight of every post of the version table, the target products, what was targeted)."""
+    table = owned.table
+    n = len(table.post_ids)
+    weights = np.zeros(n, dtype=np.float64)
+    if spec.get("like_post"):
+        post = spec["like_post"]
+        hit = owned.post(post)
+        if hit is None or post not in table.index:
+            raise CampaignError(
+                "not_found", f"no post {post!r} linking this merchant's products", 404
+            )
+        seeds = [table.index[post]]
+        products = set(hit[1])
+        what: dict[str, Any] = {"like_post": post}
+    else:
+        if spec.get("product_ids"):
+            wanted = list(dict.fromkeys(spec["product_ids"]))
+            products = owned.products(wanted)
+            missing = [p for p in wanted if p not in products]
+            if missing:
+                raise CampaignError("not_found", f"no product {missing[0]!r} of this merchant", 404)
+            what = {"product_ids": sorted(products)}
+        else:
+            category = spec["category"]
+            in_cat = [p for p, cat in table.product_category.items() if cat == category]
+            products = owned.products(in_cat)
+            if not products:
+                raise CampaignError(
+                    "not_found", f"no product of this merchant in category {category!r}", 404
+                )
+            what = {"category": category}
+        seeds = [i for i, ps in enumerate(table.product_ids) if products.intersection(ps)]
+        if not seeds:
+            raise CampaignError("not_found", "no post links these products", 404)
+    weights[seeds] = 1.0
+    pipe = r.pipeline(transaction=False)
+    chosen = seeds[:TARGET_POSTS_MAX]
+    for i in chosen:
+        pipe.get(c.neighbours_key(table.version, table.post_ids[i]))
+    for blob in pipe.execute():
+        items, scores, _ = c.decode_candidates(blob)
+        if len(items):
+            unit = c.unit_scores(scores) if len(scores) else scores
+            ok = items < n
+            weights[items[ok]] = np.maximum(weights[items[ok]], 0.5 * unit[ok])
+    return weights, products, what
+
+
+def _scan_users(r: Any, version: str) -> Iterable[list[str]]:
+    """Batches of users with a candidate list in ``version`` (SCAN, on every node)."""
+    prefix, suffix = "{u:", f"}}:cand:{version}"
+    batch: list[str] = []
+    for key in r.scan_iter(match=f"{{u:*}}:cand:{version}", count=2000):
+        k = c.text(key)
+        if k.startswith(prefix) and k.endswith(suffix):
+            batch.append(k[len(prefix) : -len(suffix)])
+        if len(batch) >= 1000:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def rank_users(
+    r: Any, version: str, weights: np.ndarray, products: set[str], scan_max: int
+) -> tuple[list[tuple[str, float]], int, bool]:
+    """(users with a positive score, best first; users scored; whether every user was)."""
+    discount = 1.0 / np.log2(np.arange(2, 10_002, dtype=np.float64))
+    scored: list[tuple[str, float]] = []
+    seen = 0
+    complete = True
+    for users in _scan_users(r, version):
+        if seen >= scan_max:
+            complete = False
+            break
+        users = users[: scan_max - seen]
+        seen += len(users)
+        pipe = r.pipeline(transaction=False)
+        for u in users:
+            pipe.get(c.user_key(u, "cand", version))
+            pipe.get(c.user_key(u, c.USER_SEED, version))
+            pipe.smembers(c.user_key(u, c.USER_PURCHASES))
+        replies = pipe.execute()
+        for j, u in enumerate(users):
+            blob, seed, bought = replies[3 * j : 3 * j + 3]
+            items, _, _ = c.decode_candidates(blob)
+            items = items[items < len(weights)][: len(discount)]
+            score = float(np.dot(weights[items], discount[: len(items)])) if len(items) else 0.0
+            _, seed_bought = c.decode_seed(seed)
+            if products & (seed_bought | {c.text(x) for x in bought or ()}):
+                score += 1.0
+            if score > 0:
+                scored.append((u, score))
+    scored.sort(key=lambda x: (-x[1], x[0]))
+    return scored, seen, complete
+
+
+def build_audience(
+    r: Any,
+    merchant_id: str,
+    version: str,
+    table: Any,
+    spec: Mapping[str, Any],
+    size: int,
+    users_in_version: int | None = None,
+) -> dict[str, Any]:
+    """Rank, store (bounded, with a TTL) and describe a new audience."""
+    owned = Owned(r, merchant_id, version, table)
+    weights, products, what = _target_weights(r, owned, spec)
+    ranked, scanned, complete = rank_users(r, version, weights, products, AUDIENCE_SCAN_MAX)
+    estimated = len(ranked)
+    if not complete and scanned and users_in_version:
+        estimated = round(len(ranked) * users_in_version / scanned)
+    keep = ranked[: min(size, AUDIENCE_MAX)]
+    audience_id = _new_id("aud-")
+    now = time.time()
+    meta = {
+        "audience_id": audience_id,
+        "merchant_id": merchant_id,
+        "target": what,
+        "products": sorted(products),
+        "model_version": version,
+        "size": len(keep),
+        "requested_size": size,
+        "estimated_size": estimated,
+        "created_at": now,
+    }
+    index = c.audiences_key(merchant_id)
+    old = r.zrange(index, 0, -1)
+    gone = [c.text(a) for a in old[: max(0, len(old) - AUDIENCES_PER_MERCHANT + 1)]]
+    with r.pipeline(transaction=True) as pipe:
+        for a in gone:
+            pipe.zrem(index, a)
+            pipe.delete(c.audience_key(a, "meta"), c.audience_key(a, "users"))
+        if keep:
+            pipe.zadd(c.audience_key(audience_id, "users"), dict(keep))
+            pipe.expire(c.audience_key(audience_id, "users"), AUDIENCE_TTL_S)
+        pipe.set(c.audience_key(audience_id, "meta"), c.encode_json(meta), ex=AUDIENCE_TTL_S)
+        pipe.zadd(index, {audience_id: now})
+        pipe.zremrangebyscore(index, "-inf", now - AUDIENCE_TTL_S)
+        pipe.expire(index, AUDIENCE_TTL_S)
+        pipe.execute()
+    return {
+        **public_audience(meta),
+        "users": [u for u, _ in keep[:AUDIENCE_SHOWN]],
+    }
+
+
+def public_audience(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "audience_id": meta["audience_id"],
+        "target": meta["target"],
+        "size": meta["size"],
+        "estimated_size": meta["estimated_size"],
+        "model_version": meta["model_version"],
+        "created_at": c.iso_time(meta["created_at"]),
+        "expires_at": c.iso_time(meta["created_at"] + AUDIENCE_TTL_S),
+    }
+
+
+def audience_meta(r: Any, merchant_id: str, audience_id: str) -> dict[str, Any]:
+    """An audience's meta; ``not_found`` unless it is the merchant's and not expired."""
+    meta = None
+    if c.valid_id(audience_id):
+        meta = c.decode_json(r.get(c.audience_key(audience_id, "meta")))
+    if not isinstance(meta, dict) or meta.get("merchant_id") != merchant_id:
+        raise CampaignError("not_found", f"no audience {audience_id[:64]!r}", 404)
+    return meta
+
+
+def audience_csv(r: Any, merchant_id: str, audience_id: str) -> str:
+    """``user_id,score`` rows, best first. A cell a spreadsheet would run as a formula
+    (``= + - @``, tab, CR first) is prefixed with ``'``."""
+    audience_meta(r, merchant_id, audience_id)
+    rows = r.zrange(c.audience_key(audience_id, "users"), 0, -1, desc=True, withscores=True)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["user_id", "score"])
+    for u, s in rows:
+        user = c.text(u)
+        if user[:1] in ("=", "+", "-", "@", "\t", "\r"):
+            user = "'" + user
+        w.writerow([user, round(float(s), 6)])
+    return out.getvalue()
+
+
+def list_audiences(r: Any, merchant_id: str) -> list[dict[str, Any]]:
+    ids = [c.text(a) for a in r.zrange(c.audiences_key(merchant_id), 0, -1)]
+    metas = r.mget([c.audience_key(a, "meta") for a in ids]) if ids else []
+    return [public_audience(m) for m in (c.decode_json(x) for x in metas) if isinstance(m, dict)]
+
+
+# --- campaigns ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Campaign:
+    """A campaign's config, as the page needs it."""
+
+    campaign_id: str
+    merchant_id: str
+    post_ids: tuple[str, ...]
+    authors: Mapping[str, str]
+    products: frozenset[str]
+    audience: frozenset[str] | None  # None: every user ("all")
+    budget: int
+    max_per_user: int
+    slots: tuple[int, ...]
+    start: float
+    end: float
+    holdout: float
+    salt: str
+    stopped_at: float | None
+
+    @classmethod
+    def parse(cls, cfg: Mapping[str, Any], audience: frozenset[str] | None) -> Campaign:
+        return cls(
+            cfg["campaign_id"],
+            cfg["merchant_id"],
+            tuple(cfg["post_ids"]),
+            dict(cfg.get("authors") or {}),
+            frozenset(cfg["products"]),
+            audience,
+            int(cfg["budget_impressions"]),
+            int(cfg["max_per_user"]),
+            tuple(cfg["slots"]),
+            float(cfg["start"]),
+            float(cfg["end"]),
+            float(cfg["holdout"]),
+            cfg["salt"],
+            cfg.get("stopped_at"),
+        )
+
+    def in_holdout(self, user_id: str) -> bool:
+        return in_holdout(self.salt, self.holdout, user_id)
+
+    def flags(self) -> dict[str, Any]:
+        """The fields a sponsored feed item carries."""
+        return {"sponsored": True, "merchant_id": self.merchant_id, "campaign_id": self.campaign_id}
+
+
+def in_holdout(salt: str, holdout: float, user_id: str) -> bool:
+    """The holdout rule: the user's bucket (:func:`feed.experiments.bucket`) below the share."""
+    return bucket(salt, user_id) < round(holdout * N_BUCKETS)
+
+
+def status(cfg: Mapping[str, Any], now: float) -> str:
+    if cfg.get("stopped_at"):
+        return "stopped"
+    if now < cfg["start"]:
+        return "scheduled"
+    return "running" if now < cfg["end"] else "ended"
+
+
+def create_campaign(
+    r: Any, merchant_id: str, spec: Mapping[str, Any], owned: Owned, now: float
+) -> dict[str, Any]:
+    """Check the posts and the audience are the merchant's, then store the campaign (config,
+    audience copy, generation bump) in one transaction; its public form."""
+    posts = list(dict.fromkeys(spec["post_ids"]))
+    authors: dict[str, str] = {}
+    products: set[str] = set()
+    for p in posts:
+        hit = owned.post(p)
+        if hit is None:
+            raise CampaignError("not_found", f"no post {p!r} linking this merchant's products", 404)
+        authors[p] = hit[0]
+        products.update(hit[1])
+    audience_id = spec["audience_id"]
+    if audience_id != "all":
+        audience_meta(r, merchant_id, audience_id)
+    start, end = float(spec["start"]), float(spec["end"])
+    campaign_id = _new_id("cmp-")
+    cfg = {
+        "campaign_id": campaign_id,
+        "merchant_id": merchant_id,
+        "post_ids": posts,
+        "authors": authors,
+        "products": sorted(products),
+        "audience_id": audience_id,
+        "budget_impressions": spec["budget_impressions"],
+        "max_per_user": spec["max_per_user"],
+        "slots": sorted(set(spec["slots"])),
+        "start": start,
+        "end": end,
+        "holdout": spec["holdout"],
+        "salt": campaign_id,
+        "created_at": now,
+        "stopped_at": None,
+    }
+    ttl = int(end - now + RETENTION_S)
+    while True:
+        with r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(c.CAMPAIGNS_KEY)
+                configs = [c.decode_json(v) for v in pipe.hvals(c.CAMPAIGNS_KEY)]
+                mine = [
+                    x for x in configs if isinstance(x, dict) and x["merchant_id"] == merchant_id
+                ]
+                live = [x for x in mine if status(x, now) in ("scheduled", "running")]
+                if len(live) >= CAMPAIGNS_PER_MERCHANT:
+                    raise CampaignError(
+                        "too_many_campaigns",
+                        f"at most {CAMPAIGNS_PER_MERCHANT} scheduled or running campaigns",
+                        409,
+                    )
+                expired = [
+                    x["campaign_id"]
+                    for x in configs
+                    if isinstance(x, dict) and x["end"] + RETENTION_S < now
+                ]
+                pipe.multi()
+                if expired:
+                    pipe.hdel(c.CAMPAIGNS_KEY, *expired)
+                if audience_id != "all":
+                    dst = c.campaign_key(campaign_id, "aud")
+                    pipe.zunionstore(dst, [c.audience_key(audience_id, "users")])
+                    pipe.expire(dst, ttl)
+                pipe.hset(c.CAMPAIGNS_KEY, campaign_id, c.encode_json(cfg))
+                pipe.incr(c.CAMPAIGNS_GEN_KEY)
+                pipe.execute()
+                break
+            except WatchError:
+                continue
+    return public_campaign(r, cfg, now)
+
+
+def _configs(r: Any, merchant_id: str) -> list[dict[str, Any]]:
+    raw = r.hvals(c.CAMPAIGNS_KEY)
+    out = [c.decode_json(v) for v in raw]
+    return sorted(
+        (x for x in out if isinstance(x, dict) and x.get("merchant_id") == merchant_id),
+        key=lambda x: x["created_at"],
+    )
+
+
+def get_config(r: Any, merchant_id: str, campaign_id: str) -> dict[str, Any]:
+    cfg = c.decode_json(r.hget(c.CAMPAIGNS_KEY, campaign_id)) if c.valid_id(campaign_id) else None
+    if not isinstance(cfg, dict) or cfg.get("merchant_id") != merchant_id:
+        raise CampaignError("not_found", f"no campaign {campaign_id[:64]!r}", 404)
+    return cfg
+
+
+def public_campaign(r: Any, cfg: Mapping[str, Any], now: float) -> dict[str, Any]:
+    cid = cfg["campaign_id"]
+    pipe = r.pipeline(transaction=False)
+    pipe.get(c.campaign_key(cid, "n"))
+    pipe.hlen(c.campaign_key(cid, "u"))
+    delivered, users = pipe.execute()
+    return {
+        "campaign_id": cid,
+        "merchant_id": cfg["merchant_id"],
+        "post_ids": cfg["post_ids"],
+        "products": cfg["products"],
+        "audience_id": cfg["audience_id"],
+        "budget_impressions": cfg["budget_impressions"],
+        "max_per_user": cfg["max_per_user"],
+        "slots": cfg["slots"],
+        "start": c.iso_time(cfg["start"]),
+        "end": c.iso_time(cfg["end"]),
+        "holdout": cfg["holdout"],
+        "status": status(cfg, now),
+        "stopped_at": c.iso_time(cfg.get("stopped_at")),
+        "delivered_impressions": int(delivered or 0),
+        "users_reached": int(users or 0),
+    }
+
+
+def list_campaigns(r: Any, merchant_id: str, now: float) -> list[dict[str, Any]]:
+    return [public_campaign(r, x, now) for x in _configs(r, merchant_id)]
+
+
+def stop_campaign(r: Any, merchant_id: str, campaign_id: str, now: float) -> dict[str, Any]:
+    """Stop at once in every process: the stop flag (the reservation script reads it) and the
+    config, with a generation bump, in one transaction."""
+    while True:
+        with r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(c.CAMPAIGNS_KEY)
+                cfg = get_config(pipe, merchant_id, campaign_id)
+                if not cfg.get("stopped_at"):
+                    cfg["stopped_at"] = now
+                    ttl = int(max(cfg["end"], now) - now + RETENTION_S)
+                    pipe.multi()
+                    pipe.set(c.campaign_key(campaign_id, "stop"), "1", ex=ttl)
+                    pipe.hset(c.CAMPAIGNS_KEY, campaign_id, c.encode_json(cfg))
+                    pipe.incr(c.CAMPAIGNS_GEN_KEY)
+                    pipe.execute()
+                else:
+                    pipe.reset()
+                return public_campaign(r, cfg, now)
+            except WatchError:
+                continue
+
+
+# --- the page's side ---------------------------------------------------------------------------
+#: Reserve impressions for one page, for each campaign (KEYS: delivered, per-user hash, stop
+#: flag; ARGV after the user: wanted, budget, max per user, start, end, burst, ttl). Returns
+#: [granted, delivered after] per campaign. Redis's clock: every process paces alike.
+RESERVE = """
+local user = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for i = 1, #KEYS / 3 do
+  local nk, uk, sk = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local a = 1 + (i - 1) * 7
+  local want, budget, cap = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local start, stop, burst = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local ttl = tonumber(ARGV[a + 7])
+  local n = tonumber(redis.call('GET', nk) or '0')
+  local g = 0
+  if now >= start and now < stop and redis.call('EXISTS', sk) == 0 then
+    local paced = math.floor(budget * (now - start) / (stop - start)) + burst
+    if paced > budget then paced = budget end
+    local u = tonumber(redis.call('HGET', uk, user) or '0')
+    g = math.min(want, paced - n, cap - u)
+    if g > 0 then
+      redis.call('INCRBY', nk, g)
+      redis.call('HINCRBY', uk, user, g)
+      redis.call('EXPIRE', nk, ttl)
+      redis.call('EXPIRE', uk, ttl)
+    else
+      g = 0
+    end
+  end
+  out[i] = {g, n + g}
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A sponsored post placed on a page."""
+
+    position: int
+    post_id: str
+    campaign: Campaign
+
+
+class Sponsor:
+    """The running campaigns of one process, reloaded when the campaigns counter moves (read
+    with the user's keys: no round trip of its own), and the page's reservation."""
+
+    def __init__(self, r: Any) -> None:
+        self.r = r
+        self._lock = threading.Lock()
+        self._gen = -1
+        self._campaigns: list[Campaign] = []
+        self._exhausted: set[str] = set()
+        self._script = r.register_script(RESERVE)
+
+    def running(self, generation: int | None, now: float) -> list[Campaign]:
+        """Campaigns in flight now, as of ``generation`` (0: none was ever created, no read)."""
+        if generation is not None and generation != self._gen:
+            self._load(generation)
+        return [
+            x
+            for x in self._campaigns
+            if x.start <= now < x.end and x.campaign_id not in self._exhausted
+        ]
+
+    @staticmethod
+    def flags(posts: set[str], running: list[Campaign]) -> dict[str, dict[str, Any]]:
+        """The sponsored fields of ``posts`` (a replayed page's), from running campaigns."""
+        out: dict[str, dict[str, Any]] = {}
+        for camp in running:
+            for p in posts.intersection(camp.post_ids):
+                out.setdefault(p, camp.flags())
+        return out
+
+    def _load(self, generation: int) -> None:
+        campaigns: list[Campaign] = []
+        if generation > 0:
+            now = time.time()
+            cfgs = [c.decode_json(v) for v in self.r.hvals(c.CAMPAIGNS_KEY)]
+            live = [
+                x
+                for x in cfgs
+                if isinstance(x, dict) and status(x, now) in ("scheduled", "running")
+            ]
+            pipe = self.r.pipeline(transaction=False)
+            targeted = [x for x in live if x["audience_id"] != "all"]
+            for x in targeted:
+                pipe.zrange(c.campaign_key(x["campaign_id"], "aud"), 0, -1)
+            members = dict(
+                zip(
+                    [x["campaign_id"] for x in targeted],
+                    pipe.execute() if targeted else [],
+                    strict=True,
+                )
+            )
+            for x in live:
+                users = members.get(x["campaign_id"])
+                aud = None if users is None else frozenset(c.text(u) for u in users)
+                campaigns.append(Campaign.parse(x, aud))
+        with self._lock:
+            self._gen, self._campaigns, self._exhausted = generation, campaigns, set()
+
+    def plan(
+        self,
+        user_id: str,
+        campaigns: list[Campaign],
+        page_posts: list[str],
+        hidden: set[str],
+        muted: set[str],
+        seen: set[str],
+        servable: Callable[[str], bool],
+    ) -> tuple[list[tuple[Campaign, list[tuple[int, str]]]], list[tuple[Any, ...]]]:
+        """(per campaign, the (slot, post) it would fill on this page; the reach writes of the
+        page's round trip). No Redis."""
+        taken: set[int] = set()
+        on_page = set(page_posts)
+        wanted: list[tuple[Campaign, list[tuple[int, str]]]] = []
+        reach: list[tuple[Any, ...]] = []
+        n = 0
+        for camp in campaigns:
+            if camp.audience is not None and user_id not in camp.audience:
+                continue
+            if camp.audience is None:
+                key = c.campaign_key(camp.campaign_id, "reach")
+                ttl = int(camp.end - time.time() + RETENTION_S)
+                reach += [("SADD", key, user_id), ("EXPIRE", key, max(ttl, 1))]
+            if camp.in_holdout(user_id):
+                continue
+            posts = [
+                p
+                for p in camp.post_ids
+                if p not in on_page
+                and p not in hidden
+                and camp.authors.get(p) not in muted
+                and servable(p)
+            ]
+            posts.sort(key=lambda p: p in seen)  # unseen first, else in the campaign's order
+            slots = [s for s in camp.slots if s not in taken and s <= len(page_posts)]
+            picks = []
+            for s, p in zip(slots, posts, strict=False):
+                if n >= PAGE_MAX:
+                    break
+                picks.append((s, p))
+                taken.add(s)
+                on_page.add(p)
+                n += 1
+            if picks:
+                wanted.append((camp, picks))
+        return wanted, reach
+
+    def reserve(
+        self, user_id: str, wanted: list[tuple[Campaign, list[tuple[int, str]]]]
+    ) -> list[Slot]:
+        """ONE script: the impressions granted, per campaign the first ones of its picks."""
+        if not wanted:
+            return []
+        keys: list[str] = []
+        args: list[Any] = [user_id]
+        now = time.time()
+        for camp, picks in wanted:
+            cid = camp.campaign_id
+            keys += [
+                c.campaign_key(cid, "n"),
+                c.campaign_key(cid, "u"),
+                c.campaign_key(cid, "stop"),
+            ]
+            burst = max(1, math.ceil(camp.budget * BURST_SHARE))
+            ttl = max(1, int(camp.end - now + RETENTION_S))
+            args += [len(picks), camp.budget, camp.max_per_user, camp.start, camp.end, burst, ttl]
+        replies = self._script(keys=keys, args=args)
+        out: list[Slot] = []
+        for (camp, picks), (granted, delivered) in zip(wanted, replies, strict=True):
+            if int(delivered) >= camp.budget:
+                with self._lock:
+                    self._exhausted.add(camp.campaign_id)
+            out += [Slot(s, p, camp) for s, p in picks[: int(granted)]]
+        return out
+
+
+def place(page: list[Any], slots: list[Slot], make: Callable[[Slot], Any]) -> list[Any]:
+    """``page`` with each slot's post at its position (0-based), as long as the page was."""
+    out = list(page)
+    for s in sorted(slots, key=lambda x: x.position):
+        out.insert(min(s.position, len(out)), make(s))
+    return out[: max(len(page), len(slots))]
+
+
+# --- the report --------------------------------------------------------------------------------
+def _fold(r: Any, cfg: Mapping[str, Any]) -> int:
+    """Fold the log's purchases of the campaign's products in its flight into ``buy`` (user
+    -> purchases), from the checkpoint on; exactly once (``WATCH`` of the checkpoint). The
+    entries folded."""
+    cid = cfg["campaign_id"]
+    cp_key, buy_key = c.campaign_key(cid, "cp"), c.campaign_key(cid, "buy")
+    products = set(cfg["products"])
+    start_ms, end_ms = int(cfg["start"] * 1000), int(cfg["end"] * 1000)
+    ttl = max(1, int(cfg["end"] - time.time() + RETENTION_S))
+    total = 0
+    while True:
+        with r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(cp_key)
+                cp = pipe.get(cp_key)
+                lo = f"({c.text(cp)}" if cp else f"{start_ms}-0"
+                chunk = pipe.xrange(c.EVENTS_KEY, min=lo, max=f"{end_ms}-0", count=FOLD_BATCH)
+                if not chunk:
+                    pipe.reset()
+                    return total
+                counts: dict[str, int] = {}
+                for _, f in chunk:
+                    ev = {c.text(k): c.text(v) for k, v in f.items()}
+                    if ev.get("type") == "purchase" and ev.get("product_id") in products:
+                        u = ev.get("user_id", "")
+                        counts[u] = counts.get(u, 0) + 1
+                pipe.multi()
+                for u, k in counts.items():
+                    pipe.hincrby(buy_key, u, k)
+                pipe.expire(buy_key, ttl)
+                pipe.set(cp_key, c.text(chunk[-1][0]), ex=ttl)
+                pipe.execute()
+                total += len(chunk)
+            except WatchError:
+                continue
+
+
+def report(r: Any, merchant_id: str, campaign_id: str, now: float) -> dict[str, Any]:
+    """Exposed vs holdout: users, purchases of the boosted products per user, the difference
+    and the relative lift with 95% intervals, and the sample-ratio check."""
+    from feed.experiments import stats
+
+    cfg = get_config(r, merchant_id, campaign_id)
+    folded = _fold(r, cfg)
+    cid = cfg["campaign_id"]
+    if cfg["audience_id"] == "all":
+        population = [c.text(u) for u in r.smembers(c.campaign_key(cid, "reach"))]
+    else:
+        population = [c.text(u) for u in r.zrange(c.campaign_key(cid, "aud"), 0, -1)]
+    buys = {c.text(k): int(v) for k, v in r.hgetall(c.campaign_key(cid, "buy")).items()}
+    shown = {c.text(k): int(v) for k, v in r.hgetall(c.campaign_key(cid, "u")).items()}
+    groups: dict[str, list[float]] = {"exposed": [], "holdout": []}
+    for u in sorted(population):
+        arm = "holdout" if in_holdout(cfg["salt"], cfg["holdout"], u) else "exposed"
+        groups[arm].append(float(buys.get(u, 0)))
+    out_groups = {}
+    for arm, xs in groups.items():
+        m, v = stats.mean_var(xs)
+        out_groups[arm] = {
+            "users": len(xs),
+            "buyers": sum(1 for x in xs if x > 0),
+            "purchases": int(sum(xs)),
+            "purchases_per_user": m,
+        }
+    (mc, vc), (mt, vt) = stats.mean_var(groups["holdout"]), stats.mean_var(groups["exposed"])
+    nc, nt = len(groups["holdout"]), len(groups["exposed"])
+    diff = stats.welch(groups["holdout"], groups["exposed"])
+    h = float(cfg["holdout"])
+    ratio = stats.srm(
+        {"exposed": nt, "holdout": nc}, {"exposed": (1 - h) * 100, "holdout": h * 100}
+    )
+    return {
+        **public_campaign(r, cfg, now),
+        "population": "reached users" if cfg["audience_id"] == "all" else "audience",
+        "groups": out_groups,
+        "users_shown": len(shown),
+        "diff": diff["diff"],
+        "diff_ci": diff["diff_ci"],
+        "p_value": diff["p_value"],
+        "lift": (mt / mc - 1) if mc else None,
+        "lift_ci": stats.lift_ci(mc, vc, nc, mt, vt, nt),
+        "srm": ratio,
+        "folded_entries": folded,
+    }

@@ -1,0 +1,175 @@
+"""Audiences: users ranked for a merchant's own products, category or post from what the live
+version published, stored bounded, exported as CSV; never another merchant's products."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from typing import Any
+
+import pytest
+from helpers import feed_app
+
+from feed import contract as c
+from service import campaigns as cp
+
+ADMIN = "admin-token-0123456789"
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def catalogue(r: Any, version: str) -> dict[str, Any]:
+    """merchant -> its products and the posts linking them, in the live version."""
+    table = c.decode_json(r.get(c.version_key(version, "posts")))
+    products = sorted({p for ps in table["product_ids"] for p in ps})
+    docs = r.mget([c.product_doc_key(p, version) for p in products])
+    owner = {
+        p: (c.decode_json(d) or {}).get("merchant_id") for p, d in zip(products, docs, strict=True)
+    }
+    out: dict[str, Any] = {}
+    rows = zip(table["post_id"], table["author_id"], table["product_ids"], strict=True)
+    for post, author, ps in rows:
+        for p in ps:
+            m = owner.get(p)
+            if m:
+                rec = out.setdefault(m, {"products": set(), "posts": {}, "categories": Counter()})
+                rec["products"].add(p)
+                rec["posts"][post] = author
+                rec["categories"][table["product_category"].get(p)] += 1
+    return out
+
+
+def biggest(r: Any, version: str) -> tuple[str, dict[str, Any], str, dict[str, Any]]:
+    """(the merchant with most posts, its catalogue, another merchant, its catalogue)."""
+    cat = catalogue(r, version)
+    order = sorted(cat, key=lambda m: -len(cat[m]["posts"]))
+    return order[0], cat[order[0]], order[1], cat[order[1]]
+
+
+@pytest.fixture
+def shop(r: Any, redis_url: str, published: str) -> dict[str, Any]:
+    client = feed_app(redis_url, ADMIN_TOKEN=ADMIN).test_client()
+    m, mine, other, theirs = biggest(r, published)
+    tokens = {}
+    for x in (m, other):
+        resp = client.post("/v1/admin/merchants", json={"merchant_id": x}, headers=AS_ADMIN)
+        tokens[x] = resp.get_json()["token"]
+    return {
+        "client": client,
+        "m": m,
+        "mine": mine,
+        "other": other,
+        "theirs": theirs,
+        "auth": bearer(tokens[m]),
+        "other_auth": bearer(tokens[other]),
+        "version": published,
+    }
+
+
+def test_an_audience_ranks_users_who_engage_with_the_products(r: Any, shop: dict[str, Any]) -> None:
+    client, m = shop["client"], shop["m"]
+    products = sorted(shop["mine"]["products"])[:5]
+    resp = client.post(
+        f"/v1/merchants/{m}/audiences", json={"product_ids": products, "size": 60},
+        headers=shop["auth"],
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert 0 < body["size"] <= 60 and body["estimated_size"] >= body["size"]
+    assert len(body["users"]) == min(50, body["size"])
+    # the top users have the target posts among their candidates, more than a random user does
+    table = c.decode_json(r.get(c.version_key(shop["version"], "posts")))
+    targets = {i for i, ps in enumerate(table["product_ids"]) if set(ps) & set(products)}
+
+    def hits(u: str) -> int:
+        items, _, _ = c.decode_candidates(r.get(c.user_key(u, "cand", shop["version"])))
+        return len(targets & set(items[:100].tolist()))
+
+    top = sum(hits(u) for u in body["users"][:10]) / 10
+    everyone = [c.text(k).split("}")[0][3:] for k in r.scan_iter(match="{u:*}:cand:*")]
+    mean = sum(hits(u) for u in everyone) / len(everyone)
+    assert top > mean
+    # stored with a TTL, listed, exported as CSV best first
+    aid = body["audience_id"]
+    ttl = r.ttl(c.audience_key(aid, "users"))
+    assert 0 < ttl <= cp.AUDIENCE_TTL_S and r.ttl(c.audience_key(aid, "meta")) > 0
+    listed = client.get(f"/v1/merchants/{m}/audiences", headers=shop["auth"]).get_json()
+    assert [a["audience_id"] for a in listed["audiences"]] == [aid]
+    exported = client.get(f"/v1/merchants/{m}/audiences/{aid}.csv", headers=shop["auth"])
+    assert exported.status_code == 200 and exported.mimetype == "text/csv"
+    rows = list(csv.reader(io.StringIO(exported.get_data(as_text=True))))
+    assert rows[0] == ["user_id", "score"] and len(rows) == body["size"] + 1
+    assert [x[0] for x in rows[1:51]] == body["users"]
+    scores = [float(x[1]) for x in rows[1:]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_category_and_like_post_targets(shop: dict[str, Any]) -> None:
+    client, m = shop["client"], shop["m"]
+    category = shop["mine"]["categories"].most_common(1)[0][0]
+    resp = client.post(
+        f"/v1/merchants/{m}/audiences", json={"category": category, "size": 20},
+        headers=shop["auth"],
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["target"] == {"category": category}
+    post = sorted(shop["mine"]["posts"])[0]
+    resp = client.post(
+        f"/v1/merchants/{m}/audiences", json={"like_post": post}, headers=shop["auth"]
+    )
+    assert resp.status_code == 201 and resp.get_json()["size"] > 0
+
+
+def test_only_the_merchants_own_products_posts_and_audiences(shop: dict[str, Any]) -> None:
+    client, m, auth = shop["client"], shop["m"], shop["auth"]
+    theirs = sorted(shop["theirs"]["products"] - shop["mine"]["products"])[0]
+    resp = client.post(f"/v1/merchants/{m}/audiences", json={"product_ids": [theirs]}, headers=auth)
+    assert resp.status_code == 404 and theirs in resp.get_json()["error"]["message"]
+    their_post = sorted(set(shop["theirs"]["posts"]) - set(shop["mine"]["posts"]))[0]
+    resp = client.post(f"/v1/merchants/{m}/audiences", json={"like_post": their_post}, headers=auth)
+    assert resp.status_code == 404
+    resp = client.post(f"/v1/merchants/{m}/audiences", json={"category": "nope"}, headers=auth)
+    assert resp.status_code == 404
+    # an audience of another merchant is not found, even with the id
+    other = shop["other"]
+    made = client.post(
+        f"/v1/merchants/{other}/audiences",
+        json={"product_ids": sorted(shop["theirs"]["products"])[:2]},
+        headers=shop["other_auth"],
+    ).get_json()
+    got = client.get(f"/v1/merchants/{m}/audiences/{made['audience_id']}.csv", headers=auth)
+    assert got.status_code == 404
+
+
+def test_bad_bodies_are_400_naming_the_field(shop: dict[str, Any]) -> None:
+    client, m, auth = shop["client"], shop["m"], shop["auth"]
+    url = f"/v1/merchants/{m}/audiences"
+    resp = client.post(url, json={"size": 10}, headers=auth)
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_target"
+    resp = client.post(url, json={"category": "a", "like_post": "p1"}, headers=auth)
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_target"
+    resp = client.post(url, json={"category": "a", "size": cp.AUDIENCE_MAX + 1}, headers=auth)
+    assert resp.status_code == 400 and "size" in resp.get_json()["error"]["message"]
+    resp = client.post(url, json={"product_ids": []}, headers=auth)
+    assert resp.status_code == 400 and "product_ids" in resp.get_json()["error"]["message"]
+
+
+def test_audiences_are_capped_per_merchant(r: Any, shop: dict[str, Any]) -> None:
+    client, m = shop["client"], shop["m"]
+    post = sorted(shop["mine"]["posts"])[0]
+    made = []
+    for _ in range(cp.AUDIENCES_PER_MERCHANT + 2):
+        resp = client.post(
+            f"/v1/merchants/{m}/audiences", json={"like_post": post, "size": 5},
+            headers=shop["auth"],
+        )  # fmt: skip
+        assert resp.status_code == 201
+        made.append(resp.get_json()["audience_id"])
+    listed = client.get(f"/v1/merchants/{m}/audiences", headers=shop["auth"]).get_json()
+    ids = [a["audience_id"] for a in listed["audiences"]]
+    assert ids == made[-cp.AUDIENCES_PER_MERCHANT :]
+    assert r.exists(c.audience_key(made[0], "users"), c.audience_key(made[0], "meta")) == 0
