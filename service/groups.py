@@ -36,11 +36,13 @@ from service.writes import Command, counted, log_append, transact, trim_log
 # size, ttl_s, keep_s, price or ''). Returns {'created', now, expires_at} or, when a group of that
 # id exists, {'exists', its initiator id}.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {'exists', redis.call('HGET', KEYS[1], 'initiator_id') or ''}
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local st = redis.call('HMGET', KEYS[1], 'initiator_id', 'status', 'expires_at')
+  local live = st[2] == 'open' and tonumber(st[3] or '0') > now
+  return {'exists', st[1] or '', live and 'open' or 'closed'}
+end
 local expires = now + tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], 'group_id', ARGV[1], 'product_id', ARGV[2], 'initiator_id', ARGV[3],
   'size', ARGV[4], 'created_at', string.format('%.6f', now),
@@ -265,7 +267,9 @@ class Groups:
             self._release(open_key, group_id)
             raise
         if c.text(reply[0]) == "exists":
-            if c.text(reply[1]) != initiator_id:  # the reservation was this request's own
+            # the slot stays only for this initiator's own group while it is open (a retried
+            # create); a closed, succeeded or expired group, or another's, holds no slot
+            if c.text(reply[1]) != initiator_id or c.text(reply[2]) != "open":
                 self._release(open_key, group_id)
             raise GroupError("group_exists", f"group {group_id!r} exists")
         created, expires = float(c.text(reply[1])), float(c.text(reply[2]))

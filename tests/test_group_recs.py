@@ -129,7 +129,7 @@ def test_invitees_rank_true_friends_above_chance(
     hits = shown = 0
     for i, uid in enumerate(starters):
         _start(client, uid, _product(client, uid), f"inv-{i}")
-        items = client.get(f"/v1/groups/inv-{i}/invitees?limit=5").get_json()["items"]
+        items = client.get(f"/v1/groups/inv-{i}/invitees?limit=5&user_id={uid}").get_json()["items"]
         assert uid not in {it["user_id"] for it in items}
         assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
         shown += len(items)
@@ -137,17 +137,24 @@ def test_invitees_rank_true_friends_above_chance(
     n_users = len(_groups(artifact)["user_ids"])
     chance = np.mean([len(friends.get(u, ())) for u in starters]) / n_users
     assert shown and hits / shown > 10 * chance, (hits, shown, chance)
-    joined = client.post("/v1/groups/inv-0/join", json={"user_id": items_of(client, "inv-0")})
-    assert joined.status_code == 200
-    after = client.get("/v1/groups/inv-0/invitees?limit=50").get_json()["items"]
-    assert not set(joined.get_json()["members"]) & {it["user_id"] for it in after}
-    assert client.get("/v1/groups/nope/invitees").status_code == 404
-
-
-def items_of(client: Any, group_id: str) -> str:
-    return str(
-        client.get(f"/v1/groups/{group_id}/invitees?limit=1").get_json()["items"][0]["user_id"]
+    first = starters[0]
+    joined = client.post(
+        "/v1/groups/inv-0/join", json={"user_id": items_of(client, "inv-0", first)}
     )
+    assert joined.status_code == 200
+    after = client.get(f"/v1/groups/inv-0/invitees?limit=50&user_id={first}").get_json()
+    assert not set(joined.get_json()["members"]) & {it["user_id"] for it in after["items"]}
+    assert client.get(f"/v1/groups/nope/invitees?user_id={first}").status_code == 404
+    # the list is the initiator's alone: a member or a stranger gets 403, no user 400
+    member = joined.get_json()["members"][1]
+    other = client.get(f"/v1/groups/inv-0/invitees?user_id={member}")
+    assert other.status_code == 403 and other.get_json()["error"]["code"] == "not_initiator"
+    assert client.get("/v1/groups/inv-0/invitees").status_code == 400
+
+
+def items_of(client: Any, group_id: str, initiator: str) -> str:
+    url = f"/v1/groups/{group_id}/invitees?limit=1&user_id={initiator}"
+    return str(client.get(url).get_json()["items"][0]["user_id"])
 
 
 def test_friends_open_groups_reach_their_ties(client: Any, artifact: Path) -> None:
@@ -244,7 +251,7 @@ def test_pair_model_is_learned_published_and_scores_invitees(
     uid = next(u for u in ties if len(ties[u]) >= 5)
     product = _product(client, uid)
     _start(client, uid, product, "pair-1")
-    items = client.get("/v1/groups/pair-1/invitees?limit=50").get_json()["items"]
+    items = client.get(f"/v1/groups/pair-1/invitees?limit=50&user_id={uid}").get_json()["items"]
     assert {it["user_id"] for it in items} == set(ties[uid])
     category = client.application.extensions["feed_store"].table(published).product_category
     published_ties = c.decode_ties(r.get(c.user_key(uid, c.USER_TIES, published)))

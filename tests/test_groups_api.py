@@ -70,6 +70,22 @@ def test_existing_id_is_409_and_unchanged(client: Any) -> None:
     assert state["size"] == 4 and state["initiator_id"] == "u1"
 
 
+def test_a_retried_create_holds_no_slot_once_the_group_is_closed(client: Any, r: Any) -> None:
+    """Creating an existing id again is 409, and it keeps an open-group slot only while that
+    group is the initiator's own and open: retries of a succeeded group free theirs."""
+    slots = c.user_key("u7", c.USER_GROUPS_OPEN)
+    assert create(client, group_id="gretry", initiator_id="u7", size=2).status_code == 201
+    assert r.zscore(slots, "gretry") is not None
+    assert create(client, group_id="gretry", initiator_id="u7").status_code == 409
+    assert r.zscore(slots, "gretry") is not None  # still open: its slot stays
+    assert join(client, "gretry", "u8").get_json()["status"] == "succeeded"
+    assert r.zscore(slots, "gretry") is None
+    for _ in range(3):
+        again = create(client, group_id="gretry", initiator_id="u7")
+        assert again.status_code == 409 and error_code(again) == "group_exists"
+    assert r.zscore(slots, "gretry") is None
+
+
 def test_joining_twice_and_the_initiator_change_nothing(client: Any, r: Any) -> None:
     create(client, group_id="g2", size=3)
     once = join(client, "g2", "u2").get_json()

@@ -18,7 +18,7 @@ import logging
 import secrets
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from feed import contract as c
 from feed.serving.state import VersionTable
@@ -275,13 +275,21 @@ def user_groups(user_id: str) -> Any:
 def group_invitees(group_id: str) -> Any:
     """Whom the initiator should invite: their ties ranked by the version's pair model (the
     published tie part, their affinity for the group's product and its category), current
-    members excluded; 404 for an unknown group."""
+    members excluded; 404 for an unknown group. The list tells whose ties these are and what
+    they like: it is the initiator's alone, so ``user_id`` (the caller's user) must be the
+    initiator (400 without it, 403 ``not_initiator`` for anyone else)."""
     _available()
     check_id(group_id, "group_id")
+    asker = request.args.get("user_id")
+    if asker is None:
+        raise bad_request("user_id is required: the initiator asking", "invalid_user_id")
+    check_id(asker, "user_id")
     limit = limit_arg(20, RECS_MAX)
     group = groups().get(group_id)
     if group is None:
         raise not_found(f"no group {group_id!r} (unknown, or expired long ago)")
+    if asker != group.initiator_id:
+        raise ApiError(403, "not_initiator", "only the group's initiator gets its invitees")
     version = store().live_version()
     items = [
         {"user_id": s.item, "score": round(s.score, 4), "reason": s.reason}
