@@ -1432,7 +1432,8 @@ def merchants_aggregate(redis_url: str | None, replay: bool, max_entries: int | 
         click.echo(f"wiped {fm.wipe(r)} aggregate keys")
     live = reg.live_version(r)
     res = fm.fold(r, fm.Catalogue(r, live), max_entries=max_entries)
-    click.echo(f"folded {res.entries} events; checkpoint {res.checkpoint}")
+    left = "unknown" if res.behind is None else res.behind
+    click.echo(f"folded {res.entries} events; checkpoint {res.checkpoint}; behind {left}")
     if res.gap:
         click.secho(
             "warning: the event log was trimmed past the checkpoint: some events were never "

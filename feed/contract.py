@@ -63,7 +63,15 @@ PUBLISH_LOCK_KEY = "{feed}:publish_lock"  # string with a TTL: the running publi
 # publish (service/routes/posts.py, service/routes/products.py; docs/architecture.md).
 MODERATION_KEY = "{feed}:moderation"  # hash: post id -> JSON {hidden, deleted, edited, ts, by}
 CATALOGUE_KEY = "{feed}:catalogue"  # hash: product id -> JSON product record set through the API
-OVERLAY_GEN_KEY = "{feed}:overlay_gen"  # counter: +1 with every moderation or catalogue write
+#: counters, one per hash, bumped in the transaction of every write of it and read (one
+#: ``MGET``) with a user's keys on every page, so each process re-reads only what moved
+MODERATION_GEN_KEY = "{feed}:moderation_gen"
+CATALOGUE_GEN_KEY = "{feed}:catalogue_gen"
+#: zset: product id -> the catalogue generation of its last change (at most one member per
+#: catalogue product), so a process reads only the products changed since its generation
+CATALOGUE_CHANGES_KEY = "{feed}:catalogue_changes"
+#: cursor of the moderation pruner's ``HSCAN`` (``service/routes/posts.py``)
+MODERATION_SCAN_KEY = "{feed}:moderation_scan"
 # Merchants (service/merchants.py, feed/merchants.py; docs/merchants.md).
 MERCHANTS_KEY = "{feed}:merchants"  # hash: merchant id -> JSON {token_sha256, created, ...}
 MERCHANT_TOKENS_KEY = "{feed}:merchant_tokens"  # hash: sha256 of a token -> merchant id
@@ -78,6 +86,19 @@ CAMPAIGNS_KEY = "{feed}:campaigns"  # hash: campaign id -> JSON config (merchant
 #: counter: +1 with every campaign created or stopped; read with a user's keys on every page, so
 #: each process reloads its running-campaign list only when it moves
 CAMPAIGNS_GEN_KEY = "{feed}:campaigns_gen"
+#: zset campaign id -> end: the scheduled and running campaigns (a stop removes one), what a
+#: worker loads; capped overall (``CAMPAIGNS_LIVE_MAX``)
+CAMPAIGNS_LIVE_KEY = "{feed}:campaigns_live"
+#: zset campaign id -> ms its purchases are folded until (its end, or its stop): the merchant
+#: fold (``feed.merchants``) counts their purchases; it drops those its checkpoint passed
+CAMPAIGNS_FOLD_KEY = "{feed}:campaigns_fold"
+#: zset campaign id -> unix time its config and counters are dropped (end or stop + retention)
+CAMPAIGNS_EXPIRY_KEY = "{feed}:campaigns_exp"
+
+
+def merchant_campaigns_key(merchant_id: str) -> str:
+    """A merchant's kept campaigns (zset campaign id -> created_at), capped."""
+    return f"{{feed}}:cmps:{merchant_id}"
 
 
 def audience_key(audience_id: str, kind: str) -> str:
@@ -92,9 +113,10 @@ def audiences_key(merchant_id: str) -> str:
 
 def campaign_key(campaign_id: str, kind: str) -> str:
     """A campaign's counters: ``n`` (impressions delivered), ``u`` (hash user -> impressions),
-    ``aud`` (its audience's users, copied at creation), ``reach`` (users whose pages it could
-    have entered, both groups: the report's population of an ``all`` campaign), ``buy`` (hash
-    user -> purchases of its products in the flight), ``cp`` (the report fold's checkpoint)."""
+    ``stop`` (flag), ``reach`` (users whose pages it could have entered, both groups: the
+    report's population of an ``all`` campaign), ``buy`` (hash user -> purchases of its products
+    in the flight, written by the merchant fold). A targeted campaign reads its audience's
+    ``users`` key (:func:`audience_key`, same ``{feed}`` slot), kept alive as long as it."""
     return f"{{feed}}:cmp:{campaign_id}:{kind}"
 
 
@@ -203,6 +225,16 @@ def override_keys(post_id: str) -> tuple[str, str]:
 def version_doc_pattern(version: str) -> str:
     """SCAN pattern of every document and card of ``version``."""
     return f"vdoc:{version}:*"
+
+
+def tombstone_key(post_id: str) -> str:
+    """Key (string with a TTL, ``{feed}`` slot) that keeps a deleted post's id from being
+    reused by ``POST /v1/posts`` once its moderation entry is pruned.
+
+    >>> tombstone_key("p7")
+    '{feed}:tomb:p7'
+    """
+    return "{feed}:tomb:" + post_id
 
 
 def post_doc_key(post_id: str, version: str | None = None) -> str:

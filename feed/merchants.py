@@ -52,12 +52,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import WatchError
+from redis.exceptions import LockError, WatchError
 
 from feed import contract as c
 
@@ -66,6 +66,10 @@ MAX_DEPTH = 5  # share chains deeper than this count as this deep
 RETENTION_DAYS = 90  # aggregates expire this many days after their day
 STATE_TTL_S = WINDOW_S + 30 * 86_400  # backstop expiry of the attribution state
 BATCH = 2_000  # log entries a transaction
+LOCK_S = 120  # the fold lock's lease, renewed after every batch
+#: a sponsored campaign's config and counters outlive its end (or stop) this long
+#: (service/campaigns.py); its purchase counts written by the fold expire with them
+CAMPAIGN_KEEP_S = 7 * 86_400
 DAY_S = 86_400
 
 #: The counts of a report row, in order.
@@ -444,6 +448,9 @@ class FoldResult:
     entries: int = 0  # log entries folded by this call
     checkpoint: str = "0-0"
     gap: bool = False  # the log was trimmed past the checkpoint: entries were never folded
+    #: entries logged after the checkpoint, left for a later fold (None: unknown, a checkpoint
+    #: written before the fold counted its position)
+    behind: int | None = None
 
 
 def checkpoint(r: Any) -> dict[str, str]:
@@ -467,6 +474,54 @@ def _read_state(
     return out
 
 
+def _log_position(r: Any) -> tuple[int, int, str | None, str | None]:
+    """(entries ever logged, entries in the log, its first id, its last id), read in one
+    transaction: the service's ``XADD``s and their counter's ``INCRBY`` share one."""
+    pipe = r.pipeline(transaction=True)
+    pipe.get(c.EVENTS_SEQ_KEY)
+    pipe.xlen(c.EVENTS_KEY)
+    pipe.xrange(c.EVENTS_KEY, count=1)
+    pipe.xrevrange(c.EVENTS_KEY, count=1)
+    seq, n, first, last = pipe.execute()
+    return (
+        int(seq or 0),
+        int(n),
+        c.text(first[0][0]) if first else None,
+        c.text(last[0][0]) if last else None,
+    )
+
+
+def campaign_purchases(
+    r: Any, entries: Sequence[tuple[str, Mapping[str, str]]]
+) -> dict[str, tuple[int, dict[str, int]]]:
+    """Campaign id -> (when its counts expire, user -> purchases of its products): the
+    purchases among ``entries`` logged during a campaign's flight (until its stop), for the
+    campaigns of :data:`feed.contract.CAMPAIGNS_FOLD_KEY` (service/campaigns.py)."""
+    bought = [(entry_time(i), ev) for i, ev in entries if ev.get("type") == "purchase"]
+    if not bought:
+        return {}
+    first_ms = int(bought[0][0] * 1000)
+    ids = r.zrangebyscore(c.CAMPAIGNS_FOLD_KEY, f"({first_ms}", "+inf", withscores=True)
+    if not ids:
+        return {}
+    cfgs = r.hmget(c.CAMPAIGNS_KEY, [i for i, _ in ids])
+    by_product: dict[str, list[tuple[str, float, float]]] = {}
+    for (cid, until_ms), raw in zip(ids, cfgs, strict=True):
+        cfg = c.decode_json(raw)
+        if not isinstance(cfg, dict):
+            continue
+        for p in cfg.get("products") or ():
+            by_product.setdefault(p, []).append((c.text(cid), float(cfg["start"]), until_ms / 1000))
+    out: dict[str, tuple[int, dict[str, int]]] = {}
+    for t, ev in bought:
+        for cid, start, until in by_product.get(ev.get("product_id", ""), ()):
+            if start <= t < until and ev.get("user_id"):
+                expire = int(until + CAMPAIGN_KEEP_S) + 1
+                counts = out.setdefault(cid, (expire, {}))[1]
+                counts[ev["user_id"]] = counts.get(ev["user_id"], 0) + 1
+    return out
+
+
 def _apply(pipe: Any, batch: Batch, now: float) -> None:
     for (merchant, day), fields in batch.incr.items():
         key = agg_key(merchant, day)
@@ -485,7 +540,7 @@ def fold_batch(
     """Fold the next ``batch`` entries after the checkpoint, atomically with its advance:
     (entries folded, the checkpoint after)."""
     with r.pipeline(transaction=True) as pipe:
-        pipe.watch(c.MERCHANT_AGG_CHECKPOINT_KEY)
+        pipe.watch(c.MERCHANT_AGG_CHECKPOINT_KEY, c.CAMPAIGNS_FOLD_KEY)
         cp = {
             c.text(k): c.text(v)
             for k, v in (pipe.hgetall(c.MERCHANT_AGG_CHECKPOINT_KEY) or {}).items()
@@ -505,11 +560,33 @@ def fold_batch(
         folder = Folder(cat, prior, window_s)
         for entry_id, ev in entries:
             folder.entry(entry_id, ev)
+        buys = campaign_purchases(pipe, entries)
         new = entries[-1][0]
         frontier = entry_time(new)
+        # the checkpoint's position in the log (entries ever logged up to it): ``behind``
+        total, length, first_id, last_id = _log_position(r)
+        seq: int | None = None
+        if new == last_id:
+            seq = total
+        elif entries[0][0] == first_id:
+            seq = total - length + len(entries)
+        elif cp.get("seq"):
+            seq = int(cp["seq"]) + len(entries)
         pipe.multi()
         _apply(pipe, folder.out, time.time())
-        pipe.hset(c.MERCHANT_AGG_CHECKPOINT_KEY, mapping={"id": new, "at": repr(time.time())})
+        for cid, (expire, counts) in buys.items():
+            key = c.campaign_key(cid, "buy")
+            for u, n in counts.items():
+                pipe.hincrby(key, u, n)
+            pipe.expireat(key, expire)
+        # campaigns whose purchases end before the checkpoint are done
+        pipe.zremrangebyscore(c.CAMPAIGNS_FOLD_KEY, "-inf", int(frontier * 1000))
+        mark = {"id": new, "at": repr(time.time())}
+        if seq is not None:
+            mark["seq"] = str(seq)
+        else:
+            pipe.hdel(c.MERCHANT_AGG_CHECKPOINT_KEY, "seq")
+        pipe.hset(c.MERCHANT_AGG_CHECKPOINT_KEY, mapping=mark)
         # state older than the window is never read again: drop it (memory only)
         old = int(cp.get("state_from") or day_of(entry_time(entries[0][0]) - window_s))
         stop = day_of(frontier - window_s) - 1
@@ -526,21 +603,25 @@ def fold(
     cat: Catalogue,
     *,
     max_entries: int | None = None,
+    max_s: float | None = None,
     batch: int = BATCH,
     window_s: float = WINDOW_S,
     wait_s: float = 10.0,
 ) -> FoldResult:
-    """Fold every entry logged after the checkpoint (at most ``max_entries``), under the
-    aggregation lock (waits up to ``wait_s`` for another fold to finish; a fold whose batch
-    lost a race with another is retried)."""
+    """Fold every entry logged after the checkpoint (at most ``max_entries``, for at most
+    about ``max_s`` seconds), under the aggregation lock (waits up to ``wait_s`` for another
+    fold to finish; its lease is renewed after every batch, and a fold that lost it stops; a
+    batch that lost a race with another fold is retried). ``behind``: what is left."""
     out = FoldResult(checkpoint=checkpoint(r).get("id", "0-0"))
     first = r.xrange(c.EVENTS_KEY, count=1)
     if first and out.checkpoint != "0-0":
         # entries between the checkpoint and the oldest one left were trimmed unfolded
         out.gap = _key(c.text(first[0][0])) > _key(_after(out.checkpoint))
-    lock = r.lock(c.MERCHANT_AGG_LOCK_KEY, timeout=120, blocking_timeout=wait_s)
+    lock = r.lock(c.MERCHANT_AGG_LOCK_KEY, timeout=LOCK_S, blocking_timeout=wait_s)
     if not lock.acquire():
+        out.behind = behind(r)
         return out
+    deadline = None if max_s is None else time.monotonic() + max_s
     try:
         while max_entries is None or out.entries < max_entries:
             size = batch if max_entries is None else min(batch, max_entries - out.entries)
@@ -550,14 +631,33 @@ def fold(
                 continue
             out.entries += n
             out.checkpoint = cp
-            if n < size:
+            if n < size or (deadline is not None and time.monotonic() >= deadline):
                 break
+            try:
+                lock.reacquire()  # a long fold keeps its lease
+            except LockError:
+                break  # it expired and another fold took it: that one goes on
     finally:
         try:
             lock.release()
         except Exception:  # noqa: BLE001 - it expired; the next fold takes it
             pass
+    out.behind = behind(r)
     return out
+
+
+def behind(r: Any) -> int | None:
+    """Entries logged after the fold's checkpoint (None: unknown, a checkpoint written before
+    the fold recorded its position)."""
+    cp = checkpoint(r)
+    total, _, _, last_id = _log_position(r)
+    if cp.get("seq"):
+        return max(0, total - int(cp["seq"]))
+    if last_id is None or cp.get("id") == last_id:
+        return 0
+    if not cp.get("id"):
+        return int(r.xlen(c.EVENTS_KEY))
+    return None
 
 
 def _key(entry_id: str) -> tuple[int, int]:

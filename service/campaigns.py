@@ -9,22 +9,30 @@ by rank (``1 / log2(rank + 2)``), plus 1 for a user who bought a target product 
 seed and the purchases since). Stored as a zset with its meta, expiring after
 :data:`AUDIENCE_TTL_S`, at most :data:`AUDIENCES_PER_MERCHANT` per merchant (the oldest goes).
 
-**Campaigns.** A config in :data:`feed.contract.CAMPAIGNS_KEY`; the audience's users copied at
-creation (the audience may expire, the campaign keeps its population); every change bumps
-:data:`feed.contract.CAMPAIGNS_GEN_KEY`, which the page's first round trip reads, so a process
-reloads its running-campaign list (:class:`Sponsor`) only when it moves: an organic page costs
-nothing more. A page of an audience user outside the holdout (``bucket(salt, user)``, as
-experiments assign arms) gets at most :data:`PAGE_MAX` sponsored posts at the campaign's slots,
-reserved by ONE Lua script per page (:data:`RESERVE`): Redis's clock, the flight, the stop flag,
-the budget, the pacing (``budget * elapsed / flight + burst``) and ``max_per_user``, checked and
-counted atomically, so concurrent pages never over-deliver.
+**Campaigns.** A config in :data:`feed.contract.CAMPAIGNS_KEY`, indexed per merchant
+(:func:`feed.contract.merchant_campaigns_key`, at most :data:`CAMPAIGNS_KEPT_PER_MERCHANT` kept:
+the oldest ended or stopped go first; at most :data:`CAMPAIGNS_PER_MERCHANT` scheduled or
+running), in the live index (:data:`feed.contract.CAMPAIGNS_LIVE_KEY`, at most
+``CAMPAIGNS_LIVE_MAX`` over every merchant) and dropped :data:`RETENTION_S` after its end or
+stop (:data:`feed.contract.CAMPAIGNS_EXPIRY_KEY`). A targeted campaign reads its audience's
+users key (never a copy), kept alive as long as the campaign and never evicted while a kept
+campaign uses it. Every change bumps :data:`feed.contract.CAMPAIGNS_GEN_KEY`, which the page's
+first round trip reads, so a process reloads the live configs (:class:`Sponsor`, no audience)
+only when it moves: an organic page costs nothing more. A page of a user outside the holdout
+(``bucket(salt, user)``, as experiments assign arms) gets at most :data:`PAGE_MAX` sponsored
+posts at the campaigns' slots, reserved by ONE Lua script per page (:data:`RESERVE`): the
+audience membership (``ZSCORE``), Redis's clock, the flight, the stop flag, the budget, the
+pacing (``budget * elapsed / flight + burst``) and ``max_per_user``, checked and counted
+atomically, so concurrent pages never over-deliver.
 
-**Report.** :func:`report` folds the event log's purchases of the boosted products during the
-flight into per-user counts (incrementally: a checkpoint under ``WATCH``, exactly once), then
-compares purchases per user between the exposed group (audience users outside the holdout) and
-the holdout: intent to treat, so the comparison is between two random halves of one population,
-whatever the delivery. An ``all`` campaign's population is the users whose pages it could have
-entered during the flight (``reach``, written with the page's own round trip).
+**Report.** The merchant fold (:func:`feed.merchants.fold`, one checkpoint for every report)
+counts each purchase of a campaign's products during its flight (until its stop) into the
+campaign's per-user counts, exactly once; :func:`report` folds at most :data:`REPORT_FOLD_MAX`
+new entries (``behind``: those left to ``feed merchants aggregate``), then compares purchases
+per user between the exposed group (audience users outside the holdout) and the holdout:
+intent to treat, so the comparison is between two random halves of one population, whatever
+the delivery. An ``all`` campaign's population is the users whose pages it could have entered
+during the flight (``reach``, written with the page's own round trip).
 """
 
 from __future__ import annotations
@@ -53,14 +61,18 @@ AUDIENCES_PER_MERCHANT = 20
 AUDIENCE_SHOWN = 50  # users in the answer (the CSV has them all)
 TARGET_POSTS_MAX = 500  # target posts whose neighbours are read
 CAMPAIGNS_PER_MERCHANT = 50  # campaigns not yet ended, per merchant
+CAMPAIGNS_KEPT_PER_MERCHANT = 100  # every kept campaign of a merchant (the oldest done go)
+CAMPAIGNS_LIVE_MAX = 100  # scheduled or running over every merchant (setting CAMPAIGNS_LIVE_MAX)
+PRUNE_BATCH = 100  # configs past their retention dropped by one create
 CAMPAIGN_POSTS_MAX = 20
 BUDGET_MAX = 10_000_000
 MAX_PER_USER_MAX = 1_000
 FLIGHT_MAX_S = 90 * 86_400
-RETENTION_S = 90 * 86_400  # counters and report data outlive the flight this long
+RETENTION_S = fm.CAMPAIGN_KEEP_S  # config, counters, report data outlive the end (or stop)
 PAGE_MAX = 2  # sponsored posts on one page, over every campaign
 BURST_SHARE = 0.02  # pacing allows this share of the budget ahead of schedule (at least 1)
-FOLD_BATCH = 5_000
+REPORT_FOLD_MAX = 50_000  # log entries a report request folds (the rest: `behind`)
+REPORT_FOLD_S = 5.0  # and for about this long at most
 
 
 class CampaignError(Exception):
@@ -246,20 +258,39 @@ def build_audience(
         "created_at": now,
     }
     index = c.audiences_key(merchant_id)
-    old = r.zrange(index, 0, -1)
-    gone = [c.text(a) for a in old[: max(0, len(old) - AUDIENCES_PER_MERCHANT + 1)]]
-    with r.pipeline(transaction=True) as pipe:
-        for a in gone:
-            pipe.zrem(index, a)
-            pipe.delete(c.audience_key(a, "meta"), c.audience_key(a, "users"))
-        if keep:
-            pipe.zadd(c.audience_key(audience_id, "users"), dict(keep))
-            pipe.expire(c.audience_key(audience_id, "users"), AUDIENCE_TTL_S)
-        pipe.set(c.audience_key(audience_id, "meta"), c.encode_json(meta), ex=AUDIENCE_TTL_S)
-        pipe.zadd(index, {audience_id: now})
-        pipe.zremrangebyscore(index, "-inf", now - AUDIENCE_TTL_S)
-        pipe.expire(index, AUDIENCE_TTL_S)
-        pipe.execute()
+    while True:
+        with r.pipeline(transaction=True) as pipe:
+            try:
+                # a campaign created meanwhile may start using an audience: WATCH its index
+                pipe.watch(index, c.merchant_campaigns_key(merchant_id))
+                used = audiences_in_use(pipe, merchant_id)
+                old = [c.text(a) for a in pipe.zrangebyscore(index, now - AUDIENCE_TTL_S, "+inf")]
+                spare = [a for a in old if a not in used]
+                over = len(old) - AUDIENCES_PER_MERCHANT + 1
+                if over > len(spare):
+                    raise CampaignError(
+                        "too_many_audiences",
+                        f"at most {AUDIENCES_PER_MERCHANT} audiences, and every one is used by "
+                        "a kept campaign: an audience goes once no campaign uses it",
+                        409,
+                    )
+                gone = spare[: max(0, over)]
+                pipe.multi()
+                for a in gone:
+                    pipe.zrem(index, a)
+                    pipe.delete(c.audience_key(a, "meta"), c.audience_key(a, "users"))
+                if keep:
+                    pipe.zadd(c.audience_key(audience_id, "users"), dict(keep))
+                    pipe.expire(c.audience_key(audience_id, "users"), AUDIENCE_TTL_S)
+                meta_key = c.audience_key(audience_id, "meta")
+                pipe.set(meta_key, c.encode_json(meta), ex=AUDIENCE_TTL_S)
+                pipe.zadd(index, {audience_id: now})
+                pipe.zremrangebyscore(index, "-inf", now - AUDIENCE_TTL_S)
+                pipe.expire(index, AUDIENCE_TTL_S)
+                pipe.execute()
+                break
+            except WatchError:
+                continue
     return {
         **public_audience(meta),
         "users": [u for u, _ in keep[:AUDIENCE_SHOWN]],
@@ -313,14 +344,14 @@ def list_audiences(r: Any, merchant_id: str) -> list[dict[str, Any]]:
 # --- campaigns ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Campaign:
-    """A campaign's config, as the page needs it."""
+    """A campaign's config, as the page needs it (small: the audience stays in Redis)."""
 
     campaign_id: str
     merchant_id: str
     post_ids: tuple[str, ...]
     authors: Mapping[str, str]
     products: frozenset[str]
-    audience: frozenset[str] | None  # None: every user ("all")
+    audience_id: str | None  # None: every user ("all"); else its users key is checked in Redis
     budget: int
     max_per_user: int
     slots: tuple[int, ...]
@@ -329,16 +360,18 @@ class Campaign:
     holdout: float
     salt: str
     stopped_at: float | None
+    post_products: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, cfg: Mapping[str, Any], audience: frozenset[str] | None) -> Campaign:
+    def parse(cls, cfg: Mapping[str, Any]) -> Campaign:
+        aud = cfg["audience_id"]
         return cls(
             cfg["campaign_id"],
             cfg["merchant_id"],
             tuple(cfg["post_ids"]),
             dict(cfg.get("authors") or {}),
             frozenset(cfg["products"]),
-            audience,
+            None if aud == "all" else aud,
             int(cfg["budget_impressions"]),
             int(cfg["max_per_user"]),
             tuple(cfg["slots"]),
@@ -347,6 +380,7 @@ class Campaign:
             float(cfg["holdout"]),
             cfg["salt"],
             cfg.get("stopped_at"),
+            {p: tuple(ps) for p, ps in (cfg.get("post_products") or {}).items()},
         )
 
     def in_holdout(self, user_id: str) -> bool:
@@ -370,19 +404,62 @@ def status(cfg: Mapping[str, Any], now: float) -> str:
     return "running" if now < cfg["end"] else "ended"
 
 
+def _drop_at(cfg: Mapping[str, Any]) -> float:
+    """When a campaign's config and counters go: :data:`RETENTION_S` after its end (or stop)."""
+    stopped = cfg.get("stopped_at")
+    return (min(cfg["end"], stopped) if stopped else cfg["end"]) + RETENTION_S
+
+
+def _campaign_keys(campaign_id: str) -> list[str]:
+    return [c.campaign_key(campaign_id, k) for k in ("n", "u", "stop", "reach", "buy", "cp", "aud")]
+
+
+def _drop(pipe: Any, cfg: Mapping[str, Any]) -> None:
+    """Queue the removal of a campaign: its config, its index entries, its counters."""
+    cid = cfg["campaign_id"]
+    pipe.hdel(c.CAMPAIGNS_KEY, cid)
+    pipe.zrem(c.merchant_campaigns_key(cfg["merchant_id"]), cid)
+    for key in (c.CAMPAIGNS_LIVE_KEY, c.CAMPAIGNS_FOLD_KEY, c.CAMPAIGNS_EXPIRY_KEY):
+        pipe.zrem(key, cid)
+    pipe.delete(*_campaign_keys(cid))
+
+
+def _mine(r: Any, merchant_id: str) -> list[dict[str, Any]]:
+    """The merchant's kept campaigns' configs, oldest first (from its index)."""
+    ids = [c.text(x) for x in r.zrange(c.merchant_campaigns_key(merchant_id), 0, -1)]
+    raw = r.hmget(c.CAMPAIGNS_KEY, ids) if ids else []
+    out = [c.decode_json(v) for v in raw]
+    return [x for x in out if isinstance(x, dict) and x.get("merchant_id") == merchant_id]
+
+
+def audiences_in_use(r: Any, merchant_id: str) -> set[str]:
+    """The audiences the merchant's kept campaigns read (never evicted while one does)."""
+    return {x["audience_id"] for x in _mine(r, merchant_id) if x["audience_id"] != "all"}
+
+
 def create_campaign(
-    r: Any, merchant_id: str, spec: Mapping[str, Any], owned: Owned, now: float
+    r: Any,
+    merchant_id: str,
+    spec: Mapping[str, Any],
+    owned: Owned,
+    now: float,
+    live_max: int = CAMPAIGNS_LIVE_MAX,
 ) -> dict[str, Any]:
     """Check the posts and the audience are the merchant's, then store the campaign (config,
-    audience copy, generation bump) in one transaction; its public form."""
+    indexes, the audience kept alive as long as it, generation bump) in one transaction under
+    ``WATCH``: at most :data:`CAMPAIGNS_PER_MERCHANT` scheduled or running per merchant and
+    ``live_max`` overall (409), at most :data:`CAMPAIGNS_KEPT_PER_MERCHANT` kept per merchant
+    (the oldest ended or stopped ones go, with their report data); its public form."""
     posts = list(dict.fromkeys(spec["post_ids"]))
     authors: dict[str, str] = {}
+    post_products: dict[str, list[str]] = {}
     products: set[str] = set()
     for p in posts:
         hit = owned.post(p)
         if hit is None:
             raise CampaignError("not_found", f"no post {p!r} linking this merchant's products", 404)
         authors[p] = hit[0]
+        post_products[p] = hit[1]
         products.update(hit[1])
     audience_id = spec["audience_id"]
     if audience_id != "all":
@@ -394,6 +471,7 @@ def create_campaign(
         "merchant_id": merchant_id,
         "post_ids": posts,
         "authors": authors,
+        "post_products": post_products,
         "products": sorted(products),
         "audience_id": audience_id,
         "budget_impressions": spec["budget_impressions"],
@@ -406,15 +484,36 @@ def create_campaign(
         "created_at": now,
         "stopped_at": None,
     }
-    ttl = int(end - now + RETENTION_S)
+    index = c.merchant_campaigns_key(merchant_id)
     while True:
         with r.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(c.CAMPAIGNS_KEY)
-                configs = [c.decode_json(v) for v in pipe.hvals(c.CAMPAIGNS_KEY)]
-                mine = [
-                    x for x in configs if isinstance(x, dict) and x["merchant_id"] == merchant_id
+                watched = [c.CAMPAIGNS_KEY, c.CAMPAIGNS_LIVE_KEY, index]
+                if audience_id != "all":
+                    watched.append(c.audience_key(audience_id, "meta"))
+                pipe.watch(*watched)
+                keep_until = int(end + RETENTION_S) + 1
+                extend: list[tuple[str, int]] = []  # (key, unix time): a TTL only lengthened
+                for key in [index] + (
+                    [c.audience_key(audience_id, k) for k in ("users", "meta")]
+                    if audience_id != "all"
+                    else []
+                ):
+                    ttl = int(pipe.ttl(key))
+                    if ttl != -1:  # -2 (none yet) or a TTL; -1 (none): already kept
+                        extend.append((key, max(keep_until, int(now) + ttl + 1)))
+                if audience_id != "all":
+                    audience_meta(pipe, merchant_id, audience_id)  # not evicted meanwhile
+                # configs past their retention, every merchant's (a few at a time)
+                due = [
+                    c.text(x)
+                    for x in pipe.zrangebyscore(
+                        c.CAMPAIGNS_EXPIRY_KEY, "-inf", now, start=0, num=PRUNE_BATCH
+                    )
                 ]
+                raw_due = pipe.hmget(c.CAMPAIGNS_KEY, due) if due else []
+                due_cfgs = [c.decode_json(v) for v in raw_due]
+                mine = [x for x in _mine(pipe, merchant_id) if _drop_at(x) >= now]
                 live = [x for x in mine if status(x, now) in ("scheduled", "running")]
                 if len(live) >= CAMPAIGNS_PER_MERCHANT:
                     raise CampaignError(
@@ -422,34 +521,39 @@ def create_campaign(
                         f"at most {CAMPAIGNS_PER_MERCHANT} scheduled or running campaigns",
                         409,
                     )
-                expired = [
-                    x["campaign_id"]
-                    for x in configs
-                    if isinstance(x, dict) and x["end"] + RETENTION_S < now
-                ]
+                running_all = int(pipe.zcount(c.CAMPAIGNS_LIVE_KEY, f"({now}", "+inf"))
+                if running_all >= live_max:
+                    raise CampaignError(
+                        "too_many_live_campaigns",
+                        f"at most {live_max} scheduled or running campaigns over every "
+                        "merchant: try again when one ends",
+                        409,
+                    )
+                done = [x for x in mine if status(x, now) in ("ended", "stopped")]
+                evict = done[: max(0, len(mine) - CAMPAIGNS_KEPT_PER_MERCHANT + 1)]
                 pipe.multi()
-                if expired:
-                    pipe.hdel(c.CAMPAIGNS_KEY, *expired)
-                if audience_id != "all":
-                    dst = c.campaign_key(campaign_id, "aud")
-                    pipe.zunionstore(dst, [c.audience_key(audience_id, "users")])
-                    pipe.expire(dst, ttl)
+                for i, cid in enumerate(due):
+                    old = due_cfgs[i]
+                    if isinstance(old, dict):
+                        _drop(pipe, old)
+                    else:
+                        pipe.zrem(c.CAMPAIGNS_EXPIRY_KEY, cid)
+                for x in evict:
+                    _drop(pipe, x)
+                pipe.zremrangebyscore(c.CAMPAIGNS_LIVE_KEY, "-inf", now)
                 pipe.hset(c.CAMPAIGNS_KEY, campaign_id, c.encode_json(cfg))
+                pipe.zadd(index, {campaign_id: now})
+                for key, at in extend:  # the audience lives as long as the campaign
+                    pipe.expireat(key, at)
+                pipe.zadd(c.CAMPAIGNS_LIVE_KEY, {campaign_id: end})
+                pipe.zadd(c.CAMPAIGNS_FOLD_KEY, {campaign_id: int(end * 1000)})
+                pipe.zadd(c.CAMPAIGNS_EXPIRY_KEY, {campaign_id: _drop_at(cfg)})
                 pipe.incr(c.CAMPAIGNS_GEN_KEY)
                 pipe.execute()
                 break
             except WatchError:
                 continue
     return public_campaign(r, cfg, now)
-
-
-def _configs(r: Any, merchant_id: str) -> list[dict[str, Any]]:
-    raw = r.hvals(c.CAMPAIGNS_KEY)
-    out = [c.decode_json(v) for v in raw]
-    return sorted(
-        (x for x in out if isinstance(x, dict) and x.get("merchant_id") == merchant_id),
-        key=lambda x: x["created_at"],
-    )
 
 
 def get_config(r: Any, merchant_id: str, campaign_id: str) -> dict[str, Any]:
@@ -479,18 +583,20 @@ def public_campaign(r: Any, cfg: Mapping[str, Any], now: float) -> dict[str, Any
         "holdout": cfg["holdout"],
         "status": status(cfg, now),
         "stopped_at": c.iso_time(cfg.get("stopped_at")),
+        "kept_until": c.iso_time(_drop_at(cfg)),
         "delivered_impressions": int(delivered or 0),
         "users_reached": int(users or 0),
     }
 
 
 def list_campaigns(r: Any, merchant_id: str, now: float) -> list[dict[str, Any]]:
-    return [public_campaign(r, x, now) for x in _configs(r, merchant_id)]
+    return [public_campaign(r, x, now) for x in _mine(r, merchant_id) if _drop_at(x) >= now]
 
 
 def stop_campaign(r: Any, merchant_id: str, campaign_id: str, now: float) -> dict[str, Any]:
-    """Stop at once in every process: the stop flag (the reservation script reads it) and the
-    config, with a generation bump, in one transaction."""
+    """Stop at once in every process: the stop flag (the reservation script reads it), the
+    config and the indexes (no longer live; purchases folded until now; kept
+    :data:`RETENTION_S` from now), with a generation bump, in one transaction."""
     while True:
         with r.pipeline(transaction=True) as pipe:
             try:
@@ -498,10 +604,14 @@ def stop_campaign(r: Any, merchant_id: str, campaign_id: str, now: float) -> dic
                 cfg = get_config(pipe, merchant_id, campaign_id)
                 if not cfg.get("stopped_at"):
                     cfg["stopped_at"] = now
-                    ttl = int(max(cfg["end"], now) - now + RETENTION_S)
+                    ttl = max(1, int(_drop_at(cfg) - now) + 1)
                     pipe.multi()
                     pipe.set(c.campaign_key(campaign_id, "stop"), "1", ex=ttl)
                     pipe.hset(c.CAMPAIGNS_KEY, campaign_id, c.encode_json(cfg))
+                    pipe.zrem(c.CAMPAIGNS_LIVE_KEY, campaign_id)
+                    fold_until = int(min(now, cfg["end"]) * 1000)
+                    pipe.zadd(c.CAMPAIGNS_FOLD_KEY, {campaign_id: fold_until}, xx=True)
+                    pipe.zadd(c.CAMPAIGNS_EXPIRY_KEY, {campaign_id: _drop_at(cfg)})
                     pipe.incr(c.CAMPAIGNS_GEN_KEY)
                     pipe.execute()
                 else:
@@ -512,37 +622,63 @@ def stop_campaign(r: Any, merchant_id: str, campaign_id: str, now: float) -> dic
 
 
 # --- the page's side ---------------------------------------------------------------------------
-#: Reserve impressions for one page, for each campaign (KEYS: delivered, per-user hash, stop
-#: flag; ARGV after the user: wanted, budget, max per user, start, end, burst, ttl). Returns
-#: [granted, delivered after] per campaign. Redis's clock: every process paces alike.
+#: Reserve impressions for one page over the candidate campaigns, in order (KEYS per campaign:
+#: delivered, per-user hash, stop flag, audience users; ARGV: user, page max, then per campaign
+#: targeted, budget, max per user, start, end, burst, ttl, #slots, slots.., #posts, posts..).
+#: A targeted campaign reaches only a member of its audience (ZSCORE, in Redis: no worker holds
+#: an audience). Slots and posts are taken once over the page, at most ``page max`` in all.
+#: Returns per campaign {granted, delivered after (-1: not read), slot, post, slot, post..}.
+#: Redis's clock: every process paces alike.
 RESERVE = """
-local user = ARGV[1]
+local user, pagemax = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local out = {}
-for i = 1, #KEYS / 3 do
-  local nk, uk, sk = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local a = 1 + (i - 1) * 7
-  local want, budget, cap = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local start, stop, burst = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local ttl = tonumber(ARGV[a + 7])
-  local n = tonumber(redis.call('GET', nk) or '0')
-  local g = 0
-  if now >= start and now < stop and redis.call('EXISTS', sk) == 0 then
+local taken, used, placed, out = {}, {}, 0, {}
+local a = 3
+for i = 1, #KEYS / 4 do
+  local nk, uk, sk, ak = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local targeted, budget, cap = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local start, stop, burst = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local ttl, ns = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local slots = {}
+  for j = 1, ns do slots[j] = ARGV[a + 7 + j] end
+  local np = tonumber(ARGV[a + 8 + ns])
+  local posts = {}
+  for j = 1, np do posts[j] = ARGV[a + 8 + ns + j] end
+  a = a + 9 + ns + np
+  local res = {0, -1}
+  if placed < pagemax and now >= start and now < stop
+     and (targeted == '0' or redis.call('ZSCORE', ak, user))
+     and redis.call('EXISTS', sk) == 0 then
+    local n = tonumber(redis.call('GET', nk) or '0')
     local paced = math.floor(budget * (now - start) / (stop - start)) + burst
     if paced > budget then paced = budget end
     local u = tonumber(redis.call('HGET', uk, user) or '0')
-    g = math.min(want, paced - n, cap - u)
+    local room = math.min(paced - n, cap - u, pagemax - placed)
+    local g, pi = 0, 1
+    for j = 1, ns do
+      if g >= room then break end
+      if not taken[slots[j]] then
+        while pi <= np and used[posts[pi]] do pi = pi + 1 end
+        if pi > np then break end
+        taken[slots[j]] = true
+        used[posts[pi]] = true
+        res[#res + 1] = tonumber(slots[j])
+        res[#res + 1] = posts[pi]
+        g = g + 1
+        pi = pi + 1
+      end
+    end
     if g > 0 then
       redis.call('INCRBY', nk, g)
       redis.call('HINCRBY', uk, user, g)
       redis.call('EXPIRE', nk, ttl)
       redis.call('EXPIRE', uk, ttl)
-    else
-      g = 0
+      placed = placed + g
     end
+    res[1], res[2] = g, n + g
   end
-  out[i] = {g, n + g}
+  out[i] = res
 end
 return out
 """
@@ -557,12 +693,18 @@ class Slot:
     campaign: Campaign
 
 
-class Sponsor:
-    """The running campaigns of one process, reloaded when the campaigns counter moves (read
-    with the user's keys: no round trip of its own), and the page's reservation."""
+#: per campaign, (its slots that fit the page, its posts in order of preference)
+Wanted = list[tuple[Campaign, list[int], list[str]]]
 
-    def __init__(self, r: Any) -> None:
+
+class Sponsor:
+    """The running campaigns' configs of one process (at most ``live_max``, never an
+    audience), reloaded when the campaigns counter moves (read with the user's keys: no round
+    trip of its own), and the page's reservation."""
+
+    def __init__(self, r: Any, live_max: int = CAMPAIGNS_LIVE_MAX) -> None:
         self.r = r
+        self.live_max = live_max
         self._lock = threading.Lock()
         self._gen = -1
         self._campaigns: list[Campaign] = []
@@ -589,30 +731,16 @@ class Sponsor:
         return out
 
     def _load(self, generation: int) -> None:
+        """The live index's configs (ids whose end is to come, oldest created first)."""
         campaigns: list[Campaign] = []
         if generation > 0:
-            now = time.time()
-            cfgs = [c.decode_json(v) for v in self.r.hvals(c.CAMPAIGNS_KEY)]
-            live = [
-                x
-                for x in cfgs
-                if isinstance(x, dict) and status(x, now) in ("scheduled", "running")
-            ]
-            pipe = self.r.pipeline(transaction=False)
-            targeted = [x for x in live if x["audience_id"] != "all"]
-            for x in targeted:
-                pipe.zrange(c.campaign_key(x["campaign_id"], "aud"), 0, -1)
-            members = dict(
-                zip(
-                    [x["campaign_id"] for x in targeted],
-                    pipe.execute() if targeted else [],
-                    strict=True,
-                )
+            ids = self.r.zrangebyscore(
+                c.CAMPAIGNS_LIVE_KEY, f"({time.time()}", "+inf", start=0, num=self.live_max
             )
-            for x in live:
-                users = members.get(x["campaign_id"])
-                aud = None if users is None else frozenset(c.text(u) for u in users)
-                campaigns.append(Campaign.parse(x, aud))
+            raw = self.r.hmget(c.CAMPAIGNS_KEY, ids) if ids else []
+            cfgs = [x for x in (c.decode_json(v) for v in raw) if isinstance(x, dict)]
+            cfgs.sort(key=lambda x: (x["created_at"], x["campaign_id"]))
+            campaigns = [Campaign.parse(x) for x in cfgs if not x.get("stopped_at")]
         with self._lock:
             self._gen, self._campaigns, self._exhausted = generation, campaigns, set()
 
@@ -625,18 +753,17 @@ class Sponsor:
         muted: set[str],
         seen: set[str],
         servable: Callable[[str], bool],
-    ) -> tuple[list[tuple[Campaign, list[tuple[int, str]]]], list[tuple[Any, ...]]]:
-        """(per campaign, the (slot, post) it would fill on this page; the reach writes of the
-        page's round trip). No Redis."""
-        taken: set[int] = set()
+        oos: frozenset[str] | set[str] = frozenset(),
+    ) -> tuple[Wanted, list[tuple[Any, ...]]]:
+        """(per campaign the user may see, the slots and posts it could fill on this page; the
+        reach writes of the page's round trip). No Redis: the audience and the budget are
+        checked by the reservation script. Never the user's own post, a hidden post, a muted
+        author's, nor a post whose every boosted product is out of stock (``oos``)."""
         on_page = set(page_posts)
-        wanted: list[tuple[Campaign, list[tuple[int, str]]]] = []
+        wanted: Wanted = []
         reach: list[tuple[Any, ...]] = []
-        n = 0
         for camp in campaigns:
-            if camp.audience is not None and user_id not in camp.audience:
-                continue
-            if camp.audience is None:
+            if camp.audience_id is None:
                 key = c.campaign_key(camp.campaign_id, "reach")
                 ttl = int(camp.end - time.time() + RETENTION_S)
                 reach += [("SADD", key, user_id), ("EXPIRE", key, max(ttl, 1))]
@@ -648,48 +775,47 @@ class Sponsor:
                 if p not in on_page
                 and p not in hidden
                 and camp.authors.get(p) not in muted
+                and camp.authors.get(p) != user_id
+                and not (camp.post_products.get(p) and oos.issuperset(camp.post_products[p]))
                 and servable(p)
             ]
             posts.sort(key=lambda p: p in seen)  # unseen first, else in the campaign's order
-            slots = [s for s in camp.slots if s not in taken and s <= len(page_posts)]
-            picks = []
-            for s, p in zip(slots, posts, strict=False):
-                if n >= PAGE_MAX:
-                    break
-                picks.append((s, p))
-                taken.add(s)
-                on_page.add(p)
-                n += 1
-            if picks:
-                wanted.append((camp, picks))
+            slots = [s for s in camp.slots if s <= len(page_posts)]
+            if posts and slots:
+                # an earlier campaign may take up to PAGE_MAX of them: more are never placed
+                wanted.append((camp, slots[:PAGE_MAX], posts[: 2 * PAGE_MAX]))
         return wanted, reach
 
-    def reserve(
-        self, user_id: str, wanted: list[tuple[Campaign, list[tuple[int, str]]]]
-    ) -> list[Slot]:
-        """ONE script: the impressions granted, per campaign the first ones of its picks."""
+    def reserve(self, user_id: str, wanted: Wanted) -> list[Slot]:
+        """ONE script: the slots granted (audience, flight, stop, budget, pacing, cap per user,
+        at most :data:`PAGE_MAX` on the page)."""
         if not wanted:
             return []
         keys: list[str] = []
-        args: list[Any] = [user_id]
+        args: list[Any] = [user_id, PAGE_MAX]
         now = time.time()
-        for camp, picks in wanted:
+        for camp, slots, posts in wanted:
             cid = camp.campaign_id
+            aud = camp.audience_id
             keys += [
                 c.campaign_key(cid, "n"),
                 c.campaign_key(cid, "u"),
                 c.campaign_key(cid, "stop"),
+                c.audience_key(aud, "users") if aud else c.campaign_key(cid, "aud"),
             ]
             burst = max(1, math.ceil(camp.budget * BURST_SHARE))
             ttl = max(1, int(camp.end - now + RETENTION_S))
-            args += [len(picks), camp.budget, camp.max_per_user, camp.start, camp.end, burst, ttl]
+            args += [1 if aud else 0, camp.budget, camp.max_per_user, camp.start, camp.end]
+            args += [burst, ttl, len(slots), *slots, len(posts), *posts]
         replies = self._script(keys=keys, args=args)
         out: list[Slot] = []
-        for (camp, picks), (granted, delivered) in zip(wanted, replies, strict=True):
-            if int(delivered) >= camp.budget:
+        for (camp, _, _), reply in zip(wanted, replies, strict=True):
+            granted, delivered = int(reply[0]), int(reply[1])
+            if delivered >= camp.budget:
                 with self._lock:
                     self._exhausted.add(camp.campaign_id)
-            out += [Slot(s, p, camp) for s, p in picks[: int(granted)]]
+            for j in range(granted):
+                out.append(Slot(int(reply[2 + 2 * j]), c.text(reply[3 + 2 * j]), camp))
         return out
 
 
@@ -702,55 +828,32 @@ def place(page: list[Any], slots: list[Slot], make: Callable[[Slot], Any]) -> li
 
 
 # --- the report --------------------------------------------------------------------------------
-def _fold(r: Any, cfg: Mapping[str, Any]) -> int:
-    """Fold the log's purchases of the campaign's products in its flight into ``buy`` (user
-    -> purchases), from the checkpoint on; exactly once (``WATCH`` of the checkpoint). The
-    entries folded."""
-    cid = cfg["campaign_id"]
-    cp_key, buy_key = c.campaign_key(cid, "cp"), c.campaign_key(cid, "buy")
-    products = set(cfg["products"])
-    start_ms, end_ms = int(cfg["start"] * 1000), int(cfg["end"] * 1000)
-    ttl = max(1, int(cfg["end"] - time.time() + RETENTION_S))
-    total = 0
-    while True:
-        with r.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(cp_key)
-                cp = pipe.get(cp_key)
-                lo = f"({c.text(cp)}" if cp else f"{start_ms}-0"
-                chunk = pipe.xrange(c.EVENTS_KEY, min=lo, max=f"{end_ms}-0", count=FOLD_BATCH)
-                if not chunk:
-                    pipe.reset()
-                    return total
-                counts: dict[str, int] = {}
-                for _, f in chunk:
-                    ev = {c.text(k): c.text(v) for k, v in f.items()}
-                    if ev.get("type") == "purchase" and ev.get("product_id") in products:
-                        u = ev.get("user_id", "")
-                        counts[u] = counts.get(u, 0) + 1
-                pipe.multi()
-                for u, k in counts.items():
-                    pipe.hincrby(buy_key, u, k)
-                pipe.expire(buy_key, ttl)
-                pipe.set(cp_key, c.text(chunk[-1][0]), ex=ttl)
-                pipe.execute()
-                total += len(chunk)
-            except WatchError:
-                continue
-
-
-def report(r: Any, merchant_id: str, campaign_id: str, now: float) -> dict[str, Any]:
+def report(
+    r: Any,
+    merchant_id: str,
+    campaign_id: str,
+    now: float,
+    *,
+    version: str | None = None,
+    post_lookup: Callable[[str], tuple[str, list[str]] | None] | None = None,
+    fold_max: int = REPORT_FOLD_MAX,
+) -> dict[str, Any]:
     """Exposed vs holdout: users, purchases of the boosted products per user, the difference
-    and the relative lift with 95% intervals, and the sample-ratio check."""
+    and the relative lift with 95% intervals, and the sample-ratio check. Folds at most
+    ``fold_max`` new log entries first (the merchant fold, which also counts campaign
+    purchases); ``behind``: entries left for ``feed merchants aggregate``."""
     from feed.experiments import stats
 
     cfg = get_config(r, merchant_id, campaign_id)
-    folded = _fold(r, cfg)
+    cat = fm.Catalogue(r, version, post_lookup)
+    folded = fm.fold(r, cat, max_entries=fold_max, max_s=REPORT_FOLD_S, wait_s=5.0)
     cid = cfg["campaign_id"]
     if cfg["audience_id"] == "all":
         population = [c.text(u) for u in r.smembers(c.campaign_key(cid, "reach"))]
     else:
-        population = [c.text(u) for u in r.zrange(c.campaign_key(cid, "aud"), 0, -1)]
+        population = [
+            c.text(u) for u in r.zrange(c.audience_key(cfg["audience_id"], "users"), 0, -1)
+        ]
     buys = {c.text(k): int(v) for k, v in r.hgetall(c.campaign_key(cid, "buy")).items()}
     shown = {c.text(k): int(v) for k, v in r.hgetall(c.campaign_key(cid, "u")).items()}
     groups: dict[str, list[float]] = {"exposed": [], "holdout": []}
@@ -784,5 +887,6 @@ def report(r: Any, merchant_id: str, campaign_id: str, now: float) -> dict[str, 
         "lift": (mt / mc - 1) if mc else None,
         "lift_ci": stats.lift_ci(mc, vc, nc, mt, vt, nt),
         "srm": ratio,
-        "folded_entries": folded,
+        "folded_entries": folded.entries,
+        "behind": folded.behind,
     }

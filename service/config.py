@@ -47,6 +47,12 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "pages of a scroll that records nothing (an unknown visitor, a preview, Redis full); "
         "page n ranks n pages again",
     ),
+    (
+        "CAMPAIGNS_LIVE_MAX",
+        100,
+        "scheduled or running sponsored campaigns over every merchant (each page's reservation "
+        "script checks them all); a new one past it is a 409 too_many_live_campaigns",
+    ),
     ("POST_TEXT_MAX", 5_000, "characters of a new post's text; longer is a 400"),
     ("POST_TITLE_MAX", 200, "characters of a new post's title; longer is a 400"),
     ("POST_TAGS_MAX", 30, "tags of a new post; more is a 400"),
@@ -56,13 +62,20 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "MODERATION_MAX",
         100_000,
         "posts hidden, deleted or edited through PATCH/DELETE /v1/posts kept (version-"
-        "independent, never expiring); a new one past it is a 507 moderation_full",
+        "independent; an entry goes once no registered version and no API post has its post, "
+        "pruned a few per moderation write); a new one past it is a 507 moderation_full",
+    ),
+    (
+        "MODERATION_TOMBSTONE_S",
+        30 * 86_400,
+        "seconds a deleted post's id stays refused by POST /v1/posts after its moderation "
+        "entry is pruned (a TTL'd tombstone key; 0: none)",
     ),
     (
         "API_PRODUCTS_MAX",
         10_000,
-        "products in the live catalogue (PUT/POST /v1/products, every process reads it whole "
-        "after each change); a new one past it is a 507 catalogue_full",
+        "products in the live catalogue (PUT/POST /v1/products; after a change every process "
+        "reads just the changed products); a new one past it is a 507 catalogue_full",
     ),
     ("PRODUCTS_PER_REQUEST", 1_000, "products in one POST /v1/products; more is a 400"),
     *RANKING_SETTINGS,  # how a page mixes its sources (feed.serving.ranking)

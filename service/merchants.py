@@ -9,8 +9,10 @@ Every request reads the hashes (no cache), so a rotated or revoked token stops w
 next request in every worker. Accounts are created only by an operator (the admin API or
 ``feed merchants create``) and capped at :data:`MERCHANTS_MAX`.
 
-Reports: :func:`report` folds the log entries logged since the last fold
-(:func:`feed.merchants.fold`, under its lock) and reads the merchant's day buckets.
+Reports: :func:`report` folds at most :data:`REPORT_FOLD_MAX` log entries (about
+:data:`REPORT_FOLD_S` seconds) logged since the last fold (:func:`feed.merchants.fold`, under its
+lock), then reads the merchant's day buckets; ``folded.behind`` says how many entries are left
+to ``feed merchants aggregate`` (run from cron), so a request never runs as long as a backlog.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from feed import contract as c
 from feed import merchants as fm
 
 MERCHANTS_MAX = 100_000  # accounts (an operator creates them; a bound all the same)
+REPORT_FOLD_MAX = 50_000  # log entries one report request folds at most
+REPORT_FOLD_S = 5.0  # and for about this long at most (then it answers with `behind`)
 
 
 class MerchantError(Exception):
@@ -172,11 +176,15 @@ def report(
     version: str | None,
     post_lookup: Callable[[str], tuple[str, list[str]] | None] | None,
     window_s: float = fm.WINDOW_S,
+    fold_max: int = REPORT_FOLD_MAX,
 ) -> dict[str, Any]:
-    """Fold what the log gained since the last fold, then the merchant's report over days
-    ``first``..``last`` grouped ``by``."""
+    """Fold what the log gained since the last fold (bounded: ``fold_max`` entries, about
+    :data:`REPORT_FOLD_S` seconds), then the merchant's report over days ``first``..``last``
+    grouped ``by``; ``folded.behind``: the entries not folded yet."""
     cat = fm.Catalogue(r, version, post_lookup)
-    folded = fm.fold(r, cat, window_s=window_s, wait_s=5.0)
+    folded = fm.fold(
+        r, cat, max_entries=fold_max, max_s=REPORT_FOLD_S, window_s=window_s, wait_s=5.0
+    )
     out = fm.report(fm.read_days(r, merchant_id, first, last), by)
     return {
         "merchant_id": merchant_id,
@@ -185,5 +193,10 @@ def report(
         "by": by,
         "window_s": window_s,
         **out,
-        "folded": {"entries": folded.entries, "checkpoint": folded.checkpoint, "gap": folded.gap},
+        "folded": {
+            "entries": folded.entries,
+            "checkpoint": folded.checkpoint,
+            "gap": folded.gap,
+            "behind": folded.behind,
+        },
     }

@@ -338,7 +338,8 @@ def sponsor() -> Sponsor:
         with _SPONSOR_LOCK:
             found = ext.get("feed_sponsor")
             if found is None:
-                found = ext["feed_sponsor"] = Sponsor(store().r)
+                live_max = int(current_app.config.get("CAMPAIGNS_LIVE_MAX") or 100)
+                found = ext["feed_sponsor"] = Sponsor(store().r, live_max)
     return found  # type: ignore[no-any-return]
 
 
@@ -369,7 +370,14 @@ def _sponsored(
 
     posts = [x.post_id for x in page]
     wanted, reach = sp.plan(
-        req.user_id, running, posts, state.hidden, state.muted, state.seen, servable
+        req.user_id,
+        running,
+        posts,
+        state.hidden,
+        state.muted,
+        state.seen,
+        servable,
+        glob.get("oos", frozenset()),
     )
     try:
         slots = sp.reserve(req.user_id, wanted)

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,12 @@ def _json_object(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _generations(reply: Any) -> tuple[int, int]:
+    """The (moderation, catalogue) counters of an ``MGET`` reply (0 when unset)."""
+    moderation, catalogue = (int(x or 0) for x in reply)
+    return moderation, catalogue
+
+
 def _realtime(member: Any, score: Any) -> tuple[str, float, str]:
     post, reason = c.parse_rt_member(member)
     return post, c.rt_strength(float(score)), reason
@@ -54,11 +60,12 @@ Command = writes.Command
 
 @dataclass(frozen=True)
 class Overlay:
-    """Moderation and the live catalogue, as of one value of the overlay counter
-    (:data:`feed.contract.OVERLAY_GEN_KEY`): version-independent, read whole when the counter
-    moves, so every process sees a change on its next request."""
+    """Moderation and the live catalogue, as of one value of each of their counters
+    (:data:`feed.contract.MODERATION_GEN_KEY`, :data:`feed.contract.CATALOGUE_GEN_KEY`):
+    version-independent, re-read when a counter moves (the moderation hash whole, the
+    catalogue's changed products only), so every process sees a change on its next request."""
 
-    generation: int = -1
+    generation: tuple[int, int] = (-1, -1)  # (moderation, catalogue); -1: never read
     takedown: frozenset[str] = frozenset()  # hidden or deleted posts
     deleted: frozenset[str] = frozenset()
     hidden: frozenset[str] = frozenset()
@@ -67,28 +74,70 @@ class Overlay:
     sold_out: frozenset[str] = frozenset()  # catalogue products with in_stock false
     restocked: frozenset[str] = frozenset()  # ... with in_stock true
 
-    @classmethod
-    def parse(cls, generation: int, moderation: Any, catalogue: Any) -> Overlay:
-        """From the raw ``HGETALL`` replies (flat lists or dicts) of both hashes."""
+    @staticmethod
+    def _pairs(reply: Any) -> list[tuple[str, dict[str, Any]]]:
+        items = reply.items() if isinstance(reply, dict) else writes.with_scores(reply)
+        return [(c.text(k), _json_object(v)) for k, v in items]
 
-        def pairs(reply: Any) -> list[tuple[str, dict[str, Any]]]:
-            items = reply.items() if isinstance(reply, dict) else writes.with_scores(reply)
-            return [(c.text(k), _json_object(v)) for k, v in items]
-
-        mod = pairs(moderation)
-        products = dict(pairs(catalogue))
+    def with_moderation(self, generation: int, moderation: Any) -> Overlay:
+        """This overlay with the moderation hash's raw ``HGETALL`` reply in place."""
+        mod = self._pairs(moderation)
         deleted = frozenset(p for p, e in mod if e.get("deleted"))
         hidden = frozenset(p for p, e in mod if e.get("hidden"))
-        return cls(
-            generation,
-            deleted | hidden,
-            deleted,
-            hidden,
-            frozenset(p for p, e in mod if e.get("edited")) - deleted,
-            products,
-            frozenset(p for p, d in products.items() if d.get("in_stock") is False),
-            frozenset(p for p, d in products.items() if d.get("in_stock") is True),
+        edited = frozenset(p for p, e in mod if e.get("edited")) - deleted
+        gen = (generation, self.generation[1])
+        return replace(
+            self,
+            generation=gen,
+            takedown=deleted | hidden,
+            deleted=deleted,
+            hidden=hidden,
+            edited=edited,
         )
+
+    def with_catalogue(self, generation: int, catalogue: Any, *, whole: bool) -> Overlay:
+        """This overlay with the catalogue's records: ``catalogue`` (product id -> raw JSON, a
+        reply of ``HGETALL`` or pairs) is the whole hash, or with ``whole`` False the products
+        changed since this overlay's catalogue generation, merged over it (the other products'
+        records, and the unchanged sets, are kept as they are)."""
+        changed = dict(self._pairs(catalogue))
+        sold: frozenset[str] = frozenset()
+        back: frozenset[str] = frozenset()
+        products: Mapping[str, Mapping[str, Any]] = changed
+        if not whole:
+            products = {**self.products, **changed}
+            sold, back = self.sold_out - changed.keys(), self.restocked - changed.keys()
+        sold |= {p for p, d in changed.items() if d.get("in_stock") is False}
+        back |= {p for p, d in changed.items() if d.get("in_stock") is True}
+        return replace(
+            self,
+            generation=(self.generation[0], generation),
+            products=products,
+            sold_out=sold if sold != self.sold_out else self.sold_out,  # keep it if unchanged
+            restocked=back if back != self.restocked else self.restocked,
+        )
+
+    @classmethod
+    def parse(cls, generation: tuple[int, int], moderation: Any, catalogue: Any) -> Overlay:
+        """From the raw ``HGETALL`` replies (flat lists or dicts) of both hashes."""
+        ov = cls().with_moderation(generation[0], moderation)
+        return ov.with_catalogue(generation[1], catalogue, whole=True)
+
+
+#: Products changed since a process's catalogue generation that it reads one by one; more, and
+#: it reads the catalogue whole.
+CATALOGUE_CHANGES_READ = 1_000
+
+# KEYS: the changes zset, the catalogue; ARGV: the generation read, the most to read one by one.
+# Returns {changed ids with their generations (flat), their records} (records empty: too many).
+_CATALOGUE_CHANGES = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES',
+  'LIMIT', 0, tonumber(ARGV[2]) + 1)
+local only = {}
+for i = 1, #ids, 2 do only[#only + 1] = ids[i] end
+if #only == 0 or #only > tonumber(ARGV[2]) then return {ids, {}} end
+return {ids, redis.call('HMGET', KEYS[2], unpack(only))}
+"""
 
 
 def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> list[Any]:
@@ -152,7 +201,8 @@ class Store:
         self._tokens: dict[str, dict[str, np.ndarray]] = {}
         self._live: tuple[float, str | None, frozenset[str]] = (0.0, None, frozenset())
         self._experiment: tuple[float, Experiment | None] = (-1e18, None)
-        self._global: dict[str | None, tuple[float, dict[str, Any]]] = {}  # per version
+        # per version: (when read, what was read, the state derived from it)
+        self._global: dict[str | None, tuple[float, Any, Any]] = {}
         self._overlay = Overlay()
         self._down_until = 0.0  # circuit breaker: skip Redis until then after an error
         self._full_at = -1e18  # when Redis last refused a write as full (see mark_full)
@@ -294,35 +344,63 @@ class Store:
         return index
 
     # -- global, briefly cached ----------------------------------------------------------
-    def overlay_generation(self) -> int:
-        """The overlay counter now (one ``GET``), for routes that read no user keys."""
-        return int(self.r.get(c.OVERLAY_GEN_KEY) or 0)
+    def overlay_generation(self) -> tuple[int, int]:
+        """The (moderation, catalogue) counters now (one ``MGET``), for routes that read no
+        user keys."""
+        return _generations(self.r.mget([c.MODERATION_GEN_KEY, c.CATALOGUE_GEN_KEY]))
 
-    def overlay(self, generation: int | None = None) -> Overlay:
-        """Moderation and the catalogue (:class:`Overlay`) as of ``generation`` (the counter a
-        caller read with its own keys, or :meth:`overlay_generation`; None: as this process
-        last read it, no round trip): cached until the counter moves, then both hashes are read
-        again in one round trip."""
+    def overlay(self, generation: tuple[int, int] | None = None) -> Overlay:
+        """Moderation and the catalogue (:class:`Overlay`) as of ``generation`` (the counters
+        a caller read with its own keys, or :meth:`overlay_generation`; None: as this process
+        last read them, no round trip): cached until a counter moves; then, in one round trip,
+        the moderation hash is read whole when its counter moved, and the catalogue's products
+        changed since this process's generation (:data:`feed.contract.CATALOGUE_CHANGES_KEY`)
+        when the catalogue's did (the whole catalogue on the first read, or when more than
+        ``CATALOGUE_CHANGES_READ`` changed: a second round trip)."""
         cached = self._overlay
-        if generation is None and cached.generation >= 0:
+        if generation is None:
+            if min(cached.generation) >= 0:
+                return cached
+            generation = self.overlay_generation()
+        mod_gen, cat_gen = generation
+        have_mod, have_cat = cached.generation
+        if have_mod == mod_gen and have_cat == cat_gen:
             return cached
-        if cached.generation == generation:
-            return cached
-        gen, moderation, catalogue = round_trip(
-            self.r,
-            [
-                ("GET", c.OVERLAY_GEN_KEY),
-                ("HGETALL", c.MODERATION_KEY),
-                ("HGETALL", c.CATALOGUE_KEY),
-            ],
-        )
-        ov = Overlay.parse(int(gen or 0), moderation, catalogue)
+        commands: list[Command] = []
+        if have_mod != mod_gen:
+            commands += [("GET", c.MODERATION_GEN_KEY), ("HGETALL", c.MODERATION_KEY)]
+        whole = have_cat < 0
+        if whole:
+            commands += [("GET", c.CATALOGUE_GEN_KEY), ("HGETALL", c.CATALOGUE_KEY)]
+        elif have_cat != cat_gen:
+            keys = (c.CATALOGUE_CHANGES_KEY, c.CATALOGUE_KEY)
+            most = CATALOGUE_CHANGES_READ
+            commands.append(("EVAL", _CATALOGUE_CHANGES, 2, *keys, have_cat, most))
+        replies = round_trip(self.r, commands) if commands else []
+        ov = cached
+        if have_mod != mod_gen:
+            ov = ov.with_moderation(int(replies[0] or 0), replies[1])
+            replies = replies[2:]
+        if whole:
+            ov = ov.with_catalogue(int(replies[0] or 0), replies[1], whole=True)
+        elif have_cat != cat_gen:
+            ids, records = replies[0]
+            changed = writes.with_scores(ids)
+            newest = max([cat_gen, *(int(float(sc)) for _, sc in changed)])
+            if changed and not records:  # too many changed: read it whole
+                gen, catalogue = round_trip(
+                    self.r, [("GET", c.CATALOGUE_GEN_KEY), ("HGETALL", c.CATALOGUE_KEY)]
+                )
+                ov = ov.with_catalogue(int(gen or 0), catalogue, whole=True)
+            else:
+                pairs = [(p, raw) for (p, _), raw in zip(changed, records, strict=True) if raw]
+                ov = ov.with_catalogue(newest, pairs, whole=False)
         with self._lock:
             self._overlay = ov
         return ov
 
     def global_state(
-        self, version: str | None = None, generation: int | None = None
+        self, version: str | None = None, generation: tuple[int, int] | None = None
     ) -> dict[str, Any]:
         """``fresh``: the ``FRESH_POSTS`` newest posts created through the API with their
         metadata (:class:`FreshPosts`, newest first, none taken down); ``oos``: ``version``'s
@@ -332,16 +410,48 @@ class Store:
         this at once.
 
         Two round trips per ``GLOBAL_CACHE_S`` and version (the fresh list with the stock set,
-        then the metadata of just those posts): the metadata hash keeps every API-created post
-        until the next training, so it is never read whole.
+        then the metadata of just those posts), and again when moderation changed (an edit or
+        a takedown of an API post); the metadata hash keeps every API-created post until the
+        next training, so it is never read whole. A catalogue change reads nothing more: the
+        stock set on top is recomputed in process, and the objects that did not change (the
+        out-of-stock set, the fresh posts) are kept, so the sold-out masks cached on them stay.
         """
         if version is None:
             version = self.live_version()
         ov = self.overlay(generation)
-        at, g = self._global.get(version, (0.0, {}))
+        at, raw, g = self._global.get(version, (0.0, None, None))
         fresh_enough = time.monotonic() - at < self.config["GLOBAL_CACHE_S"]
-        if fresh_enough and g and g["overlay"] is ov:
+        if fresh_enough and g is not None and g["overlay"] is ov:
             return g
+        if not fresh_enough or raw is None or raw["moderation"] != ov.generation[0]:
+            at, raw, g = time.monotonic(), self._global_read(version, ov.generation[0]), None
+        out_of_stock = (raw["oos"] - ov.restocked) | ov.sold_out
+        if g is not None and g["oos"] == out_of_stock:
+            out_of_stock = g["oos"]  # the same object: its sold-out masks stay cached
+        if g is not None and g["oos"] is out_of_stock and g["takedown"] is ov.takedown:
+            fresh = g["fresh"]
+        else:
+            metas = raw["fresh"]
+            fresh = FreshPosts.build(
+                {p: m for p, m in metas.items() if p not in ov.takedown}, out_of_stock
+            )
+        g = {
+            "fresh": fresh,
+            "oos": out_of_stock,
+            "takedown": ov.takedown,
+            "edited": ov.edited,
+            "catalogue": ov.products,
+            "overlay": ov,
+        }
+        with self._lock:
+            self._global[version] = (at, raw, g)
+            while len(self._global) > 4:  # the few versions in use
+                self._global.pop(next(iter(self._global)))
+        return g
+
+    def _global_read(self, version: str | None, moderation: int) -> dict[str, Any]:
+        """What :meth:`global_state` reads from Redis (two round trips): the newest API
+        posts' metadata (newest first) and the version's stock set."""
         n = self.config["FRESH_POSTS"]
         commands: list[Command] = [("ZRANGE", c.FRESH_KEY, 0, n - 1, "REV", "WITHSCORES")]
         if version is not None:
@@ -350,26 +460,37 @@ class Store:
         fresh = [(c.text(p), float(ts)) for p, ts in writes.with_scores(replies[0])]
         oos = replies[1] if version is not None else []
         metas = self.r.hmget(c.FRESH_META_KEY, [p for p, _ in fresh]) if fresh else []
-        # newest first, as the zset read them
-        fresh_meta = {
-            p: c.decode_json(m)
-            for (p, _), m in zip(fresh, metas, strict=True)
-            if m and p not in ov.takedown
+        return {
+            "fresh": {p: c.decode_json(m) for (p, _), m in zip(fresh, metas, strict=True) if m},
+            "oos": frozenset(c.text(x) for x in oos),
+            "moderation": moderation,
         }
-        out_of_stock = (frozenset(c.text(x) for x in oos) - ov.restocked) | ov.sold_out
-        g = {
-            "fresh": FreshPosts.build(fresh_meta, out_of_stock),
-            "oos": out_of_stock,
-            "takedown": ov.takedown,
-            "edited": ov.edited,
-            "catalogue": ov.products,
-            "overlay": ov,
+
+    def known_posts(self, post_ids: list[str]) -> set[str]:
+        """The posts of ``post_ids`` that some version in the registry lists (its document
+        under the version's id: also a ready version not in use, which an activation could
+        bring back) or that are API posts not yet pruned (their document or fresh entry), in
+        one pipelined round trip (one ``EXISTS`` per key: documents spread over a cluster)."""
+        if not post_ids:
+            return set()
+        versions = [c.text(v) for v in self.r.hkeys(c.VERSIONS_KEY)]
+        pipe = self.r.pipeline(transaction=False)
+        for p in post_ids:
+            pipe.zscore(c.FRESH_KEY, p)
+            for v in [None, *versions]:
+                pipe.exists(c.post_doc_key(p, v))
+        replies = pipe.execute()
+        per = len(versions) + 2
+        return {
+            p
+            for i, p in enumerate(post_ids)
+            if replies[i * per] is not None or any(replies[i * per + 1 : (i + 1) * per])
         }
-        with self._lock:
-            self._global[version] = (time.monotonic(), g)
-            while len(self._global) > 4:  # the few versions in use
-                self._global.pop(next(iter(self._global)))
-        return g
+
+    def tombstoned(self, post_id: str) -> bool:
+        """Whether ``post_id`` was deleted and its moderation entry pruned within
+        ``MODERATION_TOMBSTONE_S`` (:func:`feed.contract.tombstone_key`)."""
+        return bool(self.r.exists(c.tombstone_key(post_id)))
 
     def fresh_meta(self, post_id: str) -> dict[str, Any] | None:
         """The metadata of one post created through the API (also older than the
@@ -409,7 +530,8 @@ class Store:
         ):
             commands.append(("SMEMBERS", k(user_id, kind)))
         commands.append(("GET", k(user_id, c.USER_SEED, version)))
-        commands.append(("GET", c.OVERLAY_GEN_KEY))  # moderation/catalogue changed? (overlay)
+        # moderation/catalogue changed? (overlay): both counters in one MGET ({feed} slot)
+        commands.append(("MGET", c.MODERATION_GEN_KEY, c.CATALOGUE_GEN_KEY))
         commands.append(("GET", k(user_id, c.USER_TIES, version)))  # reason "friend"
         if replay_key:
             commands.append(("GET", replay_key))
@@ -430,7 +552,7 @@ class Store:
             unfollows={c.text(x) for x in unfollows},
             bought=seed_bought | {c.text(x) for x in bought},
             replay=[(str(p), float(sc), str(why)) for p, sc, why in replay] if replay else None,
-            overlay_generation=int(gen or 0),
+            overlay_generation=_generations(gen),
             ties=ties,
             campaign_generation=int(res[-1] or 0),
         )
@@ -571,7 +693,7 @@ class Store:
         """A moderation or catalogue change, all or nothing, seen by every process on its next
         request (:func:`service.writes.overlay_write`)."""
         try:
-            writes.overlay_write(self.r, is_cluster(self.r), prepare)
+            writes.overlay_write(self.r, is_cluster(self.r), prepare, self.config)
         except Exception as e:
             if is_full(e):
                 self.mark_full()

@@ -542,26 +542,33 @@ def prune_fresh(r: Any, now: float, cfg: Mapping[str, Any], batch: int = 1_000) 
 OVERLAY_RETRIES = 50
 
 #: ``prepare(read)`` of :func:`overlay_write`: given ``read`` (runs one command now, under the
-#: watch), the document commands and the ``{feed}`` commands of the change.
+#: watch), the document commands and the ``{feed}`` commands of the change, which end with the
+#: generation bump of what they change (:func:`moderation_bump`, :func:`catalogue_bump`).
 Prepare = Callable[[Callable[..., Any]], tuple[list[Command], list[Command]]]
 
 
-def overlay_write(r: Any, cluster: bool, prepare: Prepare) -> None:
-    """Apply a moderation or catalogue change all or nothing, with the overlay counter
-    (:data:`feed.contract.OVERLAY_GEN_KEY`) bumped in the same transaction, so every process
-    sees it on its next request.
+def overlay_write(
+    r: Any, cluster: bool, prepare: Prepare, cfg: Mapping[str, Any] | None = None
+) -> None:
+    """Apply a moderation or catalogue change all or nothing, with its generation counter
+    (:func:`moderation_bump`, :func:`catalogue_bump`, among ``prepare``'s commands) bumped in
+    the same transaction, so every process sees it on its next request.
 
     ``prepare`` reads what it needs (the moderation and catalogue hashes are ``WATCH``ed, so
     its caps and merges hold when the transaction runs; it is called again when another writer
     changed them) and returns (document commands, ``{feed}`` commands). On one server
     everything is one ``MULTI``/``EXEC``. On a cluster the documents (spread over slots) are
     written first and put back as they were (value and TTL) when the ``{feed}`` transaction
-    fails."""
+    fails. With ``cfg``, the event log is trimmed in the same transaction when the change logs
+    an event (:func:`trim_log`'s rule), as every other write to the log does."""
     for _ in range(OVERLAY_RETRIES):
         with r.pipeline(transaction=True) as pipe:
             pipe.watch(c.MODERATION_KEY, c.CATALOGUE_KEY)
             docs, own = prepare(pipe.execute_command)
-            own = [*counted(own), ("INCR", c.OVERLAY_GEN_KEY)]
+            logged = any(cmd[0] == "XADD" and cmd[1] == c.EVENTS_KEY for cmd in own)
+            own = counted(own)  # with prepare's generation bump
+            if logged and cfg is not None:
+                own.append(trim_command(cfg))
             saved = _snapshot(r, docs) if cluster and docs else []
             try:
                 for cmd in docs if cluster else []:  # one slot each: no transaction spans them
@@ -578,6 +585,30 @@ def overlay_write(r: Any, cluster: bool, prepare: Prepare) -> None:
                 _put_back(r, saved)
                 raise
     raise WatchError(f"the overlay changed {OVERLAY_RETRIES} times while this write was prepared")
+
+
+def moderation_bump() -> Command:
+    """The bump of the moderation counter (:data:`feed.contract.MODERATION_GEN_KEY`): every
+    process re-reads the moderation hash (and the API posts' metadata) on its next request."""
+    return ("INCR", c.MODERATION_GEN_KEY)
+
+
+# KEYS: the catalogue counter, the changes zset; ARGV: the changed product ids. One script (in
+# the write's MULTI): the counter and each product's generation move together.
+_CATALOGUE_BUMP = """
+local g = redis.call('INCR', KEYS[1])
+for i = 1, #ARGV do redis.call('ZADD', KEYS[2], g, ARGV[i]) end
+return g
+"""
+
+
+def catalogue_bump(product_ids: Sequence[str]) -> Command:
+    """The bump of the catalogue counter (:data:`feed.contract.CATALOGUE_GEN_KEY`) with each
+    changed product recorded at the new generation (:data:`feed.contract.CATALOGUE_CHANGES_KEY`,
+    one member per catalogue product: bounded by ``FEED_API_PRODUCTS_MAX``), so a process
+    reads only the products changed since its generation."""
+    keys = (c.CATALOGUE_GEN_KEY, c.CATALOGUE_CHANGES_KEY)
+    return ("EVAL", _CATALOGUE_BUMP, len(keys), *keys, *product_ids)
 
 
 def _snapshot(r: Any, docs: list[Command]) -> list[tuple[str, Any, int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,6 @@ def campaign(shop: dict[str, Any], **spec: Any) -> dict[str, Any]:
         "budget_impressions": 1000,
         "max_per_user": 2,
         "slots": [3, 10],
-        "start": now - 3600,
         "end": now + 60,
         "holdout": 0.1,
         **spec,
@@ -68,6 +68,16 @@ def campaign(shop: dict[str, Any], **spec: Any) -> dict[str, Any]:
     )
     assert resp.status_code == 201, resp.get_json()
     return resp.get_json()  # type: ignore[no-any-return]
+
+
+def backdate(r: Any, cid: str, seconds: float) -> None:
+    """Set a campaign's start ``seconds`` earlier, as if it had run that long (the API refuses a
+    backdated start): its pacing releases that share of the budget. Bumps the counter, as every
+    campaign change does, so the workers reload it."""
+    cfg = c.decode_json(r.hget(c.CAMPAIGNS_KEY, cid))
+    cfg["start"] -= seconds
+    r.hset(c.CAMPAIGNS_KEY, cid, c.encode_json(cfg))
+    r.incr(c.CAMPAIGNS_GEN_KEY)
 
 
 def page(client: Any, user: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -201,6 +211,7 @@ def test_budget_and_caps_hold_exactly_under_8_concurrent_clients(
     budget, cap = 150, 3
     camp = campaign(shop, budget_impressions=budget, max_per_user=cap, holdout=0.1)
     cid = camp["campaign_id"]
+    backdate(r, cid, 3600)  # the whole budget released: only the budget and the caps bind
     users = [f"u{i}" for i in range(400)]
     shown: Counter[str] = Counter()
     per_page: list[int] = []
@@ -234,14 +245,12 @@ def test_budget_and_caps_hold_exactly_under_8_concurrent_clients(
     assert stored == dict(shown)
 
 
-def test_pacing_holds_back_the_budget_early_in_the_flight(shop: dict[str, Any]) -> None:
+def test_pacing_holds_back_the_budget_early_in_the_flight(r: Any, shop: dict[str, Any]) -> None:
     """A flight a tenth gone may deliver about a tenth of the budget plus the burst."""
     now = time.time()
     budget = 1000
-    camp = campaign(
-        shop, budget_impressions=budget, max_per_user=100, holdout=0.01,
-        start=now - 360, end=now + 3240,
-    )  # fmt: skip
+    camp = campaign(shop, budget_impressions=budget, max_per_user=100, holdout=0.01, end=now + 3240)
+    backdate(r, camp["campaign_id"], 360)
     client = shop["client"]
     for i in range(120):
         page(client, f"u{i}")
@@ -276,7 +285,7 @@ def test_a_campaign_report_finds_a_true_lift_and_no_false_one(
     report_url = f"/v1/merchants/{m}/campaigns/{cid}/report"
     users = [
         c.text(u) for u in client.application.extensions["feed_redis"].zrange(
-            c.campaign_key(cid, "aud"), 0, -1)
+            c.audience_key(aud["audience_id"], "users"), 0, -1)
     ]  # fmt: skip
     assert len(users) >= 200
     rates = {u: (0.2 if cp.in_holdout(cid, 0.5, u) else (0.6 if effect else 0.2)) for u in users}
@@ -296,3 +305,189 @@ def test_a_campaign_report_finds_a_true_lift_and_no_false_one(
     # incremental and exactly once: a second report folds nothing new and says the same
     again = client.get(report_url, headers=shop["auth"]).get_json()
     assert again["folded_entries"] == 0 and again["groups"] == g
+
+
+# --- bounds: what one merchant can keep, what a worker holds, what a request folds -----------
+def test_one_merchant_keeps_a_bounded_number_of_campaigns_sharing_their_audience(
+    r: Any, shop: dict[str, Any]
+) -> None:
+    """Rounds of short campaigns: the oldest ended ones go (with their counters), the kept
+    ones read the audience's own key (never a copy) and keep it alive; configs are dropped a
+    week after the end."""
+    client, m, auth = shop["client"], shop["m"], shop["auth"]
+    aud = audience(shop, 50)
+    aid = aud["audience_id"]
+    made: list[str] = []
+    for _ in range(3):
+        end = time.time() + 1.5
+        for _ in range(cp.CAMPAIGNS_PER_MERCHANT):
+            made.append(campaign(shop, audience_id=aid, end=end)["campaign_id"])
+        over = client.post(
+            f"/v1/merchants/{m}/campaigns", headers=auth,
+            json={"post_ids": sorted(shop["mine"]["posts"])[:1], "audience_id": aid,
+                  "budget_impressions": 1, "max_per_user": 1, "slots": [3], "end": end},
+        )  # fmt: skip
+        assert over.status_code == 409
+        assert over.get_json()["error"]["code"] == "too_many_campaigns"
+        time.sleep(max(0.0, end - time.time()) + 0.1)
+    listed = client.get(f"/v1/merchants/{m}/campaigns", headers=auth).get_json()["campaigns"]
+    kept = [x["campaign_id"] for x in listed]
+    assert len(made) == 150 and kept == made[-cp.CAMPAIGNS_KEPT_PER_MERCHANT :]
+    mine = [x for x in map(c.decode_json, r.hvals(c.CAMPAIGNS_KEY)) if x["merchant_id"] == m]
+    assert len(mine) == len(kept) <= cp.CAMPAIGNS_KEPT_PER_MERCHANT
+    gone = made[0]
+    assert r.exists(*[c.campaign_key(gone, k) for k in ("n", "u", "stop", "reach", "buy")]) == 0
+    assert client.get(f"/v1/merchants/{m}/campaigns/{gone}", headers=auth).status_code == 404
+    assert not list(r.scan_iter(match="{feed}:cmp:*:aud"))  # no campaign copies its audience
+    # the shared audience lives as long as the last campaign's report (end + a week)
+    last = listed[-1]
+    assert last["status"] == "ended"
+    ttl = r.ttl(c.audience_key(aid, "users"))
+    assert cp.RETENTION_S - 60 <= ttl <= cp.RETENTION_S + 60
+    kept_until = datetime.fromisoformat(last["kept_until"].replace("Z", "+00:00")).timestamp()
+    end = datetime.fromisoformat(last["end"].replace("Z", "+00:00")).timestamp()
+    assert kept_until - end == pytest.approx(cp.RETENTION_S, abs=1)
+    # the report still works within that time, from the shared audience
+    rep = client.get(f"/v1/merchants/{m}/campaigns/{kept[-1]}/report", headers=auth)
+    assert rep.status_code == 200
+    groups = rep.get_json()["groups"]
+    assert groups["exposed"]["users"] + groups["holdout"]["users"] == aud["size"]
+
+
+def test_configs_past_their_retention_are_dropped_by_the_next_create(
+    r: Any, shop: dict[str, Any]
+) -> None:
+    """Every merchant's config is dropped once a week has passed since its end (or stop)."""
+    client, m, auth = shop["client"], shop["m"], shop["auth"]
+    old = campaign(shop)["campaign_id"]
+    assert client.post(f"/v1/merchants/{m}/campaigns/{old}/stop", headers=auth).status_code == 200
+    # a week and a bit later (its drop time moved back, as the clock would move forward)
+    r.zadd(c.CAMPAIGNS_EXPIRY_KEY, {old: time.time() - 1})
+    campaign(shop)
+    assert r.hget(c.CAMPAIGNS_KEY, old) is None and r.exists(c.campaign_key(old, "stop")) == 0
+    assert r.zscore(c.merchant_campaigns_key(m), old) is None
+    assert client.get(f"/v1/merchants/{m}/campaigns/{old}", headers=auth).status_code == 404
+
+
+def test_running_campaigns_are_capped_over_every_merchant(
+    redis_url: str, shop: dict[str, Any]
+) -> None:
+    app = feed_app(redis_url, ADMIN_TOKEN=ADMIN, CAMPAIGNS_LIVE_MAX=3)
+    client = app.test_client()
+    mine = {**shop, "client": client}
+    theirs = {**shop, "client": client, "m": shop["other"], "mine": shop["theirs"],
+              "auth": shop["other_auth"]}  # fmt: skip
+    ids = [campaign(mine)["campaign_id"], campaign(mine)["campaign_id"]]
+    campaign(theirs)
+    body = {
+        "post_ids": sorted(shop["mine"]["posts"])[:1],
+        "audience_id": "all",
+        "budget_impressions": 5,
+        "max_per_user": 1,
+        "slots": [3],
+        "end": time.time() + 60,
+    }
+    url = f"/v1/merchants/{shop['m']}/campaigns"
+    resp = client.post(url, json=body, headers=shop["auth"])
+    assert resp.status_code == 409
+    assert resp.get_json()["error"]["code"] == "too_many_live_campaigns"
+    assert client.post(f"{url}/{ids[0]}/stop", headers=shop["auth"]).status_code == 200
+    assert client.post(url, json=body, headers=shop["auth"]).status_code == 201
+
+
+def test_audience_membership_is_decided_in_redis_not_in_the_worker(
+    counted: Any,  # noqa: F811
+    redis_url: str,
+) -> None:
+    """A worker holds the configs only: a user taken out of the audience's key gets nothing on
+    the next page (no reload); a member's page costs one more round trip, a holdout user's
+    none; the audience key shares the campaign keys' slot (one script on a cluster)."""
+    from redis.crc import key_slot
+
+    from feed.redisclient import from_url
+
+    r = from_url(redis_url)
+    admin = feed_app(redis_url, ADMIN_TOKEN=ADMIN).test_client()
+    m, mine, _, _ = biggest(r, c.text(r.get(c.LIVE_KEY)))
+    token = admin.post("/v1/admin/merchants", json={"merchant_id": m}, headers=AS_ADMIN)
+    shop = {"client": admin, "m": m, "mine": mine, "auth": bearer(token.get_json()["token"])}
+    aud = audience(shop, 200)
+    aid = aud["audience_id"]
+    camp = campaign(shop, audience_id=aid, holdout=0.2, max_per_user=100)
+    cid = camp["campaign_id"]
+    members = [c.text(u) for u in r.zrange(c.audience_key(aid, "users"), 0, -1)]
+    exposed = [u for u in members if not cp.in_holdout(cid, 0.2, u)]
+    held = [u for u in members if cp.in_holdout(cid, 0.2, u)]
+    counted.get("/v1/feed/zz-warm?limit=20")  # this process loads the configs once
+    sponsor = counted.application.extensions["feed_sponsor"]
+    loaded = sponsor.running(None, time.time())
+    assert [x.audience_id for x in loaded] == [aid]  # an id, never the users
+    reads, writes, resp = round_trips(lambda: counted.get(f"/v1/feed/{exposed[0]}?limit=20"))
+    assert sponsored(resp.get_json()["items"])
+    assert reads + writes == 3 and CountingConnection.sent[1] == ["EVALSHA"]
+    reads, writes, resp = round_trips(lambda: counted.get(f"/v1/feed/{held[0]}?limit=20"))
+    assert not sponsored(resp.get_json()["items"]) and reads + writes == 2
+    r.zrem(c.audience_key(aid, "users"), exposed[1])  # no counter bump: no reload
+    assert not sponsored(counted.get(f"/v1/feed/{exposed[1]}?limit=20").get_json()["items"])
+    assert sponsored(counted.get(f"/v1/feed/{exposed[2]}?limit=20").get_json()["items"])
+    slots = {key_slot(k.encode()) for k in (
+        c.audience_key(aid, "users"), c.campaign_key(cid, "n"), c.campaign_key(cid, "u"),
+        c.campaign_key(cid, "stop"))}  # fmt: skip
+    assert len(slots) == 1
+    r.close()
+
+
+def test_a_backdated_start_is_refused_or_starts_now(r: Any, shop: dict[str, Any]) -> None:
+    """Pacing and the report count from the real start: a start more than a minute back is a
+    400 naming the field; one a few seconds back starts now, and a purchase made before it
+    counts for nothing."""
+    client, m, auth = shop["client"], shop["m"], shop["auth"]
+    aud = audience(shop, 100)
+    buyer = aud["users"][0]
+    bought = [{"type": "purchase", "user_id": buyer, "product_id": p}
+              for p in sorted(shop["mine"]["products"])]  # fmt: skip
+    assert client.post("/v1/events", json={"events": bought}).status_code == 202
+    now = time.time()
+    body = {
+        "post_ids": sorted(shop["mine"]["posts"])[:2],
+        "audience_id": aud["audience_id"],
+        "budget_impressions": 1000,
+        "max_per_user": 5,
+        "slots": [3],
+        "end": now + 3600,
+    }
+    url = f"/v1/merchants/{m}/campaigns"
+    resp = client.post(url, json={**body, "start": now - 3600}, headers=auth)
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_start"
+    assert "start" in resp.get_json()["error"]["message"]
+    resp = client.post(url, json={**body, "start": now - 30}, headers=auth)
+    assert resp.status_code == 201
+    out = resp.get_json()
+    start = datetime.fromisoformat(out["start"].replace("Z", "+00:00")).timestamp()
+    assert start >= now - 1
+    # pacing: right after the start only the burst is released
+    for i in range(40):
+        page(client, f"u{i}")
+    got = client.get(f"{url}/{out['campaign_id']}", headers=auth).get_json()
+    assert got["delivered_impressions"] <= max(1, 1000 * cp.BURST_SHARE) + 2
+    rep = client.get(f"{url}/{out['campaign_id']}/report", headers=auth).get_json()
+    total = rep["groups"]["exposed"]["purchases"] + rep["groups"]["holdout"]["purchases"]
+    assert total == 0
+
+
+def test_own_and_sold_out_posts_are_never_sponsored(r: Any, shop: dict[str, Any]) -> None:
+    client, m = shop["client"], shop["m"]
+    posts = sorted(shop["mine"]["posts"])
+    author = shop["mine"]["posts"][posts[0]]
+    own = [p for p in posts if shop["mine"]["posts"][p] == author][:2]
+    camp = campaign(shop, post_ids=own, max_per_user=100, holdout=0.01)
+    assert sponsored(page(client, "u7"))  # an ordinary user sees them
+    for _ in range(3):
+        assert sponsored(page(client, author)) == []  # the author never sees their own
+    # every product of the campaign's posts sold out: none is sponsored any more
+    admin = feed_app(shop["app"].config["REDIS_URL"], ADMIN_TOKEN=ADMIN).test_client()
+    for p in camp["products"]:
+        resp = admin.put(f"/v1/products/{p}", json={"in_stock": False}, headers=AS_ADMIN)
+        assert resp.status_code in (200, 201), resp.get_json()
+    assert sponsored(page(client, "u8")) == []
+    assert m == camp["merchant_id"]

@@ -5,6 +5,7 @@ before the next training, are bounded, survive a publish and log ``product_upser
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,92 @@ def test_catalogue_writes_need_a_credential(redis_url: str, published: str) -> N
     open_app = feed_app(redis_url).test_client()
     resp = open_app.put("/v1/products/s1", json={"price": 1})
     assert resp.status_code == 403
+
+
+def overlay_of(client: Any) -> Any:
+    """The worker's cached moderation and catalogue (:class:`service.store.Overlay`)."""
+    return client.application.extensions["feed_store"].overlay()
+
+
+def test_a_catalogue_write_rereads_only_what_changed(
+    r: Any, redis_url: str, published: str
+) -> None:
+    a, b = workers(redis_url)
+    first = page(b, "u1")  # b has read moderation and the catalogue
+    new = [{"product_id": f"k{i}", "title": "t", "category": "c"} for i in range(5)]
+    seeded = {"products": new}
+    assert a.post("/v1/products", json=seeded, headers=AS_API).status_code == 200
+    assert patch_hidden(a, first[0])
+    page(b, "u1")
+    before = overlay_of(b)
+    glob = b.application.extensions["feed_store"].global_state(None, before.generation)
+    assert put(a, "k1", {"price": 7}).status_code == 200  # a price: no stock change
+    page(b, "u1")
+    after = overlay_of(b)
+    assert after.products["k1"]["price"] == 7
+    assert after.products["k2"] is before.products["k2"]  # not read again
+    assert after.takedown is before.takedown  # the moderation hash was not read again
+    assert after.generation == (before.generation[0], before.generation[1] + 1)
+    again = b.application.extensions["feed_store"].global_state(None, after.generation)
+    assert again["oos"] is glob["oos"]  # the stock set (and its cached masks) kept
+    assert r.zscore(c.CATALOGUE_CHANGES_KEY, "k1") == after.generation[1]
+    assert r.zcard(c.CATALOGUE_CHANGES_KEY) == 5  # one member per product
+
+    assert put(a, "k2", {"in_stock": False}).status_code == 200
+    page(b, "u1")
+    store = b.application.extensions["feed_store"]
+    assert "k2" in overlay_of(b).sold_out
+    assert "k2" in store.global_state(None, overlay_of(b).generation)["oos"]
+
+    # far behind (more changed products than it reads one by one): read whole, same result
+    many = [{"product_id": f"m{i}", "title": "t", "category": "c", "price": i} for i in range(1200)]
+    for at in range(0, 1200, 600):
+        resp = a.post("/v1/products", json={"products": many[at : at + 600]}, headers=AS_API)
+        assert resp.status_code == 200
+    page(b, "u1")
+    stored = {k.decode(): c.decode_json(v) for k, v in r.hgetall(c.CATALOGUE_KEY).items()}
+    assert dict(overlay_of(b).products) == stored and len(stored) == 1205
+
+
+def patch_hidden(client: Any, post: str) -> bool:
+    resp = client.patch(f"/v1/posts/{post}", json={"hidden": True}, headers=AS_ADMIN)
+    return bool(resp.status_code == 200)
+
+
+def test_concurrent_writes_reach_a_reading_worker_exactly(
+    r: Any, redis_url: str, published: str
+) -> None:
+    a, b = workers(redis_url)
+    page(b, "u1")
+    stop = threading.Event()
+    errors: list[Any] = []
+
+    def writer(w: int) -> None:
+        client = a.application.test_client()
+        for i in range(40):
+            body = {"title": f"w{w}", "category": "c", "price": i, "in_stock": i % 3 != 0}
+            resp = put(client, f"w{w}-{i % 7}", body)
+            if resp.status_code not in (200, 201):
+                errors.append(resp.get_json())
+
+    def reader() -> None:
+        client = b.application.test_client()
+        while not stop.is_set():
+            page(client, "u2")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in [*readers, *writers]:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors
+    page(b, "u1")  # the next request after the last write sees every write, exactly
+    stored = {k.decode(): c.decode_json(v) for k, v in r.hgetall(c.CATALOGUE_KEY).items()}
+    ov = overlay_of(b)
+    assert dict(ov.products) == stored and len(stored) == 28
+    assert ov.sold_out == {p for p, d in stored.items() if d["in_stock"] is False}
+    assert ov.generation[1] == int(r.get(c.CATALOGUE_GEN_KEY)) == 160

@@ -144,6 +144,28 @@ def test_the_cap_waits_for_the_merchants_fold_too(
     assert r.xlen(c.EVENTS_KEY) == 20
 
 
+def test_catalogue_writes_trim_the_log_too(
+    redis_url: str, published: str, r: Any, dataset_dir: Path, tmp_path: Path
+) -> None:
+    """A catalogue change logs an event and trims the exported ones, as an event batch does."""
+    key = {"X-API-Key": "k" * 20}
+    app = feed_app(
+        redis_url, EVENT_LOG_MAXLEN=5, EVENT_LOG_HARD_MAX=1_000, API_KEY=key["X-API-Key"]
+    )
+    client = app.test_client()
+
+    def put(price: int) -> None:
+        resp = client.put("/v1/products/sku-1", json={"price": price}, headers=key)
+        assert resp.status_code == 200, resp.get_json()
+
+    for i in range(8):
+        put(10 + i)
+    assert r.xlen(c.EVENTS_KEY) >= 8  # none exported: none trimmed
+    export(r, dataset_dir, tmp_path / "next")
+    put(99)
+    assert r.xlen(c.EVENTS_KEY) == 5
+
+
 def test_the_hard_cap_counts_and_logs_what_it_loses(
     redis_url: str, published: str, r: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,14 +6,17 @@ cards show, and log ``post_update``/``post_delete`` events."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import feed_app
 
-from feed import artifacts
+from feed import artifacts, versions
 from feed import contract as c
 from feed import experiments as ex
 from feed.publish import publish
@@ -282,3 +285,116 @@ def test_moderation_is_bounded(r: Any, redis_url: str, published: str) -> None:
     assert r.hlen(c.MODERATION_KEY) == 2 and len(events_of(r, "post_update")) == 2
     assert patch(client, posts[0], {"hidden": False}).status_code == 200  # frees its place
     assert patch(client, posts[2], {"hidden": True}).status_code == 200
+
+
+def arm_only_version(src: Path, out: Path, version: str, post: str, new_id: str) -> Path:
+    """The model ``src`` as version ``version`` with ``post`` renamed ``new_id``: a version
+    whose post table lists a post the other lacks (as a retraining on newer data would)."""
+    art = artifacts.read(src)
+    arrays = {name[:-4]: dict(art.arrays(name[:-4])) for name in artifacts.ARRAY_FILES}
+    ids = [str(p) for p in arrays["posts"]["post_id"]]
+    ids[ids.index(post)] = new_id
+    arrays["posts"]["post_id"] = np.array(ids)
+    docs = art.documents("posts")
+    posts = [{**d, "post_id": new_id} if d["post_id"] == post else d for d in docs]
+    manifest = {k: v for k, v in art.manifest.items() if k != "files"}
+    manifest["version"] = version
+    docs = {"posts": posts, "products": list(art.documents("products"))}
+    return artifacts.write(out / version, manifest, arrays, docs)
+
+
+def test_a_post_only_an_experiment_arm_lists_is_taken_down(
+    r: Any, redis_url: str, published: str, artifact: Path, tmp_path: Path
+) -> None:
+    live = feed_app(redis_url, ADMIN_TOKEN=ADMIN, API_KEY=KEY).test_client()
+    popular = Counter(p for u in USERS for p in page(live, u)).most_common(1)[0][0]
+    v2 = f"{published}-arm"
+    publish(r, arm_only_version(artifact, tmp_path, v2, popular, "arm-only-1"))
+    ex.create(
+        r,
+        "arm-mod",
+        [
+            {"name": "control", "version": published, "weight": 0},
+            {"name": "t", "version": v2, "weight": 100},
+        ],
+    )
+    arm = feed_app(redis_url, ADMIN_TOKEN=ADMIN, API_KEY=KEY).test_client()
+    assert sum("arm-only-1" in page(arm, u) for u in USERS) >= 2  # the arm serves it
+    assert arm.get("/v1/posts/arm-only-1", headers=AS_API).status_code == 404  # live lacks it
+
+    edit = patch(arm, "arm-only-1", {"title": "edited in the arm", "hidden": True})
+    assert edit.status_code == 200, edit.get_json()
+    assert not any("arm-only-1" in page(arm, u) for u in USERS)
+    assert r.get(c.override_keys("arm-only-1")[1]) is not None  # the arm's card is overridden
+    assert patch(arm, "arm-only-1", {"hidden": False}).status_code == 200
+    shown = [
+        it
+        for u in USERS
+        for it in arm.get(f"/v1/feed/{u}?limit=30&preview=1", headers=AS_ADMIN).get_json()["items"]
+        if it["post_id"] == "arm-only-1"
+    ]
+    assert shown and all(it["title"] == "edited in the arm" for it in shown)
+
+    assert arm.delete("/v1/posts/arm-only-1", headers=AS_ADMIN).status_code == 200
+    assert not any("arm-only-1" in page(arm, u) for u in USERS)
+    assert arm.delete("/v1/posts/arm-only-1", headers=AS_ADMIN).status_code == 404
+    assert [e["post_id"] for e in events_of(r, "post_delete")] == ["arm-only-1"]
+    assert patch(arm, "never-listed", {"hidden": True}).status_code == 404
+
+
+def new_post(client: Any, post: str) -> None:
+    resp = client.post("/v1/posts", json={"post_id": post, "author_id": "u3"}, headers=AS_API)
+    assert resp.status_code == 201, resp.get_json()
+
+
+def test_entries_of_posts_nobody_serves_are_pruned(r: Any, redis_url: str, published: str) -> None:
+    cfg = {"ADMIN_TOKEN": ADMIN, "API_KEY": KEY, "MODERATION_MAX": 3}
+    client = feed_app(redis_url, **cfg, MODERATION_TOMBSTONE_S=2).test_client()
+    for i in range(8):  # more deletions than the cap: each write prunes the earlier ones
+        new_post(client, f"gone-{i}")
+        assert client.delete(f"/v1/posts/gone-{i}", headers=AS_ADMIN).status_code == 200
+    assert r.hlen(c.MODERATION_KEY) == 1  # the last one's: the others left tombstones
+    assert 0 < r.ttl(c.tombstone_key("gone-0")) <= 2
+    again = client.post("/v1/posts", json={"post_id": "gone-0", "author_id": "u3"}, headers=AS_API)
+    assert again.status_code == 400 and again.get_json()["error"]["code"] == "duplicate_post"
+
+    trained = page(client, "u1")[:2]
+    for post in trained:  # trained posts the live version lists: their entries stay
+        assert patch(client, post, {"hidden": True}).status_code == 200
+    new_post(client, "hidden-api")
+    assert patch(client, "hidden-api", {"hidden": True}).status_code == 200
+    assert r.hlen(c.MODERATION_KEY) == 3  # full: the last deletion's entry was pruned
+    assert patch(client, page(client, "u2")[0], {"hidden": True}).status_code == 507
+    versions.forget_fresh(r, ["hidden-api"])  # the API post is pruned (age or count bound)
+    resp = patch(client, page(client, "u2")[0], {"hidden": True})  # its entry makes room
+    assert resp.status_code == 200, resp.get_json()
+    assert not r.hexists(c.MODERATION_KEY, "hidden-api")
+    assert all(r.hexists(c.MODERATION_KEY, p) for p in trained)
+
+    time.sleep(2.1)  # the tombstone's window is over: the id may be used again
+    new_post(client, "gone-0")
+
+
+def test_an_edit_racing_a_prune_recreates_nothing(r: Any, redis_url: str, published: str) -> None:
+    app = feed_app(redis_url, ADMIN_TOKEN=ADMIN, API_KEY=KEY)
+    new_post(app.test_client(), "race-timed")
+    start = time.perf_counter()
+    assert patch(app.test_client(), "race-timed", {"text": "x"}).status_code == 200
+    spread = 1.5 * (time.perf_counter() - start)  # an edit's duration, and some
+    for i in range(30):
+        post = f"race-{i}"
+        new_post(app.test_client(), post)
+        result: list[int] = []
+
+        def edit(p: str = post, out: list[int] = result) -> None:
+            out.append(patch(app.test_client(), p, {"text": "x", "product_ids": []}).status_code)
+
+        editor = threading.Thread(target=edit)
+        editor.start()
+        time.sleep(spread * i / 30)  # the prune lands anywhere in the edit's span
+        versions.forget_fresh(r, [post])
+        editor.join()
+        assert result[0] in (200, 404)
+        for key in (c.post_doc_key(post), c.card_key(post)):
+            assert r.ttl(key) != -1, (key, result)  # gone, or still expiring: never forever
+        assert r.hexists(c.FRESH_META_KEY, post) == (r.zscore(c.FRESH_KEY, post) is not None)

@@ -234,6 +234,7 @@ class UserState:
     unfollows: set[str]
     bought: set[str]
     replay: list[tuple[str, float, str]] | None = None  # the page a retried cursor led to
-    overlay_generation: int | None = None  # the moderation/catalogue counter, read with it
+    #: the (moderation, catalogue) counters, read with it (service.store.Overlay)
+    overlay_generation: tuple[int, int] | None = None
     ties: frozenset[str] = frozenset()  # the version's published social ties (groups, shares)
     campaign_generation: int | None = None  # the campaigns counter, read with it (None: unread)

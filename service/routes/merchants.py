@@ -42,6 +42,7 @@ from service.schemas import Id, Model, Out, api, body
 bp = Blueprint("merchants", __name__)
 
 MAX_DAYS = fm.RETENTION_DAYS  # the longest report range (older days are gone anyway)
+START_SLACK_S = 60  # a campaign's start may be this far in the past (clock skew); then now
 _ADMIN: dict[str, Any] = {"security": [{"bearerAuth": []}], "tags": ("merchants",)}
 _MERCHANT: dict[str, Any] = {"security": [{"bearerAuth": []}], "tags": ("merchants",)}
 _MERCHANT_ERRORS = {
@@ -268,7 +269,11 @@ class NewCampaign(Model):
     budget_impressions: int = Field(ge=1, le=cp.BUDGET_MAX)
     max_per_user: int = Field(ge=1, le=cp.MAX_PER_USER_MAX)
     slots: list[int] = Field(min_length=1, max_length=cp.PAGE_MAX)
-    start: float | str | None = Field(None, description="ISO-8601 or unix seconds; default now.")
+    start: float | str | None = Field(
+        None,
+        description="ISO-8601 or unix seconds; default now. At most 60 s in the past (then "
+        "now): a backdated start would release the budget at once.",
+    )
     end: float | str = Field(description="ISO-8601 or unix seconds, after start.")
     holdout: float = Field(0.1, ge=0.01, le=0.5)
 
@@ -384,7 +389,12 @@ def audience_csv(merchant_id: str, audience_id: str) -> Any:
     "budget, a cap per user, a flight and a holdout that never sees them.",
     body=NewCampaign,
     ok={201: Campaign},
-    errors={**_MERCHANT_ERRORS, 409: "Too many scheduled or running campaigns."},
+    errors={
+        **_MERCHANT_ERRORS,
+        409: "Too many scheduled or running campaigns: 50 per merchant "
+        "(too_many_campaigns) or CAMPAIGNS_LIVE_MAX over every merchant "
+        "(too_many_live_campaigns).",
+    },
     **_MERCHANT,
 )
 def create_campaign(merchant_id: str) -> Any:
@@ -392,6 +402,12 @@ def create_campaign(merchant_id: str) -> Any:
     spec = body()
     now = time.time()
     start, end = _ts(spec.start, "start", now), _ts(spec.end, "end", now)
+    if start < now - START_SLACK_S:
+        raise bad_request(
+            f"start may be at most {START_SLACK_S} seconds in the past (omit it to start now)",
+            "invalid_start",
+        )
+    start = max(start, now)  # pacing and the report count from the real start
     if end <= start or end <= now:
         raise bad_request("end must be after start and in the future", "invalid_end")
     if end - start > cp.FLIGHT_MAX_S:
@@ -401,8 +417,9 @@ def create_campaign(merchant_id: str) -> Any:
     live, table = _live_table()
     owned = cp.Owned(redis(), merchant_id, live, table)
     data = {**spec.model_dump(), "start": start, "end": end}
+    live_max = int(current_app.config.get("CAMPAIGNS_LIVE_MAX") or cp.CAMPAIGNS_LIVE_MAX)
     try:
-        out = cp.create_campaign(redis(), merchant_id, data, owned, now)
+        out = cp.create_campaign(redis(), merchant_id, data, owned, now, live_max)
     except cp.CampaignError as e:
         raise _campaign_error(e) from None
     return jsonify(out), 201
@@ -443,15 +460,20 @@ def stop_campaign(merchant_id: str, campaign_id: str) -> Any:
 @bp.get("/v1/merchants/<merchant_id>/campaigns/<campaign_id>/report")
 @api(
     "Exposed vs holdout users of the campaign's audience: purchases of its products per user "
-    "in the flight, the lift with a 95% interval, and a sample-ratio check.",
+    "in the flight, the lift with a 95% interval, and a sample-ratio check. Folds at most "
+    "50,000 new log entries first; `behind`: entries left to `feed merchants aggregate`.",
     ok={200: CampaignReport},
     errors=_MERCHANT_ERRORS,
     **_MERCHANT,
 )
 def campaign_report(merchant_id: str, campaign_id: str) -> Any:
     require_merchant(merchant_id)
+    version, lookup = _post_lookup()
     try:
-        return jsonify(cp.report(redis(), merchant_id, campaign_id, time.time()))
+        rep = cp.report(
+            redis(), merchant_id, campaign_id, time.time(), version=version, post_lookup=lookup
+        )
+        return jsonify(rep)
     except cp.CampaignError as e:
         raise _campaign_error(e) from None
 

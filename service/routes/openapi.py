@@ -148,7 +148,15 @@ ENDPOINTS: dict[str, Operation] = {
     "groups.group_invitees": Operation(
         "Whom the initiator should invite: their ties ranked by the version's pair model (tie "
         "features, affinity for the group's product and its category), members excluded.",
-        query=(LIMIT,),
+        query=(
+            Query(
+                "user_id",
+                {"type": "string"},
+                "The user asking: must be the group's initiator (403 not_initiator otherwise).",
+                required=True,
+            ),
+            LIMIT,
+        ),
         ok={200: s.Invitees},
         errors={400: "Bad parameter.", 404: "Unknown group.", 503: "Redis unavailable."},
         tags=("groups",),

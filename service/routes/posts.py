@@ -20,6 +20,7 @@ from flask import Blueprint, current_app, jsonify
 from feed import contract as c
 from feed.serving.ranking import Candidate, fields, post_meta
 from feed.serving.state import FreshPosts, VersionTable
+from feed.versions import in_use
 from service.errors import ApiError, bad_request, not_found
 from service.pages import cards, hydrate, in_stock
 from service.request import (
@@ -33,7 +34,7 @@ from service.request import (
     version_table,
 )
 from service.schemas import NewPost, PostCreated, PostPatch, PostPatched, api, body
-from service.writes import overlay_event
+from service.writes import moderation_bump, overlay_event
 
 bp = Blueprint("posts", __name__)
 
@@ -167,7 +168,7 @@ def create_post() -> Any:
     if table is not None and pid in table.index:  # published: the version has its card
         raise bad_request(f"post {pid!r} already exists", "duplicate_post")
     glob = s.global_state(table.version if table else None, s.overlay_generation())
-    if pid in glob["overlay"].deleted:  # a deleted post's id is never reused
+    if pid in glob["overlay"].deleted or s.tombstoned(pid):  # a deleted post's id is not reused
         raise bad_request(f"post {pid!r} already existed and was deleted", "duplicate_post")
     prods = _products(table, products, glob["catalogue"])  # the live version's and catalogue's
     if not s.add_post(doc, prods, created):
@@ -206,15 +207,60 @@ def post_changes(patch: PostPatch) -> tuple[dict[str, Any], bool | None]:
     return given, hidden
 
 
-def _moderation_entry(raw: Any) -> dict[str, Any]:
-    entry = c.decode_json(raw) if raw else None
-    return entry if isinstance(entry, dict) else {}
+def _json_dict(raw: Any) -> dict[str, Any]:
+    """A stored JSON object (a moderation entry, an API post's fresh metadata); ``{}`` when
+    absent or malformed."""
+    value = c.decode_json(raw) if raw else None
+    return value if isinstance(value, dict) else {}
 
 
-def _cap_check(read: Any, entry: Mapping[str, Any]) -> None:
-    """507 when a new moderation entry would pass ``FEED_MODERATION_MAX``."""
+#: Moderation entries the pruner looks at per write (``HSCAN`` from a stored cursor), and at
+#: most when the hash is full (then a write that would pass the cap scans on before a 507).
+PRUNE_SCAN = 100
+PRUNE_SCAN_FULL = 5_000
+
+Commands = list[tuple[Any, ...]]
+
+
+def _prune(read: Any, keep: str) -> tuple[Commands, Commands, int]:
+    """(document commands, ``{feed}`` commands, entries dropped) of one step of the moderation
+    pruner, run under the write's ``WATCH``: the entries of posts that no version in the
+    registry lists and that are no API post any more (:meth:`service.store.Store.known_posts`)
+    are dropped (an edited post's override with them; a deleted post leaves a tombstone that
+    keeps ``POST /v1/posts`` from reusing its id for ``FEED_MODERATION_TOMBSTONE_S``). Looks at
+    ``PRUNE_SCAN`` entries, up to ``PRUNE_SCAN_FULL`` when the hash is at the cap; nothing
+    while a publish runs (its version may list them: the publish lock is watched)."""
+    read("WATCH", c.PUBLISH_LOCK_KEY)
+    if read("EXISTS", c.PUBLISH_LOCK_KEY):
+        return [], [], 0
+    full = int(read("HLEN", c.MODERATION_KEY)) >= current_app.config["MODERATION_MAX"]
+    budget = PRUNE_SCAN_FULL if full else PRUNE_SCAN
+    cursor = int(read("GET", c.MODERATION_SCAN_KEY) or 0)
+    entries: dict[str, dict[str, Any]] = {}
+    while len(entries) < budget:
+        cursor, found = read("HSCAN", c.MODERATION_KEY, cursor, "COUNT", PRUNE_SCAN)
+        entries.update({c.text(p): _json_dict(e) for p, e in found.items()})
+        if int(cursor) == 0:
+            break
+    entries.pop(keep, None)
+    gone = set(entries) - store().known_posts(list(entries))
+    docs: Commands = []
+    own: Commands = [("SET", c.MODERATION_SCAN_KEY, int(cursor))]
+    ttl = int(current_app.config["MODERATION_TOMBSTONE_S"])
+    for post in sorted(gone):
+        own.append(("HDEL", c.MODERATION_KEY, post))
+        if entries[post].get("deleted") and ttl > 0:
+            own.append(("SET", c.tombstone_key(post), 1, "EX", ttl))
+        if entries[post].get("edited"):
+            docs += [("DEL", k) for k in c.override_keys(post)]
+    return docs, own, len(gone)
+
+
+def _cap_check(read: Any, entry: Mapping[str, Any], dropped: int) -> None:
+    """507 when a new moderation entry would pass ``FEED_MODERATION_MAX`` (``dropped``: the
+    entries the pruner drops in the same transaction)."""
     most = current_app.config["MODERATION_MAX"]
-    if not entry and int(read("HLEN", c.MODERATION_KEY)) >= most:
+    if not entry and int(read("HLEN", c.MODERATION_KEY)) - dropped >= most:
         raise ApiError(
             507,
             "moderation_full",
@@ -223,17 +269,33 @@ def _cap_check(read: Any, entry: Mapping[str, Any]) -> None:
         )
 
 
-def _current_post(post_id: str) -> tuple[VersionTable | None, dict[str, Any], bool]:
-    """(live table, the post's document as served now, whether it was created through the
-    API); 404 for a post nobody knows or one deleted."""
-    table = _live_table()
-    glob = store().global_state(table.version if table else None, store().overlay_generation())
+def _current_post(post_id: str) -> tuple[VersionTable | None, dict[str, Any], bool, dict[str, Any]]:
+    """(the table of a version in use that lists the post: the live one first, the post's
+    document as served now, whether it was created through the API, the global state); 404
+    for a post that neither a version in use (live, rollback, experiment arms:
+    :func:`feed.versions.in_use`) nor the API knows, or one deleted."""
+    s = store()
+    live = s.live_version()
+    glob = s.global_state(live, s.overlay_generation())
     ov = glob["overlay"]
-    posts, _ = store().documents(table, [post_id], [], ov.edited)
-    if post_id not in posts or post_id in ov.deleted:
+    if post_id in ov.deleted:
+        raise not_found(f"unknown post {post_id!r}")
+    tables = [s.table(v) for v in [live, *sorted(in_use(s.r) - {live})] if v]
+    known = [t for t in tables if t is not None]
+    table = next((t for t in known if post_id in t.index), known[0] if known else None)
+    posts, _ = s.documents(table, [post_id], [], ov.edited)
+    if post_id not in posts:
         raise not_found(f"unknown post {post_id!r}")
     api = post_id not in ov.edited and (table is None or post_id not in table.index)
-    return table, posts[post_id], api
+    return table, posts[post_id], api, glob
+
+
+def _still_api_post(read: Any, post_id: str) -> None:
+    """Watch an API post's fresh entry and metadata, and 404 when it was pruned meanwhile
+    (its document and card are gone: nothing may recreate them without their TTL)."""
+    read("WATCH", c.FRESH_KEY, c.FRESH_META_KEY)
+    if read("ZSCORE", c.FRESH_KEY, post_id) is None:
+        raise not_found(f"unknown post {post_id!r}")
 
 
 @bp.patch("/v1/posts/<post_id>")
@@ -256,37 +318,37 @@ def _current_post(post_id: str) -> tuple[VersionTable | None, dict[str, Any], bo
 )
 def update_post(post_id: str) -> Any:
     """Edit a post (text, title, tags, product_ids) and/or hide or unhide it (``hidden``):
-    every page of every version follows on its next request. Admin token (or the API key when
+    every page of every version follows on its next request. Any post a version in use
+    (live, rollback, experiment arm) lists, or an API post. Admin token (or the API key when
     no admin token is configured: docs/security.md). 200; 400 naming the field; 404."""
     by = require_writer("moderation", admin_only=True)
     check_id(post_id, "post_id")
     changes, hidden = post_changes(body())
-    table, current, api = _current_post(post_id)
+    table, current, api, glob = _current_post(post_id)
     doc = {**current, **changes}
     card = b""
     if changes:
-        catalogue = store().global_state(
-            table.version if table else None, store().overlay_generation()
-        )["catalogue"]
-        card = c.encode_json(c.card(doc, _products(table, doc["product_ids"], catalogue)))
+        prods = _products(table, doc["product_ids"], glob["catalogue"])
+        card = c.encode_json(c.card(doc, prods))
     now = time.time()
     state: dict[str, Any] = {}
 
-    def prepare(read: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        entry = _moderation_entry(read("HGET", c.MODERATION_KEY, post_id))
+    def prepare(read: Any) -> tuple[Commands, Commands]:
+        entry = _json_dict(read("HGET", c.MODERATION_KEY, post_id))
         if entry.get("deleted"):
             raise not_found(f"unknown post {post_id!r}")
         new = {k: v for k, v in entry.items() if k in ("hidden", "edited")}
         if hidden is not None:
             new["hidden"] = hidden
-        docs: list[tuple[Any, ...]] = []
-        own: list[tuple[Any, ...]] = []
+        docs: Commands = []
+        own: Commands = []
         if changes and api:  # its own document and card, which expire with it
-            docs += [
-                ("SET", c.post_doc_key(post_id), c.encode_json(doc), "KEEPTTL"),
-                ("SET", c.card_key(post_id), card, "KEEPTTL"),
+            _still_api_post(read, post_id)
+            docs += [  # XX: a document pruned meanwhile is not recreated without its TTL
+                ("SET", c.post_doc_key(post_id), c.encode_json(doc), "XX", "KEEPTTL"),
+                ("SET", c.card_key(post_id), card, "XX", "KEEPTTL"),
             ]
-            meta = _moderation_entry(read("HGET", c.FRESH_META_KEY, post_id))
+            meta = _json_dict(read("HGET", c.FRESH_META_KEY, post_id))
             if "product_ids" in changes and meta:
                 prods = c.decode_json(card)["products"]
                 cats = [p.get("category") or "" for p in prods]
@@ -301,8 +363,9 @@ def update_post(post_id: str) -> Any:
             docs += [("SET", doc_key, c.encode_json(doc)), ("SET", card_key, card)]
             new["edited"] = True
         new = {k: v for k, v in new.items() if v}
+        pruned_docs, pruned, dropped = _prune(read, post_id)
         if new:
-            _cap_check(read, entry)
+            _cap_check(read, entry, dropped)
             own.append(("HSET", c.MODERATION_KEY, post_id, c.encode_json({**new, "ts": now})))
         elif entry:
             own.append(("HDEL", c.MODERATION_KEY, post_id))
@@ -312,7 +375,7 @@ def update_post(post_id: str) -> Any:
         for name, value in changes.items():
             fields[name] = "|".join(value) if isinstance(value, list) else value
         own.append(writes_event("post_update", fields))
-        return docs, own
+        return [*docs, *pruned_docs], [*pruned, *own, moderation_bump()]
 
     store().overlay_write(prepare)
     return jsonify({"post_id": post_id, "hidden": state["hidden"], "changed": list(changes)})
@@ -322,19 +385,21 @@ def update_post(post_id: str) -> Any:
 def delete_post(post_id: str) -> Any:
     """Delete a post for good: gone from every page of every version on their next request,
     and after every later training and publish (the takedown is version-independent); its
-    page is a 404. Same credentials as ``PATCH``. 200; 404 when unknown or already deleted."""
+    page is a 404. Any post a version in use lists, or an API post. Same credentials as
+    ``PATCH``. 200; 404 when unknown or already deleted."""
     by = require_writer("moderation", admin_only=True)
     check_id(post_id, "post_id")
-    _, _, api = _current_post(post_id)
+    _, _, api, _ = _current_post(post_id)
     now = time.time()
 
-    def prepare(read: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        entry = _moderation_entry(read("HGET", c.MODERATION_KEY, post_id))
+    def prepare(read: Any) -> tuple[Commands, Commands]:
+        entry = _json_dict(read("HGET", c.MODERATION_KEY, post_id))
         if entry.get("deleted"):
             raise not_found(f"unknown post {post_id!r}")
-        _cap_check(read, entry)
-        docs: list[tuple[Any, ...]]
-        own: list[tuple[Any, ...]]
+        pruned_docs, pruned, dropped = _prune(read, post_id)
+        _cap_check(read, entry, dropped)
+        docs: Commands
+        own: Commands
         if api:
             docs = [("DEL", c.post_doc_key(post_id)), ("DEL", c.card_key(post_id))]
             own = [("ZREM", c.FRESH_KEY, post_id), ("HDEL", c.FRESH_META_KEY, post_id)]
@@ -342,7 +407,7 @@ def delete_post(post_id: str) -> Any:
             docs, own = [("DEL", k) for k in c.override_keys(post_id)], []
         own.append(("HSET", c.MODERATION_KEY, post_id, c.encode_json({"deleted": True, "ts": now})))
         own.append(writes_event("post_delete", {"post_id": post_id, "ts": now, "by": by}))
-        return docs, own
+        return [*docs, *pruned_docs], [*pruned, *own, moderation_bump()]
 
     store().overlay_write(prepare)
     return jsonify({"post_id": post_id, "deleted": True})

@@ -2,7 +2,9 @@
 
 A product's title, category, price, stock (``in_stock``) and merchant set here live in the
 version-independent hash ``{feed}:catalogue`` (:data:`feed.contract.CATALOGUE_KEY`), which no
-publish writes or clears. Every process reads it whole when the overlay counter moves
+publish writes or clears. Each write bumps the catalogue counter and records its products at
+the new generation (:func:`service.writes.catalogue_bump`); every process reads the counter
+with the user's keys and then just the products changed since its own generation
 (:meth:`service.store.Store.overlay`), so the next page of every version shows the change:
 cards carry the catalogue's price and stock, posts whose every product is out of stock leave
 the feeds (the rule of the version's stock set, which the catalogue overrides both ways), and
@@ -30,7 +32,7 @@ from service.schemas import (
     api,
     body,
 )
-from service.writes import overlay_event
+from service.writes import catalogue_bump, overlay_event
 
 bp = Blueprint("products", __name__)
 
@@ -113,6 +115,7 @@ def upsert(products: dict[str, dict[str, Any]], by: str, where: dict[str, str]) 
             fields = {"product_id": p, **_event_fields(record), "ts": now, "by": by}
             fields["changed"] = "|".join(products[p])
             own.append(overlay_event("product_upsert", fields, current_app.config))
+        own.append(catalogue_bump(ids))  # every process reads just these products again
         return [], own
 
     s.overlay_write(prepare)
