@@ -289,3 +289,77 @@ def test_report_arguments_are_checked(scene: dict[str, Any]) -> None:
     ):
         resp = cl.get("/v1/merchants/m-a/report", query_string=q, headers=h)
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == code, q
+
+
+def test_a_report_folds_a_bounded_slice_of_a_backlog_and_says_what_is_left(
+    r: Any, scene: dict[str, Any], redis_url: str
+) -> None:
+    """60,000 entries behind: the report request folds at most REPORT_FOLD_MAX of them (and
+    for about REPORT_FOLD_S seconds), answers with ``behind`` (the entries left), and
+    ``feed merchants aggregate`` catches up; nothing is lost or counted twice."""
+    from service import merchants as accounts
+
+    s = scene
+    before = fm.behind(r)
+    assert before is not None
+    n, step = 60_000, 5_000
+    for i in range(0, n, step):  # as the service logs: XADDs and the counter in one MULTI
+        pipe = r.pipeline(transaction=True)
+        for j in range(i, i + step):
+            pipe.xadd(c.EVENTS_KEY, {"type": "impression", "user_id": f"b{j % 500}",
+                                     "post_id": s["p1"], "ts": time.time()})  # fmt: skip
+        pipe.incrby(c.EVENTS_SEQ_KEY, step)
+        pipe.execute()
+    t0 = time.monotonic()
+    body = report(s, "post")
+    took = time.monotonic() - t0
+    folded = body["folded"]
+    assert 0 < folded["entries"] <= accounts.REPORT_FOLD_MAX
+    assert folded["entries"] + folded["behind"] == before + n
+    assert folded["behind"] >= n - accounts.REPORT_FOLD_MAX
+    assert took < accounts.REPORT_FOLD_S + 10, took
+    out = CliRunner().invoke(main, ["merchants", "aggregate", "--redis-url", redis_url])
+    assert out.exit_code == 0, out.output
+    assert "behind 0" in out.output
+    again = report(s, "post")
+    assert again["folded"] == {**again["folded"], "entries": 0, "behind": 0}
+    assert rows_by(again, "post_id")[s["p1"]]["impressions"] == n
+
+
+def test_the_fold_keeps_its_lock_past_the_lease(
+    r: Any, scene: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold longer than its lock's lease renews it after every batch: a second fold started
+    meanwhile waits instead of running alongside."""
+    monkeypatch.setattr(fm, "LOCK_S", 1)
+    for i in range(0, 3000, 500):
+        send(scene["client"], *[{"type": "impression", "user_id": f"k{j}",
+                                 "post_id": scene["p1"]} for j in range(i, i + 500)])  # fmt: skip
+    live = r.get(c.LIVE_KEY).decode()
+    cat = fm.Catalogue(r, live)
+    done = threading.Event()
+    seen_free: list[float] = []
+
+    def slow() -> None:
+        orig = fm.fold_batch
+
+        def batch(*a: Any, **k: Any) -> Any:
+            time.sleep(0.4)
+            return orig(*a, **k)
+
+        monkeypatch.setattr(fm, "fold_batch", batch)
+        try:
+            fm.fold(r, cat, batch=200)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.2)
+    while not done.is_set():
+        if not r.exists(c.MERCHANT_AGG_LOCK_KEY) and not done.is_set():
+            seen_free.append(time.monotonic())
+        time.sleep(0.05)
+    t.join()
+    assert not seen_free, "the lock lapsed while the fold ran"
+    assert fm.behind(r) == 0

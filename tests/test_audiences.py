@@ -173,3 +173,37 @@ def test_audiences_are_capped_per_merchant(r: Any, shop: dict[str, Any]) -> None
     ids = [a["audience_id"] for a in listed["audiences"]]
     assert ids == made[-cp.AUDIENCES_PER_MERCHANT :]
     assert r.exists(c.audience_key(made[0], "users"), c.audience_key(made[0], "meta")) == 0
+
+
+def test_an_audience_a_campaign_uses_is_never_evicted(r: Any, shop: dict[str, Any]) -> None:
+    """The campaign reads the audience's own key (no copy): past the cap the oldest unused
+    audience goes; when every one is used by a kept campaign, a new one is a 409."""
+    import time
+
+    client, m, auth = shop["client"], shop["m"], shop["auth"]
+    posts = sorted(shop["mine"]["posts"])
+
+    def new_audience() -> Any:
+        return client.post(
+            f"/v1/merchants/{m}/audiences", json={"like_post": posts[0], "size": 5}, headers=auth
+        )
+
+    def new_campaign(aid: str) -> None:
+        resp = client.post(
+            f"/v1/merchants/{m}/campaigns", headers=auth,
+            json={"post_ids": posts[:1], "audience_id": aid, "budget_impressions": 10,
+                  "max_per_user": 1, "slots": [3], "end": time.time() + 600},
+        )  # fmt: skip
+        assert resp.status_code == 201, resp.get_json()
+
+    made = [new_audience().get_json()["audience_id"] for _ in range(cp.AUDIENCES_PER_MERCHANT)]
+    new_campaign(made[0])
+    made.append(new_audience().get_json()["audience_id"])  # evicts made[1], not made[0]
+    assert r.exists(c.audience_key(made[0], "users"), c.audience_key(made[0], "meta")) == 2
+    assert r.exists(c.audience_key(made[1], "meta")) == 0
+    for aid in made[2:]:
+        new_campaign(aid)
+    resp = new_audience()
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "too_many_audiences"
+    listed = client.get(f"/v1/merchants/{m}/audiences", headers=auth).get_json()["audiences"]
+    assert len(listed) == cp.AUDIENCES_PER_MERCHANT

@@ -329,7 +329,11 @@ def _ts(raw: Any, name: str, now: float) -> float:
     "one of its posts), ranked from the live version; stored 30 days, 20 per merchant.",
     body=NewAudience,
     ok={201: Audience},
-    errors={**_MERCHANT_ERRORS, 503: "No live model version."},
+    errors={
+        **_MERCHANT_ERRORS,
+        409: "20 audiences, every one used by a kept campaign (too_many_audiences).",
+        503: "No live model version.",
+    },
     **_MERCHANT,
 )
 def create_audience(merchant_id: str) -> Any:

@@ -3,10 +3,13 @@ and moderation: ``PATCH`` and ``DELETE /v1/posts/<post_id>``.
 
 Moderation is version-independent (``{feed}:moderation``, never touched by a publish): a hidden
 or deleted post leaves every page, similar list and gift list of every version on each
-process's next request (the overlay counter is read with the user's keys, see
-:meth:`service.store.Store.overlay`). An edit rewrites an API-created post's document and card;
-a trained post gets an override document and card (:func:`feed.contract.override_keys`) that
-every version's pages prefer. Each action appends a ``post_update`` or ``post_delete`` event."""
+process's next request (the moderation counter is read with the user's keys, see
+:meth:`service.store.Store.overlay`). Any post a version in use lists (live, rollback,
+experiment arms) or an API post can be moderated. An edit rewrites an API-created post's
+document and card; a trained post gets an override document and card
+(:func:`feed.contract.override_keys`) that every version's pages prefer. Each action appends a
+``post_update`` or ``post_delete`` event, and prunes a few entries of posts nobody serves any
+more (:func:`_prune`: the hash stays bounded by what is served, not by every action ever)."""
 
 from __future__ import annotations
 
