@@ -1334,7 +1334,7 @@ def merchants_create(merchant_id: str, redis_url: str | None) -> None:
 
     \b
     Example:
-      TOKEN=$(feed merchants create shop-3 | tail -1)
+      feed merchants create shop-3 | tail -1    # the token, e.g. into $TOKEN
     """
     from service import merchants as accounts
 

@@ -29,7 +29,7 @@ def _setup(r: Any, redis_url: str, version: str) -> tuple[str, str, dict[str, An
             "budget_impressions": 100,
             "max_per_user": 2,
             "slots": [3, 10],
-            "start": now - 600,
+            "start": now,
             "end": now + 600,
             "holdout": 0.2,
         },  # fmt: skip
