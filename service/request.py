@@ -69,16 +69,6 @@ def request_id() -> str:
     return rid  # type: ignore[no-any-return]
 
 
-def json_body(required: bool = True) -> dict[str, Any]:
-    """The request's JSON object; ``{}`` for an empty body when not ``required``."""
-    if not required and not request.get_data(cache=True):
-        return {}
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise bad_request("the body must be a JSON object", "invalid_json")
-    return body
-
-
 MAX_TS = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second datetime can print
 
 
