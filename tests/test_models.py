@@ -252,11 +252,13 @@ def test_default_model_reports_its_validation_choice(block: tuple[Dataset, Train
     assert summary["metric"] == "like_ndcg" and "content" in summary["sources"]
     kinds = {"fusion"} | {f"source:{n}" for n in summary["sources"]}
     assert summary["kind"] in kinds or summary["kind"].startswith("ranker:")
+    assert summary["within_noise"][0] == summary["best"]  # what was within the noise of it
+    assert summary["kind"] in summary["within_noise"]  # served: one of them
     fits = {f"{stage}:{n}_s" for stage in ("validation", "final") for n in summary["sources"]}
     assert fits <= set(summary["timings"])  # every source fitted before the slice and on all
     tree = summary["params"].get("model") == "hgb"  # two-stage: a linear ranker cuts first
     assert (summary["rerank"] is not None) == tree
-    assert not tree or f"{summary['kind']}:all" in summary["validation"]
+    assert not tree or f"{summary['kind'].split('+')[0]}:all" in summary["validation"]
     reasons = model.recommend_with_reasons(np.arange(4), 5, block[1].seen())[2]
     assert reasons.dtype == np.uint8
 

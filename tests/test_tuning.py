@@ -15,7 +15,15 @@ from feed.evaluate import evaluate
 from feed.evaluation.splits import Splitter, split, training_data
 from feed.models.candidates import CandidateBlock
 from feed.models.default import TrainConfig, make_blend
-from feed.models.ranker import LinearScores, RankerChoice, log_odds, make_ranker, score_block
+from feed.models.ranker import (
+    LinearScores,
+    RankerChoice,
+    log_odds,
+    make_ranker,
+    preference,
+    score_block,
+    within_noise,
+)
 from feed.models.sources import EASE, ItemItem
 from feed.models.tuning import (
     GRIDS,
@@ -213,3 +221,39 @@ def test_tree_and_linear_ranker_together_score_the_mean_log_odds() -> None:
         np.sort(np.argsort(-lin, axis=1)[:, :10], axis=1)
         == np.sort(np.argwhere(kept)[:, 1].reshape(users, 10), axis=1)
     ).all()
+
+
+def test_options_within_the_noise_go_by_the_preference_and_a_clear_winner_serves_alone() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.0, 1.0, 600)
+    wobble = rng.normal(0.0, 0.2, 600)
+    wobble -= wobble.mean()
+    se = wobble.std(ddof=1) / np.sqrt(600)
+    near = base + wobble + 0.5 * se  # higher on the mean by half a standard error
+    far = base - 0.05 + rng.normal(0.0, 0.01, 600)  # clearly worse
+    scores = {"ranker:0+linear": base, "ranker:1": near, "fusion": far}
+    within = within_noise(scores, "ranker:1")
+    assert within == ["ranker:1", "ranker:0+linear"]
+    assert min(within, key=preference) == "ranker:0+linear"  # the best by noise does not win
+    # a clearly better option wins alone, whatever the preference
+    clear = base + 0.03 + rng.normal(0.0, 0.01, 600)
+    assert within_noise(scores | {"source:ease": clear}, "source:ease") == ["source:ease"]
+    # NaN users (the metric does not apply) are left out of the difference
+    nan = {n: np.append(v, np.nan) for n, v in scores.items()}
+    assert within_noise(nan, "ranker:1") == ["ranker:1", "ranker:0+linear"]
+    order = ["ranker:0+linear", "ranker:1+linear", "ranker:0", "ranker:1", "ranker:2"]
+    assert sorted([*reversed(order), "source:als", "fusion"], key=preference) == [
+        *order,
+        "fusion",
+        "source:als",
+    ]
+
+
+def test_default_model_records_the_options_within_the_noise(small: Dataset) -> None:
+    data = training_data(split(small, 0.2, 0, "random"))
+    blend = make_blend(TrainConfig(split="random")).fit(data)
+    summary = blend.summary()
+    near = summary["within_noise"]
+    assert near and near[0] == summary["best"]  # the best by the mean, then the others
+    assert summary["kind"] == min(near, key=preference)  # what was served
+    assert all(summary["validation"][n] <= summary["validation"][near[0]] for n in near)

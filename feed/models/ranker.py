@@ -10,9 +10,11 @@ part; when one slice has few users, the next-older slice is added, up to ``max_w
    (for data without likes: when it links a product the user bought in the slice);
 3. choose, by the validation metric on two folds of users, among a few rankers (gradient
    boosting, logistic regression), reciprocal-rank fusion and each single source, each with
-   and without "one post per product"; a tree ranker orders only each user's best
-   ``rerank_depth`` candidates by the best linear ranker (two-stage ranking: a row costs the
-   trees far more than the linear model, and a user has some 770 candidates at 1M likes);
+   and without "one post per product" (options within one standard error of the best are
+   tied, and a fixed :func:`preference` picks among them); a tree ranker orders only each
+   user's best ``rerank_depth`` candidates by the best linear ranker (two-stage ranking: a row
+   costs the trees far more than the linear model, and a user has some 770 candidates at 1M
+   likes);
 4. fit the chosen ranker on every slice, and keep its weights with every source refitted on
    all the data (those fits run alongside the first slice's: they do not depend on the choice).
 
@@ -61,7 +63,15 @@ from feed.models.candidates import (
     select_top,
 )
 from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_columns
-from feed.models.tuning import TUNE_USERS, Tuned, Validation, sample_users, tune, twin_groups
+from feed.models.tuning import (
+    NOISE_SE,
+    TUNE_USERS,
+    Tuned,
+    Validation,
+    sample_users,
+    tune,
+    twin_groups,
+)
 from feed.serving.policy import PagePolicy
 from feed.serving.ranking import RANKING_DEFAULTS, pool_size
 
@@ -135,6 +145,11 @@ class RankerChoice:
     #: The chosen option's scores of the validation candidates (out of fold for a ranker):
     #: what the page policy is chosen on. Not kept in the manifest.
     val_scores: np.ndarray | None = field(default=None, repr=False)
+    #: The option with the best mean validation score, and every option (with its
+    #: ``one_per_product``) whose mean is within one standard error of the per-user
+    #: difference to it (:func:`within_noise`, the best included).
+    best: str = ""
+    within_noise: list[str] = field(default_factory=list)
 
 
 class LearnedBlend:
@@ -588,6 +603,8 @@ class LearnedBlend:
         return {
             "kind": c.kind,
             "params": c.params,
+            "best": c.best or c.kind,
+            "within_noise": list(c.within_noise),
             "rerank": (
                 {"by": c.prefilter_params, "depth": c.depth, "ensemble": c.ensemble}
                 if c.prefilter is not None
@@ -731,6 +748,13 @@ class _Pool:
 
     def score(self, scores: np.ndarray, k: int, one_per_product: bool) -> float:
         """Mean per-user validation metric of the lists that ``scores`` (users x C) rank."""
+        every = self.per_user(scores, k, one_per_product)
+        every = every[np.isfinite(every)]
+        return float(every.mean()) if len(every) else 0.0
+
+    def per_user(self, scores: np.ndarray, k: int, one_per_product: bool) -> np.ndarray:
+        """Each pooled user's validation metric of the list ``scores`` ranks (NaN where the
+        metric does not apply), in the pool's row order."""
         values = []
         for s, lo, hi in zip(self.slices, self.bounds[:-1], self.bounds[1:], strict=True):
             width = s.items.shape[1]
@@ -740,9 +764,7 @@ class _Pool:
                 values.append(ndcg_at_k(items, s.likes))
             else:
                 values.append(purchase_recall_at_k(items, s.purchases, s.post_products))
-        every = np.concatenate(values)
-        every = every[np.isfinite(every)]
-        return float(every.mean()) if len(every) else 0.0
+        return np.asarray(np.concatenate(values), dtype=np.float64)
 
 
 def _pad(a: np.ndarray, width: int, fill: Any, axis: int = 1) -> np.ndarray:
@@ -778,12 +800,16 @@ def choose(
     folds = (np.random.default_rng(random_state).permutation(len(distinct)) % 2)[owner]
     fixed = {"fusion": fusion_scores(pool.ranks, pool.slices[0].depth)}
     fixed |= {f"source:{n}": -pool.ranks[i].astype(np.float32) for i, n in enumerate(names)}
-    options: dict[tuple[str, bool], float] = {}
+    users: dict[tuple[str, bool], np.ndarray] = {}
     arrays: dict[str, np.ndarray] = {}
-    for name, scores in fixed.items():
-        scores = arrays[name] = np.where(pool.items >= 0, scores, -np.inf)
+
+    def judge(name: str, scores: np.ndarray) -> None:
+        arrays[name] = scores
         for dedupe in (False, True):
-            options[(name, dedupe)] = pool.score(scores, k, dedupe)
+            users[(name, dedupe)] = pool.per_user(scores, k, dedupe)
+
+    for name, scores in fixed.items():
+        judge(name, np.where(pool.items >= 0, scores, -np.inf))
     jobs = [(params, f) for params in RANKER_GRID for f in (0, 1)]
     with quiet_sklearn():
         fits = parallel_map(
@@ -797,19 +823,18 @@ def choose(
     linear = [i for i in oofs if not _is_tree(RANKER_GRID[i])]
     pre = max(linear, key=lambda i: pool.score(oofs[i], k, False), default=None)
     report: dict[str, float] = {}
+    kept = best_in_rows(oofs[pre], depth) if pre is not None else None
     for i, oof in oofs.items():
-        if pre is not None and _is_tree(RANKER_GRID[i]):
+        if kept is not None and pre is not None and _is_tree(RANKER_GRID[i]):
             report[f"ranker:{i}:all"] = pool.score(oof, k, False)
-            kept = best_in_rows(oofs[pre], depth)
             oof = np.where(kept, oof, -np.inf)
             # the trees and the linear ranker together: the mean of their log-odds
-            both = np.where(kept, 0.5 * (log_odds(oof) + log_odds(oofs[pre])), -np.inf)
-            arrays[f"ranker:{i}+linear"] = both
-            for dedupe in (False, True):
-                options[(f"ranker:{i}+linear", dedupe)] = pool.score(both, k, dedupe)
-        arrays[f"ranker:{i}"] = oof
-        for dedupe in (False, True):
-            options[(f"ranker:{i}", dedupe)] = pool.score(oof, k, dedupe)
+            judge(
+                f"ranker:{i}+linear",
+                np.where(kept, 0.5 * (log_odds(oof) + log_odds(oofs[pre])), -np.inf),
+            )
+        judge(f"ranker:{i}", oof)
+    options = {key: _mean(v) for key, v in users.items()}
     (best, dedupe), value = max(options.items(), key=lambda kv: kv[1])
     logger.info(
         "validation %s: best %s%s = %.4f",
@@ -818,15 +843,23 @@ def choose(
         " (one post per product)" if dedupe else "",
         value,
     )
+    # the options whose mean is within the noise of the best one's (one standard error of the
+    # per-user difference): the order among them is noise, so a fixed preference picks
+    near = within_noise({name: v for (name, d), v in users.items() if d == dedupe}, best)
+    served = min(near, key=preference)
+    if served != best:
+        logger.info("within the noise of %s: %s; served %s", best, ", ".join(near[1:]), served)
     choice = RankerChoice(
-        best,
+        served,
         one_per_product=dedupe,
         metric=pool.metric,
         validation={f"{n}{'+1pp' if d else ''}": v for (n, d), v in options.items()} | report,
-        val_scores=arrays[best],
+        val_scores=arrays[served],
+        best=best,
+        within_noise=near,
     )
-    if best.startswith("ranker:"):
-        index, _, extra = best.split(":")[1].partition("+")
+    if served.startswith("ranker:"):
+        index, _, extra = served.split(":")[1].partition("+")
         choice.params = dict(RANKER_GRID[int(index)])
         choice.ensemble = extra == "linear"
         stages = [choice.params]
@@ -841,6 +874,49 @@ def choose(
         choice.estimator = fitted[0]
         choice.prefilter = LinearScores.of(fitted[1]) if len(fitted) > 1 else None
     return choice
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else 0.0
+
+
+def within_noise(per_user: Mapping[str, np.ndarray], best: str) -> list[str]:
+    """The options (per-user validation scores, the same users in the same order; NaN where
+    the metric does not apply) whose mean is below ``best``'s by at most :data:`NOISE_SE`
+    standard errors of the per-user difference, ``best`` first, then by mean.
+
+    >>> within_noise({"a": np.array([0.2, 0.4, 0.3]), "b": np.array([0.3, 0.3, 0.3]),
+    ...               "c": np.array([0.0, 0.1, 0.0])}, "a")
+    ['a', 'b']
+    """
+    near = []
+    for name, values in per_user.items():
+        gap = per_user[best] - values
+        gap = gap[np.isfinite(gap)]
+        if name == best or len(gap) < 2:
+            continue
+        if gap.mean() <= NOISE_SE * gap.std(ddof=1) / np.sqrt(len(gap)):
+            near.append(name)
+    near.sort(key=lambda n: -_mean(per_user[n]))
+    return [best, *near]
+
+
+def preference(name: str) -> tuple[int, int]:
+    """Where an option stands in the fixed order that picks among the options within the noise
+    of the best (:func:`within_noise`): trees with the linear ranker (``ranker:<i>+linear``, an
+    average of two rankers: the least variance), then the trees alone, the linear rankers,
+    reciprocal-rank fusion (no weights learned) and single sources; within a kind, grid order
+    (the larger tree ranker and the weaker regularisation first).
+
+    >>> sorted(["source:ease", "ranker:3", "ranker:1", "fusion", "ranker:1+linear"], key=preference)
+    ['ranker:1+linear', 'ranker:1', 'ranker:3', 'fusion', 'source:ease']
+    """
+    if name.startswith("ranker:"):
+        index, _, extra = name.split(":")[1].partition("+")
+        i = int(index)
+        return (0 if extra else 1 if _is_tree(RANKER_GRID[i]) else 2), i
+    return (3, 0) if name == "fusion" else (4, 0)
 
 
 @dataclass
