@@ -140,6 +140,17 @@ return 1
 """
 
 
+def _event(kind: str, user_id: str, group: Group, ts: float) -> dict[str, Any]:
+    """The event-log entry of a change to ``group`` by ``user_id``."""
+    return {
+        "type": kind,
+        "user_id": user_id,
+        "group_id": group.group_id,
+        "product_id": group.product_id,
+        "ts": ts,
+    }
+
+
 @dataclass(frozen=True)
 class Group:
     """A group's state as the API shows it."""
@@ -300,13 +311,7 @@ class Groups:
             raise GroupError(f"group_{outcome}", _REFUSED[outcome].format(group_id=group_id))
         if outcome == "member":
             return group, False
-        event = {
-            "type": "group_join",
-            "user_id": user_id,
-            "group_id": group_id,
-            "product_id": group.product_id,
-            "ts": float(c.text(now)),
-        }
+        event = _event("group_join", user_id, group, float(c.text(now)))
         extra: list[list[Command]] = []
         if outcome == "succeeded":  # no longer open: free the initiator's slot
             open_key = c.user_key(group.initiator_id, c.USER_GROUPS_OPEN)
@@ -332,13 +337,7 @@ class Groups:
             raise GroupError(f"group_{outcome}", _UNCANCELLABLE[outcome].format(group_id=group_id))
         if outcome == "already":
             return group, False
-        event = {
-            "type": "group_cancel",
-            "user_id": user_id,
-            "group_id": group_id,
-            "product_id": group.product_id,
-            "ts": float(c.text(now)),
-        }
+        event = _event("group_cancel", user_id, group, float(c.text(now)))
         open_key = c.user_key(user_id, c.USER_GROUPS_OPEN)
         self._after(user_id, group_id, group.expires_at, event, [[("ZREM", open_key, group_id)]])
         return group, True

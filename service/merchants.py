@@ -140,6 +140,12 @@ def public(merchant_id: str, rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def account(r: Any, merchant_id: str) -> dict[str, Any] | None:
+    """One account (one ``HGET``), or None."""
+    rec = _record(r.hget(c.MERCHANTS_KEY, merchant_id))
+    return public(merchant_id, rec) if rec is not None else None
+
+
 def accounts(r: Any) -> list[dict[str, Any]]:
     """Every account, by merchant id."""
     raw = r.hgetall(c.MERCHANTS_KEY) or {}

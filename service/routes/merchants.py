@@ -172,8 +172,7 @@ def revoke_merchant(merchant_id: str) -> Any:
 )
 def get_merchant(merchant_id: str) -> Any:
     require_merchant(merchant_id)
-    found = [a for a in accounts.accounts(redis()) if a["merchant_id"] == merchant_id]
-    return jsonify(found[0])
+    return jsonify(accounts.account(redis(), merchant_id))
 
 
 def _day_arg(name: str, default: int) -> int:
