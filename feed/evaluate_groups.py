@@ -15,7 +15,9 @@ interval of the model's lift over the best baseline, :func:`feed.evaluation.metr
   (``ties_first``), the users ALS scores highest for the product (``als``).
 * **join**: for a user who joined a held-out group (not as its initiator), with every held-out
   group open at once, is that group among their top-``k`` groups to join? The model sees only
-  what the service's fan-out gives the user (groups of initiators whose ties include them).
+  what the service gives the user: the groups fanned out to them (initiators whose published
+  ties include them), then the groups fanned out to their strongest ties (friends of friends,
+  :data:`feed.serving.groups.HOP_TIES`; tie weight :func:`feed.serving.groups.hop_weight`).
   Baselines: the same friends' groups by tie strength alone (``friends_first``), every open
   group by its product's popularity (``popular``) and by the user's item-item score for its
   product (``itemitem``).
@@ -35,7 +37,7 @@ from feed.data import Dataset, load
 from feed.evaluation.metrics import lift_interval, ndcg_at_k, recall_at_k
 from feed.features.matrices import TrainingData, build
 from feed.models.groups import GroupRecs, group_rows, row_topk, split_groups
-from feed.serving.groups import pair_scores
+from feed.serving.groups import HOP_TIES, hop_weight, pair_scores
 
 TASKS = ("deals", "invitees", "join")
 TARGET_LIFT = 1.05  # the issue's bar: the model's metric over the best baseline's
@@ -266,13 +268,32 @@ def _join(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any,
                 cand.append(gi)
                 w.append(weight)
                 pw.append(prob.get(int(init), 0.0))
-        if cand:
-            ca, wa = np.array(cand), np.array(w)
+        # friends of friends' groups: those fanned out to the user's strongest published
+        # ties, at the weight of both steps (as the service reads them), after the direct ones
+        hop: dict[int, float] = {}
+        direct = set(cand)
+        for v, p_uv in zip(model.tie_items_[u][:HOP_TIES].tolist(),
+                           model.tie_probs_[u][:HOP_TIES].tolist(), strict=True):  # fmt: skip
+            if v < 0:
+                break
+            fl, fh = fanned.indptr[v], fanned.indptr[v + 1]
+            for init, p_iv in zip(fanned.indices[fl:fh].tolist(), fanned.data[fl:fh].tolist(),
+                                  strict=True):  # fmt: skip
+                for gi in by_init.get(init, ()) if init != u else ():
+                    if gi not in direct:
+                        hop[gi] = max(hop.get(gi, 0.0), hop_weight(p_uv, p_iv))
+        picked_model: list[int] = []
+        for ca_list, weights in ((cand, pw), (list(hop), list(hop.values()))):
+            if not ca_list or len(picked_model) >= k:
+                continue
+            ca = np.array(ca_list)
             a = np.asarray(affm[np.full(len(ca), u), g_prod[ca]]).ravel()
             cs = model.category_share(affm, np.full(len(ca), u), g_prod[ca])
-            s = pair_scores(np.array(pw), a, params, cs)
-            top = ca[np.lexsort((ca, -s))][:k]
-            out["model"][i, : len(top)] = top
+            s = pair_scores(np.array(weights), a, params, cs)
+            picked_model += ca[np.lexsort((ca, -s))][: k - len(picked_model)].tolist()
+        out["model"][i, : len(picked_model)] = picked_model
+        if cand:
+            ca, wa = np.array(cand), np.array(w)
             top = ca[np.lexsort((ca, -wa))][:k]
             out["friends_first"][i, : len(top)] = top
         out["popular"][i, : len(popular)] = popular

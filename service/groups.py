@@ -23,13 +23,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from feed import contract as c
 from feed.redisclient import is_cluster
-from feed.serving.groups import affinities, category_shares, decode_serve_params, pair_score
+from feed.serving.groups import (
+    HOP_TIES,
+    affinities,
+    category_shares,
+    decode_serve_params,
+    hop_weight,
+    pair_score,
+)
 from service.writes import Command, counted, log_append, transact, trim_log
 
 # Create a group (KEYS: state hash, members zset; ARGV: group id, product id, initiator id,
@@ -178,6 +185,16 @@ class Group:
             "expires_at": c.iso_time(self.expires_at),
             "price": self.price,
         }
+
+
+def _flat(reply: Any) -> list[Any]:
+    """A hash or zset reply (a dict, pairs or a flat list, per client) as one flat list."""
+    if isinstance(reply, dict):
+        return [x for kv in reply.items() for x in kv]
+    out: list[Any] = []
+    for m in reply or ():
+        out += list(m) if isinstance(m, tuple | list) else [m]
+    return out
 
 
 def _group(now: float, state: Any, members: Any) -> Group | None:
@@ -455,10 +472,13 @@ class GroupRecs:
         limit: int,
         category: Mapping[str, str] | None = None,
     ) -> list[Scored]:
-        """Friends' open groups the user may join, best first (two round trips: the user's
-        keys, then the groups' states; the version's pair weights are cached). Score:
+        """Friends' open groups the user may join, best first, then friends of friends' (at
+        most three round trips: the user's keys; the fanned-out groups' states with the group
+        feeds of the user's :data:`~feed.serving.groups.HOP_TIES` strongest ties; the states
+        of the best of those two-step groups, only when the direct ones leave room). Score:
         :func:`feed.serving.groups.pair_score` of the initiator's published tie to the user
-        (carried by the fan-out) and the user's affinity for the product and its category
+        (carried by the fan-out; :func:`~feed.serving.groups.hop_weight` of both steps for a
+        friend of a friend's group) and the user's affinity for the product and its category
         (``category``: product -> category)."""
         now = time.time()
         most = int(self.config["GROUP_FEED_MAX"])
@@ -471,48 +491,75 @@ class GroupRecs:
                 ("GET", c.user_key(user_id, c.USER_TIES, version)),
             ]
         )  # fmt: skip
-        if not ids:
+        tie = c.decode_ties(ties)
+        hop_ties = list(tie.items())[:HOP_TIES]
+        fanned = self._fanned(ids)  # group -> the initiator's tie to the user at its start
+        if not fanned and not hop_ties:
             return []
-        cmds: list[tuple[Any, ...]] = []
-        fanned: dict[str, float] = {}  # group -> the initiator's tie to the user at its start
-        for member in ids:
-            gid, _, weight = c.text(member).partition(" ")
-            fanned[gid] = float(weight or 0.0)
-        for gid in fanned:
-            state, members = Groups._keys(gid)
-            cmds += [("HGETALL", state), ("ZRANGE", members, 0, -1, "WITHSCORES")]
+        cmds = [cmd for gid in fanned for cmd in self._state_reads(gid)]
+        cmds += [("ZRANGEBYSCORE", c.user_key(v, c.USER_GROUP_FEED), now, "+inf", "LIMIT", 0,
+                  most) for v, _ in hop_ties]  # fmt: skip
         replies = self._pipe(cmds)
         decoded = c.decode_deals(deals)
         aff = affinities(decoded)
         shares = category_shares(decoded, category or {})
-        tie = c.decode_ties(ties)
-        out = []
-        for i in range(len(fanned)):
-            state, members = replies[2 * i], replies[2 * i + 1]
-            flat: list[Any] = []
-            for k, v in state.items() if isinstance(state, dict) else []:
-                flat += [k, v]
-            if isinstance(state, list):
-                flat = state
-            members_flat: list[Any] = []
-            for m in members:
-                members_flat += list(m) if isinstance(m, tuple | list) else [m]
-            group = _group(now, flat, members_flat)
+
+        def scored(gid: str, weight: float, state: Any, members: Any, why: str) -> Scored | None:
+            group = _group(now, _flat(state), _flat(members))
             if group is None or group.status != "open" or user_id in group.members:
-                continue
+                return None
             if len(group.members) >= group.size:
-                continue
+                return None
             a = aff.get(group.product_id, 0.0)
             if params:  # the initiator's published tie to the user, as fanned out
-                strength = fanned[group.group_id] or tie.get(group.initiator_id, 0.0)
+                strength = weight or tie.get(group.initiator_id, 0.0)
             else:
-                strength = max(tie.get(group.initiator_id, 0.0), fanned[group.group_id])
+                strength = max(tie.get(group.initiator_id, 0.0), weight)
             cat = shares.get((category or {}).get(group.product_id, ""), 0.0)
             score = pair_score(strength, a, params, cat)
-            why = f"friend_started:{group.initiator_id}"
-            out.append(Scored(group, score, why if a <= 0 else f"{why}|wants_product"))
-        out.sort(key=lambda s: (-s.score, s.item.expires_at, s.item.group_id))
-        return out[:limit]
+            why = f"{why}:{group.initiator_id}"
+            return Scored(group, score, why if a <= 0 else f"{why}|wants_product")
+
+        def ranked(found: list[Scored | None]) -> list[Scored]:
+            out = [x for x in found if x is not None]
+            out.sort(key=lambda s: (-s.score, s.item.expires_at, s.item.group_id))
+            return out
+
+        direct = ranked([
+            scored(gid, fanned[gid], replies[2 * i], replies[2 * i + 1], "friend_started")
+            for i, gid in enumerate(fanned)
+        ])  # fmt: skip
+        if len(direct) >= limit:
+            return direct[:limit]
+        # friends of friends' groups: what the user's strongest ties were fanned out
+        hop: dict[str, float] = {}
+        for (_, to_tie), feed in zip(hop_ties, replies[2 * len(fanned) :], strict=True):
+            for gid, weight in self._fanned(feed).items():
+                if gid not in fanned:
+                    hop[gid] = max(hop.get(gid, 0.0), hop_weight(to_tie, weight))
+        best = sorted(hop, key=lambda g: (-hop[g], g))[:most]
+        if not best:
+            return direct[:limit]
+        replies = self._pipe([cmd for gid in best for cmd in self._state_reads(gid)])
+        found = ranked([
+            scored(gid, hop[gid], replies[2 * i], replies[2 * i + 1], "friend_of_friend_started")
+            for i, gid in enumerate(best)
+        ])  # fmt: skip
+        return (direct + found)[:limit]
+
+    @staticmethod
+    def _fanned(ids: Any) -> dict[str, float]:
+        """Group id -> fanned-out weight of a group feed's members (``"<group id> <weight>"``)."""
+        out: dict[str, float] = {}
+        for member in ids or ():
+            gid, _, weight = c.text(member).partition(" ")
+            out[gid] = float(weight or 0.0)
+        return out
+
+    @staticmethod
+    def _state_reads(gid: str) -> list[tuple[Any, ...]]:
+        state, members = Groups._keys(gid)
+        return [("HGETALL", state), ("ZRANGE", members, 0, -1, "WITHSCORES")]
 
     def invitees(
         self,
@@ -548,6 +595,34 @@ class GroupRecs:
             )
         out.sort(key=lambda s: (-s.score, s.item))
         return out[:limit]
+
+
+def feed_group_reads(group_feed: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The groups of a user's group feed (``UserState.group_feed``) and the reads of their
+    states, to send with a feed page's cards (no round trip of their own)."""
+    gids = list(GroupRecs._fanned(group_feed))
+    return gids, [cmd for gid in gids for cmd in GroupRecs._state_reads(gid)]
+
+
+def feed_groups(
+    user_id: str, gids: Sequence[str], replies: Sequence[Any], now: float
+) -> dict[str, dict[str, Any]]:
+    """Product -> the friend's open group on it a feed item shows (``"group"``): the one that
+    expires first among the groups the user is not in and that still have a free spot."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, _ in enumerate(gids):
+        if 2 * i + 1 >= len(replies):
+            break
+        group = _group(now, _flat(replies[2 * i]), _flat(replies[2 * i + 1]))
+        if group is None or group.status != "open" or user_id in group.members:
+            continue
+        if len(group.members) >= group.size:
+            continue
+        best = out.get(group.product_id)
+        if best is None or group.expires_at < best["_expires"]:
+            body = {k: v for k, v in group.to_json().items() if k not in ("status", "price")}
+            out[group.product_id] = {**body, "_expires": group.expires_at}
+    return {p: {k: v for k, v in g.items() if k != "_expires"} for p, g in out.items()}
 
 
 _UNCANCELLABLE = {

@@ -25,6 +25,7 @@ from feed.serving.state import UserState, VersionTable
 from service import cursor, observability
 from service.campaigns import Slot, Sponsor, place
 from service.errors import bad_request, not_found, unavailable
+from service.groups import feed_group_reads, feed_groups
 from service.request import (
     flag,
     limit_arg,
@@ -144,12 +145,15 @@ def cards(
     post_ids: list[str],
     served: Served | None = None,
     edited: frozenset[str] = frozenset(),
+    also: list[Any] | None = None,
+    replies: list[Any] | None = None,
 ) -> dict[str, bytes]:
     """Post id -> card of ``table``'s version (an API-created post's card for posts it does not
-    list) in one round trip (which also marks ``served``, see
-    :meth:`~service.store.Store.cards`); posts without a card (an API post stored by a release
-    before cards) get one built from their documents (one more MGET)."""
-    found = store().cards(table, post_ids, served, edited)
+    list) in one round trip (which also marks ``served``, and sends the reads ``also``, their
+    replies into ``replies``: see :meth:`~service.store.Store.cards`); posts without a card (an
+    API post stored by a release before cards) get one built from their documents (one more
+    MGET)."""
+    found = store().cards(table, post_ids, served, edited, also or (), replies)
     missing = [p for p in post_ids if p not in found]
     if missing:
         posts, _ = store().documents(table, missing, [], edited)
@@ -168,17 +172,31 @@ def hydrate(
     served: Served | None = None,
     glob: Mapping[str, Any] | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
+    state: UserState | None = None,
+    user_id: str = "",
 ) -> list[tuple[Candidate, Any]]:
     """Each candidate with its rendered item from ``table``'s version (posts without a card or
     document are dropped), marking the page ``served`` in the same round trip. With ``glob``
     (the global state): taken-down posts are dropped (a replayed page may list one), edited
     posts served as edited, products as the live catalogue has them. ``extras``: more fields
-    of some items (a sponsored post's ``sponsored``, ``merchant_id``, ``campaign_id``)."""
+    of some items (a sponsored post's ``sponsored``, ``merchant_id``, ``campaign_id``). With
+    ``state``: an item linking a product of a friend's open group in the user's group feed
+    carries it as ``"group"`` (its state read in the cards' round trip; none for a user without
+    friends' open groups)."""
     glob = glob or {}
     gone, edited = glob.get("takedown", frozenset()), glob.get("edited", frozenset())
     catalogue = glob.get("catalogue")
     page = [x for x in page if x.post_id not in gone] if gone else page
-    found = cards(table, [cand.post_id for cand in page], served, edited)
+    gids, reads = feed_group_reads(state.group_feed) if state is not None else ([], [])
+    replies: list[Any] = []
+    found = cards(table, [cand.post_id for cand in page], served, edited, reads, replies)
+    if gids:
+        on = feed_groups(user_id, gids, replies, time.time())
+        extras = dict(extras or {})
+        for x in page:
+            group = next((on[p] for p in x.product_ids if p in on), None)
+            if group is not None:
+                extras[x.post_id] = {**extras.get(x.post_id, {}), "group": group}
     return [
         (x, render(x, found[x.post_id], oos, catalogue, edited, (extras or {}).get(x.post_id)))
         for x in page
@@ -427,7 +445,7 @@ def feed_page(req: PageRequest) -> Any:
             keep = (replay_key, [(x.post_id, round(x.score, 4), x.reason) for x in page])
         served = Served(req.user_id, req.now, route, rid, keep, mark_seen=stateless is None)
         served.extra = reach
-    items = hydrate(table, page, glob["oos"], served, glob, extras)
+    items = hydrate(table, page, glob["oos"], served, glob, extras, state, req.user_id)
     if served is not None and served.refused:  # Redis is full: served, but not recorded
         observability.REDIS_FULL.labels("page").inc()
         if stateless is None:

@@ -533,13 +533,17 @@ class Store:
         # moderation/catalogue changed? (overlay): both counters in one MGET ({feed} slot)
         commands.append(("MGET", c.MODERATION_GEN_KEY, c.CATALOGUE_GEN_KEY))
         commands.append(("GET", k(user_id, c.USER_TIES, version)))  # reason "friend"
+        # friends' open groups (a feed item's "group"), soonest to expire first
+        commands.append(("ZRANGEBYSCORE", k(user_id, c.USER_GROUP_FEED), now, "+inf", "LIMIT", 0,
+                         self.config.get("FEED_GROUPS_READ", 10)))  # fmt: skip
         if replay_key:
             commands.append(("GET", replay_key))
         commands.append(("GET", c.CAMPAIGNS_GEN_KEY))  # campaigns changed? (service.campaigns)
         res = round_trip(self.r, commands)
         cand, seen, liked, rt, hidden, muted, follows, unfollows, bought, seed, gen = res[:11]
         ties = frozenset(c.decode_ties(res[11]))
-        replay = c.decode_json(res[12]) if replay_key else None
+        group_feed = tuple(c.text(x) for x in res[12] or ())
+        replay = c.decode_json(res[13]) if replay_key else None
         seed_follows, seed_bought = c.decode_seed(seed)
         return UserState(
             candidates=c.decode_candidates(cand),
@@ -555,6 +559,7 @@ class Store:
             overlay_generation=_generations(gen),
             ties=ties,
             campaign_generation=int(res[-1] or 0),
+            group_feed=group_feed,
         )
 
     # -- documents -----------------------------------------------------------------------
@@ -607,6 +612,8 @@ class Store:
         post_ids: list[str],
         served: Served | None = None,
         edited: frozenset[str] = frozenset(),
+        also: Sequence[Command] = (),
+        replies: list[Any] | None = None,
     ) -> dict[str, bytes]:
         """Post id -> its card (raw JSON, see :func:`feed.contract.card`) in ONE round trip,
         which with ``served`` also marks the page served (the page's only write). Cards are
@@ -615,6 +622,8 @@ class Store:
         Served posts go into the user's seen set (trimmed to ``SEEN_WINDOW_S`` and
         ``SEEN_MAX``); a page in an experiment is logged as an exposure; ``served.replay`` keeps
         the page a cursor led to for ``PAGE_REPLAY_TTL_S``, so a retried cursor gets it again.
+        ``also``: more reads sent in the same round trip, their replies appended to ``replies``
+        (a feed page's friends' open groups).
         """
         if not post_ids:
             return {}
@@ -624,7 +633,12 @@ class Store:
         commands: list[Command] = [("GET", k) for k in keys] if cluster else [("MGET", *keys)]
         if served is not None:
             commands += self._record(post_ids, served)
-        res = round_trip(self.r, commands, full_ok=served is not None)
+        n_also = len(also)
+        res = round_trip(self.r, [*commands, *also], full_ok=served is not None)
+        if n_also:
+            res, extra = res[:-n_also], res[-n_also:]
+            if replies is not None:
+                replies.extend(extra)
         if served is not None and any(is_full(x) for x in res if isinstance(x, Exception)):
             served.refused = True  # Redis is full: the page is served, unrecorded
             self.mark_full()

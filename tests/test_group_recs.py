@@ -170,7 +170,11 @@ def test_friends_open_groups_reach_their_ties(client: Any, artifact: Path) -> No
     assert it["initiator_id"] == uid and it["product_id"] == product and it["size"] == 3
     assert it["members"] == [uid] and it["reason"].startswith(f"friend_started:{uid}")
     assert it["score"] > 0 and it["expires_at"]
-    stranger = next(u for u in _groups(artifact)["user_ids"].tolist() if u not in ties[uid])
+    stranger = next(  # neither a tie of the initiator nor a friend of one
+        u
+        for u in _groups(artifact)["user_ids"].tolist()
+        if u != uid and u not in ties[uid] and not set(ties.get(u, {})) & set(ties[uid])
+    )
     assert "fan-1" not in {
         x["group_id"] for x in client.get(f"/v1/users/{stranger}/groups").get_json()["items"]
     }
@@ -188,6 +192,48 @@ def test_friends_open_groups_reach_their_ties(client: Any, artifact: Path) -> No
         assert client.post("/v1/groups/fan-1/join", json={"user_id": third}).status_code == 200
         after = client.get(f"/v1/users/{other}/groups").get_json()["items"]
         assert "fan-1" not in {x["group_id"] for x in after}
+
+
+def test_friends_of_friends_groups_come_after_friends_groups(
+    r: Any, client: Any, artifact: Path, published: str
+) -> None:
+    """A group reaches, after the groups of the user's own ties, the users whose strongest
+    ties it was fanned out to: scored at the weight of both steps (``hop_weight``)."""
+    from feed.serving.groups import (
+        HOP_TIES,
+        affinities,
+        category_shares,
+        decode_serve_params,
+        hop_weight,
+        pair_score,
+    )
+
+    ties = _ties(artifact)
+    uid, user = next(
+        (i, u) for i in ties for u in ties
+        if u != i and u not in ties[i] and set(list(ties[u])[:HOP_TIES]) & set(ties[i])
+    )  # fmt: skip
+    _start(client, uid, _product(client, uid), "hop-1")
+    friend = next(t for t in ties[user] if t in ties[uid])
+    _start(client, friend, _product(client, friend), "direct-1")
+    items = client.get(f"/v1/users/{user}/groups?limit=50").get_json()["items"]
+    reasons = {it["group_id"]: it["reason"] for it in items}
+    assert reasons["hop-1"].startswith(f"friend_of_friend_started:{uid}"), items
+    order = [it["group_id"] for it in items]
+    direct = [g for g in order if reasons[g].startswith("friend_started:")]
+    assert "direct-1" in direct or user not in ties[friend]
+    assert order[: len(direct)] == direct  # every direct group first
+    weight = max(
+        hop_weight(p, ties[uid][v]) for v, p in list(ties[user].items())[:HOP_TIES]
+        if v in ties[uid]
+    )  # fmt: skip
+    params = decode_serve_params(r.get(c.version_key(published, c.GROUP_PAIR)))["join"]
+    deals = c.decode_deals(r.get(c.user_key(user, c.USER_DEALS, published)))
+    hop = next(it for it in items if it["group_id"] == "hop-1")
+    a = affinities(deals).get(hop["product_id"], 0.0)
+    category = client.application.extensions["feed_store"].table(published).product_category
+    cat_share = category_shares(deals, category).get(category.get(hop["product_id"], ""), 0.0)
+    assert hop["score"] == pytest.approx(pair_score(weight, a, params, cat_share), abs=1e-4)
 
 
 def test_group_feed_is_capped_and_expires(r: Any, client: Any, artifact: Path) -> None:
@@ -227,7 +273,7 @@ def test_joinable_groups_cost_at_most_one_round_trip_over_a_feed_page(
     reads, writes, resp = round_trips(lambda: counted.get(f"/v1/users/{tie}/groups?limit=10"))
     assert resp.status_code == 200 and len(resp.get_json()["items"]) >= 3
     assert writes == 0 and reads + writes <= page_reads + page_writes + 1
-    assert reads == 2, CountingConnection.sent
+    assert reads <= 3, CountingConnection.sent  # + friends of friends' groups when room is left
     reads, writes, _ = round_trips(lambda: counted.get(f"/v1/users/{tie}/deals"))
     assert (reads, writes) == (1, 0), CountingConnection.sent
 
@@ -285,3 +331,42 @@ def test_feed_says_friend_for_a_tie_the_user_does_not_follow(
                 seen["followed_author"] += 1
                 assert it["author_id"] not in set(ties[uid]) - follows.get(uid, set())
     assert seen["friend"] > 0, seen
+
+
+def test_feed_items_carry_a_friends_open_group_at_no_extra_round_trip(
+    counted: Any, artifact: Path
+) -> None:
+    """An item linking the product of a friend's open group carries it as ``"group"`` (who
+    started it, spots left, when it expires); its state is read in the page's own two round
+    trips, and a member, a full group or a user without friends' groups sees none."""
+    ties = _ties(artifact)
+    uid, tie = next((i, t) for i in ties for t in ties[i] if len(ties[i]) >= 2)
+    counted.get(f"/v1/feed/{tie}?limit=50&preview=1")  # warm the caches (version, table)
+    counted.get(f"/v1/feed/{tie}?limit=20")  # warm the caches of a recorded page
+    page_reads, page_writes, _ = round_trips(lambda: counted.get(f"/v1/feed/{tie}?limit=20"))
+    before = counted.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    linked = next(it for it in before if it.get("products"))
+    product = linked["products"][0]["product_id"]
+    assert all("group" not in it for it in before)  # nothing open yet
+    _start(counted, uid, product, "feed-1", size=3)
+    reads, writes, resp = round_trips(lambda: counted.get(f"/v1/feed/{tie}?limit=50&preview=1"))
+    assert (reads, writes) == (2, 0), CountingConnection.sent  # user state; cards + groups
+    items = resp.get_json()["items"]
+    shown = [it for it in items if it.get("group")]
+    assert shown and all(
+        product in {p["product_id"] for p in it["products"]} for it in shown
+    ), shown  # fmt: skip
+    g = shown[0]["group"]
+    assert g["group_id"] == "feed-1" and g["initiator_id"] == uid and g["members"] == [uid]
+    assert g["size"] == 3 and g["spots_left"] == 2 and g["expires_at"]
+    # a recorded page of a user with friends' groups costs what one without them does
+    counted.get(f"/v1/feed/{tie}?limit=20")  # caches refilled after the group's writes
+    assert round_trips(lambda: counted.get(f"/v1/feed/{tie}?limit=20"))[:2] == (
+        page_reads, page_writes
+    ), CountingConnection.sent  # fmt: skip
+    # the initiator is a member: no group on their own items
+    mine = counted.get(f"/v1/feed/{uid}?limit=50&preview=1").get_json()["items"]
+    assert all(it.get("group", {}).get("group_id") != "feed-1" for it in mine)
+    assert counted.post("/v1/groups/feed-1/join", json={"user_id": tie}).status_code == 200
+    items = counted.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    assert all(it.get("group", {}).get("group_id") != "feed-1" for it in items)

@@ -221,11 +221,13 @@ class GroupRecs:
         taste = sp.csr_matrix(data.engagement @ data.post_products, dtype=np.float32)
         self.taste_ = taste
         self.sim_ = knn_similarity(x, self.K, "bm25") if x.nnz else sp.csr_matrix((x.shape[1],) * 2)
-        graph = self._tie_graph(data)
+        ds = data.source
+        members = group_rows(ds) if ds is not None and len(ds.groups) else None  # read once
+        graph = self._tie_graph(data, members)
         self.graph_ = graph
         cols, vals = row_topk(graph, self.n_ties)
         self.tie_items_, self.tie_weights_ = cols, vals
-        self.joins_ = self._joins(data)
+        self.joins_ = self._joins(data, members)
         self.activity_ = np.log1p(np.asarray(self.joins_.sum(axis=0)).ravel()).astype(np.float32)
         ok = cols >= 0
         rows = np.broadcast_to(np.arange(len(cols))[:, None], cols.shape)
@@ -237,7 +239,7 @@ class GroupRecs:
         n_succ = np.zeros(npr)
         ds = data.source
         if ds is not None and len(ds.groups):
-            g = group_rows(ds)
+            g = members if members is not None else group_rows(ds)
             g = g[g["initiator"].to_numpy()]
             p = data.products.to_internal(g["product_id"])
             n_groups = np.bincount(p, minlength=npr).astype(float)
@@ -256,13 +258,13 @@ class GroupRecs:
         self.tie_probs_ = self.tie_probabilities(cols)
 
     @staticmethod
-    def _joins(data: TrainingData) -> sp.csr_matrix:
+    def _joins(data: TrainingData, rows: pd.DataFrame | None = None) -> sp.csr_matrix:
         """users x users: how many of the row's groups (as initiator) the column joined."""
         n = data.n_users
         ds = data.source
         if ds is None or not len(ds.groups):
             return sp.csr_matrix((n, n), dtype=np.float32)
-        rows = group_rows(ds)
+        rows = group_rows(ds) if rows is None else rows
         rows = rows[~rows["initiator"].to_numpy()]
         a = data.users.to_internal(rows["initiator_id"], strict=False)
         b = data.users.to_internal(rows["user_id"], strict=False)
@@ -309,7 +311,7 @@ class GroupRecs:
                 "category": w["category"]}  # fmt: skip
 
     @staticmethod
-    def _tie_graph(data: TrainingData) -> sp.csr_matrix:
+    def _tie_graph(data: TrainingData, rows: pd.DataFrame | None = None) -> sp.csr_matrix:
         """users x users: the social graph (``data.follows``) plus, per group two users were
         both in as initiator and member, one more (so past co-members, the strongest sign of
         who joins whose groups, rank first, and more shared groups rank higher)."""
@@ -317,7 +319,7 @@ class GroupRecs:
         ds = data.source
         if ds is None or not len(ds.groups):
             return graph
-        rows = group_rows(ds)
+        rows = group_rows(ds) if rows is None else rows
         rows = rows[~rows["initiator"].to_numpy()]
         a = data.users.to_internal(rows["initiator_id"], strict=False)
         b = data.users.to_internal(rows["user_id"], strict=False)

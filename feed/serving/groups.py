@@ -8,6 +8,11 @@ part as a probability (the tie weight) and, once per version, the weights of the
 affinity (``params``): the score is then :func:`pair_score`, the learned model's probability.
 Without ``params`` (an older version) the score is the tie's strength times
 :data:`AFFINITY_FLOOR` plus the affinity (:func:`tie_score`).
+
+Joining reaches one step further than the fan-out: besides the groups fanned out to the user
+(initiators whose published ties include them), the groups fanned out to the user's
+:data:`HOP_TIES` strongest ties (friends of friends' groups) are candidates too, after every
+direct one; their tie weight is :func:`hop_weight` (the chance the tie carries over both steps).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 
 AFFINITY_FLOOR = 0.05  # what a tie counts for a product outside the user's deals (old versions)
+HOP_TIES = 20  # a user's strongest ties whose fanned-out groups are the user's two-step candidates
 _EPS = 1e-6
 
 
@@ -35,6 +41,17 @@ def tie_score(tie: float, affinity: float) -> float:
     True
     """
     return float(tie) * (AFFINITY_FLOOR + float(affinity))
+
+
+def hop_weight(to_tie: float, tie_to_initiator: float) -> float:
+    """The tie weight of a friend of a friend's group: the user's published tie to their tie
+    times the fanned-out weight the group reached that tie with (both probabilities), so it is
+    below either step.
+
+    >>> hop_weight(0.5, 0.4)
+    0.2
+    """
+    return float(to_tie) * float(tie_to_initiator)
 
 
 def tie_scores(tie: np.ndarray, affinity: np.ndarray) -> np.ndarray:
@@ -88,7 +105,10 @@ def pair_scores(
 
 
 def pair_score(
-    tie: float, affinity: float, params: Mapping[str, float] | None, category: float = 0.0
+    tie: float,
+    affinity: float,
+    params: Mapping[str, float] | None,
+    category: float = 0.0,
 ) -> float:
     """:func:`pair_scores` of one pair.
 

@@ -238,3 +238,5 @@ class UserState:
     overlay_generation: tuple[int, int] | None = None
     ties: frozenset[str] = frozenset()  # the version's published social ties (groups, shares)
     campaign_generation: int | None = None  # the campaigns counter, read with it (None: unread)
+    #: the user's group feed (``"<group id> <tie weight>"``: friends' open groups), read with it
+    group_feed: tuple[str, ...] = ()
