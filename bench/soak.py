@@ -9,6 +9,13 @@
 
     python -m bench.soak --seconds 60 --anonymous-seconds 30 --full-seconds 30 --threads 8
 
+During the mixed phase two sponsored campaigns of one merchant run (``--no-campaigns``: none),
+flighted over the phase: one to an audience of its products (``POST .../audiences``, timed),
+one to every user, each with a budget well below the pages the phase serves and a cap per
+user. Afterwards the campaigns' counters in Redis and the sponsored items the clients received
+must show 0 over-delivery: at most the budget in all, at most ``max_per_user`` to any user, and
+the server's count equal to the sum of its per-user counts.
+
 Each phase checks: no 5xx but the documented 507 of a full Redis, every event acknowledged with
 202 is in the Redis event stream afterwards; the mixed phase also reports the workers' resident
 memory (sampled every few seconds, the last sample against the one after warm-up). The load
@@ -39,6 +46,9 @@ EVENT_TYPES = (
     *("impression", "click", "like", "unlike", "hide_post", "follow", "unfollow", "purchase"),
 )
 FULL_HEADROOM_MB = 4.0  # the full phase's maxmemory: what Redis holds at its start + this
+ADMIN_TOKEN = "soak-admin-token-0123456789"
+#: the mixed phase's campaigns: (name, audience or "all", budget, max per user, slots)
+CAMPAIGNS = (("audience", "audience", 300, 2, [1, 6]), ("all", "all", 400, 1, [3]))
 
 
 def _children_rss_kb(master: int) -> int:
@@ -88,6 +98,8 @@ class Phase:
     seconds: float
     next_request: Callable[[random.Random, dict[str, Any]], Request]
     stats: Counter[str] = field(default_factory=Counter)
+    #: (campaign, user) -> sponsored items of the campaign the user's pages carried
+    sponsored: Counter[tuple[str, str]] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     full_seen: threading.Event = field(default_factory=threading.Event)
 
@@ -152,6 +164,7 @@ def _worker(port: int, phase: Phase, stop: float, seed: int) -> None:
     rng = random.Random(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     local: Counter[str] = Counter()
+    sponsored: Counter[tuple[str, str]] = Counter()
     state: dict[str, Any] = {"seed": seed}
     while time.monotonic() < stop:
         req = phase.next_request(rng, state)
@@ -173,6 +186,9 @@ def _worker(port: int, phase: Phase, stop: float, seed: int) -> None:
             page = json.loads(data)
             local["feed_degraded"] += bool(page.get("degraded"))
             local["feed_items"] += len(page.get("items", []))
+            for item in page.get("items", []):
+                if item.get("sponsored"):
+                    sponsored[(item["campaign_id"], req.path.split("/")[3].split("?")[0])] += 1
             if phase.full_seen.is_set():
                 local["feed_200_while_full"] += 1
             state["scroll"] = (state.get("user"), page.get("next_cursor"))
@@ -183,6 +199,7 @@ def _worker(port: int, phase: Phase, stop: float, seed: int) -> None:
     conn.close()
     with phase.lock:
         phase.stats.update(local)
+        phase.sponsored.update(sponsored)
 
 
 def _readyz(port: int) -> tuple[int, dict[str, Any]]:
@@ -217,6 +234,117 @@ def _run_phase(
     return samples
 
 
+def _call(
+    port: int, method: str, path: str, body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def _merchant_posts(r: Any, version: str) -> tuple[str, list[str], list[str]]:
+    """(the merchant with most posts in ``version``, its posts, its products), from Redis."""
+    from feed import contract as c
+
+    table = c.decode_json(r.get(c.version_key(version, "posts")))
+    products = sorted({p for ps in table["product_ids"] for p in ps})
+    docs = r.mget([c.product_doc_key(p, version) for p in products])
+    owner = {
+        p: (c.decode_json(d) or {}).get("merchant_id") for p, d in zip(products, docs, strict=True)
+    }
+    posts: dict[str, list[str]] = {}
+    mine: dict[str, set[str]] = {}
+    for post, ps in zip(table["post_id"], table["product_ids"], strict=True):
+        for m in {str(owner[p]) for p in ps if owner.get(p)}:
+            posts.setdefault(m, []).append(post)
+            mine.setdefault(m, set()).update(p for p in ps if owner.get(p) == m)
+    best = max(posts, key=lambda m: (len(posts[m]), m))
+    return best, posts[best], sorted(mine[best])
+
+
+def _start_campaigns(port: int, r: Any, version: str, seconds: float) -> dict[str, Any]:
+    """A merchant, an audience of its products (timed) and :data:`CAMPAIGNS`, flighted over
+    the next ``seconds``."""
+    m, posts, products = _merchant_posts(r, version)
+    status, made = _call(port, "POST", "/v1/admin/merchants", {"merchant_id": m}, ADMIN_TOKEN)
+    assert status == 201, made
+    token = made["token"]
+    t = time.perf_counter()
+    status, aud = _call(
+        port, "POST", f"/v1/merchants/{m}/audiences",
+        {"product_ids": products[:20], "size": 100_000}, token,
+    )  # fmt: skip
+    audience_s = time.perf_counter() - t
+    assert status == 201, aud
+    out: dict[str, Any] = {"merchant": m, "audience": aud, "audience_s": audience_s, "runs": []}
+    end = time.time() + seconds
+    for name, target, budget, cap, slots in CAMPAIGNS:
+        body = {
+            "post_ids": posts[:4], "budget_impressions": budget, "max_per_user": cap,
+            "slots": slots, "end": end, "holdout": 0.1,
+            "audience_id": aud["audience_id"] if target == "audience" else "all",
+        }  # fmt: skip
+        status, cmp = _call(port, "POST", f"/v1/merchants/{m}/campaigns", body, token)
+        assert status == 201, cmp
+        out["runs"].append({"name": name, "budget": budget, "cap": cap, "id": cmp["campaign_id"]})
+    return out
+
+
+def _campaign_rows(r: Any, camps: dict[str, Any], phase: Phase) -> list[tuple[Any, ...]]:
+    """Per campaign: delivered (Redis) against the budget, the largest per-user count (Redis
+    and the clients) against the cap, and what the clients received."""
+    from feed import contract as c
+
+    aud = camps["audience"]
+    rows: list[tuple[Any, ...]] = [
+        (
+            "audience created (POST .../audiences)",
+            f"{camps['audience_s'] * 1000:.0f} ms",
+            f"{aud['size']:,} users kept, estimated {aud['estimated_size']:,}, "
+            f"ranked by {aud.get('ranked_by')}",
+        )
+    ]
+    for run in camps["runs"]:
+        cid, budget, cap = run["id"], run["budget"], run["cap"]
+        delivered = int(r.get(c.campaign_key(cid, "n")) or 0)
+        per_user = [int(x) for x in r.hgetall(c.campaign_key(cid, "u")).values()]
+        seen = {u: n for (k, u), n in phase.sponsored.items() if k == cid}
+        rows.append(
+            (
+                f"campaign '{run['name']}': delivered / budget",
+                f"{delivered} / {budget}",
+                f"clients received {sum(seen.values())} sponsored items from it, "
+                f"{len(per_user)} users reached",
+            )
+        )
+        rows.append(
+            (
+                f"campaign '{run['name']}': most to one user / cap",
+                f"{max(per_user, default=0)} / {cap}",
+                f"clients: {max(seen.values(), default=0)}",
+            )
+        )
+        rows.append(
+            (
+                f"campaign '{run['name']}': 0 over-delivery",
+                delivered <= budget
+                and sum(per_user) == delivered
+                and max(per_user, default=0) <= cap
+                and max(seen.values(), default=0) <= cap
+                and sum(seen.values()) <= delivered,
+                "budget, per-user caps, server counts = sum of per-user counts",
+            )
+        )
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from feed.contract import EVENTS_KEY
     from feed.publish import publish
@@ -232,7 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         users = [f"u{i}" for i in range(int(counts["users"]))] + ["cold-1", "cold-2"]
         posts = [f"p{i}" for i in range(int(counts["posts"]))]
         # gunicorn.conf.py's workers and threads (several need one cursor secret)
-        env = {"FEED_REDIS_URL": url, "FEED_CURSOR_SECRET": "soak"}
+        env = {"FEED_REDIS_URL": url, "FEED_CURSOR_SECRET": "soak", "FEED_ADMIN_TOKEN": ADMIN_TOKEN}
         with gunicorn("service:create_app()", work, env) as (port, _log, master):
             phases = [
                 Phase("mixed", args.seconds, _mixed(users, posts)),
@@ -258,6 +386,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "redis": ready.get("redis"),
                     }
 
+                camps = None
+                if phase.name == "mixed" and args.campaigns:
+                    version = r.get("{feed}:live").decode()
+                    camps = _start_campaigns(port, r, version, phase.seconds)
                 samples = _run_phase(port, phase, args.threads, 1000 * n, sample)
                 s = phase.stats
                 stored = r.xlen(EVENTS_KEY) - before - s["posts_created"]  # a post logs one
@@ -268,6 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "keys": (keys, r.dbsize()),
                     "samples": samples,
                 }
+                if camps is not None:
+                    out[phase.name]["campaigns"] = _campaign_rows(r, camps, phase)
             if args.full_seconds > 0:  # memory added: writes are accepted again
                 r.config_set("maxmemory", 0)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -352,6 +486,7 @@ def _rows(name: str, res: dict[str, Any]) -> list[tuple[Any, ...]]:
                 f"x{end / max(warm, 1):.3f}",
             )
         )
+    rows += res.get("campaigns", [])
     allowed = (507,) if name == "full" else ()
     rows.append(("zero 5xx" + (" but 507" if allowed else ""), _five_hundreds(s, allowed) == 0, ""))
     rows.append(("zero lost events", acknowledged == res["events_stored"], ""))
@@ -380,6 +515,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the full phase's maxmemory above what Redis holds at its start ({FULL_HEADROOM_MB})",
     )
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument(
+        "--campaigns",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run two sponsored campaigns during the mixed phase (on)",
+    )
     ap.add_argument("--likes", default="100k", help="size of the generated dataset")
     ap.add_argument("--artifact", default=None, help="publish this model version instead")
     args = ap.parse_args(argv)

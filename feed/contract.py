@@ -201,6 +201,53 @@ def stock_key(version: str) -> str:
     return version_key(version, "oos")
 
 
+#: Users a product's audience index keeps (the best by score), per product and version.
+AUDIENCE_INDEX_MAX = 10_000
+#: Products whose audience index lists one user enters (its best by score), per version.
+AUDIENCE_INDEX_PER_USER = 100
+
+
+def audience_index_key(version: str, product_id: str | None = None) -> str:
+    """Key of a version's audience index (``feed publish``; ``service.campaigns``): a product's
+    best users (:func:`encode_audience_index`), or with ``product_id`` None the user table the
+    entries point into (JSON list of user ids). In the version's slot, so one ``MGET`` reads
+    any of them on a cluster, and ``feed versions delete`` removes them with the version.
+
+    >>> audience_index_key("v1", "sku-1"), audience_index_key("v1")
+    ('{feed:v1}:aud:p:sku-1', '{feed:v1}:aud:users')
+    """
+    return version_key(version, "aud:users" if product_id is None else f"aud:p:{product_id}")
+
+
+def encode_audience_index(reach: int, users: np.ndarray, scores: np.ndarray) -> bytes:
+    """A product's audience index: ``reach`` (users with a positive score, before the cut),
+    then the kept users' indices (uint32, into the version's user table) and scores (float32),
+    best first: 8 bytes a user.
+
+    >>> r, u, s = decode_audience_index(encode_audience_index(7, np.array([4, 2]), [1.5, 0.25]))
+    >>> r, u.tolist(), s.tolist()
+    (7, [4, 2], [1.5, 0.25])
+    """
+    u = np.asarray(users, dtype="<u4")
+    s = np.asarray(scores, dtype="<f4")
+    if u.shape != s.shape or u.ndim != 1:
+        raise ValueError("users and scores must be 1-D arrays of the same length")
+    return np.array([reach, len(u)], dtype="<u4").tobytes() + u.tobytes() + s.tobytes()
+
+
+def decode_audience_index(blob: bytes | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_audience_index`: (reach, user indices, scores); empty when
+    absent."""
+    if not blob:
+        return 0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    reach, n = (int(x) for x in np.frombuffer(blob, dtype="<u4", count=2))
+    if len(blob) != 8 + 8 * n:
+        raise ValueError(f"audience index of {len(blob)} bytes does not hold {n} users")
+    users = np.frombuffer(blob, dtype="<u4", count=n, offset=8).astype(np.int64)
+    scores = np.frombuffer(blob, dtype="<f4", count=n, offset=8 + 4 * n)
+    return reach, users, scores
+
+
 def doc_key(version: str | None, kind: str, item_id: str) -> str:
     """Key of a document: ``kind`` ``p`` (post), ``pr`` (product) or ``c`` (card) of a version,
     or, with ``version`` None, of a post created through the API. No hash tag: documents

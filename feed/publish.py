@@ -1,7 +1,8 @@
 """Publish a model version from disk into Redis, then (optionally) make it live.
 
 Every key a publish writes belongs to the version it publishes (``{u:<user>}:cand:<v>``,
-``{u:<user>}:seed:<v>``, ``{u:<user>}:deals:<v>``, ``{u:<user>}:ties:<v>``, ``{feed:<v>}:*``,
+``{u:<user>}:seed:<v>``, ``{u:<user>}:deals:<v>``, ``{u:<user>}:ties:<v>``, ``{feed:<v>}:*``
+(the audience index ``{feed:<v>}:aud:*`` among them, :func:`audience_index`),
 ``vdoc:<v>:*``), so no publish, finished or not,
 changes what another version serves. The order makes interruption safe: one publish at a time
 holds the publish lock (:data:`feed.contract.PUBLISH_LOCK_KEY`, renewed while it runs, expiring
@@ -316,6 +317,137 @@ def _popular_deals(art: artifacts.Artifact) -> list[tuple[str, bytes]]:
     return out
 
 
+def _top_per_group(
+    group: np.ndarray, user: np.ndarray, score: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best ``n`` of each group (positive float32 scores; ties: the earlier entry), sorted
+    by group then rank. One stable argsort of an int64 key: the group in the high 32 bits, the
+    score's bits, inverted, in the low ones (a positive float's bits order as the float does)."""
+    bits = np.ascontiguousarray(score, dtype="<f4").view("<u4").astype(np.int64)
+    order = np.argsort((group.astype(np.int64) << 32) | (0xFFFFFFFF - bits), kind="stable")
+    group, user, score = group[order], user[order], score[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else group
+    rank = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+    keep = rank < n
+    return group[keep], user[keep], score[keep]
+
+
+def _joined(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    g, u, s = zip(*parts, strict=True)
+    return np.concatenate(g), np.concatenate(u), np.concatenate(s)
+
+
+def audience_index(
+    art: artifacts.Artifact,
+    n_max: int = c.AUDIENCE_INDEX_MAX,
+    per_user: int = c.AUDIENCE_INDEX_PER_USER,
+) -> tuple[list[str], list[str], np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The version's audience index: (user table, products, reach per product, per product the
+    best ``n_max`` (user indices, scores) among the users for whom it is one of their
+    ``per_user`` best products).
+
+    A user's score for a product is the audience score ``service.campaigns`` gave by scanning
+    every candidate list: each post of the user's list weighs ``1 / log2(rank + 2)`` times 1 when
+    it links the product, else half its best neighbour score from a post that does (the
+    version's item neighbours, scaled per list as the service reads them); plus 1 when the user
+    bought the product in the training data. ``reach``: users with a positive score, before
+    either cut. The two cuts bound the index by ``min(products x n_max, users x per_user)``
+    entries of 8 bytes (item neighbours give most users a small positive score for most
+    products: uncut, the index would be users x products). Computed blockwise over users
+    (``candidates @ weights``, sparse), so memory stays at a block of users times the products
+    plus the kept entries."""
+    import scipy.sparse as sp
+
+    cand, posts, nb = art.arrays("candidates"), art.arrays("posts"), art.arrays("neighbours")
+    users = [str(u) for u in cand["users"].tolist()]
+    n_posts = len(posts["post_id"])
+    links = [x.split("|") if x else [] for x in posts["product_ids"].tolist()]
+    products = sorted({x for ps in links for x in ps})
+    pidx = {x: i for i, x in enumerate(products)}
+    n_prod = len(products)
+    if not users or not n_prod:
+        return users, products, np.zeros(n_prod, dtype=np.int64), []
+    link_post = np.repeat(np.arange(n_posts), [len(ps) for ps in links])
+    link_prod = np.array([pidx[x] for ps in links for x in ps], dtype=np.int64)
+    # weights: posts x products, 1 for a post linking the product, else 0.5 x the best unit
+    # neighbour score from one of its posts
+    nbi = nb["items"].astype(np.int64)
+    unit = c.unit_scores(np.where(nbi >= 0, nb["scores"], -np.inf)).astype(np.float64)
+    q, v = nbi[link_post], 0.5 * unit[link_post]
+    pr = np.broadcast_to(link_prod[:, None], q.shape)
+    ok = (q >= 0) & (q < n_posts) & (v > 0)
+    q = np.concatenate([q[ok], link_post])
+    pr = np.concatenate([pr[ok], link_prod])
+    v = np.concatenate([v[ok], np.ones(len(link_post))])
+    key = q * n_prod + pr
+    order = np.lexsort((-v, key))
+    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    weights = sp.csr_matrix((v[first], (q[first], pr[first])), shape=(n_posts, n_prod))
+    # candidates: users x posts, the rank discount of each listed post
+    items = cand["items"].astype(np.int64)
+    valid = (items >= 0) & (items < n_posts)
+    rank = np.cumsum(valid, axis=1) - 1
+    rows = np.broadcast_to(np.arange(len(users))[:, None], items.shape)
+    lists = sp.csr_matrix(
+        (1.0 / np.log2(rank[valid] + 2.0), (rows[valid], items[valid])),
+        shape=(len(users), n_posts),
+    )
+    uidx = {u: i for i, u in enumerate(users)}
+    bought = [
+        (uidx[u], pidx[x])
+        for u, x in zip(art.arrays("purchases")["user"].tolist(),
+                        art.arrays("purchases")["product"].tolist(), strict=True)
+        if u in uidx and x in pidx
+    ]  # fmt: skip
+    buys = sp.csr_matrix(
+        (np.ones(len(bought)), ([b[0] for b in bought], [b[1] for b in bought])),
+        shape=(len(users), n_prod),
+    )
+    buys.data[:] = 1.0  # a product bought twice still adds 1
+    reach = np.zeros(n_prod, dtype=np.int64)
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    held, limit = 0, 4_000_000
+    block = max(64, min(8192, 2**22 // n_prod))
+    for lo in range(0, len(users), block):
+        hi = min(lo + block, len(users))
+        scores = (lists[lo:hi] @ weights).toarray() + buys[lo:hi].toarray()
+        reach += (scores > 0).sum(axis=0)
+        if n_prod > per_user:  # each user enters the lists of its per_user best products only
+            cut = np.argpartition(scores, n_prod - per_user, axis=1)[:, : n_prod - per_user]
+            np.put_along_axis(scores, cut, 0.0, axis=1)
+        u, p = np.nonzero(scores > 0)
+        kept.append((p, u + lo, scores[u, p].astype(np.float32)))
+        held += len(p)
+        if held > limit:  # prune to the best n_max of each product so far
+            kept = [_top_per_group(*_joined(kept), n_max)]
+            held = len(kept[0][0])
+            limit = max(limit, 2 * held)
+    g, u, s = _top_per_group(*_joined(kept), n_max)
+    bounds = np.searchsorted(g, np.arange(n_prod + 1))
+    per = [(u[bounds[i] : bounds[i + 1]], s[bounds[i] : bounds[i + 1]]) for i in range(n_prod)]
+    return users, products, reach, per
+
+
+def _audience_pairs(art: artifacts.Artifact) -> tuple[int, Pairs]:
+    """(how many, the keys) of the audience index: the user table (its presence tells the
+    service the version has an index) and one blob per product some user reaches
+    (:func:`audience_index`); nothing for a version without candidates."""
+    users, products, reach, per = audience_index(art)
+    v = art.version
+    if not users:
+        return 0, iter(())
+
+    def pairs() -> Pairs:
+        yield c.audience_index_key(v), c.encode_json(users)
+        for i, x in enumerate(products):
+            if reach[i] > 0:
+                yield c.audience_index_key(v, x), c.encode_audience_index(int(reach[i]), *per[i])
+
+    return 1 + int((reach > 0).sum()), pairs()
+
+
 def _token_blob(art: artifacts.Artifact) -> bytes:
     """The version's token -> posts index (``interests=`` hint), verified against the manifest."""
     t = art.arrays("tokens")
@@ -521,6 +653,7 @@ def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
     ]
     deal_pairs, tie_pairs = _group_pairs(art)
     out_of_stock = _out_of_stock(art)
+    n_audience, audience_pairs = _audience_pairs(art)
     groups = {
         "version": w.strings(shared),
         "users": w.strings(_candidate_pairs(art)),
@@ -530,6 +663,7 @@ def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
         "deals": w.strings(deal_pairs),
         "ties": w.strings(tie_pairs),
         "stock": w.members(c.stock_key(v), out_of_stock),
+        "audience_index": w.strings(audience_pairs),
     }
     expected = {
         "version": len(shared),
@@ -540,6 +674,7 @@ def _write_version(w: _Writer, art: artifacts.Artifact) -> None:
         "deals": counts.get("deal_users", 0) if _has_groups(art) else 0,
         "ties": counts.get("tie_users", 0) if _has_groups(art) else 0,
         "stock": 1 if out_of_stock else 0,
+        "audience_index": n_audience,  # computed from the artifact, not in the manifest
     }
     for name, keys in groups.items():
         if len(keys) != expected[name]:

@@ -258,7 +258,8 @@ def rollback(r: Any) -> str:
 
 def _version_key_re(version: str) -> re.Pattern[str]:
     """Every key publish writes for ``version``: a user's candidates, seed, deals and ties,
-    the version's own keys (``{feed:<v>}:*``, its stock set among them), its documents and cards."""
+    the version's own keys (``{feed:<v>}:*``, its stock set and its audience index
+    ``{feed:<v>}:aud:*`` among them), its documents and cards."""
     v = re.escape(version)
     kinds = "|".join(("cand", c.USER_SEED, c.USER_DEALS, c.USER_TIES))
     pattern = rf"\{{u:[^}}]*\}}:({kinds}):{v}|\{{feed:{v}\}}:.*|vdoc:{v}:.*"

@@ -1,13 +1,17 @@
 """Audiences and sponsored campaigns in Redis (docs/merchants.md, "Audiences and campaigns").
 
 **Audiences.** :func:`build_audience` ranks the users of the live version for a merchant's
-target (its products, a category of its products, or one of its posts): every user's
-precomputed candidate list (``{u:<user>}:cand:<v>``, SCAN in batches, at most
-:data:`AUDIENCE_SCAN_MAX` users) is scored against the target posts (the posts linking the
-target products, or the liked post, plus their item neighbours ``nb:<post>`` at half weight),
-by rank (``1 / log2(rank + 2)``), plus 1 for a user who bought a target product (the version's
-seed and the purchases since). Stored as a zset with its meta, expiring after
-:data:`AUDIENCE_TTL_S`, at most :data:`AUDIENCES_PER_MERCHANT` per merchant (the oldest goes).
+target (its products, a category of its products, or one of its posts: that post's products of
+the merchant) from the version's audience index (:func:`rank_indexed`; written by ``feed
+publish``: per product the best :data:`feed.contract.AUDIENCE_INDEX_MAX` users among those for
+whom it is one of their :data:`feed.contract.AUDIENCE_INDEX_PER_USER` best products, each scored
+by the product's posts' ranks in the user's candidate list, ``1 / log2(rank + 2)``, their item
+neighbours at half weight, plus 1 for a purchase in the training data), one pipeline whatever
+the number of users. A version published before the index is ranked by the old bounded scan
+(:func:`rank_users`: every ``{u:<user>}:cand:<v>``, at most :data:`AUDIENCE_SCAN_MAX` users,
+purchases since training counted too), with a warning to publish it again. Stored as a zset
+with its meta, expiring after :data:`AUDIENCE_TTL_S`, at most :data:`AUDIENCES_PER_MERCHANT`
+per merchant (the oldest goes).
 
 **Campaigns.** A config in :data:`feed.contract.CAMPAIGNS_KEY`, indexed per merchant
 (:func:`feed.contract.merchant_campaigns_key`, at most :data:`CAMPAIGNS_KEPT_PER_MERCHANT` kept:
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import secrets
 import threading
@@ -53,6 +58,8 @@ from redis.exceptions import WatchError
 from feed import contract as c
 from feed import merchants as fm
 from feed.experiments import N_BUCKETS, bucket
+
+logger = logging.getLogger(__name__)
 
 AUDIENCE_MAX = 100_000  # users an audience keeps
 AUDIENCE_SCAN_MAX = 500_000  # users scored for one audience (estimated_size extrapolates)
@@ -127,13 +134,10 @@ class Owned:
 
 
 # --- audiences ---------------------------------------------------------------------------------
-def _target_weights(
-    r: Any, owned: Owned, spec: Mapping[str, Any]
-) -> tuple[np.ndarray, set[str], dict[str, Any]]:
-    """(weight of every post of the version table, the target products, what was targeted)."""
+def _target(owned: Owned, spec: Mapping[str, Any]) -> tuple[set[str], list[int], dict[str, Any]]:
+    """(the target products, the version-table posts linking them (or the liked post), what
+    was targeted); ``not_found`` unless every product and the post are the merchant's."""
     table = owned.table
-    n = len(table.post_ids)
-    weights = np.zeros(n, dtype=np.float64)
     if spec.get("like_post"):
         post = spec["like_post"]
         hit = owned.post(post)
@@ -141,29 +145,34 @@ def _target_weights(
             raise CampaignError(
                 "not_found", f"no post {post!r} linking this merchant's products", 404
             )
-        seeds = [table.index[post]]
-        products = set(hit[1])
-        what: dict[str, Any] = {"like_post": post}
+        return set(hit[1]), [table.index[post]], {"like_post": post}
+    if spec.get("product_ids"):
+        wanted = list(dict.fromkeys(spec["product_ids"]))
+        products = owned.products(wanted)
+        missing = [p for p in wanted if p not in products]
+        if missing:
+            raise CampaignError("not_found", f"no product {missing[0]!r} of this merchant", 404)
+        what: dict[str, Any] = {"product_ids": sorted(products)}
     else:
-        if spec.get("product_ids"):
-            wanted = list(dict.fromkeys(spec["product_ids"]))
-            products = owned.products(wanted)
-            missing = [p for p in wanted if p not in products]
-            if missing:
-                raise CampaignError("not_found", f"no product {missing[0]!r} of this merchant", 404)
-            what = {"product_ids": sorted(products)}
-        else:
-            category = spec["category"]
-            in_cat = [p for p, cat in table.product_category.items() if cat == category]
-            products = owned.products(in_cat)
-            if not products:
-                raise CampaignError(
-                    "not_found", f"no product of this merchant in category {category!r}", 404
-                )
-            what = {"category": category}
-        seeds = [i for i, ps in enumerate(table.product_ids) if products.intersection(ps)]
-        if not seeds:
-            raise CampaignError("not_found", "no post links these products", 404)
+        category = spec["category"]
+        in_cat = [p for p, cat in table.product_category.items() if cat == category]
+        products = owned.products(in_cat)
+        if not products:
+            raise CampaignError(
+                "not_found", f"no product of this merchant in category {category!r}", 404
+            )
+        what = {"category": category}
+    seeds = [i for i, ps in enumerate(table.product_ids) if products.intersection(ps)]
+    if not seeds:
+        raise CampaignError("not_found", "no post links these products", 404)
+    return products, seeds, what
+
+
+def _target_weights(r: Any, table: Any, seeds: list[int]) -> np.ndarray:
+    """The scan's weight of every post of the version table: 1 for the target posts, half the
+    best neighbour score for their item neighbours (``nb:<post>``)."""
+    n = len(table.post_ids)
+    weights = np.zeros(n, dtype=np.float64)
     weights[seeds] = 1.0
     pipe = r.pipeline(transaction=False)
     chosen = seeds[:TARGET_POSTS_MAX]
@@ -175,7 +184,59 @@ def _target_weights(
             unit = c.unit_scores(scores) if len(scores) else scores
             ok = items < n
             weights[items[ok]] = np.maximum(weights[items[ok]], 0.5 * unit[ok])
-    return weights, products, what
+    return weights
+
+
+#: version -> its audience index's user table (a version never changes once published)
+_INDEX_USERS: dict[str, list[str]] = {}
+_INDEX_USERS_LOCK = threading.Lock()
+INDEX_USERS_CACHED = 2  # versions whose user table a process keeps
+
+
+def rank_indexed(
+    r: Any, version: str, products: set[str]
+) -> tuple[list[tuple[str, float]], int] | None:
+    """(users with a positive score, best first; the estimated size) from the version's
+    audience index (``feed.publish.audience_index``: per product its best
+    :data:`feed.contract.AUDIENCE_INDEX_MAX` users), or None for a version published before
+    the index existed. One pipeline (``EXISTS`` of the user table and one ``MGET`` of the
+    products' blobs, all in the version's slot), plus the user table once per process.
+
+    A user's score is the sum of its scores over the target products. ``estimated_size`` is
+    exact (the users with a positive score) when no product's list was cut; otherwise
+    ``U x (1 - prod_p (1 - reach_p / U))``, U the version's users with candidates and reach_p
+    the users with a positive score for product p before the cut (independent products), and
+    never below the users actually found."""
+    keys = [c.audience_index_key(version, p) for p in sorted(products)]
+    pipe = r.pipeline(transaction=False)
+    pipe.exists(c.audience_index_key(version))
+    pipe.mget(keys)
+    has_index, blobs = pipe.execute()
+    if not has_index:
+        return None
+    users = _INDEX_USERS.get(version)
+    if users is None:
+        users = c.decode_json(r.get(c.audience_index_key(version))) or []
+        if not users:  # deleted meanwhile
+            return None
+        with _INDEX_USERS_LOCK:
+            while len(_INDEX_USERS) >= INDEX_USERS_CACHED:
+                _INDEX_USERS.pop(next(iter(_INDEX_USERS)), None)
+            _INDEX_USERS[version] = users
+    n_users = len(users)
+    total = np.zeros(n_users, dtype=np.float64)
+    miss = 1.0
+    complete = True
+    for blob in blobs:
+        reach, idx, scores = c.decode_audience_index(blob)
+        ok = idx < n_users
+        np.add.at(total, idx[ok], scores[ok])
+        complete = complete and reach == len(idx)
+        miss *= 1.0 - min(reach, n_users) / max(n_users, 1)
+    found = np.flatnonzero(total > 0)
+    estimated = len(found) if complete else max(len(found), round(n_users * (1.0 - miss)))
+    ranked = sorted(((users[i], float(total[i])) for i in found), key=lambda x: (-x[1], x[0]))
+    return ranked, estimated
 
 
 def _scan_users(r: Any, version: str) -> Iterable[list[str]]:
@@ -235,14 +296,31 @@ def build_audience(
     spec: Mapping[str, Any],
     size: int,
     users_in_version: int | None = None,
+    *,
+    scan: bool = False,
 ) -> dict[str, Any]:
-    """Rank, store (bounded, with a TTL) and describe a new audience."""
+    """Rank (from the version's audience index, :func:`rank_indexed`; by the bounded scan,
+    :func:`rank_users`, for a version published before it, or with ``scan``), store (bounded,
+    with a TTL) and describe a new audience."""
     owned = Owned(r, merchant_id, version, table)
-    weights, products, what = _target_weights(r, owned, spec)
-    ranked, scanned, complete = rank_users(r, version, weights, products, AUDIENCE_SCAN_MAX)
-    estimated = len(ranked)
-    if not complete and scanned and users_in_version:
-        estimated = round(len(ranked) * users_in_version / scanned)
+    products, seeds, what = _target(owned, spec)
+    indexed = None if scan else rank_indexed(r, version, products)
+    if indexed is not None:
+        ranked, estimated = indexed
+        method = "index"
+    else:  # a version published before the index: the bounded scan
+        logger.warning(
+            "version %s has no audience index (published before it existed): scanning up to "
+            "%d users; publish it again (feed publish --force) for fast audiences",
+            version,
+            AUDIENCE_SCAN_MAX,
+        )
+        weights = _target_weights(r, table, seeds)
+        ranked, scanned, complete = rank_users(r, version, weights, products, AUDIENCE_SCAN_MAX)
+        estimated = len(ranked)
+        if not complete and scanned and users_in_version:
+            estimated = round(len(ranked) * users_in_version / scanned)
+        method = "scan"
     keep = ranked[: min(size, AUDIENCE_MAX)]
     audience_id = _new_id("aud-")
     now = time.time()
@@ -255,6 +333,7 @@ def build_audience(
         "size": len(keep),
         "requested_size": size,
         "estimated_size": estimated,
+        "ranked_by": method,
         "created_at": now,
     }
     index = c.audiences_key(merchant_id)
@@ -303,6 +382,7 @@ def public_audience(meta: Mapping[str, Any]) -> dict[str, Any]:
         "target": meta["target"],
         "size": meta["size"],
         "estimated_size": meta["estimated_size"],
+        "ranked_by": meta.get("ranked_by", "scan"),
         "model_version": meta["model_version"],
         "created_at": c.iso_time(meta["created_at"]),
         "expires_at": c.iso_time(meta["created_at"] + AUDIENCE_TTL_S),

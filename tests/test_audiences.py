@@ -207,3 +207,82 @@ def test_an_audience_a_campaign_uses_is_never_evicted(r: Any, shop: dict[str, An
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "too_many_audiences"
     listed = client.get(f"/v1/merchants/{m}/audiences", headers=auth).get_json()["audiences"]
     assert len(listed) == cp.AUDIENCES_PER_MERCHANT
+
+
+# --- the audience index (feed publish) ------------------------------------------------------
+def index_keys(r: Any, version: str) -> list[str]:
+    return [c.text(k) for k in r.scan_iter(match=f"{{feed:{version}}}:aud:*", count=1000)]
+
+
+def test_publish_writes_a_bounded_audience_index_deleted_with_the_version(
+    r: Any, artifact: Any, published: str
+) -> None:
+    from feed import artifacts
+    from feed import versions as reg
+    from feed.publish import audience_index
+
+    art = artifacts.read(artifact)
+    users, products, reach, per = audience_index(art)
+    keys = set(index_keys(r, published))
+    assert c.audience_index_key(published) in keys
+    assert keys - {c.audience_index_key(published)} == {
+        c.audience_index_key(published, p) for i, p in enumerate(products) if reach[i] > 0
+    }
+    assert c.decode_json(r.get(c.audience_index_key(published))) == users
+    # each product keeps its best n users: the first n of the uncut list, reach unchanged
+    _, _, reach5, per5 = audience_index(art, n_max=5)
+    assert (reach5 == reach).all()
+    for (u5, s5), (u, s) in zip(per5, per, strict=True):
+        assert len(u5) == min(5, len(u)) and list(u5) == list(u[:5]) and list(s5) == list(s[:5])
+        assert list(s) == sorted(s, reverse=True)
+    stored = c.decode_audience_index(r.get(c.audience_index_key(published, products[0])))
+    assert stored[0] == reach[0] and list(stored[1]) == list(per[0][0])
+    # `feed versions delete` removes the index with the version
+    reg.delete(r, published, force=True)
+    assert index_keys(r, published) == []
+
+
+def test_the_index_ranks_as_the_scan_did(r: Any, shop: dict[str, Any]) -> None:
+    """One product, no purchase since training: the index's users are the scan's best ones
+    with the scan's scores (up to the one-byte neighbour scores the scan reads; a user whose
+    list gives it only a trace of the product, below its own 100 best products, is left out),
+    the same estimated size, and an index-less version (published before it existed) is
+    ranked by the scan, said in ``ranked_by``."""
+    client, m, auth, v = shop["client"], shop["m"], shop["auth"], shop["version"]
+    product = max(
+        shop["mine"]["products"],
+        key=lambda p: c.decode_audience_index(r.get(c.audience_index_key(v, p)))[0],
+    )
+    url = f"/v1/merchants/{m}/audiences"
+    fast = client.post(url, json={"product_ids": [product], "size": 500}, headers=auth)
+    assert fast.status_code == 201 and fast.get_json()["ranked_by"] == "index"
+    for k in index_keys(r, v):  # as a version published before the index
+        r.delete(k)
+    slow = client.post(url, json={"product_ids": [product], "size": 500}, headers=auth)
+    assert slow.status_code == 201 and slow.get_json()["ranked_by"] == "scan"
+
+    def scores(body: dict[str, Any]) -> dict[str, float]:
+        text = client.get(f"{url}/{body['audience_id']}.csv", headers=auth).get_data(as_text=True)
+        return {u: float(s) for u, s in list(csv.reader(io.StringIO(text)))[1:]}
+
+    a, b = scores(fast.get_json()), scores(slow.get_json())
+    assert set(a) <= set(b) and len(a) > 10
+    assert all(abs(a[u] - b[u]) <= 0.02 * max(1.0, b[u]) for u in a)
+    assert list(a)[:10] == list(b)[:10]  # the best users, in the same order
+    assert fast.get_json()["estimated_size"] == slow.get_json()["estimated_size"] == len(b)
+
+
+def test_estimated_size_of_cut_lists_counts_users_beyond_them(r: Any, shop: dict[str, Any]) -> None:
+    """A product whose list was cut (here: by hand, to 3 users) estimates from its reach, never
+    less than the users found."""
+    client, m, auth, v = shop["client"], shop["m"], shop["auth"], shop["version"]
+    product = sorted(shop["mine"]["products"])[0]
+    key = c.audience_index_key(v, product)
+    reach, users, scores = c.decode_audience_index(r.get(key))
+    assert reach > 3
+    r.set(key, c.encode_audience_index(reach, users[:3], scores[:3]))
+    resp = client.post(
+        f"/v1/merchants/{m}/audiences", json={"product_ids": [product], "size": 100}, headers=auth
+    )
+    body = resp.get_json()
+    assert resp.status_code == 201 and body["size"] == 3 and body["estimated_size"] == reach

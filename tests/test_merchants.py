@@ -199,3 +199,57 @@ def test_cli_create_rotate_revoke_list(r: Any, runner: CliRunner, apps: tuple[An
     assert runner.invoke(main, ["merchants", "revoke", "shop-x"]).exit_code == 1
     bad = runner.invoke(main, ["merchants", "create", "a b"])
     assert bad.exit_code == 2 and "not a valid id" in bad.output
+
+
+def test_another_merchants_objects_are_404_under_its_own_path_on_every_route(
+    r: Any, redis_url: str, published: str
+) -> None:
+    """Merchant B, its own token on its own routes, given merchant A's audience, campaign,
+    products and posts (every route of MERCHANT_ROUTES): a 404 wherever it names one of A's
+    objects, and nothing of A's in what B lists or reports."""
+    import time
+
+    from test_audiences import biggest
+
+    client = feed_app(redis_url, ADMIN_TOKEN=ADMIN).test_client()
+    a, mine, b, theirs = biggest(r, published)
+    ta, tb = create(client, a), create(client, b)
+    a_products = sorted(mine["products"] - theirs["products"])
+    a_posts = sorted(set(mine["posts"]) - set(theirs["posts"]))
+    b_posts = sorted(set(theirs["posts"]) - set(mine["posts"]))
+    aud = client.post(f"/v1/merchants/{a}/audiences", json={"product_ids": a_products[:3]},
+                      headers=bearer(ta)).get_json()  # fmt: skip
+    camp = client.post(
+        f"/v1/merchants/{a}/campaigns", headers=bearer(ta),
+        json={"post_ids": a_posts[:2], "audience_id": aud["audience_id"],
+              "budget_impressions": 10, "max_per_user": 1, "slots": [3],
+              "end": time.time() + 600},
+    ).get_json()  # fmt: skip
+    a_ids = {a, aud["audience_id"], camp["campaign_id"]}
+    # purchases of A's product through A's post: in A's report, never in B's
+    ev = {"type": "purchase", "user_id": "u1", "product_id": a_products[0], "post_id": a_posts[0]}
+    assert client.post("/v1/events", json={"events": [ev]}).status_code == 202
+    bodies = {
+        ("POST", "/v1/merchants/{m}/audiences"): {"product_ids": a_products[:1]},
+        ("POST", "/v1/merchants/{m}/campaigns"): {
+            "post_ids": b_posts[:1], "audience_id": aud["audience_id"],
+            "budget_impressions": 10, "max_per_user": 1, "slots": [3],
+            "end": time.time() + 600,
+        },
+    }  # fmt: skip
+    for method, route in MERCHANT_ROUTES:
+        path = route.format(m=b, a=aud["audience_id"], cp=camp["campaign_id"])
+        resp = client.open(path, method=method, json=bodies.get((method, route)),
+                           headers=bearer(tb))  # fmt: skip
+        names_a_object = "{a}" in route or "{cp}" in route or (method, route) in bodies
+        if names_a_object:
+            assert resp.status_code == 404, (path, resp.get_json())
+        else:
+            assert resp.status_code == 200, (path, resp.get_json())
+            text = resp.get_data(as_text=True)
+            assert not any(x in text for x in a_ids), path
+    # B's report by product holds B's products only; A's holds the purchase
+    rep_b = client.get(f"/v1/merchants/{b}/report?by=product", headers=bearer(tb)).get_json()
+    assert a_products[0] not in {row["product_id"] for row in rep_b["rows"]}
+    rep_a = client.get(f"/v1/merchants/{a}/report?by=product", headers=bearer(ta)).get_json()
+    assert {row["product_id"]: row["purchases"] for row in rep_a["rows"]}[a_products[0]] == 1

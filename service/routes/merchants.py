@@ -253,7 +253,15 @@ class Audience(Out):
     audience_id: str
     target: dict[str, Any]
     size: int
-    estimated_size: int
+    estimated_size: int = Field(
+        description="Users with a positive score: exact unless a target product's index list "
+        "was cut at 10,000 users, then estimated from each product's reach "
+        "(docs/architecture.md, 'The audience index')."
+    )
+    ranked_by: str = Field(
+        description="`index`: the version's audience index; `scan`: a version published "
+        "before it (every user's candidate list read; publish it again)."
+    )
     model_version: str
     users: list[str] = Field(default_factory=list, description="The first 50, best first.")
 
