@@ -10,7 +10,8 @@ interval of the model's lift over the best baseline, :func:`feed.evaluation.metr
   top-``k`` deals? Baselines: the products with the most groups (``popular``), item-item BM25
   (``itemitem``) and implicit ALS (``als``) over users x products (purchases and memberships).
 * **invitees**: for a held-out group, are its members among the initiator's top-``k``
-  invitees (ties scored as the service scores them, :mod:`feed.serving.groups`)? Baselines:
+  invitees (ties scored as the service scores them, :mod:`feed.serving.groups`, then, when
+  they leave room, friends of friends, :func:`feed.serving.groups.hop_invitees`)? Baselines:
   the initiator's past co-members by count (``co_members``), their ties by strength alone
   (``ties_first``), the users ALS scores highest for the product (``als``).
 * **join**: for a user who joined a held-out group (not as its initiator), with every held-out
@@ -37,7 +38,7 @@ from feed.data import Dataset, load
 from feed.evaluation.metrics import lift_interval, ndcg_at_k, recall_at_k
 from feed.features.matrices import TrainingData, build
 from feed.models.groups import GroupRecs, group_rows, row_topk, split_groups
-from feed.serving.groups import HOP_TIES, hop_weight, pair_scores
+from feed.serving.groups import HOP_TIES, hop_invitees, hop_weight, pair_scores
 
 TASKS = ("deals", "invitees", "join")
 TARGET_LIFT = 1.05  # the issue's bar: the model's metric over the best baseline's
@@ -191,6 +192,7 @@ def _invitees(model: GroupRecs, data: TrainingData, train: Dataset, held: Any, k
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     model_items = np.where(np.take_along_axis(s, order, 1) > -np.inf,
                            np.take_along_axis(ties, order, 1), -1)  # fmt: skip
+    _add_hop_invitees(model, model_items, init, prod, params)
     # past co-members of the initiator in the training groups, by count
     rows = group_rows(train)
     rows = rows[~rows["initiator"].to_numpy()]
@@ -215,6 +217,41 @@ def _invitees(model: GroupRecs, data: TrainingData, train: Dataset, held: Any, k
     lists = {"model": model_items, "co_members": co_items, "ties_first": tie_items,
              "als": als_items}  # fmt: skip
     return _score("invitees", lists, truth)
+
+
+def _published_ties(model: GroupRecs, u: int) -> dict[int, float]:
+    t, w = model.tie_items_[u], model.tie_probs_[u]
+    return dict(zip(t[t >= 0].tolist(), w[t >= 0].tolist(), strict=True))
+
+
+def _add_hop_invitees(model: GroupRecs, items: np.ndarray, init: np.ndarray, prod: np.ndarray,
+                      params: Any) -> None:  # fmt: skip
+    """Fill each group's list (``items``, -1 padded, in place) past the initiator's ties with
+    friends of friends (:func:`feed.serving.groups.hop_invitees`), scored by the same pair
+    model, as the service does."""
+    found: list[tuple[int, dict[int, float]]] = []
+    for g, i in enumerate(init.tolist()):
+        room = int((items[g] < 0).sum())
+        if not room:
+            continue
+        ties = _published_ties(model, i)
+        theirs = [_published_ties(model, v) for v in list(ties)[:HOP_TIES]]
+        hop = hop_invitees(ties, theirs, {i})
+        if hop:
+            found.append((g, hop))
+    if not found:
+        return
+    users = np.unique(np.concatenate([np.fromiter(h, np.int64) for _, h in found]))
+    affm = model.affinity_matrix(users)
+    for g, hop in found:
+        cand = np.fromiter(hop, np.int64, len(hop))
+        p = np.full(len(cand), prod[g])
+        a = np.asarray(affm[cand, p]).ravel()
+        s = pair_scores(np.fromiter(hop.values(), float, len(hop)), a, params,
+                        model.category_share(affm, cand, p))  # fmt: skip
+        n = int((items[g] >= 0).sum())
+        top = cand[np.lexsort((cand, -s))][: items.shape[1] - n]
+        items[g, n : n + len(top)] = top
 
 
 def _join(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any,

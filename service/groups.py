@@ -34,6 +34,7 @@ from feed.serving.groups import (
     affinities,
     category_shares,
     decode_serve_params,
+    hop_invitees,
     hop_weight,
     pair_score,
 )
@@ -570,31 +571,47 @@ class GroupRecs:
     ) -> list[Scored]:
         """The initiator's ties ranked by the pair model (:func:`feed.serving.groups.pair_score`
         of the published tie and their affinity for the group's product and its category),
-        members excluded (two round trips: the ties, then their deals)."""
+        members excluded, then, when they leave room, friends of friends
+        (:func:`feed.serving.groups.hop_invitees`, scored the same way): at most three round
+        trips (the ties; their deals with the ties of the :data:`HOP_TIES` strongest; the
+        friends of friends' deals, only when the ties leave room)."""
         if version is None:
             return []
         params = self.params(version).get("invite")
-        raw_ties = self.r.get(c.user_key(group.initiator_id, c.USER_TIES, version))
-        ties = {u: w for u, w in c.decode_ties(raw_ties).items() if u not in group.members}
-        if not ties:
+        all_ties = c.decode_ties(self.r.get(c.user_key(group.initiator_id, c.USER_TIES, version)))
+        ties = {u: w for u, w in all_ties.items() if u not in group.members}
+        hop_from = list(all_ties)[:HOP_TIES] if len(ties) < limit else []
+        if not ties and not hop_from:
             return []
         users = list(ties)
-        blobs = self._pipe([("GET", c.user_key(u, c.USER_DEALS, version)) for u in users])
+        replies = self._pipe(
+            [("GET", c.user_key(u, c.USER_DEALS, version)) for u in users]
+            + [("GET", c.user_key(v, c.USER_TIES, version)) for v in hop_from]
+        )
         cat_of = (category or {}).get(group.product_id, "")
-        out = []
-        for u, blob in zip(users, blobs, strict=True):
+
+        def scored(u: str, weight: float, blob: Any, why: str) -> Scored:
             decoded = c.decode_deals(blob)
             a = affinities(decoded).get(group.product_id, 0.0)
             cat = category_shares(decoded, category or {}).get(cat_of, 0.0) if cat_of else 0.0
-            out.append(
-                Scored(
-                    u,
-                    pair_score(ties[u], a, params, cat),
-                    "friend_wants_product" if a > 0 else "friend",
-                )
-            )
-        out.sort(key=lambda s: (-s.score, s.item))
-        return out[:limit]
+            return Scored(u, pair_score(weight, a, params, cat),
+                          f"{why}_wants_product" if a > 0 else why)  # fmt: skip
+
+        def ranked(found: list[Scored]) -> list[Scored]:
+            return sorted(found, key=lambda s: (-s.score, s.item))
+
+        out = ranked([scored(u, ties[u], b, "friend")
+                      for u, b in zip(users, replies, strict=False)])  # fmt: skip
+        if len(out) >= limit or not hop_from:
+            return out[:limit]
+        theirs = [c.decode_ties(raw) for raw in replies[len(users) :]]
+        hop = hop_invitees(all_ties, theirs, set(group.members) | {group.initiator_id})
+        if not hop:
+            return out
+        blobs = self._pipe([("GET", c.user_key(u, c.USER_DEALS, version)) for u in hop])
+        found = ranked([scored(u, hop[u], b, "friend_of_friend")
+                        for u, b in zip(hop, blobs, strict=True)])  # fmt: skip
+        return (out + found)[:limit]
 
 
 def feed_group_reads(group_feed: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -236,6 +236,50 @@ def test_friends_of_friends_groups_come_after_friends_groups(
     assert hop["score"] == pytest.approx(pair_score(weight, a, params, cat_share), abs=1e-4)
 
 
+def test_invitees_reach_friends_of_friends_after_the_ties(
+    r: Any, client: Any, artifact: Path, published: str
+) -> None:
+    """When the initiator's ties leave room, friends of friends follow them (every tie first),
+    weighted by ``hop_invitees`` of the published ties and scored by the invite pair model;
+    with a list the ties fill, none."""
+    from feed.serving.groups import (
+        HOP_TIES,
+        affinities,
+        category_shares,
+        decode_serve_params,
+        hop_invitees,
+        pair_score,
+    )
+
+    ties = _ties(artifact)
+    uid = min((u for u in ties if ties[u]), key=lambda u: (len(ties[u]), u))
+    _start(client, uid, _product(client, uid), "fof-1")
+    limit = len(ties[uid]) + 20
+    url = f"/v1/groups/fof-1/invitees?limit={limit}&user_id={uid}"
+    items = client.get(url).get_json()["items"]
+    n = len(ties[uid])
+    assert {it["user_id"] for it in items[:n]} == set(ties[uid])
+    assert all(it["reason"].startswith("friend") for it in items[:n])
+    hop = hop_invitees(ties[uid], [ties.get(v, {}) for v in list(ties[uid])[:HOP_TIES]], {uid})
+    rest = items[n:]
+    assert rest and len(rest) == min(len(hop), 20)
+    assert all(it["reason"].startswith("friend_of_friend") for it in rest)
+    assert [it["score"] for it in rest] == sorted((it["score"] for it in rest), reverse=True)
+    params = decode_serve_params(r.get(c.version_key(published, c.GROUP_PAIR)))["invite"]
+    category = client.application.extensions["feed_store"].table(published).product_category
+    product = client.get("/v1/groups/fof-1").get_json()["product_id"]
+    for it in rest:
+        assert it["user_id"] in hop and it["user_id"] != uid
+        deals = c.decode_deals(r.get(c.user_key(it["user_id"], c.USER_DEALS, published)))
+        a = affinities(deals).get(product, 0.0)
+        share = category_shares(deals, category).get(category.get(product, ""), 0.0)
+        want = pair_score(hop[it["user_id"]], a, params, share)
+        assert it["score"] == pytest.approx(want, abs=1e-4)
+    # a list the ties fill has no friend of a friend
+    short = client.get(f"/v1/groups/fof-1/invitees?limit={n}&user_id={uid}").get_json()
+    assert [it["user_id"] for it in short["items"]] == [it["user_id"] for it in items[:n]]
+
+
 def test_group_feed_is_capped_and_expires(r: Any, client: Any, artifact: Path) -> None:
     ties = _ties(artifact)
     uid = next(u for u in ties if len(ties[u]) >= 1)
@@ -278,6 +322,20 @@ def test_joinable_groups_cost_at_most_one_round_trip_over_a_feed_page(
     assert (reads, writes) == (1, 0), CountingConnection.sent
 
 
+def test_invitees_cost_three_reads_at_most(counted: Any, artifact: Path) -> None:
+    """The group and the ties, their deals (with their ties when they leave room), then the
+    friends of friends' deals: never more (and no write)."""
+    ties = _ties(artifact)
+    uid = min((u for u in ties if ties[u]), key=lambda u: (len(ties[u]), u))
+    _start(counted, uid, _product(counted, uid), "rt-inv")
+    url = f"/v1/groups/rt-inv/invitees?user_id={uid}&limit="
+    counted.get(url + "5")  # warm the caches (version, table, pair weights)
+    for limit, most in ((len(ties[uid]), 3), (len(ties[uid]) + 20, 4)):
+        reads, writes, resp = round_trips(lambda lim=limit: counted.get(url + str(lim)))
+        assert resp.status_code == 200 and resp.get_json()["items"]
+        assert writes == 0 and reads <= most, CountingConnection.sent
+
+
 def test_pair_model_is_learned_published_and_scores_invitees(
     r: Any, client: Any, artifact: Path, published: str
 ) -> None:
@@ -297,7 +355,8 @@ def test_pair_model_is_learned_published_and_scores_invitees(
     uid = next(u for u in ties if len(ties[u]) >= 5)
     product = _product(client, uid)
     _start(client, uid, product, "pair-1")
-    items = client.get(f"/v1/groups/pair-1/invitees?limit=50&user_id={uid}").get_json()["items"]
+    n = len(ties[uid])  # the ties fill the list (friends of friends come after them)
+    items = client.get(f"/v1/groups/pair-1/invitees?limit={n}&user_id={uid}").get_json()["items"]
     assert {it["user_id"] for it in items} == set(ties[uid])
     category = client.application.extensions["feed_store"].table(published).product_category
     published_ties = c.decode_ties(r.get(c.user_key(uid, c.USER_TIES, published)))
@@ -370,3 +429,27 @@ def test_feed_items_carry_a_friends_open_group_at_no_extra_round_trip(
     assert counted.post("/v1/groups/feed-1/join", json={"user_id": tie}).status_code == 200
     items = counted.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
     assert all(it.get("group", {}).get("group_id") != "feed-1" for it in items)
+
+
+def test_pair_features_count_common_ties_and_past_co_membership(dataset_dir: Path) -> None:
+    """The tie part sees what "past co-members first" ranks by (the groups two users shared)
+    and what it cannot see (friends the two have in common), each counted exactly."""
+    from feed.data import load
+    from feed.features.matrices import build
+    from feed.models.groups import TIE_FEATURES, GroupRecs
+
+    model = GroupRecs(val_frac=0).fit(build(load(dataset_dir)))
+    rng = np.random.default_rng(0)
+    init = rng.integers(0, model.graph_.shape[0], 300)
+    cand = model.tie_items_[init, 0]
+    init, cand = init[cand >= 0], cand[cand >= 0]
+    f = model.tie_features(init, cand)
+    common = TIE_FEATURES.index("common")
+    co = TIE_FEATURES.index("co_groups")
+    g = model.graph_.toarray() > 0
+    want = np.array([np.sum(g[i] & g[v]) for i, v in zip(init, cand, strict=True)])
+    assert len(init) > 100 and want.max() > 0
+    assert np.allclose(np.expm1(f[:, common]), want, atol=1e-3)
+    j = model.joins_.toarray()
+    shared = np.array([j[i, v] + j[v, i] for i, v in zip(init, cand, strict=True)])
+    assert np.allclose(np.expm1(f[:, co]), shared, atol=1e-3)

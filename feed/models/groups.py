@@ -22,7 +22,10 @@ without those groups, the labels are the slice's memberships; then every part is
 data. The score of a deal is the blend's probability, so scores compare across users (the
 service multiplies them with tie strengths: :mod:`feed.serving.groups`).
 
-Every user's **ties** are the strongest ``n_ties`` entries of the social graph
+Inviting and joining score (initiator, candidate, product) pairs by a learned logistic
+**pair model** (:data:`PAIR_FEATURES`: the tie's strength, past co-membership either way, the
+candidate's activity, the ties the two have in common, the candidate's affinity for the
+product). Every user's **ties** are the strongest ``n_ties`` entries of the social graph
 (``data.follows``: follows 1, co-membership and share ties below) plus one per group shared
 with the user as initiator and member (:meth:`GroupRecs._tie_graph`). The **popular** list
 (cold users) ranks products by the blend's product-only part.
@@ -57,7 +60,7 @@ POPULAR_CANDIDATES = 50  # products with the most groups: candidates of every us
 FRIENDS_PER_DEAL = 3  # ties shown per deal ("friends": who bought it or joined its groups)
 BLOCK_USERS = 8192  # users per block of sparse scoring
 #: Features of an (initiator, candidate, product) pair, for inviting and joining (see
-#: :meth:`GroupRecs.pair_features`): the first five are known per tie when the version is
+#: :meth:`GroupRecs.pair_features`): the first six are known per tie when the version is
 #: published, the last two come from the candidate's deals at request time.
 PAIR_FEATURES = (
     "strength",  # log1p of the social graph's weight (follows, co-membership, shares)
@@ -65,11 +68,12 @@ PAIR_FEATURES = (
     "joined_theirs",  # log1p of the initiator's groups the candidate joined
     "they_joined",  # log1p of the candidate's groups the initiator joined
     "activity",  # log1p of the groups the candidate joined (anyone's)
+    "common",  # log1p of the ties the two have in common (friends of both)
     "affinity",  # the candidate's deal probability for the product (0 outside their deals)
     "wants",  # 1 when the product is among the candidate's deals
     "category",  # share of the candidate's deal probabilities on the product's category
 )
-TIE_FEATURES = PAIR_FEATURES[:5]
+TIE_FEATURES = PAIR_FEATURES[:6]
 #: The pair model before it is learned: the tie's strength and the candidate's taste.
 DEFAULT_PAIR = {f: 0.0 for f in PAIR_FEATURES} | {"strength": 1.0, "affinity": 2.0}
 MAX_VAL_GROUPS = 20_000  # validation groups the pair model is learned on (a seeded sample)
@@ -288,8 +292,19 @@ class GroupRecs:
                 np.log1p(joined),
                 np.log1p(back),
                 self.activity_[cand],
+                np.log1p(self._common(init, cand)),
             ]
         ).astype(np.float32)
+
+    def _common(self, init: np.ndarray, cand: np.ndarray, block: int = 20_000) -> np.ndarray:
+        """How many social-graph neighbours each (initiator, candidate) pair shares."""
+        g = self.graph_.copy()
+        g.data[:] = 1.0
+        out = np.zeros(len(init), np.float32)
+        for lo in range(0, len(init), block):
+            a, b = g[init[lo : lo + block]], g[cand[lo : lo + block]]
+            out[lo : lo + len(a.indptr) - 1] = np.asarray(a.multiply(b).sum(axis=1)).ravel()
+        return out
 
     def tie_probabilities(self, ties: np.ndarray) -> np.ndarray:
         """The pair model's tie part, as a probability, of every user's ties (``ties``: rows

@@ -13,19 +13,23 @@ Joining reaches one step further than the fan-out: besides the groups fanned out
 (initiators whose published ties include them), the groups fanned out to the user's
 :data:`HOP_TIES` strongest ties (friends of friends' groups) are candidates too, after every
 direct one; their tie weight is :func:`hop_weight` (the chance the tie carries over both steps).
+Inviting reaches one step further the same way: after the initiator's ties come the ties of
+their :data:`HOP_TIES` strongest ties (friends of friends, :func:`hop_invitees`: at most
+:data:`HOP_INVITEES`, weighted by the chance some path of two steps carries).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 AFFINITY_FLOOR = 0.05  # what a tie counts for a product outside the user's deals (old versions)
 HOP_TIES = 20  # a user's strongest ties whose fanned-out groups are the user's two-step candidates
+HOP_INVITEES = 50  # friends of friends an initiator's invitees may add after the ties
 _EPS = 1e-6
 
 
@@ -52,6 +56,32 @@ def hop_weight(to_tie: float, tie_to_initiator: float) -> float:
     0.2
     """
     return float(to_tie) * float(tie_to_initiator)
+
+
+def hop_invitees(
+    ties: Mapping[Any, float],
+    their_ties: Iterable[Mapping[Any, float]],
+    exclude: Container[Any] = (),
+    n: int = HOP_INVITEES,
+) -> dict[Any, float]:
+    """Friends of friends to invite after the initiator's ``ties`` (``their_ties``: the
+    published ties of the first :data:`HOP_TIES` of them, in order), best first: each at the
+    chance that some path of two steps carries (``1 - prod(1 - hop_weight)``, so common friends
+    add up and the weight stays a probability below 1), the ties themselves and ``exclude``
+    left out; the ``n`` best (ties broken by id).
+
+    >>> hop_invitees({"b": 0.5, "c": 0.5}, [{"d": 0.4, "a": 0.9}, {"d": 0.4, "e": 0.6}], {"a"})
+    {'d': 0.36, 'e': 0.3}
+    """
+    first = list(ties.items())[:HOP_TIES]
+    miss: dict[Any, float] = {}
+    for (_, to_tie), theirs in zip(first, their_ties, strict=False):
+        for w, weight in theirs.items():
+            if w in ties or w in exclude:
+                continue
+            miss[w] = miss.get(w, 1.0) * (1.0 - hop_weight(to_tie, weight))
+    best = sorted(miss, key=lambda w: (miss[w], str(w)))[:n]
+    return {w: round(1.0 - miss[w], 12) for w in best}
 
 
 def tie_scores(tie: np.ndarray, affinity: np.ndarray) -> np.ndarray:

@@ -274,8 +274,9 @@ def user_groups(user_id: str) -> Any:
 @bp.get("/v1/groups/<group_id>/invitees")
 def group_invitees(group_id: str) -> Any:
     """Whom the initiator should invite: their ties ranked by the version's pair model (the
-    published tie part, their affinity for the group's product and its category), current
-    members excluded; 404 for an unknown group. The list tells whose ties these are and what
+    published tie part, their affinity for the group's product and its category), then, when
+    they leave room, friends of friends scored the same way; current members excluded; 404 for
+    an unknown group. The list tells whose ties these are and what
     they like: it is the initiator's alone, so ``user_id`` (the caller's user) must be the
     initiator (400 without it, 403 ``not_initiator`` for anyone else)."""
     _available()
