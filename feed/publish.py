@@ -409,7 +409,7 @@ def audience_index(
     reach = np.zeros(n_prod, dtype=np.int64)
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     held, limit = 0, 4_000_000
-    block = max(64, min(8192, 2**22 // n_prod))
+    block = max(1, min(8192, 2**22 // n_prod))  # dense scores of a block: <= 2**22 floats
     for lo in range(0, len(users), block):
         hi = min(lo + block, len(users))
         scores = (lists[lo:hi] @ weights).toarray() + buys[lo:hi].toarray()

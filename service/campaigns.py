@@ -67,6 +67,7 @@ AUDIENCE_TTL_S = 30 * 86_400
 AUDIENCES_PER_MERCHANT = 20
 AUDIENCE_SHOWN = 50  # users in the answer (the CSV has them all)
 TARGET_POSTS_MAX = 500  # target posts whose neighbours are read
+TARGET_PRODUCTS_MAX = 200  # target products read from the index (a category: the widest)
 CAMPAIGNS_PER_MERCHANT = 50  # campaigns not yet ended, per merchant
 CAMPAIGNS_KEPT_PER_MERCHANT = 100  # every kept campaign of a merchant (the oldest done go)
 CAMPAIGNS_LIVE_MAX = 100  # scheduled or running over every merchant (setting CAMPAIGNS_LIVE_MAX)
@@ -193,20 +194,45 @@ _INDEX_USERS_LOCK = threading.Lock()
 INDEX_USERS_CACHED = 2  # versions whose user table a process keeps
 
 
+def _widest(r: Any, version: str, products: set[str], n: int) -> list[str]:
+    """The ``n`` of ``products`` with the largest reach in the version's audience index (ties:
+    the smaller id), from each blob's 8-byte header (``GETRANGE``, one pipeline)."""
+    ordered = sorted(products)
+    pipe = r.pipeline(transaction=False)
+    for p in ordered:
+        pipe.getrange(c.audience_index_key(version, p), 0, 3)
+    heads = pipe.execute()
+    reach = [int.from_bytes(h, "little") if h and len(h) == 4 else 0 for h in heads]
+    best = sorted(range(len(ordered)), key=lambda i: (-reach[i], ordered[i]))[:n]
+    return [ordered[i] for i in best]
+
+
 def rank_indexed(
-    r: Any, version: str, products: set[str]
-) -> tuple[list[tuple[str, float]], int] | None:
-    """(users with a positive score, best first; the estimated size) from the version's
-    audience index (``feed.publish.audience_index``: per product its best
+    r: Any, version: str, products: set[str], size: int
+) -> tuple[list[tuple[str, float]], int, set[str]] | None:
+    """(the best ``size`` users with a positive score, best first (ties: the smaller id); the
+    estimated size; the products ranked) from the version's audience index
+    (``feed.publish.audience_index``: per product its best
     :data:`feed.contract.AUDIENCE_INDEX_MAX` users), or None for a version published before
     the index existed. One pipeline (``EXISTS`` of the user table and one ``MGET`` of the
-    products' blobs, all in the version's slot), plus the user table once per process.
+    products' blobs, all in the version's slot), plus the user table once per process. More
+    than :data:`TARGET_PRODUCTS_MAX` products (a large category): the
+    :data:`TARGET_PRODUCTS_MAX` with the largest reach (:func:`_widest`, one more pipeline), so
+    a request reads at most that many blobs (each at most 80 KB) whatever the catalogue.
 
-    A user's score is the sum of its scores over the target products. ``estimated_size`` is
-    exact (the users with a positive score) when no product's list was cut; otherwise
+    A user's score is the sum of its scores over the target products (each product's score
+    already holds +1 for its purchase, so a user who bought k target products gets +k; the
+    scan takes each post's best weight over the products and +1 for any purchase: see
+    docs/architecture.md, "The audience index"). ``estimated_size`` is exact (the users with
+    a positive score in the index) when no product's list was cut; otherwise
     ``U x (1 - prod_p (1 - reach_p / U))``, U the version's users with candidates and reach_p
     the users with a positive score for product p before the cut (independent products), and
-    never below the users actually found."""
+    never below the users actually found. Either way an estimate of the users the scan would
+    find: a user enters a product's list only for its 100 best products."""
+    if len(products) > TARGET_PRODUCTS_MAX:
+        if not r.exists(c.audience_index_key(version)):
+            return None
+        products = set(_widest(r, version, products, TARGET_PRODUCTS_MAX))
     keys = [c.audience_index_key(version, p) for p in sorted(products)]
     pipe = r.pipeline(transaction=False)
     pipe.exists(c.audience_index_key(version))
@@ -235,8 +261,11 @@ def rank_indexed(
         miss *= 1.0 - min(reach, n_users) / max(n_users, 1)
     found = np.flatnonzero(total > 0)
     estimated = len(found) if complete else max(len(found), round(n_users * (1.0 - miss)))
+    if len(found) > size:  # the best `size` (and every user tied with the last), then sort
+        kth = total[found[np.argpartition(-total[found], size - 1)[size - 1]]]
+        found = found[total[found] >= kth]
     ranked = sorted(((users[i], float(total[i])) for i in found), key=lambda x: (-x[1], x[0]))
-    return ranked, estimated
+    return ranked[:size], estimated, products
 
 
 def _scan_users(r: Any, version: str) -> Iterable[list[str]]:
@@ -296,17 +325,19 @@ def build_audience(
     spec: Mapping[str, Any],
     size: int,
     users_in_version: int | None = None,
-    *,
-    scan: bool = False,
 ) -> dict[str, Any]:
     """Rank (from the version's audience index, :func:`rank_indexed`; by the bounded scan,
-    :func:`rank_users`, for a version published before it, or with ``scan``), store (bounded,
-    with a TTL) and describe a new audience."""
+    :func:`rank_users`, for a version published before it), store (bounded, with a TTL) and
+    describe a new audience."""
     owned = Owned(r, merchant_id, version, table)
     products, seeds, what = _target(owned, spec)
-    indexed = None if scan else rank_indexed(r, version, products)
+    keep_n = min(size, AUDIENCE_MAX)
+    indexed = rank_indexed(r, version, products, keep_n)
     if indexed is not None:
-        ranked, estimated = indexed
+        ranked, estimated, used = indexed
+        if len(used) < len(products):  # a category wider than TARGET_PRODUCTS_MAX
+            what = {**what, "products_in_target": len(products), "products_ranked": len(used)}
+            products = used
         method = "index"
     else:  # a version published before the index: the bounded scan
         logger.warning(
@@ -321,7 +352,7 @@ def build_audience(
         if not complete and scanned and users_in_version:
             estimated = round(len(ranked) * users_in_version / scanned)
         method = "scan"
-    keep = ranked[: min(size, AUDIENCE_MAX)]
+    keep = ranked[:keep_n]
     audience_id = _new_id("aud-")
     now = time.time()
     meta = {

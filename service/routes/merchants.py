@@ -254,8 +254,10 @@ class Audience(Out):
     target: dict[str, Any]
     size: int
     estimated_size: int = Field(
-        description="Users with a positive score: exact unless a target product's index list "
-        "was cut at 10,000 users, then estimated from each product's reach "
+        description="An estimate of the users with a positive score: the users found when no "
+        "target product's index list was cut at 10,000 users, else from each product's reach; "
+        "either way a user is in a product's list only if it is one of the user's 100 best "
+        "products, so users with only a trace of a score are not counted "
         "(docs/architecture.md, 'The audience index')."
     )
     ranked_by: str = Field(
