@@ -18,7 +18,8 @@ interval of the model's lift over the best baseline, :func:`feed.evaluation.metr
   group open at once, is that group among their top-``k`` groups to join? The model sees only
   what the service gives the user: the groups fanned out to them (initiators whose published
   ties include them), then the groups fanned out to their strongest ties (friends of friends,
-  :data:`feed.serving.groups.HOP_TIES`; tie weight :func:`feed.serving.groups.hop_weight`).
+  :data:`feed.serving.groups.HOP_TIES`; tie weight :func:`feed.serving.groups.hop_weight`;
+  the service's limits, :func:`feed.serving.groups.hop_groups`).
   Baselines: the same friends' groups by tie strength alone (``friends_first``), every open
   group by its product's popularity (``popular``) and by the user's item-item score for its
   product (``itemitem``).
@@ -38,7 +39,13 @@ from feed.data import Dataset, load
 from feed.evaluation.metrics import lift_interval, ndcg_at_k, recall_at_k
 from feed.features.matrices import TrainingData, build
 from feed.models.groups import GroupRecs, group_rows, row_topk, split_groups
-from feed.serving.groups import HOP_TIES, hop_invitees, hop_weight, pair_scores
+from feed.serving.groups import (
+    GROUP_FEED_MAX,
+    HOP_TIES,
+    hop_groups,
+    hop_invitees,
+    pair_scores,
+)
 
 TASKS = ("deals", "invitees", "join")
 TARGET_LIFT = 1.05  # the issue's bar: the model's metric over the best baseline's
@@ -254,6 +261,20 @@ def _add_hop_invitees(model: GroupRecs, items: np.ndarray, init: np.ndarray, pro
         items[g, n : n + len(top)] = top
 
 
+def _group_feed(fanned: sp.csr_matrix, by_init: dict[int, list[int]], v: int,
+                u: int) -> list[tuple[int, float]]:  # fmt: skip
+    """Tie ``v``'s group feed as user ``u`` reads it: ``(group, fanned-out weight)`` of the
+    groups whose initiators' published ties include ``v`` (``u``'s own groups left out), in
+    group order (every held-out group is open at once: no expiry orders them)."""
+    fl, fh = fanned.indptr[v], fanned.indptr[v + 1]
+    out = [(gi, p_iv)
+           for init, p_iv in zip(fanned.indices[fl:fh].tolist(), fanned.data[fl:fh].tolist(),
+                                 strict=True) if init != u
+           for gi in by_init.get(init, ())]  # fmt: skip
+    out.sort()
+    return out
+
+
 def _join(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any,
           most: int) -> TaskReport:  # fmt: skip
     starters = held[held["initiator"].to_numpy()].reset_index(drop=True)
@@ -306,19 +327,15 @@ def _join(model: GroupRecs, data: TrainingData, held: Any, k: int, rng: Any,
                 w.append(weight)
                 pw.append(prob.get(int(init), 0.0))
         # friends of friends' groups: those fanned out to the user's strongest published
-        # ties, at the weight of both steps (as the service reads them), after the direct ones
-        hop: dict[int, float] = {}
-        direct = set(cand)
+        # ties, at the weight of both steps, after the direct ones, with the service's limits
+        # (hop_groups: GROUP_FEED_MAX entries read per tie's feed, the best GROUP_FEED_MAX kept)
+        feeds = []
         for v, p_uv in zip(model.tie_items_[u][:HOP_TIES].tolist(),
                            model.tie_probs_[u][:HOP_TIES].tolist(), strict=True):  # fmt: skip
             if v < 0:
                 break
-            fl, fh = fanned.indptr[v], fanned.indptr[v + 1]
-            for init, p_iv in zip(fanned.indices[fl:fh].tolist(), fanned.data[fl:fh].tolist(),
-                                  strict=True):  # fmt: skip
-                for gi in by_init.get(init, ()) if init != u else ():
-                    if gi not in direct:
-                        hop[gi] = max(hop.get(gi, 0.0), hop_weight(p_uv, p_iv))
+            feeds.append((p_uv, _group_feed(fanned, by_init, v, u)))
+        hop = hop_groups(feeds, set(cand), GROUP_FEED_MAX)
         picked_model: list[int] = []
         for ca_list, weights in ((cand, pw), (list(hop), list(hop.values()))):
             if not ca_list or len(picked_model) >= k:

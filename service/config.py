@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from feed.serving.groups import GROUP_FEED_MAX
 from feed.serving.policy import PagePolicy
 from feed.serving.ranking import RANKING_SETTINGS
 
@@ -107,9 +108,15 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("USER_GROUPS_MAX", 100, "groups kept in a user's index of groups started or joined"),
     (
         "GROUP_FEED_MAX",
-        200,
+        GROUP_FEED_MAX,
         "friends' open group-buys kept per user for GET /v1/users/<id>/groups (fan-out on "
         "start to the initiator's published ties; newest kept)",
+    ),
+    (
+        "GROUPS_READ",
+        10,
+        "friends' open group-buys (soonest to expire first) read with each feed page to mark "
+        "its items' `group` (at most FEED_GROUP_FEED_MAX; 0: no item carries a group)",
     ),
     ("VERSION_CACHE_S", 1.0, "how long the live version / experiments are cached in process"),
     ("GLOBAL_CACHE_S", 2.0, "fresh posts and out-of-stock set"),
@@ -236,6 +243,8 @@ def check(config: dict[str, Any]) -> None:
         ) from e
     if 0 < config["EVENT_LOG_HARD_MAX"] < config["EVENT_LOG_MAXLEN"]:
         raise ConfigError("FEED_EVENT_LOG_HARD_MAX must be 0 (none) or >= FEED_EVENT_LOG_MAXLEN")
+    if config["GROUPS_READ"] > config["GROUP_FEED_MAX"]:
+        raise ConfigError("FEED_GROUPS_READ must be at most FEED_GROUP_FEED_MAX")
     if not 1 <= config["DEFAULT_LIMIT"] <= config["MAX_LIMIT"]:
         raise ConfigError("FEED_DEFAULT_LIMIT must be between 1 and FEED_MAX_LIMIT")
     if str(config.get("DEBUG", "")).lower() in ("1", "true", "yes", "on"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,8 @@ from feed.serving.groups import (
     affinities,
     category_shares,
     decode_serve_params,
+    hop_groups,
     hop_invitees,
-    hop_weight,
     pair_score,
 )
 from service.writes import Command, counted, log_append, transact, trim_log
@@ -480,18 +480,21 @@ class GroupRecs:
         :func:`feed.serving.groups.pair_score` of the initiator's published tie to the user
         (carried by the fan-out; :func:`~feed.serving.groups.hop_weight` of both steps for a
         friend of a friend's group) and the user's affinity for the product and its category
-        (``category``: product -> category)."""
+        (``category``: product -> category). Groups whose initiator the user muted (blocked or
+        "see fewer", ``{u:<user>}:muted``, read with the user's keys) are left out."""
         now = time.time()
         most = int(self.config["GROUP_FEED_MAX"])
         params = self.params(version).get("join")
-        ids, deals, ties = self._pipe(
+        ids, deals, ties, muted_raw = self._pipe(
             [
                 ("ZRANGEBYSCORE", c.user_key(user_id, c.USER_GROUP_FEED), now, "+inf",
                  "LIMIT", 0, most),
                 ("GET", c.user_key(user_id, c.USER_DEALS, version)),
                 ("GET", c.user_key(user_id, c.USER_TIES, version)),
+                ("SMEMBERS", c.user_key(user_id, c.USER_MUTED)),
             ]
         )  # fmt: skip
+        muted = {c.text(x) for x in muted_raw or ()}
         tie = c.decode_ties(ties)
         hop_ties = list(tie.items())[:HOP_TIES]
         fanned = self._fanned(ids)  # group -> the initiator's tie to the user at its start
@@ -507,9 +510,7 @@ class GroupRecs:
 
         def scored(gid: str, weight: float, state: Any, members: Any, why: str) -> Scored | None:
             group = _group(now, _flat(state), _flat(members))
-            if group is None or group.status != "open" or user_id in group.members:
-                return None
-            if len(group.members) >= group.size:
+            if group is None or not _offered(group, user_id, muted):
                 return None
             a = aff.get(group.product_id, 0.0)
             if params:  # the initiator's published tie to the user, as fanned out
@@ -533,12 +534,11 @@ class GroupRecs:
         if len(direct) >= limit:
             return direct[:limit]
         # friends of friends' groups: what the user's strongest ties were fanned out
-        hop: dict[str, float] = {}
-        for (_, to_tie), feed in zip(hop_ties, replies[2 * len(fanned) :], strict=True):
-            for gid, weight in self._fanned(feed).items():
-                if gid not in fanned:
-                    hop[gid] = max(hop.get(gid, 0.0), hop_weight(to_tie, weight))
-        best = sorted(hop, key=lambda g: (-hop[g], g))[:most]
+        feeds = zip(hop_ties, replies[2 * len(fanned) :], strict=True)
+        hop = hop_groups(
+            ((to_tie, self._fanned(feed).items()) for (_, to_tie), feed in feeds), fanned, most
+        )
+        best = list(hop)
         if not best:
             return direct[:limit]
         replies = self._pipe([cmd for gid in best for cmd in self._state_reads(gid)])
@@ -594,8 +594,11 @@ class GroupRecs:
             decoded = c.decode_deals(blob)
             a = affinities(decoded).get(group.product_id, 0.0)
             cat = category_shares(decoded, category or {}).get(cat_of, 0.0) if cat_of else 0.0
+            # a tie's taste may be named to the initiator; a friend of a friend's (a
+            # stranger to them, maybe) never is
+            shown = why == "friend" and a > 0
             return Scored(u, pair_score(weight, a, params, cat),
-                          f"{why}_wants_product" if a > 0 else why)  # fmt: skip
+                          f"{why}_wants_product" if shown else why)  # fmt: skip
 
         def ranked(found: list[Scored]) -> list[Scored]:
             return sorted(found, key=lambda s: (-s.score, s.item))
@@ -621,19 +624,40 @@ def feed_group_reads(group_feed: Sequence[str]) -> tuple[list[str], list[tuple[A
     return gids, [cmd for gid in gids for cmd in GroupRecs._state_reads(gid)]
 
 
+def _offered(group: Group, user_id: str, muted: Container[str]) -> bool:
+    """Whether ``group`` may be offered to ``user_id``: open with a free spot, the user not in
+    it, its initiator not muted by the user (``muted``: blocked or "see fewer")."""
+    return (
+        group.status == "open"
+        and user_id not in group.members
+        and len(group.members) < group.size
+        and group.initiator_id not in muted
+    )
+
+
 def feed_groups(
-    user_id: str, gids: Sequence[str], replies: Sequence[Any], now: float
+    user_id: str,
+    gids: Sequence[str],
+    replies: Sequence[Any],
+    now: float,
+    muted: Container[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
     """Product -> the friend's open group on it a feed item shows (``"group"``): the one that
-    expires first among the groups the user is not in and that still have a free spot."""
+    expires first among the groups the user is not in, that still have a free spot and whose
+    initiator the user has not muted (``muted``: ``UserState.muted``). A group whose state read
+    failed (an error in ``replies``) is skipped: the page never fails for a decoration."""
     out: dict[str, dict[str, Any]] = {}
     for i, _ in enumerate(gids):
         if 2 * i + 1 >= len(replies):
             break
-        group = _group(now, _flat(replies[2 * i]), _flat(replies[2 * i + 1]))
-        if group is None or group.status != "open" or user_id in group.members:
+        state, members = replies[2 * i], replies[2 * i + 1]
+        if isinstance(state, Exception) or isinstance(members, Exception):
             continue
-        if len(group.members) >= group.size:
+        try:
+            group = _group(now, _flat(state), _flat(members))
+        except (TypeError, ValueError, KeyError):  # a malformed state: skip the decoration
+            continue
+        if group is None or not _offered(group, user_id, muted):
             continue
         best = out.get(group.product_id)
         if best is None or group.expires_at < best["_expires"]:

@@ -182,7 +182,7 @@ def hydrate(
     of some items (a sponsored post's ``sponsored``, ``merchant_id``, ``campaign_id``). With
     ``state``: an item linking a product of a friend's open group in the user's group feed
     carries it as ``"group"`` (its state read in the cards' round trip; none for a user without
-    friends' open groups)."""
+    friends' open groups, none of an initiator the user muted or blocked)."""
     glob = glob or {}
     gone, edited = glob.get("takedown", frozenset()), glob.get("edited", frozenset())
     catalogue = glob.get("catalogue")
@@ -191,7 +191,7 @@ def hydrate(
     replies: list[Any] = []
     found = cards(table, [cand.post_id for cand in page], served, edited, reads, replies)
     if gids:
-        on = feed_groups(user_id, gids, replies, time.time())
+        on = feed_groups(user_id, gids, replies, time.time(), state.muted if state else ())
         extras = dict(extras or {})
         for x in page:
             group = next((on[p] for p in x.product_ids if p in on), None)

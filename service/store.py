@@ -140,7 +140,9 @@ return {ids, redis.call('HMGET', KEYS[2], unpack(only))}
 """
 
 
-def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> list[Any]:
+def round_trip(
+    r: Any, commands: list[Command], *, full_ok: bool = False, optional: int = 0
+) -> list[Any]:
     """The raw replies of ``commands`` (e.g. ``("GET", key)``), sent in one round trip.
 
     On a standalone server: one packed write on a pooled connection, then each reply read as
@@ -149,19 +151,22 @@ def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> lis
     connection; an error reply raises :class:`redis.ResponseError` once every reply is read.
     With ``full_ok``, a write Redis refused because it is full (an ``OOM`` error reply, see
     :func:`service.errors.is_full`) is returned in its reply's place instead: the reads of the
-    same round trip still count. On a cluster: a redis-py pipeline, which splits the commands
-    by node.
+    same round trip still count. The error replies of the last ``optional`` commands (reads
+    the caller can do without) are returned in their place too. On a cluster: a redis-py
+    pipeline, which splits the commands by node.
     """
+    first_optional = len(commands) - optional
     if isinstance(r, RedisCluster):
         pipe = r.pipeline(transaction=False)
         for cmd in commands:
             pipe.execute_command(*cmd)
-        if not full_ok:
+        if not full_ok and not optional:
             return list(pipe.execute())
         replies = list(pipe.execute(raise_on_error=False))
-        for reply in replies:
-            if isinstance(reply, Exception) and not is_full(reply):
-                raise reply
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception) and i < first_optional:
+                if not (full_ok and is_full(reply)):
+                    raise reply
         return replies
     packed = [b"".join([pack_command(cmd) for cmd in commands])]
     pool = r.connection_pool
@@ -184,9 +189,10 @@ def round_trip(r: Any, commands: list[Command], *, full_ok: bool = False) -> lis
         raise
     finally:
         pool.release(conn)
-    for reply in replies:
-        if isinstance(reply, ResponseError) and not (full_ok and is_full(reply)):
-            raise reply
+    for i, reply in enumerate(replies):
+        if isinstance(reply, ResponseError) and i < first_optional:
+            if not (full_ok and is_full(reply)):
+                raise reply
     return replies
 
 
@@ -535,7 +541,7 @@ class Store:
         commands.append(("GET", k(user_id, c.USER_TIES, version)))  # reason "friend"
         # friends' open groups (a feed item's "group"), soonest to expire first
         commands.append(("ZRANGEBYSCORE", k(user_id, c.USER_GROUP_FEED), now, "+inf", "LIMIT", 0,
-                         self.config.get("FEED_GROUPS_READ", 10)))  # fmt: skip
+                         self.config["GROUPS_READ"]))  # fmt: skip
         if replay_key:
             commands.append(("GET", replay_key))
         commands.append(("GET", c.CAMPAIGNS_GEN_KEY))  # campaigns changed? (service.campaigns)
@@ -623,7 +629,7 @@ class Store:
         ``SEEN_MAX``); a page in an experiment is logged as an exposure; ``served.replay`` keeps
         the page a cursor led to for ``PAGE_REPLAY_TTL_S``, so a retried cursor gets it again.
         ``also``: more reads sent in the same round trip, their replies appended to ``replies``
-        (a feed page's friends' open groups).
+        (a feed page's friends' open groups; a failed one's error in its place).
         """
         if not post_ids:
             return {}
@@ -634,7 +640,7 @@ class Store:
         if served is not None:
             commands += self._record(post_ids, served)
         n_also = len(also)
-        res = round_trip(self.r, [*commands, *also], full_ok=served is not None)
+        res = round_trip(self.r, [*commands, *also], full_ok=served is not None, optional=n_also)
         if n_also:
             res, extra = res[:-n_also], res[-n_also:]
             if replies is not None:

@@ -111,6 +111,13 @@ def _product(client: Any, uid: str) -> str:
     return str(client.get(f"/v1/users/{uid}/deals?limit=1").get_json()["items"][0]["product_id"])
 
 
+def _mute(client: Any, user: str, author: str) -> None:
+    """``user`` blocks ``author`` (``see_fewer_author``, as the feed's block does)."""
+    body = {"events": [{"type": "see_fewer_author", "user_id": user, "author_id": author}]}
+    resp = client.post("/v1/events", json=body)
+    assert resp.status_code in (200, 202), resp.get_json()
+
+
 def _start(client: Any, initiator: str, product: str, group_id: str, size: int = 3) -> None:
     resp = client.post(
         "/v1/groups",
@@ -209,20 +216,21 @@ def test_friends_of_friends_groups_come_after_friends_groups(
     )
 
     ties = _ties(artifact)
-    uid, user = next(
-        (i, u) for i in ties for u in ties
-        if u != i and u not in ties[i] and set(list(ties[u])[:HOP_TIES]) & set(ties[i])
+    # user and friend are each other's ties; friend (one of user's strongest) is uid's tie,
+    # user is not: friend's group reaches user directly, uid's through friend
+    uid, user, friend = next(
+        (i, u, f) for i in ties for u in ties if u != i and u not in ties[i]
+        for f in list(ties[u])[:HOP_TIES] if f in ties[i] and u in ties.get(f, {})
     )  # fmt: skip
     _start(client, uid, _product(client, uid), "hop-1")
-    friend = next(t for t in ties[user] if t in ties[uid])
     _start(client, friend, _product(client, friend), "direct-1")
     items = client.get(f"/v1/users/{user}/groups?limit=50").get_json()["items"]
     reasons = {it["group_id"]: it["reason"] for it in items}
     assert reasons["hop-1"].startswith(f"friend_of_friend_started:{uid}"), items
+    assert reasons["direct-1"].startswith(f"friend_started:{friend}"), items
     order = [it["group_id"] for it in items]
     direct = [g for g in order if reasons[g].startswith("friend_started:")]
-    assert "direct-1" in direct or user not in ties[friend]
-    assert order[: len(direct)] == direct  # every direct group first
+    assert order[: len(direct)] == direct and order.index("hop-1") >= len(direct)
     weight = max(
         hop_weight(p, ties[uid][v]) for v, p in list(ties[user].items())[:HOP_TIES]
         if v in ties[uid]
@@ -234,6 +242,12 @@ def test_friends_of_friends_groups_come_after_friends_groups(
     category = client.application.extensions["feed_store"].table(published).product_category
     cat_share = category_shares(deals, category).get(category.get(hop["product_id"], ""), 0.0)
     assert hop["score"] == pytest.approx(pair_score(weight, a, params, cat_share), abs=1e-4)
+    # a friend of a friend the user blocked: their group is no longer offered
+    _mute(client, user, uid)
+    after = {
+        it["group_id"] for it in client.get(f"/v1/users/{user}/groups?limit=50").get_json()["items"]
+    }
+    assert "hop-1" not in after and "direct-1" in after
 
 
 def test_invitees_reach_friends_of_friends_after_the_ties(
@@ -263,7 +277,8 @@ def test_invitees_reach_friends_of_friends_after_the_ties(
     hop = hop_invitees(ties[uid], [ties.get(v, {}) for v in list(ties[uid])[:HOP_TIES]], {uid})
     rest = items[n:]
     assert rest and len(rest) == min(len(hop), 20)
-    assert all(it["reason"].startswith("friend_of_friend") for it in rest)
+    # a friend of a friend's predicted taste is never named to the initiator
+    assert {it["reason"] for it in rest} == {"friend_of_friend"}
     assert [it["score"] for it in rest] == sorted((it["score"] for it in rest), reverse=True)
     params = decode_serve_params(r.get(c.version_key(published, c.GROUP_PAIR)))["invite"]
     category = client.application.extensions["feed_store"].table(published).product_category
@@ -423,12 +438,49 @@ def test_feed_items_carry_a_friends_open_group_at_no_extra_round_trip(
     assert round_trips(lambda: counted.get(f"/v1/feed/{tie}?limit=20"))[:2] == (
         page_reads, page_writes
     ), CountingConnection.sent  # fmt: skip
-    # the initiator is a member: no group on their own items
-    mine = counted.get(f"/v1/feed/{uid}?limit=50&preview=1").get_json()["items"]
-    assert all(it.get("group", {}).get("group_id") != "feed-1" for it in mine)
-    assert counted.post("/v1/groups/feed-1/join", json={"user_id": tie}).status_code == 200
+    # a full group: filled by two others, it is offered to nobody
+    for other in ("feed-x1", "feed-x2"):
+        assert counted.post("/v1/groups/feed-1/join", json={"user_id": other}).status_code == 200
+    assert counted.get("/v1/groups/feed-1").get_json()["status"] == "succeeded"
     items = counted.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
-    assert all(it.get("group", {}).get("group_id") != "feed-1" for it in items)
+    assert _linking(items, product) and all("group" not in it for it in items)
+    # a member: the tie joins a new group on the product and no longer sees it
+    _start(counted, uid, product, "feed-2", size=3)
+    items = counted.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    assert {it["group"]["group_id"] for it in items if it.get("group")} == {"feed-2"}
+    assert counted.post("/v1/groups/feed-2/join", json={"user_id": tie}).status_code == 200
+    items = counted.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    assert _linking(items, product) and all("group" not in it for it in items)
+
+
+def _linking(items: list[dict[str, Any]], product: str) -> list[dict[str, Any]]:
+    """The items of a page that link ``product`` (those that would carry its group)."""
+    return [it for it in items if product in {p["product_id"] for p in it.get("products", ())}]
+
+
+def test_a_blocked_initiators_group_is_on_no_page_of_the_blocker(
+    client: Any, artifact: Path
+) -> None:
+    """A user who blocked (or muted) a friend sees none of their groups: not on a feed item
+    (``"group"``), not among the groups to join."""
+    ties = _ties(artifact)
+    uid, tie = next((i, t) for i in ties for t in ties[i] if len(ties[i]) >= 2)
+    before = client.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    linked = next(it for it in before if it.get("products") and it["author_id"] != uid)
+    product = linked["products"][0]["product_id"]
+    _start(client, uid, product, "block-1", size=3)
+    items = client.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    assert {it["group"]["group_id"] for it in items if it.get("group")} == {"block-1"}
+    joinable = client.get(f"/v1/users/{tie}/groups?limit=50").get_json()["items"]
+    assert "block-1" in {it["group_id"] for it in joinable}
+    _mute(client, tie, uid)
+    items = client.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    assert _linking(items, product), items  # the item is still there, without the group
+    assert all("group" not in it for it in items)
+    joinable = client.get(f"/v1/users/{tie}/groups?limit=50").get_json()["items"]
+    assert "block-1" not in {it["group_id"] for it in joinable}
+    # the group itself stands: others still see and join it
+    assert client.get("/v1/groups/block-1").get_json()["status"] == "open"
 
 
 def test_pair_features_count_common_ties_and_past_co_membership(dataset_dir: Path) -> None:
@@ -453,3 +505,46 @@ def test_pair_features_count_common_ties_and_past_co_membership(dataset_dir: Pat
     j = model.joins_.toarray()
     shared = np.array([j[i, v] + j[v, i] for i, v in zip(init, cand, strict=True)])
     assert np.allclose(np.expm1(f[:, co]), shared, atol=1e-3)
+
+
+def test_a_groups_failed_state_read_leaves_the_page_whole(
+    r: Any, client: Any, artifact: Path
+) -> None:
+    """A group whose state read fails (here a key of the wrong type) is skipped: the page is
+    served, its item without the group, the other groups still shown."""
+    ties = _ties(artifact)
+    uid, tie = next((i, t) for i in ties for t in ties[i] if len(ties[i]) >= 2)
+    items = client.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    linked = [it for it in items if it.get("products")]
+    first, second = linked[0]["products"][0]["product_id"], linked[-1]["products"][0]["product_id"]
+    _start(client, uid, first, "bad-1", size=3)
+    _start(client, uid, second, "good-1", size=3)
+    state = c.group_key("bad-1", c.GROUP_STATE)
+    r.delete(state)
+    r.rpush(state, "not a hash")
+    resp = client.get(f"/v1/feed/{tie}?limit=50&preview=1")
+    assert resp.status_code == 200, resp.get_json()
+    shown = {it["group"]["group_id"] for it in resp.get_json()["items"] if it.get("group")}
+    assert shown == {"good-1"}  # the failed one skipped, the other still shown
+    # the recorded page (cards, served marks and group reads in one round trip) too
+    assert client.get(f"/v1/feed/{tie}?limit=20").status_code == 200
+
+
+def test_groups_read_bounds_the_groups_a_feed_page_reads(
+    redis_url: str, client: Any, artifact: Path
+) -> None:
+    """``FEED_GROUPS_READ``: how many of the user's friends' open groups a page reads (0: no
+    item carries a group); more than ``FEED_GROUP_FEED_MAX`` is refused at start."""
+    from service.config import ConfigError
+
+    ties = _ties(artifact)
+    uid, tie = next((i, t) for i in ties for t in ties[i] if len(ties[i]) >= 2)
+    items = client.get(f"/v1/feed/{tie}?limit=50&preview=1").get_json()["items"]
+    product = next(it for it in items if it.get("products"))["products"][0]["product_id"]
+    _start(client, uid, product, "read-1", size=3)
+    url = f"/v1/feed/{tie}?limit=50&preview=1"
+    assert any(it.get("group") for it in client.get(url).get_json()["items"])
+    none = feed_app(redis_url, GROUPS_READ=0).test_client().get(url).get_json()["items"]
+    assert _linking(none, product) and all("group" not in it for it in none)
+    with pytest.raises(ConfigError, match="FEED_GROUPS_READ"):
+        feed_app(redis_url, GROUPS_READ=201)

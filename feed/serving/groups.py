@@ -30,6 +30,7 @@ import numpy as np
 AFFINITY_FLOOR = 0.05  # what a tie counts for a product outside the user's deals (old versions)
 HOP_TIES = 20  # a user's strongest ties whose fanned-out groups are the user's two-step candidates
 HOP_INVITEES = 50  # friends of friends an initiator's invitees may add after the ties
+GROUP_FEED_MAX = 200  # entries kept in, and read from, a group feed (FEED_GROUP_FEED_MAX)
 _EPS = 1e-6
 
 
@@ -56,6 +57,31 @@ def hop_weight(to_tie: float, tie_to_initiator: float) -> float:
     0.2
     """
     return float(to_tie) * float(tie_to_initiator)
+
+
+def hop_groups(
+    feeds: Iterable[tuple[float, Iterable[tuple[Any, float]]]],
+    skip: Container[Any] = (),
+    most: int = GROUP_FEED_MAX,
+) -> dict[Any, float]:
+    """Friends of friends' groups to join: ``feeds`` holds, per strong tie of the user, the
+    user's tie weight to it and its group feed (``(group, fanned-out weight)``, in the order
+    the feed is read); at most ``most`` entries of each feed are read, ``skip`` (the direct
+    groups) left out, each group at the best :func:`hop_weight` of its paths; the ``most``
+    best are kept (ties broken by group), best first.
+
+    >>> hop_groups([(0.5, [("g1", 0.4), ("g2", 0.8)]), (1.0, [("g1", 0.3)])], {"g2"}, 2)
+    {'g1': 0.3}
+    """
+    hop: dict[Any, float] = {}
+    for to_tie, feed in feeds:
+        for n, (gid, weight) in enumerate(feed):
+            if n >= most:
+                break
+            if gid not in skip:
+                hop[gid] = max(hop.get(gid, 0.0), hop_weight(to_tie, weight))
+    best = sorted(hop, key=lambda g: (-hop[g], g))[:most]
+    return {g: hop[g] for g in best}
 
 
 def hop_invitees(

@@ -245,7 +245,8 @@ def user_deals(user_id: str) -> Any:
 @bp.get("/v1/users/<user_id>/groups")
 def user_groups(user_id: str) -> Any:
     """Friends' open group-buys the user may join, best first (fan-out on start: one read of
-    the user's keys, one of the groups' states)."""
+    the user's keys, one of the groups' states); none whose initiator the user blocked or
+    muted (``see_fewer_author``)."""
     _available()
     check_id(user_id, "user_id")
     limit = limit_arg(20, RECS_MAX)
@@ -276,9 +277,11 @@ def group_invitees(group_id: str) -> Any:
     """Whom the initiator should invite: their ties ranked by the version's pair model (the
     published tie part, their affinity for the group's product and its category), then, when
     they leave room, friends of friends scored the same way; current members excluded; 404 for
-    an unknown group. The list tells whose ties these are and what
-    they like: it is the initiator's alone, so ``user_id`` (the caller's user) must be the
-    initiator (400 without it, 403 ``not_initiator`` for anyone else)."""
+    an unknown group. The list names the initiator's ties and what they like
+    (``friend_wants_product``), so ``user_id`` (the caller's user) must be the initiator (400
+    without it, 403 ``not_initiator`` for anyone else). A friend of a friend may be a stranger
+    to the initiator: their reason is ``friend_of_friend`` alone, never their predicted taste
+    (their order still follows the pair model's score)."""
     _available()
     check_id(group_id, "group_id")
     asker = request.args.get("user_id")
