@@ -18,6 +18,7 @@ the figures are the cost of a page itself; their refreshes (a round trip or two 
     python -m bench.page_cost                         # 0.1M likes (trains first), CPU only
     python -m bench.page_cost --artifact A --callgrind --pages 300
     python -m bench.page_cost --artifact A --callgrind --api-posts 500
+    python -m bench.page_cost --likes 20k --catalogues 2k,200k   # a page vs catalogue size
 
 To compare two commits, run the same command in a checkout of each (``git worktree add``).
 Instructions are not time: system calls (the Redis round trips' send and receive) cost nothing
@@ -41,6 +42,7 @@ from bench.common import print_table, private_redis, ratio
 from bench.serve import create_posts, prepare
 
 WARM_PAGES = 20
+APPS = ("bare", "floor", "feed")  # floor: bare + the page's two Redis round trips (bench.bare_app)
 
 
 def serve_pages(args: argparse.Namespace, url: str, work: Path) -> dict[str, float]:
@@ -66,7 +68,12 @@ def serve_pages(args: argparse.Namespace, url: str, work: Path) -> dict[str, flo
     os.environ["BENCH_BARE_BODY"] = str(work / "page.json")
     from bench.bare_app import create_app as bare_app
 
-    clients = {"bare": bare_app().test_client(), "feed": feed_client}
+    os.environ["FEED_REDIS_URL"] = url
+    clients = {
+        "bare": bare_app().test_client(),
+        "floor": bare_app(redis=True).test_client(),
+        "feed": feed_client,
+    }
     apps = [args.app] if args.app else list(clients)
     for name in apps:
         for user in users[:WARM_PAGES]:
@@ -85,6 +92,58 @@ def serve_pages(args: argparse.Namespace, url: str, work: Path) -> dict[str, flo
             spent[name] += time.process_time() - t
             done[name] += n
     return {a: spent[a] / max(done[a], 1) for a in apps}
+
+
+def catalogue_sweep(args: argparse.Namespace, work: Path) -> int:
+    """CPU per feed page for versions trained on catalogues of each size in ``--catalogues``
+    (same likes, same users), each in its own private Redis, pages interleaved in blocks so
+    every version sees the same load; the ratio of the largest catalogue to the smallest is
+    the target's (<= 1.2x)."""
+    from contextlib import ExitStack
+
+    from feed.artifacts import read
+    from feed.publish import publish
+    from feed.redisclient import from_url
+    from service import create_app
+
+    sizes = [s.strip() for s in args.catalogues.split(",")]
+    clients, users = {}, {}
+    with ExitStack() as stack:
+        for size in sizes:
+            url = stack.enter_context(private_redis())
+            sub = argparse.Namespace(**{**vars(args), "posts": size, "artifact": None})
+            artifact = prepare(sub, work / size)
+            publish(from_url(url, socket_timeout=60.0), artifact, activate=True)
+            users[size] = [
+                str(u) for u in read(artifact, verify=False).arrays("candidates")["users"]
+            ]
+            held = {"VERSION_CACHE_S": 1e9, "GLOBAL_CACHE_S": 1e9}
+            app = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "b", **held})
+            clients[size] = app.test_client()
+            for user in users[size][:WARM_PAGES]:
+                clients[size].get(f"/v1/feed/{user}?limit=20")
+        rng = random.Random(0)
+        spent = dict.fromkeys(sizes, 0.0)
+        for _ in range(max(args.pages // 50, 1)):
+            for size in sizes:
+                t = time.process_time()
+                for _ in range(50):
+                    resp = clients[size].get(f"/v1/feed/{rng.choice(users[size])}?limit=20")
+                    if resp.status_code != 200:
+                        raise RuntimeError(f"{size}: {resp.status_code} {resp.get_data()!r}")
+                spent[size] += time.process_time() - t
+    pages = max(args.pages // 50, 1) * 50
+    rows = [(size, f"{spent[size] / pages * 1000:.3f}") for size in sizes]
+    rows.append(
+        (f"{sizes[-1]} / {sizes[0]}", f"{ratio(spent[sizes[-1]], spent[sizes[0]]):.2f}x (<= 1.2x)")
+    )
+    print_table(
+        f"CPU per feed page by catalogue size (test client, {pages} pages each, interleaved, "
+        f"{args.likes} likes), ms",
+        ("posts", "CPU ms"),
+        rows,
+    )
+    return 0
 
 
 def callgrind(args: argparse.Namespace, app: str, pages: int) -> int:
@@ -122,15 +181,22 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--likes", default="0.1m", help="size of the generated dataset (0.1m)")
+    p.add_argument("--posts", default=None, help="posts of the generated dataset (its default)")
     p.add_argument("--artifact", default=None, help="publish this model version instead")
     p.add_argument(
         "--pages", type=int, default=1000, help="pages per app (1000; 300 for callgrind)"
     )
     p.add_argument("--api-posts", type=int, default=0, help="posts created through the API first")
     p.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
-    p.add_argument("--app", choices=("bare", "feed"), default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--catalogues", default=None, help="compare the feed's page cost at these post counts"
+    )
+    p.add_argument("--app", choices=APPS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.catalogues:
+        with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
+            return catalogue_sweep(args, Path(tmp))
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp, private_redis() as url:
         work = Path(tmp)
         if args.callgrind:
@@ -140,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             args.artifact = str(prepare(args, work))  # train once, outside valgrind
             rows = []
             per_page = {}
-            for app in ("bare", "feed"):
+            for app in APPS:
                 base, full = callgrind(args, app, 0), callgrind(args, app, args.pages)
                 per_page[app] = (full - base) / args.pages
                 rows.append((app, f"{per_page[app] / 1e6:.3f}"))
-            rows.append(("bare / feed", f"{ratio(per_page['bare'], per_page['feed']):.1%}"))
+            rows += [
+                ("bare / feed", f"{ratio(per_page['bare'], per_page['feed']):.1%}"),
+                ("floor / feed", f"{ratio(per_page['floor'], per_page['feed']):.1%}"),
+            ]
             print_table(
                 f"instructions per page in process (callgrind, {args.pages} pages, "
                 f"{args.api_posts} API posts), millions",
@@ -156,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         return 0
     rows = [(app, f"{s * 1000:.3f}") for app, s in cpu.items()]
-    if len(cpu) == 2:
-        rows.append(("bare / feed", f"{ratio(cpu['bare'], cpu['feed']):.1%}"))
+    if len(cpu) == len(APPS):
+        rows += [
+            ("bare / feed", f"{ratio(cpu['bare'], cpu['feed']):.1%}"),
+            ("floor / feed", f"{ratio(cpu['floor'], cpu['feed']):.1%}"),
+        ]
     print_table(
         f"CPU per page in process (test client, {args.pages} pages each, interleaved, "
         f"{args.api_posts} API posts), ms",

@@ -9,6 +9,14 @@ the two fits, so drift in machine load during the run shows up in both.
     python -m bench.train                        # 0.1M likes (20-80 s)
     python -m bench.train --likes 1m             # the target's size (about 5 min on 2 cores)
     python -m bench.train --likes 0.1m,1m,5m --keep /tmp/bench-art
+
+With ``--warm-start``, the daily path: the newest 5% of the generated likes are held back,
+``feed train`` runs on the rest (the day before), then ``feed train --warm-start <that
+version>`` on all of it (the day's new likes added), against the bare ALS fit of the whole
+matrix (before the full train and after the warm one). The target: the warm retrain <= 5x the
+bare fit at 1M likes.
+
+    python -m bench.train --likes 1m --warm-start
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from bench.common import (
 )
 
 TARGET_RATIO = 5.0  # feed train <= 5x the bare ALS fit on 1M likes
+WARM_TARGET_RATIO = 5.0  # feed train --warm-start <= 5x the bare ALS fit on 1M likes
+NEW_LIKES = 0.05  # the share of the likes a warm retrain adds to the previous version's
 FACTORS, ITERATIONS = 64, 15
 
 
@@ -88,6 +98,73 @@ def run_size(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
         "artifact": out / version,
         "artifact_mb": sum(f.stat().st_size for f in (out / version).iterdir()) / 1e6,
     }
+
+
+def run_warm(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
+    """Full train on the data but its newest :data:`NEW_LIKES`, then a warm retrain from that
+    version on all of it; the bare ALS fit of the whole matrix before and after."""
+    from bench.warm_quality import cut_by_time
+
+    data, before, out = work / "data", work / "before", work / "artifacts"
+    rows = generate(data, likes, posts)
+    new = cut_by_time(data, before, 1 - NEW_LIKES)
+    matrix = engagement_matrix(data)
+    als_before = bare_als(matrix)
+    full_s, stdout = feed_cli("train", str(before), "--out", str(out), "--no-progress")
+    previous = out / stdout.strip().splitlines()[-1]
+    warm_s, stdout = feed_cli(
+        "train", str(data), "--out", str(out), "--no-progress", "--warm-start", str(previous)
+    )
+    als_after = bare_als(matrix)
+    manifest = json.loads((out / stdout.strip().splitlines()[-1] / "manifest.json").read_text())
+    return {
+        "size": likes,
+        "likes": rows["likes.csv"],
+        "new_likes": len(new),
+        "users": matrix.shape[0],
+        "posts": matrix.shape[1],
+        "nnz": matrix.nnz,
+        "full_s": full_s,
+        "train_s": warm_s,
+        "als_s": (als_before + als_after) / 2,
+        "als_runs": (als_before, als_after),
+        "timings": manifest["timings"],
+        "fit_timings": manifest["model"].get("timings", {}),
+        "factors": manifest["warm_start"]["factors"],
+    }
+
+
+def report_warm(res: dict[str, Any]) -> None:
+    stages = dict(res["timings"])
+    stages["write, start-up"] = res["train_s"] - sum(stages.values())
+    rows = [
+        (k.removesuffix("_s"), v, f"{v / res['train_s']:.0%}", ratio(v, res["als_s"]))
+        for k, v in stages.items()
+    ]
+    print_table(
+        f"feed train --warm-start on {res['likes']:,} likes ({res['new_likes']:,} new since the "
+        f"previous version): {res['users']:,} users x {res['posts']:,} posts",
+        ("stage", "seconds", "share", "x bare ALS"),
+        rows + [("total", res["train_s"], "100%", ratio(res["train_s"], res["als_s"]))],
+    )
+    print(f"\nfactors: {json.dumps(res['factors'])}")
+    a, b = res["als_runs"]
+    warm, full = ratio(res["train_s"], res["als_s"]), ratio(res["full_s"], res["als_s"])
+    print_table(
+        f"target at {human(res['size'])} likes (defined at 1M)",
+        TARGET_HEADERS,
+        [
+            (
+                "feed train --warm-start (s)",
+                res["train_s"],
+                f"bare ALS {res['als_s']:.2f} s ({a:.2f}, {b:.2f})",
+                f"{warm:.1f}x",
+                f"<= {WARM_TARGET_RATIO:g}x",
+                warm <= WARM_TARGET_RATIO,
+            ),
+            ("full feed train before it (s)", res["full_s"], "", f"{full:.1f}x", "", ""),
+        ],
+    )
 
 
 def report(res: dict[str, Any]) -> None:
@@ -149,8 +226,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep each size's data and artifact under this directory",
     )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="measure the daily warm retrain (5%% new likes) instead of a full train",
+    )
     args = p.parse_args(argv)
     sizes = [parse_count(x) for x in args.likes.split(",")]
+    if args.warm_start:
+        for likes in sizes:
+            print(f"\n== {human(likes)} likes: full train on 95%, warm retrain on all", flush=True)
+            with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+                work = args.keep / human(likes) if args.keep else Path(tmp)
+                report_warm(run_warm(likes, work, args.posts))
+        return 0
     summary = []
     for likes in sizes:
         users, posts = shape_for(likes, args.posts)

@@ -13,7 +13,14 @@ Files of a version (no pickle anywhere; arrays are read with ``allow_pickle=Fals
 * ``purchases.npz``: ``user``/``product`` ids (seeds the service's bought sets, for gifts);
 * ``tokens.npz``: ``token``/``indptr``/``items``: token -> best posts (CSR), for the service's
   ``interests=`` cold-start hint;
-* ``posts.jsonl``, ``products.jsonl``: the documents the service caches and returns.
+* ``posts.jsonl``, ``products.jsonl``: the documents the service caches and returns;
+* the stored model, what the next ``feed train --warm-start`` starts from (written by every
+  training since warm starts exist; the service never reads it): ``model.json`` (the sources
+  and their parameters, the ranker choice, the page policy, the feature list), ``model.npz``
+  (ALS/BPR factors keyed by ``user_ids`` and ``post_ids``, the linear prefilter's weights)
+  and, with a learned ranker, ``ranker.skops`` (the fitted scikit-learn ranker in skops'
+  format: a zip of JSON and arrays, loaded with an explicit list of trusted types, never
+  unpickled).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ ARRAY_FILES = (
     "tokens.npz",
 )
 DOC_FILES = ("posts.jsonl", "products.jsonl")
+#: The stored model (optional: versions written before warm starts lack it).
+MODEL_JSON, MODEL_ARRAYS, MODEL_RANKER = "model.json", "model.npz", "ranker.skops"
 
 
 class ArtifactError(ValueError):
@@ -69,6 +78,25 @@ class Artifact:
         with np.load(self.path / f"{name}.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
+    def stored_model(self) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes | None]:
+        """The stored model (``model.json``, ``model.npz``, ``ranker.skops`` or None), each
+        file checked against the manifest's sha256; :class:`ArtifactError` when the version
+        lacks it or a file does not match."""
+        files = self.manifest.get("files", {})
+        missing = [n for n in (MODEL_JSON, MODEL_ARRAYS) if n not in files]
+        if missing:
+            raise ArtifactError(
+                f"{self.path}: version {self.version} lacks the stored model "
+                f"({', '.join(missing)}; written before warm starts, or without them)"
+            )
+        for name in (MODEL_JSON, MODEL_ARRAYS, MODEL_RANKER):
+            if name in files and sha256_file(self.path / name) != files[name]:
+                raise ArtifactError(f"{self.path / name}: sha256 does not match the manifest")
+        meta = json.loads((self.path / MODEL_JSON).read_text(encoding="utf-8"))
+        arrays = self.arrays(MODEL_ARRAYS.removesuffix(".npz"))
+        ranker = (self.path / MODEL_RANKER).read_bytes() if MODEL_RANKER in files else None
+        return meta, arrays, ranker
+
     def documents(self, name: str) -> Iterable[dict[str, Any]]:
         """The documents of ``posts.jsonl`` or ``products.jsonl``, one dict at a time."""
         with open(self.path / f"{name}.jsonl", encoding="utf-8") as f:
@@ -82,11 +110,16 @@ def write(
     manifest: dict[str, Any],
     arrays: dict[str, dict[str, np.ndarray]],
     documents: Mapping[str, Iterable[dict[str, Any]]],
+    extra: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write a version atomically: into ``<dir>.tmp`` first, then renamed into place."""
+    """Write a version atomically: into ``<dir>.tmp`` first, then renamed into place.
+    ``extra`` files are written as they are (the stored model's ``model.json``, ``ranker.skops``);
+    every file is listed in the manifest with its sha256."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=False)
+    for name, content in (extra or {}).items():
+        (tmp / name).write_bytes(content)
     for name, arrs in arrays.items():
         np.savez_compressed(tmp / f"{name}.npz", **arrs)  # type: ignore[arg-type]
     for name, docs in documents.items():

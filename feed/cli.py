@@ -134,8 +134,32 @@ def validate(data_dir: Path) -> None:
 @click.option("--factors", default=64, show_default=True, type=click.IntRange(2, 1024))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--warm-start",
+    "warm_start",
+    default=None,
+    metavar="VERSION_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Start from this previous version (the daily retrain): reuse its ranker, page "
+    "policy and tuned parameters, continue its ALS/BPR factors; no validation fits.",
+)
+@click.option(
+    "--cluster",
+    envvar="FEED_DASK_SCHEDULER",
+    show_envvar=True,
+    metavar="ADDRESS",
+    help="A Dask scheduler (tcp://host:8786): the candidate and neighbour stages run on its "
+    "workers (pip install 'shopfeed[distributed]'); default: threads in this process.",
+)
 def train(
-    data_dir: Path, out_dir: Path, candidates: int, factors: int, seed: int, progress: bool
+    data_dir: Path,
+    out_dir: Path,
+    candidates: int,
+    factors: int,
+    seed: int,
+    progress: bool,
+    warm_start: Path | None,
+    cluster: str | None,
 ) -> None:
     """Train every model and write a model version to OUT/<version>/.
 
@@ -144,16 +168,31 @@ def train(
     \b
     Example:
       feed train data/demo --out artifacts
+      feed train data/demo --out artifacts --warm-start artifacts/<previous version>
+      feed train data/demo --out artifacts --cluster tcp://scheduler:8786
     """
     from feed.data import DatasetError
+    from feed.distributed import ClusterError
+    from feed.models.ranker import WarmStartError
     from feed.train import TrainConfig
     from feed.train import train as run
 
     cfg = TrainConfig(n_candidates=candidates, factors=factors, random_state=seed)
     try:
-        path = run(data_dir, out_dir, cfg, progress=progress)
+        path = run(
+            data_dir,
+            out_dir,
+            cfg,
+            progress=progress,
+            warm_start=warm_start,
+            cluster=cluster or None,  # FEED_DASK_SCHEDULER="" means no cluster
+        )
     except DatasetError as e:
         _fail(f"{data_dir} is not a valid dataset; nothing was trained:\n{e}")
+    except WarmStartError as e:
+        _fail(f"--warm-start {warm_start} refused; nothing was trained: {e}")
+    except ClusterError as e:
+        _fail(f"{e}; nothing was trained, no version was written")
     click.echo(f"wrote {path}")
     click.echo(path.name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import platform
 import time
@@ -10,19 +11,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from feed import __version__, artifacts
 from feed.contract import CONTRACT_VERSION, iso_time, post_document, unit_scores
 from feed.data import Dataset, load
+from feed.distributed import check as check_cluster
+from feed.distributed import map_blocks
 from feed.evaluation.splits import choose_method
 from feed.features.matrices import EngagementWeights, TrainingData, build
-from feed.models.base import blocks, parallel_map, topk
+from feed.models.base import blocks, topk
 from feed.models.default import TrainConfig, make_blend, trending_list
 from feed.models.groups import DEAL_REASONS, GroupRecs
-from feed.models.ranker import LearnedBlend
+from feed.models.ranker import LearnedBlend, WarmStartError, WarmState
 from feed.models.sources import (
     Content,
     ItemItem,
@@ -39,50 +42,97 @@ def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
     return tqdm(it, **kw)
 
 
+#: Users per task of the candidate stage at most (the blend's merge batches split them finer).
+CANDIDATE_BLOCK_USERS = 1024
+
+
 def _user_candidates(
-    blend: LearnedBlend, data: TrainingData, users: np.ndarray, n: int, progress: bool
+    blend: LearnedBlend,
+    data: TrainingData,
+    users: np.ndarray,
+    n: int,
+    progress: bool,
+    cluster: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    exclude = data.seen()
-    parts = []
-    step = 4096  # users per progress step; the blend splits them into parallel batches
-    chunks = range(0, len(users), step)
-    for lo in _progress(chunks, progress, desc="candidates", unit="x4096 users"):
-        parts.append(blend.recommend_with_reasons(users[lo : lo + step], n, exclude))
-    if not parts:
+    """Each user's top-``n`` candidates with reasons, one task per batch of users the blend
+    merges at once (:func:`feed.distributed.map_blocks`: threads here, or the Dask cluster at
+    ``cluster``, the blend and the seen posts sent to each worker once)."""
+    step = CANDIDATE_BLOCK_USERS
+    batches = [
+        batch
+        for lo in range(0, len(users), step)
+        for batch in blend.builder_.batches(users[lo : lo + step], blend.n_posts_)
+    ]
+    if not batches:
         z = np.zeros((0, n))
         return z.astype(np.int64), z.astype(np.float32), z.astype(np.uint8)
+    bar = _progress(None, progress, total=len(batches), desc="candidates", unit="batch")
+    try:
+        shared = (blend, data.seen(), n)
+        done = bar.update if bar is not None else None
+        parts = map_blocks(_candidates_of, batches, shared, cluster=cluster, on_done=done)
+    finally:
+        if bar is not None:
+            bar.close()
     items, scores, reasons = (np.concatenate(p) for p in zip(*parts, strict=True))
     return items, scores, reasons
 
 
+def _candidates_of(
+    shared: tuple[LearnedBlend, Any, int], users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One task of the candidate stage (a module-level function: Dask sends it by name)."""
+    blend, seen, n = shared
+    return blend.recommend_with_reasons(users, n, seen)
+
+
 def _neighbours(
-    data: TrainingData, content: Content, item: ItemItem, n: int, max_content_posts: int
+    data: TrainingData,
+    content: Content,
+    item: ItemItem,
+    n: int,
+    max_content_posts: int,
+    cluster: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Similar posts: the co-engagement and content neighbour lists fused by rank."""
+    """Similar posts: the co-engagement and content neighbour lists fused by rank, one task per
+    block of posts (:func:`feed.distributed.map_blocks`, as the candidates)."""
     npo = data.n_posts
     popularity = np.asarray(data.engagement.getnnz(axis=0)).ravel()
     pool = np.argsort(-popularity, kind="stable")[:max_content_posts]
-    pool_vecs = content.post_vectors_[pool]
-
-    def block_of(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = bounds
-        rows = np.arange(lo, hi)
-        block = np.zeros((hi - lo, npo), dtype=np.float32)
-        block += _rank_scores(item.similar_posts(rows), n)
-        cv = content.post_vectors_[rows] @ pool_vecs.T
-        cdense = np.full((hi - lo, npo), 0.0, dtype=np.float32)
-        cdense[:, pool] = cv.toarray()
-        cdense[np.arange(hi - lo), rows] = 0.0  # a post is not its own content neighbour
-        block += 0.7 * _rank_scores(cdense, n)
-        block[np.arange(hi - lo), rows] = -np.inf
-        block[block <= 0] = -np.inf
-        return topk(block, n)
-
-    parts = parallel_map(block_of, blocks(npo, npo))
+    shared = _NeighbourInputs(item, content.post_vectors_, pool, content.post_vectors_[pool], n)
+    parts = map_blocks(_neighbours_of, list(blocks(npo, npo)), shared, cluster=cluster)
     if not parts:
         return np.full((0, n), -1, dtype=np.int64), np.full((0, n), -np.inf, dtype=np.float32)
     items, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
     return items, scores
+
+
+class _NeighbourInputs(NamedTuple):
+    item: ItemItem
+    post_vectors: Any  # sparse TF-IDF rows of every post
+    pool: np.ndarray  # the posts eligible as content neighbours (the most engaged)
+    pool_vectors: Any
+    n: int
+
+
+def _neighbours_of(
+    shared: _NeighbourInputs, bounds: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fused neighbour lists of posts ``[lo, hi)`` (one task of the neighbour stage)."""
+    item, vectors, pool, pool_vecs, n = shared
+    lo, hi = bounds
+    npo = vectors.shape[0]
+    rows = np.arange(lo, hi)
+    block = np.zeros((hi - lo, npo), dtype=np.float32)
+    block += _rank_scores(item.similar_posts(rows), n)
+    cv = vectors[rows] @ pool_vecs.T
+    cdense = np.full((hi - lo, npo), 0.0, dtype=np.float32)
+    cdense[:, pool] = cv.toarray()
+    cdense[np.arange(hi - lo), rows] = 0.0  # a post is not its own content neighbour
+    block += 0.7 * _rank_scores(cdense, n)
+    block[np.arange(hi - lo), rows] = -np.inf
+    block[block <= 0] = -np.inf
+    return topk(block, n)
 
 
 TOKEN_INDEX_MAX_TOKENS = 50_000  # most frequent tokens kept in the interests index
@@ -221,6 +271,8 @@ def train(
     progress: bool = False,
     version: str | None = None,
     on_stage: Callable[[str], None] | None = None,
+    warm_start: str | Path | None = None,
+    cluster: str | None = None,
 ) -> Path:
     """Train every model on a dataset and write a model version.
 
@@ -239,6 +291,18 @@ def train(
         Called with the name of each stage as it starts: ``features``, ``fitting sources``
         (the sources and the ranker chosen on validation slices), ``candidates``,
         ``neighbours``, ``writing`` (``feed demo`` prints them).
+    warm_start : path, optional
+        A previous version's directory: reuse its sources' tuned parameters, ranker and page
+        policy and start the ALS/BPR fits from its factors, with no validation fit
+        (:meth:`~feed.models.ranker.LearnedBlend.fit_warm`); the manifest's ``warm_start``
+        says what was reused and how old it is. :class:`~feed.models.ranker.WarmStartError`
+        (naming what differs) when the version lacks the stored model, has another contract
+        version, or the data or parameters changed the sources, their parameters or the
+        ranker's features.
+    cluster : str, optional
+        A Dask scheduler's address (``tcp://host:8786``): the candidate and neighbour stages
+        run on its workers (:mod:`feed.distributed`), with the same arrays as in process.
+        :class:`~feed.distributed.ClusterError` before any work when it cannot be used.
 
     Returns
     -------
@@ -248,6 +312,8 @@ def train(
     stage = on_stage or (lambda name: None)
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    previous = previous_model(warm_start) if warm_start is not None else None
+    engine = {"kind": "threads"} if cluster is None else {"kind": "dask", **check_cluster(cluster)}
     stage("features")
     ds = dataset if isinstance(dataset, Dataset) else load(dataset)
     timings["load_s"] = time.perf_counter() - t
@@ -261,7 +327,10 @@ def train(
 
     t = time.perf_counter()
     stage("fitting sources")
-    blend = make_blend(cfg).fit(data)
+    if previous is None:
+        blend = make_blend(cfg).fit(data)
+    else:
+        blend = make_blend(cfg).fit_warm(data, previous[0])
     timings["fit_s"] = time.perf_counter() - t
     t = time.perf_counter()
     content, item = _side_models(blend, data, ds, cfg)
@@ -270,13 +339,15 @@ def train(
     t = time.perf_counter()
     stage("candidates")
     active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
-    items, scores, reasons = _user_candidates(blend, data, active, cfg.n_candidates, progress)
+    items, scores, reasons = _user_candidates(
+        blend, data, active, cfg.n_candidates, progress, cluster
+    )
     timings["candidates_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     stage("neighbours")
     nb_items, nb_scores = _neighbours(
-        data, content, item, cfg.n_neighbours, cfg.max_content_neighbour_posts
+        data, content, item, cfg.n_neighbours, cfg.max_content_neighbour_posts, cluster
     )
     timings["neighbours_s"] = time.perf_counter() - t
 
@@ -298,7 +369,16 @@ def train(
     timings["documents_s"] = time.perf_counter() - t
     manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
     manifest["model"] = blend.summary()
+    manifest["engine"] = engine  # where the candidate and neighbour stages ran
     manifest["group_model"] = group_recs.summary()
+    state = blend.warm_state(data)
+    state.meta["learned"] = (
+        previous[0].meta["learned"]
+        if previous is not None
+        else {"version": vid, "created": manifest["created"]}
+    )
+    if previous is not None:
+        manifest["warm_start"] = warm_record(blend, previous, manifest["created"])
     manifest["counts"].update(
         post_docs=len(docs["posts"]),
         product_docs=len(docs["products"]),
@@ -332,10 +412,62 @@ def train(
         },
         "tokens": tokens,
         "groups": group_arrays,
+        "model": state.arrays,
     }
-    out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs)
+    stored = {artifacts.MODEL_JSON: (json.dumps(state.meta, indent=1) + "\n").encode()}
+    if state.ranker is not None:
+        stored[artifacts.MODEL_RANKER] = state.ranker
+    out = artifacts.write(Path(out_dir) / vid, manifest, arrays, docs, stored)
     logger.info("wrote model version %s to %s", vid, out)
     return out
+
+
+def previous_model(path: str | Path) -> tuple[WarmState, dict[str, Any]]:
+    """The stored model of the version at ``path`` and its manifest, to start a warm fit
+    from; :class:`~feed.models.ranker.WarmStartError` naming what is wrong when it cannot
+    (not a version, corrupt, another contract version, no stored model)."""
+    try:
+        art = artifacts.read(path)
+        meta, arrays, ranker = art.stored_model()
+    except artifacts.ArtifactError as e:
+        raise WarmStartError(f"cannot warm-start from {path}: {e}") from e
+    contract = art.manifest.get("contract_version")
+    if contract != CONTRACT_VERSION:
+        raise WarmStartError(
+            f"cannot warm-start from {path}: it was written for contract version {contract}, "
+            f"this feed writes {CONTRACT_VERSION}"
+        )
+    meta.setdefault("learned", {"version": art.version, "created": art.manifest.get("created")})
+    return WarmState(meta, arrays, ranker), art.manifest
+
+
+def warm_record(
+    blend: LearnedBlend, previous: tuple[WarmState, dict[str, Any]], created: str
+) -> dict[str, Any]:
+    """The manifest's ``warm_start``: the version started from, its age, and what was reused
+    (and since when: ``learned`` is the version whose validation fits chose the ranker)."""
+    meta, manifest = previous[0].meta, previous[1]
+
+    def age_days(then: str | None) -> float | None:
+        if not then:
+            return None
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        delta = datetime.strptime(created, fmt) - datetime.strptime(then, fmt)
+        return round(delta.total_seconds() / 86_400, 4)
+
+    reused = ["sources and their tuned parameters", "page policy"]
+    reused.insert(1, f"ranker ({meta['choice']['kind']})")
+    return {
+        "from": manifest.get("version"),
+        "from_created": manifest.get("created"),
+        "age_days": age_days(manifest.get("created")),
+        "learned": meta["learned"],
+        "learned_age_days": age_days(meta["learned"].get("created")),
+        "reused": reused,
+        "skipped": ["validation slices", "source tuning", "ranker choice", "page-policy search"],
+        "factors": (blend.summary()["warm_start"] or {}).get("factors", {}),
+        "share_of_iterations": (blend.summary()["warm_start"] or {}).get("share_of_iterations"),
+    }
 
 
 def group_lists(data: TrainingData) -> tuple[GroupRecs, dict[str, np.ndarray]]:

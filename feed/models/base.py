@@ -12,6 +12,7 @@ import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,6 +23,13 @@ from feed.features.matrices import TrainingData
 
 #: Dense score blocks are at most this many floats (users x posts) at a time.
 BLOCK_FLOATS = 8_000_000
+
+#: Above this many posts, :class:`~feed.models.candidates.CandidateBuilder` asks each personal
+#: source for its candidates (:meth:`CandidateModel.retrieve`: approximate nearest neighbours,
+#: neighbour expansion from the user's history) instead of scoring every post for every user.
+#: At and below it exact dense scoring is as cheap per user (docs/scaling.md, "Retrieval").
+#: ``FEED_EXACT_MAX_POSTS`` overrides it (for measurements: 0 forces retrieval everywhere).
+EXACT_MAX_POSTS = int(os.environ.get("FEED_EXACT_MAX_POSTS", "10000"))
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,6 +92,17 @@ class CandidateModel:
             items[lo:hi], scores[lo:hi] = topk(block, n)
         return items, scores
 
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved | None:
+        """Candidate posts of ``users`` without scoring every post, or None when the model has
+        no cheaper way than :meth:`score_users`.
+
+        ``depth[i]`` is how many of its best posts ``users[i]`` needs at least (the caller
+        drops excluded posts and twins of one product afterwards). Subclasses answer exactly
+        (every post with a non-zero score: neighbour expansion) or approximately (nearest
+        neighbours of the user's factors).
+        """
+        return None
+
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Scores of (users[i], items[i, j]) for a 2-d ``items`` (-1 entries score NaN)."""
         self._check_fitted()
@@ -95,6 +114,42 @@ class CandidateModel:
             rows = np.broadcast_to(np.arange(hi - lo)[:, None], it.shape)
             out[lo:hi][ok] = block[rows[ok], it[ok]]
         return out
+
+
+@dataclass
+class Retrieved:
+    """A source's candidates of a block of users: ``scores`` (users x posts, CSR) holds each
+    candidate's exact score. ``complete``: every post with a non-zero score is stored, so a
+    post not stored scores 0 (:func:`lookup` answers every pair); otherwise pairs outside it
+    are scored by :meth:`CandidateModel.score_pairs`."""
+
+    scores: sp.csr_matrix
+    complete: bool
+
+
+def lookup(m: sp.spmatrix, items: np.ndarray) -> np.ndarray:
+    """``m[i, items[i, j]]`` for a 2-d ``items`` (0 where nothing is stored, NaN for -1
+    items), without densifying ``m``.
+
+    >>> m = sp.csr_matrix(np.array([[0, 2.0, 0], [3.0, 0, 4.0]]))
+    >>> lookup(m, np.array([[1, 0], [2, -1]])).tolist()
+    [[2.0, 0.0], [4.0, nan]]
+    """
+    rows = np.broadcast_to(np.arange(len(items), dtype=np.int64)[:, None], items.shape)
+    out = lookup_flat(m, rows.ravel(), np.maximum(items, 0).ravel()).reshape(items.shape)
+    out[items < 0] = np.nan
+    return out
+
+
+def lookup_flat(m: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``m[rows[k], cols[k]]`` as float32 (0 where nothing is stored): scipy's binary search
+    within each row, never a dense row."""
+    m = sp.csr_matrix(m)
+    if not m.nnz or not len(rows):
+        return np.zeros(len(rows), dtype=np.float32)
+    if not m.has_sorted_indices:
+        m = m.sorted_indices()
+    return np.asarray(m[rows, cols], dtype=np.float32).ravel()
 
 
 def blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:

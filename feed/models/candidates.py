@@ -1,10 +1,15 @@
 """Merged candidate lists and the features the ranker learns from.
 
-For a block of users, every source scores every post; each source's top ``n_per_source`` posts
-(never an excluded one) are merged into one candidate list per user, and every candidate gets a
-feature row: each source's score and rank (and, for personal sources, the score over the user's
-best score from that source), then post, author, category and user features. A candidate's
-reason is the reason of the source that ranks it highest.
+For a block of users, each source's top ``n_per_source`` posts (never an excluded one, one per
+product) are merged into one candidate list per user. In a catalogue of at most
+``exact_max_posts`` posts every source scores every post (dense blocks); in a larger one each
+personal source retrieves its candidates (:meth:`~feed.models.base.CandidateModel.retrieve`:
+nearest neighbours of the user's factors, neighbour expansion of the user's history) and the
+merged candidates are scored pair by pair (``score_pairs``), so the cost per user does not grow
+with the catalogue. Every candidate gets a feature row: each source's score and rank (and, for
+personal sources, the score over the user's best score from that source), then post, author,
+category and user features. A candidate's reason is the reason of the source that ranks it
+highest.
 """
 
 from __future__ import annotations
@@ -18,11 +23,21 @@ import scipy.sparse as sp
 
 from feed.contract import REASON_CODE
 from feed.features.matrices import SECONDS_PER_DAY, TrainingData
-from feed.models.base import CandidateModel, mask_rows, topk
+from feed.models.base import (
+    EXACT_MAX_POSTS,
+    CandidateModel,
+    Retrieved,
+    lookup,
+    mask_rows,
+    topk,
+)
 from feed.models.sources import Content, Fresh, Popularity, post_age_days
 
 #: Dense floats held at once while merging (users x posts x sources).
 MERGE_FLOATS = 24_000_000
+
+#: Batches of users by retrieval are sized as dense blocks of this many posts would be.
+RETRIEVAL_WIDTH = 5_000
 
 #: The key of a padding entry (-1 item) in "one item per key" selections.
 NO_KEY = np.iinfo(np.int64).min
@@ -307,6 +322,68 @@ def topk_distinct(
     return out
 
 
+def sparse_top_per_product(
+    scores: sp.spmatrix,
+    keys: np.ndarray,
+    n: int,
+    exclude: sp.spmatrix | None = None,
+    positive_only: bool = False,
+    depth: int | None = None,
+) -> np.ndarray:
+    """Row-wise top-``n`` stored entries of a sparse score matrix (-1 padded), at most one per
+    key (the best; ties: the lower index), never an entry stored in ``exclude``;
+    ``positive_only``: entries <= 0 are no candidates. The sparse twin of :func:`topk_distinct`
+    after :func:`mask_rows`: each row's best ``depth`` entries (default ``4 * n``) beyond its
+    excluded ones are read (cost linear in the stored entries), deduplicated by key, cut to
+    ``n``.
+
+    >>> m = sp.csr_matrix(np.array([[5.0, 4, 3, 2, 0], [0, 0, 1, 0, 2]]))
+    >>> ex = sp.csr_matrix(np.array([[0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]))
+    >>> sparse_top_per_product(m, np.array([0, 0, 1, 2, 3]), 3, ex, True).tolist()
+    [[0, 2, -1], [2, -1, -1]]
+    """
+    m = sp.csr_matrix(scores, dtype=np.float32)
+    n_rows = m.shape[0]
+    out = np.full((n_rows, n), -1, dtype=np.int64)
+    if not m.nnz or not n:
+        return out
+    data = m.data.copy()
+    data[~np.isfinite(data)] = -np.inf
+    if positive_only:
+        data[data <= 0] = -np.inf
+    counts = np.diff(m.indptr)
+    ex = sp.csr_matrix(exclude) if exclude is not None else None
+    n_ex = np.diff(ex.indptr) if ex is not None else np.zeros(n_rows, np.int64)
+    depth = 4 * n if depth is None else depth
+    # rows of similar length together (padding at most 2x), each as a dense (rows x width) grid
+    bucket = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    for b in np.unique(bucket[counts > 0]):
+        sel = np.flatnonzero((bucket == b) & (counts > 0))
+        width = int(counts[sel].max())
+        vals = np.full((len(sel), width), -np.inf, dtype=np.float32)
+        cols = np.full((len(sel), width), -1, dtype=np.int64)
+        starts, lens = m.indptr[sel], counts[sel]
+        r = np.repeat(np.arange(len(sel)), lens)
+        pos = np.arange(len(r)) - np.repeat(np.cumsum(lens) - lens, lens)
+        src = np.repeat(starts, lens) + pos
+        vals[r, pos] = data[src]
+        cols[r, pos] = m.indices[src]
+        k = min(width, depth + int(n_ex[sel].max(initial=0)))
+        if k < width:
+            part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+            vals = np.take_along_axis(vals, part, axis=1)
+            cols = np.take_along_axis(cols, part, axis=1)
+        if ex is not None and ex.nnz:
+            hit = lookup(ex[sel], np.maximum(cols, 0)) != 0
+            vals[hit] = -np.inf
+        order = np.lexsort((cols, -vals), axis=1)  # best first, ties: the lower index first
+        cols = np.take_along_axis(cols, order, axis=1)
+        valid = np.isfinite(np.take_along_axis(vals, order, axis=1)) & (cols >= 0)
+        kept = first_of_key(np.where(valid, keys[np.maximum(cols, 0)], NO_KEY)) & valid
+        out[sel] = compact_rows(cols, kept, n)
+    return out
+
+
 def first_of_key(keys: np.ndarray) -> np.ndarray:
     """Boolean mask of the first occurrence of each value along every row of ``keys``.
 
@@ -366,14 +443,32 @@ class CandidateBuilder:
         Built from the same TrainingData the sources were fitted on.
     n_per_source : int
         How deep each source's list is read.
+    exact_max_posts : int or None
+        Up to this many posts every source scores every post; above, personal sources
+        retrieve their candidates. None: :data:`~feed.models.base.EXACT_MAX_POSTS`.
+    fetch : int
+        A retrieval asks for ``fetch * n_per_source`` times the mean number of posts per
+        product posts per user, beyond the user's excluded ones (one post per product is
+        kept).
     """
 
     def __init__(
-        self, sources: Mapping[str, CandidateModel], context: FeatureContext, n_per_source: int
+        self,
+        sources: Mapping[str, CandidateModel],
+        context: FeatureContext,
+        n_per_source: int,
+        exact_max_posts: int | None = None,
+        fetch: int = 2,
     ) -> None:
         self.sources = dict(sources)
         self.context = context
         self.n_per_source = n_per_source
+        self.exact_max_posts = EXACT_MAX_POSTS if exact_max_posts is None else exact_max_posts
+        self.fetch = fetch
+        self.retrieval = len(context.author) > self.exact_max_posts
+        # posts per product: a retrieval fetches that many times more (one post per product)
+        self.per_key = max(1, round(len(context.keys) / max(len(np.unique(context.keys)), 1)))
+        self._order: dict[str, np.ndarray] = {}  # global sources: posts best first
         self.codes = np.array([REASON_CODE[m.reason] for m in self.sources.values()], np.uint8)
         self._global: dict[str, np.ndarray] = {}  # deduplicated scores of global sources
         self.shared_content = shared_content(self.sources)
@@ -381,13 +476,16 @@ class CandidateBuilder:
 
     def batches(self, users: np.ndarray, n_posts: int) -> Iterator[np.ndarray]:
         """Slices of ``users`` small enough to merge at once."""
-        step = max(1, MERGE_FLOATS // max(n_posts * len(self.sources), 1))
+        width = min(n_posts, RETRIEVAL_WIDTH) if self.retrieval else n_posts
+        step = max(1, MERGE_FLOATS // max(width * len(self.sources), 1))
         for lo in range(0, len(users), step):
             yield users[lo : lo + step]
 
     def build(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
         """Candidates and features of a (small) block of users."""
         users = np.asarray(users, dtype=np.int64)
+        if self.retrieval:
+            return self._build_retrieved(users, exclude)
         blocks: list[np.ndarray | None] = []
         tops = []
         by_name: dict[str, np.ndarray] = {}
@@ -422,6 +520,79 @@ class CandidateBuilder:
         features[items < 0] = np.nan
         reasons = self.codes[np.argmin(ranks, axis=0)]
         return CandidateBlock(self.n_per_source, users, items, features, ranks, reasons)
+
+    def _build_retrieved(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
+        """:meth:`build` without dense blocks: sources retrieve, candidates are scored in pairs."""
+        excluded = exclude[users] if exclude is not None else None
+        n = self.n_per_source
+        depth = np.full(len(users), self.fetch * self.per_key * n, dtype=np.int64)
+        if excluded is not None:
+            depth += np.diff(sp.csr_matrix(excluded).indptr)
+        tops: list[np.ndarray] = []
+        retrieved: list[Retrieved | None] = []
+        for name, model in self.sources.items():
+            if is_global(model):
+                tops.append(self._global_top(name, model, excluded))
+                retrieved.append(None)
+                continue
+            got = model.retrieve(users, depth)
+            if got is None:  # no retrieval: the source's dense scores, as a sparse matrix
+                block = model.score_users(users).astype(np.float32, copy=False)
+                got = Retrieved(sp.csr_matrix(block), complete=True)
+            items = sparse_top_per_product(
+                got.scores,
+                self.context.keys,
+                n,
+                excluded,
+                positive_only=model.sparse_scores,
+                depth=max(4, self.fetch * self.per_key) * n,
+            )
+            tops.append(items)
+            retrieved.append(got)
+        items = merge(tops)
+        ranks = np.stack([_ranks(top, items, n) for top in tops])
+        cols: list[np.ndarray] = []
+        safe = np.where(items >= 0, items, 0)
+        for model, got, top, rank in zip(
+            self.sources.values(), retrieved, tops, ranks, strict=True
+        ):
+            if got is None:  # a global source
+                cols += [model.scores_[safe], rank.astype(np.float32)]  # type: ignore[attr-defined]
+                continue
+            if got.complete:
+                score = lookup(got.scores, items)
+            else:
+                score = model.score_pairs(users, items)
+            cols += [score, rank.astype(np.float32)]
+            best = lookup(got.scores, np.maximum(top[:, :1], 0))  # stored scores are exact
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cols.append(np.where(best > 0, score / best, 0.0))
+        cols += self.context.features(users, items)
+        cols += agreement(ranks, self.personal, n)
+        features = np.stack([np.asarray(c, dtype=np.float32) for c in cols], axis=-1)
+        features[items < 0] = np.nan
+        reasons = self.codes[np.argmin(ranks, axis=0)]
+        return CandidateBlock(n, users, items, features, ranks, reasons)
+
+    def _global_top(
+        self, name: str, model: CandidateModel, excluded: sp.csr_matrix | None
+    ) -> np.ndarray:
+        """A global source's best ``n_per_source`` posts for each user: the first posts of its
+        one ordered list (one post per product) that the user is not excluded from."""
+        if name not in self._order:
+            best = model.scores_[None, :].astype(np.float32)  # type: ignore[attr-defined]
+            self.context.best_per_product(best)
+            order = np.argsort(-best[0], kind="stable")
+            self._order[name] = order[np.isfinite(best[0][order])]
+        order = self._order[name]
+        n_rows = excluded.shape[0] if excluded is not None else 0
+        extra = int(np.diff(sp.csr_matrix(excluded).indptr).max(initial=0)) if n_rows else 0
+        head = order[: self.n_per_source + extra]
+        grid = np.broadcast_to(head[None, :], (n_rows, len(head)))
+        keep = np.ones(grid.shape, dtype=bool)
+        if n_rows and excluded is not None and excluded.nnz:
+            keep = lookup(excluded, grid) == 0
+        return compact_rows(np.ascontiguousarray(grid), keep, self.n_per_source)
 
     def _retrieve(
         self,

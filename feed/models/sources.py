@@ -19,7 +19,14 @@ from threadpoolctl import threadpool_limits
 
 from feed.features.matrices import SECONDS_PER_DAY, TrainingData
 from feed.features.text import make_vectorizer
-from feed.models.base import BLOCK_FLOATS, CandidateModel, sparse_rows_dense
+from feed.models.base import (
+    BLOCK_FLOATS,
+    CandidateModel,
+    Retrieved,
+    lookup,
+    lookup_flat,
+    sparse_rows_dense,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,15 +160,48 @@ class MatrixFactorization(CandidateModel):
             )
         raise ValueError(f"algorithm must be 'als' or 'bpr', got {self.algorithm!r}")
 
-    def fit(self, data: TrainingData, matrix: sp.csr_matrix | None = None) -> MatrixFactorization:
-        """Factorise ``data.engagement`` (or ``matrix``); twin columns are fitted once."""
+    def fit(
+        self,
+        data: TrainingData,
+        matrix: sp.csr_matrix | None = None,
+        init: tuple[np.ndarray, np.ndarray] | None = None,
+        share: float = 1.0,
+    ) -> MatrixFactorization:
+        """Factorise ``data.engagement`` (or ``matrix``); twin columns are fitted once.
+
+        Warm start: ``init`` holds starting user and post factors, one row per row and column
+        of the matrix (the shapes of ``user_factors_`` and ``item_factors_``, BPR's bias
+        column included); a row of NaN (a new user or post) starts as implicit starts every
+        row. implicit continues from factors set before its fit, for ``share`` of the usual
+        iterations (ALS) or epochs (BPR), at least one.
+        """
         x = sp.csr_matrix(data.engagement if matrix is None else matrix, dtype=np.float32)
         keep, twin = twin_columns(x)
         distinct = sp.csr_matrix(x[:, keep])
         with threadpool_limits(1, "blas"):
             model = self._make(distinct.nnz)
+            if init is not None:
+                width = self.factors + (self.algorithm == "bpr")
+                users, items = (np.array(a, dtype=np.float32) for a in init)
+                if users.shape != (x.shape[0], width) or items.shape != (x.shape[1], width):
+                    raise ValueError(
+                        f"warm start: factors of shape {users.shape} and {items.shape} do not "
+                        f"fit a {x.shape[0]} x {x.shape[1]} matrix with {width} columns"
+                    )
+                rng = np.random.default_rng(self.random_state)
+                for rows, user in ((users, True), (items, False)):
+                    new = np.isnan(rows).any(axis=1)
+                    if self.algorithm == "als":  # implicit's ALS: uniform [0, 0.01)
+                        rows[new] = rng.random((int(new.sum()), width), np.float32) * 0.01
+                    else:  # implicit's BPR: uniform around 0 / factors; a user's bias weight 1
+                        fresh = rng.random((int(new.sum()), width), np.float32) - 0.5
+                        rows[new] = fresh / self.factors
+                        if user:
+                            rows[new, -1] = 1.0
+                model.user_factors, model.item_factors = users, np.ascontiguousarray(items[keep])
+                model.iterations = max(1, int(np.ceil(model.iterations * share)))
             model.fit(distinct, show_progress=False)
-        self.epochs_ = self.epochs(distinct.nnz) if self.algorithm == "bpr" else self.iterations
+        self.epochs_ = int(model.iterations)
         self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)[twin]
         self._item_factors64 = self.item_factors_.astype(np.float64)
@@ -170,6 +210,130 @@ class MatrixFactorization(CandidateModel):
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return dot_rows(self.user_factors_[users], self._item_factors64)
+
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """The best posts of each user by (approximate) maximum inner product search."""
+        self._check_fitted()
+        index = factor_index(self, self.item_factors_)
+        return Retrieved(index.search(self.user_factors_[users], depth), complete=False)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return dot_pairs(self.user_factors_[users], self._item_factors64, items)
+
+
+#: Factor models answer top-n queries from an approximate nearest-neighbour index (faiss HNSW)
+#: when they have more distinct item vectors than this; below, an exact product of the user's
+#: factors with every item vector (about 5 ms per 1k users at 30k items; the top-k is what
+#: costs). HNSW's recall of the exact top-100 is 0.98 on generated data but only 0.77 (ALS)
+#: and 0.64 (BPR) on the group-buy shape (docs/scaling.md, "Retrieval"), so the exact product
+#: is kept well past the catalogues measured so far.
+ANN_MIN_ITEMS = 50_000
+#: HNSW graph degree and build breadth (faiss ``IndexHNSWFlat``).
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 128
+#: A query of depth ``k`` explores ``max(HNSW_EF_MIN, HNSW_EF_FACTOR * k)`` graph nodes: the
+#: recall of the retrieval against exact top-k (tests/test_retrieval.py, docs/scaling.md).
+HNSW_EF_MIN, HNSW_EF_FACTOR = 128, 1
+_INDEX_LOCK = threading.Lock()  # blocks of users retrieve on parallel threads: build once
+
+
+def factor_index(owner: Any, items: np.ndarray) -> FactorIndex:
+    """``owner``'s :class:`FactorIndex` over ``items``, built on first use and kept."""
+    with _INDEX_LOCK:
+        index = owner.__dict__.get("_factor_index")
+        if index is None or index.source is not items:
+            index = FactorIndex(items)
+            owner.__dict__["_factor_index"] = index
+        return index
+
+
+class FactorIndex:
+    """Maximum-inner-product search over item vectors.
+
+    Identical vectors (twin posts) are indexed once and expanded back to every item. With more
+    than :data:`ANN_MIN_ITEMS` distinct vectors, faiss's HNSW graph with the inner product as
+    its similarity answers approximately (on ALS factors it recalled more of the exact top-100
+    at a given search breadth than HNSW in Euclidean distance over vectors augmented with
+    ``sqrt(max_norm^2 - |v|^2)``, the reduction implicit's faiss wrapper uses: 0.98 against
+    0.80 at ``efSearch`` 128, docs/scaling.md). Fewer vectors are scored exactly (float64,
+    as ``score_users``).
+    """
+
+    def __init__(self, items: np.ndarray, min_items: int | None = None) -> None:
+        self.source = items
+        self.n_items = len(items)
+        x = np.ascontiguousarray(items, dtype=np.float32)
+        _, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # distinct vectors in order of first appearance
+        position = np.empty_like(order)
+        position[order] = np.arange(len(order))
+        self.distinct = x[first[order]]
+        self.distinct64 = self.distinct.astype(np.float64)
+        distinct_of = position[inverse.ravel()]
+        self.members = sp.csr_matrix(
+            (np.ones(len(x), np.float32), (distinct_of, np.arange(len(x)))),
+            shape=(len(order), len(x)),
+        )
+        self.ann: Any = None
+        if len(self.distinct) > (ANN_MIN_ITEMS if min_items is None else min_items):
+            import faiss
+
+            self.ann = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            self.ann.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self.ann.add(np.ascontiguousarray(self.distinct))
+
+    def search(self, queries: np.ndarray, depth: np.ndarray) -> sp.csr_matrix:
+        """(len(queries) x n_items) CSR of each query's ``depth[i]`` best items (at least;
+        approximately with the graph) with exact scores."""
+        n_distinct = len(self.distinct)
+        depth = np.minimum(np.asarray(depth, dtype=np.int64), n_distinct)
+        width = int(depth.max(initial=0))
+        if self.ann is not None and width:  # depths rounded up to a power of two
+            width = int(min(2 ** np.ceil(np.log2(width)), n_distinct))
+        ids = np.full((len(queries), width), -1, dtype=np.int64)
+        scores = np.full(ids.shape, np.nan, dtype=np.float32)
+        if ids.shape[1] and self.ann is None:
+            block = dot_rows(queries, self.distinct64)
+            k = ids.shape[1]
+            part = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n_distinct else None
+            ids[:] = part if part is not None else np.arange(n_distinct)[None, :]
+            scores[:] = np.take_along_axis(block, ids, axis=1)
+        elif ids.shape[1]:
+            import faiss
+
+            q = np.asarray(queries, dtype=np.float32)
+            # queries of similar depth together: depths rounded up to a power of two
+            bucket = np.ceil(np.log2(np.maximum(depth, 1))).astype(np.int64)
+            for b in np.unique(bucket):
+                sel = np.flatnonzero(bucket == b)
+                k = int(min(2**b, n_distinct))
+                ef = max(HNSW_EF_MIN, HNSW_EF_FACTOR * k)
+                params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
+                # the index's inner products (float32): the scores to pick candidates by
+                sims, found = self.ann.search(np.ascontiguousarray(q[sel]), k, params=params)
+                ids[sel, :k] = found
+                scores[sel, :k] = sims
+        rows = np.broadcast_to(np.arange(len(queries))[:, None], ids.shape)
+        ok = ids >= 0
+        hits = sp.csr_matrix(
+            (scores[ok], (rows[ok], ids[ok])), shape=(len(queries), n_distinct), dtype=np.float32
+        )
+        return sp.csr_matrix(hits @ self.members)
+
+
+def dot_pairs(rows: np.ndarray, items64: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``rows[i] . items64[items[i, j]]`` in float64, rounded to float32 (NaN for -1 items):
+    the scores :func:`dot_rows` gives, for a few items per row."""
+    out = np.full(items.shape, np.nan, dtype=np.float32)
+    if not items.size:
+        return out
+    step = max(1, BLOCK_FLOATS // max(items.shape[1] * items64.shape[1], 1))
+    for lo in range(0, len(items), step):
+        it = items[lo : lo + step]
+        vecs = items64[np.maximum(it, 0)]  # (b, c, f) @ (b, f, 1): batched BLAS
+        val = np.matmul(vecs, rows[lo : lo + step].astype(np.float64)[:, :, None])[:, :, 0]
+        out[lo : lo + step] = np.where(it >= 0, val, np.nan)
+    return out
 
 
 def twin_columns(x: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -249,6 +413,16 @@ class ItemItem(CandidateModel):
     def score_users(self, users: np.ndarray) -> np.ndarray:
         scores = sparse_rows_dense(self.user_items_[users] @ self.twin_similarity_)
         return scores[:, self.twin_]
+
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """Neighbour expansion: the user's posts times the top-K neighbour matrix (every post
+        with a non-zero score, exact)."""
+        self._check_fitted()
+        scores = self.user_items_[users] @ self.twin_similarity_
+        return Retrieved(expand_twins(scores, self.twin_), complete=True)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return lookup(self.retrieve(users, np.zeros(len(users), np.int64)).scores, items)
 
     def similar_posts(self, posts: np.ndarray) -> np.ndarray:
         """Dense (len(posts), n_posts) similarities of ``posts`` to every post."""
@@ -333,6 +507,44 @@ class Content(CandidateModel):
             out[lo : lo + step] = (self.post_vectors_ @ np.ascontiguousarray(profiles.T)).T
         return out
 
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """Champion lists: the user's :data:`CONTENT_PROFILE_TERMS` heaviest profile terms,
+        each term's :data:`CONTENT_CHAMPIONS` heaviest posts; the best of those by the partial
+        cosine (over the kept terms) are scored exactly."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        profiles = top_per_row(self.profiles_[users], CONTENT_PROFILE_TERMS)
+        with _INDEX_LOCK:
+            if "_champions" not in self.__dict__:
+                self.__dict__["_champions"] = top_per_row(
+                    sp.csr_matrix(self.post_vectors_.T), CONTENT_CHAMPIONS
+                )
+        partial = sp.csr_matrix(profiles @ self.__dict__["_champions"])
+        partial.data[partial.data <= 0] = 0  # never a candidate by a partial score
+        partial.eliminate_zeros()
+        best = top_per_row(partial, int(max(depth.max(initial=0), 1)))
+        return Retrieved(rescore(self, users, best), complete=False)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The cosine of each pair: the post's TF-IDF entries times the profile's."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        out = np.full(items.shape, np.nan, dtype=np.float32)
+        flat = items.ravel()
+        ok = np.flatnonzero(flat >= 0)
+        vecs = self.post_vectors_[flat[ok]]
+        pair = np.repeat(np.arange(len(ok)), np.diff(vecs.indptr))
+        row = ok[pair] // max(items.shape[1], 1)
+        weights = np.empty(len(pair), dtype=np.float64)
+        step = max(1, BLOCK_FLOATS // max(self.profiles_.shape[1], 1))
+        bounds = np.searchsorted(row, np.arange(0, len(users) + step, step))
+        for i, lo in enumerate(range(0, len(users), step)):  # dense profiles of a few users
+            a, b = bounds[i], bounds[i + 1]
+            dense = self.profiles_[users[lo : lo + step]].toarray()
+            weights[a:b] = dense[row[a:b] - lo, vecs.indices[a:b]] * vecs.data[a:b]
+        out.ravel()[ok] = np.bincount(pair, weights=weights, minlength=len(ok))
+        return out
+
     def same_as(self, other: Content) -> bool:
         """True when ``other`` is fitted and scores every user exactly as this one does."""
         if not hasattr(self, "profiles_") or not hasattr(other, "profiles_"):
@@ -381,11 +593,35 @@ class Social(CandidateModel):
         age = post_age_days(data)
         recency = np.where(np.isfinite(age), 0.5 ** (age / half_life), 0.5)
         self.author_posts_ = sp.csr_matrix(author_posts.T @ sp.diags(recency), dtype=np.float32)
+        self.post_author_ = np.asarray(data.post_author, dtype=np.int64)
+        self.recency_ = recency.astype(np.float32)
         self.n_posts_ = n
         return self
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return sparse_rows_dense(self.affinity_[users] @ self.author_posts_)
+
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """The user's authors times each author's newest posts: as many as the deepest user
+        of the block needs (rounded up to a power of two), so an author of many posts costs
+        no more than one of a few."""
+        self._check_fitted()
+        need = int(2 ** np.ceil(np.log2(max(int(depth.max(initial=1)), 1))))
+        with _INDEX_LOCK:
+            cache = self.__dict__.setdefault("_newest", {})
+            if need not in cache:
+                cache[need] = top_per_row(self.author_posts_, need)
+        newest = cache[need]
+        scores = sp.csr_matrix(self.affinity_[users] @ newest)
+        return Retrieved(scores, complete=newest.nnz == self.author_posts_.nnz)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        safe = np.maximum(items, 0)
+        rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape).ravel()
+        aff = lookup_flat(self.affinity_[users], rows, self.post_author_[safe].ravel())
+        out = aff.reshape(items.shape) * self.recency_[safe]
+        return np.where(items >= 0, out, np.nan).astype(np.float32)
 
 
 class Trending(Popularity):
@@ -451,6 +687,32 @@ class Fresh(CandidateModel):
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.from_content(self.content_.score_users(users))
 
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """The content model's candidates and the newest posts (the best of a user without a
+        matching post), scored exactly."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        content = self.content_.retrieve(users, depth).scores
+        with _INDEX_LOCK:
+            if "_newest" not in self.__dict__:
+                self.__dict__["_newest"] = np.argsort(-self.recency_, kind="stable")
+        k = int(min(depth.max(initial=0), self.n_posts_))
+        newest = self.__dict__["_newest"][:k]
+        recent = sp.csr_matrix(
+            (
+                np.ones(len(users) * k, np.float32),
+                np.tile(newest, len(users)),
+                np.arange(len(users) + 1) * k,
+            ),
+            shape=(len(users), self.n_posts_),
+        )
+        both = sp.csr_matrix(content + recent)
+        return Retrieved(rescore(self, users, both), complete=False)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        content = self.content_.score_pairs(users, items)
+        return ((self.floor + content) * self.recency_[np.maximum(items, 0)]).astype(np.float32)
+
     def from_content(self, content_scores: np.ndarray) -> np.ndarray:
         """The scores, given :meth:`Content.score_users` of a Content model equal to
         ``content_`` (:meth:`Content.same_as`) for the same users."""
@@ -514,6 +776,37 @@ class EASE(CandidateModel):
         out = np.zeros((len(users), self.n_distinct_), dtype=np.float32)
         out[:, self.active_] = self.user_items_[users] @ self.weights_
         return out[:, self.twin_]
+
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """Exact: scores over the engaged posts only (at most ``max_items``), whatever the
+        catalogue's size; a post nobody engaged with scores 0."""
+        self._check_fitted()
+        block = np.asarray(self.user_items_[users] @ self.weights_, dtype=np.float32)
+        block[block <= 0] = 0  # sparse scores: never a candidate
+        k = int(min(max(depth.max(initial=0), 1), block.shape[1]))
+        if k < block.shape[1]:
+            part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            kept = np.zeros_like(block)
+            np.put_along_axis(kept, part, np.take_along_axis(block, part, axis=1), axis=1)
+            block = kept
+        scores = sp.csr_matrix(block)  # users x active
+        to_posts = sp.csr_matrix(
+            (np.ones(len(self.active_), np.float32), (np.arange(len(self.active_)), self.active_)),
+            shape=(len(self.active_), self.n_distinct_),
+        )
+        return Retrieved(expand_twins(scores @ to_posts, self.twin_), complete=False)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        if not hasattr(self, "_active_of"):
+            position = np.full(self.n_distinct_, -1, dtype=np.int64)
+            position[self.active_] = np.arange(len(self.active_))
+            self._active_of = position
+        block = np.asarray(self.user_items_[users] @ self.weights_, dtype=np.float32)
+        col = self._active_of[self.twin_[np.maximum(items, 0)]]
+        out = np.take_along_axis(block, np.maximum(col, 0), axis=1) if block.shape[1] else col * 0.0
+        out = np.where(col >= 0, out, 0.0)
+        return np.where(items >= 0, out, np.nan).astype(np.float32)
 
 
 class ProductCF(CandidateModel):
@@ -589,6 +882,51 @@ class ProductCF(CandidateModel):
         scores = self.product_scores(users)
         return np.asarray(self.links_.T @ scores.T, dtype=np.float32).T.copy()
 
+    def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
+        """The user's best products (nearest neighbours of the user's factors, or neighbour
+        expansion of their purchases), projected onto the posts that link them."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        if self.factors_ is not None:
+            f = self.factors_
+            per_product = max(1.0, self.n_posts_ / max(self.links_.shape[0], 1))
+            wanted = np.ceil(np.asarray(depth) / per_product).astype(np.int64)
+            products = factor_index(f, f.item_factors_).search(f.user_factors_[users], wanted)
+            posts = sp.csr_matrix(products @ self.links_)
+            if np.diff(self.links_.tocsc().indptr).max(initial=0) > 1:
+                # a post linking several products: the mean over all of them, not only the
+                # retrieved ones
+                posts = rescore(self, users, posts)
+            return Retrieved(posts, complete=False)
+        if self.similarity_ is not None:
+            products = self.user_items_[users] @ self.similarity_
+            return Retrieved(sp.csr_matrix(products @ self.links_), complete=True)
+        return Retrieved(sp.csr_matrix((len(users), self.n_posts_), dtype=np.float32), True)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Each post's mean score of the products it links."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        if "_post_links" not in self.__dict__:
+            self.__dict__["_post_links"] = sp.csr_matrix(self.links_.T)  # posts x products
+        links = self.__dict__["_post_links"]
+        out = np.full(items.shape, np.nan, dtype=np.float32)
+        flat = items.ravel()
+        ok = np.flatnonzero(flat >= 0)
+        sub = links[flat[ok]]
+        pair = np.repeat(np.arange(len(ok)), np.diff(sub.indptr))
+        row = ok[pair] // max(items.shape[1], 1)
+        if self.factors_ is not None:
+            f = self.factors_
+            u = f.user_factors_[users]
+            val = np.einsum("kf,kf->k", u[row], f.item_factors_[sub.indices])
+        elif self.similarity_ is not None:
+            val = lookup_flat(self.user_items_[users] @ self.similarity_, row, sub.indices)
+        else:
+            val = np.zeros(len(pair))
+        out.ravel()[ok] = np.bincount(pair, weights=val * sub.data, minlength=len(ok))
+        return out
+
 
 def _csr_equal(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
     """Same shape, sparsity structure and values (bit for bit)."""
@@ -606,3 +944,69 @@ def _csr_equal(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
 def _row_normalize_l1(m: sp.csr_matrix) -> sp.csr_matrix:
     sums = np.asarray(m.sum(axis=1)).ravel()
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(sums, 1e-12)) @ m)
+
+
+#: Content retrieval: profile terms kept per user, posts kept per term (champion lists).
+CONTENT_PROFILE_TERMS, CONTENT_CHAMPIONS = 32, 256
+
+
+def top_per_row(m: sp.spmatrix, k: int) -> sp.csr_matrix:
+    """Each row's ``k`` largest stored entries (which of equal values: unspecified), in
+    time linear in the stored entries (rows of similar length padded into dense blocks).
+
+    >>> top_per_row(sp.csr_matrix(np.array([[1.0, 3, 2], [0, 5, 0]])), 2).toarray().tolist()
+    [[0.0, 3.0, 2.0], [0.0, 5.0, 0.0]]
+    """
+    m = sp.csr_matrix(m)
+    m.sum_duplicates()
+    counts = np.diff(m.indptr)
+    if counts.max(initial=0) <= k:
+        return m
+    keep = np.ones(m.nnz, dtype=bool)
+    bucket = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    for b in np.unique(bucket[counts > k]):
+        sel = np.flatnonzero((bucket == b) & (counts > k))
+        width = int(counts[sel].max())
+        lens = counts[sel]
+        r = np.repeat(np.arange(len(sel)), lens)
+        pos = np.arange(len(r)) - np.repeat(np.cumsum(lens) - lens, lens)
+        src = np.repeat(m.indptr[sel], lens) + pos
+        vals = np.full((len(sel), width), -np.inf, dtype=np.float64)
+        vals[r, pos] = m.data[src]
+        where = np.full((len(sel), width), -1, dtype=np.int64)
+        where[r, pos] = src
+        part = np.argpartition(-vals, k - 1, axis=1)[:, k:]
+        drop = np.take_along_axis(where, part, axis=1)
+        keep[drop[drop >= 0]] = False
+    rows = np.repeat(np.arange(m.shape[0]), counts)
+    return sp.csr_matrix(
+        (
+            m.data[keep],
+            m.indices[keep],
+            np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=m.shape[0]))],
+        ),
+        shape=m.shape,
+    )
+
+
+def expand_twins(scores: sp.spmatrix, twin: np.ndarray) -> sp.csr_matrix:
+    """Scores over distinct columns (``twin_columns``) onto every post: ``scores[:, twin]``."""
+    members = sp.csr_matrix(
+        (np.ones(len(twin), np.float32), (twin, np.arange(len(twin)))),
+        shape=(scores.shape[1], len(twin)),
+    )
+    return sp.csr_matrix(scores @ members, dtype=np.float32)
+
+
+def rescore(model: CandidateModel, users: np.ndarray, candidates: sp.spmatrix) -> sp.csr_matrix:
+    """``candidates``' stored pairs with the model's exact scores (:meth:`score_pairs`)."""
+    c = sp.csr_matrix(candidates, dtype=np.float32)
+    c.sum_duplicates()
+    counts = np.diff(c.indptr)
+    width = int(counts.max(initial=0))
+    items = np.full((c.shape[0], max(width, 1)), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(c.shape[0]), counts)
+    cols = np.arange(c.nnz) - c.indptr[rows]
+    items[rows, cols] = c.indices
+    exact = model.score_pairs(users, items)
+    return sp.csr_matrix((exact[rows, cols], c.indices.copy(), c.indptr.copy()), shape=c.shape)

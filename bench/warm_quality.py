@@ -1,0 +1,167 @@
+"""Quality of a warm-started ``feed train`` against a full one, on held-out likes.
+
+``--test-frac`` of a dataset's likes are held out as ``feed evaluate`` holds them out (the
+protocol the data supports, :func:`feed.evaluation.splits.split`: per-user time on MovieLens);
+on the rest (the training part):
+
+* **full**: ``feed train`` (validation fits, ranker choice, page policy);
+* **warm, same data**: ``feed train --warm-start <full>`` on the same training part;
+* **warm, daily**: ``feed train`` on the oldest ``1 - --daily-frac`` of the training part
+  (the day before), then ``feed train --warm-start`` from it on the whole training part.
+
+Each version's published candidate lists are judged on the held-out likes of the users it
+lists (NDCG@20 and recall@20, as ``feed evaluate`` computes them; the published lists exclude
+what a user engaged with in training). The gap is the mean of the per-user paired difference
+with its standard error.
+
+    python -m bench.warm_quality ../shared/data/movielens-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bench.common import feed_cli, print_table
+
+K = 20
+
+
+def cut_by_time(src: Path, dst: Path, keep_frac: float) -> pd.DataFrame:
+    """Copy the dataset at ``src`` to ``dst`` with only the oldest ``keep_frac`` of its likes
+    (and the purchases before the same time); returns the likes left out."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix == ".csv":
+            shutil.copy(f, dst / f.name)
+    likes = pd.read_csv(src / "likes.csv", dtype={"user_id": str, "post_id": str})
+    times = seconds(likes["ts"])
+    cut = np.sort(times)[int(len(likes) * keep_frac)]
+    likes[times < cut].to_csv(dst / "likes.csv", index=False)
+    if (src / "purchases.csv").exists():
+        purchases = pd.read_csv(src / "purchases.csv", dtype=str)
+        if "ts" in purchases and len(purchases):
+            purchases[seconds(purchases["ts"]) < cut].to_csv(dst / "purchases.csv", index=False)
+    return likes[times >= cut]
+
+
+def hold_out(src: Path, dst: Path, test_frac: float) -> tuple[pd.DataFrame, str]:
+    """Copy the dataset at ``src`` to ``dst`` without the likes ``feed evaluate``'s split
+    holds out (the purchases are kept); returns those likes and the split's protocol."""
+    from feed.data import load
+    from feed.evaluation.splits import split
+
+    part = split(load(src), test_frac, 0, "auto")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix == ".csv":
+            shutil.copy(f, dst / f.name)
+    likes = pd.read_csv(src / "likes.csv", dtype={"user_id": str, "post_id": str})
+    test = part.test_likes[["user_id", "post_id"]].astype(str)
+    key = likes["user_id"] + "\x00" + likes["post_id"]
+    held = key.isin(set(test["user_id"] + "\x00" + test["post_id"]))
+    likes[~held].to_csv(dst / "likes.csv", index=False)
+    return likes[held], part.method
+
+
+def seconds(ts: pd.Series) -> np.ndarray:
+    """Unix seconds of a ``ts`` column (unix seconds or ISO 8601, as the data format allows)."""
+    numeric = pd.to_numeric(ts, errors="coerce")
+    if numeric.notna().all():
+        return numeric.to_numpy(np.float64)
+    return pd.to_datetime(ts, utc=True).astype("int64").to_numpy() / 1e9
+
+
+def per_user_quality(version: Path, held: pd.DataFrame) -> pd.DataFrame:
+    """NDCG@K and recall@K of a version's published lists per held-out user it lists."""
+    from feed.evaluation.metrics import ndcg_at_k, recall_at_k
+
+    with np.load(version / "candidates.npz", allow_pickle=False) as z:
+        users, items = z["users"].astype(str), z["items"][:, :K]
+    with np.load(version / "posts.npz", allow_pickle=False) as z:
+        post_ids = z["post_id"].astype(str)
+    post_index = {p: i for i, p in enumerate(post_ids)}
+    row = {u: i for i, u in enumerate(users)}
+    held = held[held["user_id"].isin(row) & held["post_id"].isin(post_index)]
+    names = np.array(sorted(held["user_id"].unique()))
+    rows = np.array([row[u] for u in names], dtype=np.int64)
+    local = {u: i for i, u in enumerate(names)}
+    truth = sp.csr_matrix(
+        (
+            np.ones(len(held)),
+            (held["user_id"].map(local).to_numpy(), held["post_id"].map(post_index).to_numpy()),
+        ),
+        shape=(len(names), len(post_ids)),
+    )
+    truth.data[:] = 1.0
+    top = items[rows].astype(np.int64)
+    return pd.DataFrame(
+        {"ndcg": ndcg_at_k(top, truth), "recall": recall_at_k(top, truth)}, index=names
+    )
+
+
+def train(data: Path, out: Path, *extra: str) -> tuple[Path, float, dict[str, Any]]:
+    seconds, stdout = feed_cli("train", str(data), "--out", str(out), "--no-progress", *extra)
+    version = out / stdout.strip().splitlines()[-1]
+    return version, seconds, json.loads((version / "manifest.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.warm_quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", type=Path, help="a dataset directory")
+    p.add_argument("--test-frac", type=float, default=0.2, help="likes held out")
+    p.add_argument("--daily-frac", type=float, default=0.05, help="the day's new likes")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
+        work = Path(tmp)
+        held, method = hold_out(args.data, work / "train", args.test_frac)
+        cut_by_time(work / "train", work / "before", 1 - args.daily_frac)
+        full, full_s, _ = train(work / "train", work / "art")
+        same, same_s, same_m = train(work / "train", work / "art", "--warm-start", str(full))
+        day, _, _ = train(work / "before", work / "art")
+        daily, daily_s, daily_m = train(work / "train", work / "art", "--warm-start", str(day))
+        base = per_user_quality(full, held)
+        rows = [("full", "", full_s, base["ndcg"].mean(), base["recall"].mean(), "", "")]
+        for name, version, seconds in (
+            ("warm, same data", same, same_s),
+            ("warm, daily (+5% likes)", daily, daily_s),
+        ):
+            q = per_user_quality(version, held).reindex(base.index)
+            gap = (q["ndcg"] - base["ndcg"]).to_numpy()
+            gap = gap[np.isfinite(gap)]
+            rows.append(
+                (
+                    name,
+                    "",
+                    seconds,
+                    q["ndcg"].mean(),
+                    q["recall"].mean(),
+                    f"{q['ndcg'].mean() / base['ndcg'].mean() - 1:+.2%}",
+                    f"{gap.mean():+.4f} ± {gap.std(ddof=1) / np.sqrt(len(gap)):.4f}",
+                )
+            )
+        print_table(
+            f"{args.data}: {len(held):,} held-out likes ({method}, {args.test_frac:.0%}) of "
+            f"{len(base):,} users; lists published by each version",
+            ("version", "", "train (s)", f"NDCG@{K}", f"recall@{K}", "vs full", "paired gap ± SE"),
+            rows,
+        )
+        for name, m in (("same data", same_m), ("daily", daily_m)):
+            print(f"\nwarm ({name}) factors: {json.dumps(m['warm_start']['factors'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
