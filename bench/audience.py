@@ -27,36 +27,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import feed_cli, print_table, private_redis
+from bench.common import biggest_merchant, feed_cli, print_table, private_redis
 
 ADMIN = "bench-admin-token-0123456789"
 
 
 def _targets(r: Any, version: str) -> tuple[str, dict[str, dict[str, Any]]]:
     """(the merchant with most posts, its three audience bodies)."""
-    from feed import contract as c
-
-    table = c.decode_json(r.get(c.version_key(version, "posts")))
-    products = sorted({p for ps in table["product_ids"] for p in ps})
-    docs = r.mget([c.product_doc_key(p, version) for p in products])
-    owner = {
-        p: (c.decode_json(d) or {}).get("merchant_id") for p, d in zip(products, docs, strict=True)
-    }
-    posts: dict[str, list[str]] = {}
-    mine: dict[str, set[str]] = {}
-    cats: dict[str, Counter[str]] = {}
-    for post, ps in zip(table["post_id"], table["product_ids"], strict=True):
-        for p in ps:
-            m = owner.get(p)
-            if m:
-                posts.setdefault(m, []).append(post)
-                mine.setdefault(m, set()).add(p)
-                cats.setdefault(m, Counter())[table["product_category"].get(p, "")] += 1
-    m = max(posts, key=lambda x: (len(posts[x]), x))
+    m, posts, products, table = biggest_merchant(r, version)
+    cats = Counter(table["product_category"].get(p, "") for p in products)
     return m, {
-        "5 products": {"product_ids": sorted(mine[m])[:5], "size": 10_000},
-        "category": {"category": cats[m].most_common(1)[0][0], "size": 10_000},
-        "like_post": {"like_post": posts[m][0], "size": 10_000},
+        "5 products": {"product_ids": products[:5], "size": 10_000},
+        "category": {"category": cats.most_common(1)[0][0], "size": 10_000},
+        "like_post": {"like_post": posts[0], "size": 10_000},
     }
 
 

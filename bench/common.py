@@ -114,3 +114,24 @@ def _cell(x: Any) -> str:
 
 
 TARGET_HEADERS = ("figure", "measured", "reference", "ratio", "target", "met")
+
+
+def biggest_merchant(r: Any, version: str) -> tuple[str, list[str], list[str], dict[str, Any]]:
+    """The merchant with most posts in the published ``version`` (read from Redis): (its id,
+    its posts, its products sorted, the version's post table)."""
+    from feed import contract as c
+
+    table = c.decode_json(r.get(c.version_key(version, "posts")))
+    products = sorted({p for ps in table["product_ids"] for p in ps})
+    docs = r.mget([c.product_doc_key(p, version) for p in products])
+    owner = {
+        p: (c.decode_json(d) or {}).get("merchant_id") for p, d in zip(products, docs, strict=True)
+    }
+    posts: dict[str, list[str]] = {}
+    mine: dict[str, set[str]] = {}
+    for post, ps in zip(table["post_id"], table["product_ids"], strict=True):
+        for m in {str(owner[p]) for p in ps if owner.get(p)}:
+            posts.setdefault(m, []).append(post)
+            mine.setdefault(m, set()).update(p for p in ps if owner.get(p) == m)
+    best = max(posts, key=lambda m: (len(posts[m]), m))
+    return best, posts[best], sorted(mine[best]), table

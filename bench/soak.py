@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, private_redis
+from bench.common import biggest_merchant, print_table, private_redis
 from bench.serve import gunicorn, prepare
 
 EVENT_TYPES = (
@@ -249,30 +249,10 @@ def _call(
         conn.close()
 
 
-def _merchant_posts(r: Any, version: str) -> tuple[str, list[str], list[str]]:
-    """(the merchant with most posts in ``version``, its posts, its products), from Redis."""
-    from feed import contract as c
-
-    table = c.decode_json(r.get(c.version_key(version, "posts")))
-    products = sorted({p for ps in table["product_ids"] for p in ps})
-    docs = r.mget([c.product_doc_key(p, version) for p in products])
-    owner = {
-        p: (c.decode_json(d) or {}).get("merchant_id") for p, d in zip(products, docs, strict=True)
-    }
-    posts: dict[str, list[str]] = {}
-    mine: dict[str, set[str]] = {}
-    for post, ps in zip(table["post_id"], table["product_ids"], strict=True):
-        for m in {str(owner[p]) for p in ps if owner.get(p)}:
-            posts.setdefault(m, []).append(post)
-            mine.setdefault(m, set()).update(p for p in ps if owner.get(p) == m)
-    best = max(posts, key=lambda m: (len(posts[m]), m))
-    return best, posts[best], sorted(mine[best])
-
-
 def _start_campaigns(port: int, r: Any, version: str, seconds: float) -> dict[str, Any]:
     """A merchant, an audience of its products (timed) and :data:`CAMPAIGNS`, flighted over
     the next ``seconds``."""
-    m, posts, products = _merchant_posts(r, version)
+    m, posts, products, _ = biggest_merchant(r, version)
     status, made = _call(port, "POST", "/v1/admin/merchants", {"merchant_id": m}, ADMIN_TOKEN)
     assert status == 201, made
     token = made["token"]
