@@ -55,6 +55,7 @@ class SimStats:
     users: int = 0
     requests: int = 0
     failed: int = 0
+    degraded: int = 0  # pages served without Redis (trending only): they measure no model
     events: int = 0
     skipped: int = 0  # users who never arrived (the deliberate skew)
     arms: dict[str, int] = field(default_factory=dict)  # users per arm seen in responses
@@ -155,6 +156,7 @@ def _session(
             logger.warning("feed request for %s failed: %s", user, resp.status_code)
             break
         page = resp.get_json()
+        stats.degraded += bool(page.get("degraded"))
         if page.get("arm"):
             stats.arms[page["arm"]] = stats.arms.get(page["arm"], 0) + 1
         events += _react(user, page, truth, rng, b)
