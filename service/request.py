@@ -221,6 +221,13 @@ def version_table(version: str) -> VersionTable:
     return t
 
 
+def live_table() -> tuple[str | None, VersionTable | None]:
+    """The live version and its post table; ``(None, None)`` when no version is live, a table
+    of None when the live one is not servable."""
+    live = store().live_version()
+    return live, store().table(live) if live else None
+
+
 def route_for(user_id: str, pinned: str | None) -> Route | None:
     """The version that serves ``user_id``, with the user's experiment and arm; None when no
     version is live and none of the below applies.

@@ -36,7 +36,14 @@ from feed import merchants as fm
 from service import campaigns as cp
 from service import merchants as accounts
 from service.errors import ApiError, bad_request, not_found
-from service.request import check_id, redis, require_admin, require_merchant, store
+from service.request import (
+    check_id,
+    live_table,
+    redis,
+    require_admin,
+    require_merchant,
+    store,
+)
 from service.schemas import Id, Model, Out, api, body
 
 bp = Blueprint("merchants", __name__)
@@ -312,9 +319,7 @@ def _campaign_error(e: cp.CampaignError) -> ApiError:
 
 
 def _live_table() -> tuple[str, Any]:
-    s = store()
-    live = s.live_version()
-    table = s.table(live) if live else None
+    live, table = live_table()
     if live is None or table is None:
         raise ApiError(503, "unavailable", "no live model version to rank users with")
     return live, table

@@ -30,6 +30,7 @@ from service.request import (
     check_id,
     is_admin,
     limit_arg,
+    live_table,
     parse_ts,
     require_writer,
     resolve_version,
@@ -42,19 +43,12 @@ from service.writes import moderation_bump, overlay_event
 bp = Blueprint("posts", __name__)
 
 
-def _live_table() -> VersionTable | None:
-    """The live version's post table; None when no servable version is live (then only posts
-    created through the API are known)."""
-    live = store().live_version()
-    return store().table(live) if live else None
-
-
 @bp.get("/v1/posts/<post_id>")
 def get_post(post_id: str) -> Any:
     """The post's card as the live version serves it (an API-created post's own card when the
     live version does not list it), with stock as of the live version's stock set."""
     check_id(post_id, "post_id")
-    table = _live_table()
+    _, table = live_table()
     glob = store().global_state(table.version if table else None, store().overlay_generation())
     hidden = _check_visible(post_id, glob)
     raw = cards(table, [post_id], edited=glob["edited"]).get(post_id)
@@ -167,7 +161,7 @@ def create_post() -> Any:
         )
     doc = c.post_document(pid, author, created, text, title, tags, products)
     s = store()
-    table = _live_table()
+    _, table = live_table()
     if table is not None and pid in table.index:  # published: the version has its card
         raise bad_request(f"post {pid!r} already exists", "duplicate_post")
     glob = s.global_state(table.version if table else None, s.overlay_generation())
