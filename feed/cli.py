@@ -132,6 +132,13 @@ def validate(data_dir: Path) -> None:
     help="Candidates kept per user.",
 )
 @click.option("--factors", default=64, show_default=True, type=click.IntRange(2, 1024))
+@click.option(
+    "--ranked-users",
+    default=None,
+    type=click.IntRange(0),
+    help="Users the learned ranker ranks, the most active first; the others get the best "
+    "single source's list (0: every user).  [default: 50000]",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option(
@@ -156,6 +163,7 @@ def train(
     out_dir: Path,
     candidates: int,
     factors: int,
+    ranked_users: int | None,
     seed: int,
     progress: bool,
     warm_start: Path | None,
@@ -171,6 +179,8 @@ def train(
       feed train data/demo --out artifacts --warm-start artifacts/<previous version>
       feed train data/demo --out artifacts --cluster tcp://scheduler:8786
     """
+    from dataclasses import replace
+
     from feed.data import DatasetError
     from feed.distributed import ClusterError
     from feed.models.ranker import WarmStartError
@@ -178,6 +188,8 @@ def train(
     from feed.train import train as run
 
     cfg = TrainConfig(n_candidates=candidates, factors=factors, random_state=seed)
+    if ranked_users is not None:
+        cfg = replace(cfg, ranked_users=ranked_users)
     try:
         path = run(
             data_dir,

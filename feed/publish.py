@@ -37,6 +37,7 @@ import redis
 from feed import artifacts
 from feed import contract as c
 from feed import versions as reg
+from feed.models.base import parallel_map
 from feed.redisclient import is_cluster
 
 logger = logging.getLogger(__name__)
@@ -339,6 +340,11 @@ def _joined(
     return np.concatenate(g), np.concatenate(u), np.concatenate(s)
 
 
+#: Users whose audience scores are computed at once (sparse rows: memory is the block's
+#: reachable products, never users x products).
+AUDIENCE_BLOCK_USERS = 4096
+
+
 def audience_index(
     art: artifacts.Artifact,
     n_max: int = c.AUDIENCE_INDEX_MAX,
@@ -355,9 +361,9 @@ def audience_index(
     bought the product in the training data. ``reach``: users with a positive score, before
     either cut. The two cuts bound the index by ``min(products x n_max, users x per_user)``
     entries of 8 bytes (item neighbours give most users a small positive score for most
-    products: uncut, the index would be users x products). Computed blockwise over users
-    (``candidates @ weights``, sparse), so memory stays at a block of users times the products
-    plus the kept entries."""
+    products: uncut, the index would be users x products). Computed over blocks of
+    users as sparse products (``candidates @ weights``): time and memory follow the scores
+    stored, never users x products."""
     import scipy.sparse as sp
 
     cand, posts, nb = art.arrays("candidates"), art.arrays("posts"), art.arrays("neighbours")
@@ -409,16 +415,34 @@ def audience_index(
     reach = np.zeros(n_prod, dtype=np.int64)
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     held, limit = 0, 4_000_000
-    block = max(1, min(8192, 2**22 // n_prod))  # dense scores of a block: <= 2**22 floats
-    for lo in range(0, len(users), block):
-        hi = min(lo + block, len(users))
-        scores = (lists[lo:hi] @ weights).toarray() + buys[lo:hi].toarray()
-        reach += (scores > 0).sum(axis=0)
-        if n_prod > per_user:  # each user enters the lists of its per_user best products only
-            cut = np.argpartition(scores, n_prod - per_user, axis=1)[:, : n_prod - per_user]
-            np.put_along_axis(scores, cut, 0.0, axis=1)
-        u, p = np.nonzero(scores > 0)
-        kept.append((p, u + lo, scores[u, p].astype(np.float32)))
+
+    def block(lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Users ``[lo, lo + AUDIENCE_BLOCK_USERS)``: (products, users, scores) of each user's
+        ``per_user`` best products, and the block's reach per product."""
+        hi = min(lo + AUDIENCE_BLOCK_USERS, len(users))
+        m = sp.csr_matrix(lists[lo:hi] @ weights + buys[lo:hi])  # sparse: no user x product
+        m.data[m.data <= 0] = 0.0
+        m.eliminate_zeros()
+        got = np.bincount(m.indices, minlength=n_prod)
+        ends = m.indptr
+        if n_prod > per_user and np.diff(ends).max(initial=0) > per_user:
+            # each user enters the lists of its per_user best products only: one partition per
+            # row, linear in the row's stored scores
+            keep = [
+                ends[i] + np.argpartition(-m.data[ends[i] : ends[i + 1]], per_user - 1)[:per_user]
+                if ends[i + 1] - ends[i] > per_user
+                else np.arange(ends[i], ends[i + 1])
+                for i in range(hi - lo)
+            ]
+            at = np.concatenate(keep)
+        else:
+            at = np.arange(m.nnz)
+        row = np.repeat(np.arange(hi - lo), np.diff(ends))[at] + lo
+        return m.indices[at].astype(np.int64), row, m.data[at].astype(np.float32), got
+
+    for p, u, sc, got in parallel_map(block, range(0, len(users), AUDIENCE_BLOCK_USERS)):
+        reach += got
+        kept.append((p, u, sc))
         held += len(p)
         if held > limit:  # prune to the best n_max of each product so far
             kept = [_top_per_group(*_joined(kept), n_max)]

@@ -16,13 +16,20 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from feed import __version__, artifacts
-from feed.contract import CONTRACT_VERSION, iso_time, post_document, unit_scores
+from feed.contract import (
+    CONTRACT_VERSION,
+    REASON_CODE,
+    iso_time,
+    post_document,
+    unit_scores,
+)
 from feed.data import Dataset, load
 from feed.distributed import check as check_cluster
 from feed.distributed import map_blocks
 from feed.evaluation.splits import choose_method
 from feed.features.matrices import EngagementWeights, TrainingData, build
-from feed.models.base import blocks, topk
+from feed.models.base import blocks, parallel_map, topk
+from feed.models.candidates import is_global
 from feed.models.default import TrainConfig, make_blend, trending_list
 from feed.models.groups import DEAL_REASONS, GroupRecs
 from feed.models.ranker import LearnedBlend, WarmStartError, WarmState
@@ -76,6 +83,63 @@ def _user_candidates(
             bar.close()
     items, scores, reasons = (np.concatenate(p) for p in zip(*parts, strict=True))
     return items, scores, reasons
+
+
+def split_by_activity(
+    data: TrainingData, users: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``users`` (ascending indices) split into those the learned ranker ranks (the ``budget``
+    most active) and the rest (:func:`cohort_candidates`), both ascending.
+
+    Activity: a user's newest like or purchase (their interaction count when the data has no
+    time, or for users without a timed event, after every timed user), then the count, then the
+    lower index. ``budget`` <= 0: no limit."""
+    if budget <= 0 or len(users) <= budget:
+        return users, users[:0]
+    count = np.asarray(data.engagement.getnnz(axis=1), dtype=np.float64)[users]
+    count += np.asarray(data.follows.getnnz(axis=1), dtype=np.float64)[users]
+    newest = np.full(data.n_users, -np.inf)
+    ds = data.source
+    if ds is not None:
+        for table in (ds.likes, ds.purchases):
+            ts = table["ts"].to_numpy(float)
+            ok = np.isfinite(ts)
+            if ok.any():
+                idx = data.users.to_internal(table["user_id"].to_numpy(str)[ok])
+                np.maximum.at(newest, idx, ts[ok])
+    order = np.lexsort((users, -count, -newest[users]))  # the last key sorts first
+    return np.sort(users[order[:budget]]), np.sort(users[order[budget:]])
+
+
+def cohort_source(blend: LearnedBlend) -> str:
+    """The source that ranks the users beyond the ranker's budget (:func:`cohort_candidates`):
+    the personal source (not the same list for everyone) with the best validation score of its
+    own, else the first personal one, else the first source."""
+    names = list(blend.names_)
+    personal = [n for n in names if not is_global(blend.sources_[n])] or names
+    score = blend.choice_.validation
+    return max(personal, key=lambda n: (score.get(f"source:{n}", -np.inf), -personal.index(n)))
+
+
+def cohort_candidates(
+    blend: LearnedBlend, data: TrainingData, users: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of the users beyond the ranker's budget (:func:`split_by_activity`): the
+    ranking of one source, :func:`cohort_source`, with its reason (no merge of sources, no
+    ranker: a fraction of the learned ranker's cost per user), never a seen post."""
+    model = blend.sources_[cohort_source(blend)]
+    seen = data.seen()
+    step = CANDIDATE_BLOCK_USERS
+    parts = parallel_map(
+        lambda lo: model.recommend(users[lo : lo + step], n, seen), range(0, len(users), step)
+    )
+    if not parts:
+        z = np.zeros((0, n))
+        return z.astype(np.int64), z.astype(np.float32), z.astype(np.uint8)
+    items = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts]).astype(np.float32)
+    why = np.where(items >= 0, REASON_CODE[model.reason], 0).astype(np.uint8)
+    return items, np.where(items >= 0, scores, -np.inf).astype(np.float32), why
 
 
 def _candidates_of(
@@ -339,9 +403,13 @@ def train(
     t = time.perf_counter()
     stage("candidates")
     active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
-    items, scores, reasons = _user_candidates(
-        blend, data, active, cfg.n_candidates, progress, cluster
-    )
+    ranked, cohort = split_by_activity(data, active, cfg.ranked_users)
+    parts = [
+        _user_candidates(blend, data, ranked, cfg.n_candidates, progress, cluster),
+        cohort_candidates(blend, data, cohort, cfg.n_candidates),
+    ]
+    order = np.argsort(np.concatenate([ranked, cohort]), kind="stable")
+    items, scores, reasons = (np.concatenate(p)[order] for p in zip(*parts, strict=True))
     timings["candidates_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -380,6 +448,8 @@ def train(
     if previous is not None:
         manifest["warm_start"] = warm_record(blend, previous, manifest["created"])
     manifest["counts"].update(
+        ranked_users=len(ranked),
+        cohort_users=len(cohort),
         post_docs=len(docs["posts"]),
         product_docs=len(docs["products"]),
         tokens=len(tokens["token"]),

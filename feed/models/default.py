@@ -73,6 +73,11 @@ class TrainConfig:
     #: listed counts as 1). With a single source left, its own ranking is published.
     weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
     n_per_source: int = 100  # each source's list depth read into the ranker's candidates
+    #: Users whose candidates the learned ranker precomputes, the most active first (newest
+    #: like or purchase, else most interactions: ``feed.train.split_by_activity``); the others
+    #: get the neighbours of their history (``feed.train.cohort_candidates``), at a cost that
+    #: does not grow with the catalogue. 0: every user. docs/scaling.md has the measurements.
+    ranked_users: int = 50_000
     #: Candidates per user a tree ranker re-scores, the best by the linear ranker
     #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
     rerank_depth: int = RERANK_DEPTH
