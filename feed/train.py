@@ -404,10 +404,9 @@ def train(
     stage("candidates")
     active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
     ranked, cohort = split_by_activity(data, active, cfg.ranked_users)
-    parts = [
-        _user_candidates(blend, data, ranked, cfg.n_candidates, progress, cluster),
-        cohort_candidates(blend, data, cohort, cfg.n_candidates),
-    ]
+    parts = [_user_candidates(blend, data, ranked, cfg.n_candidates, progress, cluster)]
+    timings["candidates_ranked_s"] = time.perf_counter() - t
+    parts.append(cohort_candidates(blend, data, cohort, cfg.n_candidates))
     order = np.argsort(np.concatenate([ranked, cohort]), kind="stable")
     items, scores, reasons = (np.concatenate(p)[order] for p in zip(*parts, strict=True))
     timings["candidates_s"] = time.perf_counter() - t

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 
 from feed.data import Dataset
 from feed.features.matrices import TrainingData, build
+from feed.models.base import parallel_map
 
 logger = logging.getLogger(__name__)
 
@@ -530,11 +531,11 @@ class GroupRecs:
         """Top-``n`` deals of ``users``: (products, probabilities, reason codes into
         :data:`DEAL_REASONS`), -1 / 0 padded."""
         n = n or self.n_deals
-        out = []
-        for lo in range(0, len(users), BLOCK_USERS):
+        w = np.array([self.weights_[f] for f in FEATURES], dtype=np.float32)
+
+        def block_deals(lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             block = users[lo : lo + BLOCK_USERS]
             pattern, feats = self.features(block)
-            w = np.array([self.weights_[f] for f in FEATURES], dtype=np.float32)
             contrib = feats * w
             s = sp.csr_matrix(
                 (contrib.sum(axis=1) + self.intercept_, pattern.indices, pattern.indptr),
@@ -548,7 +549,9 @@ class GroupRecs:
             reasons = np.zeros(items.shape, dtype=np.uint8)
             reasons[ok] = np.asarray(reason_m[rows[ok], items[ok]]).ravel() - 1
             probs = np.where(ok, _sigmoid(scores), 0.0).astype(np.float32)
-            out.append((items, probs, reasons))
+            return items, probs, reasons
+
+        out = parallel_map(block_deals, range(0, len(users), BLOCK_USERS))
         if not out:
             z = np.zeros((0, n))
             return z.astype(np.int64) - 1, z.astype(np.float32), z.astype(np.uint8)
@@ -562,7 +565,8 @@ class GroupRecs:
         n = items.shape[1]
         out = np.full((len(users), n, k), -1, dtype=np.int32)
         npr = self.xbin_.shape[1]
-        for lo in range(0, len(users), BLOCK_USERS):
+
+        def block_friends(lo: int) -> None:  # fills its own rows of out
             block = users[lo : lo + BLOCK_USERS]
             t = sp.csr_matrix(self.ties_[block])
             eu = np.repeat(np.arange(len(block)), np.diff(t.indptr))
@@ -571,7 +575,7 @@ class GroupRecs:
             starts = self.xbin_.indptr[et]
             total = int(lens.sum())
             if not total:
-                continue
+                return
             offs = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
             tp = self.xbin_.indices[np.repeat(starts, lens) + offs]
             tu, tt, tw = np.repeat(eu, lens), np.repeat(et, lens), np.repeat(ew, lens)
@@ -594,6 +598,8 @@ class GroupRecs:
             rank = np.arange(len(key)) - start
             keep = rank < k
             out[lo + tu[keep], s[keep], rank[keep]] = tt[keep]
+
+        parallel_map(block_friends, range(0, len(users), BLOCK_USERS))
         return out
 
     def summary(self) -> dict[str, Any]:
