@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,16 @@ class Artifact:
                     yield json.loads(line)
 
 
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` at zlib level 1: what ``np.load`` reads, about 4x faster to write
+    than numpy's default level for a few percent more bytes (group-buy candidates: 6.5 s and
+    197 MB against 24 s and 190 MB)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for key, value in arrays.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
 def write(
     directory: Path,
     manifest: dict[str, Any],
@@ -121,7 +132,7 @@ def write(
     for name, content in (extra or {}).items():
         (tmp / name).write_bytes(content)
     for name, arrs in arrays.items():
-        np.savez_compressed(tmp / f"{name}.npz", **arrs)  # type: ignore[arg-type]
+        save_npz(tmp / f"{name}.npz", arrs)
     for name, docs in documents.items():
         with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for d in docs:
