@@ -137,7 +137,7 @@ def validate(data_dir: Path) -> None:
     default=None,
     type=click.IntRange(0),
     help="Users the learned ranker ranks, the most active first; the others get the best "
-    "single source's list (0: every user).  [default: 25000]",
+    "single source's list (0: every user).  [default: 20000]",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--progress/--no-progress", default=True, show_default=True)

@@ -77,7 +77,7 @@ class TrainConfig:
     #: like or purchase, else most interactions: ``feed.train.split_by_activity``); the others
     #: get the neighbours of their history (``feed.train.cohort_candidates``), at a cost that
     #: does not grow with the catalogue. 0: every user. docs/scaling.md has the measurements.
-    ranked_users: int = 25_000
+    ranked_users: int = 20_000
     #: Candidates per user a tree ranker re-scores, the best by the linear ranker
     #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
     rerank_depth: int = RERANK_DEPTH
