@@ -75,8 +75,9 @@ class TrainConfig:
     n_per_source: int = 100  # each source's list depth read into the ranker's candidates
     #: Users whose candidates the learned ranker precomputes, the most active first (newest
     #: like or purchase, else most interactions: ``feed.train.split_by_activity``); the others
-    #: get the neighbours of their history (``feed.train.cohort_candidates``), at a cost that
-    #: does not grow with the catalogue. 0: every user. docs/scaling.md has the measurements.
+    #: get the list of the one personal source with the best validation score
+    #: (``feed.train.cohort_candidates``), at a tenth to a twentieth of the ranker's cost per
+    #: user. 0: every user. docs/scaling.md has the measurements (time and quality).
     ranked_users: int = 20_000
     #: Candidates per user a tree ranker re-scores, the best by the linear ranker
     #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
