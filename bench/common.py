@@ -49,19 +49,30 @@ def generate(out: Path, likes: int, posts: int | None = None, seed: int = 1) -> 
     )
 
 
+def feed_cli_measured(*args: str, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run ``feed ARGS`` in a fresh interpreter: (wall seconds, peak RSS in GB, stdout). Raises
+    on failure."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "feed.cli", *args],
+            stdout=out,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"feed {' '.join(args)} failed:\n{err.read()[-3000:]}")
+        return seconds, usage.ru_maxrss / 1e6, out.read()  # ru_maxrss is in KB on Linux
+
+
 def feed_cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Run ``feed ARGS`` in a fresh interpreter; (wall seconds, stdout). Raises on failure."""
-    t = time.perf_counter()
-    res = subprocess.run(
-        [sys.executable, "-m", "feed.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    seconds = time.perf_counter() - t
-    if res.returncode != 0:
-        raise RuntimeError(f"feed {' '.join(args)} failed:\n{res.stderr[-2000:]}")
-    return seconds, res.stdout
+    """:func:`feed_cli_measured` without the memory: (wall seconds, stdout)."""
+    seconds, _, stdout = feed_cli_measured(*args, env=env)
+    return seconds, stdout
 
 
 def free_port() -> int:

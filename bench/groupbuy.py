@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import print_table, private_redis
+from bench.common import feed_cli_measured, print_table, private_redis
 
 #: The outside dataset's counts (scale 1.0).
 USERS, PRODUCTS, GROUPS, MEMBERS, PURCHASES = 184_000, 30_000, 365_000, 156_000, 310_000
@@ -149,33 +146,13 @@ def generate(out: Path, scale: float = 1.0, seed: int = 7) -> dict[str, int]:
     return counts
 
 
-def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run ``feed ARGS`` in a fresh interpreter: (wall seconds, peak RSS in GB, stdout)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "feed.cli", *args],
-            stdout=out,
-            stderr=err,
-            env={**os.environ, **(env or {})},
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.perf_counter() - t
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"feed {' '.join(args)} failed:\n{err.read()[-3000:]}")
-        return seconds, usage.ru_maxrss / 1e6, out.read()  # ru_maxrss is in KB on Linux
-
-
 def time_commands(data: Path, work: Path) -> None:
     """validate, train and publish ``data``; a table of wall seconds, RSS and stage times."""
     rows: list[tuple[Any, ...]] = []
-    s, rss, _ = run_measured(["validate", str(data)])
+    s, rss, _ = feed_cli_measured("validate", str(data))
     rows.append(("feed validate", s, rss))
     art = work / "artifacts"
-    s, rss, stdout = run_measured(["train", str(data), "--out", str(art), "--no-progress"])
+    s, rss, stdout = feed_cli_measured("train", str(data), "--out", str(art), "--no-progress")
     train_s, train_rss = s, rss
     rows.append(("feed train", s, rss))
     version = stdout.strip().splitlines()[-1]
@@ -185,7 +162,8 @@ def time_commands(data: Path, work: Path) -> None:
     stages += [(f"    fit: {k.removesuffix('_s')}", v, "") for k, v in fit.items()]
     rows += stages
     with private_redis() as url:
-        s, rss, _ = run_measured(["publish", str(art / version), "--activate", "--redis-url", url])
+        args = ("publish", str(art / version), "--activate", "--redis-url", url)
+        s, rss, _ = feed_cli_measured(*args)
     rows.append(("feed publish", s, rss))
     print_table(f"group-buy dataset {data}", ("command / stage", "seconds", "peak RSS GB"), rows)
     print_table(
