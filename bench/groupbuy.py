@@ -157,7 +157,11 @@ def time_commands(data: Path, work: Path) -> None:
     rows.append(("feed train", s, rss))
     version = stdout.strip().splitlines()[-1]
     manifest = json.loads((art / version / "manifest.json").read_text())
-    stages = [(f"  {k.removesuffix('_s')}", v, "") for k, v in manifest["timings"].items()]
+    rss = manifest.get("peak_rss_mb", {})  # the process's peak by the end of each stage
+    stages = [
+        (f"  {k.removesuffix('_s')}", v, rss.get(k.removesuffix("_s"), 0) / 1e3 or "")
+        for k, v in manifest["timings"].items()
+    ]
     fit = manifest.get("model", {}).get("timings", {})
     stages += [(f"    fit: {k.removesuffix('_s')}", v, "") for k, v in fit.items()]
     rows += stages

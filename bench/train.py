@@ -31,6 +31,7 @@ from typing import Any
 from bench.common import (
     TARGET_HEADERS,
     feed_cli,
+    feed_cli_measured,
     generate,
     human,
     parse_count,
@@ -77,7 +78,7 @@ def run_size(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
     gen_s = time.perf_counter() - t
     matrix = engagement_matrix(data)
     als_before = bare_als(matrix)
-    train_s, stdout = feed_cli(
+    train_s, rss_gb, stdout = feed_cli_measured(
         "train", str(data), "--out", str(out), "--no-progress", "--factors", str(FACTORS)
     )
     als_after = bare_als(matrix)
@@ -91,9 +92,11 @@ def run_size(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
         "nnz": matrix.nnz,
         "generate_s": gen_s,
         "train_s": train_s,
+        "rss_gb": rss_gb,
         "als_s": (als_before + als_after) / 2,
         "als_runs": (als_before, als_after),
         "timings": manifest["timings"],
+        "peak_rss_mb": manifest.get("peak_rss_mb", {}),
         "fit_timings": manifest["model"].get("timings", {}),
         "artifact": out / version,
         "artifact_mb": sum(f.stat().st_size for f in (out / version).iterdir()) / 1e6,
@@ -112,7 +115,7 @@ def run_warm(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
     als_before = bare_als(matrix)
     full_s, stdout = feed_cli("train", str(before), "--out", str(out), "--no-progress")
     previous = out / stdout.strip().splitlines()[-1]
-    warm_s, stdout = feed_cli(
+    warm_s, rss_gb, stdout = feed_cli_measured(
         "train", str(data), "--out", str(out), "--no-progress", "--warm-start", str(previous)
     )
     als_after = bare_als(matrix)
@@ -126,26 +129,45 @@ def run_warm(likes: int, work: Path, posts: int | None) -> dict[str, Any]:
         "nnz": matrix.nnz,
         "full_s": full_s,
         "train_s": warm_s,
+        "rss_gb": rss_gb,
         "als_s": (als_before + als_after) / 2,
         "als_runs": (als_before, als_after),
         "timings": manifest["timings"],
+        "peak_rss_mb": manifest.get("peak_rss_mb", {}),
         "fit_timings": manifest["model"].get("timings", {}),
         "factors": manifest["warm_start"]["factors"],
     }
 
 
+STAGE_HEADERS = ("stage", "seconds", "share", "x bare ALS", "peak RSS by its end (GB)")
+SUB_STAGES = {"candidates_ranked_s"}  # a part of the stage after it, not a stage of its own
+
+
+def stage_rows(res: dict[str, Any], breakdown: bool = False) -> list[tuple[Any, ...]]:
+    """One row per stage of the manifest's timings (sub-stages indented, ``breakdown``: the
+    fit's parts too), the rest of the wall time as "write, start-up", and the total."""
+    total, rss = res["train_s"], res.get("peak_rss_mb", {})
+    rows: list[tuple[Any, ...]] = []
+    for k, v in res["timings"].items():
+        name = k.removesuffix("_s")
+        row = (v, f"{v / total:.0%}", ratio(v, res["als_s"]), rss.get(name, 0) / 1e3 or "")
+        rows.append(((f"  {name}" if k in SUB_STAGES else name), *row))
+        if breakdown and k == "fit_s":  # validation slices, choice, final fits per source
+            rows += [
+                (f"  {part.removesuffix('_s')}", s, f"{s / total:.0%}", "", "")
+                for part, s in res["fit_timings"].items()
+            ]
+    rest = total - sum(v for k, v in res["timings"].items() if k not in SUB_STAGES)
+    rows.append(("write, start-up", rest, f"{rest / total:.0%}", ratio(rest, res["als_s"]), ""))
+    return rows + [("total", total, "100%", ratio(total, res["als_s"]), res["rss_gb"])]
+
+
 def report_warm(res: dict[str, Any]) -> None:
-    stages = dict(res["timings"])
-    stages["write, start-up"] = res["train_s"] - sum(stages.values())
-    rows = [
-        (k.removesuffix("_s"), v, f"{v / res['train_s']:.0%}", ratio(v, res["als_s"]))
-        for k, v in stages.items()
-    ]
     print_table(
         f"feed train --warm-start on {res['likes']:,} likes ({res['new_likes']:,} new since the "
         f"previous version): {res['users']:,} users x {res['posts']:,} posts",
-        ("stage", "seconds", "share", "x bare ALS"),
-        rows + [("total", res["train_s"], "100%", ratio(res["train_s"], res["als_s"]))],
+        STAGE_HEADERS,
+        stage_rows(res),
     )
     print(f"\nfactors: {json.dumps(res['factors'])}")
     a, b = res["als_runs"]
@@ -169,21 +191,11 @@ def report_warm(res: dict[str, Any]) -> None:
 
 def report(res: dict[str, Any]) -> None:
     size = human(res["size"])
-    stages = dict(res["timings"])
-    stages["write, start-up"] = res["train_s"] - sum(stages.values())
-    rows = []
-    for k, v in stages.items():
-        rows.append((k.removesuffix("_s"), v, f"{v / res['train_s']:.0%}", ratio(v, res["als_s"])))
-        if k == "fit_s":  # its breakdown: validation slices, choice, final fits per source
-            rows += [
-                (f"  {part.removesuffix('_s')}", s, f"{s / res['train_s']:.0%}", "")
-                for part, s in res["fit_timings"].items()
-            ]
     print_table(
         f"feed train on {res['likes']:,} likes: {res['users']:,} users x {res['posts']:,} posts, "
         f"{res['nnz']:,} non-zeros (artifact {res['artifact_mb']:.0f} MB)",
-        ("stage", "seconds", "share", "x bare ALS"),
-        rows + [("total", res["train_s"], "100%", ratio(res["train_s"], res["als_s"]))],
+        STAGE_HEADERS,
+        stage_rows(res, breakdown=True),
     )
     r = ratio(res["train_s"], res["als_s"])
     a, b = res["als_runs"]
@@ -265,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio",
                 "train growth",
                 "likes growth",
+                "peak RSS (GB)",
             ),
             [
                 (
@@ -275,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{ratio(s['train_s'], s['als_s']):.1f}x",
                     f"{ratio(s['train_s'], base['train_s']):.1f}x",
                     f"{ratio(s['likes'], base['likes']):.1f}x",
+                    s["rss_gb"],
                 )
                 for s in summary
             ],

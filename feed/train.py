@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import platform
+import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -47,6 +48,28 @@ def _progress(it: Any, enabled: bool, **kw: Any) -> Any:
     from tqdm import tqdm
 
     return tqdm(it, **kw)
+
+
+class StageClock:
+    """Each stage's wall seconds (``timings``: ``<stage>_s``) and this process's peak resident
+    memory by the stage's end (``peak_rss_mb``: a high-water mark, so the stage where it
+    rises is the one that needed the memory; Dask workers' memory is their own)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, int] = {}
+        self._start = time.perf_counter()
+
+    def split(self, name: str) -> None:
+        """Record ``name`` as the time since the current stage began, without ending it."""
+        self.timings[f"{name}_s"] = time.perf_counter() - self._start
+        # ru_maxrss is in KiB on Linux
+        self.peak_rss_mb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+    def lap(self, name: str) -> None:
+        """End stage ``name`` and begin the next."""
+        self.split(name)
+        self._start = time.perf_counter()
 
 
 #: Users per task of the candidate stage at most (the blend's merge batches split them finer).
@@ -374,67 +397,58 @@ def train(
     """
     cfg = config or TrainConfig()
     stage = on_stage or (lambda name: None)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
+    clock = StageClock()
     previous = previous_model(warm_start) if warm_start is not None else None
     engine = {"kind": "threads"} if cluster is None else {"kind": "dask", **check_cluster(cluster)}
     stage("features")
     ds = dataset if isinstance(dataset, Dataset) else load(dataset)
-    timings["load_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.lap("load")
     data = build(ds, EngagementWeights())
     if cfg.split == "auto":  # validation mirrors the protocol the data supports
         method, why = choose_method(ds, cfg.val_frac)
         logger.info("validation split: %s (%s)", method, why)
         cfg = replace(cfg, split=method)
-    timings["features_s"] = time.perf_counter() - t
+    clock.lap("features")
 
-    t = time.perf_counter()
     stage("fitting sources")
     if previous is None:
         blend = make_blend(cfg).fit(data)
     else:
         blend = make_blend(cfg).fit_warm(data, previous[0])
-    timings["fit_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.lap("fit")
     content, item = _side_models(blend, data, ds, cfg)
-    timings["fit_side_models_s"] = time.perf_counter() - t
+    clock.lap("fit_side_models")
 
-    t = time.perf_counter()
     stage("candidates")
     active = np.flatnonzero(np.diff(data.engagement.indptr) + np.diff(data.follows.indptr) > 0)
     ranked, cohort = split_by_activity(data, active, cfg.ranked_users)
     parts = [_user_candidates(blend, data, ranked, cfg.n_candidates, progress, cluster)]
-    timings["candidates_ranked_s"] = time.perf_counter() - t
+    clock.split("candidates_ranked")
     parts.append(cohort_candidates(blend, data, cohort, cfg.n_candidates))
     order = np.argsort(np.concatenate([ranked, cohort]), kind="stable")
     items, scores, reasons = (np.concatenate(p)[order] for p in zip(*parts, strict=True))
-    timings["candidates_s"] = time.perf_counter() - t
+    clock.lap("candidates")
 
-    t = time.perf_counter()
     stage("neighbours")
     nb_items, nb_scores = _neighbours(
         data, content, item, cfg.n_neighbours, cfg.max_content_neighbour_posts, cluster
     )
-    timings["neighbours_s"] = time.perf_counter() - t
+    clock.lap("neighbours")
 
-    t = time.perf_counter()
     trend_items, trend_scores = trending_list(blend, data, cfg.n_trending)
     tokens = token_index(content, data)
-    timings["tokens_s"] = time.perf_counter() - t
+    clock.lap("tokens")
 
-    t = time.perf_counter()
     stage("group deals")
     group_recs, group_arrays = group_lists(data)
-    timings["group_deals_s"] = time.perf_counter() - t
+    clock.lap("group_deals")
 
-    t = time.perf_counter()
     stage("writing")
     data_fp = fingerprint(ds)
     vid = version or new_version_id(data_fp, cfg)
     docs = {"posts": list(post_documents(ds)), "products": list(product_documents(ds))}
-    timings["documents_s"] = time.perf_counter() - t
-    manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, timings)
+    clock.lap("documents")
+    manifest = _manifest(vid, data_fp, cfg, data, ds, items, nb_items, clock)
     manifest["model"] = blend.summary()
     manifest["engine"] = engine  # where the candidate and neighbour stages ran
     manifest["group_model"] = group_recs.summary()
@@ -592,7 +606,7 @@ def _manifest(
     ds: Dataset,
     items: np.ndarray,
     nb_items: np.ndarray,
-    timings: dict[str, float],
+    clock: StageClock,
 ) -> dict[str, Any]:
     import implicit
     import sklearn
@@ -623,6 +637,7 @@ def _manifest(
             "buyers": int(ds.purchases["user_id"].nunique()),
             "neighbour_posts": int((nb_items[:, 0] >= 0).sum()) if len(nb_items) else 0,
         },
-        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "timings": {k: round(v, 3) for k, v in clock.timings.items()},
+        "peak_rss_mb": clock.peak_rss_mb,
         "metrics": {},
     }

@@ -112,3 +112,18 @@ def test_feed_train_takes_the_budget_and_refuses_a_negative_one(runner: Any) -> 
 
     res = runner.invoke(main, ["train", "nowhere", "--ranked-users", "-1"])
     assert res.exit_code == 2 and "--ranked-users" in res.output
+
+
+def test_the_manifest_times_each_stage_and_records_the_peak_memory_by_its_end(
+    budgeted: Path,
+) -> None:
+    mf = artifacts.read(budgeted).manifest
+    stages = [k.removesuffix("_s") for k in mf["timings"]]
+    assert stages[:3] == ["load", "features", "fit"] and "candidates_ranked" in stages
+    assert all(v >= 0 for v in mf["timings"].values())
+    # the sub-stage (the ranked users) is part of the candidate stage, not added to it
+    assert mf["timings"]["candidates_ranked_s"] <= mf["timings"]["candidates_s"]
+    rss = mf["peak_rss_mb"]
+    assert list(rss) == stages  # one high-water mark per stage, in order
+    marks = list(rss.values())
+    assert marks[0] > 50 and marks == sorted(marks)  # a Python process with numpy; never falls
