@@ -261,6 +261,8 @@ def test_default_model_reports_its_validation_choice(block: tuple[Dataset, Train
     assert not tree or f"{summary['kind'].split('+')[0]}:all" in summary["validation"]
     reasons = model.recommend_with_reasons(np.arange(4), 5, block[1].seen())[2]
     assert reasons.dtype == np.uint8
+    # one Content fit serves the content and fresh sources (their profiles are held once)
+    assert model.sources_["fresh"].content_ is model.sources_["content"]
 
 
 def test_two_stage_ranking_rescores_only_the_linear_rankers_best() -> None:
@@ -406,6 +408,20 @@ def test_fresh_reuses_content_scores_exactly(block: tuple[Dataset, TrainingData]
     np.testing.assert_array_equal(a.reasons, b.reasons)
     other = Content(min_df=1).fit(replace(data, engagement=data.engagement[::-1]))
     assert shared_content({"content": other, "fresh": sources["fresh"]}) == {}
+
+
+def test_fresh_takes_a_fitted_content_as_its_own_only_when_it_is_its_own_kind(
+    block: tuple[Dataset, TrainingData],
+) -> None:
+    _, data = block
+    content = Content(min_df=1).fit(data)
+    shared = Fresh(min_df=1).fit(data, content=content)
+    alone = Fresh(min_df=1).fit(data)
+    assert shared.content_ is content
+    users = np.arange(data.n_users)
+    np.testing.assert_array_equal(shared.score_users(users), alone.score_users(users))
+    with pytest.raises(ValueError, match="other settings"):
+        Fresh(min_df=2).fit(data, content=content)
 
 
 def test_default_model_bpr_budget_kicks_in_above_the_threshold(

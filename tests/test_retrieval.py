@@ -130,3 +130,31 @@ def test_retrieval_excludes_seen_posts_and_lists_one_post_per_product(
         if name not in ("popularity", "trending", "fresh"):
             assert mine.sum() > 0, name
     assert (listed.sum(axis=1) > DEPTH).all()
+
+
+def test_pairs_are_scored_a_few_rows_at_a_time_with_the_same_values(
+    data: TrainingData, sources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``score_pairs_chunked`` bounds the memory of a block's pair scoring by splitting its
+    rows; every personal source scores a row from its user alone, so the values are those of
+    one call, bit for bit (padding -1 included)."""
+    import feed.models.sources as src
+
+    rng = np.random.default_rng(1)
+    users = rng.choice(data.n_users, 120, replace=False)
+    items = rng.integers(0, data.n_posts, size=(len(users), 40))
+    items[rng.random(items.shape) < 0.1] = -1
+    monkeypatch.setattr(src, "PAIR_CHUNK", 7 * items.shape[1])  # 7 rows a call, 18 calls
+    calls, checked = [], []
+    for name, model in sources.items():
+        if not hasattr(model, "score_pairs"):
+            continue
+        checked.append(name)
+        whole = model.score_pairs(users, items)
+        orig = model.score_pairs
+        monkeypatch.setattr(model, "score_pairs", lambda u, i, f=orig: calls.append(1) or f(u, i))
+        parts = src.score_pairs_chunked(model, users, items)
+        np.testing.assert_array_equal(parts, whole, err_msg=name)
+        assert len(calls) == 18, name
+        calls.clear()
+    assert {"als", "product_als", "product_knn", "itemknn", "content", "fresh"} <= set(checked)

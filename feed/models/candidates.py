@@ -31,7 +31,13 @@ from feed.models.base import (
     mask_rows,
     topk,
 )
-from feed.models.sources import Content, Fresh, Popularity, post_age_days
+from feed.models.sources import (
+    Content,
+    Fresh,
+    Popularity,
+    post_age_days,
+    score_pairs_chunked,
+)
 
 #: Dense floats held at once while merging (users x posts x sources).
 MERGE_FLOATS = 24_000_000
@@ -562,7 +568,7 @@ class CandidateBuilder:
             if got.complete:
                 score = lookup(got.scores, items)
             else:
-                score = model.score_pairs(users, items)
+                score = score_pairs_chunked(model, users, items)
             cols += [score, rank.astype(np.float32)]
             best = lookup(got.scores, np.maximum(top[:, :1], 0))  # stored scores are exact
             with np.errstate(invalid="ignore", divide="ignore"):

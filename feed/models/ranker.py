@@ -65,7 +65,14 @@ from feed.models.candidates import (
     product_keys,
     select_top,
 )
-from feed.models.sources import EASE, MatrixFactorization, ProductCF, twin_columns
+from feed.models.sources import (
+    EASE,
+    Content,
+    Fresh,
+    MatrixFactorization,
+    ProductCF,
+    twin_columns,
+)
 from feed.models.tuning import (
     NOISE_SE,
     TUNE_USERS,
@@ -551,6 +558,12 @@ class LearnedBlend:
         jobs = [(i, name) for i in range(len(stages)) for name in names if (i, name) not in given]
         jobs.sort(key=lambda job: -fit_cost(self.sources[job[1]]))
         decayed_data = [_Lazy(partial(decayed, s.data)) for s in stages]
+        # Fresh's profiles are Content's (the fit's largest arrays: 380 terms a user at 1M
+        # likes): when both are fitted on the same data, one Content fit per stage serves both
+        share = self._content_for_fresh(names)
+        content_fits = (
+            [_Lazy(partial(self.prototype("content").fit, s.data)) for s in stages] if share else []
+        )
 
         def fit(job: tuple[int, str]) -> tuple[CandidateModel, float]:
             # the time-decayed data is built on the pool too (by the first job that needs it)
@@ -559,7 +572,11 @@ class LearnedBlend:
             data = decayed_data[i].get() if name in self.decayed else stages[i].data
             model = self.prototype(name)
             init = getattr(self, "warm_init_", {}).get(name)
-            if init is not None and isinstance(model, MatrixFactorization):
+            if share and name == "content":
+                model = content_fits[i].get()
+            elif share and name == "fresh":
+                model = model.fit(data, content=content_fits[i].get())  # type: ignore[call-arg]
+            elif init is not None and isinstance(model, MatrixFactorization):
                 try:  # only the warm path sets init
                     model.fit(data, init=init, share=WARM_SHARE)
                 except ValueError as e:  # stored factors that do not fit this source
@@ -579,6 +596,16 @@ class LearnedBlend:
             for name in names:
                 self._add_time(f"{stage.name}:{name}", results[name][1])
         return [{name: f[name][0] for name in names} for f in fitted]
+
+    def _content_for_fresh(self, names: list[str]) -> bool:
+        """Whether the fresh source can take the content source's fit of a stage as its own
+        (both fitted here, on the same data, with the same text settings)."""
+        if "content" not in names or "fresh" not in names:
+            return False
+        if "content" in self.decayed or "fresh" in self.decayed:
+            return False
+        content, fresh = self.prototype("content"), self.prototype("fresh")
+        return isinstance(content, Content) and isinstance(fresh, Fresh) and fresh.shares(content)
 
     def _learn(
         self, dataset: Dataset, metric: str, final: Stage

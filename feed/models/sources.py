@@ -675,14 +675,25 @@ class Fresh(CandidateModel):
         self.floor = floor
         self.min_df = min_df
 
-    def fit(self, data: TrainingData) -> Fresh:
+    def fit(self, data: TrainingData, content: Content | None = None) -> Fresh:
+        """``content``: a :class:`Content` this model :meth:`shares`, already fitted on the
+        same ``data``, taken as its own (not copied) instead of fitting another."""
         age = post_age_days(data)
         half_life = self.half_life_days or typical_age_days(data)
         self.recency_ = np.where(np.isfinite(age), 0.5 ** (age / half_life), 0.5)
         self.recency_ = self.recency_.astype(np.float32)
-        self.content_ = Content(min_df=self.min_df).fit(data)
+        if content is not None:
+            if not self.shares(content) or content.n_posts_ != data.n_posts:
+                raise ValueError("content: a Content with other settings or of other data")
+            self.content_ = content
+        else:
+            self.content_ = Content(min_df=self.min_df).fit(data)
         self.n_posts_ = data.n_posts
         return self
+
+    def shares(self, content: Content) -> bool:
+        """True when ``content`` is the text model this one fits (the same settings)."""
+        return content.get_params() == {"min_df": self.min_df}
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.from_content(self.content_.score_users(users))
@@ -998,6 +1009,29 @@ def expand_twins(scores: sp.spmatrix, twin: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix(scores @ members, dtype=np.float32)
 
 
+#: Pairs a :func:`score_pairs_chunked` call scores at once. Scoring a pair gathers the post's
+#: stored entries (content: its dozens of terms; product CF: its links times the factors), so
+#: a block of users' retrieved candidates scored in one call took gigabytes (1.7 GB for 435
+#: users' product-ALS candidates at 20k posts, 7 GB of peak RSS for the candidate stage at 1M
+#: likes); a few rows at a time bound it, with the same values.
+PAIR_CHUNK = 1 << 16
+
+
+def score_pairs_chunked(model: CandidateModel, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``model.score_pairs(users, items)`` computed a block of rows at a time (at most about
+    :data:`PAIR_CHUNK` pairs): every source scores a row from its user alone, so the values
+    are the same."""
+    rows = max(1, PAIR_CHUNK // max(items.shape[1], 1))
+    if len(users) <= rows:
+        return model.score_pairs(users, items)  # type: ignore[attr-defined]
+    return np.concatenate(
+        [
+            model.score_pairs(users[lo : lo + rows], items[lo : lo + rows])  # type: ignore[attr-defined]
+            for lo in range(0, len(users), rows)
+        ]
+    )
+
+
 def rescore(model: CandidateModel, users: np.ndarray, candidates: sp.spmatrix) -> sp.csr_matrix:
     """``candidates``' stored pairs with the model's exact scores (:meth:`score_pairs`)."""
     c = sp.csr_matrix(candidates, dtype=np.float32)
@@ -1008,5 +1042,5 @@ def rescore(model: CandidateModel, users: np.ndarray, candidates: sp.spmatrix) -
     rows = np.repeat(np.arange(c.shape[0]), counts)
     cols = np.arange(c.nnz) - c.indptr[rows]
     items[rows, cols] = c.indices
-    exact = model.score_pairs(users, items)
+    exact = score_pairs_chunked(model, users, items)
     return sp.csr_matrix((exact[rows, cols], c.indices.copy(), c.indptr.copy()), shape=c.shape)
