@@ -1023,10 +1023,10 @@ def score_pairs_chunked(model: CandidateModel, users: np.ndarray, items: np.ndar
     are the same."""
     rows = max(1, PAIR_CHUNK // max(items.shape[1], 1))
     if len(users) <= rows:
-        return model.score_pairs(users, items)  # type: ignore[attr-defined]
+        return model.score_pairs(users, items)
     return np.concatenate(
         [
-            model.score_pairs(users[lo : lo + rows], items[lo : lo + rows])  # type: ignore[attr-defined]
+            model.score_pairs(users[lo : lo + rows], items[lo : lo + rows])
             for lo in range(0, len(users), rows)
         ]
     )
