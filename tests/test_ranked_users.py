@@ -112,6 +112,9 @@ def test_feed_train_takes_the_budget_and_refuses_a_negative_one(runner: Any) -> 
 
     res = runner.invoke(main, ["train", "nowhere", "--ranked-users", "-1"])
     assert res.exit_code == 2 and "--ranked-users" in res.output
+    # the help states TrainConfig's default (written out: the CLI does not import training)
+    res = runner.invoke(main, ["train", "--help"], terminal_width=400)
+    assert f"[default: {TrainConfig().ranked_users}]" in " ".join(res.output.split())
 
 
 def test_the_manifest_times_each_stage_and_records_the_peak_memory_by_its_end(

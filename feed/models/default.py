@@ -76,8 +76,8 @@ class TrainConfig:
     #: Users whose candidates the learned ranker precomputes, the most active first (newest
     #: like or purchase, else most interactions: ``feed.train.split_by_activity``); the others
     #: get the list of the one personal source with the best validation score
-    #: (``feed.train.cohort_candidates``), at a tenth to a twentieth of the ranker's cost per
-    #: user. 0: every user. docs/scaling.md has the measurements (time and quality).
+    #: (``feed.train.cohort_candidates``), 13 to 23 times cheaper per user than the ranker on
+    #: the group-buy shape. 0: every user. docs/scaling.md has the measurements (time and quality).
     ranked_users: int = 20_000
     #: Candidates per user a tree ranker re-scores, the best by the linear ranker
     #: (:data:`~feed.models.ranker.RERANK_DEPTH`).
