@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, work: Path, url: str) -> None:
     t = time.perf_counter()
     users, products, reach, per = audience_index(art)
     index_s = time.perf_counter() - t
-    kept = sum(len(u) for u, _ in per)
+    kept = sum(len(u) for u, _, _ in per)
     r = from_url(url, socket_timeout=300.0)
     r.flushall()
     before = int(r.info("memory")["used_memory"])

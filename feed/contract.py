@@ -219,33 +219,52 @@ def audience_index_key(version: str, product_id: str | None = None) -> str:
     return version_key(version, "aud:users" if product_id is None else f"aud:p:{product_id}")
 
 
-def encode_audience_index(reach: int, users: np.ndarray, scores: np.ndarray) -> bytes:
-    """A product's audience index: ``reach`` (users with a positive score, before the cut),
-    then the kept users' indices (uint32, into the version's user table) and scores (float32),
-    best first: 8 bytes a user.
+#: The high bit of a user index in an audience index blob: the user bought the product in the
+#: training data, and its score holds the +1 for it (a target of several such products adds
+#: that 1 once, as the scan did).
+AUDIENCE_BOUGHT_BIT = 1 << 31
 
-    >>> r, u, s = decode_audience_index(encode_audience_index(7, np.array([4, 2]), [1.5, 0.25]))
-    >>> r, u.tolist(), s.tolist()
-    (7, [4, 2], [1.5, 0.25])
+
+def encode_audience_index(
+    reach: int, users: np.ndarray, scores: np.ndarray, bought: np.ndarray | None = None
+) -> bytes:
+    """A product's audience index: ``reach`` (users with a positive score, before the cut),
+    then the kept users' indices (uint32, into the version's user table; the high bit,
+    :data:`AUDIENCE_BOUGHT_BIT`, set for a user who bought the product, whose score includes
+    the +1 for it) and scores (float32), best first: 8 bytes a user. Blobs written before the
+    bit existed decode as "nobody bought", their scores as they were.
+
+    >>> blob = encode_audience_index(7, np.array([4, 2]), [1.5, 0.25], np.array([True, False]))
+    >>> r, u, s, b = decode_audience_index(blob)
+    >>> r, u.tolist(), s.tolist(), b.tolist()
+    (7, [4, 2], [1.5, 0.25], [True, False])
     """
-    u = np.asarray(users, dtype="<u4")
+    u = np.asarray(users, dtype=np.int64)
     s = np.asarray(scores, dtype="<f4")
     if u.shape != s.shape or u.ndim != 1:
         raise ValueError("users and scores must be 1-D arrays of the same length")
-    return np.array([reach, len(u)], dtype="<u4").tobytes() + u.tobytes() + s.tobytes()
+    if len(u) and (u.min() < 0 or u.max() >= AUDIENCE_BOUGHT_BIT):
+        raise ValueError(f"user indices must lie in [0, {AUDIENCE_BOUGHT_BIT})")
+    if bought is not None:
+        u = np.where(np.asarray(bought, dtype=bool), u | AUDIENCE_BOUGHT_BIT, u)
+    head = np.array([reach, len(u)], dtype="<u4").tobytes()
+    return head + u.astype("<u4").tobytes() + s.tobytes()
 
 
-def decode_audience_index(blob: bytes | None) -> tuple[int, np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_audience_index`: (reach, user indices, scores); empty when
-    absent."""
+def decode_audience_index(
+    blob: bytes | None,
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_audience_index`: (reach, user indices, scores, bought); empty
+    when absent."""
     if not blob:
-        return 0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        empty = np.zeros(0, dtype=np.int64)
+        return 0, empty, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
     reach, n = (int(x) for x in np.frombuffer(blob, dtype="<u4", count=2))
     if len(blob) != 8 + 8 * n:
         raise ValueError(f"audience index of {len(blob)} bytes does not hold {n} users")
-    users = np.frombuffer(blob, dtype="<u4", count=n, offset=8).astype(np.int64)
+    raw = np.frombuffer(blob, dtype="<u4", count=n, offset=8).astype(np.int64)
     scores = np.frombuffer(blob, dtype="<f4", count=n, offset=8 + 4 * n)
-    return reach, users, scores
+    return reach, raw & (AUDIENCE_BOUGHT_BIT - 1), scores, raw >= AUDIENCE_BOUGHT_BIT
 
 
 def doc_key(version: str | None, kind: str, item_id: str) -> str:

@@ -349,10 +349,10 @@ def audience_index(
     art: artifacts.Artifact,
     n_max: int = c.AUDIENCE_INDEX_MAX,
     per_user: int = c.AUDIENCE_INDEX_PER_USER,
-) -> tuple[list[str], list[str], np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[list[str], list[str], np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """The version's audience index: (user table, products, reach per product, per product the
-    best ``n_max`` (user indices, scores) among the users for whom it is one of their
-    ``per_user`` best products).
+    best ``n_max`` (user indices, scores, bought) among the users for whom it is one of their
+    ``per_user`` best products; ``bought``: the score holds the +1 of a purchase).
 
     A user's score for a product is the audience score ``service.campaigns`` gave by scanning
     every candidate list: each post of the user's list weighs ``1 / log2(rank + 2)`` times 1 when
@@ -449,8 +449,10 @@ def audience_index(
             held = len(kept[0][0])
             limit = max(limit, 2 * held)
     g, u, s = _top_per_group(*_joined(kept), n_max)
+    buys = buys.tocoo()
+    flagged = np.isin(u * n_prod + g, buys.row.astype(np.int64) * n_prod + buys.col)
     bounds = np.searchsorted(g, np.arange(n_prod + 1))
-    per = [(u[bounds[i] : bounds[i + 1]], s[bounds[i] : bounds[i + 1]]) for i in range(n_prod)]
+    per = [(u[a:b], s[a:b], flagged[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     return users, products, reach, per
 
 

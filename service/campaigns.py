@@ -220,10 +220,10 @@ def rank_indexed(
     :data:`TARGET_PRODUCTS_MAX` with the largest reach (:func:`_widest`, one more pipeline), so
     a request reads at most that many blobs (each at most 80 KB) whatever the catalogue.
 
-    A user's score is the sum of its scores over the target products (each product's score
-    already holds +1 for its purchase, so a user who bought k target products gets +k; the
-    scan takes each post's best weight over the products and +1 for any purchase: see
-    docs/architecture.md, "The audience index"). ``estimated_size`` is exact (the users with
+    A user's score is the sum of its scores over the target products, with +1 once for
+    buying any of them (each product's score holds +1 for its purchase, flagged in the index;
+    the scan takes each post's best weight over the products: see docs/architecture.md, "The
+    audience index"). ``estimated_size`` is exact (the users with
     a positive score in the index) when no product's list was cut; otherwise
     ``U x (1 - prod_p (1 - reach_p / U))``, U the version's users with candidates and reach_p
     the users with a positive score for product p before the cut (independent products), and
@@ -251,14 +251,17 @@ def rank_indexed(
             _INDEX_USERS[version] = users
     n_users = len(users)
     total = np.zeros(n_users, dtype=np.float64)
+    buys = np.zeros(n_users, dtype=np.int64)  # target products each user bought
     miss = 1.0
     complete = True
     for blob in blobs:
-        reach, idx, scores = c.decode_audience_index(blob)
+        reach, idx, scores, bought = c.decode_audience_index(blob)
         ok = idx < n_users
         np.add.at(total, idx[ok], scores[ok])
+        np.add.at(buys, idx[ok & bought], 1)
         complete = complete and reach == len(idx)
         miss *= 1.0 - min(reach, n_users) / max(n_users, 1)
+    total -= np.maximum(buys - 1, 0)  # a purchase of the target adds 1 once, as in the scan
     found = np.flatnonzero(total > 0)
     estimated = len(found) if complete else max(len(found), round(n_users * (1.0 - miss)))
     if len(found) > size:  # the best `size` (and every user tied with the last), then sort

@@ -233,11 +233,20 @@ def test_publish_writes_a_bounded_audience_index_deleted_with_the_version(
     # each product keeps its best n users: the first n of the uncut list, reach unchanged
     _, _, reach5, per5 = audience_index(art, n_max=5)
     assert (reach5 == reach).all()
-    for (u5, s5), (u, s) in zip(per5, per, strict=True):
+    for (u5, s5, _), (u, s, _) in zip(per5, per, strict=True):
         assert len(u5) == min(5, len(u)) and list(u5) == list(u[:5]) and list(s5) == list(s[:5])
         assert list(s) == sorted(s, reverse=True)
     stored = c.decode_audience_index(r.get(c.audience_index_key(published, products[0])))
     assert stored[0] == reach[0] and list(stored[1]) == list(per[0][0])
+    # a listed user is flagged exactly when it bought the product in the training data
+    bought = art.arrays("purchases")
+    pairs = set(zip(bought["user"].tolist(), bought["product"].tolist(), strict=True))
+    flags = [
+        ((users[u], x) in pairs, bool(f))
+        for x, (us, _, fs) in zip(products, per, strict=True)
+        for u, f in zip(us.tolist(), fs.tolist(), strict=True)
+    ]
+    assert sum(f for _, f in flags) > 0 and all(a == b for a, b in flags)
     # `feed versions delete` removes the index with the version
     reg.delete(r, published, force=True)
     assert index_keys(r, published) == []
@@ -273,15 +282,34 @@ def test_the_index_ranks_as_the_scan_did(r: Any, shop: dict[str, Any]) -> None:
     assert fast.get_json()["estimated_size"] == slow.get_json()["estimated_size"] == len(b)
 
 
+def test_a_purchase_of_several_target_products_adds_one_once(r: Any) -> None:
+    """Each product's score holds +1 for its purchase (flagged in the index); a user who bought
+    two target products gets that 1 once, as the scan gave it: the sum of the two scores minus
+    one."""
+    v = "vtest-bought"
+    r.set(c.audience_index_key(v), c.encode_json(["a", "b", "c"]))
+    one = c.encode_audience_index(3, [0, 1, 2], [1.5, 1.25, 0.5], [True, True, False])
+    r.set(c.audience_index_key(v, "p1"), one)
+    r.set(c.audience_index_key(v, "p2"), c.encode_audience_index(1, [0], [1.25], [True]))
+    try:
+        ranked, estimated, _ = cp.rank_indexed(r, v, {"p1", "p2"}, 10)
+        assert ranked == [("a", 1.75), ("b", 1.25), ("c", 0.5)] and estimated == 3
+        alone, _, _ = cp.rank_indexed(r, v, {"p1"}, 10)
+        assert alone == [("a", 1.5), ("b", 1.25), ("c", 0.5)]
+    finally:
+        r.delete(*(c.audience_index_key(v, p) for p in (None, "p1", "p2")))
+        cp._INDEX_USERS.pop(v, None)
+
+
 def test_estimated_size_of_cut_lists_counts_users_beyond_them(r: Any, shop: dict[str, Any]) -> None:
     """A product whose list was cut (here: by hand, to 3 users) estimates from its reach, never
     less than the users found."""
     client, m, auth, v = shop["client"], shop["m"], shop["auth"], shop["version"]
     product = sorted(shop["mine"]["products"])[0]
     key = c.audience_index_key(v, product)
-    reach, users, scores = c.decode_audience_index(r.get(key))
+    reach, users, scores, bought = c.decode_audience_index(r.get(key))
     assert reach > 3
-    r.set(key, c.encode_audience_index(reach, users[:3], scores[:3]))
+    r.set(key, c.encode_audience_index(reach, users[:3], scores[:3], bought[:3]))
     resp = client.post(
         f"/v1/merchants/{m}/audiences", json={"product_ids": [product], "size": 100}, headers=auth
     )
@@ -330,9 +358,9 @@ def test_a_wide_category_is_ranked_by_its_widest_products(
 def test_two_products_the_index_and_the_scan_agree_on_most_top_users(
     r: Any, shop: dict[str, Any]
 ) -> None:
-    """Two products: the index sums the per-product scores (a post linking both, a neighbour
-    of both's posts and a purchase count twice), the scan takes each post's best weight and +1
-    for any purchase; so the scores differ, but the top users mostly agree."""
+    """Two products: the index sums the per-product scores (a post linking both or a
+    neighbour of both's posts counts twice), the scan takes each post's best weight; so the
+    scores differ, but the top users mostly agree."""
     client, m, auth, v = shop["client"], shop["m"], shop["auth"], shop["version"]
     index = {
         p: c.decode_audience_index(r.get(c.audience_index_key(v, p)))
