@@ -488,3 +488,24 @@ def test_default_model_fits_data_without_any_time(block: tuple[Dataset, Training
     model = make_blend(cfg).fit(data)
     items, _ = model.recommend(np.arange(data.n_users), 10, data.seen())
     assert (items >= 0).sum(axis=1).min() > 0
+
+
+def test_decayed_data_reweights_events_and_shares_the_rest(dataset_dir: Path) -> None:
+    """Time-decayed data (what trending fits on) is the dataset built with the half-life, its
+    interaction matrices recomputed and everything else (id maps, social graph, texts) shared
+    with the undecayed data rather than built again."""
+    from feed.features.matrices import RECENT_SHARE, SECONDS_PER_DAY, EngagementWeights, decayed
+
+    ds = load(dataset_dir)
+    data = build(ds)
+    assert ds.has_timestamps
+    out = decayed(data)
+    stamps = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
+    span = (stamps.max() - np.quantile(stamps, 1.0 - RECENT_SHARE)) / SECONDS_PER_DAY
+    ref = build(ds, EngagementWeights(half_life_days=max(float(span), 1.0)))
+    for name in ("likes", "purchases", "engagement"):
+        a, b = getattr(out, name), getattr(ref, name)
+        assert (a != b).nnz == 0 and a.nnz == b.nnz
+        assert (getattr(data, name) != a).nnz > 0  # events did decay
+    assert out.users is data.users and out.follows is data.follows
+    assert out.post_text is data.post_text and out.now == data.now

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class IdMap:
@@ -37,13 +39,15 @@ class IdMap:
         if len(self._index) != len(ext):
             raise ValueError("IdMap: external ids are not unique")
         self.external = ext.astype(str) if len(ext) else np.array([], dtype=str)
-        self._lookup = pd.Index(self.external.astype(object))
+        self._values = _arrow(self.external)
 
     @classmethod
     def from_values(cls, *columns: Iterable[str]) -> IdMap:
         """Build a map of the distinct values of several columns, in first-seen order."""
-        values = [_strings(col) for col in columns]
-        return cls(pd.unique(np.concatenate(values)) if values else [])
+        if not columns:
+            return cls([])
+        values = pa.chunked_array([_arrow(col) for col in columns], type=pa.large_string())
+        return cls(pc.unique(values).to_pylist())
 
     def __len__(self) -> int:
         return len(self._index)
@@ -57,10 +61,11 @@ class IdMap:
 
     def to_internal(self, external_ids: Iterable[str], strict: bool = True) -> np.ndarray:
         """Internal indices (int64) of ``external_ids``; unknown ids raise, or map to -1."""
-        values = _strings(external_ids)
-        out = self._lookup.get_indexer(values).astype(np.int64, copy=False)
+        values = _arrow(external_ids)
+        found = pc.index_in(values, value_set=self._values)
+        out = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         if strict and (out < 0).any():
-            raise KeyError(f"unknown id {values[np.argmax(out < 0)]!r}")
+            raise KeyError(f"unknown id {values[int(np.argmax(out < 0))].as_py()!r}")
         return out
 
     def to_external(self, internal_ids: Iterable[int] | np.ndarray) -> np.ndarray:
@@ -68,8 +73,17 @@ class IdMap:
         return self.external[np.asarray(internal_ids, dtype=np.int64)]
 
 
-def _strings(values: Iterable[str]) -> np.ndarray:
-    """``values`` as an object array of Python strings."""
+def _arrow(values: Iterable[str]) -> pa.Array:
+    """``values`` as an Arrow string array: without a Python object per value when they are
+    already strings (a pandas string column is handed over as it is stored), else each value
+    converted with ``str``."""
     if not isinstance(values, np.ndarray | pd.Series | pd.Index):
         values = list(values)
-    return np.asarray(pd.Series(values, dtype=object).astype(str), dtype=object)
+    try:
+        arr = pa.array(values, type=pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        arr = None
+    if arr is None or arr.null_count:  # not strings (or missing values): as str() prints them
+        strings = pd.Series(values, dtype=object).astype(str)
+        arr = pa.array(strings.to_numpy(object), type=pa.large_string())
+    return arr

@@ -14,7 +14,7 @@ dataset with groups and no follows still has one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -243,32 +243,18 @@ def _newest(ds: Dataset) -> float:
     return float(max(finite)) if finite else float("nan")
 
 
-def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData:
-    """Build the matrices and metadata of a dataset.
-
-    Parameters
-    ----------
-    ds : Dataset
-        A validated dataset (:func:`feed.data.load`).
-    weights : EngagementWeights, optional
-        Interaction weights and optional time decay.
-    """
-    w = weights or EngagementWeights()
-    users, products = _user_ids(ds), _product_ids(ds)
-    posts = IdMap(ds.posts["post_id"])
+def _interactions(
+    ds: Dataset,
+    maps: tuple[IdMap, IdMap, IdMap],
+    post_products: sp.csr_matrix,
+    hidden: sp.csr_matrix,
+    w: EngagementWeights,
+    now: float,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """(likes, purchases, engagement) of ``ds`` under the weights ``w`` (decayed by age when it
+    has a half-life), hidden pairs left out: the part of :func:`build` that the weights change."""
+    users, posts, products = maps
     nu, npo, npr = len(users), len(posts), len(products)
-    now = _newest(ds)
-
-    lengths = ds.posts["product_ids"].map(len).to_numpy()
-    flat = [p for ids in ds.posts["product_ids"] for p in ids]
-    post_products = _coo(
-        np.repeat(np.arange(npo), lengths),
-        products.to_internal(flat),
-        np.ones(len(flat)),
-        (npo, npr),
-    )
-    post_products.data[:] = 1.0
-
     lk = ds.likes
     likes = _coo(
         users.to_internal(lk["user_id"]),
@@ -308,10 +294,41 @@ def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData
         engagement = engagement + w.purchase_attributed * attributed
     engagement = sp.csr_matrix(engagement, dtype=np.float32)
     engagement.eliminate_zeros()
-    # hides are negatives: a hidden pair leaves the engagement (and is never recommended)
+    return _without(likes, hidden), purchases, _without(engagement, hidden)
+
+
+def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData:
+    """Build the matrices and metadata of a dataset.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A validated dataset (:func:`feed.data.load`).
+    weights : EngagementWeights, optional
+        Interaction weights and optional time decay.
+    """
+    w = weights or EngagementWeights()
+    users, products = _user_ids(ds), _product_ids(ds)
+    posts = IdMap(ds.posts["post_id"])
+    nu, npo, npr = len(users), len(posts), len(products)
+    now = _newest(ds)
+
+    lengths = ds.posts["product_ids"].map(len).to_numpy()
+    flat = [p for ids in ds.posts["product_ids"] for p in ids]
+    post_products = _coo(
+        np.repeat(np.arange(npo), lengths),
+        products.to_internal(flat),
+        np.ones(len(flat)),
+        (npo, npr),
+    )
+    post_products.data[:] = 1.0
+
     post_author = users.to_internal(ds.posts["author_id"])
     hidden = _hidden(ds, users, posts, post_author)
-    engagement, likes = _without(engagement, hidden), _without(likes, hidden)
+    # hides are negatives: a hidden pair leaves the engagement (and is never recommended)
+    likes, purchases, engagement = _interactions(
+        ds, (users, posts, products), post_products, hidden, w, now
+    )
 
     fo = ds.follows
     follows = _coo(
@@ -362,7 +379,14 @@ def decayed(data: TrainingData) -> TrainingData:
         return data
     stamps = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
     span = (np.max(stamps) - np.quantile(stamps, 1.0 - RECENT_SHARE)) / SECONDS_PER_DAY
-    return build(ds, EngagementWeights(half_life_days=max(float(span), 1.0)))
+    w = EngagementWeights(half_life_days=max(float(span), 1.0))
+    hidden = data.hidden
+    if hidden is None:
+        hidden = _hidden(ds, data.users, data.posts, data.post_author)
+    likes, purchases, engagement = _interactions(
+        ds, (data.users, data.posts, data.products), data.post_products, hidden, w, data.now
+    )  # the id maps, the social graph and the texts are the same: shared, not rebuilt
+    return replace(data, likes=likes, purchases=purchases, engagement=engagement, hidden=hidden)
 
 
 def _post_documents(
