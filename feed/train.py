@@ -134,6 +134,19 @@ def split_by_activity(
     return np.sort(users[order[:budget]]), np.sort(users[order[budget:]])
 
 
+def _unit_rows(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``unit_scores(scores[order])`` computed a block of rows at a time (its temporaries are
+    several copies of what it is given)."""
+    out = np.empty((len(order), scores.shape[1] if scores.ndim == 2 else 0), dtype=np.float32)
+    for lo in range(0, len(order), UNIT_BLOCK_ROWS):
+        out[lo : lo + UNIT_BLOCK_ROWS] = unit_scores(scores[order[lo : lo + UNIT_BLOCK_ROWS]])
+    return out
+
+
+#: Rows of candidate scores scaled at once (:func:`_unit_rows`).
+UNIT_BLOCK_ROWS = 65_536
+
+
 def cohort_source(blend: LearnedBlend) -> str:
     """The source that ranks the users beyond the ranker's budget (:func:`cohort_candidates`):
     the personal source (not the same list for everyone) with the best validation score of its
@@ -426,7 +439,12 @@ def train(
     clock.split("candidates_ranked")
     parts.append(cohort_candidates(blend, data, cohort, cfg.n_candidates))
     order = np.argsort(np.concatenate([ranked, cohort]), kind="stable")
-    items, scores, reasons = (np.concatenate(p)[order] for p in zip(*parts, strict=True))
+    # the artifact's types at once (int32 posts, unit float32 scores): the stages after this
+    # one and the writing run beside these arrays, not beside int64/float64 copies of them
+    items = np.concatenate([p[0].astype(np.int32, copy=False) for p in parts])[order]
+    scores = _unit_rows(np.concatenate([p[1] for p in parts]), order)
+    reasons = np.concatenate([p[2] for p in parts])[order]
+    del parts
     clock.lap("candidates")
 
     stage("neighbours")
@@ -479,8 +497,8 @@ def train(
         },
         "candidates": {
             "users": data.users.to_external(active),
-            "items": items.astype(np.int32),
-            "scores": unit_scores(scores),
+            "items": items,
+            "scores": scores,
             "reasons": reasons.astype(np.uint8),
         },
         "neighbours": {"items": nb_items.astype(np.int32), "scores": unit_scores(nb_scores)},

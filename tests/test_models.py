@@ -509,3 +509,27 @@ def test_decayed_data_reweights_events_and_shares_the_rest(dataset_dir: Path) ->
         assert (getattr(data, name) != a).nnz > 0  # events did decay
     assert out.users is data.users and out.follows is data.follows
     assert out.post_text is data.post_text and out.now == data.now
+
+
+def test_content_profiles_by_blocks_of_users_equal_one_product(
+    block: tuple[Dataset, TrainingData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Content's profiles, computed a block of users at a time to bound the fit's memory, are
+    exactly the row-normalised ``engagement @ posts + purchases @ products`` of every user."""
+    from feed.models import sources
+
+    _, data = block
+    whole = Content(min_df=1).fit(data)
+    monkeypatch.setattr(sources, "PROFILE_BLOCK_USERS", 7)
+    blocked = Content(min_df=1).fit(data)
+    assert data.n_users > 3 * 7 and data.purchases.nnz
+    prod_docs = [
+        f"{t} {c}" for t, c in zip(data.product_titles, data.product_categories, strict=True)
+    ]
+    raw = data.engagement @ whole.post_vectors_ + data.purchases @ whole.vectorizer_.transform(
+        prod_docs
+    )
+    ref = sources._row_normalize(sp.csr_matrix(raw, dtype=np.float32))
+    for got in (whole.profiles_, blocked.profiles_):
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        assert (got != ref).nnz == 0

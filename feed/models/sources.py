@@ -36,6 +36,28 @@ def _row_normalize(m: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m)
 
 
+def _stack_rows(blocks: list[sp.csr_matrix]) -> sp.csr_matrix:
+    """The CSR blocks stacked on each other, each block released as soon as it is copied (so
+    the stack costs its own size and one block, not twice its size as ``sp.vstack``'s would);
+    ``blocks`` is emptied."""
+    nnz = sum(b.nnz for b in blocks)
+    index = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
+    n_rows = sum(b.shape[0] for b in blocks)
+    data = np.empty(nnz, dtype=blocks[0].dtype)
+    indices = np.empty(nnz, dtype=index)
+    indptr = np.zeros(n_rows + 1, dtype=index)
+    pos = row = 0
+    shape = (n_rows, blocks[0].shape[1])
+    while blocks:
+        b = blocks.pop(0)
+        data[pos : pos + b.nnz] = b.data
+        indices[pos : pos + b.nnz] = b.indices
+        indptr[row + 1 : row + 1 + b.shape[0]] = b.indptr[1:] + pos
+        pos, row = pos + b.nnz, row + b.shape[0]
+        del b
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
+
+
 def post_age_days(data: TrainingData) -> np.ndarray:
     """Age of every post at ``data.now`` in days, clipped at 0 (a post created after the newest
     training event is as new as it gets); NaN when unknown."""
@@ -457,6 +479,10 @@ def post_tfidf(texts: list[str], min_df: int) -> tuple[Any, sp.csr_matrix]:
         return vec, vectors
 
 
+#: Users whose content profiles are computed at once (:meth:`Content.fit`).
+PROFILE_BLOCK_USERS = 32_768
+
+
 class Content(CandidateModel):
     """TF-IDF content similarity: the user's profile is the sum of the posts they engaged with
     and the titles/categories of products they bought; it also scores posts nobody engaged with.
@@ -478,15 +504,26 @@ class Content(CandidateModel):
         min_df = min(self.min_df, max(1, data.n_posts // 2))
         vec, self.post_vectors_ = post_tfidf(data.post_text, min_df)
         self.vectorizer_ = vec
-        profiles = data.engagement @ self.post_vectors_
+        prod_vecs = None
         if data.purchases.nnz and hasattr(vec, "vocabulary_"):
             prod_docs = [
                 f"{t} {c}"
                 for t, c in zip(data.product_titles, data.product_categories, strict=True)
             ]
             prod_vecs = vec.transform(prod_docs)
-            profiles = profiles + data.purchases @ prod_vecs
-        self.profiles_ = _row_normalize(sp.csr_matrix(profiles, dtype=np.float32))
+
+        def profiles(lo: int) -> sp.csr_matrix:
+            # a block of users at a time: the float64 product and its sum, the profiles'
+            # largest transient arrays, never exist for every user at once (each row's
+            # values are the same either way)
+            rows = slice(lo, lo + PROFILE_BLOCK_USERS)
+            block = data.engagement[rows] @ self.post_vectors_
+            if prod_vecs is not None:
+                block = block + data.purchases[rows] @ prod_vecs
+            return _row_normalize(sp.csr_matrix(block, dtype=np.float32))
+
+        blocks = [profiles(lo) for lo in range(0, max(data.n_users, 1), PROFILE_BLOCK_USERS)]
+        self.profiles_ = _stack_rows(blocks)
         self.n_posts_ = data.n_posts
         return self
 
