@@ -19,6 +19,11 @@ the figures are the cost of a page itself; their refreshes (a round trip or two 
     python -m bench.page_cost --artifact A --callgrind --pages 300
     python -m bench.page_cost --artifact A --callgrind --api-posts 500
     python -m bench.page_cost --likes 20k --catalogues 2k,200k   # a page vs catalogue size
+    python -m bench.page_cost --catalogues 2k,200k --artifact A2K,A200K   # versions trained before
+
+The page policy is each version's own (learned on its data) unless ``FEED_PAGE_*`` variables
+(docs/configuration.md) set one for every version: the diverse page's work depends on the
+policy's discounts, so hold them fixed to see what the catalogue itself costs.
 
 To compare two commits, run the same command in a checkout of each (``git worktree add``).
 Instructions are not time: system calls (the Redis round trips' send and receive) cost nothing
@@ -107,11 +112,14 @@ def catalogue_sweep(args: argparse.Namespace, work: Path) -> int:
     from service import create_app
 
     sizes = [s.strip() for s in args.catalogues.split(",")]
+    given = args.artifact.split(",") if args.artifact else [None] * len(sizes)
+    if len(given) != len(sizes):
+        raise SystemExit("--artifact with --catalogues: one version directory per size")
     clients, users = {}, {}
     with ExitStack() as stack:
-        for size in sizes:
+        for size, version in zip(sizes, given, strict=True):
             url = stack.enter_context(private_redis())
-            sub = argparse.Namespace(**{**vars(args), "posts": size, "artifact": None})
+            sub = argparse.Namespace(**{**vars(args), "posts": size, "artifact": version})
             artifact = prepare(sub, work / size)
             publish(from_url(url, socket_timeout=60.0), artifact, activate=True)
             users[size] = [
