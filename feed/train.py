@@ -137,7 +137,7 @@ def split_by_activity(
 def _unit_rows(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
     """``unit_scores(scores[order])`` computed a block of rows at a time (its temporaries are
     several copies of what it is given)."""
-    out = np.empty((len(order), scores.shape[1] if scores.ndim == 2 else 0), dtype=np.float32)
+    out = np.empty((len(order), scores.shape[1]), dtype=np.float32)
     for lo in range(0, len(order), UNIT_BLOCK_ROWS):
         out[lo : lo + UNIT_BLOCK_ROWS] = unit_scores(scores[order[lo : lo + UNIT_BLOCK_ROWS]])
     return out

@@ -371,9 +371,9 @@ def build(ds: Dataset, weights: EngagementWeights | None = None) -> TrainingData
 
 
 def decayed(data: TrainingData) -> TrainingData:
-    """``data`` with every event of its source decayed by age (half-life: the time span of the
-    newest :data:`RECENT_SHARE` of likes and purchases); ``data`` itself when its source has
-    no timestamps."""
+    """``data`` with every event of its source decayed by its age at ``data.now`` (a validation
+    slice's cut, on a slice), half-life the time span of the newest :data:`RECENT_SHARE` of
+    likes and purchases; ``data`` itself when its source has no timestamps."""
     ds = data.source
     if ds is None or not ds.has_timestamps:
         return data

@@ -54,7 +54,6 @@ def _stack_rows(blocks: list[sp.csr_matrix]) -> sp.csr_matrix:
         indices[pos : pos + b.nnz] = b.indices
         indptr[row + 1 : row + 1 + b.shape[0]] = b.indptr[1:] + pos
         pos, row = pos + b.nnz, row + b.shape[0]
-        del b
     return sp.csr_matrix((data, indices, indptr), shape=shape)
 
 
