@@ -138,13 +138,9 @@ def _unit_rows(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
     """``unit_scores(scores[order])`` computed a block of rows at a time (its temporaries are
     several copies of what it is given)."""
     out = np.empty((len(order), scores.shape[1]), dtype=np.float32)
-    for lo in range(0, len(order), UNIT_BLOCK_ROWS):
-        out[lo : lo + UNIT_BLOCK_ROWS] = unit_scores(scores[order[lo : lo + UNIT_BLOCK_ROWS]])
+    for lo, hi in blocks(len(order), scores.shape[1]):
+        out[lo:hi] = unit_scores(scores[order[lo:hi]])
     return out
-
-
-#: Rows of candidate scores scaled at once (:func:`_unit_rows`).
-UNIT_BLOCK_ROWS = 65_536
 
 
 def cohort_source(blend: LearnedBlend) -> str:
