@@ -103,6 +103,53 @@ def test_lazy_greedy_picks_what_a_full_scan_picks(seed: int) -> None:
         assert [(c.post_id, c.score) for c in fast] == [(c.post_id, c.score) for c in slow]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pools_of_version_and_fresh_posts_pick_what_a_full_scan_picks(seed: int) -> None:
+    """Rows as :func:`filtered` builds them (posts of a version table and fresh posts, each
+    built into a candidate only when picked) give the page the reference gives."""
+    import numpy as np
+
+    from feed.serving.state import FreshPosts, VersionTable
+
+    rng = random.Random(seed)
+    policy = PagePolicy(0.5, 0.25, 0.5, 0.0, author_cap=rng.choice([0, 2]))
+    for n in (0, 1, 40, 150):
+        cands = random_pool(random.Random(seed * 1000 + n), n)
+        ours = [c for k, c in enumerate(cands) if k % 3]  # the rest are fresh posts
+        table = VersionTable(
+            "v1",
+            [c.post_id for c in ours],
+            [c.author_id for c in ours],
+            [None] * len(ours),
+            [c.categories[0] if c.categories else "" for c in ours],
+            [[f"prod-{cat}" for cat in c.categories] for c in ours],
+            np.zeros(0, np.int64),
+            np.zeros(0),
+            product_category={f"prod-{cat}": cat for cat in "abcdef"},
+        )
+        fresh = FreshPosts.build(
+            {
+                c.post_id: {"author_id": c.author_id, "categories": list(c.categories)}
+                for k, c in enumerate(cands)
+                if not k % 3
+            }
+        )
+        rows = [
+            (c.score, c.post_id, (table.index[c.post_id], 0))
+            if c.post_id in table.index
+            else (c.score, c.post_id, (-1 - fresh.index[c.post_id], 0))
+            for c in cands
+        ]
+        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        pool = Pool(rows, table, ["collaborative"], fresh)
+        shares = Shares({"a1": 0.2}, {"b": 0.1})
+        fast = diverse_page(pool, 10, policy, shares, 60)
+        slow = reference_page(cands, 10, policy, shares, 60)
+        assert [(c.post_id, c.score, c.categories) for c in fast] == [
+            (c.post_id, c.score, c.categories) for c in slow
+        ]
+
+
 def test_policy_discounts_softly_and_respects_the_catalogue_shape() -> None:
     """A large author (a third of the posts) keeps its share of a page before any discount; a
     small one is discounted from its second post, softly: a much better post still wins."""

@@ -401,13 +401,26 @@ class Pool:
             if isinstance(source, Candidate):
                 cand = source
             else:
-                i, w = source  # a post of the version, or -1 - j for fresh post j
-                posts = self.table if i >= 0 else self.fresh
-                assert posts is not None
-                i = i if i >= 0 else -1 - i
-                cand = Candidate(pid, score, self.reasons[w], *fields(posts, i))
+                cand = Candidate(pid, score, self.reasons[source[1]], *fields(*self._post(k)))
             self._built[k] = cand
         return cand
+
+    def group(self, k: int) -> tuple[str, tuple[str, ...]]:
+        """Row ``k``'s author and categories, without building its candidate."""
+        source = self.rows[k][2]
+        if isinstance(source, Candidate):
+            return source.author_id, source.categories
+        i = source[0]
+        if i >= 0 and self.table is not None:  # most rows: a post of the version
+            return self.table.authors[i], self.table.categories_of(i)
+        posts, i = self._post(k)
+        return posts.authors[i], posts.categories_of(i)
+
+    def _post(self, k: int) -> tuple[VersionTable | FreshPosts, int]:
+        i = self.rows[k][2][0]  # a post of the version, or -1 - j for fresh post j
+        posts = self.table if i >= 0 else self.fresh
+        assert posts is not None
+        return posts, i if i >= 0 else -1 - i
 
 
 def _kept(
@@ -518,7 +531,10 @@ def diverse_page(
     earlier candidate, so the same inputs always give the same page.
 
     Adjusted scores only fall as the page fills, so a max-heap of possibly stale scores gives
-    each pick after a few recomputations ("lazy greedy") instead of a scan of the pool.
+    each pick after a few recomputations ("lazy greedy") instead of a scan of the pool. Rows of
+    one author and the same categories share their discount, so their order never changes: the
+    heap holds one entry per such group, its best row left, and a prolific author's posts cost
+    one recomputation per pick, not one each.
     """
     author_factor = [policy.author_factor(k) for k in range(limit + 1)]
     category_factor = [policy.category_factor(k) for k in range(limit + 1)]
@@ -536,15 +552,15 @@ def diverse_page(
     def repeats(author: str) -> int:
         return per_author.get(author, 0) - allowance(0, author)
 
-    def adjusted(cand: Candidate) -> float:
-        if cand.score <= 0:
-            return cand.score
-        score = cand.score * author_factor[max(repeats(cand.author_id), 0)]
-        cats = cand.categories
-        if wanted and cats:
-            cats = tuple(cat for cat in cats if cat.lower() not in wanted)
-        if cats:
-            k = max(per_cat.get(cat, 0) - allowance(1, cat) for cat in cats)
+    rows = pool.rows if depth is None else pool.rows[:depth]
+    groups: dict[tuple[str, tuple[str, ...]], _Group] = {}  # by (author, categories)
+
+    def adjusted(group: _Group, score: float) -> float:
+        if score <= 0:
+            return score
+        score *= author_factor[max(repeats(group.author), 0)]
+        if group.counted:
+            k = max(per_cat.get(cat, 0) - allowance(1, cat) for cat in group.counted)
             score *= category_factor[max(k, 0)]
         return score
 
@@ -553,35 +569,68 @@ def diverse_page(
             return True
         return policy.author_cap > 0 and repeats(author) >= policy.author_cap
 
-    rows = pool.rows if depth is None else pool.rows[:depth]
-    heap = [(-row[0], i) for i, row in enumerate(rows)]
-    heapq.heapify(heap)
+    # heap entries (-score, row, group): a group's best row left, at a score at least its
+    # adjusted one; or (-score, row, None): rows from this one on are not met yet, and their
+    # scores are at most its score. Rows are met in pool order, in batches growing by a
+    # quarter: about as far as the page needs, with few heap operations.
+    heap: list[tuple[float, int, _Group | None]] = [(-rows[0][0], 0, None)] if rows else []
     page: list[Candidate] = []
     prev = None
     while heap and len(page) < limit:
-        aside: list[tuple[float, int]] = []  # up to date, but breaking an author rule
+        aside: list[tuple[float, int, _Group]] = []  # up to date, but breaking an author rule
         chosen = None
         while heap:
-            key, i = heapq.heappop(heap)
-            cand = pool[i]
-            score = adjusted(cand)
+            key, i, group = heapq.heappop(heap)
+            if group is None:  # meet rows i .. end - 1
+                end = min(i + max(i // 4, 4), len(rows))
+                for k in range(i, end):
+                    author, cats = pool.group(k)
+                    group = groups.get((author, cats))
+                    if group is None:
+                        group = groups[author, cats] = _Group(author, cats, wanted)
+                    group.rows.append(k)
+                    if group.head == len(group.rows) - 1:  # new, or its earlier rows are used
+                        heapq.heappush(heap, (-rows[k][0], k, group))
+                if end < len(rows):
+                    heapq.heappush(heap, (-rows[end][0], end, None))
+                continue
+            score = adjusted(group, rows[i][0])
             if score < -key:  # stale: back in, at its current score
-                heapq.heappush(heap, (-score, i))
-            elif breaks_rule(cand.author_id, prev):
-                aside.append((key, i))
+                heapq.heappush(heap, (-score, i, group))
+            elif breaks_rule(group.author, prev):
+                aside.append((key, i, group))
             else:
-                chosen = (key, i)
+                chosen = (key, i, group)
                 break
         if chosen is None:  # every candidate left breaks an author rule: the best of them
-            chosen = min(aside)
+            chosen = min(aside, key=lambda entry: entry[:2])
             aside.remove(chosen)
         for entry in aside:
             heapq.heappush(heap, entry)
-        cand = pool[chosen[1]]
-        cand.score = -chosen[0]
+        key, i, group = chosen
+        cand = pool[i]
+        cand.score = -key
         page.append(cand)
         prev = cand.author_id
         per_author[prev] = per_author.get(prev, 0) + 1
         for cat in cand.categories:
             per_cat[cat] = per_cat.get(cat, 0) + 1
+        group.head += 1
+        if group.head < len(group.rows):  # its next row, at its score as the page now stands
+            j = group.rows[group.head]
+            heapq.heappush(heap, (-adjusted(group, rows[j][0]), j, group))
     return page
+
+
+class _Group:
+    """Rows of a pool by one author with the same categories: one discount for all, so their
+    order never changes (:func:`diverse_page`)."""
+
+    __slots__ = ("author", "counted", "rows", "head")
+
+    def __init__(self, author: str, cats: tuple[str, ...], wanted: frozenset[str]) -> None:
+        self.author = author
+        # the categories it is discounted for: those the user did not ask for
+        self.counted = tuple(c for c in cats if c.lower() not in wanted) if wanted else cats
+        self.rows: list[int] = []  # met so far, best first
+        self.head = 0  # position in rows of the best not on the page yet
