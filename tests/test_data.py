@@ -139,6 +139,16 @@ def test_crlf_blank_lines_and_unknown_columns(tmp_path: Path) -> None:
     assert where(errors(root)) == {("likes.csv", 5, "post_id")}
 
 
+def test_header_after_a_long_blank_start_and_a_long_header(tmp_path: Path) -> None:
+    """The header is parsed from a prefix of the file grown until it holds the whole record."""
+    long_name = '"' + "x\n" * 100_000 + '"'  # a quoted header cell across 100,000 lines
+    likes = "\n" * 70_000 + f"user_id,post_id,{long_name}\nu1,p1,\nu2,p2,\n"
+    root = make(tmp_path, likes=likes)
+    assert load(root).likes["user_id"].tolist() == ["u1", "u2"]
+    make(root, likes=likes.replace("u2,p2", "u2,nope"))
+    assert where(errors(root)) == {("likes.csv", 170_003, "post_id")}
+
+
 def test_products_purchases_and_optional_columns(tmp_path: Path) -> None:
     products = (
         "product_id,title,category,price,in_stock\n"

@@ -234,11 +234,9 @@ def _read_csv(table: str, path: Path, report: _Report) -> _Table | None:
     """Read a CSV file with every cell as a string; None after reporting why it cannot be."""
     name = path.name
     try:
-        data = path.read_bytes()
-        text = data.decode("utf-8-sig")  # tolerates a leading BOM
+        text = path.read_bytes().decode("utf-8-sig")  # tolerates a leading BOM
         csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))  # long texts are fine
-        rows = csv.reader(io.StringIO(text, newline=""))
-        header = next((row for row in rows if not _blank(row)), None)
+        header = _first_row(text)
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1  # e.object lacks the BOM, if any
         report.add(name, line, None, f"not valid UTF-8 (byte {e.object[e.start]:#04x})")
@@ -256,8 +254,9 @@ def _read_csv(table: str, path: Path, report: _Report) -> _Table | None:
     try:
         with warnings.catch_warnings():  # a long first row is a ParserWarning: make it an error
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            raw = pd.read_csv(
-                io.StringIO(text),
+            raw = pd.read_csv(  # from the file: a StringIO of the text would take 4 bytes a char
+                path,
+                encoding="utf-8-sig",
                 names=names,
                 header=0,
                 dtype=str,
@@ -278,6 +277,26 @@ def _read_csv(table: str, path: Path, report: _Report) -> _Table | None:
         if bad:
             return None
     return result
+
+
+def _first_row(text: str) -> list[str] | None:
+    """The first non-blank CSV record of ``text``, parsed from as short a prefix as holds it.
+
+    >>> _first_row("\\n a,b\\nc,d\\n"), _first_row('"x\\ny",z'), _first_row("")
+    ([' a', 'b'], ['x\\ny', 'z'], None)
+    """
+    n = 1 << 16
+    while True:
+        whole = n >= len(text)
+        rows = csv.reader(io.StringIO(text[:n], newline=""))
+        try:
+            first = next((row for row in rows if not _blank(row)), None)
+            if whole or (first is not None and next(rows, None) is not None):
+                return first  # a record after it: the prefix held all of it
+        except csv.Error:
+            if whole:
+                raise
+        n *= 4
 
 
 def _scan_csv(text: str, n_fields: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
