@@ -99,11 +99,19 @@ def test_unix_and_iso_timestamps_parse(tmp_path: Path) -> None:
         "2018-05-31T16:00:00+08:00": 1527753600.0,
         "2018-05-31T08:00:00.250Z": 1527753600.25,
         " 2018-05-31 ": 1527724800.0,
+        "+959670000": 959670000.0,
+        "9.5967e8": 959670000.0,
+        ".5": 0.5,
     }
     likes = "user_id,post_id,ts\n" + "".join(f'u{i},p1,"{s}"\n' for i, s in enumerate(stamps))
     ds = load(make(tmp_path, likes=likes))
     assert ds.likes["ts"].tolist() == pytest.approx(list(stamps.values()))
     assert ds.has_timestamps
+    bad = likes + "".join(f"v{i},p1,{s}\n" for i, s in enumerate(["inf", "nan", "1e", "1.2.3"]))
+    make(tmp_path, likes=bad)
+    assert [p.message for p in errors(tmp_path)] == [
+        f"bad timestamp '{s}'" for s in ("inf", "nan", "1e", "1.2.3")
+    ]
 
 
 def test_quoted_text_bom_and_line_numbers_after_multiline_record(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from feed.data.format import (
     FALSE,
@@ -438,14 +439,40 @@ def _parse(text: pd.Series, kind: str, default: float) -> tuple[np.ndarray, np.n
         low = text.str.lower()
         false = low.isin(FALSE).to_numpy(bool)
         return ~false, ~(false | low.isin(TRUE).to_numpy(bool) | empty)
-    numbers = pd.to_numeric(text, errors="coerce")
-    values = numbers.to_numpy(dtype=float, na_value=np.nan, copy=True)
+    values = _numbers(text)
     if kind == "ts":
         _parse_iso(text, values, empty)
     bad = ~empty & ~np.isfinite(values)
     values[bad] = np.nan
     values[empty] = default
     return values, bad
+
+
+#: a plain decimal number; other cells (ISO times, words, "inf") are not numbers
+_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+def _numbers(text: pd.Series) -> np.ndarray:
+    """Cells that are plain decimal numbers as float64, NaN elsewhere.
+
+    Arrow finds and converts them: pandas' ``to_numeric`` over a column of ISO times tries each
+    cell as a number one by one, half the time of a load.
+
+    >>> _numbers(pd.Series(["1.5", "+2", ".5e1", "2024-01-01", "", "inf", "1e"])).tolist()
+    [1.5, 2.0, 5.0, nan, nan, nan, nan]
+    """
+    if not len(text):
+        return np.zeros(0)
+    cells = pa.array(text)  # no copy: the column is Arrow strings already
+    looks = pc.match_substring_regex(cells, _NUMBER)
+    mask = looks.to_numpy(zero_copy_only=False)
+    values = np.full(len(text), np.nan)
+    if mask.any():
+        try:
+            values[mask] = pc.cast(cells.filter(looks), pa.float64()).to_numpy()
+        except pa.ArrowInvalid:  # a form Arrow does not read: pandas reads them
+            values[mask] = pd.to_numeric(text[mask], errors="coerce").to_numpy(float)
+    return values
 
 
 def _parse_iso(text: pd.Series, seconds: np.ndarray, empty: np.ndarray) -> None:
