@@ -464,7 +464,7 @@ def _numbers(text: pd.Series) -> np.ndarray:
     if not len(text):
         return np.zeros(0)
     cells = pa.array(text)  # no copy: the column is Arrow strings already
-    looks = pc.match_substring_regex(cells, _NUMBER)
+    looks = pc.fill_null(pc.match_substring_regex(cells, _NUMBER), False)
     mask = looks.to_numpy(zero_copy_only=False)
     values = np.full(len(text), np.nan)
     if mask.any():
