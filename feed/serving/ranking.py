@@ -571,8 +571,8 @@ def diverse_page(
 
     # heap entries (-score, row, group): a group's best row left, at a score at least its
     # adjusted one; or (-score, row, None): rows from this one on are not met yet, and their
-    # scores are at most its score. Rows are met in pool order, in batches growing by a
-    # quarter: about as far as the page needs, with few heap operations.
+    # scores are at most its score (the pool is best first). Rows are met in pool order, in
+    # batches growing by a quarter: about as far as the page needs, with few heap operations.
     heap: list[tuple[float, int, _Group | None]] = [(-rows[0][0], 0, None)] if rows else []
     page: list[Candidate] = []
     prev = None
@@ -602,9 +602,8 @@ def diverse_page(
             else:
                 chosen = (key, i, group)
                 break
-        if chosen is None:  # every candidate left breaks an author rule: the best of them
-            chosen = min(aside, key=lambda entry: entry[:2])
-            aside.remove(chosen)
+        if chosen is None:  # every candidate left breaks an author rule: the best of them,
+            chosen = aside.pop(0)  # the first set aside (the heap pops in order)
         for entry in aside:
             heapq.heappush(heap, entry)
         key, i, group = chosen
