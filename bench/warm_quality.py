@@ -1,13 +1,15 @@
 """Quality of a warm-started ``feed train`` against a full one, on held-out likes.
 
 ``--test-frac`` of a dataset's likes are held out as ``feed evaluate`` holds them out (the
-protocol the data supports, :func:`feed.evaluation.splits.split`: per-user time on MovieLens);
-on the rest (the training part):
+protocol the data supports, :func:`feed.evaluation.splits.split`: per-user time on MovieLens;
+under a time cut the clicks, shares, follows and groups after it leave the training part
+too); on the rest (the training part):
 
 * **full**: ``feed train`` (validation fits, ranker choice, page policy);
 * **warm, same data**: ``feed train --warm-start <full>`` on the same training part;
-* **warm, daily**: ``feed train`` on the oldest ``1 - --daily-frac`` of the training part
-  (the day before), then ``feed train --warm-start`` from it on the whole training part.
+* **warm, daily**: ``feed train`` on the training part before the global time that leaves out
+  its newest ``--daily-frac`` of likes and purchases (the day before, every timed table cut
+  there), then ``feed train --warm-start`` from it on the whole training part.
 
 Each version's published candidate lists are judged on the held-out likes of the users it
 lists (NDCG@20 and recall@20, as ``feed evaluate`` computes them; the published lists exclude
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,49 +36,19 @@ from bench.common import feed_cli, print_table
 K = 20
 
 
-def cut_by_time(src: Path, dst: Path, keep_frac: float) -> pd.DataFrame:
-    """Copy the dataset at ``src`` to ``dst`` with only the oldest ``keep_frac`` of its likes
-    (and the purchases before the same time); returns the likes left out."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.suffix == ".csv":
-            shutil.copy(f, dst / f.name)
-    likes = pd.read_csv(src / "likes.csv", dtype={"user_id": str, "post_id": str})
-    times = seconds(likes["ts"])
-    cut = np.sort(times)[int(len(likes) * keep_frac)]
-    likes[times < cut].to_csv(dst / "likes.csv", index=False)
-    if (src / "purchases.csv").exists():
-        purchases = pd.read_csv(src / "purchases.csv", dtype=str)
-        if "ts" in purchases and len(purchases):
-            purchases[seconds(purchases["ts"]) < cut].to_csv(dst / "purchases.csv", index=False)
-    return likes[times >= cut]
-
-
-def hold_out(src: Path, dst: Path, test_frac: float) -> tuple[pd.DataFrame, str]:
-    """Copy the dataset at ``src`` to ``dst`` without the likes ``feed evaluate``'s split
-    holds out (the purchases are kept); returns those likes and the split's protocol."""
-    from feed.data import load
+def training_part(src: Path, dst: Path, frac: float, method: str) -> tuple[pd.DataFrame, str]:
+    """Write to ``dst`` the training part of the dataset at ``src`` as ``feed evaluate`` cuts it
+    (:func:`feed.evaluation.splits.split`: ``frac`` of the likes and purchases held out by
+    ``method``; a time cut takes the clicks, shares, follows and groups after it too, so none
+    of the held-out period's events is trained on); returns the held-out likes and the protocol.
+    """
+    from feed.data import SCHEMA, load
     from feed.evaluation.splits import split
+    from feed.events_export import write_tables
 
-    part = split(load(src), test_frac, 0, "auto")
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.suffix == ".csv":
-            shutil.copy(f, dst / f.name)
-    likes = pd.read_csv(src / "likes.csv", dtype={"user_id": str, "post_id": str})
-    test = part.test_likes[["user_id", "post_id"]].astype(str)
-    key = likes["user_id"] + "\x00" + likes["post_id"]
-    held = key.isin(set(test["user_id"] + "\x00" + test["post_id"]))
-    likes[~held].to_csv(dst / "likes.csv", index=False)
-    return likes[held], part.method
-
-
-def seconds(ts: pd.Series) -> np.ndarray:
-    """Unix seconds of a ``ts`` column (unix seconds or ISO 8601, as the data format allows)."""
-    numeric = pd.to_numeric(ts, errors="coerce")
-    if numeric.notna().all():
-        return numeric.to_numpy(np.float64)
-    return pd.to_datetime(ts, utc=True).astype("int64").to_numpy() / 1e9
+    part = split(load(src), frac, 0, method)
+    write_tables(dst, {name: getattr(part.train, name) for name in SCHEMA})
+    return part.test_likes[["user_id", "post_id"]].astype(str), part.method
 
 
 def per_user_quality(version: Path, held: pd.DataFrame) -> pd.DataFrame:
@@ -126,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         work = Path(tmp)
-        held, method = hold_out(args.data, work / "train", args.test_frac)
-        cut_by_time(work / "train", work / "before", 1 - args.daily_frac)
+        held, method = training_part(args.data, work / "train", args.test_frac, "auto")
+        training_part(work / "train", work / "before", args.daily_frac, "global-time")
         full, full_s, _ = train(work / "train", work / "art")
         same, same_s, same_m = train(work / "train", work / "art", "--warm-start", str(full))
         day, _, _ = train(work / "before", work / "art")
@@ -149,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     q["ndcg"].mean(),
                     q["recall"].mean(),
                     f"{q['ndcg'].mean() / base['ndcg'].mean() - 1:+.2%}",
-                    f"{gap.mean():+.4f} ± {gap.std(ddof=1) / np.sqrt(len(gap)):.4f}",
+                    f"{gap.mean():+.5f} ± {gap.std(ddof=1) / np.sqrt(len(gap)):.5f}",
                 )
             )
         print_table(
