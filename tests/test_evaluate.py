@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,11 @@ def test_time_split_has_no_leakage(small: Dataset) -> None:
     for table in (train.clicks, train.follows):
         assert not (table["ts"] >= cut).any()  # later clicks and follows are not training data
     assert len(train.posts) == len(small.posts)  # posts created later stay candidates
+    assert (train.groups["created_at"] < cut).all() and len(train.groups) < len(small.groups)
+    assert train.group_members["group_id"].isin(train.groups["group_id"]).all()
+    untimed = split(replace(small, group_members=small.group_members.assign(ts=np.nan)), 0.2)
+    members = untimed.train.group_members  # untimed memberships stay, but of later groups
+    assert members["group_id"].isin(untimed.train.groups["group_id"]).all() and len(members)
     held = len(part.test_likes) + len(part.test_purchases)
     assert held == pytest.approx(0.2 * (len(small.likes) + len(small.purchases)), rel=0.05)
     assert len(train.likes) + len(part.test_likes) == len(small.likes)

@@ -124,8 +124,9 @@ def time_split(ds: Dataset, test_frac: float) -> Split:
     """A global cut at the ``1 - test_frac`` quantile of like and purchase timestamps.
 
     Clicks, impressions, follows, shares, groups (by ``created_at``) and group members at or
-    after the cut leave the training part too (rows without a timestamp stay). Posts all stay:
-    a post created after the cut is a candidate.
+    after the cut leave the training part too (rows without a timestamp stay, but for the
+    members of groups created after it). Posts all stay: a post created after the cut is a
+    candidate.
     """
     stamps = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
     cut = float(np.quantile(stamps, 1.0 - test_frac))
@@ -133,6 +134,9 @@ def time_split(ds: Dataset, test_frac: float) -> Split:
         cut = float(np.max(stamps))
     if not (stamps < cut).any():
         raise ValueError("cannot split by time: every like and purchase has the same ts")
+    groups = _before(ds.groups.assign(ts=ds.groups["created_at"]), cut).drop(columns="ts")
+    members = _before(ds.group_members, cut)
+    gone = ds.groups["group_id"][~ds.groups["group_id"].isin(groups["group_id"])]
     train = _subset(
         ds,
         likes=ds.likes[ds.likes["ts"].to_numpy() < cut],
@@ -141,8 +145,8 @@ def time_split(ds: Dataset, test_frac: float) -> Split:
         impressions=_before(ds.impressions, cut),
         follows=_before(ds.follows, cut),
         shares=_before(ds.shares, cut),
-        groups=_before(ds.groups.assign(ts=ds.groups["created_at"]), cut).drop(columns="ts"),
-        group_members=_before(ds.group_members, cut),
+        groups=groups,
+        group_members=members[~members["group_id"].isin(gone)],  # and untimed ones of those
     )
     test_likes = ds.likes[ds.likes["ts"].to_numpy() >= cut]
     test_purchases = ds.purchases[ds.purchases["ts"].to_numpy() >= cut]
