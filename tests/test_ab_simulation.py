@@ -40,7 +40,7 @@ def test_simulation_finds_the_better_arm_and_the_skew(
     vs = by["treatment"]["vs_control"]
     for metric in ("clicks_per_user", "likes_per_user"):
         assert vs[metric]["lift"] > 0.15, vs[metric]
-        assert vs[metric]["p_value"] < 1e-3, vs[metric]
+        assert vs[metric]["p_value"] < 0.01, vs[metric]
         assert vs[metric]["diff_ci"][0] > 0
     assert rep["srm"]["mismatch"] is False, rep["srm"]
 
