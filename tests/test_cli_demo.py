@@ -46,6 +46,12 @@ def _get(port: int, path: str, token: str | None = None) -> tuple[int | None, by
         conn.close()
 
 
+def _interruptible() -> None:
+    """Ctrl-C's default in the child: a shell's background job (CI started with ``&``) ignores
+    SIGINT, and a Python started so never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(port: int, proc: subprocess.Popen[str], timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,6 +76,7 @@ def test_demo_serves_prints_a_working_token_logs_once_and_stops_its_redis(
             stdout=subprocess.PIPE,
             stderr=err_out,
             text=True,
+            preexec_fn=_interruptible,
         )
     private = tmp_path / ".feed" / "redis"
     lines: list[str] = []
