@@ -7,14 +7,16 @@ too); on the rest (the training part):
 
 * **full**: ``feed train`` (validation fits, ranker choice, page policy);
 * **warm, same data**: ``feed train --warm-start <full>`` on the same training part;
-* **warm, daily**: ``feed train`` on the training part before the global time that leaves out
-  its newest ``--daily-frac`` of likes and purchases (the day before, every timed table cut
-  there), then ``feed train --warm-start`` from it on the whole training part.
+* **full, the day before**: ``feed train`` on the training part without its last day (the
+  likes and purchases of its newest 24 hours, every timed table cut at the same time;
+  ``--daily-frac`` cuts that share of the likes and purchases instead), judged as it is;
+* **warm, daily**: ``feed train --warm-start`` from that version on the whole training part.
 
 Each version's published candidate lists are judged on the held-out likes of the users it
 lists (NDCG@20 and recall@20, as ``feed evaluate`` computes them; the published lists exclude
 what a user engaged with in training). The gap is the mean of the per-user paired difference
-with its standard error.
+with its standard error. The ranker column is each version's choice (a warm start keeps the
+one it started from).
 
     python -m bench.warm_quality ../shared/data/movielens-small
 """
@@ -49,6 +51,18 @@ def training_part(src: Path, dst: Path, frac: float, method: str) -> tuple[pd.Da
     part = split(load(src), frac, 0, method)
     write_tables(dst, {name: getattr(part.train, name) for name in SCHEMA})
     return part.test_likes[["user_id", "post_id"]].astype(str), part.method
+
+
+def last_day_share(data: Path, hours: float = 24.0) -> float | None:
+    """The share of the likes and purchases at ``data`` in its newest ``hours`` (None without
+    timestamps)."""
+    from feed.data import load
+
+    ds = load(data)
+    if not ds.has_timestamps:
+        return None
+    ts = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
+    return float(np.mean(ts > ts.max() - hours * 3600))
 
 
 def per_user_quality(version: Path, held: pd.DataFrame) -> pd.DataFrame:
@@ -93,21 +107,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("data", type=Path, help="a dataset directory")
     p.add_argument("--test-frac", type=float, default=0.2, help="likes held out")
-    p.add_argument("--daily-frac", type=float, default=0.05, help="the day's new likes")
+    p.add_argument(
+        "--daily-frac",
+        type=float,
+        default=None,
+        help="the day's share of new likes and purchases (default: those of the last 24 h)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         work = Path(tmp)
         held, method = training_part(args.data, work / "train", args.test_frac, "auto")
-        training_part(work / "train", work / "before", args.daily_frac, "global-time")
-        full, full_s, _ = train(work / "train", work / "art")
+        daily = args.daily_frac or last_day_share(work / "train") or 0.05  # 0.05: untimed
+        training_part(work / "train", work / "before", daily, "global-time")
+        full, full_s, full_m = train(work / "train", work / "art")
         same, same_s, same_m = train(work / "train", work / "art", "--warm-start", str(full))
-        day, _, _ = train(work / "before", work / "art")
-        daily, daily_s, daily_m = train(work / "train", work / "art", "--warm-start", str(day))
+        day, day_s, day_m = train(work / "before", work / "art")
+        daily_v, daily_s, daily_m = train(work / "train", work / "art", "--warm-start", str(day))
         base = per_user_quality(full, held)
-        rows = [("full", "", full_s, base["ndcg"].mean(), base["recall"].mean(), "", "")]
-        for name, version, seconds in (
-            ("warm, same data", same, same_s),
-            ("warm, daily (+5% likes)", daily, daily_s),
+        rows = [
+            (
+                "full",
+                full_m["model"]["kind"],
+                full_s,
+                base["ndcg"].mean(),
+                base["recall"].mean(),
+                "",
+                "",
+            )
+        ]
+        for name, version, seconds, m in (
+            ("warm, same data", same, same_s, same_m),
+            (f"full, the day before (-{daily:.1%} likes), not updated", day, day_s, day_m),
+            (f"warm, daily (+{daily:.1%} likes)", daily_v, daily_s, daily_m),
         ):
             q = per_user_quality(version, held).reindex(base.index)
             gap = (q["ndcg"] - base["ndcg"]).to_numpy()
@@ -115,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (
                     name,
-                    "",
+                    m["model"]["kind"],
                     seconds,
                     q["ndcg"].mean(),
                     q["recall"].mean(),
@@ -126,7 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         print_table(
             f"{args.data}: {len(held):,} held-out likes ({method}, {args.test_frac:.0%}) of "
             f"{len(base):,} users; lists published by each version",
-            ("version", "", "train (s)", f"NDCG@{K}", f"recall@{K}", "vs full", "paired gap ± SE"),
+            (
+                "version",
+                "ranker",
+                "train (s)",
+                f"NDCG@{K}",
+                f"recall@{K}",
+                "vs full",
+                "paired gap ± SE",
+            ),
             rows,
         )
         for name, m in (("same data", same_m), ("daily", daily_m)):
