@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         work = Path(tmp)
         held, method = training_part(args.data, work / "train", args.test_frac, "auto")
-        daily = args.daily_frac or last_day_share(work / "train") or 0.05  # 0.05: untimed
+        daily = args.daily_frac or last_day_share(work / "train")
+        if daily is None:
+            p.error("the day before is cut by time: the likes and purchases need timestamps")
         training_part(work / "train", work / "before", daily, "global-time")
         full, full_s, full_m = train(work / "train", work / "art")
         same, same_s, same_m = train(work / "train", work / "art", "--warm-start", str(full))
