@@ -27,7 +27,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,17 @@ import scipy.sparse as sp
 
 from bench.common import feed_cli, print_table
 
+if TYPE_CHECKING:
+    from feed.data import Dataset
+
 K = 20
 
 
-def training_part(src: Path, dst: Path, frac: float, method: str) -> tuple[pd.DataFrame, str]:
-    """Write to ``dst`` the training part of the dataset at ``src`` as ``feed evaluate`` cuts it
+def training_part(
+    src: Path | Dataset, dst: Path, frac: float, method: str
+) -> tuple[pd.DataFrame, str]:
+    """Write to ``dst`` the training part of the dataset ``src`` (a directory, or loaded) as
+    ``feed evaluate`` cuts it
     (:func:`feed.evaluation.splits.split`: ``frac`` of the likes and purchases held out by
     ``method``; a time cut takes the clicks, shares, follows and groups after it too, so none
     of the held-out period's events is trained on); returns the held-out likes and the protocol.
@@ -48,17 +54,14 @@ def training_part(src: Path, dst: Path, frac: float, method: str) -> tuple[pd.Da
     from feed.evaluation.splits import split
     from feed.events_export import write_tables
 
-    part = split(load(src), frac, 0, method)
+    part = split(load(src) if isinstance(src, Path) else src, frac, 0, method)
     write_tables(dst, {name: getattr(part.train, name) for name in SCHEMA})
     return part.test_likes[["user_id", "post_id"]].astype(str), part.method
 
 
-def last_day_share(data: Path, hours: float = 24.0) -> float | None:
-    """The share of the likes and purchases at ``data`` in its newest ``hours`` (None without
+def last_day_share(ds: Dataset, hours: float = 24.0) -> float | None:
+    """The share of the likes and purchases of ``ds`` in its newest ``hours`` (None without
     timestamps)."""
-    from feed.data import load
-
-    ds = load(data)
     if not ds.has_timestamps:
         return None
     ts = np.concatenate([ds.likes["ts"].to_numpy(float), ds.purchases["ts"].to_numpy(float)])
@@ -114,30 +117,25 @@ def main(argv: list[str] | None = None) -> int:
         help="the day's share of new likes and purchases (default: those of the last 24 h)",
     )
     args = p.parse_args(argv)
+    from feed.data import load
+
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         work = Path(tmp)
         held, method = training_part(args.data, work / "train", args.test_frac, "auto")
-        daily = args.daily_frac or last_day_share(work / "train")
+        trained = load(work / "train")
+        daily = args.daily_frac or last_day_share(trained)
         if daily is None:
             p.error("the day before is cut by time: the likes and purchases need timestamps")
-        training_part(work / "train", work / "before", daily, "global-time")
+        training_part(trained, work / "before", daily, "global-time")
+        del trained
         full, full_s, full_m = train(work / "train", work / "art")
         same, same_s, same_m = train(work / "train", work / "art", "--warm-start", str(full))
         day, day_s, day_m = train(work / "before", work / "art")
         daily_v, daily_s, daily_m = train(work / "train", work / "art", "--warm-start", str(day))
         base = per_user_quality(full, held)
-        rows = [
-            (
-                "full",
-                full_m["model"]["kind"],
-                full_s,
-                base["ndcg"].mean(),
-                base["recall"].mean(),
-                "",
-                "",
-            )
-        ]
+        rows = []
         for name, version, seconds, m in (
+            ("full", full, full_s, full_m),
             ("warm, same data", same, same_s, same_m),
             (f"full, the day before (-{daily:.1%} likes), not updated", day, day_s, day_m),
             (f"warm, daily (+{daily:.1%} likes)", daily_v, daily_s, daily_m),
@@ -152,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                     seconds,
                     q["ndcg"].mean(),
                     q["recall"].mean(),
-                    f"{q['ndcg'].mean() / base['ndcg'].mean() - 1:+.2%}",
-                    f"{gap.mean():+.5f} ± {gap.std(ddof=1) / np.sqrt(len(gap)):.5f}",
+                    f"{q['ndcg'].mean() / base['ndcg'].mean() - 1:+.2%}" if name != "full" else "",
+                    f"{gap.mean():+.5f} ± {gap.std(ddof=1) / np.sqrt(len(gap)):.5f}"
+                    if name != "full"
+                    else "",
                 )
             )
         print_table(
