@@ -38,6 +38,7 @@ from feed.models.ranker import (
     LearnedBlend,
     LinearScores,
     RankerChoice,
+    _drain,
     best_in_rows,
     make_ranker,
     score_block,
@@ -369,6 +370,45 @@ def test_block_helpers_match_a_row_by_row_reference() -> None:
             assert r.tolist() == [listed.get(int(x), n) if x >= 0 else n for x in c]
 
 
+def test_validation_blocks_stack_as_padded_concatenation() -> None:
+    """A validation slice's features and ranks, stacked block by block (each block dropped
+    once copied), equal the padded concatenation of the blocks."""
+    rng = np.random.default_rng(0)
+    widths, depth = (3, 5, 2), 7
+    blocks = [
+        CandidateBlock(
+            depth,
+            np.arange(2),
+            rng.integers(0, 9, (2, w)),
+            rng.random((2, w, 4)).astype(np.float32),
+            rng.integers(0, depth, (3, 2, w)).astype(np.int32),
+            np.zeros((2, w), np.uint8),
+        )
+        for w in widths
+    ]
+    want_f = np.concatenate(
+        [
+            np.pad(
+                b.features, ((0, 0), (0, 5 - b.features.shape[1]), (0, 0)), constant_values=np.nan
+            )
+            for b in blocks
+        ]
+    )
+    want_r = np.concatenate(
+        [
+            np.pad(b.ranks, ((0, 0), (0, 0), (0, 5 - b.ranks.shape[2])), constant_values=depth)
+            for b in blocks
+        ],
+        axis=1,
+    )
+    given = list(blocks)
+    features, ranks = _drain(given, 5, depth)
+    assert given == []  # every block released
+    np.testing.assert_array_equal(features, want_f)
+    np.testing.assert_array_equal(ranks, want_r)
+    assert features.dtype == np.float32 and ranks.dtype == np.int32
+
+
 def test_parallel_map_keeps_order() -> None:
     assert parallel_map(lambda x: x * x, range(7), threads=3) == [x * x for x in range(7)]
 
@@ -470,6 +510,20 @@ def test_default_model_carves_validation_with_its_splitter(
     assert items.shape == scores.shape == (3, 5)
     no_source = replace(data, source=None)
     assert make_blend(cfg).fit(no_source).summary()["kind"] == "fusion"  # nothing to learn on
+
+
+def test_default_model_chooses_its_ranker_on_at_most_max_val_users_a_slice(
+    block: tuple[Dataset, TrainingData],
+) -> None:
+    """``TrainConfig.max_val_users`` reaches the blend and bounds each validation slice's
+    users (a seeded sample); the manifest's summary says how many the choice rested on."""
+    _, data = block
+    cfg = TrainConfig(factors=8, iterations=4, n_per_source=20, val_windows=2, random_state=3)
+    every = make_blend(cfg).fit(data).summary()["validation_users"]
+    assert len(every) == 2 and min(every) > 10  # min_val_users (300) not reached: two slices
+    capped = make_blend(replace(cfg, max_val_users=10))
+    assert capped.get_params()["max_val_users"] == 10
+    assert capped.fit(data).summary()["validation_users"] == [10, 10]
 
 
 def test_default_model_fits_data_without_any_time(block: tuple[Dataset, TrainingData]) -> None:

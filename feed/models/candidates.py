@@ -713,9 +713,14 @@ def _ranks(top: np.ndarray, items: np.ndarray, depth: int) -> np.ndarray:
 
 def fusion_scores(ranks: np.ndarray, depth: int, k: float = 20.0) -> np.ndarray:
     """Reciprocal-rank fusion of (sources x users x C) ranks: ``sum_s 1 / (k + rank_s + 1)``
-    over the sources whose list holds the candidate (absent: rank == ``depth``)."""
-    contrib = np.where(ranks < depth, 1.0 / (k + ranks + 1.0), 0.0)
-    return contrib.sum(axis=0).astype(np.float32)
+    over the sources whose list holds the candidate (absent: rank == ``depth``).
+
+    One source at a time: the temporaries are one (users x C) plane, not float64 copies of
+    the whole stack (350 MB each for a validation slice of 4,000 users and 11 sources)."""
+    total = np.zeros(ranks.shape[1:], dtype=np.float64)
+    for rank in ranks:
+        total += np.where(rank < depth, 1.0 / (k + rank + 1.0), 0.0)
+    return total.astype(np.float32)
 
 
 def select_top(

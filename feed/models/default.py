@@ -93,6 +93,11 @@ class TrainConfig:
     val_frac: float = 0.2  # share of the newest likes and purchases in a validation slice
     val_windows: int = 6  # validation slices at most, each older than the previous ...
     min_val_users: int = 300  # ... until this many validation users are collected
+    #: Validation users the ranker is chosen and fitted on at most, per slice (a seeded sample).
+    #: Options within 1-2% of each other are told apart only with thousands of users: at 1,000
+    #: the choice flipped between two trains a day apart (docs/quality.md, "How many validation
+    #: users"); the cost is the slice's candidates and the rankers' scoring, linear in this.
+    max_val_users: int = 4000
     random_state: int = 0
 
 
@@ -131,6 +136,7 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         val_frac=config.val_frac,
         max_windows=config.val_windows,
         min_val_users=config.min_val_users,
+        max_val_users=config.max_val_users,
         splitter=Splitter(config.split),
         tune={n: SOURCE_GRIDS[n] for n in config.tune if n in sources},
         random_state=config.random_state,

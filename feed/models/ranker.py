@@ -252,7 +252,7 @@ class LearnedBlend:
         k: int = 20,
         max_windows: int = 6,
         min_val_users: int = 300,
-        max_val_users: int = 1000,
+        max_val_users: int = 4000,
         max_train_rows: int = 60_000,
         rerank_depth: int = RERANK_DEPTH,
         n_published: int = 200,
@@ -291,6 +291,7 @@ class LearnedBlend:
         self.tuned_: dict[str, Tuned] = {}
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
+        self.val_users_: list[int] = []  # validation users per slice the ranker was chosen on
         self.pool_: _Pool | None = None
         self.val_trending_: tuple[np.ndarray, np.ndarray] | None = None
         final = Stage("final", data)
@@ -639,6 +640,7 @@ class LearnedBlend:
             return RankerChoice("fusion", metric=metric), sources
         t = time.perf_counter()
         self.pool_ = _Pool(tables, metric)
+        self.val_users_ = [len(table.users) for table in tables]
         choice = choose(
             self.pool_,
             self.names_,
@@ -893,6 +895,7 @@ class LearnedBlend:
                 n: m.epochs_ for n, m in self.sources_.items() if isinstance(m, MatrixFactorization)
             },
             "validation": {k: round(v, 5) for k, v in c.validation.items()},
+            "validation_users": list(getattr(self, "val_users_", ())),
             "tuned": getattr(self, "reused_tuned_", None)
             or {n: t.summary() for n, t in getattr(self, "tuned_", {}).items()},
             "warm_start": (
@@ -1007,13 +1010,12 @@ class _Slice:
             int((items >= 0).sum()),
             int(labels.sum()),
         )
+        features, ranks = _drain(blocks, width, builder.n_per_source)
         return cls(
             data.users.to_external(users),
             items,
-            np.concatenate([_pad(b.features, width, np.nan) for b in blocks]),
-            np.concatenate(
-                [_pad(b.ranks, width, builder.n_per_source, axis=2) for b in blocks], axis=1
-            ),
+            features,
+            ranks,
             labels,
             likes,
             purchases,
@@ -1024,6 +1026,27 @@ class _Slice:
         )
 
 
+def _drain(blocks: list[CandidateBlock], width: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The blocks' features (users x width x F, NaN padding) and ranks (sources x users x
+    width, ``depth`` padding) stacked, each block dropped from ``blocks`` once copied: the
+    slice's largest arrays are not held twice (about 650 MB of features at 4,000 users of the
+    1M-like data; pages of the outputs are committed only as they are written)."""
+    n_users = sum(len(b.items) for b in blocks)
+    f, r = blocks[0].features, blocks[0].ranks
+    features = np.empty((n_users, width, f.shape[2]), dtype=f.dtype)
+    ranks = np.empty((r.shape[0], n_users, width), dtype=r.dtype)
+    del f, r
+    row = 0
+    blocks.reverse()
+    while blocks:
+        b = blocks.pop()
+        n, w = b.items.shape
+        features[row : row + n, :w], features[row : row + n, w:] = b.features, np.nan
+        ranks[:, row : row + n, :w], ranks[:, row : row + n, w:] = b.ranks, depth
+        row += n
+    return features, ranks
+
+
 class _Pool:
     """Several validation slices as one padded table; metrics are computed slice by slice."""
 
@@ -1031,12 +1054,16 @@ class _Pool:
         width = max(s.items.shape[1] for s in slices)
         self.slices = slices
         self.metric = metric
-        self.items = np.concatenate([_pad(s.items, width, -1) for s in slices])
-        self.features = np.concatenate([_pad(s.features, width, np.nan) for s in slices])
-        self.labels = np.concatenate([_pad(s.labels, width, False) for s in slices])
-        self.ranks = np.concatenate([_pad(s.ranks, width, s.depth, axis=2) for s in slices], axis=1)
-        self.users = np.concatenate([s.users for s in slices])
+        self.items = _join([_pad(s.items, width, -1) for s in slices])
+        self.features = _join([_pad(s.features, width, np.nan) for s in slices])
+        self.labels = _join([_pad(s.labels, width, False) for s in slices])
+        self.ranks = _join([_pad(s.ranks, width, s.depth, axis=2) for s in slices], axis=1)
+        self.users = _join([s.users for s in slices])
         self.bounds = np.cumsum([0] + [len(s.items) for s in slices])
+        # the features are the largest arrays (users x candidates x features, 650 MB at 4,000
+        # users of the 1M-like data): each slice keeps a view of the pool's, not a second copy
+        for s, lo, hi in zip(slices, self.bounds[:-1], self.bounds[1:], strict=True):
+            s.features = self.features[lo:hi, : s.features.shape[1]]
 
     def score(self, scores: np.ndarray, k: int, one_per_product: bool) -> float:
         """Mean per-user validation metric of the lists that ``scores`` (users x C) rank."""
@@ -1057,6 +1084,11 @@ class _Pool:
             else:
                 values.append(purchase_recall_at_k(items, s.purchases, s.post_products))
         return np.asarray(np.concatenate(values), dtype=np.float64)
+
+
+def _join(parts: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """``np.concatenate(parts, axis)``, but one part is returned as it is (no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
 def _pad(a: np.ndarray, width: int, fill: Any, axis: int = 1) -> np.ndarray:
@@ -1090,18 +1122,20 @@ def choose(
         return RankerChoice("fusion", metric=pool.metric)
     distinct, owner = np.unique(pool.users, return_inverse=True)
     folds = (np.random.default_rng(random_state).permutation(len(distinct)) % 2)[owner]
-    fixed = {"fusion": fusion_scores(pool.ranks, pool.slices[0].depth)}
-    fixed |= {f"source:{n}": -pool.ranks[i].astype(np.float32) for i, n in enumerate(names)}
     users: dict[tuple[str, bool], np.ndarray] = {}
-    arrays: dict[str, np.ndarray] = {}
+    # each option's scores (users x candidates) are made again for the one served, not kept
+    # for all of them: two dozen options of 4,000 users x 1,000 candidates
+    makers: dict[str, Callable[[], np.ndarray]] = {}
 
-    def judge(name: str, scores: np.ndarray) -> None:
-        arrays[name] = scores
+    def judge(name: str, make: Callable[[], np.ndarray]) -> None:
+        makers[name] = make
+        scores = make()
         for dedupe in (False, True):
             users[(name, dedupe)] = pool.per_user(scores, k, dedupe)
 
-    for name, scores in fixed.items():
-        judge(name, np.where(pool.items >= 0, scores, -np.inf))
+    judge("fusion", partial(_fixed_scores, pool, None))
+    for i, n in enumerate(names):
+        judge(f"source:{n}", partial(_fixed_scores, pool, i))
     jobs = [(params, f) for params in RANKER_GRID for f in (0, 1)]
     with quiet_sklearn():
         fits = parallel_map(
@@ -1119,13 +1153,11 @@ def choose(
     for i, oof in oofs.items():
         if kept is not None and pre is not None and _is_tree(RANKER_GRID[i]):
             report[f"ranker:{i}:all"] = pool.score(oof, k, False)
-            oof = np.where(kept, oof, -np.inf)
             # the trees and the linear ranker together: the mean of their log-odds
-            judge(
-                f"ranker:{i}+linear",
-                np.where(kept, 0.5 * (log_odds(oof) + log_odds(oofs[pre])), -np.inf),
-            )
-        judge(f"ranker:{i}", oof)
+            judge(f"ranker:{i}+linear", partial(_with_linear, oof, oofs[pre], kept))
+            judge(f"ranker:{i}", partial(_masked, oof, kept))
+        else:
+            judge(f"ranker:{i}", partial(np.asarray, oof))
     options = {key: _mean(v) for key, v in users.items()}
     (best, dedupe), value = max(options.items(), key=lambda kv: kv[1])
     logger.info(
@@ -1146,7 +1178,7 @@ def choose(
         one_per_product=dedupe,
         metric=pool.metric,
         validation={f"{n}{'+1pp' if d else ''}": v for (n, d), v in options.items()} | report,
-        val_scores=arrays[served],
+        val_scores=makers[served](),
         best=best,
         within_noise=near,
     )
@@ -1166,6 +1198,27 @@ def choose(
         choice.estimator = fitted[0]
         choice.prefilter = LinearScores.of(fitted[1]) if len(fitted) > 1 else None
     return choice
+
+
+def _fixed_scores(pool: _Pool, source: int | None) -> np.ndarray:
+    """The pool's scores of reciprocal-rank fusion (``source`` None) or of one source's
+    ranks; -inf where a user's row has no candidate."""
+    if source is None:
+        scores = fusion_scores(pool.ranks, pool.slices[0].depth)
+    else:
+        scores = -pool.ranks[source].astype(np.float32)
+    return _masked(scores, pool.items >= 0)
+
+
+def _masked(scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``scores`` where ``kept``, -inf elsewhere."""
+    return np.where(kept, scores, -np.inf)
+
+
+def _with_linear(tree: np.ndarray, linear: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """A tree ranker and the linear ranker together, on the candidates the linear one kept:
+    the mean of their log-odds."""
+    return _masked(0.5 * (log_odds(tree) + log_odds(linear)), kept)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -1270,7 +1323,8 @@ def _out_of_fold(pool: _Pool, folds: np.ndarray, models: list[Any]) -> np.ndarra
         return None
     oof = np.full(pool.labels.shape, -np.inf, dtype=np.float32)
     for f, model in enumerate(models):
-        oof[folds == f] = _predict(model, pool.features[folds == f], pool.items[folds == f])
+        rows = (folds == f)[:, None]
+        oof = np.where(rows, _predict(model, pool.features, (pool.items >= 0) & rows), oof)
     return oof
 
 
@@ -1278,16 +1332,19 @@ def _fit_ranker(
     pool: _Pool, users: np.ndarray, params: dict[str, Any], max_rows: int, random_state: int
 ) -> Any:
     """A classifier of the candidate rows of ``users`` (None when they hold one class only)."""
-    valid = (pool.items >= 0) & users[:, None]
-    x, y = pool.features[valid], pool.labels[valid]
+    valid = np.flatnonzero((pool.items >= 0) & users[:, None])
+    y = pool.labels.ravel()[valid]
     if y.all() or not y.any():
         return None
     negatives = np.flatnonzero(~y)
     room = max(max_rows - int(y.sum()), 1)
     if len(negatives) > room:
         rng = np.random.default_rng(random_state)
-        keep = np.concatenate([np.flatnonzero(y), rng.choice(negatives, room, replace=False)])
-        x, y = x[np.sort(keep)], y[np.sort(keep)]
+        sampled = rng.choice(negatives, room, replace=False)
+        keep = np.sort(np.concatenate([np.flatnonzero(y), sampled]))
+        valid, y = valid[keep], y[keep]
+    # only the rows fitted on are gathered (the pool holds millions)
+    x = _rows(pool.features)[valid]
     # a feature with no value at all (e.g. every age on data without timestamps) crashes the
     # trees' binning; as a constant it is simply never split on, here or when predicting
     empty = np.isnan(x).all(axis=0)
@@ -1330,24 +1387,32 @@ def make_ranker(params: dict[str, Any], random_state: int) -> Any:
     )
 
 
-def _predict(
-    model: Any, features: np.ndarray, items: np.ndarray, threads: int | None = None
-) -> np.ndarray:
-    """Ranker scores (users x C); padding scores -inf.
+def _rows(features: np.ndarray) -> np.ndarray:
+    """Candidate features (users x C x F) as rows (users * C, F): a view when contiguous."""
+    return features.reshape(-1, features.shape[-1])
 
-    Rows go to the ranker in chunks of :data:`PREDICT_ROWS` (on ``threads`` threads, default
-    every core): a tree ensemble reads a chunk once per tree, and a small chunk stays in cache.
+
+def _predict(
+    model: Any, features: np.ndarray, valid: np.ndarray, threads: int | None = None
+) -> np.ndarray:
+    """Ranker scores (users x C) of the candidates where ``valid``; the others score -inf.
+
+    Rows are gathered and go to the ranker in chunks of :data:`PREDICT_ROWS` (on ``threads``
+    threads, default every core): a tree ensemble reads a chunk once per tree, a small chunk
+    stays in cache, and no copy of all the rows is made.
     """
-    out = np.full(items.shape, -np.inf, dtype=np.float32)
-    valid = items >= 0
-    rows = features[valid]
+    out = np.full(valid.shape, -np.inf, dtype=np.float32)
+    index = np.flatnonzero(valid)
+    rows = _rows(features)
 
     def proba(lo: int) -> np.ndarray:
         with single_threaded():
-            return np.asarray(model.predict_proba(rows[lo : lo + PREDICT_ROWS])[:, 1])
+            chunk = rows[index[lo : lo + PREDICT_ROWS]]
+            return np.asarray(model.predict_proba(chunk)[:, 1])
 
-    if len(rows):
-        out[valid] = np.concatenate(parallel_map(proba, range(0, len(rows), PREDICT_ROWS), threads))
+    if len(index):
+        chunks = parallel_map(proba, range(0, len(index), PREDICT_ROWS), threads)
+        out.ravel()[index] = np.concatenate(chunks)
     return out
 
 
@@ -1366,10 +1431,10 @@ def score_block(
             first = choice.prefilter(block.features, items)
             items = np.where(best_in_rows(first, max(choice.depth, n)), items, -1)
             if choice.ensemble:  # the linear score is a log-odds already
-                trees = _predict(choice.estimator, block.features, items, threads=1)
+                trees = _predict(choice.estimator, block.features, items >= 0, threads=1)
                 both = 0.5 * (log_odds(trees) + first.astype(np.float32))
                 return np.where(items >= 0, both, -np.inf).astype(np.float32)
-        return _predict(choice.estimator, block.features, items, threads=1)
+        return _predict(choice.estimator, block.features, items >= 0, threads=1)
     if choice.kind.startswith("source:"):
         scores = -block.ranks[names.index(choice.kind.split(":", 1)[1])].astype(np.float32)
     else:
