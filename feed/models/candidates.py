@@ -716,7 +716,8 @@ def fusion_scores(ranks: np.ndarray, depth: int, k: float = 20.0) -> np.ndarray:
     over the sources whose list holds the candidate (absent: rank == ``depth``).
 
     One source at a time: the temporaries are one (users x C) plane, not float64 copies of
-    the whole stack (350 MB each for a validation slice of 4,000 users and 11 sources)."""
+    the whole stack (8 bytes x sources x users x C each; with this, the 1M-like train's fit
+    peak at 4,000 validation users fell from 3.54 to 3.35 GB; RSS sampled every 0.25-0.5 s)."""
     total = np.zeros(ranks.shape[1:], dtype=np.float64)
     for rank in ranks:
         total += np.where(rank < depth, 1.0 / (k + rank + 1.0), 0.0)

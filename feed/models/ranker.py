@@ -1029,8 +1029,9 @@ class _Slice:
 def _drain(blocks: list[CandidateBlock], width: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """The blocks' features (users x width x F, NaN padding) and ranks (sources x users x
     width, ``depth`` padding) stacked, each block dropped from ``blocks`` once copied: the
-    slice's largest arrays are not held twice (about 650 MB of features at 4,000 users of the
-    1M-like data; pages of the outputs are committed only as they are written)."""
+    slice's largest arrays are not held twice (3.3M candidates x 49 features x 4 bytes, 650 MB
+    and more with the padding, at 4,000 users of the 1M-like data; pages of the outputs are
+    committed only as they are written)."""
     n_users = sum(len(b.items) for b in blocks)
     f, r = blocks[0].features, blocks[0].ranks
     features = np.empty((n_users, width, f.shape[2]), dtype=f.dtype)
@@ -1060,7 +1061,7 @@ class _Pool:
         self.ranks = _join([_pad(s.ranks, width, s.depth, axis=2) for s in slices], axis=1)
         self.users = _join([s.users for s in slices])
         self.bounds = np.cumsum([0] + [len(s.items) for s in slices])
-        # the features are the largest arrays (users x candidates x features, 650 MB at 4,000
+        # the features are the largest arrays (users x candidates x features, >= 650 MB at 4,000
         # users of the 1M-like data): each slice keeps a view of the pool's, not a second copy
         for s, lo, hi in zip(slices, self.bounds[:-1], self.bounds[1:], strict=True):
             s.features = self.features[lo:hi, : s.features.shape[1]]
@@ -1124,7 +1125,7 @@ def choose(
     folds = (np.random.default_rng(random_state).permutation(len(distinct)) % 2)[owner]
     users: dict[tuple[str, bool], np.ndarray] = {}
     # each option's scores (users x candidates) are made again for the one served, not kept
-    # for all of them: two dozen options of 4,000 users x 1,000 candidates
+    # for all of them: two dozen options, each as large as the pool's candidates
     makers: dict[str, Callable[[], np.ndarray]] = {}
 
     def judge(name: str, make: Callable[[], np.ndarray]) -> None:
