@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -278,7 +279,12 @@ def test_the_index_ranks_as_the_scan_did(r: Any, shop: dict[str, Any]) -> None:
     a, b = scores(fast.get_json()), scores(slow.get_json())
     assert set(a) <= set(b) and len(a) > 10
     assert all(abs(a[u] - b[u]) <= 0.02 * max(1.0, b[u]) for u in a)
-    assert list(a)[:10] == list(b)[:10]  # the best users, in the same order
+    # the best users, in the same order, up to the same tolerance: the index's scores may
+    # reorder users whose scan scores are within it of each other
+    top = list(a)[:10]
+    tenth = sorted(b.values(), reverse=True)[9]
+    assert all(b[u] >= tenth - 0.02 * max(1.0, tenth) for u in top)
+    assert all(b[x] >= b[y] - 0.02 * max(1.0, b[y]) for x, y in pairwise(top))
     assert fast.get_json()["estimated_size"] == slow.get_json()["estimated_size"] == len(b)
 
 

@@ -69,8 +69,13 @@ def test_the_merchant_page_shows_its_funnel_and_campaigns(
     page.fill("#merchant", m)
     page.fill("#token", "not-the-token")
     page.click("#login button[type=submit]")
-    page.wait_for_function("document.getElementById('status').textContent.includes('Cannot')",
-                           timeout=WAIT_MS)  # fmt: skip
+    # a function, not an expression string: Playwright polls a string with eval(), which the
+    # page's Content-Security-Policy (no 'unsafe-eval') refuses whenever the first check fails
+    page.wait_for_function(
+        "sel => document.querySelector(sel).textContent.includes('Cannot')",
+        arg="#status",
+        timeout=WAIT_MS,
+    )
     assert page.locator("#main").is_hidden()
     page.fill("#token", token)
     page.click("#login button[type=submit]")
