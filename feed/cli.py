@@ -147,8 +147,16 @@ def validate(data_dir: Path) -> None:
     default=None,
     metavar="VERSION_DIR",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Start from this previous version (the daily retrain): reuse its ranker, page "
-    "policy and tuned parameters, continue its ALS/BPR factors; no validation fits.",
+    help="Start from this previous version (the daily retrain): reuse its ranker choice, "
+    "page policy and tuned parameters, continue its ALS/BPR factors; no tuning or choice.",
+)
+@click.option(
+    "--warm-ranker",
+    type=click.Choice(["refit", "reuse"]),
+    default="refit",
+    show_default=True,
+    help="With --warm-start: fit the chosen ranker again on this data's validation slices, "
+    "or reuse the previous fitted ranker as it is (faster: no validation fits).",
 )
 @click.option(
     "--cluster",
@@ -167,6 +175,7 @@ def train(
     seed: int,
     progress: bool,
     warm_start: Path | None,
+    warm_ranker: str,
     cluster: str | None,
 ) -> None:
     """Train every model and write a model version to OUT/<version>/.
@@ -187,7 +196,12 @@ def train(
     from feed.train import TrainConfig
     from feed.train import train as run
 
-    cfg = TrainConfig(n_candidates=candidates, factors=factors, random_state=seed)
+    cfg = TrainConfig(
+        n_candidates=candidates,
+        factors=factors,
+        random_state=seed,
+        warm_refit_ranker=warm_ranker == "refit",
+    )
     if ranked_users is not None:
         cfg = replace(cfg, ranked_users=ranked_users)
     try:

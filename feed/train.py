@@ -423,7 +423,7 @@ def train(
     if previous is None:
         blend = make_blend(cfg).fit(data)
     else:
-        blend = make_blend(cfg).fit_warm(data, previous[0])
+        blend = make_blend(cfg).fit_warm(data, previous[0], cfg.warm_refit_ranker)
     clock.lap("fit")
     content, item = _side_models(blend, data, ds, cfg)
     clock.lap("fit_side_models")
@@ -552,18 +552,26 @@ def warm_record(
         delta = datetime.strptime(created, fmt) - datetime.strptime(then, fmt)
         return round(delta.total_seconds() / 86_400, 4)
 
-    reused = ["sources and their tuned parameters", "page policy"]
-    reused.insert(1, f"ranker ({meta['choice']['kind']})")
+    warm = blend.summary()["warm_start"] or {}
+    kind = meta["choice"]["kind"]
+    skipped = ["source tuning", "ranker choice", "page-policy search"]
+    if warm.get("ranker") == "refitted":
+        ranker = f"ranker choice ({kind}) and parameters, refitted on this data's validation"
+    else:
+        ranker = f"ranker ({kind})"
+        skipped.insert(0, "validation slices")
     return {
         "from": manifest.get("version"),
         "from_created": manifest.get("created"),
         "age_days": age_days(manifest.get("created")),
         "learned": meta["learned"],
         "learned_age_days": age_days(meta["learned"].get("created")),
-        "reused": reused,
-        "skipped": ["validation slices", "source tuning", "ranker choice", "page-policy search"],
-        "factors": (blend.summary()["warm_start"] or {}).get("factors", {}),
-        "share_of_iterations": (blend.summary()["warm_start"] or {}).get("share_of_iterations"),
+        "reused": ["sources and their tuned parameters", ranker, "page policy"],
+        "skipped": skipped,
+        "ranker": warm.get("ranker"),
+        "validation_users": blend.summary()["validation_users"],
+        "factors": warm.get("factors", {}),
+        "share_of_iterations": warm.get("share_of_iterations"),
     }
 
 

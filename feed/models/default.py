@@ -98,6 +98,10 @@ class TrainConfig:
     #: the choice flipped between two trains a day apart (docs/quality.md, "How many validation
     #: users"); the cost is the slice's candidates and the rankers' scoring, linear in this.
     max_val_users: int = 4000
+    #: ``feed train --warm-start``: fit the reused ranker choice again on this data's
+    #: validation slices (their sources warm-started too), rather than reuse the previous
+    #: fitted ranker as it is (``feed.models.ranker.LearnedBlend.fit_warm``).
+    warm_refit_ranker: bool = True
     random_state: int = 0
 
 

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -422,13 +422,20 @@ class LearnedBlend:
             problems.append(f"validation metric {stored_metric} -> {metric}")
         return problems
 
-    def fit_warm(self, data: TrainingData, previous: WarmState) -> LearnedBlend:
+    def fit_warm(
+        self, data: TrainingData, previous: WarmState, refit_ranker: bool = True
+    ) -> LearnedBlend:
         """Fit on ``data`` starting from a previous fit (:meth:`warm_state`), the daily path:
-        the previous sources' tuned parameters, ranker choice, fitted ranker and page policy
-        are reused; every source is fitted once, on all of ``data``, the ALS/BPR sources from
-        the previous factors (rows matched by user and post id; new users and posts start
-        fresh) for :data:`WARM_SHARE` of their usual iterations. No validation slice, tuning,
-        ranker choice or policy search.
+        the previous sources' tuned parameters, ranker choice and page policy are reused; the
+        ALS/BPR sources start from the previous factors (rows matched by user and post id;
+        new users and posts start fresh) for :data:`WARM_SHARE` of their usual iterations.
+        No tuning, ranker choice or policy search.
+
+        With ``refit_ranker`` (and a learned ranker chosen), the chosen ranker (and its linear
+        prefilter) is fitted again, with the chosen parameters, on this data's validation
+        slices (:meth:`_windows`, as a full fit carves them; their sources warm-started as
+        well): the ranker learns from the newest days as a full train's does. Without it, the
+        previous fitted ranker is reused as it is and no validation slice is carved.
 
         Raises :class:`WarmStartError` naming what differs when ``previous`` does not fit
         (:meth:`warm_differences`).
@@ -478,16 +485,33 @@ class LearnedBlend:
         self.policy_choice_ = None
         self.warm_policy_ = meta.get("page_policy_choice")
         self.page_policy_ = PagePolicy.from_json(meta["page_policy"])
-        self.warm_init_, self.warm_factors_ = self._warm_factors(data, previous)
-        self.sources_ = self.fit_sources([Stage("final", data)])[0]
+        self.val_users_ = []
+        self.warm_ranker_ = "reused"
+        final = Stage("final", data)
+        init, self.warm_factors_ = self._warm_factors(data, previous)
+        windows = []
+        if refit_ranker and choice.estimator is not None and data.source is not None:
+            windows = self._windows(data.source)
+        self.sources_, tables = self._fit_windows(windows, final, choice.metric, previous, init)
+        del init  # the starting factors are not needed any more
         for name, info in self.warm_factors_.items():
             model = self.sources_[name]
             if isinstance(model, MatrixFactorization):
                 info["iterations"] = int(model.epochs_)
-        self.warm_init_ = {}  # the starting factors are not needed any more
+        if tables:
+            t = time.perf_counter()
+            pool = _Pool(tables, choice.metric)
+            del tables
+            if fit_chosen(choice, pool, self.max_train_rows, self.random_state):
+                self.warm_ranker_ = "refitted"
+                self.val_users_ = [len(s.users) for s in pool.slices]
+            else:
+                logger.warning("the validation slices hold one class only: ranker reused")
+            self._add_time("validation:ranker_refit", time.perf_counter() - t)
         logger.info(
-            "default model warm-started: %s (one post per product: %s), page policy %s",
+            "default model warm-started: %s (%s; one post per product: %s), page policy %s",
             choice.kind,
+            self.warm_ranker_,
             choice.one_per_product,
             self.page_policy_,
         )
@@ -523,6 +547,33 @@ class LearnedBlend:
             }
         return init, info
 
+    def _fit_windows(
+        self,
+        windows: list[tuple[Split, TrainingData, Any]],
+        final: Stage,
+        metric: str,
+        previous: WarmState,
+        init: dict[str, tuple[np.ndarray, np.ndarray]],
+    ) -> tuple[dict[str, CandidateModel], list[_Slice]]:
+        """The warm path's fits: the sources for ``final`` (ALS/BPR from ``init``) and, for
+        each validation slice, sources warm-started from ``previous`` and the slice's
+        candidate table; the final fits run alongside the first slice's."""
+        sources: dict[str, CandidateModel] | None = None
+        tables = []
+        for _, sub, truth in windows:
+            todo, inits = [Stage("validation", sub)], [self._warm_factors(sub, previous)[0]]
+            if sources is None:
+                todo.append(final)
+                inits.append(init)
+            done = self.fit_sources(todo, init=inits)
+            if sources is None:
+                sources = done.pop()
+            tables.append(self._slice(done[0], sub, truth, metric))
+            del done, inits
+        if sources is None:
+            sources = self.fit_sources([final], init=[init])[0]
+        return sources, tables
+
     def _applicable(self, data: TrainingData) -> list[str]:
         names = []
         for name, model in self.sources.items():
@@ -546,10 +597,13 @@ class LearnedBlend:
         stages: list[Stage],
         given: Mapping[tuple[int, str], CandidateModel] | None = None,
         skip: set[str] | frozenset[str] = frozenset(),
+        init: Sequence[Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> list[dict[str, CandidateModel]]:
         """Fresh copies of the applicable sources (:meth:`prototype`) fitted for each stage,
         in ``names_`` order (but the ``skip``ped ones); ``given`` holds fits already made
-        (stage index, name).
+        (stage index, name); ``init`` (the warm path), per stage, the starting factors of the
+        ALS/BPR sources (rows in the stage's data's order) fitted for :data:`WARM_SHARE` of
+        their iterations.
 
         The fits are independent, so they run on a pool of threads (the slowest sources
         first, :func:`fit_cost`); each fit's seconds go to ``timings_["<stage>:<source>_s"]``.
@@ -572,14 +626,14 @@ class LearnedBlend:
             t = time.perf_counter()
             data = decayed_data[i].get() if name in self.decayed else stages[i].data
             model = self.prototype(name)
-            init = getattr(self, "warm_init_", {}).get(name)
+            start = init[i].get(name) if init is not None else None
             if share and name == "content":
                 model = content_fits[i].get()
             elif share and name == "fresh":
                 model = model.fit(data, content=content_fits[i].get())  # type: ignore[call-arg]
-            elif init is not None and isinstance(model, MatrixFactorization):
-                try:  # only the warm path sets init
-                    model.fit(data, init=init, share=WARM_SHARE)
+            elif start is not None and isinstance(model, MatrixFactorization):
+                try:
+                    model.fit(data, init=start, share=WARM_SHARE)
                 except ValueError as e:  # stored factors that do not fit this source
                     raise WarmStartError(f"source {name}: {e}") from e
             else:
@@ -899,7 +953,11 @@ class LearnedBlend:
             "tuned": getattr(self, "reused_tuned_", None)
             or {n: t.summary() for n, t in getattr(self, "tuned_", {}).items()},
             "warm_start": (
-                {"factors": self.warm_factors_, "share_of_iterations": WARM_SHARE}
+                {
+                    "factors": self.warm_factors_,
+                    "share_of_iterations": WARM_SHARE,
+                    "ranker": self.warm_ranker_,
+                }
                 if getattr(self, "warm_factors_", None) is not None
                 else None
             ),
@@ -1187,18 +1245,29 @@ def choose(
         index, _, extra = served.split(":")[1].partition("+")
         choice.params = dict(RANKER_GRID[int(index)])
         choice.ensemble = extra == "linear"
-        stages = [choice.params]
         if pre is not None and _is_tree(choice.params):
             choice.prefilter_params, choice.depth = dict(RANKER_GRID[pre]), depth
-            stages.append(choice.prefilter_params)
-        every = np.ones(len(pool.items), dtype=bool)
-        with quiet_sklearn():
-            fitted = parallel_map(
-                lambda params: _fit_ranker(pool, every, params, max_rows, random_state), stages
-            )
-        choice.estimator = fitted[0]
-        choice.prefilter = LinearScores.of(fitted[1]) if len(fitted) > 1 else None
+        fit_chosen(choice, pool, max_rows, random_state)
     return choice
+
+
+def fit_chosen(choice: RankerChoice, pool: _Pool, max_rows: int, random_state: int) -> bool:
+    """Fit the chosen ranker (``choice.params``) and its linear prefilter
+    (``choice.prefilter_params``, when set) on every user of ``pool``, into ``choice``; False
+    (``choice`` unchanged) when the pool holds one class only."""
+    stages = [choice.params]
+    if choice.prefilter_params:
+        stages.append(choice.prefilter_params)
+    every = np.ones(len(pool.items), dtype=bool)
+    with quiet_sklearn():
+        fitted = parallel_map(
+            lambda params: _fit_ranker(pool, every, params, max_rows, random_state), stages
+        )
+    if any(f is None for f in fitted):
+        return False
+    choice.estimator = fitted[0]
+    choice.prefilter = LinearScores.of(fitted[1]) if len(fitted) > 1 else None
+    return True
 
 
 def _fixed_scores(pool: _Pool, source: int | None) -> np.ndarray:
