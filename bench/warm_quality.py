@@ -10,7 +10,9 @@ too); on the rest (the training part):
 * **full, the day before**: ``feed train`` on the training part without its last day (the
   likes and purchases of its newest 24 hours, every timed table cut at the same time;
   ``--daily-frac`` cuts that share of the likes and purchases instead), judged as it is;
-* **warm, daily**: ``feed train --warm-start`` from that version on the whole training part.
+* **warm, daily**: ``feed train --warm-start`` from that version on the whole training part
+  (the chosen ranker refitted on its validation slices), and the same with ``--warm-ranker
+  reuse`` (the day before's fitted ranker as it is).
 
 Each version's published candidate lists are judged on the held-out likes of the users it
 lists (NDCG@20 and recall@20, as ``feed evaluate`` computes them; the published lists exclude
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         same, same_s, same_m = train(work / "train", work / "art", "--warm-start", str(full))
         day, day_s, day_m = train(work / "before", work / "art")
         daily_v, daily_s, daily_m = train(work / "train", work / "art", "--warm-start", str(day))
+        reuse_v, reuse_s, reuse_m = train(
+            work / "train", work / "art", "--warm-start", str(day), "--warm-ranker", "reuse"
+        )
         base = per_user_quality(full, held)
         rows = []
         for name, version, seconds, m in (
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             ("warm, same data", same, same_s, same_m),
             (f"full, the day before (-{daily:.1%} likes), not updated", day, day_s, day_m),
             (f"warm, daily (+{daily:.1%} likes)", daily_v, daily_s, daily_m),
+            ("warm, daily, the ranker reused", reuse_v, reuse_s, reuse_m),
         ):
             q = base if version == full else per_user_quality(version, held).reindex(base.index)
             gap = (q["ndcg"] - base["ndcg"]).to_numpy()

@@ -153,10 +153,10 @@ def validate(data_dir: Path) -> None:
 @click.option(
     "--warm-ranker",
     type=click.Choice(["refit", "reuse"]),
-    default="refit",
-    show_default=True,
+    default=None,
     help="With --warm-start: fit the chosen ranker again on this data's validation slices, "
-    "or reuse the previous fitted ranker as it is (faster: no validation fits).",
+    "or reuse the previous fitted ranker as it is (faster: no validation fits).  "
+    "[default: refit]",
 )
 @click.option(
     "--cluster",
@@ -175,7 +175,7 @@ def train(
     seed: int,
     progress: bool,
     warm_start: Path | None,
-    warm_ranker: str,
+    warm_ranker: str | None,
     cluster: str | None,
 ) -> None:
     """Train every model and write a model version to OUT/<version>/.
@@ -196,11 +196,13 @@ def train(
     from feed.train import TrainConfig
     from feed.train import train as run
 
+    if warm_ranker is not None and warm_start is None:
+        _fail("--warm-ranker applies to a warm start: give --warm-start VERSION_DIR too")
     cfg = TrainConfig(
         n_candidates=candidates,
         factors=factors,
         random_state=seed,
-        warm_refit_ranker=warm_ranker == "refit",
+        warm_refit_ranker=warm_ranker != "reuse",
     )
     if ranked_users is not None:
         cfg = replace(cfg, ranked_users=ranked_users)

@@ -107,6 +107,13 @@ def test_reusing_the_ranker_fits_no_validation_slice(work: dict[str, Any]) -> No
     assert not np.array_equal(_ranker_scores(work["warm"]), full)
 
 
+def test_warm_ranker_without_a_warm_start_is_refused(work: dict[str, Any]) -> None:
+    out = work["root"] / "refused-mode"
+    res = run("train", str(work["root"] / "train"), "--out", str(out), "--warm-ranker", "reuse")
+    assert res.exit_code == 1 and "--warm-ranker applies to a warm start" in res.output
+    assert not out.exists()
+
+
 def _ranker_scores(version: Path) -> np.ndarray:
     """The stored ranker's scores of fixed random feature rows."""
     import skops.io as sio
