@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from feed.data import Dataset, load
 from feed.features.matrices import TrainingData, build
 from feed.models import NotFittedError
-from feed.models.base import parallel_map, topk
+from feed.models.base import lookup_flat, parallel_map, topk
 from feed.models.candidates import (
     CandidateBlock,
     CandidateBuilder,
@@ -587,3 +587,30 @@ def test_content_profiles_by_blocks_of_users_equal_one_product(
     for got in (whole.profiles_, blocked.profiles_):
         assert got.dtype == np.float32 and got.shape == ref.shape
         assert (got != ref).nnz == 0
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_lookup_flat_reads_the_stored_entries_of_any_csr(canonical: bool) -> None:
+    """Every pair's value as the dense matrix has it: rows long and short, empty rows,
+    entries not stored (0), and (``canonical`` False) unsorted columns with duplicates, which
+    count summed as scipy counts them."""
+    rng = np.random.default_rng(0)
+    n_rows, n_cols = 60, 500
+    lengths = rng.choice([0, 1, 5, 300], size=n_rows)
+    r = np.repeat(np.arange(n_rows), lengths)
+    c = rng.integers(0, n_cols, len(r))
+    v = rng.random(len(r)).astype(np.float32) + 0.1
+    if canonical:
+        m = sp.csr_matrix((v, (r, c)), shape=(n_rows, n_cols))
+        m.sum_duplicates()
+    else:  # the raw arrays, in the order given: unsorted within rows, duplicates kept
+        m = sp.csr_matrix((v, c, np.concatenate([[0], np.cumsum(lengths)])), (n_rows, n_cols))
+        assert not m.has_canonical_format
+    dense = m.toarray()
+    stored = rng.integers(0, len(r), 2500)  # half the pairs are stored entries
+    rows = np.concatenate([r[stored], rng.integers(0, n_rows, 2500)])
+    cols = np.concatenate([c[stored], rng.integers(0, n_cols, 2500)])
+    got = lookup_flat(m, rows, cols)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, dense[rows, cols], rtol=1e-6)
+    assert (got[:2500] > 0).all() and (got[2500:] == 0).any()

@@ -142,14 +142,30 @@ def lookup(m: sp.spmatrix, items: np.ndarray) -> np.ndarray:
 
 
 def lookup_flat(m: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``m[rows[k], cols[k]]`` as float32 (0 where nothing is stored): scipy's binary search
-    within each row, never a dense row."""
+    """``m[rows[k], cols[k]]`` as float32 (0 where nothing is stored), never a dense row: one
+    binary search per pair among the stored entries' (row, column) keys.
+
+    Not scipy's ``m[rows, cols]``: it scans a row linearly when the row holds fewer entries
+    than the average row, which is most rows, so a lookup cost the row's length. With a
+    source's candidates of a block of users (thousands of posts a row at 284k posts) that was
+    nearly all the candidate stage's time.
+
+    >>> m = sp.csr_matrix((np.array([1.0, 2.0, 3.0]), (np.array([0, 0, 1]), np.array([2, 0, 2]))))
+    >>> lookup_flat(m, np.array([0, 0, 1, 1]), np.array([0, 2, 2, 1])).tolist()
+    [2.0, 1.0, 3.0, 0.0]
+    """
     m = sp.csr_matrix(m)
     if not m.nnz or not len(rows):
         return np.zeros(len(rows), dtype=np.float32)
-    if not m.has_sorted_indices:
-        m = m.sorted_indices()
-    return np.asarray(m[rows, cols], dtype=np.float32).ravel()
+    if not m.has_canonical_format:  # sorted within rows, no duplicates: the keys ascend
+        m = m.copy()
+        m.sum_duplicates()
+    width = m.shape[1]
+    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64) * width, np.diff(m.indptr))
+    keys += m.indices
+    want = np.asarray(rows, dtype=np.int64) * width + np.asarray(cols, dtype=np.int64)
+    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+    return np.where(keys[at] == want, m.data[at], 0).astype(np.float32)
 
 
 def blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
