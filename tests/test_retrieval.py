@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from feed.data import load
 from feed.data.synth import SynthConfig, generate
@@ -158,3 +159,31 @@ def test_pairs_are_scored_a_few_rows_at_a_time_with_the_same_values(
         assert len(calls) == 18, name
         calls.clear()
     assert {"als", "product_als", "product_knn", "itemknn", "content", "fresh"} <= set(checked)
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_a_large_twin_group_is_cut_without_changing_any_top_list(approximate: bool) -> None:
+    """3,000 items share one vector that every query scores highest: the search returns a few
+    times the depth of them, not all 3,000, and (exact search) the best ``4 * depth`` of every
+    row, as the candidate stage reads them, score as those of every item scored do."""
+    from feed.models.candidates import sparse_top_per_product
+
+    rng = np.random.default_rng(0)
+    twin = np.full((1, 8), 2.0)
+    items = np.vstack([rng.random((400, 8)), np.repeat(twin, 3000, axis=0)]).astype(np.float32)
+    items = items[rng.permutation(len(items))]  # the twins spread over the index range
+    index = FactorIndex(items, min_items=100 if approximate else 10**6)
+    assert (index.ann is not None) == approximate
+    queries = rng.random((50, 8)).astype(np.float32)
+    got = index.search(queries, np.full(len(queries), 20))
+    assert 80 <= np.diff(got.indptr).min() and np.diff(got.indptr).max() <= 200
+    if approximate:
+        return
+    dense = queries.astype(np.float64) @ items.T.astype(np.float64)
+    keys = np.arange(len(items))
+    for k in (20, 80):  # which of the tied twins is arbitrary (argpartition), their scores not
+        a = sparse_top_per_product(got, keys, k, depth=k)
+        b = sparse_top_per_product(sp.csr_matrix(dense), keys, k, depth=k)
+        assert (a >= 0).all() and len(np.unique(a[0])) == k
+        top_a = np.sort(np.take_along_axis(dense, a, axis=1), axis=1)
+        np.testing.assert_allclose(top_a, np.sort(np.take_along_axis(dense, b, axis=1), axis=1))

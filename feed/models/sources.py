@@ -250,6 +250,12 @@ class MatrixFactorization(CandidateModel):
 #: and 0.64 (BPR) on the group-buy shape (docs/scaling.md, "Retrieval"), so the exact product
 #: is kept well past the catalogues measured so far.
 ANN_MIN_ITEMS = 50_000
+#: A retrieval's rows hold at most this many times the deepest query's depth of one group of
+#: twin items (:meth:`FactorIndex._members`): the candidate stage reads at most
+#: ``max(4, fetch * posts per product) * n`` entries of a row beyond its excluded ones
+#: (:func:`feed.models.candidates.sparse_top_per_product`), and asks a source for
+#: ``fetch * posts per product * n`` plus the excluded ones, so 4 times that covers it.
+TWIN_READ = 4
 #: HNSW graph degree and build breadth (faiss ``IndexHNSWFlat``).
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 128
 #: A query of depth ``k`` explores ``max(HNSW_EF_MIN, HNSW_EF_FACTOR * k)`` graph nodes: the
@@ -295,6 +301,7 @@ class FactorIndex:
             (np.ones(len(x), np.float32), (distinct_of, np.arange(len(x)))),
             shape=(len(order), len(x)),
         )
+        self._capped: dict[int, sp.csr_matrix] = {}  # members, each group cut (_members)
         self.ann: Any = None
         if len(self.distinct) > (ANN_MIN_ITEMS if min_items is None else min_items):
             import faiss
@@ -335,11 +342,39 @@ class FactorIndex:
                 ids[sel, :k] = found
                 scores[sel, :k] = sims
         rows = np.broadcast_to(np.arange(len(queries))[:, None], ids.shape)
-        ok = ids >= 0
+        ok = (ids >= 0) & (scores != 0)  # a zero score: the product drops it anyway
         hits = sp.csr_matrix(
             (scores[ok], (rows[ok], ids[ok])), shape=(len(queries), n_distinct), dtype=np.float32
         )
-        return sp.csr_matrix(hits @ self.members)
+        return sp.csr_matrix(hits @ self._members(TWIN_READ * int(depth.max(initial=1))))
+
+    def _members(self, cap: int) -> sp.csr_matrix:
+        """``members`` with at most ``cap`` items (the first ones) per distinct vector, ``cap``
+        rounded up to a power of two (one cached matrix per value).
+
+        Twins score alike, so a reader of a row's best ``cap`` items takes at most ``cap`` of
+        one group, and which of them was arbitrary before the cut too (ties at the cut-off of
+        a partial sort). A larger group only made the product and every row that long: the
+        posts without engagement share the zero vector under ALS (100k+ at Ciao's size; their
+        zero scores are dropped, after the product's work), products without purchases
+        likewise under the product ALS.
+        """
+        cap = int(2 ** np.ceil(np.log2(max(cap, 1))))
+        capped = self._capped.get(cap)
+        if capped is None:
+            m = self.members
+            counts = np.diff(m.indptr)
+            if counts.max(initial=0) <= cap:
+                capped = m
+            else:
+                at = np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)
+                coo = m.tocoo()
+                keep = at < cap
+                capped = sp.csr_matrix(
+                    (coo.data[keep], (coo.row[keep], coo.col[keep])), shape=m.shape
+                )
+            self._capped[cap] = capped
+        return capped
 
 
 def dot_pairs(rows: np.ndarray, items64: np.ndarray, items: np.ndarray) -> np.ndarray:
