@@ -354,10 +354,9 @@ class FactorIndex:
 
         Twins score alike, so a reader of a row's best ``cap`` items takes at most ``cap`` of
         one group, and which of them was arbitrary before the cut too (ties at the cut-off of
-        a partial sort). A larger group only made the product and every row that long: the
-        posts without engagement share the zero vector under ALS (100k+ at Ciao's size; their
-        zero scores are dropped, after the product's work), products without purchases
-        likewise under the product ALS.
+        a partial sort). A larger group only made the product and every row that long. (The
+        largest group, the zero vector every post without engagement shares under ALS, 100k+
+        posts at Ciao's size, scores 0 and is dropped before the product: :meth:`search`.)
         """
         cap = int(2 ** np.ceil(np.log2(max(cap, 1))))
         capped = self._capped.get(cap)
