@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 
 from feed import __version__, artifacts
 from feed.contract import (
@@ -29,15 +30,12 @@ from feed.distributed import check as check_cluster
 from feed.distributed import map_blocks
 from feed.evaluation.splits import choose_method
 from feed.features.matrices import EngagementWeights, TrainingData, build
-from feed.models.base import blocks, parallel_map, topk
+from feed.models.base import blocks, parallel_map
 from feed.models.candidates import is_global
 from feed.models.default import TrainConfig, make_blend, trending_list
 from feed.models.groups import DEAL_REASONS, GroupRecs
 from feed.models.ranker import LearnedBlend, WarmStartError, WarmState
-from feed.models.sources import (
-    Content,
-    ItemItem,
-)
+from feed.models.sources import Content, ItemItem, sparse_topk
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +194,8 @@ def _neighbours(
     popularity = np.asarray(data.engagement.getnnz(axis=0)).ravel()
     pool = np.argsort(-popularity, kind="stable")[:max_content_posts]
     shared = _NeighbourInputs(item, content.post_vectors_, pool, content.post_vectors_[pool], n)
-    parts = map_blocks(_neighbours_of, list(blocks(npo, npo)), shared, cluster=cluster)
+    # the widest row a block holds: its content matches over the pool
+    parts = map_blocks(_neighbours_of, list(blocks(npo, len(pool) + n)), shared, cluster=cluster)
     if not parts:
         return np.full((0, n), -1, dtype=np.int64), np.full((0, n), -np.inf, dtype=np.float32)
     items, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
@@ -214,21 +213,29 @@ class _NeighbourInputs(NamedTuple):
 def _neighbours_of(
     shared: _NeighbourInputs, bounds: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The fused neighbour lists of posts ``[lo, hi)`` (one task of the neighbour stage)."""
+    """The fused neighbour lists of posts ``[lo, hi)`` (one task of the neighbour stage):
+    sparse rows throughout, so a post costs its neighbours and content matches, not the
+    catalogue."""
     item, vectors, pool, pool_vecs, n = shared
     lo, hi = bounds
     npo = vectors.shape[0]
-    rows = np.arange(lo, hi)
-    block = np.zeros((hi - lo, npo), dtype=np.float32)
-    block += _rank_scores(item.similar_posts(rows), n)
-    cv = vectors[rows] @ pool_vecs.T
-    cdense = np.full((hi - lo, npo), 0.0, dtype=np.float32)
-    cdense[:, pool] = cv.toarray()
-    cdense[np.arange(hi - lo), rows] = 0.0  # a post is not its own content neighbour
-    block += 0.7 * _rank_scores(cdense, n)
-    block[np.arange(hi - lo), rows] = -np.inf
-    block[block <= 0] = -np.inf
-    return topk(block, n)
+    cv = sp.csr_matrix(vectors[lo:hi] @ pool_vecs.T, dtype=np.float32)  # columns: the pool
+    content = sp.csr_matrix((cv.data, pool[cv.indices], cv.indptr), shape=(hi - lo, npo))
+    fused = _rank_scores(item.similar_posts(np.arange(lo, hi), n), n)
+    fused += 0.7 * _rank_scores(_positive(content, lo), n)
+    return sparse_topk(_positive(fused, lo), n)
+
+
+def _positive(m: sp.csr_matrix, lo: int | None = None) -> sp.csr_matrix:
+    """``m``'s entries > 0; with ``lo`` (the rows are posts ``lo, lo + 1, ...``), each post's
+    own entry dropped too."""
+    m = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    drop = ~(m.data > 0)
+    if lo is not None:
+        drop |= m.indices == np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)) + lo
+    m.data[drop] = 0
+    m.eliminate_zeros()
+    return m
 
 
 TOKEN_INDEX_MAX_TOKENS = 50_000  # most frequent tokens kept in the interests index
@@ -273,15 +280,15 @@ def token_index(
     }
 
 
-def _rank_scores(block: np.ndarray, n: int, k: float = 20.0) -> np.ndarray:
-    """Reciprocal-rank scores of each row's top-``n`` positive entries (0 elsewhere)."""
-    block = np.where(block > 0, block, -np.inf).astype(np.float32)
-    items, _ = topk(block, n)
-    out = np.zeros_like(block)
-    rows = np.broadcast_to(np.arange(block.shape[0])[:, None], items.shape)
+def _rank_scores(m: sp.csr_matrix, n: int, k: float = 20.0) -> sp.csr_matrix:
+    """Reciprocal-rank scores ``1 / (k + 1 + rank)`` of each row's top-``n`` positive entries
+    (ranks from 0, ties: the lower column first), as sparse rows."""
+    items, _ = sparse_topk(_positive(m), n)
     ok = items >= 0
-    out[rows[ok], items[ok]] = (1.0 / (k + 1 + np.nonzero(ok)[1])).astype(np.float32)
-    return out
+    rows, rank = np.nonzero(ok)
+    return sp.csr_matrix(
+        ((1.0 / (k + 1 + rank)).astype(np.float32), (rows, items[ok])), shape=m.shape
+    )
 
 
 def post_documents(ds: Dataset) -> Iterator[dict[str, Any]]:

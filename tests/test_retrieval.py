@@ -75,32 +75,47 @@ def test_approximate_factor_search_recalls_exact_top_k(data: TrainingData) -> No
         np.testing.assert_allclose(sub.data, dense[sub.row, sub.col], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("crowded", [False, True])
 def test_retrieval_finds_the_dense_top_lists_and_scores_pairs_alike(
-    data: TrainingData, sources: dict
+    data: TrainingData, sources: dict, crowded: bool
 ) -> None:
     """The builder's retrieval path against its dense path on the same sources: every
     source's top list recalls the dense one (exact sources: identically), and every
-    candidate's features are the dense path's (pair scoring equals dense scoring)."""
+    candidate's features are the dense path's (pair scoring equals dense scoring).
+    ``crowded``: half the users also exclude 1,300 of the 1,500 posts, so a source's first
+    answer leaves their lists short and they are asked again, deeper."""
     context = FeatureContext(data)
     dense = CandidateBuilder(sources, context, DEPTH, exact_max_posts=10**9)
     sparse = CandidateBuilder(sources, context, DEPTH, exact_max_posts=0)
     assert sparse.retrieval and not dense.retrieval
+    rng = np.random.default_rng(0)
+    users = rng.choice(data.n_users, 150, replace=False)
     exclude = data.seen()
-    users = np.random.default_rng(0).choice(data.n_users, 150, replace=False)
+    if crowded:
+        rows = np.repeat(users[::2], 1300)
+        cols = np.concatenate([rng.choice(data.n_posts, 1300, replace=False) for _ in users[::2]])
+        extra = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=exclude.shape)
+        exclude = sp.csr_matrix((exclude + extra) > 0, dtype=np.float32)
+        assert (np.diff(exclude[users[::2]].indptr) > sparse.fetch * sparse.per_key * DEPTH).all()
     a, b = dense.build(users, exclude), sparse.build(users, exclude)
     names = list(sources)
+    cols = feature_names(sources)
     for s, name in enumerate(names):
-        in_dense = a.ranks[s] < DEPTH
+        # posts a source scores 0 or less are no candidates of its retrieval (a factor
+        # source's zero vector: posts nobody engaged with); a crowded list reaches them
+        positive = a.features[:, :, cols.index(f"{name}:score")] > 0
+        in_dense = (a.ranks[s] < DEPTH) & (positive | (name in ("popularity", "trending")))
         listed_dense = [set(a.items[i][in_dense[i]]) for i in range(len(users))]
         in_sparse = b.ranks[s] < DEPTH
         listed_sparse = [set(b.items[i][in_sparse[i]]) for i in range(len(users))]
         total = sum(len(x) for x in listed_dense)
         found = sum(len(x & y) for x, y in zip(listed_dense, listed_sparse, strict=True))
         recall = found / max(total, 1)
-        # approximate: content (champion lists); the rest are exact on this catalogue
-        assert recall >= (0.9 if name in ("content", "fresh") else 0.99), (name, recall)
+        # approximate: content (champion lists, 0.86 crowded before asking the short lists
+        # again); the rest are exact on this catalogue
+        bar = (0.8 if crowded else 0.9) if name in ("content", "fresh") else 0.99
+        assert recall >= bar, (name, recall)
     # features of the candidates both paths list
-    cols = feature_names(sources)
     for i in range(len(users)):
         common, ia, ib = np.intersect1d(a.items[i], b.items[i], return_indices=True)
         ia, ib = ia[common >= 0], ib[common >= 0]
@@ -187,3 +202,44 @@ def test_a_large_twin_group_is_cut_without_changing_any_top_list(approximate: bo
         assert (a >= 0).all() and len(np.unique(a[0])) == k
         top_a = np.sort(np.take_along_axis(dense, a, axis=1), axis=1)
         np.testing.assert_allclose(top_a, np.sort(np.take_along_axis(dense, b, axis=1), axis=1))
+
+
+def test_neighbour_lists_are_the_dense_fusion_without_a_row_over_every_post(
+    data: TrainingData, sources: dict
+) -> None:
+    """The neighbour stage (sparse rows: a post costs its neighbours, not the catalogue) gives
+    every post the scores of the definition computed densely: each post's top-``n``
+    co-engagement and content matches by reciprocal rank, fused 1 : 0.7, itself excluded;
+    posts differ only where scores tie."""
+    from feed.train import _NeighbourInputs, _neighbours_of
+
+    item, content, n = sources["itemknn"], sources["content"], 10
+    pool = np.argsort(-np.asarray(data.engagement.getnnz(axis=0)).ravel(), kind="stable")[:900]
+    vectors = content.post_vectors_
+    shared = _NeighbourInputs(item, vectors, pool, vectors[pool], n)
+    lo, hi = 100, 400
+    items, scores = _neighbours_of(shared, (lo, hi))
+
+    def rank_scores(block: np.ndarray) -> np.ndarray:
+        top, _ = topk(np.where(block > 0, block, -np.inf), n)
+        out = np.zeros_like(block)
+        for r, row in enumerate(top):
+            for rank, j in enumerate(row[row >= 0]):
+                out[r, j] = 1.0 / (21 + rank)
+        return out
+
+    rows = np.arange(lo, hi)
+    co = item.twin_similarity_[item.twin_[rows]].toarray()[:, item.twin_]
+    matches = np.zeros((hi - lo, data.n_posts))
+    matches[:, pool] = (vectors[rows] @ vectors[pool].T).toarray()
+    matches[np.arange(hi - lo), rows] = 0
+    fused = rank_scores(co) + 0.7 * rank_scores(matches)
+    fused[np.arange(hi - lo), rows] = 0
+    want, want_scores = topk(np.where(fused > 0, fused, -np.inf).astype(np.float32), n)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+    assert (items == want)[np.isfinite(want_scores)].mean() > 0.9  # the rest: ties
+    assert not (items == rows[:, None]).any()
+    found = np.isfinite(scores)
+    assert found.sum(axis=1).min() > 0  # every post has neighbours here
+    listed = fused[np.nonzero(found)[0], items[found]]  # each listed post's own fused score
+    np.testing.assert_allclose(listed, scores[found], rtol=1e-6)

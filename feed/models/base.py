@@ -154,18 +154,26 @@ def lookup_flat(m: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     >>> lookup_flat(m, np.array([0, 0, 1, 1]), np.array([0, 2, 2, 1])).tolist()
     [2.0, 1.0, 3.0, 0.0]
     """
-    m = sp.csr_matrix(m)
+    m = canonical(m)  # sorted within rows, no duplicates: the keys ascend
     if not m.nnz or not len(rows):
         return np.zeros(len(rows), dtype=np.float32)
-    if not m.has_canonical_format:  # sorted within rows, no duplicates: the keys ascend
-        m = m.copy()
-        m.sum_duplicates()
     width = m.shape[1]
     keys = np.repeat(np.arange(m.shape[0], dtype=np.int64) * width, np.diff(m.indptr))
     keys += m.indices
     want = np.asarray(rows, dtype=np.int64) * width + np.asarray(cols, dtype=np.int64)
     at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
     return np.where(keys[at] == want, m.data[at], 0).astype(np.float32)
+
+
+def canonical(m: sp.spmatrix) -> sp.csr_matrix:
+    """``m`` as CSR with sorted indices and no duplicates (a copy only when it is not): what
+    :func:`lookup_flat` searches. A sparse product's rows come unsorted, and sorting a block
+    of retrieved candidates costs more than every lookup in it, so sort once per matrix."""
+    m = sp.csr_matrix(m)
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    return m
 
 
 def blocks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:

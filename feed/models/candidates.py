@@ -27,6 +27,7 @@ from feed.models.base import (
     EXACT_MAX_POSTS,
     CandidateModel,
     Retrieved,
+    canonical,
     lookup,
     mask_rows,
     topk,
@@ -528,49 +529,49 @@ class CandidateBuilder:
         return CandidateBlock(self.n_per_source, users, items, features, ranks, reasons)
 
     def _build_retrieved(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
-        """:meth:`build` without dense blocks: sources retrieve, candidates are scored in pairs."""
-        excluded = exclude[users] if exclude is not None else None
+        """:meth:`build` without dense blocks: sources retrieve, candidates are scored in pairs.
+
+        Each source is asked for ``fetch * per_key * n_per_source`` posts a user first; only
+        the users whose list that leaves short (their excluded posts took the places) are
+        asked again, that much deeper plus their excluded count. A list the first answer fills
+        is the one the deeper answer gives, for every exactly searched source (the best posts
+        beyond the excluded, one per product; HNSW searches a little less wide), and a user's
+        hundreds of excluded posts no longer make every source read that many more posts for
+        the whole block (on Ciao, 1,200 excluded posts a user: 100 ms a user, now 36)."""
+        excluded = canonical(exclude[users]) if exclude is not None else None
         n = self.n_per_source
         depth = np.full(len(users), self.fetch * self.per_key * n, dtype=np.int64)
-        if excluded is not None:
-            depth += np.diff(sp.csr_matrix(excluded).indptr)
+        n_excluded = np.diff(excluded.indptr) if excluded is not None else np.zeros_like(depth)
         tops: list[np.ndarray] = []
-        retrieved: list[Retrieved | None] = []
+        answers: list[tuple[Retrieved, np.ndarray] | None] = []  # (answer, score of the first)
         for name, model in self.sources.items():
             if is_global(model):
                 tops.append(self._global_top(name, model, excluded))
-                retrieved.append(None)
+                answers.append(None)
                 continue
-            got = model.retrieve(users, depth)
-            if got is None:  # no retrieval: the source's dense scores, as a sparse matrix
-                block = model.score_users(users).astype(np.float32, copy=False)
-                got = Retrieved(sp.csr_matrix(block), complete=True)
-            items = sparse_top_per_product(
-                got.scores,
-                self.context.keys,
-                n,
-                excluded,
-                positive_only=model.sparse_scores,
-                depth=max(4, self.fetch * self.per_key) * n,
-            )
+            got, items, best = self._source_top(model, users, depth, excluded)
+            short = np.flatnonzero((items[:, -1] < 0) & (n_excluded > 0))
+            if len(short) and not got.complete:  # a complete answer has nothing more
+                sub = excluded[short] if excluded is not None else None
+                _, items[short], best[short] = self._source_top(
+                    model, users[short], depth[short] + n_excluded[short], sub
+                )
             tops.append(items)
-            retrieved.append(got)
+            answers.append((got, best))
         items = merge(tops)
         ranks = np.stack([_ranks(top, items, n) for top in tops])
         cols: list[np.ndarray] = []
         safe = np.where(items >= 0, items, 0)
-        for model, got, top, rank in zip(
-            self.sources.values(), retrieved, tops, ranks, strict=True
-        ):
-            if got is None:  # a global source
+        for model, answer, rank in zip(self.sources.values(), answers, ranks, strict=True):
+            if answer is None:  # a global source
                 cols += [model.scores_[safe], rank.astype(np.float32)]  # type: ignore[attr-defined]
                 continue
+            got, best = answer
             if got.complete:
                 score = lookup(got.scores, items)
             else:
                 score = score_pairs_chunked(model, users, items)
             cols += [score, rank.astype(np.float32)]
-            best = lookup(got.scores, np.maximum(top[:, :1], 0))  # stored scores are exact
             with np.errstate(invalid="ignore", divide="ignore"):
                 cols.append(np.where(best > 0, score / best, 0.0))
         cols += self.context.features(users, items)
@@ -579,6 +580,32 @@ class CandidateBuilder:
         features[items < 0] = np.nan
         reasons = self.codes[np.argmin(ranks, axis=0)]
         return CandidateBlock(n, users, items, features, ranks, reasons)
+
+    def _source_top(
+        self,
+        model: CandidateModel,
+        users: np.ndarray,
+        depth: np.ndarray,
+        excluded: sp.csr_matrix | None,
+    ) -> tuple[Retrieved, np.ndarray, np.ndarray]:
+        """A personal source's answer for ``users`` asked ``depth`` posts deep, its best
+        ``n_per_source`` posts (-1 padded; one per product, never an excluded one), and the
+        score of each user's first (its stored scores are exact)."""
+        got = model.retrieve(users, depth)
+        if got is None:  # no retrieval: the source's dense scores, as a sparse matrix
+            block = model.score_users(users).astype(np.float32, copy=False)
+            got = Retrieved(sp.csr_matrix(block), complete=True)
+        got = Retrieved(canonical(got.scores), got.complete)  # looked up below: sort once
+        n = self.n_per_source
+        items = sparse_top_per_product(
+            got.scores,
+            self.context.keys,
+            n,
+            excluded,
+            positive_only=model.sparse_scores,
+            depth=max(4, self.fetch * self.per_key) * n,
+        )
+        return got, items, lookup(got.scores, np.maximum(items[:, :1], 0))
 
     def _global_top(
         self, name: str, model: CandidateModel, excluded: sp.csr_matrix | None

@@ -349,8 +349,8 @@ class FactorIndex:
         return sp.csr_matrix(hits @ self._members(TWIN_READ * int(depth.max(initial=1))))
 
     def _members(self, cap: int) -> sp.csr_matrix:
-        """``members`` with at most ``cap`` items (the first ones) per distinct vector, ``cap``
-        rounded up to a power of two (one cached matrix per value).
+        """``members`` with at most ``cap`` items (the first ones) per distinct vector
+        (:func:`capped_members`, one cached matrix per ``cap`` rounded up to a power of two).
 
         Twins score alike, so a reader of a row's best ``cap`` items takes at most ``cap`` of
         one group, and which of them was arbitrary before the cut too (ties at the cut-off of
@@ -361,19 +361,24 @@ class FactorIndex:
         cap = int(2 ** np.ceil(np.log2(max(cap, 1))))
         capped = self._capped.get(cap)
         if capped is None:
-            m = self.members
-            counts = np.diff(m.indptr)
-            if counts.max(initial=0) <= cap:
-                capped = m
-            else:
-                at = np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)
-                coo = m.tocoo()
-                keep = at < cap
-                capped = sp.csr_matrix(
-                    (coo.data[keep], (coo.row[keep], coo.col[keep])), shape=m.shape
-                )
-            self._capped[cap] = capped
+            capped = self._capped[cap] = capped_members(self.members, cap)
         return capped
+
+
+def capped_members(members: sp.csr_matrix, cap: int) -> sp.csr_matrix:
+    """A group x item membership matrix with at most ``cap`` items per group, the first ones.
+
+    >>> m = sp.csr_matrix(np.array([[1.0, 1, 1], [0, 0, 0]]))
+    >>> capped_members(m, 2).toarray().tolist()
+    [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    counts = np.diff(members.indptr)
+    if counts.max(initial=0) <= cap:
+        return members
+    at = np.arange(members.nnz) - np.repeat(members.indptr[:-1], counts)
+    coo = members.tocoo()
+    keep = at < cap
+    return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=members.shape)
 
 
 def dot_pairs(rows: np.ndarray, items64: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -479,11 +484,23 @@ class ItemItem(CandidateModel):
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return lookup(self.retrieve(users, np.zeros(len(users), np.int64)).scores, items)
 
-    def similar_posts(self, posts: np.ndarray) -> np.ndarray:
-        """Dense (len(posts), n_posts) similarities of ``posts`` to every post."""
+    def similar_posts(self, posts: np.ndarray, n: int) -> sp.csr_matrix:
+        """Each of ``posts``' ``n`` most similar posts: sparse (len(posts), n_posts) rows of
+        similarities, in time linear in the rows (never a row over every post). The ``n``
+        best columns of the post's neighbour row, each onto its twin posts, at most ``n`` of
+        one group (the first ones; they score alike, so which ones was arbitrary anyway)."""
         self._check_fitted()
-        rows = self.twin_similarity_[self.twin_[np.asarray(posts, dtype=np.int64)]]
-        return sparse_rows_dense(rows)[:, self.twin_]
+        rows = top_per_row(self.twin_similarity_[self.twin_[np.asarray(posts, np.int64)]], n)
+        with _INDEX_LOCK:  # blocks of posts run on parallel threads: build once
+            cache = self.__dict__.setdefault("_members", {})
+            if n not in cache:
+                twin = self.twin_
+                groups = sp.csr_matrix(
+                    (np.ones(len(twin), np.float32), (twin, np.arange(len(twin)))),
+                    shape=(self.twin_similarity_.shape[1], len(twin)),
+                )
+                cache[n] = capped_members(groups, n)
+        return sp.csr_matrix(rows @ cache[n], dtype=np.float32)
 
 
 _TFIDF: dict[tuple[int, str], tuple[Any, sp.csr_matrix]] = {}  # the last post_tfidf result
@@ -1068,6 +1085,27 @@ def top_per_row(m: sp.spmatrix, k: int) -> sp.csr_matrix:
         ),
         shape=m.shape,
     )
+
+
+def sparse_topk(m: sp.spmatrix, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``n`` stored entries of a sparse matrix, best first (ties: the lower
+    column first), as :func:`feed.models.base.topk` gives them for a dense block: ``(items,
+    scores)``, -1 and -inf padded; linear in the stored entries.
+
+    >>> items, scores = sparse_topk(sp.csr_matrix(np.array([[1.0, 3, 3], [0, 0, 0]])), 2)
+    >>> items.tolist(), scores.tolist()
+    ([[1, 2], [-1, -1]], [[3.0, 3.0], [-inf, -inf]])
+    """
+    top = top_per_row(sp.csr_matrix(m, dtype=np.float32), n).tocoo()
+    items = np.full((top.shape[0], n), -1, dtype=np.int64)
+    scores = np.full((top.shape[0], n), -np.inf, dtype=np.float32)
+    order = np.lexsort((top.col, -top.data, top.row))
+    row, col, val = top.row[order], top.col[order], top.data[order]
+    starts = np.searchsorted(row, np.arange(top.shape[0]))
+    rank = np.arange(len(row)) - starts[row]
+    items[row, rank] = col
+    scores[row, rank] = val
+    return items, scores
 
 
 def expand_twins(scores: sp.spmatrix, twin: np.ndarray) -> sp.csr_matrix:
