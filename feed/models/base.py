@@ -46,6 +46,10 @@ class CandidateModel:
     reason = "collaborative"
     #: True when a score <= 0 means "no evidence" (such posts are never candidates)
     sparse_scores = False
+    #: True when :meth:`retrieve`'s answer ``depth`` deep holds the source's best ``depth``
+    #: posts (exactly, or nearly: HNSW), so a list it fills is the list a deeper answer
+    #: gives; False when a deeper ask finds better posts, not only more (champion lists).
+    ranked_retrieval = True
     #: Set by ``fit``: how many posts the model scores.
     n_posts_: int
 

@@ -531,13 +531,15 @@ class CandidateBuilder:
     def _build_retrieved(self, users: np.ndarray, exclude: sp.csr_matrix | None) -> CandidateBlock:
         """:meth:`build` without dense blocks: sources retrieve, candidates are scored in pairs.
 
-        Each source is asked for ``fetch * per_key * n_per_source`` posts a user first; only
-        the users whose list that leaves short (their excluded posts took the places) are
-        asked again, that much deeper plus their excluded count. A list the first answer fills
-        is the one the deeper answer gives, for every exactly searched source (the best posts
-        beyond the excluded, one per product; HNSW searches a little less wide), and a user's
-        hundreds of excluded posts no longer make every source read that many more posts for
-        the whole block (on Ciao, 1,200 excluded posts a user: 100 ms a user, now 36)."""
+        A source whose answer is ranked (:attr:`~feed.models.base.CandidateModel.
+        ranked_retrieval`) is asked for ``fetch * per_key * n_per_source`` posts a user
+        first; only the users whose list that leaves short (their excluded posts took the
+        places) are asked again, that much deeper plus their excluded count. A list the first
+        answer fills is the one the deeper answer gives (the best posts beyond the excluded,
+        one per product), and a user's hundreds of excluded posts no longer make the source
+        read that many more posts for the whole block (on Ciao, 1,200 excluded posts a user:
+        100 ms a user, now 36). Champion lists (content, fresh) are asked the deeper depth
+        at once: deeper, they find better posts, not only more."""
         excluded = canonical(exclude[users]) if exclude is not None else None
         n = self.n_per_source
         depth = np.full(len(users), self.fetch * self.per_key * n, dtype=np.int64)
@@ -549,8 +551,9 @@ class CandidateBuilder:
                 tops.append(self._global_top(name, model, excluded))
                 answers.append(None)
                 continue
-            got, items, best = self._source_top(model, users, depth, excluded)
-            short = np.flatnonzero((items[:, -1] < 0) & (n_excluded > 0))
+            first = depth if model.ranked_retrieval else depth + n_excluded
+            got, items, best = self._source_top(model, users, first, excluded)
+            short = np.flatnonzero((items[:, -1] < 0) & (first < depth + n_excluded))
             if len(short) and not got.complete:  # a complete answer has nothing more
                 sub = excluded[short] if excluded is not None else None
                 _, items[short], best[short] = self._source_top(

@@ -546,6 +546,7 @@ class Content(CandidateModel):
     name = "content"
     sparse_scores = True
     reason = "content"
+    ranked_retrieval = False  # champion lists: deeper finds better posts
 
     def __init__(self, min_df: int = 2) -> None:
         self.min_df = min_df
@@ -754,6 +755,7 @@ class Fresh(CandidateModel):
 
     name = "fresh"
     reason = "fresh"
+    ranked_retrieval = False  # content's champion lists and the newest posts
 
     def __init__(
         self, half_life_days: float | None = None, floor: float = 0.05, min_df: int = 2
