@@ -538,7 +538,7 @@ class CandidateBuilder:
         answer fills is the one the deeper answer gives (the best posts beyond the excluded,
         one per product), and a user's hundreds of excluded posts no longer make the source
         read that many more posts for the whole block (on Ciao, 1,200 excluded posts a user:
-        100 ms a user, now 36). Champion lists (content, fresh) are asked the deeper depth
+        100 ms a user, now 37). Champion lists (content, fresh) are asked the deeper depth
         at once: deeper, they find better posts, not only more."""
         excluded = canonical(exclude[users]) if exclude is not None else None
         n = self.n_per_source
