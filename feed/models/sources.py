@@ -494,11 +494,7 @@ class ItemItem(CandidateModel):
         with _INDEX_LOCK:  # blocks of posts run on parallel threads: build once
             cache = self.__dict__.setdefault("_members", {})
             if n not in cache:
-                twin = self.twin_
-                groups = sp.csr_matrix(
-                    (np.ones(len(twin), np.float32), (twin, np.arange(len(twin)))),
-                    shape=(self.twin_similarity_.shape[1], len(twin)),
-                )
+                groups = twin_members(self.twin_, self.twin_similarity_.shape[1])
                 cache[n] = capped_members(groups, n)
         return sp.csr_matrix(rows @ cache[n], dtype=np.float32)
 
@@ -1110,13 +1106,18 @@ def sparse_topk(m: sp.spmatrix, n: int) -> tuple[np.ndarray, np.ndarray]:
     return items, scores
 
 
+def twin_members(twin: np.ndarray, n_distinct: int) -> sp.csr_matrix:
+    """Distinct column x post membership (``twin_columns``' ``twin``): row ``j`` holds the
+    posts whose column is distinct column ``j``."""
+    return sp.csr_matrix(
+        (np.ones(len(twin), np.float32), (twin, np.arange(len(twin)))),
+        shape=(n_distinct, len(twin)),
+    )
+
+
 def expand_twins(scores: sp.spmatrix, twin: np.ndarray) -> sp.csr_matrix:
     """Scores over distinct columns (``twin_columns``) onto every post: ``scores[:, twin]``."""
-    members = sp.csr_matrix(
-        (np.ones(len(twin), np.float32), (twin, np.arange(len(twin)))),
-        shape=(scores.shape[1], len(twin)),
-    )
-    return sp.csr_matrix(scores @ members, dtype=np.float32)
+    return sp.csr_matrix(scores @ twin_members(twin, scores.shape[1]), dtype=np.float32)
 
 
 #: Pairs a :func:`score_pairs_chunked` call scores at once. Scoring a pair gathers the post's
