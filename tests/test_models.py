@@ -614,3 +614,42 @@ def test_lookup_flat_reads_the_stored_entries_of_any_csr(canonical: bool) -> Non
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, dense[rows, cols], rtol=1e-6)
     assert (got[:2500] > 0).all() and (got[2500:] == 0).any()
+
+
+def test_like_weights_count_by_their_log_whatever_their_unit(dataset_dir: Path) -> None:
+    """A like's ``weight`` (a play count, a rating...) counts as ``log2(1 + weight / median)``:
+    data without weights builds as before, the weight's unit changes nothing, and heavy-tailed
+    weights that carry no taste (noise over several orders of magnitude) move a factor model's
+    lists far less than the raw weights would."""
+    from feed.features.matrices import EngagementWeights, like_strength
+
+    ds = load(dataset_dir)
+    plain, raw = build(ds), build(ds, EngagementWeights(like_scale="raw"))
+    for name in ("likes", "engagement"):  # the generated data has no weight column: all 1
+        assert (getattr(plain, name) != getattr(raw, name)).nnz == 0
+    rng = np.random.default_rng(0)
+    noisy = rng.lognormal(3.0, 2.0, len(ds.likes))  # a median of 20 plays, up to ~10^5
+    heavy = replace(ds, likes=ds.likes.assign(weight=noisy))
+    assert (
+        build(heavy).likes != build(replace(ds, likes=ds.likes.assign(weight=noisy * 1e3))).likes
+    ).nnz == 0
+    strength = like_strength(noisy)
+    assert np.median(strength) == pytest.approx(1.0, rel=1e-6)
+    assert strength.max() < 20 and np.all(np.diff(strength[np.argsort(noisy)]) >= 0)
+    with pytest.raises(ValueError, match="like_scale"):
+        like_strength(noisy, "sqrt")
+
+    def lists(data: TrainingData) -> np.ndarray:
+        model = MatrixFactorization("als", factors=16, iterations=10, random_state=0).fit(data)
+        return model.recommend(np.arange(data.n_users), 10, data.seen())[0]
+
+    base = lists(plain)
+
+    def overlap(other: np.ndarray) -> float:
+        return float(
+            np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(base, other, strict=True)])
+        )
+
+    scaled = overlap(lists(build(heavy)))
+    unscaled = overlap(lists(build(heavy, EngagementWeights(like_scale="raw"))))
+    assert scaled > unscaled + 0.1, (scaled, unscaled)

@@ -32,6 +32,10 @@ class EngagementWeights:
     """How much each kind of interaction counts in the user x post engagement matrix."""
 
     like: float = 1.0
+    #: How a like's ``weight`` column becomes its strength: "log" (``log2(1 + weight / median)``,
+    #: so the median like counts 1 and a play count 1,000x the median about 10: see
+    #: :func:`like_strength`) or "raw" (the weight as given).
+    like_scale: str = "log"
     click: float = 0.25
     purchase_attributed: float = 2.0  # the post a purchase came through
     purchase_spread: float = 1.0  # split over every post linking a bought product
@@ -188,6 +192,24 @@ def _coo(
     return m
 
 
+def like_strength(weight: np.ndarray, scale: str = "log") -> np.ndarray:
+    """The strength of each like of ``weight`` (the ``weight`` column: 1 by default, or a play
+    count, a rating, a dwell time...): "log" maps it to ``log2(1 + weight / median)`` over the
+    positive weights, so that it does not depend on the weight's unit, the median like counts 1
+    (every like counts 1 when all weights are equal, as by default) and a heavy-tailed count
+    (plays: a few pairs hundreds of times the median) cannot outweigh a user's other likes: the
+    confidence scaling of Hu, Koren and Volinsky's implicit ALS. "raw" keeps the weight."""
+    weight = np.asarray(weight, dtype=np.float64)
+    if scale == "raw":
+        return weight
+    if scale != "log":
+        raise ValueError(f"like_scale must be 'log' or 'raw', not {scale!r}")
+    positive = weight[weight > 0]
+    if not len(positive):
+        return weight
+    return np.log2(1.0 + weight / float(np.median(positive)))
+
+
 def _decay(ts: pd.Series, now: float, half_life_days: float | None) -> np.ndarray:
     if half_life_days is None or not np.isfinite(now):
         return np.ones(len(ts))
@@ -259,7 +281,8 @@ def _interactions(
     likes = _coo(
         users.to_internal(lk["user_id"]),
         posts.to_internal(lk["post_id"]),
-        lk["weight"].to_numpy() * _decay(lk["ts"], now, w.half_life_days),
+        like_strength(lk["weight"].to_numpy(), w.like_scale)
+        * _decay(lk["ts"], now, w.half_life_days),
         (nu, npo),
     )
     ck = ds.clicks
