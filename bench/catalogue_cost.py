@@ -10,7 +10,9 @@ Fits the default model once (as ``feed train`` does), then, in this process:
 - each personal source's retrieval against its own exact top-100 (dense scores, one post per
   product, the user's excluded posts removed) at a few depths (``--recall``; dense scores of
   300 users x every post): the share of the exact list's posts it finds, and of its summed
-  scores it reaches (posts that tie, e.g. posts of the same few words, lower only the first).
+  scores it reaches (posts that tie, e.g. posts of the same few words, lower only the first),
+  over the users whose exact list is not empty (product sources have nothing for users who
+  bought nothing).
 
     python -m bench.catalogue_cost ../shared/data/ciao
     python -m bench.catalogue_cost DIR --users 1000 --recall
@@ -105,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             items = exact if got is None else sparse_top_per_product(
                 got.scores, builder.context.keys, 100, excl, positive_only=model.sparse_scores
             )  # fmt: skip
-            hit = [len(set(a[a >= 0]) & set(b[b >= 0])) / max(int((a >= 0).sum()), 1)
-                   for a, b in zip(exact, items, strict=True)]  # fmt: skip
-            mass = np.nansum(lookup(scores, items), axis=1) / np.maximum(
-                np.nansum(lookup(scores, exact), axis=1), 1e-12
+            some = (exact >= 0).any(axis=1)  # a user the source has nothing for is no miss
+            hit = [len(set(a[a >= 0]) & set(b[b >= 0])) / int((a >= 0).sum())
+                   for a, b in zip(exact[some], items[some], strict=True)]  # fmt: skip
+            mass = np.nansum(lookup(scores[some], items[some]), axis=1) / np.maximum(
+                np.nansum(lookup(scores[some], exact[some]), axis=1), 1e-12
             )
-            found.append(f"{np.mean(hit):.3f} / {np.mean(mass):.3f}")
+            found.append(f"{np.mean(hit):.3f} / {np.mean(mass):.3f}" if some.any() else "-")
         rows.append((name, *found))
     print_table(
         f"Each source's retrieval against its exact top-100, {len(sample)} users: the share of "
