@@ -1136,6 +1136,57 @@ def evaluate_cmd(
         click.echo(f"wrote {json_out}")
 
 
+@main.command("evaluate-compare")
+@click.argument("first", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("second", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    default="default (served)",
+    show_default=True,
+    help="The row compared (of the first report; of both without --model-b).",
+)
+@click.option("--model-b", default=None, help="The second report's row, when it differs.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
+def evaluate_compare_cmd(
+    first: Path, second: Path, model: str, model_b: str | None, seed: int
+) -> None:
+    """Compare one row of two `feed evaluate --json` reports user by user: two codes,
+    configurations or model choices evaluated on the same data with the same split, seed and k.
+
+    Prints both rows' primary metric, the second's lift over the first with its 95% paired
+    bootstrap interval over test users, and how many users each scores better. Refuses
+    reports whose splits or test users differ.
+
+    \b
+    Example:
+      feed evaluate data/demo --json before.json   # in a checkout of the old code
+      feed evaluate data/demo --json after.json
+      feed evaluate-compare before.json after.json --model "default (served)"
+    """
+    from feed.evaluate import NotComparable, compare
+
+    reports = []
+    for path in (first, second):
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            _fail(f"{path} is not a feed evaluate --json report: {e}")
+        if not isinstance(reports[-1], dict) or "info" not in reports[-1]:
+            _fail(f"{path} is not a feed evaluate --json report (no 'info')")
+    try:
+        c = compare(reports[0], reports[1], model, model_b, seed)
+    except NotComparable as e:
+        _fail(f"{first} and {second} cannot be compared: {e}")
+    lo, hi = c["lift_ci95"]
+    click.echo(
+        f"{c['metric']} over {c['users']:,} test users: {first.name} {c['a']['model']} "
+        f"{c['a']['mean']:.4f}, {second.name} {c['b']['model']} {c['b']['mean']:.4f}\n"
+        f"lift of the second: {c['lift']:+.2%} (95% paired bootstrap: {lo:+.2%} .. {hi:+.2%}); "
+        f"better for {c['b_better']:,} users, worse for {c['a_better']:,}, "
+        f"equal for {c['users'] - c['b_better'] - c['a_better']:,}"
+    )
+
+
 @main.command("evaluate-groups")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option(

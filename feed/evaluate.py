@@ -69,10 +69,24 @@ class EvalReport:
 
     rows: list[dict[str, Any]]
     info: dict[str, Any]
+    #: The primary metric per test user and model, for paired comparisons of two reports
+    #: (:func:`compare`): ``{"metric", "users": [ids], "values": {model: [value or None]}}``.
+    per_user: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data: ``{"info": {...}, "rows": [...]}``."""
-        return {"info": _plain(self.info), "rows": _plain(self.rows)}
+        """Plain JSON-ready data: ``{"info": {...}, "rows": [...], "per_user": {...}}``."""
+        out = {"info": _plain(self.info), "rows": _plain(self.rows)}
+        if self.per_user is not None:
+            values = {
+                m: [None if v != v else round(float(v), 6) for v in vals]
+                for m, vals in self.per_user["values"].items()
+            }
+            out["per_user"] = {
+                **self.per_user,
+                "users": list(self.per_user["users"]),
+                "values": values,
+            }
+        return out
 
     def row(self, model: str) -> dict[str, Any]:
         """The row of one model."""
@@ -334,7 +348,13 @@ def _evaluate(
             }
         _add_interval(info, truth, data, {n: by_k[k] for n, by_k in lists.items()}, random_state)
         info["total_s"] = time.perf_counter() - started
-        out[k] = EvalReport(rows, info)
+        metric = info["primary_metric"]
+        per = {
+            "metric": metric,
+            "users": data.users.to_external(truth.users).tolist(),
+            "values": {n: per_user(by_k[k], truth, data, metric) for n, by_k in lists.items()},
+        }
+        out[k] = EvalReport(rows, info, per)
     return out
 
 
@@ -432,6 +452,73 @@ def _add_interval(
         if name in lists:
             ours = per_user(lists[name], truth, data, metric)
             info[key] = list(lift_interval(ours, base, random_state))
+
+
+#: Split facts two reports must share to be compared user by user.
+SAME_SPLIT = ("split", "cut", "test_frac", "k", "random_state", "primary_metric", "n_users",
+              "n_posts", "counts")  # fmt: skip
+
+
+class NotComparable(ValueError):
+    """Two evaluation reports that do not score the same users on the same split."""
+
+
+def compare(
+    a: EvalReport | Mapping[str, Any],
+    b: EvalReport | Mapping[str, Any],
+    model: str = f"default{SERVED}",
+    model_b: str | None = None,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """Row ``model`` of report ``a`` against row ``model_b`` (default: the same name) of report
+    ``b``, user by user on their primary metric: two codes, configurations or datasets'
+    versions evaluated with the same split (``feed evaluate --json`` of each, same data, seed,
+    protocol and k). Returns both means, the lift of ``b`` over ``a`` with its 95% paired
+    bootstrap interval, and how many users each one scores better.
+
+    Raises :class:`NotComparable` (naming the first difference) when the two reports' splits
+    or test users differ or a row or per-user figures are missing.
+
+    >>> r = EvalReport([], {"k": 2}, {"metric": "like_ndcg", "users": ["u1", "u2"],
+    ...                               "values": {"m": np.array([0.5, 1.0])}})
+    >>> s = EvalReport([], {"k": 2}, {"metric": "like_ndcg", "users": ["u1", "u2"],
+    ...                               "values": {"m": np.array([1.0, 1.0])}})
+    >>> c = compare(r, s, "m")
+    >>> round(c["lift"], 4), c["b_better"], c["a_better"], c["users"]
+    (0.3333, 1, 0, 2)
+    """
+    ra, rb = (x.to_dict() if isinstance(x, EvalReport) else x for x in (a, b))
+    for key in SAME_SPLIT:
+        va, vb = ra["info"].get(key), rb["info"].get(key)
+        if va != vb:
+            raise NotComparable(f"the reports differ in {key}: {va!r} vs {vb!r}")
+    pa_, pb = ra.get("per_user"), rb.get("per_user")
+    if not pa_ or not pb:
+        raise NotComparable("a report has no per-user figures (written before they existed)")
+    if pa_["users"] != pb["users"]:
+        raise NotComparable("the reports score different test users")
+    name_b = model_b or model
+    for report, name, which in ((pa_, model, "first"), (pb, name_b, "second")):
+        if name not in report["values"]:
+            known = ", ".join(report["values"])
+            raise NotComparable(f"the {which} report has no row {name!r} (rows: {known})")
+    va = np.array([np.nan if v is None else v for v in pa_["values"][model]], dtype=np.float64)
+    vb = np.array([np.nan if v is None else v for v in pb["values"][name_b]], dtype=np.float64)
+    ok = np.isfinite(va) & np.isfinite(vb)
+    if not ok.any():
+        raise NotComparable(f"no test user has a {pa_['metric']} in both rows")
+    mean_a, mean_b = float(va[ok].mean()), float(vb[ok].mean())
+    lo, hi = lift_interval(vb, va, random_state)
+    return {
+        "metric": pa_["metric"],
+        "a": {"model": model, "mean": mean_a},
+        "b": {"model": name_b, "mean": mean_b},
+        "users": int(ok.sum()),
+        "lift": mean_b / mean_a - 1.0 if mean_a > 0 else math.nan,
+        "lift_ci95": [lo, hi],
+        "b_better": int((vb[ok] > va[ok]).sum()),
+        "a_better": int((va[ok] > vb[ok]).sum()),
+    }
 
 
 def evaluate_at_k(

@@ -199,6 +199,51 @@ def test_evaluate_cli_writes_json(small: Dataset, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "sideways" in res.output
 
 
+def test_two_reports_compare_user_by_user(report: EvalReport, small: Dataset) -> None:
+    """Each row's per-user figures average to its table figure; two reports of the same split
+    compare user by user (a row against itself: no lift, every user equal; two rows: their
+    ratio, inside its interval); reports of another split are refused, naming the difference."""
+    from feed.evaluate import NotComparable, compare
+
+    plain = json.loads(json.dumps(report.to_dict()))
+    per = plain["per_user"]
+    assert per["metric"] == "like_ndcg" and len(per["users"]) == report.info["counts"]["test_users"]
+    for row in report.rows:
+        values = np.array([np.nan if v is None else v for v in per["values"][row["model"]]])
+        assert np.nanmean(values) == pytest.approx(row["like_ndcg"], abs=1e-6)
+    same = compare(plain, report, "default (served)")
+    assert same["lift"] == 0 and same["lift_ci95"] == [0, 0]
+    assert same["a_better"] == same["b_better"] == 0
+    c = compare(report, plain, "most-popular", "default (served)")
+    ratio = report.row("default (served)")["like_ndcg"] / report.row("most-popular")["like_ndcg"]
+    assert c["lift"] == pytest.approx(ratio - 1, rel=1e-4)
+    assert c["lift_ci95"][0] <= c["lift"] <= c["lift_ci95"][1] and c["b_better"] > c["a_better"]
+    other = evaluate(small, test_frac=0.3, k=10, models=["most-popular"])
+    with pytest.raises(NotComparable, match="differ in cut"):  # a later cut for a 30% test
+        compare(report, other, "most-popular")
+    with pytest.raises(NotComparable, match="no row 'ease'"):
+        compare(report, plain, "ease")
+    with pytest.raises(NotComparable, match="no per-user figures"):
+        compare(report, {**plain, "per_user": None}, "als")
+
+
+def test_evaluate_compare_cli(report: EvalReport, tmp_path: Path) -> None:
+    a, b, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "bad.json"
+    a.write_text(json.dumps(report.to_dict()))
+    b.write_text(json.dumps(report.to_dict()))
+    bad.write_text("{not json")
+    res = CliRunner().invoke(
+        main, ["evaluate-compare", str(a), str(b), "--model", "als", "--model-b", "default"]
+    )
+    assert res.exit_code == 0, res.output
+    lift = report.row("default")["like_ndcg"] / report.row("als")["like_ndcg"] - 1
+    assert f"lift of the second: {lift:+.2%}" in res.output and "better for" in res.output
+    res = CliRunner().invoke(main, ["evaluate-compare", str(a), str(bad)])
+    assert res.exit_code == 1 and "bad.json is not a feed evaluate --json report" in res.output
+    res = CliRunner().invoke(main, ["evaluate-compare", str(a), str(b), "--model", "nope"])
+    assert res.exit_code == 1 and "no row 'nope'" in res.output
+
+
 def test_evaluate_at_k_fits_once_and_cuts_the_lists(small: Dataset) -> None:
     from feed.evaluate import evaluate_at_k
 
