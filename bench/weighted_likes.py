@@ -8,7 +8,8 @@ level (some users play hundreds of times more than others), a small lift for a h
 
     python -m bench.weighted_likes ../shared/data/raw/ml-latest-small \
         ../shared/data/movielens-small OUT
-    feed -v evaluate OUT --split random --no-tune
+    feed evaluate OUT --split random --json new.json   # and old.json in a checkout of
+    feed evaluate-compare old.json new.json            # the other code: user by user
 
 The weights are made up, so what this can show is robustness (the served pages should not
 fall when the likes gain a unit and a heavy tail), not what a real play count is worth.
