@@ -81,11 +81,7 @@ class EvalReport:
                 m: [None if v != v else round(float(v), 6) for v in vals]
                 for m, vals in self.per_user["values"].items()
             }
-            out["per_user"] = {
-                **self.per_user,
-                "users": list(self.per_user["users"]),
-                "values": values,
-            }
+            out["per_user"] = {**self.per_user, "values": values}
         return out
 
     def row(self, model: str) -> dict[str, Any]:
@@ -346,15 +342,12 @@ def _evaluate(
                 "users": len(v.truth.users),
                 "metric": v.metric,
             }
-        _add_interval(info, truth, data, {n: by_k[k] for n, by_k in lists.items()}, random_state)
-        info["total_s"] = time.perf_counter() - started
         metric = info["primary_metric"]
-        per = {
-            "metric": metric,
-            "users": data.users.to_external(truth.users).tolist(),
-            "values": {n: per_user(by_k[k], truth, data, metric) for n, by_k in lists.items()},
-        }
-        out[k] = EvalReport(rows, info, per)
+        values = {n: per_user(by_k[k], truth, data, metric) for n, by_k in lists.items()}
+        _add_interval(info, values, random_state)
+        info["total_s"] = time.perf_counter() - started
+        users = data.users.to_external(truth.users).tolist()
+        out[k] = EvalReport(rows, info, {"metric": metric, "users": users, "values": values})
     return out
 
 
@@ -434,24 +427,15 @@ def _info(
     return info
 
 
-def _add_interval(
-    info: dict[str, Any],
-    truth: HeldOut,
-    data: TrainingData,
-    lists: dict[str, np.ndarray],
-    random_state: int,
-) -> None:
+def _add_interval(info: dict[str, Any], values: dict[str, np.ndarray], random_state: int) -> None:
     """The bootstrap intervals of the default's lifts (model-only and served) over the best
-    baseline, into ``info``."""
+    baseline, into ``info``, from each row's per-user primary metric ``values``."""
     best = info.get("best_baseline")
     if best is None:
         return
-    metric = info["primary_metric"]
-    base = per_user(lists[best], truth, data, metric)
     for name, key in (("default", "lift_ci95"), (f"default{SERVED}", "served_lift_ci95")):
-        if name in lists:
-            ours = per_user(lists[name], truth, data, metric)
-            info[key] = list(lift_interval(ours, base, random_state))
+        if name in values:
+            info[key] = list(lift_interval(values[name], values[best], random_state))
 
 
 #: Split facts two reports must share to be compared user by user.
@@ -471,10 +455,10 @@ def compare(
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Row ``model`` of report ``a`` against row ``model_b`` (default: the same name) of report
-    ``b``, user by user on their primary metric: two codes, configurations or datasets'
-    versions evaluated with the same split (``feed evaluate --json`` of each, same data, seed,
-    protocol and k). Returns both means, the lift of ``b`` over ``a`` with its 95% paired
-    bootstrap interval, and how many users each one scores better.
+    ``b``, user by user on their primary metric: two codes or configurations evaluated with
+    the same split (``feed evaluate --json`` of each: same data, seed, protocol and k).
+    Returns both means, the lift of ``b`` over ``a`` with its 95% paired bootstrap interval,
+    and how many users each one scores better.
 
     Raises :class:`NotComparable` (naming the first difference) when the two reports' splits
     or test users differ or a row or per-user figures are missing.

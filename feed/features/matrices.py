@@ -197,8 +197,9 @@ def like_strength(weight: np.ndarray, scale: str = "log") -> np.ndarray:
     count, a rating, a dwell time...): "log" maps it to ``log2(1 + weight / median)`` over the
     positive weights, so that it does not depend on the weight's unit, the median like counts 1
     (every like counts 1 when all weights are equal, as by default) and a heavy-tailed count
-    (plays: a few pairs hundreds of times the median) cannot outweigh a user's other likes: the
-    confidence scaling of Hu, Koren and Volinsky's implicit ALS. "raw" keeps the weight."""
+    (plays: a few pairs thousands of times the median) counts about 10, not thousands: with
+    ALS's ``1 + alpha * strength``, the log confidence of Hu, Koren and Volinsky. "raw" keeps
+    the weight."""
     weight = np.asarray(weight, dtype=np.float64)
     if scale == "raw":
         return weight
