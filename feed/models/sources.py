@@ -245,10 +245,8 @@ class MatrixFactorization(CandidateModel):
 
 #: Factor models answer top-n queries from an approximate nearest-neighbour index (faiss HNSW)
 #: when they have more distinct item vectors than this; below, an exact product of the user's
-#: factors with every item vector (about 5 ms per 1k users at 30k items; the top-k is what
-#: costs). HNSW's recall of the exact top-100 is 0.98 on generated data but only 0.77 (ALS)
-#: and 0.64 (BPR) on the group-buy shape (docs/scaling.md, "Retrieval"), so the exact product
-#: is kept well past the catalogues measured so far.
+#: factors with every item vector (about 150 ms per 1k users at 30k items, the top-k
+#: included; the graph: 70-90 ms, finding 0.97 of the exact top-100: ``bench.ann_recall``).
 ANN_MIN_ITEMS = 50_000
 #: A retrieval's rows hold at most this many times the deepest query's depth of one group of
 #: twin items (:meth:`FactorIndex._members`): the candidate stage reads at most
@@ -256,8 +254,14 @@ ANN_MIN_ITEMS = 50_000
 #: (:func:`feed.models.candidates.sparse_top_per_product`), and asks a source for
 #: ``fetch * posts per product * n`` plus the excluded ones, so 4 times that covers it.
 TWIN_READ = 4
-#: HNSW graph degree and build breadth (faiss ``IndexHNSWFlat``).
-HNSW_M, HNSW_EF_CONSTRUCTION = 16, 128
+#: HNSW graph degree and build breadth (faiss ``IndexHNSWFlat``). Under the inner product,
+#: items with small vectors (ALS's rarely bought products) get few links from the others, and
+#: a sparse graph leaves some of them out of every search: with degree 16, a query 256 deep
+#: found 0.78 of the exact top-100 of ALS on the group-buy shape and 0.89 on Ciao, whatever
+#: the search breadth; with 64, 0.97 and 0.98 (BPR: 0.90 -> 0.97), at 1.5x the search time
+#: (still a third of the exact product's at 30k items) and 512 bytes of links an item
+#: (docs/scaling.md, "Retrieval").
+HNSW_M, HNSW_EF_CONSTRUCTION = 64, 128
 #: A query of depth ``k`` explores ``max(HNSW_EF_MIN, HNSW_EF_FACTOR * k)`` graph nodes: the
 #: recall of the retrieval against exact top-k (tests/test_retrieval.py, docs/scaling.md).
 HNSW_EF_MIN, HNSW_EF_FACTOR = 128, 1
@@ -283,10 +287,12 @@ class FactorIndex:
     at a given search breadth than HNSW in Euclidean distance over vectors augmented with
     ``sqrt(max_norm^2 - |v|^2)``, the reduction implicit's faiss wrapper uses: 0.98 against
     0.80 at ``efSearch`` 128, docs/scaling.md). Fewer vectors are scored exactly (float64,
-    as ``score_users``).
+    as ``score_users``). ``degree``: the graph's (:data:`HNSW_M`).
     """
 
-    def __init__(self, items: np.ndarray, min_items: int | None = None) -> None:
+    def __init__(
+        self, items: np.ndarray, min_items: int | None = None, degree: int = HNSW_M
+    ) -> None:
         self.source = items
         self.n_items = len(items)
         x = np.ascontiguousarray(items, dtype=np.float32)
@@ -306,7 +312,7 @@ class FactorIndex:
         if len(self.distinct) > (ANN_MIN_ITEMS if min_items is None else min_items):
             import faiss
 
-            self.ann = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            self.ann = faiss.IndexHNSWFlat(x.shape[1], degree, faiss.METRIC_INNER_PRODUCT)
             self.ann.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             self.ann.add(np.ascontiguousarray(self.distinct))
 
