@@ -3,9 +3,10 @@ one pipelined read of a user's state, one MGET of documents, the writes of event
 and the few reads of the other routes (neighbour lists, readiness, a user's history). The data
 it returns is :mod:`service.state`'s.
 
-A page's two round trips go through :func:`round_trip`, which sends the commands as one packed
-write and reads their raw replies straight off a pooled connection: redis-py's ``Pipeline``
-spends three times the client CPU on the same work (command stack, response callbacks).
+A page's two round trips go through :func:`service.wire.round_trip`, which sends the commands
+as one packed write and reads their raw replies straight off a pooled connection: redis-py's
+``Pipeline`` spends three times the client CPU on the same work (command stack, response
+callbacks).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from hiredis import pack_command
-from redis.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from feed import contract as c
 from feed.experiments import STATUS_RUNNING, Experiment, running
@@ -31,6 +30,7 @@ from feed.versions import serving_problem
 from service import writes
 from service.errors import is_full
 from service.state import Served
+from service.wire import round_trip
 
 logger = logging.getLogger(__name__)
 
@@ -138,62 +138,6 @@ for i = 1, #ids, 2 do only[#only + 1] = ids[i] end
 if #only == 0 or #only > tonumber(ARGV[2]) then return {ids, {}} end
 return {ids, redis.call('HMGET', KEYS[2], unpack(only))}
 """
-
-
-def round_trip(
-    r: Any, commands: list[Command], *, full_ok: bool = False, optional: int = 0
-) -> list[Any]:
-    """The raw replies of ``commands`` (e.g. ``("GET", key)``), sent in one round trip.
-
-    On a standalone server: one packed write on a pooled connection, then each reply read as
-    it comes (no response callbacks: an ``SMEMBERS`` reply is a list, a ``WITHSCORES`` one
-    flat). A connection error or timeout is retried as the client's ``retry`` says, on a fresh
-    connection; an error reply raises :class:`redis.ResponseError` once every reply is read.
-    With ``full_ok``, a write Redis refused because it is full (an ``OOM`` error reply, see
-    :func:`service.errors.is_full`) is returned in its reply's place instead: the reads of the
-    same round trip still count. The error replies of the last ``optional`` commands (reads
-    the caller can do without) are returned in their place too. On a cluster: a redis-py
-    pipeline, which splits the commands by node.
-    """
-    first_optional = len(commands) - optional
-    if isinstance(r, RedisCluster):
-        pipe = r.pipeline(transaction=False)
-        for cmd in commands:
-            pipe.execute_command(*cmd)
-        if not full_ok and not optional:
-            return list(pipe.execute())
-        replies = list(pipe.execute(raise_on_error=False))
-        for i, reply in enumerate(replies):
-            if isinstance(reply, Exception) and i < first_optional:
-                if not (full_ok and is_full(reply)):
-                    raise reply
-        return replies
-    packed = [b"".join([pack_command(cmd) for cmd in commands])]
-    pool = r.connection_pool
-    conn = pool.get_connection()
-
-    def send_and_read() -> list[Any]:
-        conn.send_packed_command(packed)
-        replies = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response(disable_decoding=True))
-            except ResponseError as e:  # the reply was consumed: keep reading the others
-                replies.append(e)
-        return replies
-
-    try:
-        replies = conn.retry.call_with_retry(send_and_read, lambda _: conn.disconnect())
-    except BaseException:
-        conn.disconnect()  # never hand back a connection with replies left unread
-        raise
-    finally:
-        pool.release(conn)
-    for i, reply in enumerate(replies):
-        if isinstance(reply, ResponseError) and i < first_optional:
-            if not (full_ok and is_full(reply)):
-                raise reply
-    return replies
 
 
 class Store:
@@ -772,11 +716,9 @@ class Store:
         return self.r.get(c.neighbours_key(version, post_id))  # type: ignore[no-any-return]
 
     def neighbour_lists(self, version: str, post_ids: list[str]) -> dict[str, bytes | None]:
-        """Post id -> its neighbour list in ``version``, in one pipelined read."""
-        pipe = self.r.pipeline(transaction=False)
-        for post in post_ids:
-            pipe.get(c.neighbours_key(version, post))
-        return dict(zip(post_ids, pipe.execute(), strict=True))
+        """Post id -> its neighbour list in ``version``, in one round trip."""
+        replies = round_trip(self.r, [("GET", c.neighbours_key(version, p)) for p in post_ids])
+        return dict(zip(post_ids, replies, strict=True))
 
     def have_candidates(self, version: str, user_ids: list[str]) -> list[bool]:
         """Whether each user has precomputed candidates in ``version``: one pipelined EXISTS

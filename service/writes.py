@@ -26,14 +26,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from feed import contract as c
 from feed import versions
+from service.wire import Command, round_trip
 
 logger = logging.getLogger(__name__)
-
-Command = tuple[Any, ...]
 
 #: The real-time keys an event can write, renewed (``EXPIRE``) by every event of their user:
 #: the seen set for ``SEEN_WINDOW_S`` (older entries are never read), the rest for
@@ -400,10 +399,14 @@ def transact(r: Any, groups: list[list[Command]], cluster: bool) -> list[Any]:
     already applied when one fails. The replies of every command, in order."""
     groups = [g for g in groups if g]
     if not cluster:  # no reads: a full Redis refuses the whole transaction as it is queued
-        pipe = r.pipeline(transaction=True)
-        for cmd in (cmd for g in groups for cmd in g):
-            pipe.execute_command(*cmd)
-        return list(pipe.execute())
+        # one packed write (round_trip raises a command's refusal as it was queued: then EXEC
+        # aborts and nothing is applied); the replies raw, without redis-py's callbacks
+        sent = round_trip(r, [("MULTI",), *(cmd for g in groups for cmd in g), ("EXEC",)])
+        applied = list(sent[-1])
+        failed = next((x for x in applied if isinstance(x, ResponseError)), None)
+        if failed is not None:  # a runtime error: the rest of EXEC still ran
+            raise failed
+        return applied
     done: list[list[Command]] = []
     replies: list[Any] = []
     try:
@@ -422,35 +425,38 @@ def record_events(
     cluster: bool,
 ) -> None:
     """Append each event to the event log and apply it to its user's real-time keys, renewing
-    their TTLs: all of the batch or none of it (:func:`transact`; the log last)."""
+    their TTLs: all of the batch or none of it (:func:`transact`; the log last). Every set the
+    batch added to is counted in the same transaction and kept at ``USER_SET_MAX`` members
+    (:func:`trim_sets`)."""
     log, users = event_batch(events, cfg)
+    most = int(cfg["USER_SET_MAX"])
+    groups, counted = [], []
+    for group in users.values():
+        keys = sorted({cmd[1] for cmd in group if cmd[0] == "SADD"}) if most > 0 else []
+        groups.append([*group, *(("SCARD", key) for key in keys)])
+        counted.append(keys)
     # the log's trim runs in the log's own transaction (one slot): no extra round trip
-    replies = transact(r, [*users.values(), [*log, trim_command(cfg)]], cluster)
-    trim_sets(r, list(users.values()), int(cfg["USER_SET_MAX"]))
+    replies = transact(r, [*groups, [*log, trim_command(cfg)]], cluster)
+    over, end = [], 0
+    for group, keys in zip(groups, counted, strict=True):
+        end += len(group)
+        sizes = replies[end - len(keys) : end]
+        over += [(k, int(n) - most) for k, n in zip(keys, sizes, strict=True) if int(n) > most]
+    trim_sets(r, over)
     _report_lost(replies[-1], cfg)
 
 
-def trim_sets(r: Any, groups: list[list[Command]], most: int) -> None:
-    """Keep every set the batch added to at ``most`` members (``USER_SET_MAX``): one
-    ``SCARD`` round trip, and ``SPOP`` of the surplus (random members: a set keeps no order)
-    when one grew past it. After the batch, not in it: a batch is at most
-    ``MAX_EVENTS_PER_REQUEST`` events, so no set ever holds more than ``most`` plus that. A
-    failure here is logged; the batch itself stands."""
-    keys = sorted({cmd[1] for group in groups for cmd in group if cmd[0] == "SADD"})
-    if not keys or most <= 0:
+def trim_sets(r: Any, over: list[tuple[str, int]]) -> None:
+    """``SPOP`` each set's surplus (``over``: key, members past ``USER_SET_MAX``; random
+    members: a set keeps no order), in one round trip. After the batch, not in it: a batch is
+    at most ``MAX_EVENTS_PER_REQUEST`` events, so no set ever holds more than the cap plus
+    that. A failure here is logged; the batch itself stands."""
+    if not over:
         return
     try:
-        pipe = r.pipeline(transaction=False)
-        for key in keys:
-            pipe.scard(key)
-        over = [(k, n - most) for k, n in zip(keys, pipe.execute(), strict=True) if n > most]
-        if over:
-            pipe = r.pipeline(transaction=False)
-            for key, surplus in over:
-                pipe.spop(key, surplus)
-            pipe.execute()
+        round_trip(r, [("SPOP", key, surplus) for key, surplus in over])
     except Exception as e:  # noqa: BLE001 - the batch is stored; the next one trims again
-        logger.warning("could not trim a user's sets to %d members: %r", most, e)
+        logger.warning("could not trim %d of a user's sets: %r", len(over), e)
 
 
 # --- new posts ---------------------------------------------------------------------------------

@@ -383,6 +383,17 @@ def test_a_page_costs_two_round_trips_with_warm_caches(counted: Any) -> None:
         lambda: send(counted, {"type": "like", "user_id": "u41", "post_id": "p3"})
     )
     assert (reads, writes) == (1, 1)
+    # a batch that grows the user's sets (follows, hides, purchases) counts them inside its
+    # transaction: no round trip after it to see whether one passed USER_SET_MAX
+    batch = [
+        {"type": "like", "user_id": "u41", "post_id": "p4"},
+        {"type": "follow", "user_id": "u41", "author_id": "u3"},
+        {"type": "hide_post", "user_id": "u42", "post_id": "p5"},
+        {"type": "purchase", "user_id": "u42", "product_id": "sku1"},
+    ]
+    reads, writes, _ = round_trips(lambda: send(counted, *batch))
+    assert (reads, writes) == (1, 1), CountingConnection.sent
+    assert {"MULTI", "SADD", "SCARD", "EXEC"} <= set(CountingConnection.sent[-1])
     assert cold > 2  # the first request also loads the live version, the table, global state
 
 
