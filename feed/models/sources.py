@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -247,7 +248,8 @@ class MatrixFactorization(CandidateModel):
 #: when they have more distinct item vectors than this; below, an exact product of the user's
 #: factors with every item vector (about 150 ms per 1k users at 30k items, the top-k
 #: included; the graph: 70-90 ms, finding 0.97 of the exact top-100: ``bench.ann_recall``).
-ANN_MIN_ITEMS = 50_000
+#: ``FEED_ANN_MIN_ITEMS`` overrides it (for measurements: 0 puts every catalogue on the graph).
+ANN_MIN_ITEMS = int(os.environ.get("FEED_ANN_MIN_ITEMS", "50000"))
 #: A retrieval's rows hold at most this many times the deepest query's depth of one group of
 #: twin items (:meth:`FactorIndex._members`): the candidate stage reads at most
 #: ``max(4, fetch * posts per product) * n`` entries of a row beyond its excluded ones
@@ -616,7 +618,9 @@ class Content(CandidateModel):
         return Retrieved(rescore(self, users, best), complete=False)
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """The cosine of each pair: the post's TF-IDF entries times the profile's."""
+        """The cosine of each pair: the post's TF-IDF entries times the profile's, one user at
+        a time through a vocabulary-wide buffer holding only that user's terms (so the cost
+        follows the pairs' entries, not the vocabulary, which grows with the catalogue)."""
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
         out = np.full(items.shape, np.nan, dtype=np.float32)
@@ -624,14 +628,17 @@ class Content(CandidateModel):
         ok = np.flatnonzero(flat >= 0)
         vecs = self.post_vectors_[flat[ok]]
         pair = np.repeat(np.arange(len(ok)), np.diff(vecs.indptr))
-        row = ok[pair] // max(items.shape[1], 1)
-        weights = np.empty(len(pair), dtype=np.float64)
-        step = max(1, BLOCK_FLOATS // max(self.profiles_.shape[1], 1))
-        bounds = np.searchsorted(row, np.arange(0, len(users) + step, step))
-        for i, lo in enumerate(range(0, len(users), step)):  # dense profiles of a few users
+        row = ok[pair] // max(items.shape[1], 1)  # ascending: the pairs are row-major
+        bounds = np.searchsorted(row, np.arange(len(users) + 1))
+        weights = np.zeros(len(pair), dtype=np.float64)
+        profiles = self.profiles_[users]
+        profile = np.zeros(profiles.shape[1], dtype=np.float32)
+        for i in np.flatnonzero(np.diff(bounds)):
             a, b = bounds[i], bounds[i + 1]
-            dense = self.profiles_[users[lo : lo + step]].toarray()
-            weights[a:b] = dense[row[a:b] - lo, vecs.indices[a:b]] * vecs.data[a:b]
+            terms = profiles.indices[profiles.indptr[i] : profiles.indptr[i + 1]]
+            profile[terms] = profiles.data[profiles.indptr[i] : profiles.indptr[i + 1]]
+            weights[a:b] = profile[vecs.indices[a:b]] * vecs.data[a:b]
+            profile[terms] = 0.0
         out.ravel()[ok] = np.bincount(pair, weights=weights, minlength=len(ok))
         return out
 
