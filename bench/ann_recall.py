@@ -6,7 +6,7 @@ Fits ALS and BPR (the default model's settings) on a dataset, builds
 posts the way the candidate stage does (depth rounded up to a power of two, the search breadth
 ``max(HNSW_EF_MIN, depth)``). Prints, per source and degree: the share of each user's exact
 top-100 (dense scores) found, the index's build seconds and the search's milliseconds per
-1,000 users, beside the exact product's (``score_users`` and a partial sort).
+1,000 users, beside the exact product's (the same index below ``ANN_MIN_ITEMS``).
 
     python -m bench.groupbuy --out /tmp/gb          # the group-buy shape (30k products)
     python -m bench.ann_recall /tmp/gb

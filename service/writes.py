@@ -398,7 +398,7 @@ def transact(r: Any, groups: list[list[Command]], cluster: bool) -> list[Any]:
     transaction on a single server; on a cluster one per group in order, reverting the groups
     already applied when one fails. The replies of every command, in order."""
     groups = [g for g in groups if g]
-    if not cluster:  # no reads: a full Redis refuses the whole transaction as it is queued
+    if not cluster:  # a full Redis refuses the whole transaction as it is queued
         # one packed write (round_trip raises a command's refusal as it was queued: then EXEC
         # aborts and nothing is applied); the replies raw, without redis-py's callbacks
         sent = round_trip(r, [("MULTI",), *(cmd for g in groups for cmd in g), ("EXEC",)])

@@ -258,11 +258,11 @@ ANN_MIN_ITEMS = int(os.environ.get("FEED_ANN_MIN_ITEMS", "50000"))
 TWIN_READ = 4
 #: HNSW graph degree and build breadth (faiss ``IndexHNSWFlat``). Under the inner product,
 #: items with small vectors (ALS's rarely bought products) get few links from the others, and
-#: a sparse graph leaves some of them out of every search: with degree 16, a query 256 deep
-#: found 0.78 of the exact top-100 of ALS on the group-buy shape and 0.89 on Ciao, whatever
-#: the search breadth; with 64, 0.97 and 0.98 (BPR: 0.90 -> 0.97), at 1.5x the search time
-#: (still a third of the exact product's at 30k items) and 512 bytes of links an item
-#: (docs/scaling.md, "Retrieval").
+#: a sparse graph leaves some of them out of every search: with degree 16, a query 200 deep
+#: (as the candidate stage asks) found 0.78 of ALS's exact top-100 on the group-buy shape
+#: (BPR: 0.91), whatever the search breadth; with 64, 0.97 (0.98); Ciao 0.98 -> 0.99. The
+#: search costs 1.0-1.4x as much (at 30k items 69-92 ms per 1k users, the exact product 146)
+#: and the links 512 bytes an item (``bench.ann_recall``; docs/scaling.md, "Retrieval").
 HNSW_M, HNSW_EF_CONSTRUCTION = 64, 128
 #: A query of depth ``k`` explores ``max(HNSW_EF_MIN, HNSW_EF_FACTOR * k)`` graph nodes: the
 #: recall of the retrieval against exact top-k (tests/test_retrieval.py, docs/scaling.md).
