@@ -154,10 +154,11 @@ class PageBuilder:
     ) -> Iterator[Pool]:
         """Each user's (external ids) filtered candidate pool: the best ``pool_size(limit)``
         offers, with ``policy``'s freshness bonus as the service would rank them at ``now``
-        (default: the builder's)."""
+        (default, and for a NaN ``now``, the "now" of data without timestamps: the builder's)."""
         glob = {"fresh": FreshPosts.build({}), "oos": self.oos}
         depth = pool_size(limit, self.cfg)
-        when = self.now if now is None else now
+        # a NaN "now" would make every score NaN, and every pool empty
+        when = now if now is not None and math.isfinite(now) else self.now
         q_items, q_scores, q_reasons = published(items, scores, reasons)
         for uid, row_i, row_s, row_r in zip(users, q_items, q_scores, q_reasons, strict=True):
             ok = row_i >= 0
