@@ -50,7 +50,7 @@ import hiredis
 from hiredis import pack_command
 
 from bench.common import TARGET_HEADERS, print_table, private_redis, ratio
-from bench.serve import _ticks, cpu_seconds, gunicorn, prepare, wrk
+from bench.serve import _ticks, cpu_seconds, gunicorn, gunicorn_pids, prepare, wrk
 
 #: The two servers, under the same gunicorn configuration.
 APPS = (("service", "service:create_app()"), ("floor", "bench.events:floor_app()"))
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace, work: Path, url: str) -> int:
         for name, app in APPS:
             with gunicorn(app, work, env) as (port, _, pid):
                 wrk(port, script, args.conns, 1)  # warm-up
-                workers = len(cpu_pids(pid)) - 1
+                workers = len(gunicorn_pids(pid)) - 1
                 before = cpu_seconds(pid, redis_pid)
                 res = wrk(port, script, args.conns, args.seconds)
                 used = cpu_seconds(pid, redis_pid)
@@ -336,14 +336,6 @@ def run(args: argparse.Namespace, work: Path, url: str) -> int:
         ],
     )
     return 0
-
-
-def cpu_pids(master: int) -> list[int]:
-    """gunicorn's master and its workers."""
-    import subprocess
-
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
-    return [master, *map(int, out.split())]
 
 
 if __name__ == "__main__":

@@ -235,11 +235,15 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"gunicorn did not answer within 30 s: {log.read_text()[-2000:]}")
 
 
+def gunicorn_pids(master: int) -> list[int]:
+    """A gunicorn's master and its workers."""
+    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+    return [master, *map(int, workers.stdout.split())]
+
+
 def cpu_seconds(master: int, redis_pid: int) -> tuple[float, float]:
     """CPU seconds used so far by a gunicorn (master and workers) and by the Redis server."""
-    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
-    pids = [master, *map(int, workers.stdout.split())]
-    return sum(_ticks(p) for p in pids), _ticks(redis_pid)
+    return sum(_ticks(p) for p in gunicorn_pids(master)), _ticks(redis_pid)
 
 
 def _ticks(pid: int) -> float:
