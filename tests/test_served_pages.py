@@ -133,6 +133,20 @@ def test_policy_search_respects_the_cost_bound() -> None:
     assert best["served"] == max(o["served"] for o in options) and best["strength"] == 0.0
 
 
+def test_the_cost_bound_counts_from_the_undiscounted_pages_when_they_serve_less() -> None:
+    """Pages lose some relevance before any discount (sold-out posts are not served...): the
+    policy's cost counts from them. Here the plain pages serve 0.97 of the model's lists and
+    the target costs 1.5% of that (0.955 of the model's lists): it is within the bound."""
+    judge = _judge(
+        {"author": 1.0, "category": 1.0, "both": 1.0},
+        lambda s: 0.97 - 0.03 * s,
+        lambda s: 0.3 + 0.1 * s,
+    )
+    best, _ = search_policy(judge, 1.0, 0.35, 0.2)
+    assert best["author_diversity"] >= 0.35
+    assert MAX_COST * 0.97 <= best["served"] < MAX_COST * 1.0
+
+
 def test_the_page_policy_is_chosen_on_data_without_timestamps(tmp_path: Path) -> None:
     """Without any timestamp the validation slice has no "now": the policy search must still
     build real pages (it once built empty ones for every option, served 0 and diversity NaN,
