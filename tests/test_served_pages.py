@@ -123,7 +123,8 @@ def test_policy_search_respects_the_cost_bound() -> None:
     cheap = [o for o in options if o["served"] >= MAX_COST]
     assert best["author_diversity"] == max(o["author_diversity"] for o in cheap)
     assert best["author_diversity"] < 0.35
-    # nothing within the cost at all (the plain page already costs): the best served
+    # the plain pages already cost 10%: the bound counts from them, no discount that reaches
+    # the target is within it, and the most diverse option within it is no discount
     costly = _judge(
         {"author": 1.0, "category": 1.0, "both": 1.0},
         lambda s: 0.9 - 0.1 * s,

@@ -289,8 +289,8 @@ def search_policy(
     on the strength (``steps`` halvings) finds the weakest policy that still does; of these
     (one per path), the one serving best among those within :data:`MAX_COST` x
     :func:`cost_base` wins. When none reaches the target within the cost: the most diverse option
-    within the cost; when none is within the cost: the best served. ``judge(policy)`` gives
-    a policy's option (its pages' served metric and author diversity on validation).
+    within it (no discount at least is, by :func:`cost_base`). ``judge(policy)`` gives a
+    policy's option (its pages' served metric and author diversity on validation).
     """
     options: list[Option] = []
 
@@ -309,7 +309,7 @@ def search_policy(
     def cheap(o: Option) -> bool:
         return bool(o["served"] >= MAX_COST * base)
 
-    if meets(plain) and cheap(plain):
+    if meets(plain):
         return plain, options
     lightest = []
     for path in paths:
@@ -327,10 +327,8 @@ def search_policy(
     within = [o for o in lightest if cheap(o)]
     if within:
         return max(within, key=lambda o: (o["served"], -o["strength"])), options
-    affordable = [o for o in options if cheap(o)]
-    if affordable:
-        return max(affordable, key=lambda o: (o["author_diversity"], o["served"])), options
-    return max(options, key=lambda o: (o["served"], o["author_diversity"])), options
+    affordable = [o for o in options if cheap(o)] or [plain]
+    return max(affordable, key=lambda o: (o["author_diversity"], o["served"])), options
 
 
 def choose_policy(
