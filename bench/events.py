@@ -45,12 +45,21 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 from hiredis import pack_command
 
 from bench.common import TARGET_HEADERS, print_table, private_redis, ratio
-from bench.serve import _ticks, cpu_seconds, gunicorn, gunicorn_pids, prepare, wrk
+from bench.serve import (
+    _ticks,
+    counting_connection,
+    cpu_seconds,
+    gunicorn,
+    gunicorn_pids,
+    prepare,
+    wrk,
+)
 
 #: The two servers, under the same gunicorn configuration.
 APPS = (("service", "service:create_app()"), ("floor", "bench.events:floor_app()"))
@@ -71,21 +80,18 @@ def batches(users: list[str], table: Any, n: int, size: int, seed: int) -> list[
     """``n`` JSON bodies of ``size`` events each: ``users`` (the version's) on the posts of
     ``table`` (its :class:`~feed.serving.state.VersionTable`)."""
     rng = random.Random(seed)
-    kinds = [k for k, w in MIX for _ in range(w)]
     linked = [i for i, ps in enumerate(table.product_ids) if ps]
+    # purchases of a linked post's product: none when no post links one
+    kinds = [k for k, w in MIX for _ in range(w) if k != "purchase" or linked]
 
     def event(kind: str) -> dict[str, Any]:
         user = rng.choice(users)
-        post = (
-            rng.choice(linked)
-            if kind == "purchase" and linked
-            else rng.randrange(len(table.post_ids))
-        )
+        post = rng.choice(linked) if kind == "purchase" else rng.randrange(len(table.post_ids))
         ev: dict[str, Any] = {"type": kind, "user_id": user}
         if kind == "follow":
             ev["author_id"] = table.authors[post]
         elif kind == "purchase":
-            ev["product_id"] = table.product_ids[post][0] if table.product_ids[post] else "p0"
+            ev["product_id"] = table.product_ids[post][0]
             ev["post_id"] = table.post_ids[post]
         else:
             ev["post_id"] = table.post_ids[post]
@@ -97,19 +103,6 @@ def batches(users: list[str], table: Any, n: int, size: int, seed: int) -> list[
         json.dumps({"events": [event(rng.choice(kinds)) for _ in range(size)]}).encode()
         for _ in range(n)
     ]
-
-
-def recording_connection(base: type) -> type:
-    """``base`` (a redis-py connection class) keeping the bytes of every packet sent."""
-
-    class Recording(base):  # type: ignore[valid-type,misc]
-        packets: list[bytes] = []
-
-        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            Recording.packets.append(command if isinstance(command, bytes) else b"".join(command))
-            super().send_packed_command(command, check_health)
-
-    return Recording
 
 
 def live_table(url: str) -> Any:
@@ -128,7 +121,7 @@ def commands(url: str, bodies: list[bytes]) -> list[list[tuple[bytes, ...]]]:
 
     app = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "bench"})
     pool = app.extensions["feed_redis"].connection_pool
-    recording = recording_connection(pool.connection_class)  # before any connection is made
+    recording = counting_connection(pool.connection_class)  # before any connection is made
     pool.connection_class = recording
     client = app.test_client()
     for body in bodies[:20]:  # warm-up: version table, neighbour lists, scripts loaded
@@ -136,12 +129,13 @@ def commands(url: str, bodies: list[bytes]) -> list[list[tuple[bytes, ...]]]:
     out, trips = [], []
     for body in bodies:
         recording.packets.clear()
+        recording.raw.clear()
         resp = client.post("/v1/events", data=body, content_type="application/json")
         if resp.status_code != 202:
             raise RuntimeError(f"POST /v1/events: {resp.status_code} {resp.get_data()!r}")
-        trips.append(len(recording.packets))
+        trips.append(len(recording.raw))
         reader = hiredis.Reader()  # a request is RESP too: read the commands back
-        reader.feed(b"".join(recording.packets))
+        reader.feed(b"".join(recording.raw))
         batch = []
         while (cmd := reader.gets()) is not False:
             batch.append(tuple(cmd))
@@ -181,7 +175,7 @@ def _raw_client(
 
 def raw(url: str, packets: list[tuple[bytes, int]], clients: int, seconds: float) -> float:
     """Batches a second of ``clients`` raw writers."""
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    port = urlsplit(url).port or 6379
     ctx = mp.get_context("fork")
     done = ctx.Queue()
     start = time.time() + 0.5

@@ -87,16 +87,20 @@ _CMD = re.compile(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n")
 
 # --- Redis round trips per page, counted in the client ----------------------------------------
 def counting_connection(base: type) -> type:
-    """``base`` (a redis-py connection class) recording the commands of every packet sent."""
+    """``base`` (a redis-py connection class) recording every packet sent but the
+    connection's own (handshake, health checks): its commands' names (``packets``) and its
+    bytes (``raw``)."""
 
     class Counting(base):  # type: ignore[valid-type,misc]
         packets: list[list[str]] = []
+        raw: list[bytes] = []
 
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             data = command if isinstance(command, bytes) else b"".join(command)
             names = [n.decode().upper() for n in _CMD.findall(data)]
             if names and names[0] not in ("HELLO", "CLIENT", "PING"):
                 Counting.packets.append(names)
+                Counting.raw.append(data)
             super().send_packed_command(command, check_health)
 
     return Counting
@@ -150,6 +154,7 @@ def round_trips(url: str, users: list[str], out: Path, profile: bool = False) ->
         cursor = None
         for _ in range(2):
             counting.packets.clear()
+            counting.raw.clear()
             t = time.perf_counter()
             resp = client.get(
                 f"/v1/feed/{user}",
