@@ -8,7 +8,8 @@ same Redis commands written raw.
    version's users and posts: impressions, clicks, likes (whose post's neighbours become the
    user's real-time candidates: one read), favorites, shares, follows of a post's author and
    purchases of its product, in the proportions of ``MIX``.
-3. The commands: each body is posted once in process (warm caches) through a redis-py
+3. The commands: each body is posted once in process (caches warm, every user's keys renewed
+   once, as in the steady state: ``FEED_USER_RENEW_S``) through a redis-py
    connection class that keeps every packet the service sends; read back, they are the
    commands the other two writers send for that body.
 4. Throughput, ``--rounds`` times alternately, ``--seconds`` each:
@@ -124,7 +125,10 @@ def commands(url: str, bodies: list[bytes]) -> list[list[tuple[bytes, ...]]]:
     recording = counting_connection(pool.connection_class)  # before any connection is made
     pool.connection_class = recording
     client = app.test_client()
-    for body in bodies[:20]:  # warm-up: version table, neighbour lists, scripts loaded
+    # warm-up: version table, neighbour lists, scripts loaded, and every user's keys renewed,
+    # so the commands are those of the steady state, where a process renews a user's untouched
+    # keys once per FEED_USER_RENEW_S (the users here recur every few hundred batches)
+    for body in bodies:
         client.post("/v1/events", data=body, content_type="application/json")
     out, trips = [], []
     for body in bodies:
@@ -281,7 +285,7 @@ def run(args: argparse.Namespace, work: Path, url: str) -> int:
         workers = 0
         for name, app in APPS:
             with gunicorn(app, work, env) as (port, _, pid):
-                wrk(port, script, args.conns, 1)  # warm-up
+                wrk(port, script, args.conns, 3)  # warm-up (each worker renews the users once)
                 workers = len(gunicorn_pids(pid)) - 1
                 before = cpu_seconds(pid, redis_pid)
                 res = wrk(port, script, args.conns, args.seconds)

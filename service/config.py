@@ -35,6 +35,13 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "a user's likes, follows, hidden, muted, bought and real-time keys expire after this "
         "long without an event of theirs (each event renews them; 0: never)",
     ),
+    (
+        "USER_RENEW_S",
+        3_600,
+        "a process renews a user's untouched real-time keys at most once this often (the keys "
+        "an event writes are renewed every time), so their TTLs run from the last event within "
+        "this lag; at most a tenth of USER_STATE_TTL_S and SEEN_WINDOW_S",
+    ),
     ("FRESH_MAX_POSTS", 100_000, "posts created through the API kept (the oldest go first)"),
     (
         "FRESH_MAX_AGE_S",

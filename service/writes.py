@@ -23,7 +23,7 @@ deleting what was added: deletions are never refused for memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError, WatchError
@@ -137,28 +137,37 @@ def share_writes(ev: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[Command]
     return out + ([("EXPIRE", c.user_key(receiver, c.USER_RT), ttl)] if ttl > 0 else [])
 
 
-def renewals(user: str, cfg: Mapping[str, Any]) -> list[Command]:
-    """``EXPIRE`` of every real-time key of ``user``: the user was active (a TTL of 0 keeps
-    keys forever). Keys that do not exist are left alone by Redis.
+def renewals(
+    user: str, cfg: Mapping[str, Any], written: Collection[str] = (), every: bool = True
+) -> list[Command]:
+    """``EXPIRE`` of ``user``'s real-time keys: of every one when ``every`` (the user was
+    active), else only of those in ``written`` (the keys the batch may create: a key is never
+    left without its TTL). A TTL of 0 keeps keys forever; keys that do not exist are left alone by
+    Redis.
 
     >>> renewals("u1", {"SEEN_WINDOW_S": 60, "USER_STATE_TTL_S": 0})
     [('EXPIRE', '{u:u1}:seen', 60)]
+    >>> renewals("u1", {"SEEN_WINDOW_S": 60, "USER_STATE_TTL_S": 9}, {"{u:u1}:likes"}, False)
+    [('EXPIRE', '{u:u1}:likes', 9)]
     """
+    seen, ttl = int(cfg["SEEN_WINDOW_S"]), int(cfg["USER_STATE_TTL_S"])
     out: list[Command] = []
-    if cfg["SEEN_WINDOW_S"] > 0:
-        out.append(("EXPIRE", c.user_key(user, c.USER_SEEN), int(cfg["SEEN_WINDOW_S"])))
-    ttl = int(cfg["USER_STATE_TTL_S"])
-    if ttl > 0:
-        out += [("EXPIRE", c.user_key(user, kind), ttl) for kind in PREFERENCE_KEYS]
+    for kind in (c.USER_SEEN, *PREFERENCE_KEYS):
+        key, life = c.user_key(user, kind), seen if kind == c.USER_SEEN else ttl
+        if life > 0 and (every or key in written):
+            out.append(("EXPIRE", key, life))
     return out
 
 
 def event_batch(
     events: Sequence[tuple[Mapping[str, Any], Mapping[str, float]]],
     cfg: Mapping[str, Any],
+    renew_all: Callable[[str], bool] = lambda user: True,
 ) -> tuple[list[Command], dict[str, list[Command]]]:
     """(the event log's ``XADD`` commands, user -> that user's writes and renewals) of a
-    batch; ``members`` of each event are the real-time candidates it adds or removes."""
+    batch; ``members`` of each event are the real-time candidates it adds or removes.
+    ``renew_all(user)``: whether to renew every real-time key of the user, not only the ones
+    the batch writes (:meth:`service.store.Store.renewal_due`)."""
     log: list[Command] = []
     users: dict[str, list[Command]] = {}
     receivers: dict[str, list[Command]] = {}
@@ -168,7 +177,8 @@ def event_batch(
         if shared := share_writes(ev, cfg):
             receivers.setdefault(ev["receiver_id"], []).extend(shared)
     for user, cmds in users.items():
-        cmds.extend(renewals(user, cfg))
+        written = {cmd[1] for cmd in cmds if cmd[0] in ("ZADD", "SADD")}  # may create a key
+        cmds.extend(renewals(user, cfg, written, renew_all(user)))
     for user, cmds in receivers.items():  # a receiver's writes join their own slot's group
         users.setdefault(user, []).extend(cmds)
     return counted(log), users
@@ -423,12 +433,13 @@ def record_events(
     events: Sequence[tuple[Mapping[str, Any], Mapping[str, float]]],
     cfg: Mapping[str, Any],
     cluster: bool,
+    renew_all: Callable[[str], bool] = lambda user: True,
 ) -> None:
     """Append each event to the event log and apply it to its user's real-time keys, renewing
-    their TTLs: all of the batch or none of it (:func:`transact`; the log last). Every set the
-    batch added to is counted in the same transaction and kept at ``USER_SET_MAX`` members
-    (:func:`trim_sets`)."""
-    log, users = event_batch(events, cfg)
+    their TTLs (``renew_all``: :func:`event_batch`): all of the batch or none of it
+    (:func:`transact`; the log last). Every set the batch added to is counted in the same
+    transaction and kept at ``USER_SET_MAX`` members (:func:`trim_sets`)."""
+    log, users = event_batch(events, cfg, renew_all)
     most = int(cfg["USER_SET_MAX"])
     groups, counted = [], []
     for group in users.values():

@@ -37,7 +37,9 @@ def test_a_known_users_seen_set_expires_with_the_window(client: Any, r: Any, app
     assert 0 < r.ttl(seen) <= app.config["SEEN_WINDOW_S"]
 
 
-def test_events_renew_every_real_time_key_of_their_user(client: Any, r: Any) -> None:
+def test_events_renew_every_real_time_key_of_their_user(
+    client: Any, r: Any, redis_url: str, published: str
+) -> None:
     post = post_ids(feed_page(client, "u12", limit=3))[0]
     resp = client.post(
         "/v1/events",
@@ -48,23 +50,37 @@ def test_events_renew_every_real_time_key_of_their_user(client: Any, r: Any) -> 
                 {"type": "unfollow", "user_id": "u12", "author_id": "u4"},
                 {"type": "hide_post", "user_id": "u12", "post_id": "p1"},
                 {"type": "see_fewer_author", "user_id": "u12", "author_id": "u5"},
-                {"type": "purchase", "user_id": "u12", "product_id": "sku-1"},
                 {"type": "impression", "user_id": "u12", "post_id": "p2"},
             ]
         },
     )
     assert resp.status_code == 202
-    ttl = client.application.config["USER_STATE_TTL_S"]
+    cfg = client.application.config
+
+    def ttls() -> dict[str, int]:
+        return {kind: r.ttl(c.user_key("u12", kind)) for kind in USER_KINDS}
+
+    for kind, left in ttls().items():
+        most = cfg["SEEN_WINDOW_S"] if kind == c.USER_SEEN else cfg["USER_STATE_TTL_S"]
+        assert kind == c.USER_PURCHASES or 0 < left <= most, kind
+    assert ttls()[c.USER_PURCHASES] == -2  # no purchase yet: no key
+    # TTLs shortened by hand: within FEED_USER_RENEW_S this process renews only the keys an
+    # event writes, and a key the event creates gets its TTL at once
     for kind in USER_KINDS:
-        key = c.user_key("u12", kind)
-        most = client.application.config["SEEN_WINDOW_S"] if kind == c.USER_SEEN else ttl
-        assert 0 < r.ttl(key) <= most, kind
-    # a shorter TTL set later is renewed by the user's next event
-    r.expire(c.user_key("u12", c.USER_HIDDEN), 5)
-    client.post(
-        "/v1/events", json={"events": [{"type": "click", "user_id": "u12", "post_id": "p3"}]}
-    )
-    assert r.ttl(c.user_key("u12", c.USER_HIDDEN)) > 5
+        r.expire(c.user_key("u12", kind), 5)
+    again = [
+        {"type": "click", "user_id": "u12", "post_id": "p3"},
+        {"type": "purchase", "user_id": "u12", "product_id": "sku-1"},
+    ]
+    assert client.post("/v1/events", json={"events": again}).status_code == 202
+    left = ttls()
+    assert left[c.USER_SEEN] > 5 and left[c.USER_PURCHASES] > 5
+    assert all(0 < left[kind] <= 5 for kind in set(USER_KINDS) - {c.USER_SEEN, c.USER_PURCHASES})
+    # once the interval has passed (another process, or the same an hour later), every key
+    renewing = feed_app(redis_url, USER_RENEW_S=0).test_client()
+    click = {"type": "click", "user_id": "u12", "post_id": "p4"}
+    assert renewing.post("/v1/events", json={"events": [click]}).status_code == 202
+    assert all(left > 5 for left in ttls().values()), ttls()
 
 
 def test_a_ttl_of_zero_keeps_preferences(redis_url: str, published: str, r: Any) -> None:
@@ -187,3 +203,18 @@ def test_events_keep_a_users_sets_bounded(redis_url: str, published: str, r: Any
     assert r.scard(c.user_key("u-many", c.USER_HIDDEN)) == 10
     assert r.scard(c.user_key("u-many", c.USER_PURCHASES)) == 10
     assert r.xlen(c.EVENTS_KEY) >= 55  # every event is still in the log
+
+
+def test_a_process_remembers_a_bounded_number_of_renewals(
+    redis_url: str, published: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.store import Store
+
+    monkeypatch.setattr(Store, "RENEWED_MAX", 3)
+    app = feed_app(redis_url)
+    client, store = app.test_client(), app.extensions["feed_store"]
+    for i in range(7):
+        click = {"type": "click", "user_id": f"renew-{i}", "post_id": "p1"}
+        assert client.post("/v1/events", json={"events": [click]}).status_code == 202
+        assert len(store._renewed) <= 3
+    assert not store.renewal_due("renew-6", time.monotonic())  # the newest is remembered
