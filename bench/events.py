@@ -27,6 +27,7 @@ same Redis commands written raw.
 
     python -m bench.events                       # 0.1M likes (trains first), 2 x 8 s rounds
     python -m bench.events --artifact A --rounds 3
+    python -m bench.events --artifact A --in-process 3000   # CPU a batch, no HTTP server
 
 Needs ``wrk`` (``apt-get install wrk``).
 """
@@ -239,6 +240,31 @@ def lua_bodies(path: Path, bodies: list[bytes]) -> Path:
     return path
 
 
+def in_process(url: str, bodies: list[bytes], n: int, redis_pid: int) -> int:
+    """CPU milliseconds a batch of this process (Flask's test client and the service) and of
+    the Redis server, over ``n`` batches posted after every body was posted once."""
+    from service import create_app
+
+    app = create_app({"REDIS_URL": url, "JSON_LOGS": False, "CURSOR_SECRET": "bench"})
+    client = app.test_client()
+    for body in bodies:  # warm: caches, and every user's keys renewed once (the steady state)
+        client.post("/v1/events", data=body, content_type="application/json")
+    cpu, redis_cpu = time.process_time(), _ticks(redis_pid)
+    for i in range(n):
+        resp = client.post(
+            "/v1/events", data=bodies[i % len(bodies)], content_type="application/json"
+        )
+        if resp.status_code != 202:
+            raise RuntimeError(f"POST /v1/events: {resp.status_code} {resp.get_data()!r}")
+    cpu, redis_cpu = time.process_time() - cpu, _ticks(redis_pid) - redis_cpu
+    print_table(
+        f"POST /v1/events in process ({n} batches of {len(json.loads(bodies[0])['events'])})",
+        ("process CPU ms a batch", "Redis CPU ms a batch"),
+        [(f"{cpu / n * 1e3:.3f}", f"{redis_cpu / n * 1e3:.3f}")],
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.events",
@@ -253,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--conns", type=int, default=16, help="wrk connections (16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: post N batches through Flask's test client (no HTTP server) and report "
+        "the CPU a batch cost this process and the Redis server, the steadier measure on a "
+        "machine whose speed varies (run it in a checkout of each commit, alternately)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp, private_redis() as url:
         return run(args, Path(tmp), url)
@@ -268,6 +303,8 @@ def run(args: argparse.Namespace, work: Path, url: str) -> int:
     publish(r, artifact, activate=True)
     users = [str(u) for u in read(artifact, verify=False).arrays("candidates")["users"]]
     bodies = batches(users, live_table(url), args.batches, args.batch, args.seed)
+    if args.in_process:
+        return in_process(url, bodies, args.in_process, int(r.info("server")["process_id"]))
     sent = commands(url, bodies)
     packets = [(b"".join(pack_command(cmd) for cmd in batch), len(batch)) for batch in sent]
     print(f"{len(bodies)} bodies of {args.batch} events: "
