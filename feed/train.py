@@ -591,7 +591,7 @@ def group_lists(data: TrainingData) -> tuple[GroupRecs, dict[str, np.ndarray]]:
     signal = (
         np.diff(recs.x_.indptr) + np.diff(recs.taste_.indptr) + np.diff(recs.ties_.indptr)
     ) > 0
-    users = np.flatnonzero(signal)
+    users = np.flatnonzero(signal) if len(data.products) else np.zeros(0, np.int64)  # no deals
     items, scores, reasons = recs.deals(users)
     friends = recs.deal_friends(users, items)
     has_ties = np.flatnonzero(recs.tie_items_[:, 0] >= 0)

@@ -50,6 +50,35 @@ def test_generate_validate_train_publish(runner: CliRunner, r: Any, tmp_path: Pa
     assert version in res.output and "ready" in res.output
 
 
+def test_a_dataset_without_products_trains_publishes_and_serves(
+    runner: CliRunner, r: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """Posts and likes only (no products.csv, no purchases, no groups, posts linking nothing):
+    the format allows it. ``feed train`` once failed on it (a row maximum over zero columns
+    in trending, the ranker's features and the deals)."""
+    import pandas as pd
+    from helpers import feed_app, feed_page
+
+    data = tmp_path / "data"
+    run(runner, "generate", str(data), "--users", "150", "--posts", "200", "--seed", "5")
+    for name in ("products", "purchases", "groups", "group_members"):
+        (data / f"{name}.csv").unlink(missing_ok=True)
+    posts = pd.read_csv(data / "posts.csv", dtype=str, keep_default_na=False)
+    posts.assign(product_ids="").to_csv(data / "posts.csv", index=False)
+    assert run(runner, "validate", str(data)).exit_code == 0
+    res = run(runner, "train", str(data), "--out", str(tmp_path / "art"), "--no-progress",
+              "--factors", "8")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    version = res.output.strip().splitlines()[-1]
+    assert run(runner, "publish", str(tmp_path / "art" / version), "--activate").exit_code == 0
+    client = feed_app(redis_url).test_client()
+    user = pd.read_csv(data / "likes.csv", dtype=str)["user_id"].iloc[0]
+    page = feed_page(client, user, limit=10)
+    assert len(page["items"]) == 10 and all(not it["products"] for it in page["items"])
+    deals = client.get(f"/v1/users/{user}/deals?limit=5")
+    assert deals.status_code == 200 and deals.get_json()["items"] == []
+
+
 def _break(src: Path, dst: Path, file: str, line: int, old: str, new: str) -> None:
     import shutil
 

@@ -169,6 +169,18 @@ def lookup_flat(m: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     return np.where(keys[at] == want, m.data[at], 0).astype(np.float32)
 
 
+def row_max(m: sp.spmatrix) -> np.ndarray:
+    """Each row's largest stored value (0 for an empty row, and for every row of a matrix
+    without columns: a dataset without products has post x product links of width 0).
+
+    >>> row_max(sp.csr_matrix((3, 0))).tolist(), row_max(sp.csr_matrix([[0, 2], [1, 0]])).tolist()
+    ([0.0, 0.0, 0.0], [2.0, 1.0])
+    """
+    if m.shape[1] == 0:
+        return np.zeros(m.shape[0])
+    return np.asarray(sp.csr_matrix(m).max(axis=1).toarray(), dtype=np.float64).ravel()
+
+
 def canonical(m: sp.spmatrix) -> sp.csr_matrix:
     """``m`` as CSR with sorted indices and no duplicates (a copy only when it is not): what
     :func:`lookup_flat` searches. A sparse product's rows come unsorted, and sorting a block

@@ -30,6 +30,7 @@ from feed.models.base import (
     canonical,
     lookup,
     mask_rows,
+    row_max,
     topk,
 )
 from feed.models.sources import (
@@ -134,7 +135,7 @@ class FeatureContext:
             "post_popularity": count / max(count.max(initial=0.0), 1.0),
             "post_engaged_log": np.log1p(count),
             "post_n_products": np.diff(links.indptr).astype(np.float64),
-            "product_popularity_log": np.log1p(linked.max(axis=1).toarray().ravel()),
+            "product_popularity_log": np.log1p(row_max(linked)),
             "author_popularity_log": np.log1p(author_total[data.post_author]),
         }
         self.author = data.post_author

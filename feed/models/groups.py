@@ -43,7 +43,7 @@ import scipy.sparse as sp
 
 from feed.data import Dataset
 from feed.features.matrices import TrainingData, build
-from feed.models.base import parallel_map
+from feed.models.base import parallel_map, row_max
 
 logger = logging.getLogger(__name__)
 
@@ -493,20 +493,20 @@ class GroupRecs:
         (one row per stored entry, :data:`FEATURES` columns)."""
         x = self.x_[users]
         cf = sp.csr_matrix(x @ self.sim_)
-        top = np.asarray(cf.max(axis=1).todense()).ravel()
+        top = row_max(cf)
         cf = sp.csr_matrix(sp.diags(1.0 / np.maximum(top, 1e-9)) @ cf)
         taste = sp.csr_matrix(self.taste_[users])
-        top = np.asarray(taste.max(axis=1).todense()).ravel()
+        top = row_max(taste)
         taste = sp.csr_matrix(sp.diags(1.0 / np.maximum(top, 1e-9)) @ taste)
         friends = sp.csr_matrix(self.ties_[users] @ self.xbin_)
         friends.data = np.log1p(friends.data)
         npr = x.shape[1]
-        k = len(self.popular_)
+        k = len(self.popular_)  # 0 without products
+        ends = np.arange(len(users) + 1) * k
         popular = sp.csr_matrix(
-            (np.ones(len(users) * k, np.float32), np.tile(self.popular_, len(users)),
-             np.arange(0, len(users) * k + 1, k)),
+            (np.ones(len(users) * k, np.float32), np.tile(self.popular_, len(users)), ends),
             shape=(len(users), npr),
-        )  # fmt: skip
+        )
         pattern = abs(cf) + abs(taste) + abs(friends) + abs(x) + popular
         pattern = sp.csr_matrix(pattern)
         pattern.sum_duplicates()

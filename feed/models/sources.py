@@ -26,6 +26,7 @@ from feed.models.base import (
     Retrieved,
     lookup,
     lookup_flat,
+    row_max,
     sparse_rows_dense,
 )
 
@@ -739,7 +740,7 @@ class Trending(Popularity):
         liked = np.asarray(data.likes.sum(axis=0)).ravel()
         bought = np.asarray(data.purchases.sum(axis=0)).ravel()
         links = sp.csr_matrix(data.post_products, dtype=np.float32).multiply(bought[None, :])
-        counts = liked + sp.csr_matrix(links).max(axis=1).toarray().ravel()
+        counts = liked + row_max(links)
         self.scores_ = (counts / max(counts.max(initial=0.0), 1e-12)).astype(np.float32)
         self.n_posts_ = data.n_posts
         return self
