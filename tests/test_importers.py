@@ -85,7 +85,7 @@ def test_ml_latest_small_layout(tmp_path: Path) -> None:
     assert posts[3] == (
         "m40697,genre:Sci-Fi,1996-03-29T18:36:55Z,Babylon 5. Sci-Fi,p40697,Babylon 5,Sci-Fi"
     )
-    assert posts[4].startswith("m143410,genre:(no genres listed),1996-03-29T18:36:55Z,")
+    assert posts[4].startswith("m143410,genre:no-genres-listed,1996-03-29T18:36:55Z,")
     ds = load(tmp_path / "out")
     assert ds.problems == []
     assert ds.likes[["user_id", "post_id"]].values.tolist() == [

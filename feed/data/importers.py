@@ -11,11 +11,12 @@ downloaded, in either layout:
 
 The mapping (one post per movie; a like is a rating of at least 4.0):
 
-* ``posts.csv``: post_id ``m<movieId>``; author_id ``genre:<first listed genre>`` (synthetic,
-  so that author diversity means genre diversity); created_at ``<year in the title>-01-01``, or
-  the first rating's time when the title has no year; text = title, genres and the movie's
-  user tags without repeats (case-insensitive), as ``"<title>. <g1>, <g2>. Tags: <t1>, <t2>"``;
-  product_ids ``p<movieId>``; title; tags = genres then user tags.
+* ``posts.csv``: post_id ``m<movieId>``; author_id ``genre:<first listed genre>`` (spaces and
+  punctuation as '-'; synthetic, so that author diversity means genre diversity); created_at
+  ``<year in the title>-01-01``, or the first rating's time when the title has no year; text
+  = title, genres and the movie's user tags without repeats (case-insensitive), as
+  ``"<title>. <g1>, <g2>. Tags: <t1>, <t2>"``; product_ids ``p<movieId>``; title; tags =
+  genres then user tags.
 * ``products.csv``: product_id ``p<movieId>``, title, category = the first genre.
 * ``likes.csv``: user_id (the original userId), post_id, ts (unix seconds), in file order.
 
@@ -187,7 +188,10 @@ def _ratings(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _first(genres: list[str]) -> str:
-    return genres[0] if genres else ""
+    """The first genre as an id the service's API can name (:func:`feed.contract.valid_id`):
+    runs of other characters become one '-' ("(no genres listed)": "no-genres-listed",
+    MovieLens 100k's "Children's": "Children-s")."""
+    return re.sub(r"[^A-Za-z0-9_.:@-]+", "-", genres[0]).strip("-") if genres else ""
 
 
 def _posts(movies: pd.DataFrame, tags: pd.DataFrame, first_ts: float) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from feed.contract import valid_id
 from feed.data.format import (
     FALSE,
     FLOAT_DEFAULTS,
@@ -502,6 +503,8 @@ def _check_across(root: Path, tables: dict[str, _Table], failed: set[str], repor
     ):
         if name in tables and "products" in tables:
             _warn_unknown_products(tables[name], col, tables["products"], report)
+    for t in tables.values():
+        _warn_unservable_ids(t, report)
     if failed.isdisjoint(INTERACTIONS) and not any(
         len(tables[n].df) for n in INTERACTIONS if n in tables
     ):
@@ -585,6 +588,30 @@ def _warn_unknown_products(t: _Table, col: str, products: _Table, report: _Repor
     message = f"{len(ids)} product id(s) in {ids.index.nunique()} row(s) are not in "
     message += f"{products.name}, e.g. {examples}"
     report.add(t.name, t.line(int(ids.index[0])), col, message, "warning")
+
+
+def _warn_unservable_ids(t: _Table, report: _Report) -> None:
+    """One warning per id column counting the ids the service's API refuses
+    (:func:`feed.contract.valid_id`: spaces, most ASCII punctuation, invisible characters,
+    more than 128 characters): they train and publish, but no request can name them, so such
+    a user's page or such an author's follow is a 400."""
+    for col in t.df.columns:
+        if not (col.endswith("_id") or col == "product_ids"):
+            continue
+        ids = t.df[col].explode() if col == "product_ids" else t.df[col]
+        ids = ids.dropna().astype(str)
+        ids = ids[ids.str.strip() != ""]
+        unique = pd.Series(ids.unique())
+        bad = set(unique[~unique.map(valid_id).to_numpy(bool)])
+        if not bad:
+            continue
+        rows = ids[ids.isin(bad)]
+        some = ", ".join(f"{_show(v)} ({t.where(int(p))})" for p, v in rows.iloc[:3].items())
+        message = (
+            f"{len(bad)} {col} value(s) the service's API cannot name (valid ids: 1-128 "
+            f"letters, digits, '_-.:@' or other visible characters, no spaces), e.g. {some}"
+        )
+        report.add(t.name, t.line(int(rows.index[0])), col, message, "warning")
 
 
 def _isin(values: pd.Series, known: pd.Series) -> np.ndarray:
