@@ -33,7 +33,7 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
         "USER_STATE_TTL_S",
         30 * 86_400,
         "a user's likes, follows, hidden, muted, bought and real-time keys expire after this "
-        "long without an event of theirs (each event renews them; 0: never)",
+        "long without an event of theirs (give or take USER_RENEW_S; 0: never)",
     ),
     (
         "USER_RENEW_S",
