@@ -116,6 +116,12 @@ def test_auto_split_follows_the_shape_of_the_data(small: Dataset) -> None:
         split(untimed, 0.2, method="user-time")
     with pytest.raises(ValueError, match="auto or one of"):
         split(small, 0.2, method="sideways")
+    # one timed like a user, each at its own time: nothing to hold out, and the error says
+    # which protocol auto chose and why, not only the chosen one's complaint
+    once = bursty.likes.drop_duplicates("user_id")
+    single = Dataset(**{**bursty.__dict__, "likes": once})
+    with pytest.raises(ValueError, match=r"no user has two .*\(--split auto chose user-time: "):
+        split(single, 0.2)
 
 
 def test_held_out_targets_are_reachable(small: Dataset) -> None:

@@ -82,12 +82,17 @@ def split(
         raise ValueError(f"split method must be auto or one of {', '.join(METHODS)}: {method!r}")
     if method != "random" and not ds.has_timestamps:
         raise ValueError(f"a {method} split needs a ts on every like and purchase")
-    if method == "global-time":
-        part = time_split(ds, test_frac)
-    elif method == "user-time":
-        part = user_time_split(ds, test_frac)
-    else:
-        part = random_split(ds, test_frac, random_state)
+    try:
+        if method == "global-time":
+            part = time_split(ds, test_frac)
+        elif method == "user-time":
+            part = user_time_split(ds, test_frac)
+        else:
+            part = random_split(ds, test_frac, random_state)
+    except ValueError as e:
+        if reason.endswith("as asked"):
+            raise
+        raise ValueError(f"{e} (--split auto chose {method}: {reason})") from None
     return replace(part, reason=reason)
 
 
