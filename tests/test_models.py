@@ -79,6 +79,7 @@ MODELS: dict[str, tuple[Callable[[], Any], bool]] = {
     ),
     "itemknn": (lambda: ItemItem(K=20), True),
     "itemknn-cosine": (lambda: ItemItem(K=20, method="cosine"), True),
+    "itemknn-rp3beta": (lambda: ItemItem(K=20, method="rp3beta"), True),
     "ease": (lambda: EASE(l2=10.0), True),
     "product_als": (
         lambda: ProductCF("als", factors=2, iterations=10, regularization=1.0, random_state=3),
@@ -653,3 +654,26 @@ def test_like_weights_count_by_their_log_whatever_their_unit(dataset_dir: Path) 
     scaled = overlap(lists(build(heavy)))
     unscaled = overlap(lists(build(heavy, EngagementWeights(like_scale="raw"))))
     assert scaled > unscaled + 0.1, (scaled, unscaled)
+
+
+def test_rp3beta_weights_are_the_three_step_walk_with_a_popularity_penalty() -> None:
+    """``W[i, j] = sum_u (x_ui / deg_i) (x_uj / deg_u) / deg_j ** beta``, the diagonal zero:
+    what implicit's top-K product computes over the rescaled matrix, kept per row."""
+    from feed.models.sources import RP3_BETA, knn_similarity
+
+    rng = np.random.default_rng(0)
+    x = sp.random(60, 25, density=0.2, random_state=1, format="csr", dtype=np.float32)
+    x.data[:] = rng.integers(1, 5, x.nnz)
+    dense = x.toarray()
+    deg_u, deg_i = dense.sum(axis=1), dense.sum(axis=0)
+    walk = (dense / np.maximum(deg_i, 1e-12)).T @ (dense / np.maximum(deg_u, 1e-12)[:, None])
+    want = walk / np.maximum(deg_i, 1e-12) ** RP3_BETA
+    np.fill_diagonal(want, 0.0)
+    got = knn_similarity(x, 25, "rp3beta").toarray()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    top = knn_similarity(x, 6, "rp3beta").toarray()  # K counts the post itself, as for BM25
+    for i in range(25):
+        kept = np.flatnonzero(top[i])
+        assert set(kept) == set(np.argsort(-want[i])[: len(kept)])
+        assert np.allclose(top[i, kept], want[i, kept], rtol=1e-4)
+

@@ -432,21 +432,44 @@ def dot_rows(rows: np.ndarray, items64: np.ndarray) -> np.ndarray:
     return (rows.astype(np.float64) @ items64.T).astype(np.float32)
 
 
+#: The popularity penalty of the "rp3beta" item-item weighting (Paudel et al.'s beta).
+RP3_BETA = 0.5
+
+
 def knn_similarity(x: sp.csr_matrix, K: int, method: str) -> sp.csr_matrix:
-    """Column x column similarities of ``x`` (implicit's BM25 or cosine), top ``K`` per row,
-    zero diagonal."""
+    """Column x column similarities of ``x`` (implicit's BM25 or cosine, or "rp3beta"), top
+    ``K`` per row, zero diagonal.
+
+    "rp3beta" is the three-step random walk item -> user -> item of Paudel et al. (RP3beta):
+    ``W[i, j] = sum_u (x_ui / deg_i) (x_uj / deg_u) / deg_j ** beta``, the popularity penalty
+    ``beta`` (:data:`RP3_BETA`) keeping popular items from every list. Computed by implicit's
+    top-K item-item product over ``x`` scaled by ``1 / sqrt(deg_u)`` per row and ``deg_j **
+    -beta`` per column (the same order within each row), then rescaled per row.
+    """
     from implicit.nearest_neighbours import ItemItemRecommender, bm25_weight, normalize
 
-    if method not in ("bm25", "cosine"):
-        raise ValueError(f"method must be 'bm25' or 'cosine', got {method!r}")
+    if method not in ("bm25", "cosine", "rp3beta"):
+        raise ValueError(f"method must be 'bm25', 'cosine' or 'rp3beta', got {method!r}")
     x = sp.csr_matrix(x, dtype=np.float32)
     # What implicit's BM25Recommender (K1 1.2, B 0.75) and CosineRecommender fit on, handed over
     # as CSR: they pass it as COO, and implicit warns about converting it (a warnings filter
     # would not be thread-safe, and sources are fitted on parallel threads).
-    weighted = bm25_weight(x.T, K1=1.2, B=0.75).T if method == "bm25" else normalize(x.T).T
+    row_scale = None
+    if method == "rp3beta":
+        deg_u = np.asarray(x.sum(axis=1)).ravel()
+        deg_i = np.asarray(x.sum(axis=0)).ravel()
+        users = 1.0 / np.sqrt(np.maximum(deg_u, 1e-12))
+        cols = np.where(deg_i > 0, np.maximum(deg_i, 1e-12) ** -RP3_BETA, 0.0)
+        weighted = sp.diags(users) @ x.astype(np.float64) @ sp.diags(cols)
+        # rows came out scaled by deg_i ** -beta: rescale them to 1 / deg_i
+        row_scale = np.where(deg_i > 0, np.maximum(deg_i, 1e-12) ** (RP3_BETA - 1.0), 0.0)
+    else:
+        weighted = bm25_weight(x.T, K1=1.2, B=0.75).T if method == "bm25" else normalize(x.T).T
     model = ItemItemRecommender(K=K)
     model.fit(sp.csr_matrix(weighted), show_progress=False)
     sim = sp.csr_matrix(model.similarity, dtype=np.float32)
+    if row_scale is not None:
+        sim = sp.csr_matrix(sp.diags(row_scale.astype(np.float32)) @ sim)
     sim.setdiag(0)
     sim.eliminate_zeros()
     return sim
@@ -459,7 +482,7 @@ class ItemItem(CandidateModel):
     ----------
     K : int
         Neighbours kept per post.
-    method : {"bm25", "cosine"}
+    method : {"bm25", "cosine", "rp3beta"}
     """
 
     name = "itemknn"

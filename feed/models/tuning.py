@@ -78,7 +78,12 @@ GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
 SOURCE_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
     "ease": tuple({"l2": v} for v in (125.0, 300.0, 800.0)),
     "als": GRIDS["als"][:3],
-    "itemknn": GRIDS["itemknn"],
+    # and RP3beta's popularity-penalised walk (feed.models.sources.knn_similarity)
+    "itemknn": (
+        *GRIDS["itemknn"],
+        {"K": 100, "method": "rp3beta"},
+        {"K": 400, "method": "rp3beta"},
+    ),
 }
 
 #: Models whose scores come from engagement columns alone: posts with the same column (twins)
