@@ -676,4 +676,3 @@ def test_rp3beta_weights_are_the_three_step_walk_with_a_popularity_penalty() -> 
         kept = np.flatnonzero(top[i])
         assert set(kept) == set(np.argsort(-want[i])[: len(kept)])
         assert np.allclose(top[i, kept], want[i, kept], rtol=1e-4)
-
