@@ -451,19 +451,19 @@ def knn_similarity(x: sp.csr_matrix, K: int, method: str) -> sp.csr_matrix:
     if method not in ("bm25", "cosine", "rp3beta"):
         raise ValueError(f"method must be 'bm25', 'cosine' or 'rp3beta', got {method!r}")
     x = sp.csr_matrix(x, dtype=np.float32)
-    # What implicit's BM25Recommender (K1 1.2, B 0.75) and CosineRecommender fit on, handed over
-    # as CSR: they pass it as COO, and implicit warns about converting it (a warnings filter
-    # would not be thread-safe, and sources are fitted on parallel threads).
     row_scale = None
     if method == "rp3beta":
         deg_u = np.asarray(x.sum(axis=1)).ravel()
         deg_i = np.asarray(x.sum(axis=0)).ravel()
-        users = 1.0 / np.sqrt(np.maximum(deg_u, 1e-12))
-        cols = np.where(deg_i > 0, np.maximum(deg_i, 1e-12) ** -RP3_BETA, 0.0)
-        weighted = sp.diags(users) @ x.astype(np.float64) @ sp.diags(cols)
-        # rows came out scaled by deg_i ** -beta: rescale them to 1 / deg_i
+        per_user = 1.0 / np.sqrt(np.maximum(deg_u, 1e-12))
+        per_item = np.where(deg_i > 0, np.maximum(deg_i, 1e-12) ** -RP3_BETA, 0.0)
+        weighted = sp.diags(per_user) @ x.astype(np.float64) @ sp.diags(per_item)
+        # rows come out scaled by deg_i ** -beta: rescaled to 1 / deg_i below
         row_scale = np.where(deg_i > 0, np.maximum(deg_i, 1e-12) ** (RP3_BETA - 1.0), 0.0)
     else:
+        # What implicit's BM25Recommender (K1 1.2, B 0.75) and CosineRecommender fit on, handed
+        # over as CSR: they pass it as COO, and implicit warns about converting it (a warnings
+        # filter would not be thread-safe, and sources are fitted on parallel threads).
         weighted = bm25_weight(x.T, K1=1.2, B=0.75).T if method == "bm25" else normalize(x.T).T
     model = ItemItemRecommender(K=K)
     model.fit(sp.csr_matrix(weighted), show_progress=False)
@@ -476,7 +476,8 @@ def knn_similarity(x: sp.csr_matrix, K: int, method: str) -> sp.csr_matrix:
 
 
 class ItemItem(CandidateModel):
-    """Item-item co-engagement (implicit's cosine or BM25 nearest neighbours).
+    """Item-item co-engagement (implicit's cosine or BM25 nearest neighbours, or RP3beta's
+    walk: :func:`knn_similarity`).
 
     Parameters
     ----------
