@@ -139,30 +139,44 @@ REASONS: tuple[str, ...] = (
 )
 REASON_CODE = {name: i for i, name in enumerate(REASONS)}
 
-#: The characters of an id, as a regular-expression class: ASCII letters and digits, "_-.:@", and
-#: from U+00C0 on every visible character, which leaves out Unicode's control, format (zero-width
-#: characters, bidi controls such as the right-to-left override U+202E), surrogate, private-use
-#: and separator characters (categories Cc, Cf, Cs, Co, Zs, Zl, Zp), the noncharacters and
-#: U+FFF0-U+FFFF (U+FFFD stands for bytes that were not UTF-8). tests/test_hostile.py checks
-#: the ranges against ``unicodedata``.
+#: The characters of an id, as a regular-expression class: ASCII letters and digits,
+#: "_-.:@'&+(),!#$;~", and from U+00C0 on every visible character, which leaves out Unicode's
+#: control, format (zero-width characters, bidi controls such as the right-to-left override
+#: U+202E), surrogate, private-use and separator characters (categories Cc, Cf, Cs, Co, Zs, Zl,
+#: Zp), the noncharacters and U+FFF0-U+FFFF (U+FFFD stands for bytes that were not UTF-8).
+#: tests/test_hostile.py checks the ranges against ``unicodedata``. An id may also hold ASCII
+#: spaces between them (``ID_PATTERN``: "female vocalists", "John Smith"). Left out on purpose:
+#: "/" (a path separator even when percent-encoded), "|" (the dataset format's list separator,
+#: and :func:`rt_member`'s), "{}" (Redis Cluster hash tags), "*?[]" (Redis glob patterns),
+#: "=" (experiment arm specs), the rest of ASCII's punctuation and every invisible character.
 ID_CHARS = (
-    r"A-Za-z0-9_.:@\-"
+    r"A-Za-z0-9_.:@\-'&+(),!#$;~"
     r"\u00c0-\u05ff\u0606-\u061b\u061d-\u06dc\u06de-\u070e\u0710-\u088f\u0892-\u08e1"
     r"\u08e3-\u167f\u1681-\u180d\u180f-\u1fff\u2010-\u2027\u2030-\u205e\u2070-\u2fff"
     r"\u3001-\ud7ff\uf900-\ufdcf\ufdf0-\ufefe\uff00-\uffef"
 )
-_ID_RE = re.compile(rf"[{ID_CHARS}]{{1,128}}")
+#: A whole id (regular expression, no anchors): 1-128 characters of :data:`ID_CHARS` and ASCII
+#: spaces, neither first nor last.
+ID_PATTERN = rf"[{ID_CHARS}](?:[{ID_CHARS} ]{{0,126}}[{ID_CHARS}])?"
+#: :data:`ID_PATTERN` in words, for error messages and the API's schema.
+ID_RULE = (
+    "1-128 letters, digits, spaces (never first or last), '_-.:@'&+(),!#$;~' or other visible "
+    "characters; no '/', '|', zero-width or bidi-control characters, no '..'"
+)
+_ID_RE = re.compile(ID_PATTERN)
 _VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def valid_id(value: object) -> bool:
     r"""True when ``value`` is a string usable as a user, post, product or author id.
 
-    1-128 characters of :data:`ID_CHARS`, and never a path segment that URL normalisation
-    rewrites (``.``, anything with ``..``).
+    :data:`ID_PATTERN` (1-128 characters of :data:`ID_CHARS`, inner spaces), and never a path
+    segment that URL normalisation rewrites (``.``, anything with ``..``).
 
-    >>> valid_id("u42"), valid_id("用户_7"), valid_id("a b"), valid_id("x" * 200), valid_id(7)
-    (True, True, False, False, False)
+    >>> valid_id("u42"), valid_id("用户_7"), valid_id("female vocalists"), valid_id("r&b")
+    (True, True, True, True)
+    >>> valid_id(" u1"), valid_id("u1 "), valid_id("a/b"), valid_id("x" * 200), valid_id(7)
+    (False, False, False, False, False)
     >>> valid_id("u\u200b1"), valid_id("u\u202e1"), valid_id("../u1"), valid_id("u1\n")
     (False, False, False, False)
     """

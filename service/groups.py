@@ -553,8 +553,8 @@ class GroupRecs:
         """Group id -> fanned-out weight of a group feed's members (``"<group id> <weight>"``)."""
         out: dict[str, float] = {}
         for member in ids or ():
-            gid, _, weight = c.text(member).partition(" ")
-            out[gid] = float(weight or 0.0)
+            gid, _, weight = c.text(member).rpartition(" ")  # a group id may hold spaces
+            out[gid] = float(weight)
         return out
 
     @staticmethod

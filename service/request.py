@@ -33,8 +33,7 @@ def redis() -> Any:
 def check_id(value: str, what: str) -> str:
     if not c.valid_id(value):
         raise bad_request(
-            f"{what} {value[:40]!r} is not a valid id (1-128 letters, digits, '_-.:@' or other "
-            "visible characters; no spaces, zero-width or bidi-control characters, no '..')",
+            f"{what} {value[:40]!r} is not a valid id ({c.ID_RULE})",
             f"invalid_{what}",
         )
     return value

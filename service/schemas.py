@@ -44,14 +44,10 @@ from feed import contract as c
 from service.errors import ApiError, bad_request
 
 # --- field types -----------------------------------------------------------------------------
-ID_RULE = (
-    "1-128 letters, digits, '_-.:@' or other visible characters; no spaces, zero-width or "
-    "bidi-control characters, no '..'"
-)
 ID_SCHEMA = {
     "type": "string",
-    "pattern": f"^[{c.ID_CHARS}]{{1,128}}$",
-    "description": f"An id: {ID_RULE}.",
+    "pattern": f"^{c.ID_PATTERN}$",
+    "description": f"An id: {c.ID_RULE}.",
     "examples": ["u42"],
 }
 
@@ -61,7 +57,7 @@ def _valid_id(value: str) -> str:
         raise PydanticCustomError(
             "feed_id",
             "{value} is not a valid id ({rule})",
-            {"value": repr(value[:40]), "rule": ID_RULE},
+            {"value": repr(value[:40]), "rule": c.ID_RULE},
         )
     return value
 

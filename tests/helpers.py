@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from typing import Any
+from urllib.parse import quote
 
 
 def free_port() -> int:
@@ -32,7 +33,7 @@ def feed_app(redis_url: str, **config: Any) -> Any:
 
 def feed_page(client: Any, user: str, **params: Any) -> dict[str, Any]:
     """A feed page's JSON (asserting a 200)."""
-    resp = client.get(f"/v1/feed/{user}", query_string=params)
+    resp = client.get(f"/v1/feed/{quote(user, safe='')}", query_string=params)
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()  # type: ignore[no-any-return]
 

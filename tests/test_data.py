@@ -369,16 +369,17 @@ def test_unknown_products_without_products_file_are_fine(tmp_path: Path) -> None
 
 
 def test_ids_the_api_cannot_name_warn_but_load(tmp_path: Path) -> None:
-    """The format allows any string as an id; the service's API refuses some (spaces, most
-    ASCII punctuation): validate says so, once per column, and the rows are kept."""
-    likes = "user_id,post_id\nu1,p1\nmary smith,p2\nmary smith,p1\nu|2,p2\n"
+    """The format allows any string as an id; the service's API refuses some ("/", "|",
+    leading spaces...): validate says so, once per column, and the rows are kept. Inner spaces
+    are fine."""
+    likes = 'user_id,post_id\nu1,p1\nmary smith,p2\n" mary",p1\nu|2,p2\n'
     ds = load(make(tmp_path, likes=likes))
     assert [(p.file, p.line, p.column, p.severity) for p in ds.problems] == [
-        ("likes.csv", 3, "user_id", "warning")
+        ("likes.csv", 4, "user_id", "warning")
     ]
     message = ds.problems[0].message
     assert message.startswith("2 user_id value(s) the service's API cannot name")
-    assert "'mary smith' (line 3)" in message and "'u|2' (line 5)" in message
+    assert "' mary' (line 4)" in message and "'u|2' (line 5)" in message
     assert len(ds.likes) == 4
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -162,14 +163,20 @@ def test_follow_brings_authors_posts_and_unfollow_removes_them(
     assert not any(it["reason"] == "followed_author" for it in after)
 
 
-def test_new_post_reaches_a_followers_next_page_and_fresh_lists(client: Any) -> None:
-    follower, author = "u11", "u12"
+# ids may hold inner spaces and some punctuation: users named by name, authors by tag
+@pytest.mark.parametrize(
+    ("follower", "author", "post"),
+    [("u11", "u12", "p-new-1"), ("John Smith", "female vocalists", "review (r&b) #1, 80's")],
+)
+def test_new_post_reaches_a_followers_next_page_and_fresh_lists(
+    client: Any, follower: str, author: str, post: str
+) -> None:
     send(client, {"type": "follow", "user_id": follower, "author_id": author})
     first = feed(client, follower, limit=5)
     resp = client.post(
         "/v1/posts",
         json={
-            "post_id": "p-new-1",
+            "post_id": post,
             "author_id": author,
             "text": "新色號試色 new shade swatch",
             "product_ids": ["sku-0"],
@@ -178,14 +185,15 @@ def test_new_post_reaches_a_followers_next_page_and_fresh_lists(client: Any) -> 
     )
     assert resp.status_code == 201, resp.get_json()
     nxt = feed(client, follower, limit=5, cursor=first["next_cursor"])
-    assert nxt["items"][0]["post_id"] == "p-new-1"
+    assert nxt["items"][0]["post_id"] == post
     assert nxt["items"][0]["reason"] == "followed_author"
     assert nxt["items"][0]["products"][0]["product_id"] == "sku-0"
     stranger = feed(client, "someone-new", limit=5)
-    assert ("p-new-1", "fresh") in {(it["post_id"], it["reason"]) for it in stranger["items"]}
-    assert "p-new-1" not in ids(feed(client, author, limit=50))  # never one's own post
-    dup = client.post("/v1/posts", json={"post_id": "p-new-1", "author_id": author})
+    assert (post, "fresh") in {(it["post_id"], it["reason"]) for it in stranger["items"]}
+    assert post not in ids(feed(client, author, limit=50))  # never one's own post
+    dup = client.post("/v1/posts", json={"post_id": post, "author_id": author})
     assert dup.status_code == 400 and dup.get_json()["error"]["code"] == "duplicate_post"
+    assert client.get(f"/v1/posts/{quote(post, safe='')}").get_json()["post_id"] == post
 
 
 def test_out_of_stock_posts_are_filtered(client: Any, r: Any, published: str) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feed.contract import valid_id
+from feed.contract import ID_RULE, valid_id
 from feed.data.format import (
     FALSE,
     FLOAT_DEFAULTS,
@@ -592,9 +592,9 @@ def _warn_unknown_products(t: _Table, col: str, products: _Table, report: _Repor
 
 def _warn_unservable_ids(t: _Table, report: _Report) -> None:
     """One warning per id column counting the ids the service's API refuses
-    (:func:`feed.contract.valid_id`: spaces, most ASCII punctuation, invisible characters,
-    more than 128 characters): they train and publish, but no request can name them, so such
-    a user's page or such an author's follow is a 400."""
+    (:func:`feed.contract.valid_id`: "/", "|", leading or trailing spaces, some other ASCII
+    punctuation, invisible characters, more than 128 characters): they train and publish, but
+    no request can name them, so such a user's page or such an author's follow is a 400."""
     for col in t.df.columns:
         if not (col.endswith("_id") or col == "product_ids"):
             continue
@@ -608,8 +608,8 @@ def _warn_unservable_ids(t: _Table, report: _Report) -> None:
         rows = ids[ids.isin(bad)]
         some = ", ".join(f"{_show(v)} ({t.where(int(p))})" for p, v in rows.iloc[:3].items())
         message = (
-            f"{len(bad)} {col} value(s) the service's API cannot name (valid ids: 1-128 "
-            f"letters, digits, '_-.:@' or other visible characters, no spaces), e.g. {some}"
+            f"{len(bad)} {col} value(s) the service's API cannot name (valid ids: {ID_RULE}), "
+            f"e.g. {some}"
         )
         report.add(t.name, t.line(int(rows.index[0])), col, message, "warning")
 
