@@ -21,7 +21,7 @@ def test_mixed_batch_stores_the_valid_events_once_and_names_the_rest(client: Any
         {"type": "teleport", "user_id": "mx1", "post_id": "p2"},
         {"type": "like", "user_id": "mx1"},  # no post_id
         {"type": "click", "user_id": "mx1", "post_id": "p3"},
-        {"type": "like", "user_id": "bad id", "post_id": "p4"},
+        {"type": "like", "user_id": "bad|id", "post_id": "p4"},
     ]
     resp = _post(client, {"events": batch})
     assert resp.status_code == 207, resp.get_json()
@@ -80,7 +80,7 @@ def test_favorite_add_to_cart_and_share_change_real_time_state(client: Any, r: A
                 {"type": "add_to_cart", "user_id": "nt1", "product_id": "sku-1", "post_id": "p11"},
                 {"type": "add_to_cart", "user_id": "nt1", "product_id": "sku-2"},
                 {"type": "share", "user_id": "nt1", "post_id": "p12", "channel": "moments"},
-                {"type": "share", "user_id": "nt1", "post_id": "p13", "channel": "a b"},
+                {"type": "share", "user_id": "nt1", "post_id": "p13", "channel": "a/b"},
                 {"type": "favorite", "user_id": "nt1"},
             ]
         },

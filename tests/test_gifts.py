@@ -87,7 +87,7 @@ def test_unknown_friend_gets_trending_gifts(client: Any) -> None:
 def test_gift_errors_name_the_parameter(client: Any) -> None:
     resp = client.get("/v1/users/u1/gifts")
     assert resp.status_code == 400 and "for" in resp.get_json()["error"]["message"]
-    resp = client.get("/v1/users/u1/gifts?for=bad%20id")
+    resp = client.get("/v1/users/u1/gifts?for=bad%7Cid")
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_for"
     resp = client.get("/v1/users/u1/gifts?for=u2&limit=x")
     assert resp.status_code == 400 and "limit" in resp.get_json()["error"]["message"]

@@ -119,7 +119,7 @@ def test_admin_routes_need_the_admin_token(apps: tuple[Any, Any]) -> None:
 
 def test_bad_merchant_ids_are_400_naming_the_field(apps: tuple[Any, Any]) -> None:
     a, _ = apps
-    resp = a.post("/v1/admin/merchants", json={"merchant_id": "a b"}, headers=AS_ADMIN)
+    resp = a.post("/v1/admin/merchants", json={"merchant_id": "a/b"}, headers=AS_ADMIN)
     assert resp.status_code == 400 and "merchant_id" in resp.get_json()["error"]["message"]
     resp = a.post("/v1/admin/merchants", json={"merchant_id": "x" * 200}, headers=AS_ADMIN)
     assert resp.status_code == 400
@@ -197,7 +197,7 @@ def test_cli_create_rotate_revoke_list(r: Any, runner: CliRunner, apps: tuple[An
     assert runner.invoke(main, ["merchants", "revoke", "shop-x"]).exit_code == 0
     assert a.get("/v1/merchants/shop-x", headers=bearer(new)).status_code == 401
     assert runner.invoke(main, ["merchants", "revoke", "shop-x"]).exit_code == 1
-    bad = runner.invoke(main, ["merchants", "create", "a b"])
+    bad = runner.invoke(main, ["merchants", "create", "a/b"])
     assert bad.exit_code == 2 and "not a valid id" in bad.output
 
 

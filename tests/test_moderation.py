@@ -258,7 +258,7 @@ def test_moderation_needs_the_admin_token(redis_url: str, published: str) -> Non
         ({"hidden": "yes"}, "hidden"),
         ({"title": 7}, "title"),
         ({"tags": ["x" * 51]}, "tags[0]"),
-        ({"product_ids": ["bad id"]}, "product_id"),
+        ({"product_ids": ["bad|id"]}, "product_id"),
         ({"author_id": "u2"}, "author_id"),
         ({"text": "x" * 5001}, "text"),
     ],

@@ -95,7 +95,7 @@ def test_post_and_similar(client: Any) -> None:
         ("/v1/feed/u1?limit=abc", 400),
         ("/v1/feed/u1?limit=0", 400),
         ("/v1/feed/u1?cursor=forged.cursor", 400),
-        ("/v1/feed/bad%20id", 400),
+        ("/v1/feed/bad%7Cid", 400),
     ],
 )
 def test_bad_requests_are_json_errors(client: Any, path: str, status: int) -> None:
