@@ -160,8 +160,8 @@ ID_CHARS = (
 ID_PATTERN = rf"[{ID_CHARS}](?:[{ID_CHARS} ]{{0,126}}[{ID_CHARS}])?"
 #: :data:`ID_PATTERN` in words, for error messages and the API's schema.
 ID_RULE = (
-    "1-128 letters, digits, spaces (never first or last), '_-.:@'&+(),!#$;~' or other visible "
-    "characters; no '/', '|', zero-width or bidi-control characters, no '..'"
+    "1-128 letters, digits, inner spaces, any of _-.:@'&+(),!#$;~ or other visible characters; "
+    "no '/', '|', leading or trailing spaces, zero-width or bidi-control characters, no '..'"
 )
 _ID_RE = re.compile(ID_PATTERN)
 _VERSION_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

@@ -151,7 +151,7 @@ def test_invisible_and_dot_dot_ids_are_refused_before_redis(client: Any, r: Any,
     resp = client.get("/v1/users/u9/gifts", query_string={"for": user})
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_for"
     assert (
-        "no '/', '|', zero-width or bidi-control characters, no '..'"
+        "no '/', '|', leading or trailing spaces, zero-width or bidi-control characters, no '..'"
         in (resp.get_json()["error"]["message"])
     )
     event = {"type": "like", "user_id": user, "post_id": "p1"}
