@@ -15,9 +15,7 @@ from helpers import feed_app
 
 from feed.artifacts import read
 from feed.data import load
-from feed.evaluate import served_pages
-from feed.evaluation.metrics import author_diversity
-from feed.evaluation.pages import MAX_COST, POLICY_USERS, SEARCH_STEPS, PageBuilder, search_policy
+from feed.evaluation.pages import MAX_COST, SEARCH_STEPS, PageBuilder, search_policy
 from feed.features.matrices import build
 from feed.serving.policy import STRONGEST_AUTHOR, PagePolicy, along, searched
 
@@ -170,22 +168,12 @@ def test_the_page_policy_is_chosen_on_data_without_timestamps(tmp_path: Path) ->
         t.to_csv(f, index=False)
     data = build(load(d))
     assert not np.isfinite(data.now)
-    config = TrainConfig(factors=16, iterations=8, n_candidates=100)
-    blend = make_blend(config).fit(data)
+    blend = make_blend(TrainConfig(factors=16, iterations=8, n_candidates=100)).fit(data)
     choice = blend.policy_choice_
     assert choice is not None and choice.options
     for option in choice.options:
         assert option["served"] > 0 and np.isfinite(option["author_diversity"]), option
-        assert np.isfinite(option["validation_diversity"]), option
     chosen = choice.summary()
-    # the diversity the search judged is that of the pages the fitted version serves (to its
-    # sample of POLICY_USERS users with history), not the validation pages'
-    active = np.flatnonzero(np.diff(data.seen().indptr) > 0)
-    users = np.sort(np.random.default_rng(config.random_state).permutation(active)[:POLICY_USERS])
-    pages = served_pages(blend, data, users, data.seen(), [blend.k], config)[blend.k]
-    assert author_diversity(pages, data.post_author) == pytest.approx(
-        chosen["author_diversity"], abs=1e-4
-    )
     reached = [o for o in choice.options if o["author_diversity"] >= choice.target]
     if any(o["served"] >= MAX_COST * choice.model_only for o in reached):
         assert chosen["author_diversity"] >= choice.target

@@ -231,25 +231,6 @@ class Truth:
 
 
 @dataclass
-class Deployed:
-    """What the version will serve, for judging a policy's author diversity where users will
-    see it: some users' (external ids) candidate lists from the final fit (items, scores,
-    reason codes, as :meth:`PageBuilder.pools` takes them), the builder over all the training
-    data, and each user's reference diversity (the reference source's final lists).
-
-    Diversity needs no held-out truth, so it is measured on the pages the version serves; the
-    relevance a policy costs still is on validation. On a dataset whose authors are a dozen
-    tags, the same discount made the final model's pages more diverse than the validation
-    pages (0.163 against 0.149): the strength chosen on validation overshot the diversity
-    asked for, at 4.4% of the test pages' NDCG instead of 1.8% (docs/quality.md)."""
-
-    builder: PageBuilder
-    users: Sequence[str]
-    lists: tuple[np.ndarray, np.ndarray, np.ndarray]
-    reference: np.ndarray
-
-
-@dataclass
 class PolicyChoice:
     """The page policy chosen on validation, with every option's figures."""
 
@@ -268,11 +249,6 @@ class PolicyChoice:
             "author_diversity": round(chosen["author_diversity"], 4),
             "reference_diversity": round(self.reference_diversity, 4),
             "target_diversity": round(self.target, 4),
-            **(
-                {"validation_diversity": round(chosen["validation_diversity"], 4)}
-                if "validation_diversity" in chosen
-                else {}
-            ),
             "max_cost": MAX_COST,
             "options_tried": len(self.options),
         }
@@ -364,15 +340,12 @@ def choose_policy(
     reference: float | np.ndarray,
     now: float | None = None,
     paths: Sequence[str] = tuple(PATHS),
-    deployed: Deployed | None = None,
 ) -> PolicyChoice:
     """The lightest page policy whose pages are at least as author-diverse as the reference
     lists within the cost bound (served metric at least :data:`MAX_COST` x the model-only
     lists'): :func:`search_policy`. Relevance decides, and variety is bought only as far as
     the reference asks (the least intervention is also the least exposed to noise in a small
-    validation). With ``deployed``, the diversity (the pages', the reference's, so the
-    target's) is that of the pages the version will serve (:class:`Deployed`); each option
-    keeps the validation pages' as ``validation_diversity``.
+    validation).
 
     ``reference``: the reference lists' (the best classic baseline's) author diversity, per
     user (rows as ``users``) or as a mean. Per user, the target is their mean plus
@@ -391,24 +364,17 @@ def choose_policy(
     items, scores, reasons = lists
     model_only = truth.score(items[:, :k])
     authors = builder.data.post_author
-    shown: tuple[PageBuilder, list[Pool]] | None = None  # deployed pools, once weighted
 
-    def pages_of(policy: PagePolicy, pools: list[Pool], by: PageBuilder = builder) -> np.ndarray:
-        return np.stack([by.page(p, k, policy) for p in pools])
+    def pages_of(policy: PagePolicy, pools: list[Pool]) -> np.ndarray:
+        return np.stack([builder.page(p, k, policy) for p in pools])
 
     def option(policy: PagePolicy, pools: list[Pool]) -> Option:
         pages = pages_of(policy, pools)
-        out = {
+        return {
             "policy": policy.to_json(),
             "served": truth.score(pages),
             "author_diversity": author_diversity(pages, authors),
         }
-        if shown is not None:
-            out["validation_diversity"] = out["author_diversity"]
-            out["author_diversity"] = author_diversity(
-                pages_of(policy, shown[1], shown[0]), authors
-            )
-        return out
 
     plain = PagePolicy(1.0, 1.0, 1.0, 1.0, 0, False)
     by_weight = {}
@@ -421,18 +387,12 @@ def choose_policy(
     clearly = by_weight[best_w][0] > (1.0 + FRESHNESS_GAIN) * by_weight[usual][0]
     weight = best_w if clearly else usual
     pools = by_weight[weight][1]
-    plain = replace(plain, freshness_weight=weight)
     per_user = np.asarray(reference, dtype=np.float64)
-    if deployed is not None:
-        shown = (
-            deployed.builder,
-            list(deployed.builder.pools(deployed.users, *deployed.lists, k, plain)),
-        )
-        per_user = np.asarray(deployed.reference, dtype=np.float64)
     if per_user.ndim:
         ref = float(np.nanmean(per_user)) if len(per_user) else math.nan
-        pages = pages_of(plain, shown[1], shown[0]) if shown else pages_of(plain, pools)
-        mine = author_diversity_per_user(pages, authors)
+        mine = author_diversity_per_user(
+            pages_of(replace(plain, freshness_weight=weight), pools), authors
+        )
         diff = (mine - per_user)[np.isfinite(mine) & np.isfinite(per_user)]
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         target = ref + DIVERSITY_SE * se

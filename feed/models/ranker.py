@@ -51,14 +51,7 @@ from feed.evaluation.metrics import (
     primary_metric,
     purchase_recall_at_k,
 )
-from feed.evaluation.pages import (
-    POLICY_USERS,
-    Deployed,
-    PageBuilder,
-    PolicyChoice,
-    Truth,
-    choose_policy,
-)
+from feed.evaluation.pages import POLICY_USERS, PageBuilder, PolicyChoice, Truth, choose_policy
 from feed.evaluation.splits import Split, Splitter, held_out, training_data
 from feed.features.ids import IdMap
 from feed.features.matrices import TrainingData, decayed
@@ -309,9 +302,6 @@ class LearnedBlend:
         else:
             metric = "like_ndcg" if data.likes.nnz else "purchase_recall"
             self.choice_, self.sources_ = self._learn(dataset, metric, final)
-        self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
-        self.keys_ = product_keys(data)
-        self.n_posts_ = data.n_posts
         t = time.perf_counter()
         self.policy_choice_ = self._choose_policy(data)
         self.page_policy_ = self.policy_choice_.policy if self.policy_choice_ else PagePolicy()
@@ -323,6 +313,9 @@ class LearnedBlend:
             self.choice_.one_per_product,
             self.page_policy_,
         )
+        self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
+        self.keys_ = product_keys(data)
+        self.n_posts_ = data.n_posts
         return self
 
     # --- warm start ------------------------------------------------------------------------
@@ -834,25 +827,6 @@ class LearnedBlend:
             self.k,
             reference,
             now=s.now,
-            deployed=self._deployed(data, reference_source, depth),
-        )
-
-    def _deployed(self, data: TrainingData, reference: str | None, depth: int) -> Deployed | None:
-        """What the fitted version serves (:class:`~feed.evaluation.pages.Deployed`) to at
-        most :data:`POLICY_USERS` users with history: their ``depth`` best candidates, and
-        the author diversity of the ``reference`` source's top ``k`` (None without one)."""
-        exclude = data.seen()
-        active = np.flatnonzero(np.diff(exclude.indptr) > 0)
-        if reference is None or not len(active):
-            return None
-        rng = np.random.default_rng(self.random_state)
-        users = np.sort(rng.permutation(active)[:POLICY_USERS])
-        top = self.sources_[reference].recommend(users, self.k, exclude)[0]
-        return Deployed(
-            PageBuilder.of(data, _trending(self.sources_.get("trending"))),
-            [str(u) for u in data.users.to_external(users)],
-            self.recommend_with_reasons(users, depth, exclude),
-            author_diversity_per_user(top, data.post_author),
         )
 
     def _add_time(self, key: str, seconds: float) -> None:

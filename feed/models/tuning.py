@@ -76,7 +76,7 @@ GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
 #: Under ``feed evaluate`` the points the baseline of the same name was scored on (the same
 #: first slice) are not fitted again (:func:`tune` remembers them).
 SOURCE_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
-    "ease": tuple({"l2": v} for v in (125.0, 300.0, 800.0, 2000.0)),
+    "ease": tuple({"l2": v} for v in (125.0, 300.0, 800.0)),
     "als": GRIDS["als"][:3],
     # and RP3beta's popularity-penalised walk (feed.models.sources.knn_similarity)
     "itemknn": (
