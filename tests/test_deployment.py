@@ -286,6 +286,9 @@ def test_pages_of_one_scroll_across_workers_and_nginx_errors_in_json(
                 cursor = orjson.loads(body)["next_cursor"]
                 status, body = _get(nport, f"/v1/feed/u{i}?limit=3&cursor={cursor}")
                 assert status == 200, (i, body)
+            # an id with a space and punctuation reaches the service through nginx as sent
+            status, body = _get(nport, "/v1/feed/John%20Smith%20(r%26b)?limit=3")
+            assert status == 200 and orjson.loads(body)["user_id"] == "John Smith (r&b)", body
             with socket.create_connection(("127.0.0.1", nport), timeout=BOUND_S) as sock:
                 sock.sendall(
                     b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
