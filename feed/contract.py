@@ -139,28 +139,30 @@ REASONS: tuple[str, ...] = (
 )
 REASON_CODE = {name: i for i, name in enumerate(REASONS)}
 
-#: The characters of an id, as a regular-expression class: ASCII letters and digits,
-#: "_-.:@'&+(),!#$;~", and from U+00C0 on every visible character, which leaves out Unicode's
-#: control, format (zero-width characters, bidi controls such as the right-to-left override
-#: U+202E), surrogate, private-use and separator characters (categories Cc, Cf, Cs, Co, Zs, Zl,
-#: Zp), the noncharacters and U+FFF0-U+FFFF (U+FFFD stands for bytes that were not UTF-8).
-#: tests/test_hostile.py checks the ranges against ``unicodedata``. An id may also hold ASCII
-#: spaces between them (``ID_PATTERN``: "female vocalists", "John Smith"). Left out on purpose:
-#: "/" (a path separator even when percent-encoded), "|" (the dataset format's list separator,
-#: and :func:`rt_member`'s), "{}" (Redis Cluster hash tags), "*?[]" (Redis glob patterns),
-#: "=" (experiment arm specs), the rest of ASCII's punctuation and every invisible character.
+#: The ASCII punctuation an id may hold. Left out on purpose: "/" (a path separator even when
+#: percent-encoded), "|" (the dataset format's list separator, and :func:`rt_member`'s), "{}"
+#: (Redis Cluster hash tags), "*?[]" (Redis glob patterns), "=" (experiment arm specs), and the
+#: rest ('%"\\<>^`), which no id needs.
+ID_PUNCTUATION = "_-.:@'&+(),!#$;~"
+#: The characters of an id, as a regular-expression class: ASCII letters, digits and
+#: :data:`ID_PUNCTUATION`, and from U+00C0 on every visible character, which leaves out
+#: Unicode's control, format (zero-width characters, bidi controls such as the right-to-left
+#: override U+202E), surrogate, private-use and separator characters (categories Cc, Cf, Cs,
+#: Co, Zs, Zl, Zp), the noncharacters and U+FFF0-U+FFFF (U+FFFD stands for bytes that were not
+#: UTF-8). tests/test_hostile.py checks the ranges against ``unicodedata``.
 ID_CHARS = (
-    r"A-Za-z0-9_.:@\-'&+(),!#$;~"
-    r"\u00c0-\u05ff\u0606-\u061b\u061d-\u06dc\u06de-\u070e\u0710-\u088f\u0892-\u08e1"
+    "A-Za-z0-9"
+    + ID_PUNCTUATION.replace("-", r"\-")  # the only one of them special in a class
+    + r"\u00c0-\u05ff\u0606-\u061b\u061d-\u06dc\u06de-\u070e\u0710-\u088f\u0892-\u08e1"
     r"\u08e3-\u167f\u1681-\u180d\u180f-\u1fff\u2010-\u2027\u2030-\u205e\u2070-\u2fff"
     r"\u3001-\ud7ff\uf900-\ufdcf\ufdf0-\ufefe\uff00-\uffef"
 )
 #: A whole id (regular expression, no anchors): 1-128 characters of :data:`ID_CHARS` and ASCII
-#: spaces, neither first nor last.
+#: spaces, neither first nor last ("female vocalists", "John Smith").
 ID_PATTERN = rf"[{ID_CHARS}](?:[{ID_CHARS} ]{{0,126}}[{ID_CHARS}])?"
 #: :data:`ID_PATTERN` in words, for error messages and the API's schema.
 ID_RULE = (
-    "1-128 letters, digits, inner spaces, any of _-.:@'&+(),!#$;~ or other visible characters; "
+    f"1-128 letters, digits, inner spaces, any of {ID_PUNCTUATION} or other visible characters; "
     "no '/', '|', leading or trailing spaces, zero-width or bidi-control characters, no '..'"
 )
 _ID_RE = re.compile(ID_PATTERN)
