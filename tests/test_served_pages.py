@@ -15,7 +15,14 @@ from helpers import feed_app
 
 from feed.artifacts import read
 from feed.data import load
-from feed.evaluation.pages import MAX_COST, SEARCH_STEPS, PageBuilder, search_policy
+from feed.evaluation.pages import (
+    MAX_COST,
+    SEARCH_STEPS,
+    PageBuilder,
+    PolicyChoice,
+    calibrate,
+    search_policy,
+)
 from feed.features.matrices import build
 from feed.serving.policy import STRONGEST_AUTHOR, PagePolicy, along, searched
 
@@ -148,6 +155,51 @@ def test_the_cost_bound_counts_from_the_undiscounted_pages_when_they_serve_less(
     assert MAX_COST * 0.97 <= best["served"] < MAX_COST * 1.0
 
 
+def test_the_served_pages_make_the_discount_no_stronger_than_they_need() -> None:
+    """Validation chose a strength whose validation pages just reach the target; the fitted
+    version's pages spread faster (here 1.25x the validation's gain per unit of strength), so
+    the calibration finds the weakest strength whose served pages still reach the target,
+    along the same path, and never goes stronger than validation chose."""
+    judge = _judge(  # only the author path reaches the target
+        {"author": 1.0, "category": 0.5, "both": 0.5},
+        lambda s: 1.0 - 0.01 * s,
+        lambda s: 0.3 + 0.1 * s,
+    )
+    best, options = search_policy(judge, 1.0, 0.36, 0.2)
+    choice = PolicyChoice(PagePolicy.from_json(best["policy"]), 1.0, 0.35, options, 0.36)
+    assert 0.55 <= best["strength"] <= 0.65 and best["path"] == "author"
+
+    def served(spread: float) -> Any:
+        def diversity_of(policy: PagePolicy) -> float:
+            return 0.3 + spread * 0.1 * judge_strength(policy)
+
+        return diversity_of
+
+    def judge_strength(policy: PagePolicy) -> float:
+        return (1.0 - policy.author_decay) / (1.0 - STRONGEST_AUTHOR[0])
+
+    faster = calibrate(choice, served(1.25), 400)
+    s = judge_strength(faster.policy)
+    assert served(1.25)(faster.policy) >= 0.36  # still reaches the target where served
+    # the weakest that does (0.3 + 0.125 s >= 0.36: s >= 0.48), to the bisection's resolution
+    assert 0.48 - 1e-3 <= s <= 0.48 + 2.0**-SEARCH_STEPS * best["strength"] + 1e-3
+    assert faster.policy.freshness_weight == 0.2 and not faster.policy.no_adjacent_author
+    summary = faster.summary()
+    assert summary["policy"] == faster.policy.to_json()
+    assert summary["served"] == round(best["served"], 5)  # relevance: as validation judged
+    cal = summary["served_calibration"]
+    assert cal["validation_policy"] == best["policy"] and cal["users"] == 400
+    assert cal["strength"] < cal["validation_strength"] and cal["served_diversity"] >= 0.36
+    # served pages less diverse than validation's: never stronger than validation chose
+    slower = calibrate(choice, served(0.8), 400)
+    assert slower.policy == choice.policy
+    assert slower.summary()["served_calibration"]["served_diversity"] < 0.36
+    # nothing discounted: nothing to calibrate
+    plain, tried = search_policy(judge, 1.0, 0.25, 0.2)
+    none = PolicyChoice(PagePolicy.from_json(plain["policy"]), 1.0, 0.25, tried, 0.25)
+    assert calibrate(none, served(1.25), 400) is none
+
+
 def test_the_page_policy_is_chosen_on_data_without_timestamps(tmp_path: Path) -> None:
     """Without any timestamp the validation slice has no "now": the policy search must still
     build real pages (it once built empty ones for every option, served 0 and diversity NaN,
@@ -177,3 +229,9 @@ def test_the_page_policy_is_chosen_on_data_without_timestamps(tmp_path: Path) ->
     reached = [o for o in choice.options if o["author_diversity"] >= choice.target]
     if any(o["served"] >= MAX_COST * choice.model_only for o in reached):
         assert chosen["author_diversity"] >= choice.target
+    # the served pages' check: never a stronger discount than validation chose
+    validation = PagePolicy.from_json(choice.chosen()["policy"])
+    assert blend.page_policy_.author_decay >= validation.author_decay
+    assert blend.page_policy_.category_decay >= validation.category_decay
+    if choice.calibration is not None:
+        assert chosen["served_calibration"]["users"] > 0

@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from feed.contract import unit_scores
 from feed.evaluation.splits import Splitter
-from feed.features.matrices import TrainingData, decayed
-from feed.models.base import topk
+from feed.features.matrices import TrainingData
 from feed.models.ranker import RERANK_DEPTH, LearnedBlend
+from feed.models.ranker import trending_list as ranker_trending
 from feed.models.sources import (
     EASE,
     Content,
@@ -148,9 +147,6 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
 
 
 def trending_list(blend: LearnedBlend, data: TrainingData, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The version's trending list: the ``n`` best posts of the default model's trending
-    source (a trending model fitted on time-decayed engagement when it has none), as post
-    indices and scores scaled to [0, 1] (:func:`feed.contract.unit_scores`)."""
-    trending: Any = blend.sources_.get("trending") or Trending().fit(decayed(data))
-    items, scores = topk(trending.scores_[None, :].copy(), n)
-    return items[0], unit_scores(scores)[0]
+    """The version's trending list (:func:`feed.models.ranker.trending_list` of the default
+    model's sources)."""
+    return ranker_trending(blend.sources_, data, n)

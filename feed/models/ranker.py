@@ -45,13 +45,21 @@ import scipy.sparse as sp
 from feed.contract import REASON_CODE, unit_scores
 from feed.data import Dataset
 from feed.evaluation.metrics import (
+    author_diversity,
     author_diversity_per_user,
     hits,
     ndcg_at_k,
     primary_metric,
     purchase_recall_at_k,
 )
-from feed.evaluation.pages import POLICY_USERS, PageBuilder, PolicyChoice, Truth, choose_policy
+from feed.evaluation.pages import (
+    POLICY_USERS,
+    PageBuilder,
+    PolicyChoice,
+    Truth,
+    calibrate,
+    choose_policy,
+)
 from feed.evaluation.splits import Split, Splitter, held_out, training_data
 from feed.features.ids import IdMap
 from feed.features.matrices import TrainingData, decayed
@@ -71,6 +79,7 @@ from feed.models.sources import (
     Fresh,
     MatrixFactorization,
     ProductCF,
+    Trending,
     twin_columns,
 )
 from feed.models.tuning import (
@@ -302,10 +311,15 @@ class LearnedBlend:
         else:
             metric = "like_ndcg" if data.likes.nnz else "purchase_recall"
             self.choice_, self.sources_ = self._learn(dataset, metric, final)
+        self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
+        self.keys_ = product_keys(data)
+        self.n_posts_ = data.n_posts
         t = time.perf_counter()
         self.policy_choice_ = self._choose_policy(data)
-        self.page_policy_ = self.policy_choice_.policy if self.policy_choice_ else PagePolicy()
         self.pool_ = None  # the validation tables are not needed any more
+        if self.policy_choice_ is not None:
+            self.policy_choice_ = self._calibrate_policy(data, self.policy_choice_)
+        self.page_policy_ = self.policy_choice_.policy if self.policy_choice_ else PagePolicy()
         self._add_time("validation:page_policy", time.perf_counter() - t)
         logger.info(
             "default model: %s (one post per product: %s), page policy %s",
@@ -313,9 +327,6 @@ class LearnedBlend:
             self.choice_.one_per_product,
             self.page_policy_,
         )
-        self.builder_ = CandidateBuilder(self.sources_, FeatureContext(data), self.n_per_source)
-        self.keys_ = product_keys(data)
-        self.n_posts_ = data.n_posts
         return self
 
     # --- warm start ------------------------------------------------------------------------
@@ -829,6 +840,30 @@ class LearnedBlend:
             now=s.now,
         )
 
+    def _calibrate_policy(self, data: TrainingData, choice: PolicyChoice) -> PolicyChoice:
+        """The chosen discount made no stronger than the pages this fitted version serves need
+        (:func:`~feed.evaluation.pages.calibrate`), judged on up to
+        :data:`~feed.evaluation.pages.POLICY_USERS` users with history (a seeded sample):
+        their published lists, the version's trending list, as the service builds pages. Only
+        diversity is read there (no held-out truth is needed for it)."""
+        exclude = data.seen()
+        active = np.flatnonzero(np.diff(exclude.indptr) > 0)
+        if not len(active):
+            return choice
+        rng = np.random.default_rng(self.random_state)
+        users = np.sort(rng.permutation(active)[:POLICY_USERS])
+        depth = max(self.n_published, pool_size(self.k, RANKING_DEFAULTS))
+        items, scores, reasons = self.recommend_with_reasons(users, depth, exclude)
+        builder = PageBuilder.of(data, trending_list(self.sources_, data))
+        external = [str(u) for u in data.users.to_external(users)]
+        pools = list(builder.pools(external, items, scores, reasons, self.k, choice.policy))
+
+        def diversity_of(policy: PagePolicy) -> float:
+            pages = np.stack([builder.page(p, self.k, policy) for p in pools])
+            return author_diversity(pages, data.post_author)
+
+        return calibrate(choice, diversity_of, len(users))
+
     def _add_time(self, key: str, seconds: float) -> None:
         """Add ``seconds`` to ``timings_[key + "_s"]``."""
         key += "_s"
@@ -980,6 +1015,17 @@ class _Lazy(Generic[T]):
             if not self._value:
                 self._value.append(self._make())
             return self._value[0]
+
+
+def trending_list(
+    sources: dict[str, CandidateModel], data: TrainingData, n: int = TRENDING_LIST
+) -> tuple[np.ndarray, np.ndarray]:
+    """A version's trending list: the ``n`` best posts of its trending source (a trending
+    model fitted on time-decayed engagement when it has none), as post indices and scores
+    scaled to [0, 1] (:func:`feed.contract.unit_scores`)."""
+    trending: Any = sources.get("trending") or Trending().fit(decayed(data))
+    items, scores = topk(trending.scores_[None, :].copy(), n)
+    return items[0], unit_scores(scores)[0]
 
 
 def _trending(model: CandidateModel | None) -> tuple[np.ndarray, np.ndarray] | None:
