@@ -300,9 +300,14 @@ def search_policy(
     :data:`~feed.serving.policy.PATHS` whose strongest policy reaches the target, a bisection
     on the strength (``steps`` halvings) finds the weakest policy that still does; of these
     (one per path), the one serving best among those within :data:`MAX_COST` x
-    :func:`cost_base` wins. When none reaches the target within the cost: the most diverse option
-    within it (no discount at least is, by :func:`cost_base`). ``judge(policy)`` gives a
-    policy's option (its pages' served metric and author diversity on validation).
+    :func:`cost_base` wins. When none reaches the target within the cost: along each path a
+    bisection on the cost finds the strongest policy still within it, and the most diverse
+    option within it wins (no discount at least is, by :func:`cost_base`). Before that
+    second search, only the paths' strongest ends were tried there, so a target out of reach
+    meant no discount at all: on a 17,000-post tag-author set whose reference (ALS's lists,
+    0.221) was out of reach, the pages stayed at 0.076 author diversity, below EASE's 0.117.
+    ``judge(policy)`` gives a policy's option (its pages' served metric and author diversity
+    on validation).
     """
     options: list[Option] = []
 
@@ -339,6 +344,17 @@ def search_policy(
     within = [o for o in lightest if cheap(o)]
     if within:
         return max(within, key=lambda o: (o["served"], -o["strength"])), options
+    # none reaches the target within the cost: along each path, the strongest policy still
+    # within it (a bisection on the cost, below the path's lightest reaching policy if any)
+    reaching = {o["path"]: o["strength"] for o in lightest}
+    for path in paths:
+        lo_s, hi_s = 0.0, reaching.get(path, 1.0)
+        for _ in range(steps):
+            mid = (lo_s + hi_s) / 2
+            if cheap(run(path, mid)):
+                lo_s = mid
+            else:
+                hi_s = mid
     affordable = [o for o in options if cheap(o)] or [plain]
     return max(affordable, key=lambda o: (o["author_diversity"], o["served"])), options
 
@@ -441,14 +457,18 @@ def calibrate(
     adjacency rule and freshness weight kept), a bisection (``steps`` halvings) between no
     discount and the chosen strength finds the weakest one whose served pages
     (``diversity_of(policy)``: the author diversity of the pages the version serves ``users``
-    users) still reach the target. Never stronger than validation chose: the relevance
-    bound was judged there, and a lighter discount costs no more. Unchanged when nothing was
-    discounted, or when the served pages miss the target at the chosen strength too."""
+    users) still reach what validation bought: the target, or, when no option reached it
+    within the cost bound, the chosen option's validation diversity (on a 17,000-post
+    tag-author set: 4.6% of the served NDCG spent against 2% on validation without this).
+    Never stronger than validation chose: the relevance bound was judged there, and a
+    lighter discount costs no more. Unchanged when nothing was discounted, or when the
+    served pages fall short at the chosen strength too."""
     chosen = choice.chosen()
     path, strength = chosen.get("path"), chosen.get("strength") or 0.0
     if path is None or strength <= 0 or choice.calibration is not None:
         return choice
     base = choice.policy
+    goal = min(choice.target, chosen["author_diversity"])
 
     def at(s: float) -> PagePolicy:
         return replace(
@@ -457,18 +477,19 @@ def calibrate(
 
     reached = diversity_of(base)
     best, best_div = strength, reached
-    if reached >= choice.target:
+    if reached >= goal:
         lo, hi = 0.0, strength
         for _ in range(steps):
             mid = (lo + hi) / 2
             got = diversity_of(at(mid))
-            if got >= choice.target:
+            if got >= goal:
                 hi, best, best_div = mid, mid, got
             else:
                 lo = mid
     calibration = {
         "validation_policy": base,
         "validation_strength": round(strength, 6),
+        "goal_diversity": round(goal, 4),
         "strength": round(best, 6),
         "served_diversity_at_validation_strength": round(reached, 4),
         "served_diversity": round(best_div, 4),
