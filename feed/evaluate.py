@@ -34,8 +34,8 @@ from feed.evaluation.metrics import (
 from feed.evaluation.pages import PageBuilder
 from feed.evaluation.splits import Split, Splitter, held_out, split, training_data
 from feed.features.matrices import TrainingData
-from feed.models.default import TrainConfig, make_blend, trending_list
-from feed.models.ranker import LearnedBlend
+from feed.models.default import TrainConfig, make_blend
+from feed.models.ranker import LearnedBlend, trending_list
 from feed.models.sources import EASE, Content, ItemItem, MatrixFactorization, Popularity
 from feed.models.tuning import (
     GRIDS,
@@ -364,7 +364,7 @@ def served_pages(
     list, the service's filters and the model's page policy."""
     cfg = config or TrainConfig()
     items, scores, reasons = model.recommend_with_reasons(users, cfg.n_candidates, exclude)
-    builder = PageBuilder.of(data, trending_list(model, data, cfg.n_trending))
+    builder = PageBuilder.of(data, trending_list(model.sources_, data, cfg.n_trending))
     external = [str(u) for u in data.users.to_external(users)]
     return {k: builder.pages(external, items, scores, reasons, k, model.page_policy_) for k in ks}
 

@@ -32,9 +32,9 @@ from feed.evaluation.splits import choose_method
 from feed.features.matrices import EngagementWeights, TrainingData, build
 from feed.models.base import blocks, parallel_map
 from feed.models.candidates import is_global
-from feed.models.default import TrainConfig, make_blend, trending_list
+from feed.models.default import TrainConfig, make_blend
 from feed.models.groups import DEAL_REASONS, GroupRecs
-from feed.models.ranker import LearnedBlend, WarmStartError, WarmState
+from feed.models.ranker import LearnedBlend, WarmStartError, WarmState, trending_list
 from feed.models.sources import Content, ItemItem, sparse_topk
 
 logger = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ def train(
     )
     clock.lap("neighbours")
 
-    trend_items, trend_scores = trending_list(blend, data, cfg.n_trending)
+    trend_items, trend_scores = trending_list(blend.sources_, data, cfg.n_trending)
     tokens = token_index(content, data)
     clock.lap("tokens")
 

@@ -7,12 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from feed.evaluation.splits import Splitter
-from feed.features.matrices import TrainingData
 from feed.models.ranker import RERANK_DEPTH, LearnedBlend
-from feed.models.ranker import trending_list as ranker_trending
 from feed.models.sources import (
     EASE,
     Content,
@@ -144,9 +140,3 @@ def make_blend(config: TrainConfig) -> LearnedBlend:
         tune={n: SOURCE_GRIDS[n] for n in config.tune if n in sources},
         random_state=config.random_state,
     )
-
-
-def trending_list(blend: LearnedBlend, data: TrainingData, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The version's trending list (:func:`feed.models.ranker.trending_list` of the default
-    model's sources)."""
-    return ranker_trending(blend.sources_, data, n)
