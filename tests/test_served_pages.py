@@ -36,6 +36,9 @@ def test_manifest_records_the_page_policy_and_the_service_applies_it(
     assert model["page_policy_choice"]["policy"] == model["page_policy"]
     assert searched(policy)  # on a path of the search, between no discount and the strongest
     assert manifest["params"]["split"] in ("global-time", "user-time", "random")  # resolved
+    # the served pages' calibration only where validation shares the version's clock
+    calibrated = "served_calibration" in model["page_policy_choice"]
+    assert calibrated == (model["page_policy_choice"].get("validation_split") == "random")
     with app.app_context():
         table = app.extensions["feed_store"].table(published)
     assert table.policy == policy
@@ -260,5 +263,6 @@ def test_the_page_policy_is_chosen_on_data_without_timestamps(tmp_path: Path) ->
     validation = PagePolicy.from_json(choice.chosen()["policy"])
     assert blend.page_policy_.author_decay >= validation.author_decay
     assert blend.page_policy_.category_decay >= validation.category_decay
+    assert blend.val_split_ == "random"  # nothing has a time: a random validation slice
     if choice.calibration is not None:
         assert chosen["served_calibration"]["users"] > 0

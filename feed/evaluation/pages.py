@@ -457,9 +457,10 @@ def calibrate(
     adjacency rule and freshness weight kept), a bisection (``steps`` halvings) between no
     discount and the chosen strength finds the weakest one whose served pages
     (``diversity_of(policy)``: the author diversity of the pages the version serves ``users``
-    users) still reach what validation bought: the target, or, when no option reached it
-    within the cost bound, the chosen option's validation diversity (on a 17,000-post
-    tag-author set: 4.6% of the served NDCG spent against 2% on validation without this).
+    users, the validation users themselves) still reach what validation bought: the target,
+    or, when no option reached it within the cost bound, the chosen option's validation
+    diversity (on a 17,000-post tag-author set: 4.6% of the served NDCG spent against 2% on
+    validation without this).
     Never stronger than validation chose: the relevance bound was judged there, and a
     lighter discount costs no more. Unchanged when nothing was discounted, or when the
     served pages fall short at the chosen strength too."""

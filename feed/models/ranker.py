@@ -301,6 +301,7 @@ class LearnedBlend:
         self.names_ = self._applicable(data)
         self.choice_ = RankerChoice("fusion")
         self.val_users_: list[int] = []  # validation users per slice the ranker was chosen on
+        self.val_split_: str | None = None  # how the validation slices were carved
         self.pool_: _Pool | None = None
         self.val_trending_: tuple[np.ndarray, np.ndarray] | None = None
         final = Stage("final", data)
@@ -316,9 +317,10 @@ class LearnedBlend:
         self.n_posts_ = data.n_posts
         t = time.perf_counter()
         self.policy_choice_ = self._choose_policy(data)
+        if self.policy_choice_ is not None and self.pool_ is not None and self._same_clock():
+            judged = self.pool_.slices[0].users[self._policy_rows()]
+            self.policy_choice_ = self._calibrate_policy(data, self.policy_choice_, judged)
         self.pool_ = None  # the validation tables are not needed any more
-        if self.policy_choice_ is not None:
-            self.policy_choice_ = self._calibrate_policy(data, self.policy_choice_)
         self.page_policy_ = self.policy_choice_.policy if self.policy_choice_ else PagePolicy()
         self._add_time("validation:page_policy", time.perf_counter() - t)
         logger.info(
@@ -367,7 +369,7 @@ class LearnedBlend:
             },
             "page_policy": self.page_policy_.to_json(),
             "page_policy_choice": (
-                self.policy_choice_.summary()
+                self._policy_summary()
                 if self.policy_choice_
                 else getattr(self, "warm_policy_", None)
             ),
@@ -741,7 +743,21 @@ class LearnedBlend:
             if users >= self.min_val_users:
                 break
             rest = part.train
+        self.val_split_ = out[0][0].method if out else None
         return out
+
+    def _same_clock(self) -> bool:
+        """Whether the validation pages were built at the final version's "now": a random
+        slice holds out rows from the whole period, so its pages differ from the served ones
+        only by the model (out-of-fold scores, sources fitted without the slice), which is what
+        :meth:`_calibrate_policy` corrects. A time-based slice's pages are built at its cut,
+        with the fresh posts and trending list of then, and its users are the recently active
+        ones: their served pages differ in ways a discount's strength should not be read from.
+        On the project's simulated A/B test (planted tastes, global-time data) the served
+        pages were 0.74 author-diverse at the validation strength against 0.53 on validation,
+        the calibration took the discount to nothing, and the strong arm's click lift over a
+        popularity arm fell from 0.28 to 0.19 (likes 0.31 to 0.13)."""
+        return self.val_split_ == "random"
 
     def tuned_names(self) -> list[str]:
         """The applicable sources whose parameters are chosen on validation."""
@@ -810,8 +826,7 @@ class LearnedBlend:
         if pool is None or choice.val_scores is None:
             return None
         s = pool.slices[0]
-        n = min(len(s.users), POLICY_USERS)
-        rows = np.sort(np.random.default_rng(self.random_state).permutation(len(s.users))[:n])
+        rows = self._policy_rows()
         width = s.items.shape[1]
         depth = max(self.n_published, pool_size(self.k, RANKING_DEFAULTS))
         keys = s.keys if choice.one_per_product else None
@@ -840,18 +855,35 @@ class LearnedBlend:
             now=s.now,
         )
 
-    def _calibrate_policy(self, data: TrainingData, choice: PolicyChoice) -> PolicyChoice:
-        """The chosen discount made no stronger than the pages this fitted version serves need
-        (:func:`~feed.evaluation.pages.calibrate`), judged on up to
-        :data:`~feed.evaluation.pages.POLICY_USERS` users with history (a seeded sample):
-        their published lists, the version's trending list, as the service builds pages. Only
-        diversity is read there (no held-out truth is needed for it)."""
-        exclude = data.seen()
-        active = np.flatnonzero(np.diff(exclude.indptr) > 0)
-        if not len(active):
-            return choice
+    def _policy_summary(self) -> dict[str, Any]:
+        """The page policy's choice for the manifest, with how validation was carved."""
+        assert self.policy_choice_ is not None
+        return {**self.policy_choice_.summary(), "validation_split": self.val_split_}
+
+    def _policy_rows(self) -> np.ndarray:
+        """The rows of the newest validation slice the page policy is judged on: at most
+        :data:`~feed.evaluation.pages.POLICY_USERS`, a seeded sample."""
+        assert self.pool_ is not None
+        n_users = len(self.pool_.slices[0].users)
         rng = np.random.default_rng(self.random_state)
-        users = np.sort(rng.permutation(active)[:POLICY_USERS])
+        return np.sort(rng.permutation(n_users)[: min(n_users, POLICY_USERS)])
+
+    def _calibrate_policy(
+        self, data: TrainingData, choice: PolicyChoice, judged: np.ndarray
+    ) -> PolicyChoice:
+        """The chosen discount made no stronger than the pages this fitted version serves need
+        (:func:`~feed.evaluation.pages.calibrate`), judged on the users the policy was chosen
+        on (``judged``, external ids): their pages from this version's published lists and
+        trending list, as the service builds them. The same users, so that only the model
+        differs from validation, not the population: a sample of every user with history
+        (inactive ones get pages of trending and popular posts, far more author-diverse)
+        lowered a discount to nothing on a global-time split whose validation users are the
+        recently active ones. Only diversity is read there (no held-out truth is needed)."""
+        exclude = data.seen()
+        users = data.users.to_internal(np.asarray(judged), strict=False)
+        users = np.sort(users[users >= 0])
+        if not len(users):
+            return choice
         depth = max(self.n_published, pool_size(self.k, RANKING_DEFAULTS))
         items, scores, reasons = self.recommend_with_reasons(users, depth, exclude)
         builder = PageBuilder.of(data, trending_list(self.sources_, data))
@@ -997,7 +1029,7 @@ class LearnedBlend:
                 else None
             ),
             "page_policy": self.page_policy_.to_json(),
-            "page_policy_choice": self.policy_choice_.summary() if self.policy_choice_ else None,
+            "page_policy_choice": self._policy_summary() if self.policy_choice_ else None,
             "timings": {k: round(v, 3) for k, v in self.timings_.items()},
         }
 
