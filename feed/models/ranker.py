@@ -751,12 +751,11 @@ class LearnedBlend:
         slice holds out rows from the whole period, so its pages differ from the served ones
         only by the model (out-of-fold scores, sources fitted without the slice), which is what
         :meth:`_calibrate_policy` corrects. A time-based slice's pages are built at its cut,
-        with the fresh posts and trending list of then, and its users are the recently active
-        ones: their served pages differ in ways a discount's strength should not be read from.
-        On the project's simulated A/B test (planted tastes, global-time data) the served
-        pages were 0.74 author-diverse at the validation strength against 0.53 on validation,
-        the calibration took the discount to nothing, and the strong arm's click lift over a
-        popularity arm fell from 0.28 to 0.19 (likes 0.31 to 0.13)."""
+        with the fresh posts and trending list of then: the same users' served pages differ in
+        more than the model. On the project's simulated A/B test (planted tastes, global-time
+        data) they were 0.74 author-diverse at the validation strength against 0.53 on
+        validation, the calibration took the discount to nothing, and the trained arm's click
+        lift over a popularity arm fell from 0.28 to 0.19 (likes 0.31 to 0.13)."""
         return self.val_split_ == "random"
 
     def tuned_names(self) -> list[str]:
@@ -874,11 +873,9 @@ class LearnedBlend:
         """The chosen discount made no stronger than the pages this fitted version serves need
         (:func:`~feed.evaluation.pages.calibrate`), judged on the users the policy was chosen
         on (``judged``, external ids): their pages from this version's published lists and
-        trending list, as the service builds them. The same users, so that only the model
-        differs from validation, not the population: a sample of every user with history
-        (inactive ones get pages of trending and popular posts, far more author-diverse)
-        lowered a discount to nothing on a global-time split whose validation users are the
-        recently active ones. Only diversity is read there (no held-out truth is needed)."""
+        trending list, as the service builds them: the same users, so that only the model
+        differs from validation, not the population. Only diversity is read there (no
+        held-out truth is needed)."""
         exclude = data.seen()
         users = data.users.to_internal(np.asarray(judged), strict=False)
         users = np.sort(users[users >= 0])
