@@ -80,10 +80,12 @@ def test_offline_pages_are_the_pages_the_service_serves(
     assert compared >= 25 * limit * 0.9  # most users fill the page
 
 
-def _judge(strength_of: dict[str, float], served: Any, diverse: Any) -> Any:
-    """A judge of policies along :data:`~feed.serving.policy.PATHS`: its served metric and
-    author diversity as functions of the strength (read back from the author or category
-    decay, scaled per path)."""
+def _judge(served_at_0: float, cost: float, strength_of: dict[str, float] | None = None) -> Any:
+    """A judge of policies along :data:`~feed.serving.policy.PATHS`: its served metric falls
+    from ``served_at_0`` by ``cost``, its author diversity rises from 0.3 by 0.1, per unit of
+    the strength (read back from the author or category decay, scaled per path by
+    ``strength_of``; every path alike without it)."""
+    scale = strength_of or {"author": 1.0, "category": 1.0, "both": 1.0}
 
     def judge(policy: PagePolicy) -> dict[str, Any]:
         a = (1.0 - policy.author_decay) / (1.0 - STRONGEST_AUTHOR[0])
@@ -91,19 +93,16 @@ def _judge(strength_of: dict[str, float], served: Any, diverse: Any) -> Any:
         path, s = ("author", a) if a > 0 else ("category", c)
         if a > 0 and c > 0:
             path = "both"
-        s *= strength_of[path]
-        return {"policy": policy.to_json(), "served": served(s), "author_diversity": diverse(s)}
+        s *= scale[path]
+        served, diverse = served_at_0 - cost * s, 0.3 + 0.1 * s
+        return {"policy": policy.to_json(), "served": served, "author_diversity": diverse}
 
     return judge
 
 
 def test_policy_search_finds_the_lightest_policy_that_reaches_the_target() -> None:
     # diversity grows with the strength, relevance falls with it; "both" is twice as strong
-    judge = _judge(
-        {"author": 1.0, "category": 0.5, "both": 2.0},
-        lambda s: 1.0 - 0.01 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    judge = _judge(1.0, 0.01, {"author": 1.0, "category": 0.5, "both": 2.0})
     best, options = search_policy(judge, 1.0, 0.33, 0.2)
     assert best["author_diversity"] >= 0.33 and best["served"] >= MAX_COST
     # the lightest: a step weaker along the same path misses the target
@@ -123,11 +122,7 @@ def test_policy_search_finds_the_lightest_policy_that_reaches_the_target() -> No
 
 def test_policy_search_respects_the_cost_bound() -> None:
     # reaching the target costs 5% of the relevance: more than MAX_COST allows
-    judge = _judge(
-        {"author": 1.0, "category": 1.0, "both": 1.0},
-        lambda s: 1.0 - 0.1 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    judge = _judge(1.0, 0.1)
     best, options = search_policy(judge, 1.0, 0.35, 0.2)
     assert best["served"] >= MAX_COST  # the most diverse policy within the cost instead
     cheap = [o for o in options if o["served"] >= MAX_COST]
@@ -138,20 +133,12 @@ def test_policy_search_respects_the_cost_bound() -> None:
     # the plain pages already cost 10%: the bound counts from them (0.98 x 0.9), no discount
     # that reaches the target is within it, and the most diverse option within it is the
     # strongest discount that costs at most 2% of the plain pages (0.1 s <= 0.018)
-    costly = _judge(
-        {"author": 1.0, "category": 1.0, "both": 1.0},
-        lambda s: 0.9 - 0.1 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    costly = _judge(0.9, 0.1)
     best, options = search_policy(costly, 1.0, 0.35, 0.2)
     assert best["served"] >= MAX_COST * 0.9 and best["author_diversity"] < 0.35
     assert 0.18 - 2.0**-SEARCH_STEPS <= best["strength"] <= 0.18
     # when even the lightest discount costs too much: no discount
-    steep = _judge(
-        {"author": 1.0, "category": 1.0, "both": 1.0},
-        lambda s: 0.9 - 10.0 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    steep = _judge(0.9, 10.0)
     best, _ = search_policy(steep, 1.0, 0.35, 0.2)
     assert best["strength"] == 0.0
 
@@ -160,11 +147,7 @@ def test_the_cost_bound_counts_from_the_undiscounted_pages_when_they_serve_less(
     """Pages lose some relevance before any discount (sold-out posts are not served...): the
     policy's cost counts from them. Here the plain pages serve 0.97 of the model's lists and
     the target costs 1.5% of that (0.955 of the model's lists): it is within the bound."""
-    judge = _judge(
-        {"author": 1.0, "category": 1.0, "both": 1.0},
-        lambda s: 0.97 - 0.03 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    judge = _judge(0.97, 0.03)
     best, _ = search_policy(judge, 1.0, 0.35, 0.2)
     assert best["author_diversity"] >= 0.35
     assert MAX_COST * 0.97 <= best["served"] < MAX_COST * 1.0
@@ -175,11 +158,9 @@ def test_the_served_pages_make_the_discount_no_stronger_than_they_need() -> None
     version's pages spread faster (here 1.25x the validation's gain per unit of strength), so
     the calibration finds the weakest strength whose served pages still reach the target,
     along the same path, and never goes stronger than validation chose."""
-    judge = _judge(  # only the author path reaches the target
-        {"author": 1.0, "category": 0.5, "both": 0.5},
-        lambda s: 1.0 - 0.01 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    judge = _judge(
+        1.0, 0.01, {"author": 1.0, "category": 0.5, "both": 0.5}
+    )  # only the author path reaches the target
     best, options = search_policy(judge, 1.0, 0.36, 0.2)
     choice = PolicyChoice(PagePolicy.from_json(best["policy"]), 1.0, 0.35, options, 0.36)
     assert 0.55 <= best["strength"] <= 0.65 and best["path"] == "author"
@@ -211,11 +192,7 @@ def test_the_served_pages_make_the_discount_no_stronger_than_they_need() -> None
     assert slower.summary()["served_calibration"]["served_diversity"] < 0.36
     # the target out of reach within the cost: validation chose the most diverse policy
     # within it, and the served pages need only reach what that bought on validation
-    costly = _judge(
-        {"author": 1.0, "category": 0.5, "both": 0.5},
-        lambda s: 1.0 - 0.1 * s,
-        lambda s: 0.3 + 0.1 * s,
-    )
+    costly = _judge(1.0, 0.1, {"author": 1.0, "category": 0.5, "both": 0.5})
     best, options = search_policy(costly, 1.0, 0.45, 0.2)
     assert best["author_diversity"] < 0.45 and best["strength"] > 0
     short = PolicyChoice(PagePolicy.from_json(best["policy"]), 1.0, 0.44, options, 0.45)
