@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -269,3 +270,33 @@ def test_neighbour_lists_are_the_dense_fusion_without_a_row_over_every_post(
     assert found.sum(axis=1).min() > 0  # every post has neighbours here
     listed = fused[np.nonzero(found)[0], items[found]]  # each listed post's own fused score
     np.testing.assert_allclose(listed, scores[found], rtol=1e-6)
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_social_retrieval_reads_prolific_authors_only_as_deep_as_a_list_needs(
+    tmp_path: Path, timed: bool
+) -> None:
+    """Authors of hundreds of posts each (60 authors, 12,000 posts): the social source's
+    retrieval holds every user's exact top posts (the dense scores' best ``depth``, ties
+    aside), with the dense scores, while storing far fewer than its authors' posts; without
+    timestamps (every post equally recent: all ties) likewise."""
+    generate(tmp_path, SynthConfig(n_users=400, n_posts=12_000, likes_per_user=15.0, seed=2))
+    if not timed:
+        posts = pd.read_csv(tmp_path / "posts.csv", dtype=str, keep_default_na=False)
+        posts.assign(created_at="").to_csv(tmp_path / "posts.csv", index=False)
+    data = build(load(tmp_path))
+    social = Social().fit(data)
+    assert np.diff(social.author_posts_.indptr).max() > 150
+    users = np.arange(data.n_users)
+    depth = np.full(len(users), 150)
+    got = social.retrieve(users, depth).scores
+    dense = social.score_users(users)
+    stored = np.asarray((social.affinity_[users] @ social.author_posts_ > 0).sum(axis=1)).ravel()
+    assert got.nnz < 0.5 * stored.sum()
+    sub = got.tocoo()
+    np.testing.assert_allclose(sub.data, dense[sub.row, sub.col], rtol=1e-6)
+    for u in users:
+        want = np.sort(dense[u][dense[u] > 0])[::-1][:150]
+        row = got[u].toarray().ravel()
+        have = np.sort(row[row > 0])[::-1][: len(want)]
+        np.testing.assert_allclose(have, want, rtol=1e-6)  # the same best scores

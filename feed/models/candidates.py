@@ -548,13 +548,17 @@ class CandidateBuilder:
         n_excluded = np.diff(excluded.indptr) if excluded is not None else np.zeros_like(depth)
         tops: list[np.ndarray] = []
         answers: list[tuple[Retrieved, np.ndarray] | None] = []  # (answer, score of the first)
+        answered: dict[str, Retrieved] = {}  # first answers, by source (Fresh reuses Content's)
         for name, model in self.sources.items():
             if is_global(model):
                 tops.append(self._global_top(name, model, excluded))
                 answers.append(None)
                 continue
             first = depth if model.ranked_retrieval else depth + n_excluded
-            got, items, best = self._source_top(model, users, first, excluded)
+            content = self.shared_content.get(name)
+            given = answered.get(content) if content is not None else None
+            got, items, best = self._source_top(model, users, first, excluded, given)
+            answered[name] = got
             short = np.flatnonzero((items[:, -1] < 0) & (first < depth + n_excluded))
             if len(short) and not got.complete:  # a complete answer has nothing more
                 sub = excluded[short] if excluded is not None else None
@@ -592,11 +596,17 @@ class CandidateBuilder:
         users: np.ndarray,
         depth: np.ndarray,
         excluded: sp.csr_matrix | None,
+        content: Retrieved | None = None,
     ) -> tuple[Retrieved, np.ndarray, np.ndarray]:
         """A personal source's answer for ``users`` asked ``depth`` posts deep, its best
         ``n_per_source`` posts (-1 padded; one per product, never an excluded one), and the
-        score of each user's first (its stored scores are exact)."""
-        got = model.retrieve(users, depth)
+        score of each user's first (its stored scores are exact). ``content``: for a Fresh
+        source, the answer of the Content source it shares (:func:`shared_content`) for the
+        same users and depth."""
+        if content is not None:
+            got = model.from_content_retrieved(users, depth, content)  # type: ignore[attr-defined]
+        else:
+            got = model.retrieve(users, depth)
         if got is None:  # no retrieval: the source's dense scores, as a sparse matrix
             block = model.score_users(users).astype(np.float32, copy=False)
             got = Retrieved(sp.csr_matrix(block), complete=True)

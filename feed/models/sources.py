@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -680,6 +680,42 @@ class Content(CandidateModel):
         return sp.csr_matrix(self.vectorizer_.transform(texts), dtype=np.float32)
 
 
+#: How many of each author's newest posts :meth:`Social.retrieve` reads first, to bound the
+#: score a post needs to be among a user's best.
+SOCIAL_FIRST_READ = 64
+
+
+class AuthorRuns(NamedTuple):
+    """Every author's posts newest first, one run per author (:meth:`Social._by_recency`):
+    ``posts``/``recency`` in run order, ``starts``/``counts`` indexed by author; ``keys``
+    ascend, ``author * span - recency`` (``span`` above every recency), so one
+    ``searchsorted`` finds, in any author's run, where the recency falls below a floor."""
+
+    posts: np.ndarray
+    recency: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    keys: np.ndarray
+    span: float
+
+
+def kth_per_row(m: sp.csr_matrix, k: np.ndarray) -> np.ndarray:
+    """Each row's ``k[i]``-th largest stored value (-inf when the row stores fewer).
+
+    >>> kth_per_row(sp.csr_matrix(np.array([[1.0, 3, 2], [0, 5, 0]])), np.array([2, 2])).tolist()
+    [2.0, -inf]
+    """
+    m = sp.csr_matrix(m)
+    counts = np.diff(m.indptr)
+    rows = np.repeat(np.arange(m.shape[0]), counts)
+    values = m.data[np.lexsort((-m.data, rows))]
+    k = np.asarray(k, dtype=np.int64)
+    out = np.full(m.shape[0], -np.inf)
+    has = (k >= 1) & (counts >= k)
+    out[has] = values[m.indptr[:-1][has] + k[has] - 1]
+    return out
+
+
 class Social(CandidateModel):
     """Posts of authors the user follows or engaged with, weighted by affinity and recency.
 
@@ -724,18 +760,69 @@ class Social(CandidateModel):
         return sparse_rows_dense(self.affinity_[users] @ self.author_posts_)
 
     def retrieve(self, users: np.ndarray, depth: np.ndarray) -> Retrieved:
-        """The user's authors times each author's newest posts: as many as the deepest user
-        of the block needs (rounded up to a power of two), so an author of many posts costs
-        no more than one of a few."""
+        """Each user's ``depth`` best posts at least (exact): every post scoring as much as
+        the ``depth``-th best of a first read of each author's :data:`SOCIAL_FIRST_READ`
+        newest posts (a lower bound of the true ``depth``-th best), at most as many of an
+        author as the deepest user of the block needs (rounded up to a power of two). An
+        author's posts are read newest first, so an author's posts above a score are a
+        prefix: a user following authors of thousands of posts reads about ``depth`` posts,
+        not a thousand of each (29,000 stored candidates a user at 500k posts before,
+        docs/scaling.md). Complete (every post's score, zeros included) when every author
+        of every user was read to the end."""
         self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        depth = np.broadcast_to(np.asarray(depth, dtype=np.int64), users.shape)
         need = int(2 ** np.ceil(np.log2(max(int(depth.max(initial=1)), 1))))
+        pairs = self.affinity_[users].tocoo()  # (user, author, affinity), by user
+        runs = self._by_recency()
+        counts_of = runs.counts[pairs.col]
+        first = self._read(pairs, np.minimum(counts_of, SOCIAL_FIRST_READ), len(users))
+        bar = kth_per_row(first, depth)[pairs.row]  # -inf: fewer read than asked, read all
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # a hair below, so that float rounding never drops the post at the bar itself
+            floor = np.where(pairs.data > 0, bar / pairs.data * (1 - 1e-6), np.inf)
+        # the pair's author's posts with recency >= floor: a prefix of its newest-first run
+        at = np.searchsorted(runs.keys, pairs.col * runs.span - floor, side="right")
+        above = at - runs.starts[pairs.col]
+        take = np.clip(above, 0, np.minimum(counts_of, need))
+        complete = bool((take == counts_of).all())
+        return Retrieved(self._read(pairs, take, len(users)), complete=complete)
+
+    def _read(self, pairs: sp.coo_matrix, take: np.ndarray, n_rows: int) -> sp.csr_matrix:
+        """Users x posts scores of the first ``take[i]`` newest posts of each (user, author)
+        pair's author: affinity times recency."""
+        runs = self._by_recency()
+        take = np.asarray(take, dtype=np.int64)
+        at = (
+            np.repeat(runs.starts[pairs.col], take)
+            + np.arange(take.sum())
+            - np.repeat(np.cumsum(take) - take, take)
+        )
+        scores = np.repeat(pairs.data, take) * runs.recency[at]
+        per_row = np.bincount(pairs.row, weights=take, minlength=n_rows).astype(np.int64)
+        return sp.csr_matrix(
+            (scores.astype(np.float32), runs.posts[at], np.r_[0, np.cumsum(per_row)]),
+            shape=(n_rows, self.n_posts_),
+        )
+
+    def _by_recency(self) -> AuthorRuns:
+        """Every author's posts newest first (ties: the lower index), one run per author."""
         with _INDEX_LOCK:
-            cache = self.__dict__.setdefault("_newest", {})
-            if need not in cache:
-                cache[need] = top_per_row(self.author_posts_, need)
-        newest = cache[need]
-        scores = sp.csr_matrix(self.affinity_[users] @ newest)
-        return Retrieved(scores, complete=newest.nnz == self.author_posts_.nnz)
+            if "_runs" not in self.__dict__:
+                m = self.author_posts_.tocoo()
+                order = np.lexsort((m.col, -m.data, m.row))
+                recency = m.data[order].astype(np.float64)
+                span = 1.0 + float(recency.max(initial=1.0))
+                indptr = self.author_posts_.indptr.astype(np.int64)
+                self.__dict__["_runs"] = AuthorRuns(
+                    posts=m.col[order].astype(np.int64),
+                    recency=recency.astype(np.float32),
+                    starts=indptr[:-1],
+                    counts=np.diff(indptr),
+                    keys=m.row[order] * span - recency,
+                    span=span,
+                )
+            return self.__dict__["_runs"]
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         self._check_fitted()
@@ -826,22 +913,36 @@ class Fresh(CandidateModel):
         matching post), scored exactly."""
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
-        content = self.content_.retrieve(users, depth).scores
+        return self.from_content_retrieved(users, depth, self.content_.retrieve(users, depth))
+
+    def from_content_retrieved(
+        self, users: np.ndarray, depth: np.ndarray, content: Retrieved
+    ) -> Retrieved:
+        """:meth:`retrieve` given ``content``, the answer of a Content model equal to
+        ``content_`` (:meth:`Content.same_as`) for the same users and depth: its exact
+        scores are reused, and only the newest posts are scored (at 500k posts, reading
+        and scoring content's candidates a second time was a sixth of the candidate stage)."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
         with _INDEX_LOCK:
             if "_newest" not in self.__dict__:
                 self.__dict__["_newest"] = np.argsort(-self.recency_, kind="stable")
-        k = int(min(depth.max(initial=0), self.n_posts_))
+        k = int(min(np.max(depth, initial=0), self.n_posts_))
         newest = self.__dict__["_newest"][:k]
+        items = np.broadcast_to(newest[None, :], (len(users), k))
         recent = sp.csr_matrix(
             (
-                np.ones(len(users) * k, np.float32),
+                self.floor + score_pairs_chunked(self.content_, users, items).ravel(),
                 np.tile(newest, len(users)),
                 np.arange(len(users) + 1) * k,
             ),
             shape=(len(users), self.n_posts_),
         )
-        both = sp.csr_matrix(content + recent)
-        return Retrieved(rescore(self, users, both), complete=False)
+        matched = sp.csr_matrix(content.scores, dtype=np.float32, copy=True)
+        matched.data += np.float32(self.floor)
+        # both hold floor + the exact content score where they overlap
+        both = sp.csr_matrix(matched.maximum(recent)).multiply(self.recency_[None, :])
+        return Retrieved(sp.csr_matrix(both, dtype=np.float32), complete=False)
 
     def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         content = self.content_.score_pairs(users, items)
