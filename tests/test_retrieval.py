@@ -300,3 +300,43 @@ def test_social_retrieval_reads_prolific_authors_only_as_deep_as_a_list_needs(
         row = got[u].toarray().ravel()
         have = np.sort(row[row > 0])[::-1][: len(want)]
         np.testing.assert_allclose(have, want, rtol=1e-6)  # the same best scores
+
+
+def test_a_whole_train_through_retrieval_on_one_prolific_author_without_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`feed train` with every source retrieving (as above 10,000 posts) on data where one
+    author wrote 80% of the posts and nothing has a time: every user the dense train lists gets
+    a list as long, of posts the user has not seen, mostly the dense train's posts."""
+    from feed.artifacts import read
+    from feed.models import candidates
+    from feed.train import TrainConfig, train
+
+    src = tmp_path / "data"
+    generate(src, SynthConfig(n_users=300, n_posts=900, n_topics=6, seed=4))
+    for f in src.glob("*.csv"):
+        t = pd.read_csv(f, dtype=str, keep_default_na=False)
+        t = t.drop(columns=["ts", "created_at", "expires_at"], errors="ignore")
+        if f.name == "posts.csv":
+            big = np.random.default_rng(0).random(len(t)) < 0.8
+            t.loc[big, "author_id"] = "bigshop"
+            t = t.assign(created_at="")
+        t.to_csv(f, index=False)
+    cfg = TrainConfig(factors=16, iterations=5, n_candidates=100)
+    dense = read(train(src, tmp_path / "dense", cfg)).arrays("candidates")
+    monkeypatch.setattr(candidates, "EXACT_MAX_POSTS", 0)
+    sparse = read(train(src, tmp_path / "sparse", cfg)).arrays("candidates")
+    assert dense["users"].tolist() == sparse["users"].tolist()
+    a, b = dense["items"], sparse["items"]
+    np.testing.assert_array_equal((a >= 0).sum(axis=1), (b >= 0).sum(axis=1))
+    data = build(load(src))
+    seen = data.seen()
+    rows = data.users.to_internal(sparse["users"])
+    listed = b >= 0
+    owner = np.broadcast_to(rows[:, None], b.shape)
+    assert not np.asarray(seen[owner[listed], b[listed]]).any()
+    shared = [
+        len(np.intersect1d(x[x >= 0], y[y >= 0])) / max((x >= 0).sum(), 1)
+        for x, y in zip(a, b, strict=True)
+    ]
+    assert np.mean(shared) >= 0.8, np.mean(shared)
