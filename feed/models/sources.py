@@ -763,12 +763,13 @@ class Social(CandidateModel):
         """Each user's ``depth`` best posts at least (exact): every post scoring as much as
         the ``depth``-th best of a first read of each author's :data:`SOCIAL_FIRST_READ`
         newest posts (a lower bound of the true ``depth``-th best), at most as many of an
-        author as the deepest user of the block needs (rounded up to a power of two). An
-        author's posts are read newest first, so an author's posts above a score are a
-        prefix: a user following authors of thousands of posts reads about ``depth`` posts,
-        not a thousand of each (29,000 stored candidates a user at 500k posts before,
-        docs/scaling.md). Complete (every post's score, zeros included) when every author
-        of every user was read to the end."""
+        author as the deepest user of the block needs (rounded up to a power of two), and of
+        the posts tied at that bar only as many as the list needs. An author's posts are read
+        newest first, so an author's posts above a score are a prefix: a user following
+        authors of thousands of posts reads about ``depth`` posts, not a thousand of each
+        (29,000 stored candidates a user at 500k posts before, docs/scaling.md). Complete
+        (every post's score, zeros included) when every author of every user was read to
+        the end."""
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
         depth = np.broadcast_to(np.asarray(depth, dtype=np.int64), users.shape)
@@ -779,12 +780,22 @@ class Social(CandidateModel):
         first = self._read(pairs, np.minimum(counts_of, SOCIAL_FIRST_READ), len(users))
         bar = kth_per_row(first, depth)[pairs.row]  # -inf: fewer read than asked, read all
         with np.errstate(divide="ignore", invalid="ignore"):
-            # a hair below, so that float rounding never drops the post at the bar itself
-            floor = np.where(pairs.data > 0, bar / pairs.data * (1 - 1e-6), np.inf)
-        # the pair's author's posts with recency >= floor: a prefix of its newest-first run
-        at = np.searchsorted(runs.keys, pairs.col * runs.span - floor, side="right")
-        above = at - runs.starts[pairs.col]
-        take = np.clip(above, 0, np.minimum(counts_of, need))
+            floor = np.where(pairs.data > 0, bar / pairs.data, np.inf)
+        # the pair's author's posts whose recency is at the floor or above, and above it (a
+        # hair below and above: float rounding never decides): prefixes of its run
+        cap = np.minimum(counts_of, need)
+        base, start = pairs.col * runs.span, runs.starts[pairs.col]
+        at_or_above, above = (
+            np.clip(np.searchsorted(runs.keys, base - floor * f, side="right") - start, 0, cap)
+            for f in (1 - 1e-6, 1 + 1e-6)
+        )
+        # of the posts tied at the bar, only as many as the user's list still needs (every
+        # post of data without timestamps ties with its author's others), in the pairs' order
+        ties = at_or_above - above
+        short = np.maximum(depth - np.bincount(pairs.row, above, len(users)), 0)[pairs.row]
+        before = np.cumsum(ties) - ties
+        before -= before[np.searchsorted(pairs.row, pairs.row)]  # within the user's pairs
+        take = above + np.clip(short - before, 0, ties).astype(np.int64)
         complete = bool((take == counts_of).all())
         return Retrieved(self._read(pairs, take, len(users)), complete=complete)
 
