@@ -1052,18 +1052,20 @@ def trending_list(
     """A version's trending list: the ``n`` best posts of its trending source (a trending
     model fitted on time-decayed engagement when it has none), as post indices and scores
     scaled to [0, 1] (:func:`feed.contract.unit_scores`)."""
-    trending: Any = sources.get("trending") or Trending().fit(decayed(data))
-    items, scores = topk(trending.scores_[None, :].copy(), n)
-    return items[0], unit_scores(scores)[0]
+    got = _trending(sources.get("trending") or Trending().fit(decayed(data)), n)
+    assert got is not None
+    return got
 
 
-def _trending(model: CandidateModel | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """A fitted trending source's list as a version publishes it (post indices, scores in
-    [0, 1]); None without one."""
+def _trending(
+    model: CandidateModel | None, n: int = TRENDING_LIST
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fitted trending source's list as a version publishes it (``n`` post indices, scores
+    in [0, 1]); None without one."""
     if model is None:
         return None
     trend = np.asarray(model.scores_, dtype=np.float32)  # type: ignore[attr-defined]
-    items, scores = topk(trend[None, :].copy(), TRENDING_LIST)
+    items, scores = topk(trend[None, :].copy(), n)
     return items[0], unit_scores(scores)[0]
 
 
